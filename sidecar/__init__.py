@@ -1,0 +1,3 @@
+"""OTLP resilience sidecar."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,275 @@
+"""The configuration schema as msgspec Structs (DESIGN.md §6).
+
+Every Struct forbids unknown keys. Types here describe shape and simple bounds;
+rules that relate several keys live in `validate.py`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Annotated, Literal
+
+import msgspec
+from msgspec import Meta
+
+from sidecar.config.units import Duration
+from sidecar.pipeline.taxonomy import Category, Recoverability, Recovery, Severity
+
+PositiveFloat = Annotated[float, Meta(gt=0)]
+Fraction = Annotated[float, Meta(ge=0, le=1)]
+PositiveInt = Annotated[int, Meta(ge=1)]
+
+
+class Base(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    pass
+
+
+# ---------------------------------------------------------------- receivers
+
+
+class TLSServerConfig(Base):
+    cert_file: str
+    key_file: str
+    client_ca_file: str | None = None  # set to require client certificates (mTLS)
+
+
+class AuthConfig(Base):
+    bearer_token: str
+
+
+class GrpcReceiverConfig(Base):
+    endpoint: str = "0.0.0.0:4317"
+    max_recv_msg_size_mib: PositiveFloat = 16.0
+    tls: TLSServerConfig | None = None
+
+
+class HttpReceiverConfig(Base):
+    endpoint: str = "0.0.0.0:4318"
+    max_request_body_size_mib: PositiveFloat = 20.0
+    read_timeout: Duration = Duration(30.0)
+    tls: TLSServerConfig | None = None
+
+
+class ProtocolsConfig(Base):
+    grpc: GrpcReceiverConfig | None = None
+    http: HttpReceiverConfig | None = None
+
+
+class OtlpReceiverConfig(Base):
+    protocols: ProtocolsConfig = msgspec.field(default_factory=ProtocolsConfig)
+    # Client metadata (gRPC metadata / HTTP headers) copied onto the upstream request.
+    include_metadata: list[str] = msgspec.field(default_factory=list)
+    auth: AuthConfig | None = None
+
+
+# ---------------------------------------------------------------- processors
+
+
+class RuleMatch(Base):
+    grpc_code: str | None = None  # e.g. UNAVAILABLE
+    http_status: list[int] | None = None
+    message: str | None = None  # regular expression, searched
+    has_retry_info: bool | None = None
+    exception_type: str | None = None  # regular expression, searched
+    error_type: str | None = None  # exact low-cardinality type, e.g. connection_refused
+
+
+class RuleSet(Base):
+    category: Category | None = None
+    severity: Severity | None = None
+    recoverability: Recoverability | None = None
+    recovery: Recovery | None = None
+    error_type: str | None = None
+
+
+class ClassifyRule(Base):
+    id: str
+    match: RuleMatch
+    set: RuleSet
+
+
+class ClassifyProcessorConfig(Base):
+    strict_otlp: bool = False
+    rules: list[ClassifyRule] = msgspec.field(default_factory=list)
+
+
+class EnrichProcessorConfig(Base):
+    attribute_prefix: str = "sidecar.error."
+    set_error_type: bool = True
+
+
+class DegradationProcessorConfig(Base):
+    error_rate: Fraction = 0.5
+    latency: Duration = Duration(10.0)
+    sample_ratio: Fraction = 0.1
+    spill_at: Fraction = 0.5
+    reduce_at: Fraction = 0.8
+    essential_at: Fraction = 0.95
+    hysteresis: Fraction = 0.1
+
+
+ProcessorConfig = ClassifyProcessorConfig | EnrichProcessorConfig | DegradationProcessorConfig
+
+
+# ---------------------------------------------------------------- exporters
+
+
+class TLSClientConfig(Base):
+    insecure: bool = False
+    insecure_skip_verify: bool = False
+    ca_file: str | None = None
+    cert_file: str | None = None
+    key_file: str | None = None
+    server_name_override: str | None = None
+
+
+class RetryBudgetConfig(Base):
+    ratio: Annotated[float, Meta(ge=0)] = 0.2
+    min_per_second: Annotated[float, Meta(ge=0)] = 3.0
+
+
+class RetryConfig(Base):
+    enabled: bool = True
+    initial_interval: Duration = Duration(5.0)
+    max_interval: Duration = Duration(30.0)
+    multiplier: Annotated[float, Meta(ge=1)] = 1.5
+    randomization_factor: Fraction = 0.5
+    jitter: Literal["full", "equal", "decorrelated"] = "full"
+    max_elapsed_time: Duration = Duration(300.0)  # 0 means retry without a time limit
+    budget: RetryBudgetConfig = msgspec.field(default_factory=RetryBudgetConfig)
+
+
+class SendingQueueConfig(Base):
+    enabled: bool = True
+    num_consumers: PositiveInt = 10
+    sizer: Literal["requests", "items", "bytes"] = "requests"
+    queue_size: PositiveInt = 1000
+    storage: str | None = None  # name of a storage extension, e.g. file_storage
+    synchronous: Literal["FULL", "NORMAL"] = "FULL"
+
+
+class CircuitBreakerConfig(Base):
+    enabled: bool = True
+    failure_threshold: PositiveInt = 5
+    failure_rate: Annotated[float, Meta(gt=0, le=1)] = 0.5
+    minimum_calls: PositiveInt = 10
+    window: Duration = Duration(60.0)
+    recovery_timeout: Duration = Duration(60.0)
+    max_recovery_timeout: Duration = Duration(600.0)
+    half_open_max_calls: PositiveInt = 3
+
+
+class ConcurrencyConfig(Base):
+    adaptive: bool = True
+    min: PositiveInt = 1
+    max: PositiveInt = 64
+
+
+class HealthProbeConfig(Base):
+    enabled: bool = True
+    interval: Duration = Duration(30.0)
+    timeout: Duration = Duration(5.0)
+    unhealthy_threshold: PositiveInt = 3
+    healthy_threshold: PositiveInt = 2
+    health_check_url: str | None = None
+
+
+class ExporterConfig(Base):
+    endpoint: str | None = None
+    endpoints: list[str] | None = None
+    balancer: Literal["least_outstanding", "ewma_latency", "round_robin"] = "least_outstanding"
+    tls: TLSClientConfig = msgspec.field(default_factory=TLSClientConfig)
+    headers: dict[str, str] = msgspec.field(default_factory=dict)
+    compression: Literal["gzip", "none"] = "gzip"
+    timeout: Duration = Duration(5.0)
+    max_request_size_mib: PositiveFloat | None = None
+    retry_on_failure: RetryConfig = msgspec.field(default_factory=RetryConfig)
+    sending_queue: SendingQueueConfig = msgspec.field(default_factory=SendingQueueConfig)
+    circuit_breaker: CircuitBreakerConfig = msgspec.field(default_factory=CircuitBreakerConfig)
+    concurrency: ConcurrencyConfig = msgspec.field(default_factory=ConcurrencyConfig)
+    health_probe: HealthProbeConfig = msgspec.field(default_factory=HealthProbeConfig)
+
+    def endpoint_list(self) -> list[str]:
+        if self.endpoints:
+            return list(self.endpoints)
+        return [self.endpoint] if self.endpoint else []
+
+
+# ---------------------------------------------------------------- extensions
+
+
+class HealthCheckConfig(Base):
+    endpoint: str = "0.0.0.0:13134"
+
+
+class FileStorageConfig(Base):
+    directory: str = "/var/lib/otlp-sidecar"
+
+
+class AdminConfig(Base):
+    endpoint: str = "127.0.0.1:4320"
+    token: str | None = None
+
+
+class ExtensionsConfig(Base):
+    health_check: HealthCheckConfig | None = None
+    file_storage: FileStorageConfig | None = None
+    admin: AdminConfig | None = None
+
+
+# ---------------------------------------------------------------- service
+
+
+class PipelineConfig(Base):
+    receivers: list[str]
+    exporters: list[str]
+    processors: list[str] = msgspec.field(default_factory=list)
+
+
+class TelemetryMetricsConfig(Base):
+    address: str | None = "0.0.0.0:8889"
+
+
+class TelemetryLogsConfig(Base):
+    level: Literal["debug", "info", "warn", "error"] = "info"
+    encoding: Literal["json", "console"] = "json"
+
+
+class TelemetryConfig(Base):
+    metrics: TelemetryMetricsConfig = msgspec.field(default_factory=TelemetryMetricsConfig)
+    logs: TelemetryLogsConfig = msgspec.field(default_factory=TelemetryLogsConfig)
+
+
+class ServiceConfig(Base):
+    pipelines: dict[str, PipelineConfig]
+    extensions: list[str] = msgspec.field(default_factory=list)
+    memory_limit_mib: PositiveFloat | None = 512.0
+    shutdown_timeout: Duration = Duration(30.0)
+    telemetry: TelemetryConfig = msgspec.field(default_factory=TelemetryConfig)
+
+
+# Component kinds: the part of a key before "/" picks the schema of its value.
+RECEIVER_KINDS: dict[str, type[Base]] = {"otlp": OtlpReceiverConfig}
+PROCESSOR_KINDS: dict[str, type[Base]] = {
+    "classify": ClassifyProcessorConfig,
+    "enrich": EnrichProcessorConfig,
+    "degradation": DegradationProcessorConfig,
+}
+EXPORTER_KINDS: dict[str, type[Base]] = {"otlp_grpc": ExporterConfig, "otlp_http": ExporterConfig}
+
+
+def component_kind(key: str) -> str:
+    return key.split("/", 1)[0]
+
+
+@dataclass(frozen=True)
+class Config:
+    """A loaded and validated configuration."""
+
+    receivers: dict[str, OtlpReceiverConfig]
+    processors: dict[str, Base]
+    exporters: dict[str, ExporterConfig]
+    extensions: ExtensionsConfig
+    service: ServiceConfig
+    source: str = "<memory>"
+    raw: dict[str, object] = field(default_factory=dict, repr=False)

@@ -1,0 +1,1 @@
+"""Delivery to the upstream Collector: queue consumers, the sender chain and transports."""

@@ -1,0 +1,29 @@
+"""The interface every upstream transport (gRPC, HTTP) implements."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+from sidecar.queue.base import QueueEntry
+
+
+@dataclass(frozen=True, slots=True)
+class SendOutcome:
+    """Upstream accepted the request; `rejected` > 0 is an OTLP partial success."""
+
+    rejected: int = 0
+    rejected_message: str = ""
+
+
+class Transport(Protocol):
+    """One upstream endpoint. Raises sidecar.exporters.errors.ExportError on any failure."""
+
+    endpoint: str
+
+    async def send(self, entry: QueueEntry, timeout: float) -> SendOutcome: ...
+
+    async def probe(self, timeout: float) -> None:
+        """An empty Export request of the cheapest signal: proves the endpoint answers."""
+
+    async def close(self) -> None: ...

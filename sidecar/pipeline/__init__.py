@@ -1,0 +1,1 @@
+"""Pure pipeline stages: classify, enrich, degrade. No I/O, no clocks read inside."""

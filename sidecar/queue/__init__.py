@@ -1,0 +1,1 @@
+"""Per-exporter sending queues: memory and SQLite, one interface."""

@@ -1,0 +1,77 @@
+"""The queue entry and the interface that memory and disk queues share (DESIGN.md §5)."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from typing import Protocol
+
+from sidecar.signals import Signal
+
+
+@dataclass(frozen=True, slots=True)
+class QueueEntry:
+    """What the sender needs and nothing more; memory and disk hold the same thing."""
+
+    signal: Signal
+    payload: bytes  # the serialized Export*ServiceRequest, already enriched
+    items: int
+    metadata: tuple[tuple[str, str], ...]  # client metadata passed through to upstream
+    accepted_at: float  # wall-clock seconds when the client got its acknowledgement
+
+
+class Sizer(enum.StrEnum):
+    REQUESTS = "requests"
+    ITEMS = "items"
+    BYTES = "bytes"
+
+    def size_of(self, entry: QueueEntry) -> int:
+        if self is Sizer.REQUESTS:
+            return 1
+        if self is Sizer.ITEMS:
+            return entry.items
+        return len(entry.payload)
+
+
+@dataclass(frozen=True, slots=True)
+class Lease:
+    """An entry handed to a consumer; it stays owned by the queue until ack or nack."""
+
+    lease_id: int
+    entry: QueueEntry
+
+
+class QueueFull(Exception):
+    """The entry does not fit; the caller decides between shedding and backpressure."""
+
+
+class SendingQueue(Protocol):
+    capacity: int
+    sizer: Sizer
+
+    @property
+    def size(self) -> int:
+        """Current size in the sizer's unit, including leased (in-flight) entries."""
+
+    @property
+    def bytes(self) -> int:
+        """Payload bytes held, including leased entries."""
+
+    @property
+    def count(self) -> int:
+        """Entries held, including leased ones."""
+
+    async def put(self, entry: QueueEntry) -> None:
+        """Store the entry durably (for the disk queue) before returning; raise QueueFull."""
+
+    async def get(self) -> Lease:
+        """Wait for the oldest available entry and lease it."""
+
+    async def ack(self, lease: Lease) -> None:
+        """Upstream accepted it (or it was dead-lettered): remove it for good."""
+
+    async def nack(self, lease: Lease) -> None:
+        """Give it back; it is offered again before newer entries."""
+
+    async def close(self) -> None:
+        """Release resources; leased entries stay stored (disk) for replay on restart."""
