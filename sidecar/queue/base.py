@@ -75,3 +75,35 @@ class SendingQueue(Protocol):
 
     async def close(self) -> None:
         """Release resources; leased entries stay stored (disk) for replay on restart."""
+
+
+# ---------------------------------------------------------------- additions (queue implementations)
+
+
+class QueueClosed(Exception):
+    """The queue was closed: `put` refuses new entries and waiting `get` calls are released."""
+
+
+class QueueStorageError(Exception):
+    """The queue's storage cannot be used (corrupt, unreadable, locked by another process, I/O error).
+
+    `path` names the database file; `corrupt` says whether moving it aside (`--recover`) would help.
+    """
+
+    def __init__(self, message: str, *, path: str | None = None, corrupt: bool = False) -> None:
+        super().__init__(message)
+        self.path = path
+        self.corrupt = corrupt
+
+
+class ManagedSendingQueue(SendingQueue, Protocol):
+    """What both implementations offer beyond SendingQueue (memory and SQLite alike)."""
+
+    durable: bool  # True when what `put` acknowledged survives a process crash
+
+    @property
+    def available(self) -> int:
+        """Entries that are not leased, i.e. that a `get` would return without waiting."""
+
+    async def wait_empty(self, timeout: float | None = None) -> bool:  # noqa: ASYNC109 (a deadline, not a cancel)
+        """Wait until nothing is held (leased entries included); False when the timeout expired."""

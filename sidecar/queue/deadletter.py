@@ -1,0 +1,407 @@
+"""Dead letters (DESIGN.md §5): entries that failed permanently, kept with their class and time.
+
+Two stores with one interface: `MemoryDeadLetters` (no storage configured) and
+`SqliteDeadLetters` (its own database file next to the exporter's queue,
+`<exporter>.deadletter.sqlite`, same WAL/exclusive/corruption rules as the queue; a separate
+file so dead-letter writes never contend with the queue's group commits).
+
+Bounded: at most `max_entries` (default 10000) and, when set, `max_bytes` of payload. Adding
+beyond the bound evicts the oldest dead letters; `add` returns what it evicted (signal and item
+count, so the caller can count the items as dropped with reason `dead_letter_evicted`) and the
+`evicted`/`evicted_items` counters keep the totals since open. A single dead letter larger than
+`max_bytes` is still kept (alone).
+
+`list` pages oldest first; `take` removes and returns (for replay into the queue).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import builtins
+import sqlite3
+import time
+from collections import OrderedDict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+from sidecar.pipeline.taxonomy import Category, Classification, Recoverability, Recovery, Severity
+from sidecar.queue.base import QueueClosed, QueueEntry
+from sidecar.queue.sqlite import SqliteFile, Synchronous, entry_columns, entry_from_columns, storage_error
+from sidecar.signals import Signal
+
+DEFAULT_MAX_ENTRIES = 10_000
+MAX_MESSAGE_CHARS = 4096  # error messages can carry whole upstream responses; keep the head
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    id: int
+    entry: QueueEntry
+    category: Category
+    severity: Severity
+    recoverability: Recoverability
+    recovery: Recovery
+    error_type: str
+    classified_by: str
+    message: str
+    dead_at: float  # wall-clock seconds when it was dead-lettered
+
+    @property
+    def classification(self) -> Classification:
+        return Classification(self.category, self.severity, self.recoverability, self.recovery,
+                              self.error_type, self.classified_by)
+
+
+@dataclass(frozen=True, slots=True)
+class Evicted:
+    """A dead letter pushed out by the bound: enough to count its items as dropped."""
+
+    id: int
+    signal: Signal
+    items: int
+    nbytes: int
+
+
+class DeadLetterStore(Protocol):
+    max_entries: int
+    max_bytes: int | None
+
+    @property
+    def count(self) -> int: ...
+
+    @property
+    def bytes(self) -> int: ...
+
+    @property
+    def evicted(self) -> int:
+        """Dead letters evicted by the bound since open."""
+
+    @property
+    def evicted_items(self) -> int:
+        """Items in the evicted dead letters since open."""
+
+    async def add(self, entry: QueueEntry, classification: Classification, message: str,
+                  dead_at: float | None = None) -> builtins.list[Evicted]:
+        """Store one dead letter; return the ones evicted to make room (oldest first)."""
+
+    async def list(self, limit: int = 100, offset: int = 0) -> builtins.list[DeadLetter]:
+        """A page of dead letters, oldest first."""
+
+    async def take(self, ids: Sequence[int] | None = None,
+                   limit: int | None = None) -> builtins.list[DeadLetter]:
+        """Remove and return the given ids (all when None; unknown ids ignored), oldest first."""
+
+    async def close(self) -> None: ...
+
+
+def _clip(message: str) -> str:
+    return message if len(message) <= MAX_MESSAGE_CHARS else message[: MAX_MESSAGE_CHARS - 1] + "…"
+
+
+def _check_bounds(max_entries: int, max_bytes: int | None) -> None:
+    if max_entries < 1:
+        raise ValueError(f"max_entries must be >= 1, got {max_entries}")
+    if max_bytes is not None and max_bytes < 1:
+        raise ValueError(f"max_bytes must be >= 1 or None, got {max_bytes}")
+
+
+def _to_evict(candidates: Iterable[tuple[int, tuple[Signal, int, int]]], count: int, total_bytes: int,
+              max_entries: int, max_bytes: int | None) -> builtins.list[Evicted]:
+    """The oldest ids to drop so the bound holds.
+
+    `candidates` are (id, (signal, items, nbytes)) oldest first; `count` and `total_bytes` include
+    the dead letter being added, which is never evicted (it is not among the candidates, and the
+    loop stops when it would be the only one left).
+    """
+    out: builtins.list[Evicted] = []
+    for dl_id, (signal, items, nbytes) in candidates:
+        if count <= 1:
+            break
+        over_bytes = max_bytes is not None and total_bytes > max_bytes
+        if count <= max_entries and not over_bytes:
+            break
+        out.append(Evicted(dl_id, signal, items, nbytes))
+        count -= 1
+        total_bytes -= nbytes
+    return out
+
+
+class MemoryDeadLetters:
+    """Dead letters in process memory: lost on restart."""
+
+    durable = False
+
+    def __init__(self, max_entries: int = DEFAULT_MAX_ENTRIES, max_bytes: int | None = None) -> None:
+        _check_bounds(max_entries, max_bytes)
+        self.max_entries = max_entries
+        self.max_bytes = max_bytes
+        self._items: OrderedDict[int, DeadLetter] = OrderedDict()
+        self._index: OrderedDict[int, tuple[Signal, int, int]] = OrderedDict()
+        self._next_id = 1
+        self._bytes = 0
+        self._evicted = 0
+        self._evicted_items = 0
+
+    @property
+    def count(self) -> int:
+        return len(self._items)
+
+    @property
+    def bytes(self) -> int:
+        return self._bytes
+
+    @property
+    def evicted(self) -> int:
+        return self._evicted
+
+    @property
+    def evicted_items(self) -> int:
+        return self._evicted_items
+
+    async def add(self, entry: QueueEntry, classification: Classification, message: str,
+                  dead_at: float | None = None) -> builtins.list[Evicted]:
+        dl = DeadLetter(self._next_id, entry, classification.category, classification.severity,
+                        classification.recoverability, classification.recovery, classification.error_type,
+                        classification.classified_by, _clip(message),
+                        time.time() if dead_at is None else dead_at)
+        self._next_id += 1
+        nbytes = len(entry.payload)
+        evicted = _to_evict(self._index.items(), len(self._index) + 1, self._bytes + nbytes,
+                            self.max_entries, self.max_bytes)
+        self._items[dl.id] = dl
+        self._index[dl.id] = (entry.signal, entry.items, nbytes)
+        self._bytes += nbytes
+        for ev in evicted:
+            del self._items[ev.id]
+            del self._index[ev.id]
+            self._bytes -= ev.nbytes
+            self._evicted += 1
+            self._evicted_items += ev.items
+        return evicted
+
+    async def list(self, limit: int = 100, offset: int = 0) -> builtins.list[DeadLetter]:
+        if limit <= 0 or offset >= len(self._items):
+            return []
+        out: builtins.list[DeadLetter] = []
+        for i, dl in enumerate(self._items.values()):
+            if i >= offset + limit:
+                break
+            if i >= offset:
+                out.append(dl)
+        return out
+
+    async def take(self, ids: Sequence[int] | None = None,
+                   limit: int | None = None) -> builtins.list[DeadLetter]:
+        chosen = builtins.list(self._items) if ids is None else sorted({i for i in ids if i in self._items})
+        if limit is not None:
+            chosen = chosen[: max(limit, 0)]
+        out = [self._items.pop(i) for i in chosen]
+        for dl in out:
+            del self._index[dl.id]
+            self._bytes -= len(dl.entry.payload)
+        return out
+
+    async def close(self) -> None:
+        return None
+
+
+DEAD_LETTER_SCHEMA = """
+CREATE TABLE IF NOT EXISTS dead_letters (
+    id             INTEGER PRIMARY KEY AUTOINCREMENT,
+    signal         TEXT    NOT NULL,
+    payload        BLOB    NOT NULL,
+    items          INTEGER NOT NULL,
+    metadata       TEXT    NOT NULL,
+    accepted_at    REAL    NOT NULL,
+    nbytes         INTEGER NOT NULL,
+    category       TEXT    NOT NULL,
+    severity       TEXT    NOT NULL,
+    recoverability TEXT    NOT NULL,
+    recovery       TEXT    NOT NULL,
+    error_type     TEXT    NOT NULL,
+    classified_by  TEXT    NOT NULL,
+    message        TEXT    NOT NULL,
+    dead_at        REAL    NOT NULL
+)
+"""
+DEAD_LETTER_COLUMNS = ("id", "signal", "payload", "items", "metadata", "accepted_at", "nbytes", "category",
+                       "severity", "recoverability", "recovery", "error_type", "classified_by", "message",
+                       "dead_at")
+_SELECT = ("SELECT id, signal, payload, items, metadata, accepted_at, category, severity, recoverability, "
+           "recovery, error_type, classified_by, message, dead_at FROM dead_letters")
+
+_Row = tuple[int, str, bytes, int, str, float, str, str, str, str, str, str, str, float]
+
+
+def _from_row(row: _Row) -> DeadLetter:
+    (dl_id, signal, payload, items, metadata, accepted_at, category, severity, recoverability, recovery,
+     error_type, classified_by, message, dead_at) = row
+    return DeadLetter(
+        id=int(dl_id),
+        entry=entry_from_columns(signal, payload, items, metadata, accepted_at),
+        category=Category(category),
+        severity=Severity(severity),
+        recoverability=Recoverability(recoverability),
+        recovery=Recovery(recovery),
+        error_type=str(error_type),
+        classified_by=str(classified_by),
+        message=str(message),
+        dead_at=float(dead_at),
+    )
+
+
+class SqliteDeadLetters:
+    """Dead letters in their own SQLite file (WAL). `await store.open()` before use."""
+
+    durable = True
+
+    def __init__(self, path: Path, max_entries: int = DEFAULT_MAX_ENTRIES, max_bytes: int | None = None,
+                 synchronous: Synchronous = "FULL") -> None:
+        _check_bounds(max_entries, max_bytes)
+        self.path = Path(path)
+        self.max_entries = max_entries
+        self.max_bytes = max_bytes
+        self._db = SqliteFile(self.path, synchronous)
+        # id -> (signal, items, nbytes), oldest first
+        self._index: OrderedDict[int, tuple[Signal, int, int]] = OrderedDict()
+        self._bytes = 0
+        self._evicted = 0
+        self._evicted_items = 0
+        self._lock = asyncio.Lock()  # add/take change the index after their transaction: one at a time
+        self._opened = False
+
+    async def open(self) -> SqliteDeadLetters:
+        if self._opened:
+            raise RuntimeError(f"{self.path}: already opened")
+        await self._db.open(DEAD_LETTER_SCHEMA, "dead_letters", DEAD_LETTER_COLUMNS)
+        try:
+            rows = await self._db.run(lambda conn: conn.execute(
+                "SELECT id, signal, items, nbytes FROM dead_letters ORDER BY id").fetchall())
+            for dl_id, signal, items, nbytes in rows:
+                self._index[int(dl_id)] = (Signal(signal), int(items), int(nbytes))
+                self._bytes += int(nbytes)
+        except (sqlite3.Error, ValueError) as exc:
+            await self._db.close()
+            raise storage_error(self.path, exc) from exc
+        self._opened = True
+        return self
+
+    @property
+    def count(self) -> int:
+        return len(self._index)
+
+    @property
+    def bytes(self) -> int:
+        return self._bytes
+
+    @property
+    def evicted(self) -> int:
+        return self._evicted
+
+    @property
+    def evicted_items(self) -> int:
+        return self._evicted_items
+
+    def _require_open(self) -> None:
+        if not self._opened:
+            raise RuntimeError(f"{self.path}: call `await store.open()` first")
+        if not self._db.is_open:
+            raise QueueClosed(f"{self.path}: dead-letter store is closed")
+
+    async def add(self, entry: QueueEntry, classification: Classification, message: str,
+                  dead_at: float | None = None) -> builtins.list[Evicted]:
+        self._require_open()
+        columns = (*entry_columns(entry), classification.category.value, classification.severity.value,
+                   classification.recoverability.value, classification.recovery.value,
+                   classification.error_type, classification.classified_by, _clip(message),
+                   time.time() if dead_at is None else dead_at)
+        async with self._lock:
+            nbytes = len(entry.payload)
+            evicted = _to_evict(self._index.items(), len(self._index) + 1, self._bytes + nbytes,
+                                self.max_entries, self.max_bytes)
+            evict_ids = [ev.id for ev in evicted]
+
+            def write(conn: sqlite3.Connection) -> int:
+                conn.execute("BEGIN IMMEDIATE")
+                try:
+                    cursor = conn.execute(
+                        "INSERT INTO dead_letters (signal, payload, items, metadata, accepted_at, nbytes, "
+                        "category, severity, recoverability, recovery, error_type, classified_by, message, "
+                        "dead_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", columns)
+                    if evict_ids:
+                        conn.executemany("DELETE FROM dead_letters WHERE id = ?", [(i,) for i in evict_ids])
+                    conn.execute("COMMIT")
+                except BaseException:
+                    if conn.in_transaction:
+                        conn.execute("ROLLBACK")
+                    raise
+                assert cursor.lastrowid is not None
+                return cursor.lastrowid
+
+            try:
+                new_id = await self._db.run(write)
+            except sqlite3.Error as exc:
+                raise storage_error(self.path, exc) from exc
+            self._index[new_id] = (entry.signal, entry.items, nbytes)
+            self._bytes += nbytes
+            for ev in evicted:
+                del self._index[ev.id]
+                self._bytes -= ev.nbytes
+                self._evicted += 1
+                self._evicted_items += ev.items
+            return evicted
+
+    async def list(self, limit: int = 100, offset: int = 0) -> builtins.list[DeadLetter]:
+        self._require_open()
+        if limit <= 0:
+            return []
+        try:
+            rows = await self._db.run(lambda conn: conn.execute(
+                f"{_SELECT} ORDER BY id LIMIT ? OFFSET ?", (limit, max(offset, 0))).fetchall())
+            return [_from_row(row) for row in rows]
+        except (sqlite3.Error, ValueError) as exc:
+            raise storage_error(self.path, exc) from exc
+
+    async def take(self, ids: Sequence[int] | None = None,
+                   limit: int | None = None) -> builtins.list[DeadLetter]:
+        self._require_open()
+        async with self._lock:
+            chosen = builtins.list(self._index) if ids is None else sorted(
+                {int(i) for i in ids if int(i) in self._index})
+            if limit is not None:
+                chosen = chosen[: max(limit, 0)]
+            if not chosen:
+                return []
+
+            def read_and_delete(conn: sqlite3.Connection) -> builtins.list[DeadLetter]:
+                conn.execute("BEGIN IMMEDIATE")
+                try:
+                    out: builtins.list[DeadLetter] = []
+                    for start in range(0, len(chosen), 500):
+                        part = chosen[start:start + 500]
+                        marks = ",".join("?" * len(part))
+                        # Decoded before COMMIT: an undecodable row rolls the whole take back.
+                        out.extend(_from_row(row) for row in conn.execute(
+                            f"{_SELECT} WHERE id IN ({marks}) ORDER BY id", part))
+                        conn.execute(f"DELETE FROM dead_letters WHERE id IN ({marks})", part)
+                    conn.execute("COMMIT")
+                except BaseException:
+                    if conn.in_transaction:
+                        conn.execute("ROLLBACK")
+                    raise
+                return out
+
+            try:
+                out = await self._db.run(read_and_delete)
+            except (sqlite3.Error, ValueError) as exc:
+                raise storage_error(self.path, exc) from exc
+            for dl_id in chosen:
+                _, _, nbytes = self._index.pop(dl_id)
+                self._bytes -= nbytes
+            return out
+
+    async def close(self) -> None:
+        async with self._lock:
+            await self._db.close(vacuum=not self._index)

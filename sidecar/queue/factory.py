@@ -1,0 +1,117 @@
+"""Build the queue and the dead-letter store of one exporter from its configuration.
+
+Files, under `extensions.file_storage.directory` (created if missing):
+  <sanitized exporter name>.sqlite             the sending queue
+  <sanitized exporter name>.deadletter.sqlite  its dead letters
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+from pathlib import Path
+
+from sidecar.config.schema import SendingQueueConfig
+from sidecar.queue.base import ManagedSendingQueue, QueueStorageError, Sizer
+from sidecar.queue.deadletter import (
+    DEFAULT_MAX_ENTRIES,
+    DeadLetterStore,
+    MemoryDeadLetters,
+    SqliteDeadLetters,
+)
+from sidecar.queue.memory import MemoryQueue
+from sidecar.queue.sqlite import SqliteQueue, Synchronous, recover_database
+
+log = logging.getLogger("sidecar.queue")
+
+# Dead letters kept in memory are bounded in bytes too, so they cannot eat the memory limit.
+MEMORY_DEAD_LETTER_MAX_BYTES = 64 * 1024 * 1024
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
+_MAX_NAME = 120
+
+
+def sanitize_name(name: str) -> str:
+    """A file-name-safe, collision-resistant form of an exporter name.
+
+    `/` becomes `_` (`otlp_grpc/primary` -> `otlp_grpc_primary`). Any other character outside
+    `[A-Za-z0-9._-]`, a leading dot, or an over-long name is also replaced, and then a short
+    hash of the original name is appended so two different names cannot share a file.
+    """
+    if not name:
+        raise ValueError("exporter name is empty")
+    base = name.replace("/", "_")
+    safe = _UNSAFE.sub("_", base).lstrip(".")
+    if safe != base or not safe or len(safe) > _MAX_NAME:
+        digest = hashlib.sha1(name.encode(), usedforsecurity=False).hexdigest()[:8]
+        safe = f"{(safe or 'exporter')[:_MAX_NAME]}-{digest}"
+    return safe
+
+
+def queue_path(storage_directory: Path, exporter_name: str) -> Path:
+    return Path(storage_directory) / f"{sanitize_name(exporter_name)}.sqlite"
+
+
+def dead_letter_path(storage_directory: Path, exporter_name: str) -> Path:
+    return Path(storage_directory) / f"{sanitize_name(exporter_name)}.deadletter.sqlite"
+
+
+async def open_queue(exporter_name: str, config: SendingQueueConfig, storage_directory: Path | None,
+                     *, recover: bool = False) -> ManagedSendingQueue:
+    """The exporter's queue: SQLite when `config.storage` is set, memory otherwise.
+
+    `storage_directory` is `extensions.file_storage.directory`; it must be given when
+    `config.storage` is set. With `recover=True` a corrupt database is moved aside
+    (`recover_database`) and a fresh one created; without it, QueueStorageError.
+    `config.enabled` is not looked at: whether to queue at all is the caller's decision.
+    """
+    sizer = Sizer(config.sizer)
+    if config.storage is None:
+        return MemoryQueue(config.queue_size, sizer)
+    if storage_directory is None:
+        raise ValueError(f"exporter {exporter_name}: sending_queue.storage={config.storage!r} "
+                         f"needs a storage directory (extensions.file_storage.directory)")
+    path = queue_path(_ensure_directory(storage_directory), exporter_name)
+    try:
+        return await SqliteQueue(path, config.queue_size, sizer, config.synchronous).open()
+    except QueueStorageError as exc:
+        if not (recover and exc.corrupt):
+            raise
+        moved = recover_database(path)
+        log.warning("exporter %s: queue database %s was corrupt (%s); moved aside to %s, starting empty",
+                    exporter_name, path, exc, moved)
+        return await SqliteQueue(path, config.queue_size, sizer, config.synchronous).open()
+
+
+async def open_dead_letters(exporter_name: str, storage_directory: Path | None, *,
+                            max_entries: int = DEFAULT_MAX_ENTRIES, max_bytes: int | None = None,
+                            synchronous: Synchronous = "FULL", recover: bool = False) -> DeadLetterStore:
+    """The exporter's dead letters: a SQLite file next to its queue, or memory when no directory.
+
+    In memory, `max_bytes` defaults to MEMORY_DEAD_LETTER_MAX_BYTES; on disk it is unbounded
+    unless given (only `max_entries` bounds it).
+    """
+    if storage_directory is None:
+        memory_bytes = MEMORY_DEAD_LETTER_MAX_BYTES if max_bytes is None else max_bytes
+        return MemoryDeadLetters(max_entries, memory_bytes)
+    path = dead_letter_path(_ensure_directory(storage_directory), exporter_name)
+    try:
+        return await SqliteDeadLetters(path, max_entries, max_bytes, synchronous).open()
+    except QueueStorageError as exc:
+        if not (recover and exc.corrupt):
+            raise
+        moved = recover_database(path)
+        log.warning("exporter %s: dead-letter database %s was corrupt (%s); moved aside to %s, "
+                    "starting empty", exporter_name, path, exc, moved)
+        return await SqliteDeadLetters(path, max_entries, max_bytes, synchronous).open()
+
+
+def _ensure_directory(directory: Path) -> Path:
+    directory = Path(directory)
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise QueueStorageError(f"{directory}: cannot create the storage directory: {exc}",
+                                path=str(directory)) from exc
+    return directory

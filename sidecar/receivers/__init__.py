@@ -1,0 +1,1 @@
+"""OTLP receivers: gRPC (grpc.aio) and HTTP (aiohttp)."""

@@ -1,0 +1,158 @@
+"""Wiring and lifecycle: build every component from the config in one place, start, stop."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal as os_signal
+from pathlib import Path
+
+from sidecar.clock import SYSTEM_CLOCK, Clock
+from sidecar.config.schema import (
+    ClassifyProcessorConfig,
+    Config,
+    DegradationProcessorConfig,
+    EnrichProcessorConfig,
+    component_kind,
+)
+from sidecar.exporters.exporter import Exporter, build_exporter
+from sidecar.pipeline.classify import Classifier
+from sidecar.pipeline.router import Pipeline, Router
+from sidecar.receivers.otlp_grpc import OtlpGrpcReceiver
+from sidecar.receivers.otlp_http import OtlpHttpReceiver
+from sidecar.signals import Signal
+from sidecar.telemetry.http import HttpEndpoint, health_routes, metrics_routes
+from sidecar.telemetry.metrics import Metrics
+
+log = logging.getLogger("sidecar.service")
+
+
+class StartupError(Exception):
+    """The sidecar cannot start (port in use, unreadable queue database, ...): a clear one-line reason."""
+
+
+class Service:
+    def __init__(self, config: Config, clock: Clock = SYSTEM_CLOCK, recover: bool = False) -> None:
+        self.config = config
+        self.clock = clock
+        self.recover = recover
+        self.metrics = Metrics()
+        self.exporters: dict[str, Exporter] = {}
+        self.receivers: list[OtlpGrpcReceiver | OtlpHttpReceiver] = []
+        self.endpoints: list[HttpEndpoint] = []
+        self.accepting = False
+        self.stopping = asyncio.Event()
+
+    # ------------------------------------------------------------------ building
+
+    def export_classifier(self) -> Classifier:
+        """Export errors are classified with the `classify` processor's rules when one is configured."""
+        for name, processor in self.config.processors.items():
+            if component_kind(name) == "classify" and isinstance(processor, ClassifyProcessorConfig):
+                return Classifier(processor)
+        return Classifier(ClassifyProcessorConfig())
+
+    def _storage_directory(self) -> Path | None:
+        file_storage = self.config.extensions.file_storage
+        return Path(file_storage.directory) if file_storage is not None else None
+
+    def build(self) -> Router:
+        classifier = self.export_classifier()
+        storage = self._storage_directory()
+        used = {name for p in self.config.service.pipelines.values() for name in p.exporters}
+        for name in used:
+            self.exporters[name] = build_exporter(
+                name, self.config.exporters[name], storage, classifier, self.metrics, self.clock,
+                recover=self.recover)
+        pipelines = []
+        for pipeline_name, spec in self.config.service.pipelines.items():
+            classify_cfg: ClassifyProcessorConfig | None = None
+            enrich_cfg: EnrichProcessorConfig | None = None
+            degrade_cfg: DegradationProcessorConfig | None = None
+            for processor_name in spec.processors:
+                processor = self.config.processors[processor_name]
+                if isinstance(processor, ClassifyProcessorConfig):
+                    classify_cfg = processor
+                elif isinstance(processor, EnrichProcessorConfig):
+                    enrich_cfg = processor
+                elif isinstance(processor, DegradationProcessorConfig):
+                    degrade_cfg = processor
+            pipelines.append(Pipeline(
+                name=pipeline_name,
+                signal=Signal(component_kind(pipeline_name)),
+                receivers=list(spec.receivers),
+                exporters=[self.exporters[e] for e in spec.exporters],
+                classifier=Classifier(classify_cfg or ClassifyProcessorConfig()) if enrich_cfg else None,
+                enrich=enrich_cfg,
+                degradation=degrade_cfg,
+            ))
+        router = Router(pipelines, self.metrics, self.clock)
+        used_receivers = {name for p in self.config.service.pipelines.values() for name in p.receivers}
+        for name in sorted(used_receivers):
+            receiver = self.config.receivers[name]
+            token = receiver.auth.bearer_token if receiver.auth else None
+            if receiver.protocols.grpc is not None:
+                self.receivers.append(OtlpGrpcReceiver(name, receiver.protocols.grpc, router, self.metrics,
+                                                       receiver.include_metadata, token))
+            if receiver.protocols.http is not None:
+                self.receivers.append(OtlpHttpReceiver(name, receiver.protocols.http, router,
+                                                       receiver.include_metadata, token))
+        health = self.config.extensions.health_check
+        if health is not None and "health_check" in self.config.service.extensions:
+            self.endpoints.append(HttpEndpoint(health.endpoint, health_routes(self.readiness)))
+        metrics_address = self.config.service.telemetry.metrics.address
+        if metrics_address:
+            self.endpoints.append(HttpEndpoint(metrics_address, metrics_routes(self.metrics.registry)))
+        return router
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def readiness(self) -> tuple[bool, dict[str, object]]:
+        exporters = {name: exporter.health() for name, exporter in self.exporters.items()}
+        reachable = all(detail["reachable"] for detail in exporters.values())
+        ready = self.accepting and reachable
+        return ready, {"accepting": self.accepting, "exporters": exporters}
+
+    async def start(self) -> None:
+        self.build()
+        try:
+            for exporter in self.exporters.values():
+                await exporter.start()
+            for endpoint in self.endpoints:
+                await endpoint.start()
+            for receiver in self.receivers:
+                await receiver.start()
+        except OSError as exc:
+            await self.shutdown()
+            raise StartupError(str(exc)) from None
+        self.accepting = True
+        log.info("sidecar started", extra={"receivers": [r.config.endpoint for r in self.receivers],
+                                          "exporters": list(self.exporters)})
+
+    async def shutdown(self) -> None:
+        """Readiness false, receivers stop, queues drain for up to shutdown_timeout, the rest is accounted."""
+        self.accepting = False
+        timeout = float(self.config.service.shutdown_timeout)
+        for receiver in self.receivers:
+            await receiver.stop(grace=min(5.0, timeout))
+        await asyncio.gather(*(e.shutdown(timeout) for e in self.exporters.values()))
+        for endpoint in self.endpoints:
+            await endpoint.stop()
+        log.info("sidecar stopped")
+
+
+async def run_service(config: Config, recover: bool = False) -> int:
+    service = Service(config, recover=recover)
+    try:
+        await service.start()
+    except Exception as exc:
+        if isinstance(exc, StartupError):
+            raise
+        raise StartupError(str(exc)) from exc
+    loop = asyncio.get_running_loop()
+    for sig in (os_signal.SIGTERM, os_signal.SIGINT):
+        loop.add_signal_handler(sig, service.stopping.set)
+    await service.stopping.wait()
+    log.info("shutdown requested")
+    await service.shutdown()
+    return 0

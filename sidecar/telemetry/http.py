@@ -1,0 +1,61 @@
+"""Small HTTP endpoints of the sidecar itself: /health and /ready, and Prometheus /metrics."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import orjson
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+
+
+class HttpEndpoint:
+    """One aiohttp site on `address` (host:port) serving the given routes."""
+
+    def __init__(self, address: str, routes: list[web.RouteDef]) -> None:
+        self.address = address
+        self.routes = routes
+        self.runner: web.AppRunner | None = None
+        self.port = 0
+
+    async def start(self) -> None:
+        app = web.Application()
+        app.add_routes(self.routes)
+        runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        await runner.setup()
+        host, _, port = self.address.rpartition(":")
+        site = web.TCPSite(runner, host.strip("[]") or None, int(port), reuse_port=False)
+        try:
+            await site.start()
+        except OSError as exc:
+            await runner.cleanup()
+            raise OSError(f"cannot listen on {self.address}: {exc.strerror or exc}") from None
+        sockets = site._server.sockets if site._server is not None else []  # type: ignore[union-attr]
+        self.port = sockets[0].getsockname()[1] if sockets else int(port)
+        self.runner = runner
+
+    async def stop(self) -> None:
+        if self.runner is not None:
+            await self.runner.cleanup()
+            self.runner = None
+
+
+def health_routes(readiness: Callable[[], tuple[bool, dict[str, object]]]) -> list[web.RouteDef]:
+    async def health(_: web.Request) -> web.Response:
+        return web.Response(body=orjson.dumps({"status": "alive"}), content_type="application/json")
+
+    async def ready(_: web.Request) -> web.Response:
+        is_ready, detail = readiness()
+        body = orjson.dumps({"status": "ready" if is_ready else "not_ready", **detail}, default=str)
+        return web.Response(status=200 if is_ready else 503, body=body, content_type="application/json")
+
+    return [web.get("/health", health), web.get("/ready", ready), web.get("/", health)]
+
+
+def metrics_routes(registry: CollectorRegistry) -> list[web.RouteDef]:
+    async def metrics(_: web.Request) -> web.Response:
+        response = web.Response(body=generate_latest(registry))
+        response.headers["Content-Type"] = CONTENT_TYPE_LATEST
+        return response
+
+    return [web.get("/metrics", metrics)]
