@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
+from typing import Any
 
 from google.protobuf.message import Message
 from opentelemetry.proto.collector.logs.v1 import logs_service_pb2
@@ -61,12 +62,19 @@ SPECS: dict[Signal, SignalSpec] = {
 
 def count_items(signal: Signal, request: Message) -> int:
     """Items as the Collector counts them: spans, metric data points, log records."""
-    if signal is Signal.TRACES:
-        return sum(len(ss.spans) for rs in request.resource_spans for ss in rs.scope_spans)  # type: ignore[attr-defined]
-    if signal is Signal.LOGS:
-        return sum(len(sl.log_records) for rl in request.resource_logs for sl in rl.scope_logs)  # type: ignore[attr-defined]
     total = 0
-    for rm in request.resource_metrics:  # type: ignore[attr-defined]
+    msg: Any = request
+    if signal is Signal.TRACES:
+        for rs in msg.resource_spans:
+            for ss in rs.scope_spans:
+                total += len(ss.spans)
+        return total
+    if signal is Signal.LOGS:
+        for rl in msg.resource_logs:
+            for sl in rl.scope_logs:
+                total += len(sl.log_records)
+        return total
+    for rm in msg.resource_metrics:
         for sm in rm.scope_metrics:
             for metric in sm.metrics:
                 kind = metric.WhichOneof("data")
