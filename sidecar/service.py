@@ -21,6 +21,7 @@ from sidecar.pipeline.router import Pipeline, Router
 from sidecar.receivers.otlp_grpc import OtlpGrpcReceiver
 from sidecar.receivers.otlp_http import OtlpHttpReceiver
 from sidecar.signals import Signal
+from sidecar.telemetry.events import Events
 from sidecar.telemetry.http import HttpEndpoint, health_routes, metrics_routes
 from sidecar.telemetry.metrics import Metrics
 
@@ -37,6 +38,7 @@ class Service:
         self.clock = clock
         self.recover = recover
         self.metrics = Metrics()
+        self.events = Events(self.metrics, clock)
         self.exporters: dict[str, Exporter] = {}
         self.receivers: list[OtlpGrpcReceiver | OtlpHttpReceiver] = []
         self.endpoints: list[HttpEndpoint] = []
@@ -60,10 +62,10 @@ class Service:
         classifier = self.export_classifier()
         storage = self._storage_directory()
         used = {name for p in self.config.service.pipelines.values() for name in p.exporters}
-        for name in used:
+        for name in sorted(used):
             self.exporters[name] = build_exporter(
-                name, self.config.exporters[name], storage, classifier, self.metrics, self.clock,
-                recover=self.recover)
+                name, self.config.exporters[name], storage, classifier, self.metrics, self.events, self.clock,
+                memory_limit_mib=self.config.service.memory_limit_mib, recover=self.recover)
         pipelines = []
         for pipeline_name, spec in self.config.service.pipelines.items():
             classify_cfg: ClassifyProcessorConfig | None = None
@@ -77,6 +79,9 @@ class Service:
                     enrich_cfg = processor
                 elif isinstance(processor, DegradationProcessorConfig):
                     degrade_cfg = processor
+            if degrade_cfg is not None:
+                for exporter_name in spec.exporters:
+                    self.exporters[exporter_name].use_degradation(degrade_cfg)
             pipelines.append(Pipeline(
                 name=pipeline_name,
                 signal=Signal(component_kind(pipeline_name)),

@@ -14,7 +14,7 @@ endpoint's adaptive base) and `cap` = `max_interval`::
 `randomization_factor` (the Collector's knob, default 0.5) only shapes `equal`: it is the
 width of the random band below `d`. With the default 0.5 this is the classic equal jitter
 d/2 + uniform(0, d/2); 0 disables jitter, 1 is full jitter. Unlike the Collector's
-`d * (1 ± rf)`, the band never goes above `d`, so `max_interval` is a hard bound on the
+`d * (1 +- rf)`, the band never goes above `d`, so `max_interval` is a hard bound on the
 backoff. `full` and `decorrelated` ignore the factor.
 
 A server hint (RetryInfo, Retry-After) is a floor: the wait is `max(jittered, hint)`, even when
@@ -133,7 +133,7 @@ class AdaptiveBase:
 
     Outcomes are recorded over a sliding `window`. When at least `min_samples` outcomes are in
     the window, the base is adjusted at most once every `adjust_every` seconds: success rate
-    above `high` (0.8) shrinks it ×0.8, below `low` (0.3) grows it ×1.5; it always stays within
+    above `high` (0.8) shrinks it x0.8, below `low` (0.3) grows it x1.5; it always stays within
     [initial_interval, max_interval]. It starts at `initial_interval`.
     """
 

@@ -3,8 +3,8 @@
 Strategies:
 
 * ``least_outstanding`` (default): fewest requests in flight.
-* ``ewma_latency``: lowest EWMA of the success latency (α 0.3), weighted by load as in Finagle's
-  peak-EWMA: cost = ewma × (outstanding + 1), so a fast endpoint is not flooded until it gets
+* ``ewma_latency``: lowest EWMA of the success latency (alpha 0.3), weighted by load as in Finagle's
+  peak-EWMA: cost = ewma x (outstanding + 1), so a fast endpoint is not flooded until it gets
   slow. An endpoint without a sample yet costs 0 (it gets explored first).
 * ``round_robin``: in turn.
 

@@ -2,16 +2,16 @@
 
 The limit starts at `min` and moves within [min, max]:
 
-* +1 after a successful call whose RTT stayed within EWMA + 2.5σ of the past RTTs, when the
+* +1 after a successful call whose RTT stayed within EWMA + 2.5sigma of the past RTTs, when the
   call was started with the limit fully used (as ARC: there is no point growing a limit that
   the load does not reach);
-* ×0.9 (at least -1, never below `min`) on throttling (RESOURCE_EXHAUSTED / HTTP 429), a
-  timeout, or an RTT above EWMA + 2.5σ;
+* x0.9 (at least -1, never below `min`) on throttling (RESOURCE_EXHAUSTED / HTTP 429), a
+  timeout, or an RTT above EWMA + 2.5sigma;
 * other failures (UNAVAILABLE, permanent errors...) leave it alone: the breaker deals with them;
 * a cancelled call leaves it alone.
 
 The latency check starts after `warmup` samples, so the first few RTTs only build the EWMA.
-Mean and variance are exponentially weighted (α 0.3); the breach test uses the statistics of
+Mean and variance are exponentially weighted (alpha 0.3); the breach test uses the statistics of
 the past calls, before the current sample is added. `adaptive: false` fixes the limit at `max`.
 """
 

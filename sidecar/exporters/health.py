@@ -18,20 +18,15 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Callable
-from typing import Protocol
 
 from sidecar.clock import Clock
 from sidecar.config.schema import HealthProbeConfig
 from sidecar.exporters.breaker import EndpointBreaker
 from sidecar.exporters.errors import ExportError, ExportFailure
+from sidecar.exporters.retry import ExportClassifier
 from sidecar.exporters.transport import Transport
-from sidecar.pipeline.taxonomy import Classification
 
 log = logging.getLogger(__name__)
-
-
-class _Classifier(Protocol):
-    def classify_export(self, failure: ExportFailure) -> Classification: ...
 
 
 class HealthProber:
@@ -42,7 +37,7 @@ class HealthProber:
         clock: Clock,
         breaker: EndpointBreaker | None = None,
         on_change: Callable[[str, bool], None] | None = None,
-        classifier: _Classifier | None = None,
+        classifier: ExportClassifier | None = None,
     ) -> None:
         self.transport = transport
         self.endpoint = transport.endpoint

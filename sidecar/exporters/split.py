@@ -36,7 +36,7 @@ _LEVELS: dict[Signal, tuple[str, ...]] = {
 def _children(node: Message, field: str) -> Sequence[Any]:
     if field == "data_points":
         kind = node.WhichOneof("data")
-        return getattr(getattr(node, kind), "data_points") if kind else ()
+        return getattr(node, kind).data_points if kind else ()
     return getattr(node, field)  # type: ignore[no-any-return]
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import Any
 
 import grpc
 from grpc import aio
@@ -22,7 +23,8 @@ def observe_rpc_error(exc: aio.AioRpcError) -> ExportFailure:
     code = exc.code()
     details = exc.details() or ""
     status_details: bytes | None = None
-    for key, value in exc.trailing_metadata() or ():
+    trailing: Any = exc.trailing_metadata() or ()
+    for key, value in trailing:
         if key == "grpc-status-details-bin" and isinstance(value, bytes):
             status_details = value
     retry_after = retry_info_from_status_details(status_details)

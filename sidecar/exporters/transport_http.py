@@ -88,7 +88,7 @@ class HttpTransport:
                     retry_after=retry_after, has_retry_info=retry_after is not None))
         except ExportError:
             raise
-        except (aiohttp.ClientError, OSError, TimeoutError, asyncio.TimeoutError) as exc:
+        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
             raise ExportError(observe_client_error(exc)) from None
 
     async def send(self, entry: QueueEntry, timeout: float) -> SendOutcome:

@@ -67,3 +67,22 @@ class Classification:
     @property
     def retryable(self) -> bool:
         return self.recoverability.retryable
+
+
+# Severity is derived from recoverability (DESIGN.md §3): a single retryable error is routine (low),
+# one that needs waiting for the other side (temporary) deserves attention (medium), data that
+# can never be delivered is lost (high), and an error that stops delivery until someone acts is
+# critical. `sidecar.pipeline.classify.escalate` raises it for retryable/temporary errors that recur.
+SEVERITY_BY_RECOVERABILITY: dict[Recoverability, Severity] = {
+    Recoverability.RETRYABLE: Severity.LOW,
+    Recoverability.TEMPORARY: Severity.MEDIUM,
+    Recoverability.PERMANENT: Severity.HIGH,
+    Recoverability.FATAL: Severity.CRITICAL,
+}
+
+SEVERITY_ORDER: tuple[Severity, ...] = (Severity.LOW, Severity.MEDIUM, Severity.HIGH, Severity.CRITICAL)
+
+
+def default_severity(recoverability: Recoverability) -> Severity:
+    """The severity of one occurrence of an error of this recoverability."""
+    return SEVERITY_BY_RECOVERABILITY[recoverability]

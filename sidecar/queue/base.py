@@ -105,5 +105,9 @@ class ManagedSendingQueue(SendingQueue, Protocol):
     def available(self) -> int:
         """Entries that are not leased, i.e. that a `get` would return without waiting."""
 
-    async def wait_empty(self, timeout: float | None = None) -> bool:  # noqa: ASYNC109 (a deadline, not a cancel)
+    @property
+    def leased(self) -> int:
+        """Entries handed to consumers and neither acked nor nacked yet."""
+
+    async def wait_empty(self, timeout: float | None = None) -> bool:
         """Wait until nothing is held (leased entries included); False when the timeout expired."""

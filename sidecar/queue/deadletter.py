@@ -11,7 +11,8 @@ count, so the caller can count the items as dropped with reason `dead_letter_evi
 `evicted`/`evicted_items` counters keep the totals since open. A single dead letter larger than
 `max_bytes` is still kept (alone).
 
-`list` pages oldest first; `take` removes and returns (for replay into the queue).
+`list` pages oldest first; `take` removes and returns; `replay_dead_letters` puts them back into
+the queue (put first, remove after, so a crash duplicates rather than loses).
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from pathlib import Path
 from typing import Protocol
 
 from sidecar.pipeline.taxonomy import Category, Classification, Recoverability, Recovery, Severity
-from sidecar.queue.base import QueueClosed, QueueEntry
+from sidecar.queue.base import QueueClosed, QueueEntry, QueueFull, SendingQueue
 from sidecar.queue.sqlite import SqliteFile, Synchronous, entry_columns, entry_from_columns, storage_error
 from sidecar.signals import Signal
 
@@ -92,6 +93,12 @@ class DeadLetterStore(Protocol):
     async def take(self, ids: Sequence[int] | None = None,
                    limit: int | None = None) -> builtins.list[DeadLetter]:
         """Remove and return the given ids (all when None; unknown ids ignored), oldest first."""
+
+    async def get(self, ids: Sequence[int]) -> builtins.list[DeadLetter]:
+        """The given dead letters without removing them (unknown ids ignored), oldest first."""
+
+    async def remove(self, ids: Sequence[int]) -> int:
+        """Delete the given dead letters; how many there were."""
 
     async def close(self) -> None: ...
 
@@ -202,6 +209,12 @@ class MemoryDeadLetters:
             del self._index[dl.id]
             self._bytes -= len(dl.entry.payload)
         return out
+
+    async def get(self, ids: Sequence[int]) -> builtins.list[DeadLetter]:
+        return [self._items[i] for i in sorted({i for i in ids if i in self._items})]
+
+    async def remove(self, ids: Sequence[int]) -> int:
+        return len(await self.take(ids))
 
     async def close(self) -> None:
         return None
@@ -402,6 +415,95 @@ class SqliteDeadLetters:
                 self._bytes -= nbytes
             return out
 
+    async def get(self, ids: Sequence[int]) -> builtins.list[DeadLetter]:
+        self._require_open()
+        chosen = sorted({int(i) for i in ids if int(i) in self._index})
+
+        def read(conn: sqlite3.Connection) -> builtins.list[DeadLetter]:
+            out: builtins.list[DeadLetter] = []
+            for start in range(0, len(chosen), 500):
+                part = chosen[start:start + 500]
+                marks = ",".join("?" * len(part))
+                out.extend(_from_row(row) for row in conn.execute(
+                    f"{_SELECT} WHERE id IN ({marks}) ORDER BY id", part))
+            return out
+
+        try:
+            return await self._db.run(read) if chosen else []
+        except (sqlite3.Error, ValueError) as exc:
+            raise storage_error(self.path, exc) from exc
+
+    async def remove(self, ids: Sequence[int]) -> int:
+        self._require_open()
+        async with self._lock:
+            chosen = sorted({int(i) for i in ids if int(i) in self._index})
+            if not chosen:
+                return 0
+
+            def delete(conn: sqlite3.Connection) -> None:
+                conn.execute("BEGIN IMMEDIATE")
+                try:
+                    for start in range(0, len(chosen), 500):
+                        part = chosen[start:start + 500]
+                        conn.execute(f"DELETE FROM dead_letters WHERE id IN ({','.join('?' * len(part))})", part)
+                    conn.execute("COMMIT")
+                except BaseException:
+                    if conn.in_transaction:
+                        conn.execute("ROLLBACK")
+                    raise
+
+            try:
+                await self._db.run(delete)
+            except sqlite3.Error as exc:
+                raise storage_error(self.path, exc) from exc
+            for dl_id in chosen:
+                _, _, nbytes = self._index.pop(dl_id)
+                self._bytes -= nbytes
+            return len(chosen)
+
     async def close(self) -> None:
         async with self._lock:
             await self._db.close(vacuum=not self._index)
+
+
+# ---------------------------------------------------------------- replay
+
+
+@dataclass(frozen=True, slots=True)
+class ReplayResult:
+    replayed: int  # dead letters put back into the queue (and removed from the store)
+    items: int  # items in them
+    remaining: int  # of those asked for, still dead letters (the queue was full)
+
+
+async def replay_dead_letters(store: DeadLetterStore, queue: SendingQueue,
+                              ids: Sequence[int] | None = None, batch: int = 100) -> ReplayResult:
+    """Put dead letters back into the queue, oldest first (all when `ids` is None).
+
+    Each one is put first and removed from the store only after `put` returned, so a crash in
+    between duplicates it rather than losing it. A full queue (QueueFull) stops the replay; what
+    was not replayed stays a dead letter and is counted in `remaining`.
+    """
+    replayed = items = 0
+    wanted = None if ids is None else sorted(set(ids))
+    position = 0
+    while True:
+        if wanted is None:
+            page = await store.list(limit=batch)
+        else:
+            page = await store.get(wanted[position:position + batch])
+            position += batch
+            if not page and position >= len(wanted):
+                break
+        if not page and wanted is None:
+            break
+        for dl in page:
+            try:
+                await queue.put(dl.entry)
+            except QueueFull:
+                left = store.count if wanted is None else len(await store.get(wanted))
+                return ReplayResult(replayed, items, left)
+            await store.remove([dl.id])
+            replayed += 1
+            items += dl.entry.items
+    return ReplayResult(replayed, items, 0)

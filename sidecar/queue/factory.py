@@ -35,13 +35,15 @@ _MAX_NAME = 120
 def sanitize_name(name: str) -> str:
     """A file-name-safe, collision-resistant form of an exporter name.
 
-    `/` becomes `_` (`otlp_grpc/primary` -> `otlp_grpc_primary`). Any other character outside
-    `[A-Za-z0-9._-]`, a leading dot, or an over-long name is also replaced, and then a short
-    hash of the original name is appended so two different names cannot share a file.
+    The `/` between kind and name becomes `_` (`otlp_grpc/primary` -> `otlp_grpc_primary`; the
+    kinds are fixed words, so `otlp_grpc_primary` is not itself a valid exporter name). Any other character outside
+    `[A-Za-z0-9._-]` (a further `/` included), a leading dot, or an over-long name is replaced
+    too, and then a short hash of the original name is appended so that two different names
+    cannot share a file.
     """
     if not name:
         raise ValueError("exporter name is empty")
-    base = name.replace("/", "_")
+    base = name.replace("/", "_", 1)
     safe = _UNSAFE.sub("_", base).lstrip(".")
     if safe != base or not safe or len(safe) > _MAX_NAME:
         digest = hashlib.sha1(name.encode(), usedforsecurity=False).hexdigest()[:8]

@@ -48,7 +48,7 @@ class Waiters:
     def __len__(self) -> int:
         return len(self._waiters)
 
-    async def wait(self, timeout: float | None = None) -> bool:  # noqa: ASYNC109
+    async def wait(self, timeout: float | None = None) -> bool:
         """Wait to be woken; False when the timeout expired first. Cancellation passes the wake-up on."""
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._waiters.append(fut)
@@ -205,7 +205,7 @@ class MemoryQueue:
 
     # ------------------------------------------------------------ shutdown helpers
 
-    async def wait_empty(self, timeout: float | None = None) -> bool:  # noqa: ASYNC109
+    async def wait_empty(self, timeout: float | None = None) -> bool:
         """Wait until nothing is held (leased entries included); False when the timeout expired."""
         loop = asyncio.get_running_loop()
         deadline = None if timeout is None else loop.time() + timeout

@@ -6,6 +6,7 @@ import asyncio
 import hmac
 import logging
 import ssl
+from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 from google.rpc import code_pb2
@@ -36,6 +37,18 @@ def error_response(status: int, message: str, content_type: str,
                         content_type=body_type, headers=headers)
 
 
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@web.middleware
+async def _not_found(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except web.HTTPNotFound:
+        return error_response(404, f"unknown path {request.path} (OTLP paths: /v1/traces, "
+                              "/v1/metrics, /v1/logs)", request.content_type)
+
+
 class OtlpHttpReceiver:
     def __init__(self, name: str, config: HttpReceiverConfig, ingest: Ingest,
                  include_metadata: list[str], bearer_token: str | None) -> None:
@@ -50,27 +63,21 @@ class OtlpHttpReceiver:
 
     def _app(self) -> web.Application:
         # client_max_size is ours to enforce (with a precise Status body), so lift aiohttp's own.
-        app = web.Application(client_max_size=self.max_body + 1, handler_args={"max_field_size": 16384})
+        # auto_decompress off: we inflate ourselves, bounded by the limit, so a gzip bomb never inflates fully.
+        app = web.Application(client_max_size=self.max_body + 1,
+                              handler_args={"max_field_size": 16384, "auto_decompress": False})
         for signal in Signal:
             app.router.add_route("POST", SPECS[signal].http_path, self._handler(signal))
             app.router.add_route("*", SPECS[signal].http_path, self._method_not_allowed)
-        app.middlewares.append(self._not_found)
+        app.middlewares.append(_not_found)
         return app
-
-    @web.middleware
-    async def _not_found(self, request: web.Request, handler: web.RequestHandler) -> web.StreamResponse:
-        try:
-            return await handler(request)
-        except web.HTTPNotFound:
-            return error_response(404, f"unknown path {request.path} (OTLP paths: /v1/traces, "
-                                  "/v1/metrics, /v1/logs)", request.content_type)
 
     async def _method_not_allowed(self, request: web.Request) -> web.Response:
         response = error_response(405, f"method {request.method} not allowed, use POST", request.content_type)
         response.headers["Allow"] = "POST"
         return response
 
-    def _handler(self, signal: Signal) -> web.RequestHandler:
+    def _handler(self, signal: Signal) -> Handler:
         async def export(request: web.Request) -> web.StreamResponse:
             content_type = request.content_type
             if self.bearer_token is not None and not hmac.compare_digest(
@@ -149,8 +156,7 @@ class OtlpHttpReceiver:
             raise OSError(f"receivers.{self.name}.protocols.http: cannot listen on "
                           f"{self.config.endpoint}: {exc.strerror or exc}") from None
         self.runner = runner
-        sockets = site._server.sockets if site._server is not None else []  # type: ignore[union-attr]
-        self.port = sockets[0].getsockname()[1] if sockets else int(port)
+        self.port = int(runner.addresses[0][1]) if runner.addresses else int(port)
         log.info("http receiver listening", extra={"receiver": self.name, "endpoint": self.config.endpoint})
 
     async def stop(self, grace: float) -> None:

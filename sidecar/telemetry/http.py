@@ -30,8 +30,7 @@ class HttpEndpoint:
         except OSError as exc:
             await runner.cleanup()
             raise OSError(f"cannot listen on {self.address}: {exc.strerror or exc}") from None
-        sockets = site._server.sockets if site._server is not None else []  # type: ignore[union-attr]
-        self.port = sockets[0].getsockname()[1] if sockets else int(port)
+        self.port = int(runner.addresses[0][1]) if runner.addresses else int(port)
         self.runner = runner
 
     async def stop(self) -> None:

@@ -48,10 +48,22 @@ def test_sdk_signals_arrive_intact(client: str, exporter: str, upstream: FakeCol
         if span_id not in app.error_span_ids:
             assert not any(key.startswith("sidecar.error.") for key in attributes)
     logs = upstream.log_records()
-    assert sorted(r.attributes[0].value.int_value for r in logs if r.attributes[0].key == "log.index") == \
-        list(range(20))
-    points = sum(p.as_int for m in upstream.metrics() if m.name == "orders_total" for p in m.sum.data_points)
-    assert points == 30
+    indexes = sorted(a.value.int_value for r in logs for a in r.attributes if a.key == "log.index")
+    assert indexes == list(range(20))
+    for record in logs:
+        keys = {a.key: a.value for a in record.attributes}
+        if record.severity_number >= 17:
+            assert keys["sidecar.error.category"].string_value == "timeout"
+            assert keys["error.type"].string_value
+        else:
+            assert not any(k.startswith("sidecar.error.") for k in keys)
+    latest: dict[str, int] = {}  # cumulative temporality: each export repeats the running total
+    for metric in upstream.metrics():
+        if metric.name == "orders_total":
+            for point in metric.sum.data_points:
+                shop = point.attributes[0].value.string_value
+                latest[shop] = max(latest.get(shop, 0), point.as_int)
+    assert latest == {"shop-0": 10, "shop-1": 10, "shop-2": 10}
     # What went upstream keeps the client's wire format choice out of it: always protobuf.
     assert all(r.content_type in ("", "application/x-protobuf", None) or r.protocol == "grpc"
                for r in upstream.accepted())
@@ -152,7 +164,7 @@ def test_bad_input_gets_precise_answers_and_others_are_served(
         (gzip.compress(b"\x0a\x00" * (2 * 1024 * 1024)), "application/x-protobuf", "gzip", 413),
     ]
     for body, content_type, encoding, expected in cases:
-        status, response, headers = _post(url, body, content_type, encoding)
+        status, response, _headers = _post(url, body, content_type, encoding)
         assert status == expected, (body[:40], content_type, status, response[:200])
         assert response, "error bodies carry a google.rpc.Status"
     status, _, _ = _post(f"{sidecar.http_endpoint}/v2/nothing", b"", "application/x-protobuf")

@@ -1,0 +1,355 @@
+"""One exporter: its queue, its consumers and its sender chain (DESIGN.md §2, §5).
+
+`accept` is the pipeline's door: it applies the exporter's degradation level,
+then queues (acknowledged once stored) or, with the queue disabled, sends
+synchronously and maps upstream's answer back to the client.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+from collections import deque
+from dataclasses import replace
+from pathlib import Path
+
+from google.protobuf.message import Message
+
+from sidecar.clock import SYSTEM_CLOCK, Clock
+from sidecar.config.schema import DegradationProcessorConfig, ExporterConfig, component_kind
+from sidecar.config.units import MIB
+from sidecar.exporters.sender import Sender, SendReport, Verdict, build_sender
+from sidecar.exporters.transport import Transport
+from sidecar.exporters.transport_grpc import GrpcTransport
+from sidecar.exporters.transport_http import HttpTransport
+from sidecar.pipeline.classify import Classifier
+from sidecar.pipeline.degrade import (
+    DegradationLadder,
+    Level,
+    Pressure,
+    ShedResult,
+    shed_logs,
+    shed_traces,
+)
+from sidecar.pipeline.taxonomy import Category, Classification, Recoverability, Recovery, Severity
+from sidecar.queue.base import Lease, ManagedSendingQueue, QueueEntry, QueueFull, QueueStorageError
+from sidecar.queue.deadletter import DeadLetterStore
+from sidecar.queue.factory import open_dead_letters, open_queue
+from sidecar.queue.memory import MemoryQueue
+from sidecar.receivers.ingest import Backpressure, IngestResult, UpstreamRefused
+from sidecar.signals import Signal
+from sidecar.telemetry.events import Events
+from sidecar.telemetry.metrics import Metrics
+
+log = logging.getLogger("sidecar.exporter")
+
+INTERNAL_ERROR = Classification(Category.INTERNAL, Severity.CRITICAL, Recoverability.FATAL,
+                                Recovery.MANUAL_INTERVENTION, "internal", "sidecar")
+_HTTP_FOR_GRPC = {"INVALID_ARGUMENT": 400, "UNAUTHENTICATED": 401, "PERMISSION_DENIED": 403, "NOT_FOUND": 404,
+                  "UNIMPLEMENTED": 404, "FAILED_PRECONDITION": 400, "RESOURCE_EXHAUSTED": 413}
+_GRPC_FOR_HTTP = {400: "INVALID_ARGUMENT", 401: "UNAUTHENTICATED", 403: "PERMISSION_DENIED", 404: "UNIMPLEMENTED",
+                  405: "UNIMPLEMENTED", 413: "RESOURCE_EXHAUSTED", 415: "INVALID_ARGUMENT"}
+STATS_WINDOW = 60.0
+
+
+def resident_memory_bytes() -> int | None:
+    try:
+        with open("/proc/self/statm", "rb") as statm:
+            return int(statm.read().split()[1]) * 4096
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def build_transports(name: str, config: ExporterConfig) -> list[Transport]:
+    kind = component_kind(name)
+    endpoints = config.endpoint_list()
+    if kind == "otlp_http":
+        return [HttpTransport(endpoint, config) for endpoint in endpoints]
+    return [GrpcTransport(endpoint, config) for endpoint in endpoints]
+
+
+class Exporter:
+    def __init__(self, name: str, config: ExporterConfig, sender: Sender, classifier: Classifier,
+                 metrics: Metrics, events: Events, clock: Clock, storage_directory: Path | None,
+                 memory_limit_bytes: int | None, recover: bool = False) -> None:
+        self.name = name
+        self.config = config
+        self.sender = sender
+        self.classifier = classifier
+        self.metrics = metrics
+        self.events = events
+        self.clock = clock
+        self.storage_directory = storage_directory if config.sending_queue.storage else None
+        self.memory_limit_bytes = memory_limit_bytes
+        self.recover = recover
+        self.queue: ManagedSendingQueue | None = None
+        self.dead_letters: DeadLetterStore | None = None
+        self.ladder: DegradationLadder | None = None
+        self.consumers: list[asyncio.Task[None]] = []
+        self.accepting = False
+        self._outcomes: deque[tuple[float, bool, float]] = deque()
+        self._memory_sample: tuple[float, int | None] = (float("-inf"), None)
+        self._rng = random.Random()
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def use_degradation(self, config: DegradationProcessorConfig) -> None:
+        if self.ladder is None:
+            self.ladder = DegradationLadder(config)
+
+    async def start(self) -> None:
+        queue_cfg = self.config.sending_queue
+        try:
+            if queue_cfg.enabled:
+                self.queue = await open_queue(self.name, queue_cfg, self.storage_directory, recover=self.recover)
+            self.dead_letters = await open_dead_letters(self.name, self.storage_directory,
+                                                        synchronous=queue_cfg.synchronous, recover=self.recover)
+        except QueueStorageError as exc:
+            raise OSError(f"exporters.{self.name}: {exc}") from None
+        if self.queue is not None:
+            self.metrics.queue_capacity.labels(self.name).set(self.queue.capacity)
+            if self.queue.count:
+                log.info("replaying queued requests from disk", extra={
+                    "exporter": self.name, "requests": self.queue.count})
+            self._update_queue_gauges()
+            self.consumers = [asyncio.create_task(self._consume(), name=f"{self.name}-consumer-{i}")
+                              for i in range(queue_cfg.num_consumers)]
+        self.sender.start()
+        self.accepting = True
+
+    async def shutdown(self, timeout: float) -> None:
+        """Drain for up to `timeout`; persist (disk) or count as dropped (memory) what is left."""
+        self.accepting = False
+        if self.queue is not None:
+            drained = await self.queue.wait_empty(timeout)
+            for task in self.consumers:
+                task.cancel()
+            await asyncio.gather(*self.consumers, return_exceptions=True)
+            if not drained:
+                if self.queue.durable:
+                    log.warning("shutdown: requests left in the disk queue, replayed on next start",
+                                extra={"exporter": self.name, "requests": self.queue.count})
+                elif isinstance(self.queue, MemoryQueue):
+                    for entry in self.queue.drain_nowait():
+                        self.events.dropped(entry.signal.value, "shutdown", entry.items,
+                                            f"exporter {self.name}: not delivered within shutdown_timeout")
+            await self.queue.close()
+        await self.sender.stop()
+        await self.sender.close()
+        if self.dead_letters is not None:
+            await self.dead_letters.close()
+
+    def health(self) -> dict[str, object]:
+        queue = self.queue
+        return {
+            "reachable": self.sender.healthy,
+            "queue_size": queue.size if queue else 0,
+            "queue_capacity": queue.capacity if queue else 0,
+            "degradation_level": int(self.ladder.level) if self.ladder else 0,
+            "endpoints": self.sender.status(),
+        }
+
+    # ------------------------------------------------------------------ accepting
+
+    async def accept(self, entry: QueueEntry, message: Message,
+                     degradation: DegradationProcessorConfig | None) -> IngestResult:
+        if not self.accepting:
+            raise Backpressure(f"exporter {self.name} is shutting down", retry_after=5.0)
+        if self.queue is None:
+            return await self._send_synchronously(entry)
+        level = self._current_level()
+        shed: ShedResult | None = None
+        if degradation is not None and level.sheds:
+            entry, shed = self._shed(entry, message, level, degradation.sample_ratio)
+            if entry.items == 0:
+                return IngestResult(shed.shed, shed.message())
+        if level.rejects and self.queue.count > 0:
+            self._push_back(entry, "memory_limit" if self._memory_fraction() else "queue_full")
+        try:
+            await self.queue.put(entry)
+        except QueueFull:
+            self._push_back(entry, "queue_full")
+        finally:
+            self._update_queue_gauges()
+        if shed is not None and shed.shed:
+            return IngestResult(shed.shed, shed.message())
+        return IngestResult()
+
+    def _push_back(self, entry: QueueEntry, reason: str) -> None:
+        self.events.backpressure(self.name, entry.signal.value, entry.items, reason)
+        retry_after = max(1.0, min(30.0, self.sender_wait_hint()))
+        raise Backpressure(f"exporter {self.name}: sending queue is full ({reason}); retry later",
+                           retry_after=retry_after)
+
+    def sender_wait_hint(self) -> float:
+        return 1.0 if self.sender.ready_now() else 5.0
+
+    def _shed(self, entry: QueueEntry, message: Message, level: Level,
+              sample_ratio: float) -> tuple[QueueEntry, ShedResult]:
+        """Shed on a private copy: the pipeline's message is shared with the other exporters."""
+        own = type(message)()
+        own.CopyFrom(message)
+        if entry.signal is Signal.TRACES:
+            result = shed_traces(own, level, sample_ratio,  # type: ignore[arg-type]
+                                 lambda span: self.classifier.classify_span(span) is not None)
+        elif entry.signal is Signal.LOGS:
+            result = shed_logs(own, level, sample_ratio,  # type: ignore[arg-type]
+                               lambda record: self.classifier.classify_log(record) is not None)
+        else:
+            return entry, ShedResult(entry.items, 0, {}, level, "metric_points")
+        for reason, count in result.shed_by_reason.items():
+            self.events.dropped(entry.signal.value, reason, count, f"exporter {self.name} at level {int(level)}")
+        if not result.changed:
+            return entry, result
+        return replace(entry, payload=own.SerializeToString(), items=result.kept), result
+
+    def _memory_fraction(self) -> float | None:
+        if not self.memory_limit_bytes:
+            return None
+        now = self.clock.monotonic()
+        sampled_at, rss = self._memory_sample
+        if now - sampled_at > 0.25:
+            rss = resident_memory_bytes()
+            self._memory_sample = (now, rss)
+        return None if rss is None else rss / self.memory_limit_bytes
+
+    def _current_level(self) -> Level:
+        queue = self.queue
+        assert queue is not None
+        error_rate, latency = self._recent_stats()
+        pressure = Pressure(
+            queue_fill=queue.size / queue.capacity if queue.capacity else 0.0,
+            queue_full=queue.size >= queue.capacity,
+            breaker_open=not self.sender.ready_now(),
+            memory_fraction=self._memory_fraction(),
+            error_rate=error_rate,
+            latency=latency,
+        )
+        if self.ladder is None:
+            self.ladder = DegradationLadder(None)
+        previous = self.ladder.level
+        level = self.ladder.update(pressure)
+        if level != previous:
+            self.events.degradation_changed(self.name, int(previous), int(level), self.ladder.cause)
+        return level
+
+    def _recent_stats(self) -> tuple[float | None, float | None]:
+        now = self.clock.monotonic()
+        while self._outcomes and now - self._outcomes[0][0] > STATS_WINDOW:
+            self._outcomes.popleft()
+        if not self._outcomes:
+            return None, None
+        failures = sum(1 for _, ok, _ in self._outcomes if not ok)
+        latencies = sorted(latency for _, ok, latency in self._outcomes if ok)
+        median = latencies[len(latencies) // 2] if latencies else None
+        return failures / len(self._outcomes), median
+
+    # ------------------------------------------------------------------ synchronous mode
+
+    async def _send_synchronously(self, entry: QueueEntry) -> IngestResult:
+        report = await self.sender.send(entry)
+        if report.verdict is Verdict.DELIVERED:
+            return IngestResult(report.rejected, _rejected_message(report))
+        classification = report.classification or INTERNAL_ERROR
+        if report.verdict is Verdict.REQUEUE or classification.retryable:
+            raise UpstreamRefused(f"upstream did not accept the request: {classification.error_type}",
+                                  retryable=True, retry_after=report.retry_after, grpc_code="UNAVAILABLE",
+                                  http_status=503)
+        grpc_code, http_status = _client_status(classification)
+        raise UpstreamRefused(f"upstream refused the request ({classification.category.value}/"
+                              f"{classification.error_type})", retryable=False, retry_after=None,
+                              grpc_code=grpc_code, http_status=http_status)
+
+    # ------------------------------------------------------------------ consuming
+
+    async def _consume(self) -> None:
+        assert self.queue is not None
+        while True:
+            await self.sender.wait_ready()
+            lease = await self.queue.get()
+            self._update_queue_gauges()
+            started = self.clock.monotonic()
+            try:
+                report = await self.sender.send(lease.entry)
+            except asyncio.CancelledError:
+                with contextlib.suppress(Exception):
+                    await asyncio.shield(self.queue.nack(lease))
+                raise
+            except Exception:
+                log.exception("sender failed unexpectedly", extra={"exporter": self.name})
+                report = SendReport(Verdict.DEAD_LETTER, INTERNAL_ERROR, 0, 0, None, None)
+            self._outcomes.append((self.clock.monotonic(), report.verdict is Verdict.DELIVERED,
+                                   self.clock.monotonic() - started))
+            try:
+                await self._settle(lease, report)
+            finally:
+                self._update_queue_gauges()
+            if report.verdict is Verdict.REQUEUE and report.retry_after:
+                await self.clock.sleep(min(report.retry_after, 5.0))
+
+    async def _settle(self, lease: Lease, report: SendReport) -> None:
+        assert self.queue is not None
+        if not report.parts:
+            if report.verdict is Verdict.REQUEUE:
+                await self.queue.nack(lease)
+                return
+            if report.verdict is Verdict.DEAD_LETTER:
+                await self._dead_letter(lease.entry, report)
+            await self.queue.ack(lease)
+            return
+        requeue = [part.entry for part in report.parts if part.report.verdict is Verdict.REQUEUE]
+        try:
+            for part_entry in requeue:
+                await self.queue.put(part_entry)
+        except QueueFull:
+            await self.queue.nack(lease)  # resend the whole entry later: duplicates, never loss
+            return
+        for part in report.parts:
+            if part.report.verdict is Verdict.DEAD_LETTER:
+                await self._dead_letter(part.entry, part.report)
+        await self.queue.ack(lease)
+
+    async def _dead_letter(self, entry: QueueEntry, report: SendReport) -> None:
+        assert self.dead_letters is not None
+        classification = report.classification or INTERNAL_ERROR
+        message = report.reason or classification.error_type
+        evicted = await self.dead_letters.add(entry, classification, message, self.clock.wall())
+        self.events.dead_lettered(self.name, entry.signal.value, entry.items, classification.category.value,
+                                  classification.error_type, message)
+        for old in evicted:
+            self.events.dropped(old.signal.value, "dead_letter_evicted", old.items,
+                                f"exporter {self.name}: dead-letter store full")
+
+    def _update_queue_gauges(self) -> None:
+        if self.queue is not None:
+            self.metrics.queue_size.labels(self.name).set(self.queue.size)
+            self.metrics.queue_bytes.labels(self.name).set(self.queue.bytes)
+
+
+def _rejected_message(report: SendReport) -> str:
+    return f"upstream rejected {report.rejected} items" if report.rejected else ""
+
+
+def _client_status(classification: Classification) -> tuple[str, int]:
+    """What the client sees for a permanent upstream failure in synchronous mode."""
+    error_type = classification.error_type
+    if error_type.startswith("http_") and error_type[5:].isdigit():
+        status = int(error_type[5:])
+        return _GRPC_FOR_HTTP.get(status, "INTERNAL"), status
+    if error_type in _HTTP_FOR_GRPC:
+        return error_type, _HTTP_FOR_GRPC[error_type]
+    if classification.category is Category.SERIALIZATION:
+        return "INVALID_ARGUMENT", 400
+    return "INTERNAL", 500
+
+
+def build_exporter(name: str, config: ExporterConfig, storage_directory: Path | None, classifier: Classifier,
+                   metrics: Metrics, events: Events, clock: Clock = SYSTEM_CLOCK,
+                   memory_limit_mib: float | None = None, recover: bool = False) -> Exporter:
+    transports = build_transports(name, config)
+    sender = build_sender(name, config, transports, classifier, metrics, clock)
+    memory_limit = int(memory_limit_mib * MIB) if memory_limit_mib else None
+    return Exporter(name, config, sender, classifier, metrics, events, clock, storage_directory, memory_limit,
+                    recover)

@@ -1,0 +1,529 @@
+"""The sender chain of one exporter: everything between a queue entry and the upstream.
+
+Built in ONE place, `build_sender`, like the Collector's exporterhelper or a Vector sink::
+
+    send(entry)
+      [pre-split to max_request_size_mib]
+      retry loop (RetryPolicy: backoff with hint floor, max_elapsed_time, retry budget)
+        balancer.pick            (skips endpoints whose breaker refuses)
+        breaker.calling()        (pybreaker, per endpoint)
+        concurrency.slot()       (AIMD limit, per endpoint)
+        asyncio.timeout(timeout) (a timeout is ExportFailure(client_error="timeout"))
+        transport.send           (raises ExportError at the I/O edge)
+      classifier.classify_export (injected; the chain never looks at grpc/aiohttp errors)
+
+`await sender.send(entry)` never raises for an upstream problem; it returns a `SendReport`
+whose verdict tells the caller (the queue consumer) what to do with the entry:
+
+* DELIVERED: upstream accepted it (partial success included: the `rejected` items are counted as
+  dropped with reason ``upstream_rejected`` and never retried). Ack the lease.
+* REQUEUE: not now; every breaker is open, or the retry budget refused a retry. Nack the lease;
+  `retry_after` is a hint, and `await sender.wait_ready()` waits until some endpoint takes calls.
+* DEAD_LETTER: permanent/fatal answer, `max_elapsed_time` exceeded, or a single item too large.
+  Write it to the dead-letter store with `classification`, then ack. The sender does not count
+  `sidecar_dead_letters_total`; the dead-letter writer does, once.
+
+Splits (``split_and_retry``, or the pre-send split to ``max_request_size_mib``): the entry is cut
+into parts whose item counts add up exactly to the entry's, each part goes through the whole
+chain, and the report lists the leaf outcomes in `parts` (`PartReport(entry, report)`, in
+order). The top-level verdict stays safe for a caller that ignores `parts`: DELIVERED only when
+every part was delivered; REQUEUE when any part must be requeued (nacking the whole entry only
+re-sends parts that were delivered: at-least-once, nothing lost); otherwise DEAD_LETTER.
+A caller that handles parts precisely (`report.outcomes(entry)`) puts each REQUEUE part back as
+a new entry, dead-letters each DEAD_LETTER part, then acks the original; if a put fails, it nacks
+the original instead. Either way no item is lost, and no item is counted as sent twice for one
+delivery.
+
+`max_elapsed_time` counts from the first attempt of this `send` call (parts of a split share
+it), not from `accepted_at`: an entry that waited in the queue behind an open breaker still gets
+its full retry time when it is finally sent. `attempts` counts every transport call made for
+the entry, split parts included.
+
+Cancellation (shutdown) propagates out of `send` at any await (retry waits included) with all
+per-call bookkeeping undone; the caller nacks the lease, so the entry is never lost.
+
+Metrics counted here: exporter_sent (items - rejected), exporter_send_failed{category,error_type}
+(items of each failed attempt), errors{category,severity,recoverability} (each failed attempt and
+each partial success), exporter_retries{endpoint}, dropped{upstream_rejected},
+export_duration{outcome} per attempt, recovery_duration (first failure to the next success, per
+endpoint), and through `build_sender` the breaker state/transitions, concurrency limit and
+endpoint health gauges (and a log line per breaker transition).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+import random
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sidecar.clock import SYSTEM_CLOCK, Clock
+from sidecar.config.schema import ExporterConfig
+from sidecar.config.units import mib_to_bytes
+from sidecar.exporters.backoff import AdaptiveBase, Backoff
+from sidecar.exporters.balancer import Balancer
+from sidecar.exporters.breaker import BreakerOpenError, BreakerState, EndpointBreaker
+from sidecar.exporters.budget import RetryBudget
+from sidecar.exporters.concurrency import AdaptiveConcurrency, LoadSignal
+from sidecar.exporters.errors import ExportError, ExportFailure
+from sidecar.exporters.health import HealthProber
+from sidecar.exporters.retry import (
+    ExportClassifier,
+    RetryAction,
+    RetryPolicy,
+    RetryState,
+)
+from sidecar.exporters.split import split_entry, split_entry_to_limit
+from sidecar.exporters.transport import SendOutcome, Transport
+from sidecar.pipeline.taxonomy import (
+    Category,
+    Classification,
+    Recoverability,
+    Recovery,
+    Severity,
+)
+from sidecar.queue.base import QueueEntry
+from sidecar.telemetry.metrics import Metrics
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "EndpointChain",
+    "ExportClassifier",
+    "PartReport",
+    "SendReport",
+    "Sender",
+    "Verdict",
+    "build_sender",
+]
+
+
+class Verdict(enum.StrEnum):
+    DELIVERED = "delivered"
+    REQUEUE = "requeue"
+    DEAD_LETTER = "dead_letter"
+
+
+@dataclass(frozen=True, slots=True)
+class SendReport:
+    verdict: Verdict
+    classification: Classification | None  # the last failure's (or the partial success's) class
+    attempts: int  # transport calls made
+    rejected: int  # items upstream rejected in a partial success (already counted as dropped)
+    retry_after: float | None  # REQUEUE: seconds until it is worth trying again (a hint)
+    endpoint: str | None  # the endpoint of the last attempt
+    parts: tuple[PartReport, ...] = ()  # the leaf outcomes when the entry was split
+    reason: str = ""  # why: budget_exhausted, breaker_open, max_elapsed_time, permanent, ...
+
+    def outcomes(self, entry: QueueEntry) -> list[PartReport]:
+        """The leaf outcomes: `[PartReport(entry, self)]` when not split, else `parts`."""
+        return list(self.parts) if self.parts else [PartReport(entry, self)]
+
+
+@dataclass(frozen=True, slots=True)
+class PartReport:
+    entry: QueueEntry  # a part of the original entry (its own payload and item count)
+    report: SendReport  # a leaf report: its `parts` is empty
+
+
+@dataclass(slots=True)
+class EndpointChain:
+    """The per-endpoint links of the chain."""
+
+    name: str
+    transport: Transport
+    breaker: EndpointBreaker
+    limiter: AdaptiveConcurrency
+    budget: RetryBudget
+    base: AdaptiveBase
+    prober: HealthProber | None = None
+    first_failure_at: float | None = None  # for recovery_duration
+
+
+@dataclass(slots=True)
+class _Attempt:
+    outcome: SendOutcome | None = None
+    failure: ExportFailure | None = None
+    classification: Classification | None = None
+
+
+_INTERNAL = Classification(
+    category=Category.INTERNAL,
+    severity=Severity.CRITICAL,
+    recoverability=Recoverability.FATAL,
+    recovery=Recovery.MANUAL_INTERVENTION,
+    error_type="internal",
+    classified_by="sender",
+)
+
+
+def load_signal(classification: Classification) -> LoadSignal:
+    """What a failure means for adaptive concurrency."""
+    if classification.recovery is Recovery.SPLIT_AND_RETRY:
+        return LoadSignal.ERROR
+    if classification.category is Category.RESOURCE_EXHAUSTED:
+        return LoadSignal.THROTTLED
+    if classification.category is Category.TIMEOUT:
+        return LoadSignal.TIMEOUT
+    return LoadSignal.ERROR
+
+
+class Sender:
+    def __init__(
+        self,
+        exporter_name: str,
+        config: ExporterConfig,
+        endpoints: Sequence[EndpointChain],
+        balancer: Balancer,
+        retry: RetryPolicy,
+        classifier: ExportClassifier,
+        metrics: Metrics,
+        clock: Clock,
+    ) -> None:
+        self.exporter_name = exporter_name
+        self.config = config
+        self.endpoints = {ep.name: ep for ep in endpoints}
+        self.balancer = balancer
+        self.retry = retry
+        self.classifier = classifier
+        self.metrics = metrics
+        self.clock = clock
+        self.timeout = float(config.timeout)
+        self.max_request_bytes = mib_to_bytes(config.max_request_size_mib) if config.max_request_size_mib else None
+
+    # ------------------------------------------------------------ lifecycle and status
+
+    def start(self) -> None:
+        """Start the health probers (needs a running event loop)."""
+        for ep in self.endpoints.values():
+            if ep.prober is not None:
+                ep.prober.start()
+
+    async def stop(self) -> None:
+        """Stop the health probers."""
+        for ep in self.endpoints.values():
+            if ep.prober is not None:
+                await ep.prober.stop()
+
+    async def close(self) -> None:
+        """Stop probing and close the transports."""
+        await self.stop()
+        for ep in self.endpoints.values():
+            try:
+                await ep.transport.close()
+            except Exception:
+                log.exception("closing the transport of %s failed", ep.name)
+
+    @property
+    def healthy(self) -> bool:
+        """For /ready: at least one endpoint is healthy by its active probe (or none is probed)."""
+        probers = [ep.prober for ep in self.endpoints.values() if ep.prober is not None]
+        return not probers or any(p.healthy for p in probers)
+
+    def ready_now(self) -> bool:
+        """Some endpoint's breaker allows a call now."""
+        return any(self.balancer.allowed(name) for name in self.endpoints)
+
+    async def wait_ready(self) -> None:
+        """Wait until some endpoint's breaker allows a call (consumers call this before `get`)."""
+        await self.balancer.wait_available()
+
+    def status(self) -> list[dict[str, Any]]:
+        """Per-endpoint figures for the admin API."""
+        out: list[dict[str, Any]] = []
+        for ep in self.endpoints.values():
+            stats = self.balancer.stats(ep.name)
+            out.append({
+                "endpoint": ep.name,
+                "breaker": ep.breaker.state.value,
+                "breaker_time_in_state": ep.breaker.time_in_state,
+                "recovery_timeout": ep.breaker.recovery_timeout,
+                "healthy": ep.prober.healthy if ep.prober is not None else None,
+                "concurrency_limit": ep.limiter.limit,
+                "in_flight": ep.limiter.in_flight,
+                "outstanding": stats.outstanding,
+                "ewma_latency": stats.ewma_latency,
+                "retry_budget": ep.budget.balance,
+                "backoff_base": ep.base.base,
+            })
+        return out
+
+    # ------------------------------------------------------------ sending
+
+    async def send(self, entry: QueueEntry) -> SendReport:
+        """Deliver one entry through the chain; see the module docstring for the verdicts."""
+        started = self.clock.monotonic()
+        if self.max_request_bytes is not None and len(entry.payload) > self.max_request_bytes:
+            pieces = split_entry_to_limit(entry, self.max_request_bytes)
+            if len(pieces) > 1:
+                return await self._send_parts(pieces, started, attempts=0, cause=None)
+        return await self._send_entry(entry, started)
+
+    async def _send_entry(self, entry: QueueEntry, started: float) -> SendReport:
+        state = RetryState(started_at=started)
+        attempts = 0
+        avoid: set[str] = set()
+        last: Classification | None = None
+        last_endpoint: str | None = None
+        while True:
+            name = self.balancer.pick(avoid)
+            if name is None:
+                return self._requeue_breakers_open(last, attempts, last_endpoint)
+            ep = self.endpoints[name]
+            if attempts == 0:
+                ep.budget.deposit()
+            try:
+                result = await self._attempt(ep, entry)
+            except BreakerOpenError:  # refused between pick and call; not expected, handled anyway
+                return self._requeue_breakers_open(last, attempts, last_endpoint)
+            attempts += 1
+            last_endpoint = name
+            if result.outcome is not None:
+                return self._delivered(ep, entry, result.outcome, attempts)
+
+            cls = result.classification
+            assert cls is not None
+            last = cls
+            self._count_failure(ep, entry, cls)
+            decision = self.retry.decide(state, cls, name, self.clock.monotonic(), result.failure)
+            if decision.action is RetryAction.SPLIT:
+                return await self._split(entry, started, attempts, cls, name)
+            if decision.action is RetryAction.DEAD_LETTER:
+                log.debug("%s: dead letter after %d attempts (%s): %s", self.exporter_name, attempts,
+                          decision.reason, cls.error_type)
+                return SendReport(Verdict.DEAD_LETTER, cls, attempts, 0, None, name, reason=decision.reason)
+            if decision.action is RetryAction.REQUEUE:
+                return SendReport(Verdict.REQUEUE, cls, attempts, 0, decision.delay, name, reason=decision.reason)
+            delay = decision.delay or 0.0
+            self.metrics.exporter_retries.labels(self.exporter_name, name).inc()
+            log.debug("%s: retry %d in %.3fs after %s from %s", self.exporter_name, state.retries, delay,
+                      cls.error_type, name)
+            await self.clock.sleep(delay)  # cancellable: the caller requeues
+            avoid = {name} if len(self.endpoints) > 1 else set()
+
+    async def _attempt(self, ep: EndpointChain, entry: QueueEntry) -> _Attempt:
+        self.balancer.begin(ep.name)
+        started = self.clock.monotonic()
+        latency: float | None = None
+        result = _Attempt()
+        try:
+            async with ep.breaker.calling() as call, ep.limiter.slot() as permit:
+                result = await self._call_transport(ep, entry)
+                if result.classification is not None:
+                    call.record(result.classification)
+                    permit.signal = load_signal(result.classification)
+                else:
+                    latency = self.clock.monotonic() - started
+        finally:
+            self.balancer.end(ep.name, latency)
+        if result.outcome is not None:
+            outcome = "partial_success" if result.outcome.rejected else "success"
+        else:
+            outcome = "failure"
+        self.metrics.export_duration.labels(self.exporter_name, ep.name, outcome).observe(
+            max(0.0, self.clock.monotonic() - started))
+        return result
+
+    async def _call_transport(self, ep: EndpointChain, entry: QueueEntry) -> _Attempt:
+        failure: ExportFailure
+        classification: Classification | None = None
+        try:
+            async with asyncio.timeout(self.timeout):
+                return _Attempt(outcome=await ep.transport.send(entry, self.timeout))
+        except TimeoutError:
+            failure = ExportFailure(client_error="timeout", message=f"no answer within {self.timeout}s")
+        except ExportError as exc:
+            failure, classification = exc.failure, exc.classification
+        except Exception as exc:  # a transport must raise ExportError; anything else is our bug
+            log.exception("transport %s raised an unexpected error", ep.name)
+            failure = ExportFailure(client_error="internal", message=repr(exc)[:200])
+        if classification is None:
+            classification = self._classify(failure)
+        return _Attempt(failure=failure, classification=classification)
+
+    def _classify(self, failure: ExportFailure) -> Classification:
+        try:
+            return self.classifier.classify_export(failure)
+        except Exception:
+            log.exception("classifying an export failure failed")
+            return _INTERNAL
+
+    # ------------------------------------------------------------ outcomes
+
+    def _delivered(self, ep: EndpointChain, entry: QueueEntry, outcome: SendOutcome, attempts: int) -> SendReport:
+        rejected = max(0, min(outcome.rejected, entry.items))
+        signal = entry.signal
+        self.metrics.exporter_sent[signal].labels(self.exporter_name).inc(entry.items - rejected)
+        cls: Classification | None = None
+        if rejected:
+            self.metrics.dropped.labels(signal.value, "upstream_rejected").inc(rejected)
+            try:
+                cls = self.classifier.classify_partial_success(rejected, outcome.rejected_message)
+            except Exception:
+                log.exception("classifying a partial success failed")
+            if cls is not None:
+                self.metrics.errors.labels(cls.category.value, cls.severity.value, cls.recoverability.value).inc()
+        ep.base.record(True)
+        if ep.first_failure_at is not None:
+            self.metrics.recovery_duration.labels(self.exporter_name, ep.name).observe(
+                max(0.0, self.clock.monotonic() - ep.first_failure_at))
+            ep.first_failure_at = None
+        return SendReport(Verdict.DELIVERED, cls, attempts, rejected, None, ep.name,
+                          reason="partial_success" if rejected else "")
+
+    def _count_failure(self, ep: EndpointChain, entry: QueueEntry, cls: Classification) -> None:
+        self.metrics.exporter_send_failed[entry.signal].labels(
+            self.exporter_name, cls.category.value, cls.error_type).inc(entry.items)
+        self.metrics.errors.labels(cls.category.value, cls.severity.value, cls.recoverability.value).inc()
+        if cls.retryable and cls.recovery is not Recovery.SPLIT_AND_RETRY:
+            ep.base.record(False)
+            if ep.first_failure_at is None:
+                ep.first_failure_at = self.clock.monotonic()
+
+    def _requeue_breakers_open(
+        self, last: Classification | None, attempts: int, endpoint: str | None
+    ) -> SendReport:
+        return SendReport(Verdict.REQUEUE, last, attempts, 0, self.balancer.time_until_available(), endpoint,
+                          reason="breaker_open")
+
+    async def _split(
+        self, entry: QueueEntry, started: float, attempts: int, cause: Classification, endpoint: str
+    ) -> SendReport:
+        halves = split_entry(entry)
+        if halves is None:
+            return SendReport(Verdict.DEAD_LETTER, cause, attempts, 0, None, endpoint, reason="too_large")
+        return await self._send_parts(halves, started, attempts=attempts, cause=cause)
+
+    async def _send_parts(
+        self, pieces: Sequence[QueueEntry], started: float, attempts: int, cause: Classification | None
+    ) -> SendReport:
+        """Send each part through the chain in order (a part may split again) and combine."""
+        parts: list[PartReport] = []
+        for piece in pieces:
+            report = await self._send_entry(piece, started)
+            attempts += report.attempts
+            parts.extend(report.outcomes(piece))
+        return _combine(parts, attempts, cause)
+
+
+def _combine(parts: list[PartReport], attempts: int, cause: Classification | None) -> SendReport:
+    """One report over the leaf outcomes of a split entry (see the module docstring)."""
+    verdicts = {p.report.verdict for p in parts}
+    if Verdict.REQUEUE in verdicts:
+        verdict = Verdict.REQUEUE
+    elif Verdict.DEAD_LETTER in verdicts:
+        verdict = Verdict.DEAD_LETTER
+    else:
+        verdict = Verdict.DELIVERED
+    classification: Classification | None = None
+    for p in parts:
+        if p.report.verdict is verdict and p.report.classification is not None:
+            classification = p.report.classification
+            break
+    if classification is None and verdict is not Verdict.DELIVERED:
+        classification = cause
+    waits = [p.report.retry_after for p in parts
+             if p.report.verdict is Verdict.REQUEUE and p.report.retry_after is not None]
+    endpoint = next((p.report.endpoint for p in reversed(parts) if p.report.endpoint), None)
+    return SendReport(
+        verdict=verdict,
+        classification=classification,
+        attempts=attempts,
+        rejected=sum(p.report.rejected for p in parts),
+        retry_after=max(waits) if waits else None,
+        endpoint=endpoint,
+        parts=tuple(parts),
+        reason="split",
+    )
+
+
+# ---------------------------------------------------------------- the one place it is built
+
+
+BreakerCallback = Callable[[str, str, str], None]  # (endpoint, old, new)
+HealthCallback = Callable[[str, bool], None]  # (endpoint, healthy)
+
+
+def build_sender(
+    exporter_name: str,
+    config: ExporterConfig,
+    transports: list[Transport],
+    classifier: ExportClassifier,
+    metrics: Metrics,
+    clock: Clock = SYSTEM_CLOCK,
+    rng: random.Random | None = None,
+    *,
+    on_breaker_transition: BreakerCallback | None = None,
+    on_health_change: HealthCallback | None = None,
+) -> Sender:
+    """Assemble the chain for one exporter, one set of links per transport (endpoint).
+
+    Metrics for breaker state/transitions, the concurrency limit and endpoint health are wired
+    here (with a log line per breaker transition); the optional callbacks are for the service's
+    own reactions (readiness, events) and must not count those metrics again.
+    """
+    if not transports:
+        raise ValueError(f"exporter {exporter_name}: no endpoint")
+    rng = rng if rng is not None else random.Random()
+    retry_cfg = config.retry_on_failure
+    backoff = Backoff.from_config(retry_cfg, rng)
+    chains: list[EndpointChain] = []
+    for transport in transports:
+        name = transport.endpoint
+        breaker = EndpointBreaker(name, config.circuit_breaker, clock)
+        breaker.add_listener(_breaker_metrics(exporter_name, name, metrics))
+        if on_breaker_transition is not None:
+            breaker.add_listener(_bind_endpoint(on_breaker_transition, name))
+        metrics.breaker_state.labels(exporter_name, name).set(BreakerState.CLOSED.gauge)
+        limit_gauge = metrics.concurrency_limit.labels(name)
+        limiter = AdaptiveConcurrency(config.concurrency, clock, on_limit_change=limit_gauge.set)
+        limit_gauge.set(limiter.limit)
+        prober: HealthProber | None = None
+        if config.health_probe.enabled:
+            prober = HealthProber(
+                transport, config.health_probe, clock, breaker,
+                on_change=_health_metrics(exporter_name, metrics, on_health_change),
+                classifier=classifier,
+            )
+            metrics.endpoint_healthy.labels(exporter_name, name).set(1)
+        chains.append(EndpointChain(
+            name=name,
+            transport=transport,
+            breaker=breaker,
+            limiter=limiter,
+            budget=RetryBudget.from_config(retry_cfg.budget, clock),
+            base=AdaptiveBase(retry_cfg.initial_interval, retry_cfg.max_interval, clock,
+                              window=float(config.circuit_breaker.window)),
+            prober=prober,
+        ))
+    balancer = Balancer([c.name for c in chains], {c.name: c.breaker for c in chains}, config.balancer)
+    policy = RetryPolicy(retry_cfg, backoff, {c.name: c.budget for c in chains}, {c.name: c.base for c in chains})
+    return Sender(exporter_name, config, chains, balancer, policy, classifier, metrics, clock)
+
+
+def _breaker_metrics(exporter: str, endpoint: str, metrics: Metrics) -> Callable[[str, str], None]:
+    def listener(old: str, new: str) -> None:
+        metrics.breaker_state.labels(exporter, endpoint).set(BreakerState(new).gauge)
+        metrics.breaker_transitions.labels(exporter, endpoint, old, new).inc()
+        level = logging.WARNING if new == BreakerState.OPEN else logging.INFO
+        log.log(level, "circuit breaker %s -> %s", old, new,
+                extra={"event": "breaker_transition", "exporter": exporter, "endpoint": endpoint,
+                       "from_state": old, "to_state": new})
+    return listener
+
+
+def _bind_endpoint(callback: BreakerCallback, endpoint: str) -> Callable[[str, str], None]:
+    def listener(old: str, new: str) -> None:
+        callback(endpoint, old, new)
+    return listener
+
+
+def _health_metrics(exporter: str, metrics: Metrics, extra: HealthCallback | None) -> HealthCallback:
+    def listener(endpoint: str, healthy: bool) -> None:
+        metrics.endpoint_healthy.labels(exporter, endpoint).set(1 if healthy else 0)
+        if extra is not None:
+            extra(endpoint, healthy)
+    return listener

@@ -1,0 +1,377 @@
+"""Enrichment of error spans and log records with their classification (DESIGN.md §3).
+
+`enrich_traces` / `enrich_logs` mutate a decoded request in place. They only ever append
+attributes that are absent (per key): nothing the application set is overwritten or removed,
+and no id, timestamp or other field changes. An item that already carries every attribute is
+left alone, so enrichment is idempotent, and `stats.enriched == 0` means the request is
+byte-identical to what came in: the pipeline then forwards the original bytes.
+
+The hot path is a 512-span request without errors. Reading one field of one span through the
+upb bindings costs about half a microsecond and reading its attributes several, so the error test
+works on the request's serialized bytes first and touches as few spans as possible:
+
+1. `status.code` is read for every span (the one per-span read that cannot be avoided); ERROR spans
+   are classified and enriched (their attributes and events are scanned anyway).
+2. Over the serialized request, every occurrence of `status_code` is checked: an
+   `http.response.status_code` / `http.status_code` whose value is an int < 400, an
+   `rpc.response.status_code` / `rpc.grpc.status_code` whose value is 0, "OK" or "0", or a
+   `db.response.status_code` (an error only with status ERROR, already covered) cannot make a
+   span an error; every other occurrence is a suspect. Exception events are counted by their
+   encoded name (`\\x12\\x09exception`).
+3. If the suspects and exception events found in the ERROR spans of step 1 account for all of
+   them, no other span can be an error and no other span is read. Otherwise the remaining spans
+   are scanned one by one (the slow path, still correct).
+
+The byte test assumes a canonical encoding (each field once, KeyValue key before value, as every
+OTLP SDK and the protobuf runtimes write). `raw`, when given, must be a protobuf serialization of
+`request` (the receiver's bytes for OTLP/protobuf); without it the request is serialized here,
+which is canonical by construction. Logs work the same way with `severity_number` and the encoded
+`exception.type` key.
+"""
+
+from __future__ import annotations
+
+import functools
+import operator
+from collections import Counter
+from dataclasses import dataclass, field
+
+from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+from opentelemetry.proto.common.v1 import common_pb2
+from opentelemetry.proto.logs.v1 import logs_pb2
+from opentelemetry.proto.trace.v1 import trace_pb2
+
+from sidecar.config.schema import EnrichProcessorConfig
+from sidecar.pipeline.classify import (
+    DB_STATUS_KEY,
+    HTTP_STATUS_KEYS,
+    OTHER,
+    RPC_STATUS_KEYS,
+    SEVERITY_ERROR,
+    Classifier,
+    LogFacts,
+    SpanFacts,
+    log_facts,
+    span_facts,
+)
+from sidecar.pipeline.taxonomy import Category, Classification, Recoverability, Recovery, default_severity
+
+__all__ = ["ATTRIBUTE_NAMES", "ERROR_TYPE_KEY", "EnrichStats", "enrich_logs", "enrich_traces"]
+
+ERROR_TYPE_KEY = "error.type"
+# Under the configured prefix; `retryable` and `transient` are bools, the rest strings.
+ATTRIBUTE_NAMES = ("category", "severity", "recoverability", "retryable", "transient", "recovery", "classified_by")
+
+_STATUS_ERROR = trace_pb2.Status.STATUS_CODE_ERROR
+_KIND_CLIENT = trace_pb2.Span.SPAN_KIND_CLIENT
+
+
+@dataclass(slots=True)
+class EnrichStats:
+    """What one enrichment pass did. `by_class` counts enriched items by (category, severity, recoverability)."""
+
+    enriched: int = 0
+    by_class: Counter[tuple[str, str, str]] = field(default_factory=Counter)
+
+    @property
+    def by_category(self) -> Counter[str]:
+        out: Counter[str] = Counter()
+        for (category, _, _), n in self.by_class.items():
+            out[category] += n
+        return out
+
+    def add(self, classification: Classification) -> None:
+        self.enriched += 1
+        self.by_class[_class_key(classification)] += 1
+
+
+def _class_key(c: Classification) -> tuple[str, str, str]:
+    return (c.category.value, c.severity.value, c.recoverability.value)
+
+
+# ------------------------------------------------------------------ what gets written
+
+
+@dataclass(frozen=True, slots=True)
+class _Plan:
+    """The attributes for one classification: (key, serialized `attributes` entry) in write order."""
+
+    fragments: tuple[tuple[str, bytes], ...]
+    everything: bytes
+    class_key: tuple[str, str, str]
+
+
+class _Writer:
+    """Appends classification attributes to spans or log records under one configuration.
+
+    Appending is a MergeFromString of pre-serialized `attributes` entries: protobuf merges repeated
+    fields by appending, and one C-level merge costs a fraction of `attributes.extend`. Plans are
+    cached by classification identity (the classifier hands out shared instances).
+    """
+
+    __slots__ = ("_plans", "for_logs", "keys")
+
+    def __init__(self, prefix: str, set_error_type: bool, for_logs: bool) -> None:
+        keys = tuple(prefix + name for name in ATTRIBUTE_NAMES)
+        self.keys = (*keys, ERROR_TYPE_KEY) if set_error_type else keys
+        self.for_logs = for_logs
+        self._plans: dict[int, tuple[Classification, _Plan]] = {}
+
+    def complete(self, existing: set[str]) -> bool:
+        """Whether an item with these attribute keys already carries every attribute we would add."""
+        return existing.issuperset(self.keys)
+
+    def plan(self, c: Classification) -> _Plan:
+        hit = self._plans.get(id(c))
+        if hit is not None and hit[0] is c:
+            return hit[1]
+        values: list[str | bool] = [
+            c.category.value,
+            c.severity.value,
+            c.recoverability.value,
+            c.recoverability.retryable,
+            c.recoverability.transient,
+            c.recovery.value,
+            c.classified_by,
+            c.error_type or OTHER,
+        ]
+        fragments = []
+        for key, value in zip(self.keys, values, strict=False):
+            kv = common_pb2.KeyValue(key=key)
+            if isinstance(value, bool):
+                kv.value.bool_value = value
+            else:
+                kv.value.string_value = value
+            holder = logs_pb2.LogRecord(attributes=[kv]) if self.for_logs else trace_pb2.Span(attributes=[kv])
+            fragments.append((key, holder.SerializeToString()))
+        plan = _Plan(tuple(fragments), b"".join(fragment for _, fragment in fragments), _class_key(c))
+        if len(self._plans) >= 4096:
+            self._plans.clear()
+        self._plans[id(c)] = (c, plan)  # the strong reference keeps id(c) from being reused
+        return plan
+
+    def write(
+        self,
+        item: trace_pb2.Span | logs_pb2.LogRecord,
+        existing: set[str],
+        c: Classification,
+        stats: EnrichStats,
+    ) -> None:
+        plan = self.plan(c)
+        if existing.isdisjoint(self.keys):
+            item.MergeFromString(plan.everything)
+        else:
+            item.MergeFromString(b"".join(fragment for key, fragment in plan.fragments if key not in existing))
+        stats.enriched += 1
+        stats.by_class[plan.class_key] += 1
+
+
+@functools.lru_cache(maxsize=64)
+def _writer(prefix: str, set_error_type: bool, for_logs: bool) -> _Writer:
+    return _Writer(prefix, set_error_type, for_logs)
+
+
+_FALLBACK = Classification(
+    Category.PROCESSING,
+    default_severity(Recoverability.PERMANENT),
+    Recoverability.PERMANENT,
+    Recovery.MANUAL_INTERVENTION,
+    OTHER,
+    "default:fallback",
+)
+
+
+# ------------------------------------------------------------------ byte-level pre-scan
+
+_STATUS_CODE = b"status_code"
+_EXCEPTION_EVENT = b"\x12\x09exception"  # Span.Event.name (field 2) == "exception"
+_EXCEPTION_TYPE_KEY = b"\x0a\x0eexception.type"  # KeyValue.key (field 1) == "exception.type"
+
+
+def _key_prefix(key: str) -> bytes:
+    """The encoded KeyValue bytes before "status_code": tag of field 1, length, key head."""
+    raw = key.encode()
+    return b"\x0a" + bytes([len(raw)]) + raw[: -len(_STATUS_CODE)]
+
+
+_HTTP_PREFIXES = tuple(_key_prefix(k) for k in HTTP_STATUS_KEYS)
+_RPC_PREFIXES = tuple(_key_prefix(k) for k in RPC_STATUS_KEYS)
+_DB_PREFIX = _key_prefix(DB_STATUS_KEY)
+_WINDOW = max(len(p) for p in (*_HTTP_PREFIXES, *_RPC_PREFIXES, _DB_PREFIX))
+_RPC_OK_TAILS = (b"\x12\x00", b"\x12\x02\x18\x00", b"\x12\x04\x0a\x02OK", b"\x12\x03\x0a\x010")
+
+
+_OK, _HTTP_4XX, _SUSPECT = 0, 1, 2
+
+
+def _http_tail_class(tail: bytes) -> int:
+    """KeyValue.value of an http status: empty or an int < 400 is OK, an int in [400, 500) is 4xx."""
+    if tail.startswith(b"\x12\x00"):
+        return _OK
+    if tail.startswith(b"\x12\x02\x18") and len(tail) >= 4 and tail[3] < 0x80:
+        return _OK  # a 1-byte varint: < 128
+    if tail.startswith(b"\x12\x03\x18") and len(tail) >= 5 and tail[3] >= 0x80 and tail[4] < 0x80:
+        value = (tail[3] & 0x7F) | (tail[4] << 7)
+        return _OK if value < 400 else _HTTP_4XX if value < 500 else _SUSPECT
+    return _SUSPECT
+
+
+def _occurrence_class(before: bytes, tail: bytes) -> int:
+    if before.endswith(_HTTP_PREFIXES):
+        return _http_tail_class(tail)
+    if before.endswith(_RPC_PREFIXES):
+        return _OK if tail.startswith(_RPC_OK_TAILS) else _SUSPECT
+    return _OK if before.endswith(_DB_PREFIX) else _SUSPECT
+
+
+_BEFORE = operator.itemgetter(slice(-_WINDOW, None))
+_TAIL = operator.itemgetter(slice(None, 6))
+
+
+def _status_code_suspects(raw: bytes) -> tuple[int, int]:
+    """Occurrences of "status_code" not proven to be an OK http/rpc status (or a db status code),
+    and how many of those are http status ints in [400, 500) (an error on CLIENT spans only)."""
+    pieces = raw.split(_STATUS_CODE)
+    if len(pieces) == 1:
+        return 0, 0
+    # (bytes before, bytes after) each occurrence; slicing and pairing run in C, few pairs are distinct.
+    occurrences = list(zip(map(_BEFORE, pieces[:-1]), map(_TAIL, pieces[1:]), strict=True))
+    classes = {pair: _occurrence_class(*pair) for pair in set(occurrences)}
+    if not any(classes.values()):
+        return 0, 0
+    suspects = suspects_4xx = 0
+    for pair, n in Counter(occurrences).items():
+        cls = classes[pair]
+        if cls:
+            suspects += n
+            suspects_4xx += n if cls == _HTTP_4XX else 0
+    return suspects, suspects_4xx
+
+
+def _serialized(request: ExportTraceServiceRequest | ExportLogsServiceRequest, raw: bytes | None) -> bytes | None:
+    if raw is not None:
+        return bytes(raw)
+    try:
+        return request.SerializeToString()
+    except Exception:  # pragma: no cover - a decoded request always serializes
+        return None
+
+
+# ------------------------------------------------------------------ traces
+
+
+def _enrich_span(
+    span: trace_pb2.Span,
+    facts: SpanFacts,
+    classifier: Classifier,
+    writer: _Writer,
+    stats: EnrichStats,
+) -> None:
+    if writer.complete(facts.keys):
+        return
+    try:
+        classification = classifier.classify_span_facts(facts)
+    except Exception:  # odd input must not break the pipeline
+        classification = _FALLBACK
+    writer.write(span, facts.keys, classification, stats)
+
+
+def enrich_traces(
+    request: ExportTraceServiceRequest,
+    classifier: Classifier,
+    config: EnrichProcessorConfig,
+    *,
+    raw: bytes | None = None,
+) -> EnrichStats:
+    """Add classification attributes to every error span of `request`, in place.
+
+    `raw`: the protobuf serialization of `request` when the caller has it (saves serializing here).
+    """
+    stats = EnrichStats()
+    writer = _writer(config.attribute_prefix, config.set_error_type, False)
+    data = _serialized(request, raw)
+    if data is None:
+        suspects = suspects_4xx = exception_events = -1  # unknown: scan every span
+    else:
+        suspects, suspects_4xx = _status_code_suspects(data)
+        exception_events = data.count(_EXCEPTION_EVENT)
+    found_suspects = found_4xx = found_exceptions = 0
+    need_rest = suspects != 0 or exception_events != 0
+    rest: list[trace_pb2.Span] = []
+    for resource_spans in request.resource_spans:
+        for scope_spans in resource_spans.scope_spans:
+            for span in scope_spans.spans:
+                if span.status.code == _STATUS_ERROR:
+                    facts = span_facts(span)
+                    found_suspects += facts.suspects
+                    found_4xx += facts.suspects_4xx
+                    found_exceptions += facts.exception_events
+                    _enrich_span(span, facts, classifier, writer, stats)
+                elif need_rest:
+                    rest.append(span)
+    if not rest:
+        return stats
+    remaining = suspects - found_suspects
+    check_events = found_exceptions != exception_events
+    if remaining == 0 and not check_events:
+        return stats
+    # Suspects left that are all http 4xx can only make CLIENT spans errors: skip reading the others.
+    clients_only = 0 < remaining == suspects_4xx - found_4xx
+    for span in rest:
+        scan_attributes = remaining != 0 and (not clients_only or span.kind == _KIND_CLIENT)
+        if scan_attributes or (check_events and len(span.events) > 0):
+            facts = span_facts(span)
+            if facts.is_error:
+                _enrich_span(span, facts, classifier, writer, stats)
+    return stats
+
+
+# ------------------------------------------------------------------ logs
+
+
+def _enrich_record(
+    record: logs_pb2.LogRecord,
+    facts: LogFacts,
+    classifier: Classifier,
+    writer: _Writer,
+    stats: EnrichStats,
+) -> None:
+    if writer.complete(facts.keys):
+        return
+    try:
+        classification = classifier.classify_log_facts(facts, record)
+    except Exception:
+        classification = _FALLBACK
+    writer.write(record, facts.keys, classification, stats)
+
+
+def enrich_logs(
+    request: ExportLogsServiceRequest,
+    classifier: Classifier,
+    config: EnrichProcessorConfig,
+    *,
+    raw: bytes | None = None,
+) -> EnrichStats:
+    """Add classification attributes to every error log record of `request`, in place."""
+    stats = EnrichStats()
+    writer = _writer(config.attribute_prefix, config.set_error_type, True)
+    data = _serialized(request, raw)
+    exception_types = data.count(_EXCEPTION_TYPE_KEY) if data is not None else -1
+    found = 0
+    rest: list[logs_pb2.LogRecord] = []
+    for resource_logs in request.resource_logs:
+        for scope_logs in resource_logs.scope_logs:
+            for record in scope_logs.log_records:
+                if record.severity_number >= SEVERITY_ERROR:
+                    facts = log_facts(record)
+                    found += facts.has_exception_type
+                    _enrich_record(record, facts, classifier, writer, stats)
+                elif exception_types != 0:
+                    rest.append(record)
+    if rest and found != exception_types:
+        for record in rest:
+            facts = log_facts(record)
+            if facts.is_error:
+                _enrich_record(record, facts, classifier, writer, stats)
+    return stats

@@ -1,0 +1,158 @@
+"""HealthProber: thresholds, breaker feeding, state-change callback, start/stop on a fake clock."""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+
+from sidecar.config.schema import CircuitBreakerConfig, HealthProbeConfig
+from sidecar.config.units import Duration
+from sidecar.exporters.breaker import BreakerState, EndpointBreaker
+from sidecar.exporters.errors import ExportError, ExportFailure
+from sidecar.exporters.health import HealthProber
+from sidecar.exporters.transport import SendOutcome
+from sidecar.pipeline.taxonomy import Category, Classification, Recoverability, Recovery, Severity
+from sidecar.queue.base import QueueEntry
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 0.0
+        self._sleepers: list[tuple[float, int, asyncio.Future[None]]] = []
+        self._seq = 0
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def wall(self) -> float:
+        return self.now
+
+    async def sleep(self, seconds: float) -> None:
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._seq += 1
+        heapq.heappush(self._sleepers, (self.now + seconds, self._seq, fut))
+        await fut
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+        while self._sleepers and self._sleepers[0][0] <= self.now:
+            _, _, fut = heapq.heappop(self._sleepers)
+            if not fut.done():
+                fut.set_result(None)
+
+
+class ProbeTransport:
+    endpoint = "c:4317"
+
+    def __init__(self) -> None:
+        self.fail: ExportFailure | None = None
+        self.hang = False
+        self.probes = 0
+
+    async def send(self, entry: QueueEntry, timeout: float) -> SendOutcome:  # noqa: ASYNC109 (Transport)
+        return SendOutcome()
+
+    async def probe(self, timeout: float) -> None:  # noqa: ASYNC109 (Transport)
+        self.probes += 1
+        if self.hang:
+            await asyncio.sleep(10)
+        if self.fail is not None:
+            raise ExportError(self.fail)
+
+    async def close(self) -> None:
+        pass
+
+
+class Classifier:
+    def classify_export(self, f: ExportFailure) -> Classification:
+        if f.grpc_code == "UNAUTHENTICATED":
+            return Classification(Category.CONFIGURATION, Severity.HIGH, Recoverability.FATAL,
+                                  Recovery.MANUAL_INTERVENTION, "UNAUTHENTICATED")
+        return Classification(Category.TRANSPORT, Severity.MEDIUM, Recoverability.RETRYABLE,
+                              Recovery.RETRY_WITH_BACKOFF, f.grpc_code or "error")
+
+    def classify_partial_success(self, rejected: int, message: str) -> Classification:
+        raise NotImplementedError
+
+
+CFG = HealthProbeConfig(interval=Duration(30.0), timeout=Duration(5.0), unhealthy_threshold=3, healthy_threshold=2)
+
+
+async def settle() -> None:
+    for _ in range(10):
+        await asyncio.sleep(0)
+
+
+async def test_unhealthy_after_threshold_and_healthy_again() -> None:
+    clock, transport = FakeClock(), ProbeTransport()
+    changes: list[tuple[str, bool]] = []
+    prober = HealthProber(transport, CFG, clock, on_change=lambda e, h: changes.append((e, h)))
+    assert prober.healthy
+    transport.fail = ExportFailure(grpc_code="UNAVAILABLE")
+    assert await prober.probe_once() is False
+    assert await prober.probe_once() is False
+    assert prober.healthy and prober.consecutive_failures == 2
+    await prober.probe_once()
+    assert not prober.healthy and prober.last_error == "UNAVAILABLE"
+    transport.fail = None
+    assert await prober.probe_once() is True
+    assert not prober.healthy
+    await prober.probe_once()
+    assert prober.healthy
+    assert changes == [("c:4317", False), ("c:4317", True)]
+
+
+async def test_probe_timeout_is_a_failure() -> None:
+    clock, transport = FakeClock(), ProbeTransport()
+    transport.hang = True
+    prober = HealthProber(transport, HealthProbeConfig(timeout=Duration(0.01), unhealthy_threshold=1), clock)
+    assert await prober.probe_once() is False
+    assert not prober.healthy and prober.last_error is not None and "timeout" in prober.last_error
+
+
+async def test_feeds_the_breaker() -> None:
+    clock, transport = FakeClock(), ProbeTransport()
+    breaker = EndpointBreaker("c:4317", CircuitBreakerConfig(failure_threshold=2, recovery_timeout=Duration(60.0)),
+                              clock)
+    prober = HealthProber(transport, CFG, clock, breaker=breaker, classifier=Classifier())
+    transport.fail = ExportFailure(grpc_code="UNAVAILABLE")
+    await prober.probe_once()
+    await prober.probe_once()
+    assert breaker.state is BreakerState.OPEN  # failed probes record failures
+    transport.fail = None
+    await prober.probe_once()
+    assert breaker.state is BreakerState.HALF_OPEN  # a healthy probe lets it go half-open sooner
+
+
+async def test_non_transient_probe_failures_do_not_feed_the_breaker() -> None:
+    clock, transport = FakeClock(), ProbeTransport()
+    breaker = EndpointBreaker("c:4317", CircuitBreakerConfig(failure_threshold=1), clock)
+    prober = HealthProber(transport, CFG, clock, breaker=breaker, classifier=Classifier())
+    transport.fail = ExportFailure(grpc_code="UNAUTHENTICATED")
+    for _ in range(3):
+        await prober.probe_once()
+    assert breaker.state is BreakerState.CLOSED and not prober.healthy
+
+
+async def test_start_probes_every_interval_and_stop() -> None:
+    clock, transport = FakeClock(), ProbeTransport()
+    prober = HealthProber(transport, CFG, clock)
+    prober.start()
+    await settle()
+    assert transport.probes == 0 and prober.running
+    for expected in (1, 2, 3):
+        clock.advance(30.0)
+        await settle()
+        assert transport.probes == expected
+    await prober.stop()
+    assert not prober.running
+    clock.advance(300.0)
+    await settle()
+    assert transport.probes == 3
+
+
+async def test_disabled_prober_does_not_start() -> None:
+    prober = HealthProber(ProbeTransport(), HealthProbeConfig(enabled=False), FakeClock())
+    prober.start()
+    assert not prober.running
+    await prober.stop()
