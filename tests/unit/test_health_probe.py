@@ -49,10 +49,10 @@ class ProbeTransport:
         self.hang = False
         self.probes = 0
 
-    async def send(self, entry: QueueEntry, timeout: float) -> SendOutcome:  # noqa: ASYNC109 (Transport)
+    async def send(self, entry: QueueEntry, timeout: float) -> SendOutcome:
         return SendOutcome()
 
-    async def probe(self, timeout: float) -> None:  # noqa: ASYNC109 (Transport)
+    async def probe(self, timeout: float) -> None:
         self.probes += 1
         if self.hang:
             await asyncio.sleep(10)

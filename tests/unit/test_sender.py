@@ -130,7 +130,7 @@ class FakeTransport:
         self.calls: list[tuple[float, QueueEntry]] = []
         self.probes = 0
 
-    async def send(self, entry: QueueEntry, timeout: float) -> SendOutcome:  # noqa: ASYNC109 (Transport)
+    async def send(self, entry: QueueEntry, timeout: float) -> SendOutcome:
         self.calls.append((self.clock.now, entry))
         action = self.script.pop(0) if self.script else self.default
         if isinstance(action, ExportFailure):
@@ -139,7 +139,7 @@ class FakeTransport:
             return action
         return await action(entry)
 
-    async def probe(self, timeout: float) -> None:  # noqa: ASYNC109 (Transport)
+    async def probe(self, timeout: float) -> None:
         self.probes += 1
 
     async def close(self) -> None:
