@@ -53,6 +53,7 @@ from sidecar.pipeline.classify import (
     LogFacts,
     SpanFacts,
     log_facts,
+    span_attributes_may_error,
     span_facts,
 )
 from sidecar.pipeline.taxonomy import Category, Classification, Recoverability, Recovery, default_severity
@@ -320,7 +321,7 @@ def enrich_traces(
     clients_only = 0 < remaining == suspects_4xx - found_4xx
     for span in rest:
         scan_attributes = remaining != 0 and (not clients_only or span.kind == _KIND_CLIENT)
-        if scan_attributes or (check_events and len(span.events) > 0):
+        if (scan_attributes and span_attributes_may_error(span)) or (check_events and len(span.events) > 0):
             facts = span_facts(span)
             if facts.is_error:
                 _enrich_span(span, facts, classifier, writer, stats)

@@ -117,8 +117,9 @@ def test_non_error_requests_are_forwarded_byte_for_byte(upstream: FakeCollector,
 async def test_real_grpc_resource_exhausted_with_retry_info_is_classified(upstream: FakeCollector) -> None:
     upstream.fail_next(1, grpc_code=grpc.StatusCode.RESOURCE_EXHAUSTED, message="memory limiter",
                        retry_after_s=2.5)
-    transport = GrpcTransport(upstream.grpc_endpoint, ExporterConfig(endpoint=upstream.grpc_endpoint, tls=TLSClientConfig(insecure=True),
-                                                                     compression="none"))
+    config = ExporterConfig(endpoint=upstream.grpc_endpoint, tls=TLSClientConfig(insecure=True),
+                            compression="none")
+    transport = GrpcTransport(upstream.grpc_endpoint, config)
     entry = QueueEntry(Signal.TRACES, b"", 0, (), 0.0)
     with pytest.raises(ExportError) as info:
         await transport.send(entry, timeout=5)

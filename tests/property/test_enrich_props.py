@@ -216,7 +216,14 @@ def realistic_spans(draw: st.DrawFn) -> trace_pb2.Span:
         else:
             kv.value.string_value = value
     for key in draw(st.lists(st.sampled_from(STATUS_KEYS), max_size=2, unique=True)):
-        s.attributes.add(key=key).value.CopyFrom(draw(status_code_values))
+        if draw(st.integers(min_value=0, max_value=3)):  # mostly OK values: the fast path decides
+            ok = st.sampled_from([200, 204, 302]) if key.startswith("http") else st.sampled_from([0, "OK", "0"])
+            value = draw(ok)
+            _scalar(s.attributes.add(key=key).value, "int" if isinstance(value, int) else "string", value)
+        else:
+            value = draw(st.sampled_from([127, 128, 399, 400, 404, 499, 500, 503, 599, 600, 16384, -1, 1, 14,
+                                          "UNAVAILABLE", "ok", "404", "503"]) | st.integers(-2, 700))
+            _scalar(s.attributes.add(key=key).value, "int" if isinstance(value, int) else "string", value)
     if draw(st.integers(min_value=0, max_value=4)) == 0:
         event = s.events.add(name=draw(st.sampled_from(["exception", "log"])))
         event.attributes.add(key="exception.type").value.CopyFrom(draw(exception_strings))
