@@ -74,7 +74,7 @@ def _run(path: str, recover: bool, argv: list[str]) -> int:
     setup_logging(config.service.telemetry.logs.level, config.service.telemetry.logs.encoding)
     runtime.install_uvloop()
     try:
-        return asyncio.run(run_service(config, recover=recover))
+        return asyncio.run(run_service(config, recover=recover, config_path=path))
     except StartupError as exc:
         print(f"otlp-sidecar: cannot start: {exc}", file=sys.stderr)
         return EXIT_RUNTIME

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import signal as os_signal
 from pathlib import Path
 
+import msgspec
+
 from sidecar.clock import SYSTEM_CLOCK, Clock
+from sidecar.config import ConfigError, load_config
 from sidecar.config.schema import (
     ClassifyProcessorConfig,
     Config,
@@ -17,12 +21,15 @@ from sidecar.config.schema import (
 )
 from sidecar.exporters.exporter import Exporter, build_exporter
 from sidecar.pipeline.classify import Classifier
+from sidecar.pipeline.degrade import DegradationLadder
 from sidecar.pipeline.router import Pipeline, Router
 from sidecar.receivers.otlp_grpc import OtlpGrpcReceiver
 from sidecar.receivers.otlp_http import OtlpHttpReceiver
+from sidecar.reload import ClassifierHandle, plan_reload
 from sidecar.signals import Signal
 from sidecar.telemetry.events import Events
 from sidecar.telemetry.http import HttpEndpoint, health_routes, metrics_routes
+from sidecar.telemetry.logs import setup_logging
 from sidecar.telemetry.metrics import Metrics
 
 log = logging.getLogger("sidecar.service")
@@ -44,22 +51,39 @@ class Service:
         self.endpoints: list[HttpEndpoint] = []
         self.accepting = False
         self.stopping = asyncio.Event()
+        self.pipelines: dict[str, Pipeline] = {}
+        self.classifier_handle = ClassifierHandle(self.export_classifier(config))
 
     # ------------------------------------------------------------------ building
 
-    def export_classifier(self) -> Classifier:
+    @staticmethod
+    def export_classifier(config: Config) -> Classifier:
         """Export errors are classified with the `classify` processor's rules when one is configured."""
-        for name, processor in self.config.processors.items():
+        for name, processor in config.processors.items():
             if component_kind(name) == "classify" and isinstance(processor, ClassifyProcessorConfig):
                 return Classifier(processor)
         return Classifier(ClassifyProcessorConfig())
+
+    @staticmethod
+    def pipeline_processors(config: Config, pipeline_name: str) -> tuple[
+            ClassifyProcessorConfig | None, EnrichProcessorConfig | None, DegradationProcessorConfig | None]:
+        classify_cfg = enrich_cfg = degrade_cfg = None
+        for processor_name in config.service.pipelines[pipeline_name].processors:
+            processor = config.processors[processor_name]
+            if isinstance(processor, ClassifyProcessorConfig):
+                classify_cfg = processor
+            elif isinstance(processor, EnrichProcessorConfig):
+                enrich_cfg = processor
+            elif isinstance(processor, DegradationProcessorConfig):
+                degrade_cfg = processor
+        return classify_cfg, enrich_cfg, degrade_cfg
 
     def _storage_directory(self) -> Path | None:
         file_storage = self.config.extensions.file_storage
         return Path(file_storage.directory) if file_storage is not None else None
 
     def build(self) -> Router:
-        classifier = self.export_classifier()
+        classifier = self.classifier_handle
         storage = self._storage_directory()
         used = {name for p in self.config.service.pipelines.values() for name in p.exporters}
         for name in sorted(used):
@@ -68,17 +92,7 @@ class Service:
                 memory_limit_mib=self.config.service.memory_limit_mib, recover=self.recover)
         pipelines = []
         for pipeline_name, spec in self.config.service.pipelines.items():
-            classify_cfg: ClassifyProcessorConfig | None = None
-            enrich_cfg: EnrichProcessorConfig | None = None
-            degrade_cfg: DegradationProcessorConfig | None = None
-            for processor_name in spec.processors:
-                processor = self.config.processors[processor_name]
-                if isinstance(processor, ClassifyProcessorConfig):
-                    classify_cfg = processor
-                elif isinstance(processor, EnrichProcessorConfig):
-                    enrich_cfg = processor
-                elif isinstance(processor, DegradationProcessorConfig):
-                    degrade_cfg = processor
+            classify_cfg, enrich_cfg, degrade_cfg = self.pipeline_processors(self.config, pipeline_name)
             if degrade_cfg is not None:
                 for exporter_name in spec.exporters:
                     self.exporters[exporter_name].use_degradation(degrade_cfg)
@@ -91,6 +105,7 @@ class Service:
                 enrich=enrich_cfg,
                 degradation=degrade_cfg,
             ))
+        self.pipelines = {p.name: p for p in pipelines}
         router = Router(pipelines, self.metrics, self.clock)
         used_receivers = {name for p in self.config.service.pipelines.values() for name in p.receivers}
         for name in sorted(used_receivers):
@@ -109,6 +124,52 @@ class Service:
         if metrics_address:
             self.endpoints.append(HttpEndpoint(metrics_address, metrics_routes(self.metrics.registry)))
         return router
+
+    # ------------------------------------------------------------------ reload
+
+    def reload(self, path: str) -> bool:
+        """SIGHUP: validate first; apply processors and log level in place; keep the old config on error."""
+        try:
+            new = load_config(path)
+        except ConfigError as exc:
+            self.metrics.config_reloads.labels("invalid").inc()
+            log.error("config reload failed; the running configuration is kept",
+                      extra={"event": "config_reload", "result": "invalid", "errors": exc.errors})
+            return False
+        plan = plan_reload(self.config, new)
+        if plan.processors_changed:
+            self.classifier_handle.current = self.export_classifier(new)
+            for name, pipeline in self.pipelines.items():
+                if name not in new.service.pipelines:
+                    continue
+                classify_cfg, enrich_cfg, degrade_cfg = self.pipeline_processors(new, name)
+                pipeline.enrich = enrich_cfg
+                pipeline.classifier = Classifier(classify_cfg or ClassifyProcessorConfig()) if enrich_cfg else None
+                pipeline.degradation = degrade_cfg
+                if degrade_cfg is not None:
+                    for exporter in pipeline.exporters:
+                        if isinstance(exporter, Exporter):
+                            exporter.ladder = DegradationLadder(degrade_cfg)
+        if plan.log_level_changed:
+            logs = new.service.telemetry.logs
+            setup_logging(logs.level, logs.encoding)
+        applied = dataclasses.replace(
+            self.config, processors=new.processors,
+            service=msgspec.structs.replace(self.config.service, telemetry=msgspec.structs.replace(
+                self.config.service.telemetry, logs=new.service.telemetry.logs)))
+        if plan.processors_changed:
+            pipelines = {name: msgspec.structs.replace(p, processors=new.service.pipelines[name].processors)
+                         if name in new.service.pipelines else p
+                         for name, p in self.config.service.pipelines.items()}
+            applied = dataclasses.replace(applied, service=msgspec.structs.replace(applied.service,
+                                                                                    pipelines=pipelines))
+        self.config = applied
+        result = "applied" if not plan.needs_restart else "partial"
+        self.metrics.config_reloads.labels(result).inc()
+        log.info("config reloaded", extra={
+            "event": "config_reload", "result": result, "processors_changed": plan.processors_changed,
+            "log_level_changed": plan.log_level_changed, "not_applied_need_restart": plan.needs_restart})
+        return True
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -146,7 +207,7 @@ class Service:
         log.info("sidecar stopped")
 
 
-async def run_service(config: Config, recover: bool = False) -> int:
+async def run_service(config: Config, recover: bool = False, config_path: str | None = None) -> int:
     service = Service(config, recover=recover)
     try:
         await service.start()
@@ -157,6 +218,8 @@ async def run_service(config: Config, recover: bool = False) -> int:
     loop = asyncio.get_running_loop()
     for sig in (os_signal.SIGTERM, os_signal.SIGINT):
         loop.add_signal_handler(sig, service.stopping.set)
+    if config_path is not None:
+        loop.add_signal_handler(os_signal.SIGHUP, service.reload, config_path)
     await service.stopping.wait()
     log.info("shutdown requested")
     await service.shutdown()

@@ -56,6 +56,8 @@ class Metrics:
                                     ["exporter", "category"], registry=r)
         self.endpoint_healthy = Gauge("sidecar_endpoint_healthy", "1 when the active probe finds it healthy",
                                       ["exporter", "endpoint"], registry=r)
+        self.config_reloads = Counter("sidecar_config_reloads", "SIGHUP reloads by result (applied, partial, invalid)",
+                                      ["result"], registry=r)
         self.export_duration = Histogram(
             "sidecar_export_duration_seconds", "Duration of one upstream export attempt",
             ["exporter", "endpoint", "outcome"], registry=r,
