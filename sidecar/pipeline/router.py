@@ -67,6 +67,8 @@ class Router:
                      metadata: Metadata, transport: str) -> IngestResult:
         pipelines = self.routes[(receiver, signal)]
         items = count_items(signal, message)
+        if items == 0:
+            return IngestResult()  # nothing to deliver: an empty Export is a liveness probe, answer it here
         rejected = 0
         messages: list[str] = []
         for index, pipeline in enumerate(pipelines):
