@@ -43,6 +43,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC
 
+from google.rpc import error_details_pb2, status_pb2
 from opentelemetry.proto.common.v1 import common_pb2
 from opentelemetry.proto.logs.v1 import logs_pb2
 from opentelemetry.proto.trace.v1 import trace_pb2
@@ -61,10 +62,15 @@ from sidecar.pipeline.taxonomy import (
 __all__ = [
     "GRPC_CODE_NAMES",
     "Classifier",
+    "LogFacts",
+    "SpanFacts",
     "escalate",
     "is_message_too_large",
+    "log_facts",
     "parse_retry_after",
     "retry_info_from_status_details",
+    "span_attributes_may_error",
+    "span_facts",
 ]
 
 # ------------------------------------------------------------------ vocabulary
@@ -152,8 +158,6 @@ def retry_info_from_status_details(details: bytes | None) -> float | None:
     if not details or not isinstance(details, bytes | bytearray | memoryview):
         return None
     try:
-        from google.rpc import error_details_pb2, status_pb2
-
         status = status_pb2.Status.FromString(bytes(details))
         for any_detail in status.details:
             if not any_detail.type_url.endswith(_RETRY_INFO_SUFFIX):
@@ -201,7 +205,7 @@ def parse_retry_after(value: str | None, now_wall: float) -> float | None:
 
 
 _TOO_LARGE_RE = re.compile(
-    r"larger than (?:the )?max|exceeds? (?:the )?(?:max|maximum|limit)\b|too large|too big|"
+    r"larger than (?:the )?max|exceeds? (?:the )?max(?:imum)?\b|too large|too big|"
     r"message size \S* ?exceeds",
     re.IGNORECASE,
 )
@@ -457,7 +461,7 @@ _TEXT_TABLE: tuple[tuple[re.Pattern[str], _Template], ...] = (
 )
 
 _GRPC_IN_MESSAGE = re.compile(
-    r"StatusCode[.=]\"?([A-Za-z_]+)|rpc error: code = ([A-Za-z_]+)|Status\{code=([A-Z_]+)|"
+    r"(?<![A-Za-z])StatusCode[.=]\"?([A-Za-z_]+)|rpc error: code = ([A-Za-z_]+)|Status\{code=([A-Z_]+)|"
     r"^\s*\d{1,2} ([A-Z_]{2,}):"
 )
 _GRPC_BARE = re.compile(r"\s*([A-Z_]{2,})(?::|$)")

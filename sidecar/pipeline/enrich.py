@@ -18,9 +18,16 @@ works on the request's serialized bytes first and touches as few spans as possib
    `db.response.status_code` (an error only with status ERROR, already covered) cannot make a
    span an error; every other occurrence is a suspect. Exception events are counted by their
    encoded name (`\\x12\\x09exception`).
+   Suspects that are http status ints in [400, 500) are counted apart: they only make CLIENT
+   spans errors.
 3. If the suspects and exception events found in the ERROR spans of step 1 account for all of
-   them, no other span can be an error and no other span is read. Otherwise the remaining spans
-   are scanned one by one (the slow path, still correct).
+   them, no other span can be an error and no other span is read. If the suspects left are all
+   http 4xx, only CLIENT spans are read. Otherwise the remaining spans are scanned one by one (the
+   slow path, still correct), with a cheap look at the status attributes before a full scan.
+
+Measured on a 512-span request of HTTP server spans (10 attributes each, 200 KB; a noisy 2-core
+box, parse time excluded): no errors ~0.5 ms with `raw`, ~1.1 ms without (the serialization);
+10% ERROR spans with an exception event ~1.5 ms; a per-span `classify_span` loop ~4.2 ms.
 
 The byte test assumes a canonical encoding (each field once, KeyValue key before value, as every
 OTLP SDK and the protobuf runtimes write). `raw`, when given, must be a protobuf serialization of

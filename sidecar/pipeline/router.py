@@ -40,14 +40,18 @@ class Pipeline:
     degradation: DegradationProcessorConfig | None = None
     stats: dict[str, int] = field(default_factory=dict)
 
-    def enrich_in_place(self, message: Message) -> EnrichStats | None:
-        """Classify and enrich error spans/log records; None when this pipeline does not enrich."""
+    def enrich_in_place(self, message: Message, raw: bytes) -> EnrichStats | None:
+        """Classify and enrich error spans/log records; None when this pipeline does not enrich.
+
+        `raw` is the protobuf encoding of `message`: enrichment rules out error-free requests by
+        scanning it, which is much cheaper than walking every span in Python.
+        """
         if self.enrich is None or self.classifier is None:
             return None
         if self.signal is Signal.TRACES:
-            return enrich_traces(message, self.classifier, self.enrich)  # type: ignore[arg-type]
+            return enrich_traces(message, self.classifier, self.enrich, raw=raw)  # type: ignore[arg-type]
         if self.signal is Signal.LOGS:
-            return enrich_logs(message, self.classifier, self.enrich)  # type: ignore[arg-type]
+            return enrich_logs(message, self.classifier, self.enrich, raw=raw)  # type: ignore[arg-type]
         return None
 
 
@@ -74,7 +78,7 @@ class Router:
         for index, pipeline in enumerate(pipelines):
             # Enrichment edits in place; a second pipeline on the same receiver starts from the original.
             own = message if index == len(pipelines) - 1 else _copy(message)
-            stats = pipeline.enrich_in_place(own)
+            stats = pipeline.enrich_in_place(own, payload)
             if stats is not None and stats.enriched:
                 self._count_enrichment(signal, stats)
                 own_payload = own.SerializeToString()

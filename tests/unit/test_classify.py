@@ -219,6 +219,7 @@ def test_retry_after_is_carried_on_transient_classes_only() -> None:
         ("Request Entity Too Large", True),
         ("data refused due to high memory usage", False),  # Collector memory limiter
         ("rate limited", False),
+        ("request rate exceeds the limit", False),
         ("", False),
     ],
 )

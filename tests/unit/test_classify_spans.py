@@ -297,6 +297,7 @@ EXCEPTIONS = [
     ("System.UnauthorizedAccessException", "Access to the path '/x' is denied.", "permission_denied"),
     ("Grpc.Core.RpcException", "Status(StatusCode=\"Unavailable\", Detail=\"Error connecting to subchannel.\")",
      "UNAVAILABLE"),
+    ("Acme.ApiException", "HttpStatusCode.NotFound", "Acme.ApiException"),  # not a gRPC status
     ("Microsoft.Data.SqlClient.SqlException", "Transaction (Process ID 52) was deadlocked on lock resources with "
      "another process and has been chosen as the deadlock victim. Rerun the transaction.", "deadlock"),
     ("System.Net.Http.HttpRequestException", "Response status code does not indicate success: 503 (Service "
