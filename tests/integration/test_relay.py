@@ -197,3 +197,32 @@ def test_bad_input_gets_precise_answers_and_others_are_served(
     status, _, _ = _post(url, good.SerializeToString(), "application/x-protobuf")
     assert status == 200
     assert upstream.wait_for(lambda f: len(f.accepted("traces")) >= 2, timeout=10)
+
+
+def test_fan_out_to_named_exporters_each_with_its_own_queue(upstream: FakeCollector,
+                                                            sidecar_factory: SidecarFactory,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """One pipeline, two exporters: a slow or down destination does not stall the other."""
+    with FakeCollector() as second:
+        def edit(config: dict[str, object]) -> None:
+            exporters = config["exporters"]  # type: ignore[index]
+            primary = exporters.pop("otlp_grpc")  # type: ignore[union-attr]
+            exporters["otlp_grpc/primary"] = primary  # type: ignore[index]
+            exporters["otlp_http/archive"] = {**primary, "endpoint": second.http_endpoint}  # type: ignore[index]
+            for pipeline in config["service"]["pipelines"].values():  # type: ignore[index]
+                pipeline["exporters"] = ["otlp_grpc/primary", "otlp_http/archive"]
+
+        second.go_down()
+        sidecar = sidecar_factory(upstream.grpc_endpoint, config_edit=edit)
+        monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", sidecar.grpc_endpoint)
+        app = SdkApp("grpc")
+        sent = app.send_traces(40)
+        assert app.flush()
+        app.shutdown()
+        # The archive is down, yet the primary gets everything without waiting for it.
+        assert upstream.wait_for_spans(40, timeout=15)
+        second.come_up()
+        assert second.wait_for_spans(40, timeout=30)
+        expected = {i.to_bytes(8, "big") for i in sent}
+        assert expected <= upstream.span_ids() and expected <= second.span_ids()
+        assert all(r.protocol == "http" for r in second.accepted("traces"))
