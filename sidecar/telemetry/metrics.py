@@ -6,7 +6,7 @@ count; tests create their own to start from zero.
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
 
 from sidecar.signals import SPECS, Signal
 
@@ -17,6 +17,7 @@ class Metrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry()
         r = self.registry
+        ProcessCollector(registry=r)  # process_resident_memory_bytes etc., for the memory alert
         self.receiver_accepted = {
             s: Counter(f"sidecar_receiver_accepted_{_ITEM_SUFFIX[s]}", f"{SPECS[s].item_name} accepted",
                        ["receiver", "transport"], registry=r) for s in Signal}

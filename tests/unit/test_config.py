@@ -48,11 +48,16 @@ def test_validate_cli_exits_non_zero_with_dotted_path() -> None:
     assert "exporters.otlp_grpc.retry_on_failure.multiplier: must be >= 1" in result.stderr
 
 
-def test_validate_cli_accepts_the_example_configs() -> None:
+def test_validate_cli_accepts_the_example_configs(tmp_path: Path) -> None:
+    # sidecar-production.yaml requires its TLS files to exist (test_deployment_files.py loads real ones).
+    tls = {name: tmp_path / name for name in ("SIDECAR_TLS_CA_FILE", "SIDECAR_TLS_CERT_FILE", "SIDECAR_TLS_KEY_FILE")}
+    for file in tls.values():
+        file.touch()
     for path in sorted((ROOT / "collector-config").glob("sidecar*.yaml")):
         result = subprocess.run([sys.executable, "-m", "sidecar", "validate", "--config", str(path)],
                                 capture_output=True, text=True, cwd=ROOT, timeout=60,
-                                env={"PATH": "/usr/bin:/bin", "SIDECAR_UPSTREAM": "collector:4317"})
+                                env={"PATH": "/usr/bin:/bin", "SIDECAR_UPSTREAM": "collector:4317",
+                                     **{name: str(file) for name, file in tls.items()}})
         assert result.returncode == 0, result.stderr
 
 
