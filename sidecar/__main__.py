@@ -1,4 +1,6 @@
-"""Command line: `python -m sidecar [run] --config FILE`, `validate --config FILE`, dead-letter tools."""
+"""Command line: `python -m sidecar [run] --config FILE`, `validate --config FILE`, and the operator
+commands that talk to a running sidecar's admin API: `status`, `deadletters list|replay`,
+`breaker reset`, `drain` (sidecar/admin/client.py)."""
 
 from __future__ import annotations
 
@@ -24,12 +26,58 @@ def _parser() -> argparse.ArgumentParser:
                      help="move an unreadable queue database aside instead of refusing to start")
     validate = sub.add_parser("validate", help="check a configuration file without starting")
     validate.add_argument("--config", required=True)
+    _admin_commands(sub)
     return parser
+
+
+ADMIN_COMMANDS = ("status", "deadletters", "breaker", "drain")
+
+
+def _admin_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--endpoint", help="admin API host:port (default: $SIDECAR_ADMIN_ENDPOINT, "
+                                           "else 127.0.0.1:4320)")
+    parser.add_argument("--token", help="bearer token (default: $SIDECAR_ADMIN_TOKEN)")
+    parser.add_argument("--config", help="take the admin endpoint and token from this sidecar configuration")
+    parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+
+def _admin_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    status = sub.add_parser("status", help="queues, breakers, error rates and hotspots of a running sidecar")
+    _admin_arguments(status)
+    status.add_argument("--watch", nargs="?", type=float, const=2.0, default=None, metavar="SECONDS",
+                        help="refresh every SECONDS (default 2) until Ctrl-C")
+    status.add_argument("--count", type=int, default=None, metavar="N", help="with --watch: stop after N refreshes")
+    status.add_argument("--top", type=int, default=10, metavar="N", help="error hotspots to show (default 10)")
+
+    dead = sub.add_parser("deadletters", help="list or replay dead letters")
+    dead_sub = dead.add_subparsers(dest="action", required=True)
+    listing = dead_sub.add_parser("list", help="list dead letters, oldest first")
+    _admin_arguments(listing)
+    listing.add_argument("--exporter", default="", help="one exporter (default: all)")
+    listing.add_argument("--limit", type=int, default=100)
+    listing.add_argument("--offset", type=int, default=0)
+    replay = dead_sub.add_parser("replay", help="put dead letters back into their sending queue")
+    _admin_arguments(replay)
+    replay.add_argument("--exporter", default="",
+                        help="one exporter (default: all; required with --ids when there are several)")
+    replay.add_argument("--ids", type=int, nargs="+", default=[], help="dead-letter ids (default: all)")
+
+    breaker = sub.add_parser("breaker", help="circuit breaker actions")
+    breaker_sub = breaker.add_subparsers(dest="action", required=True)
+    reset = breaker_sub.add_parser("reset", help="close circuit breakers now")
+    _admin_arguments(reset)
+    reset.add_argument("--exporter", default="", help="one exporter (default: all)")
+    reset.add_argument("--upstream", default="", help="one upstream endpoint of the exporter (default: all)")
+
+    drain = sub.add_parser("drain", help="wait until the sending queues are empty (exit 1 if not in time)")
+    _admin_arguments(drain)
+    drain.add_argument("--exporter", default="", help="one exporter (default: all)")
+    drain.add_argument("--timeout", type=float, default=30.0, help="seconds to wait (default 30)")
 
 
 def _normalise(argv: list[str]) -> list[str]:
     """`otlp-sidecar --config f.yaml` means `run --config f.yaml`, as the issue asks."""
-    commands = {"run", "validate", "deadletters", "status", "-h", "--help"}
+    commands = {"run", "validate", *ADMIN_COMMANDS, "-h", "--help"}
     if not argv or argv[0] not in commands:
         return ["run", *argv]
     return argv
@@ -40,6 +88,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(args_list)
     if args.command == "validate":
         return _validate(args.config)
+    if args.command in ADMIN_COMMANDS:
+        from sidecar.admin.client import run as run_admin_command
+
+        return run_admin_command(args)
     return _run(args.config, args.recover, args_list)
 
 

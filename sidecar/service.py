@@ -7,6 +7,7 @@ import dataclasses
 import logging
 import signal as os_signal
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import msgspec
 
@@ -31,6 +32,11 @@ from sidecar.telemetry.events import Events
 from sidecar.telemetry.http import HttpEndpoint, health_routes, metrics_routes
 from sidecar.telemetry.logs import setup_logging
 from sidecar.telemetry.metrics import Metrics
+from sidecar.telemetry.stats import ErrorStats
+from sidecar.tls import check_config as check_tls_files
+
+if TYPE_CHECKING:
+    from sidecar.admin.server import AdminServer
 
 log = logging.getLogger("sidecar.service")
 
@@ -53,6 +59,10 @@ class Service:
         self.stopping = asyncio.Event()
         self.pipelines: dict[str, Pipeline] = {}
         self.classifier_handle = ClassifierHandle(self.export_classifier(config))
+        self.started_at = clock.monotonic()
+        # Derived figures of the admin API; fed by the router and the senders only when it is on.
+        self.error_stats = ErrorStats(clock)
+        self.admin: AdminServer | None = None
 
     # ------------------------------------------------------------------ building
 
@@ -106,7 +116,12 @@ class Service:
                 degradation=degrade_cfg,
             ))
         self.pipelines = {p.name: p for p in pipelines}
-        router = Router(pipelines, self.metrics, self.clock)
+        admin = self.config.extensions.admin
+        admin_on = admin is not None and "admin" in self.config.service.extensions
+        if admin_on:
+            for exporter in self.exporters.values():
+                exporter.sender.error_stats = self.error_stats
+        router = Router(pipelines, self.metrics, self.clock, self.error_stats if admin_on else None)
         used_receivers = {name for p in self.config.service.pipelines.values() for name in p.receivers}
         for name in sorted(used_receivers):
             receiver = self.config.receivers[name]
@@ -123,6 +138,10 @@ class Service:
         metrics_address = self.config.service.telemetry.metrics.address
         if metrics_address:
             self.endpoints.append(HttpEndpoint(metrics_address, metrics_routes(self.metrics.registry)))
+        if admin is not None and admin_on:
+            from sidecar.admin.server import AdminServer  # the generated gRPC code only when used
+
+            self.admin = AdminServer(admin, self)
         return router
 
     # ------------------------------------------------------------------ reload
@@ -180,14 +199,20 @@ class Service:
         return ready, {"accepting": self.accepting, "exporters": exporters}
 
     async def start(self) -> None:
+        tls_errors = check_tls_files(self.config)  # an expired or mismatched certificate: refuse now, not per handshake
+        if tls_errors:
+            raise StartupError("\n  ".join(tls_errors))
         self.build()
         try:
             for exporter in self.exporters.values():
                 await exporter.start()
-            for endpoint in self.endpoints:
-                await endpoint.start()
+            # Receivers first: /health answering means the OTLP ports already accept connections.
             for receiver in self.receivers:
                 await receiver.start()
+            for endpoint in self.endpoints:
+                await endpoint.start()
+            if self.admin is not None:
+                await self.admin.start()
         except OSError as exc:
             await self.shutdown()
             raise StartupError(str(exc)) from None
@@ -204,6 +229,8 @@ class Service:
         await asyncio.gather(*(e.shutdown(timeout) for e in self.exporters.values()))
         for endpoint in self.endpoints:
             await endpoint.stop()
+        if self.admin is not None:
+            await self.admin.stop()
         log.info("sidecar stopped")
 
 

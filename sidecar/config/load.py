@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import math
 import os
 import re
 import types
@@ -185,9 +186,12 @@ def check_value(value: Any, tp: Any, path: str, errors: list[str]) -> Any:
             errors.append(f"{path}: must be one of {', '.join(choices)} (got {value!r})")
         return value
     try:
-        msgspec.convert(value, tp, dec_hook=decode_hook)
+        converted = msgspec.convert(value, tp, dec_hook=decode_hook)
     except msgspec.ValidationError as exc:
         errors.append(f"{path}: {_humanise(str(exc))}")
+    else:
+        if isinstance(converted, float) and not math.isfinite(converted):  # .inf, .nan, a 400-digit duration
+            errors.append(f"{path}: must be a finite number (got {value!r})")
     return value
 
 
@@ -221,17 +225,44 @@ def _check_components(raw: Any, kinds: Mapping[str, type[schema.Base]], path: st
 
 
 _TOP_LEVEL = ("receivers", "processors", "exporters", "extensions", "service")
+_MAX_NODES = 100_000  # far beyond any real configuration; bounds YAML alias expansion ("billion laughs")
+
+
+def _too_large(document: Any) -> bool:
+    """More than _MAX_NODES values once aliases are expanded, or an alias that contains itself (&a [*a])."""
+    stack, count = [document], 0
+    while stack:
+        node = stack.pop()
+        count += 1
+        if count > _MAX_NODES:
+            return True
+        if isinstance(node, dict):
+            stack.extend(node.values())
+        elif isinstance(node, list):
+            stack.extend(node)
+    return False
 
 
 def load_config_text(text: str, source: str = "<memory>",
                      environ: Mapping[str, str] | None = None) -> schema.Config:
     """Parse, expand and validate; raise ConfigError listing every problem."""
+    try:
+        return _load_config_text(text, source, environ)
+    except RecursionError:
+        # PyYAML and the schema walk recurse: a document (or an ${env:...} value) nested hundreds deep.
+        raise ConfigError(["<root>: the document is nested too deeply"], source) from None
+
+
+def _load_config_text(text: str, source: str, environ: Mapping[str, str] | None) -> schema.Config:
     from sidecar.config.validate import cross_check  # validate imports schema only; avoids a cycle
 
     try:
         document = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         raise ConfigError([f"<root>: invalid YAML: {exc}"], source) from None
+    if _too_large(document):
+        raise ConfigError([f"<root>: more than {_MAX_NODES} values once YAML aliases are expanded "
+                           "(or an alias that contains itself)"], source)
     if not isinstance(document, dict):
         raise ConfigError([f"<root>: must be a mapping with keys {', '.join(_TOP_LEVEL)}, "
                            f"got {_yaml_type(document)}"], source)

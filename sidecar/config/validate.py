@@ -96,7 +96,7 @@ def _check_processors(config: schema.Config, errors: list[str]) -> None:
                     if pattern is not None:
                         try:
                             re.compile(pattern)
-                        except re.error as exc:
+                        except (re.error, OverflowError, RecursionError) as exc:  # a{99999999999}, ((((...
                             errors.append(f"{path}.match.{field_name}: invalid regular expression: {exc}")
                 if all(getattr(match, f) is None for f in match.__struct_fields__):
                     errors.append(f"{path}.match: set at least one condition")

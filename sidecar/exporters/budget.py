@@ -130,6 +130,17 @@ class RetryBudget:
         self.refused += 1
         return False
 
+    def time_until_token(self) -> float | None:
+        """Seconds until `try_spend` could succeed on the floor alone (0: now); None without a floor."""
+        if self.balance >= 1.0 - _EPSILON:
+            return 0.0
+        self._refill()
+        if self._floor_tokens >= 1.0 - _EPSILON:
+            return 0.0
+        if self.min_per_second <= 0:
+            return None
+        return (1.0 - self._floor_tokens) / self.min_per_second
+
     def _refill(self) -> None:
         now = self._clock.monotonic()
         elapsed = max(0.0, now - self._floor_at)

@@ -52,6 +52,7 @@ _HTTP_FOR_GRPC = {"INVALID_ARGUMENT": 400, "UNAUTHENTICATED": 401, "PERMISSION_D
 _GRPC_FOR_HTTP = {400: "INVALID_ARGUMENT", 401: "UNAUTHENTICATED", 403: "PERMISSION_DENIED", 404: "UNIMPLEMENTED",
                   405: "UNIMPLEMENTED", 413: "RESOURCE_EXHAUSTED", 415: "INVALID_ARGUMENT"}
 STATS_WINDOW = 60.0
+STATS_REFRESH = 1.0  # seconds between recomputations of the median export latency
 
 
 def resident_memory_bytes() -> int | None:
@@ -90,8 +91,13 @@ class Exporter:
         self.consumers: list[asyncio.Task[None]] = []
         self.accepting = False
         self._outcomes: deque[tuple[float, bool, float]] = deque()
+        self._outcome_failures = 0  # failures in `_outcomes`, kept as entries come and go
+        self._median_latency: tuple[float, float | None] = (float("-inf"), None)  # (computed at, value)
         self._memory_sample: tuple[float, int | None] = (float("-inf"), None)
         self._rng = random.Random()
+        # Entries requeued because the retry budget refused their retry: their next send is a retry
+        # too (see `Sender.send(resend=...)`). Equal entries compare equal, memory or disk queue alike.
+        self._owed_retry: set[QueueEntry] = set()
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -132,8 +138,13 @@ class Exporter:
                     log.warning("shutdown: requests left in the disk queue, replayed on next start",
                                 extra={"exporter": self.name, "requests": self.queue.count})
                 elif isinstance(self.queue, MemoryQueue):
+                    # One event per signal: the drop log is throttled per key, and the process is
+                    # exiting, so per-entry events would log only the first entry's items.
+                    left: dict[str, int] = {}
                     for entry in self.queue.drain_nowait():
-                        self.events.dropped(entry.signal.value, "shutdown", entry.items,
+                        left[entry.signal.value] = left.get(entry.signal.value, 0) + entry.items
+                    for signal_name, items in left.items():
+                        self.events.dropped(signal_name, "shutdown", items,
                                             f"exporter {self.name}: not delivered within shutdown_timeout")
             await self.queue.close()
         await self.sender.stop()
@@ -164,9 +175,11 @@ class Exporter:
         if degradation is not None and level.sheds:
             entry, shed = self._shed(entry, message, level, degradation.sample_ratio)
             if entry.items == 0:
+                self._count_shed(entry, shed, level)
                 return IngestResult(shed.shed, shed.message())
         if level.rejects and self.queue.count > 0:
-            self._push_back(entry, "memory_limit" if self._memory_fraction() else "queue_full")
+            # The ladder's cause, not `_memory_fraction()`: that is a (truthy) fraction whenever a limit is set.
+            self._push_back(entry, "memory_limit" if self.ladder and self.ladder.cause == "memory" else "queue_full")
         try:
             await self.queue.put(entry)
         except QueueFull:
@@ -174,8 +187,15 @@ class Exporter:
         finally:
             self._update_queue_gauges()
         if shed is not None and shed.shed:
+            # Counted only now: when the put fails the client is told to retry the whole request,
+            # so nothing was dropped (counting earlier made the counters exceed the partial successes).
+            self._count_shed(entry, shed, level)
             return IngestResult(shed.shed, shed.message())
         return IngestResult()
+
+    def _count_shed(self, entry: QueueEntry, shed: ShedResult, level: Level) -> None:
+        for reason, count in shed.shed_by_reason.items():
+            self.events.dropped(entry.signal.value, reason, count, f"exporter {self.name} at level {int(level)}")
 
     def _push_back(self, entry: QueueEntry, reason: str) -> None:
         self.events.backpressure(self.name, entry.signal.value, entry.items, reason)
@@ -188,9 +208,10 @@ class Exporter:
 
     def _shed(self, entry: QueueEntry, message: Message, level: Level,
               sample_ratio: float) -> tuple[QueueEntry, ShedResult]:
-        """Shed on a private copy: the pipeline's message is shared with the other exporters."""
+        """Shed on a private copy decoded from the entry: the pipeline's message is shared with the
+        other exporters, and for traces it does not carry the enrichment (only the payload does)."""
         own = type(message)()
-        own.CopyFrom(message)
+        own.ParseFromString(entry.payload)
         if entry.signal is Signal.TRACES:
             result = shed_traces(own, level, sample_ratio,  # type: ignore[arg-type]
                                  lambda span: self.classifier.classify_span(span) is not None)
@@ -199,8 +220,6 @@ class Exporter:
                                lambda record: self.classifier.classify_log(record) is not None)
         else:
             return entry, ShedResult(entry.items, 0, {}, level, "metric_points")
-        for reason, count in result.shed_by_reason.items():
-            self.events.dropped(entry.signal.value, reason, count, f"exporter {self.name} at level {int(level)}")
         if not result.changed:
             return entry, result
         return replace(entry, payload=own.SerializeToString(), items=result.kept), result
@@ -236,15 +255,30 @@ class Exporter:
         return level
 
     def _recent_stats(self) -> tuple[float | None, float | None]:
+        """(error rate, median latency of successes) over the last STATS_WINDOW seconds.
+
+        Called for every accepted request, so it is O(1) amortized: the failure count is kept as
+        outcomes come and go, and the median (a sort of up to a window of outcomes) is recomputed
+        at most every STATS_REFRESH seconds; the latency trigger is a slow signal (seconds).
+        """
         now = self.clock.monotonic()
-        while self._outcomes and now - self._outcomes[0][0] > STATS_WINDOW:
-            self._outcomes.popleft()
-        if not self._outcomes:
+        outcomes = self._outcomes
+        while outcomes and now - outcomes[0][0] > STATS_WINDOW:
+            if not outcomes.popleft()[1]:
+                self._outcome_failures -= 1
+        if not outcomes:
             return None, None
-        failures = sum(1 for _, ok, _ in self._outcomes if not ok)
-        latencies = sorted(latency for _, ok, latency in self._outcomes if ok)
-        median = latencies[len(latencies) // 2] if latencies else None
-        return failures / len(self._outcomes), median
+        computed_at, median = self._median_latency
+        if now - computed_at >= STATS_REFRESH:
+            latencies = sorted(latency for _, ok, latency in outcomes if ok)
+            median = latencies[len(latencies) // 2] if latencies else None
+            self._median_latency = (now, median)
+        return self._outcome_failures / len(outcomes), median
+
+    def _record_outcome(self, ok: bool, latency: float) -> None:
+        self._outcomes.append((self.clock.monotonic(), ok, latency))
+        if not ok:
+            self._outcome_failures += 1
 
     # ------------------------------------------------------------------ synchronous mode
 
@@ -272,7 +306,7 @@ class Exporter:
             self._update_queue_gauges()
             started = self.clock.monotonic()
             try:
-                report = await self.sender.send(lease.entry)
+                report = await self.sender.send(lease.entry, resend=lease.entry in self._owed_retry)
             except asyncio.CancelledError:
                 with contextlib.suppress(Exception):
                     await asyncio.shield(self.queue.nack(lease))
@@ -280,10 +314,19 @@ class Exporter:
             except Exception:
                 log.exception("sender failed unexpectedly", extra={"exporter": self.name})
                 report = SendReport(Verdict.DEAD_LETTER, INTERNAL_ERROR, 0, 0, None, None)
-            self._outcomes.append((self.clock.monotonic(), report.verdict is Verdict.DELIVERED,
-                                   self.clock.monotonic() - started))
+            self._record_outcome(report.verdict is Verdict.DELIVERED, self.clock.monotonic() - started)
             try:
                 await self._settle(lease, report)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                # A consumer must outlive any bug in settling: give the entry back (at-least-once) and
+                # pause briefly so a persistent failure cannot spin.
+                log.exception("settling an export result failed; the request stays queued",
+                              extra={"exporter": self.name})
+                with contextlib.suppress(Exception):
+                    await self.queue.nack(lease)
+                await self.clock.sleep(1.0)
             finally:
                 self._update_queue_gauges()
             if report.verdict is Verdict.REQUEUE and report.retry_after:
@@ -293,19 +336,25 @@ class Exporter:
         assert self.queue is not None
         if not report.parts:
             if report.verdict is Verdict.REQUEUE:
+                if report.reason == "budget_exhausted":
+                    self._owed_retry.add(lease.entry)
                 await self.queue.nack(lease)
                 return
             if report.verdict is Verdict.DEAD_LETTER:
                 await self._dead_letter(lease.entry, report)
+            self._owed_retry.discard(lease.entry)
             await self.queue.ack(lease)
             return
-        requeue = [part.entry for part in report.parts if part.report.verdict is Verdict.REQUEUE]
+        requeue = [part for part in report.parts if part.report.verdict is Verdict.REQUEUE]
         try:
-            for part_entry in requeue:
-                await self.queue.put(part_entry)
+            for part in requeue:
+                await self.queue.put(part.entry)
+                if part.report.reason == "budget_exhausted":
+                    self._owed_retry.add(part.entry)
         except QueueFull:
             await self.queue.nack(lease)  # resend the whole entry later: duplicates, never loss
             return
+        self._owed_retry.discard(lease.entry)
         for part in report.parts:
             if part.report.verdict is Verdict.DEAD_LETTER:
                 await self._dead_letter(part.entry, part.report)

@@ -87,6 +87,7 @@ from sidecar.pipeline.taxonomy import (
 )
 from sidecar.queue.base import QueueEntry
 from sidecar.telemetry.metrics import Metrics
+from sidecar.telemetry.stats import ErrorStats
 
 log = logging.getLogger(__name__)
 
@@ -193,6 +194,8 @@ class Sender:
         self.clock = clock
         self.timeout = float(config.timeout)
         self.max_request_bytes = mib_to_bytes(config.max_request_size_mib) if config.max_request_size_mib else None
+        # The admin API's derived figures (error rate, outages and recoveries); set by the service.
+        self.error_stats: ErrorStats | None = None
 
     # ------------------------------------------------------------ lifecycle and status
 
@@ -253,16 +256,27 @@ class Sender:
 
     # ------------------------------------------------------------ sending
 
-    async def send(self, entry: QueueEntry) -> SendReport:
-        """Deliver one entry through the chain; see the module docstring for the verdicts."""
+    async def send(self, entry: QueueEntry, *, resend: bool = False) -> SendReport:
+        """Deliver one entry through the chain; see the module docstring for the verdicts.
+
+        `resend`: the entry comes back after the retry budget refused its retry (REQUEUE with
+        reason ``budget_exhausted``). Its next attempt is still a retry of the same data, so while
+        the endpoint it goes to is failing (no success since its last failure) the attempt must be
+        paid from that endpoint's budget and deposits nothing: the call waits (cancellable, holding
+        the entry, so other consumers go on with fresh entries) until a token is available or the
+        endpoint succeeded meanwhile, and `max_elapsed_time` then counts from that attempt.
+        Without this, every requeue would come back as a fresh first attempt funding more retries:
+        the retry storm the budget exists to prevent. Once the endpoint succeeded again a resend is
+        an ordinary first attempt, so a recovered upstream drains the queue at full speed.
+        """
         started = self.clock.monotonic()
         if self.max_request_bytes is not None and len(entry.payload) > self.max_request_bytes:
             pieces = split_entry_to_limit(entry, self.max_request_bytes)
             if len(pieces) > 1:
-                return await self._send_parts(pieces, started, attempts=0, cause=None)
-        return await self._send_entry(entry, started)
+                return await self._send_parts(pieces, started, attempts=0, cause=None, resend=resend)
+        return await self._send_entry(entry, started, resend)
 
-    async def _send_entry(self, entry: QueueEntry, started: float) -> SendReport:
+    async def _send_entry(self, entry: QueueEntry, started: float, resend: bool = False) -> SendReport:
         state = RetryState(started_at=started)
         attempts = 0
         avoid: set[str] = set()
@@ -274,7 +288,15 @@ class Sender:
                 return self._requeue_breakers_open(last, attempts, last_endpoint)
             ep = self.endpoints[name]
             if attempts == 0:
-                ep.budget.deposit()
+                if not resend or ep.first_failure_at is None:
+                    ep.budget.deposit()
+                elif ep.budget.try_spend():  # a resend to a failing endpoint is a retry (see `send`)
+                    self.metrics.exporter_retries.labels(self.exporter_name, name).inc()
+                    state.started_at = self.clock.monotonic()
+                else:
+                    wait = ep.budget.time_until_token()
+                    await self.clock.sleep(1.0 if wait is None else min(1.0, max(0.01, wait)))
+                    continue  # pick again: the endpoint may have recovered, or another one be free
             try:
                 result = await self._attempt(ep, entry)
             except BreakerOpenError:  # refused between pick and call; not expected, handled anyway
@@ -366,10 +388,14 @@ class Sender:
                 log.exception("classifying a partial success failed")
             if cls is not None:
                 self.metrics.errors.labels(cls.category.value, cls.severity.value, cls.recoverability.value).inc()
+                if self.error_stats is not None:
+                    self.error_stats.export_error(self.exporter_name, ep.name, cls)
         ep.base.record(True)
         if ep.first_failure_at is not None:
-            self.metrics.recovery_duration.labels(self.exporter_name, ep.name).observe(
-                max(0.0, self.clock.monotonic() - ep.first_failure_at))
+            recovery = max(0.0, self.clock.monotonic() - ep.first_failure_at)
+            self.metrics.recovery_duration.labels(self.exporter_name, ep.name).observe(recovery)
+            if self.error_stats is not None:
+                self.error_stats.recovered(self.exporter_name, ep.name, recovery)
             ep.first_failure_at = None
         return SendReport(Verdict.DELIVERED, cls, attempts, rejected, None, ep.name,
                           reason="partial_success" if rejected else "")
@@ -378,10 +404,14 @@ class Sender:
         self.metrics.exporter_send_failed[entry.signal].labels(
             self.exporter_name, cls.category.value, cls.error_type).inc(entry.items)
         self.metrics.errors.labels(cls.category.value, cls.severity.value, cls.recoverability.value).inc()
+        if self.error_stats is not None:
+            self.error_stats.export_error(self.exporter_name, ep.name, cls)
         if cls.retryable and cls.recovery is not Recovery.SPLIT_AND_RETRY:
             ep.base.record(False)
             if ep.first_failure_at is None:
                 ep.first_failure_at = self.clock.monotonic()
+                if self.error_stats is not None:
+                    self.error_stats.outage_started(self.exporter_name, ep.name)
 
     def _requeue_breakers_open(
         self, last: Classification | None, attempts: int, endpoint: str | None
@@ -398,12 +428,13 @@ class Sender:
         return await self._send_parts(halves, started, attempts=attempts, cause=cause)
 
     async def _send_parts(
-        self, pieces: Sequence[QueueEntry], started: float, attempts: int, cause: Classification | None
+        self, pieces: Sequence[QueueEntry], started: float, attempts: int, cause: Classification | None,
+        resend: bool = False,
     ) -> SendReport:
         """Send each part through the chain in order (a part may split again) and combine."""
         parts: list[PartReport] = []
         for piece in pieces:
-            report = await self._send_entry(piece, started)
+            report = await self._send_entry(piece, started, resend)
             attempts += report.attempts
             parts.extend(report.outcomes(piece))
         return _combine(parts, attempts, cause)

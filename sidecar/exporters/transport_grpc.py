@@ -40,7 +40,8 @@ def _client_error_from_details(details: str) -> str | None:
     if "dns resolution failed" in lowered or "name or service not known" in lowered \
             or "could not resolve" in lowered:
         return "dns"
-    if "handshake" in lowered or "ssl" in lowered or "certificate" in lowered:
+    if "handshake" in lowered or "ssl" in lowered or "certificate" in lowered \
+            or "verification check failed" in lowered:  # grpc's hostname check: "Hostname Verification Check failed"
         return "tls_handshake"
     if "connection refused" in lowered or "failed to connect" in lowered:
         return "connection_refused"

@@ -19,9 +19,14 @@ from sidecar.signals import SPECS, Signal, rejected_count
 
 
 def client_ssl_context(config: ExporterConfig) -> ssl.SSLContext | bool:
+    """TLS for https:// endpoints (http:// ones are plaintext whatever this says).
+
+    As in the Collector, `insecure` does not turn certificate verification off for an https:// endpoint;
+    only `insecure_skip_verify` does. (aiohttp's `ssl=False` would skip verification.)
+    """
     tls = config.tls
-    if tls.insecure and not (tls.ca_file or tls.cert_file):
-        return False
+    if not (tls.ca_file or tls.cert_file or tls.insecure_skip_verify):
+        return True  # aiohttp's default: verify against the system's roots
     context = ssl.create_default_context(cafile=tls.ca_file)
     if tls.cert_file and tls.key_file:
         context.load_cert_chain(tls.cert_file, tls.key_file)

@@ -38,10 +38,13 @@ which is canonical by construction. Logs work the same way with `severity_number
 
 from __future__ import annotations
 
+import bisect
 import functools
 import operator
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
@@ -64,8 +67,17 @@ from sidecar.pipeline.classify import (
     span_facts,
 )
 from sidecar.pipeline.taxonomy import Category, Classification, Recoverability, Recovery, default_severity
+from sidecar.pipeline.wire import (
+    SpliceView,
+    detect_counts,
+    detect_view,
+    error_candidates,
+    facts_of_view,
+    span_view,
+    spans_containing,
+)
 
-__all__ = ["ATTRIBUTE_NAMES", "ERROR_TYPE_KEY", "EnrichStats", "enrich_logs", "enrich_traces"]
+__all__ = ["ATTRIBUTE_NAMES", "ERROR_TYPE_KEY", "EnrichStats", "enrich_logs", "enrich_traces", "enrich_traces_payload"]
 
 ERROR_TYPE_KEY = "error.type"
 # Under the configured prefix; `retryable` and `transient` are bools, the rest strings.
@@ -77,10 +89,16 @@ _KIND_CLIENT = trace_pb2.Span.SPAN_KIND_CLIENT
 
 @dataclass(slots=True)
 class EnrichStats:
-    """What one enrichment pass did. `by_class` counts enriched items by (category, severity, recoverability)."""
+    """What one enrichment pass did. `by_class` counts enriched items by (category, severity, recoverability).
+
+    `hits` is filled only when the caller asks (`collect=True`): one `((resource index, scope
+    index), item, classification)` per enriched item, for the admin API's error hotspots.
+    """
 
     enriched: int = 0
     by_class: Counter[tuple[str, str, str]] = field(default_factory=Counter)
+    hits: list[tuple[tuple[int, int], trace_pb2.Span | logs_pb2.LogRecord, Classification]] | None = None
+    where: tuple[int, int] = (0, 0)  # (resource, scope) of the item being enriched, when collecting
 
     @property
     def by_category(self) -> Counter[str]:
@@ -173,6 +191,21 @@ class _Writer:
             item.MergeFromString(b"".join(fragment for key, fragment in plan.fragments if key not in existing))
         stats.enriched += 1
         stats.by_class[plan.class_key] += 1
+        if stats.hits is not None:
+            stats.hits.append((stats.where, item, c))
+
+    def appended(self, item: Any, existing: set[str], c: Classification, stats: EnrichStats) -> bytes:
+        """What `write` would merge into `item`, as bytes to append to its encoding; counted as `write` does."""
+        plan = self.plan(c)
+        if existing.isdisjoint(self.keys):
+            data = plan.everything
+        else:
+            data = b"".join(fragment for key, fragment in plan.fragments if key not in existing)
+        stats.enriched += 1
+        stats.by_class[plan.class_key] += 1
+        if stats.hits is not None:
+            stats.hits.append((stats.where, item, c))
+        return data
 
 
 @functools.lru_cache(maxsize=64)
@@ -257,6 +290,23 @@ def _status_code_suspects(raw: bytes) -> tuple[int, int]:
     return suspects, suspects_4xx
 
 
+# The overwhelmingly common status-code attribute: an HTTP 200 (current key, then the deprecated one).
+_HTTP_200 = (b"\x0a\x19http.response.status_code\x12\x03\x18\xc8\x01", b"\x0a\x10http.status_code\x12\x03\x18\xc8\x01")
+
+
+def _attribute_suspects(raw: bytes) -> tuple[int, int]:
+    """`_status_code_suspects`, answered by two or three `count`s when every occurrence is an HTTP 200."""
+    total = raw.count(_STATUS_CODE)
+    if total == 0:
+        return 0, 0
+    ok = raw.count(_HTTP_200[0])
+    if ok != total:
+        ok += raw.count(_HTTP_200[1])
+    if ok == total:
+        return 0, 0
+    return _status_code_suspects(raw)
+
+
 def _serialized(request: ExportTraceServiceRequest | ExportLogsServiceRequest, raw: bytes | None) -> bytes | None:
     if raw is not None:
         return bytes(raw)
@@ -291,24 +341,32 @@ def enrich_traces(
     config: EnrichProcessorConfig,
     *,
     raw: bytes | None = None,
+    collect: bool = False,
 ) -> EnrichStats:
     """Add classification attributes to every error span of `request`, in place.
 
     `raw`: the protobuf serialization of `request` when the caller has it (saves serializing here).
+    `collect`: fill `stats.hits` with each enriched span and where it is.
     """
-    stats = EnrichStats()
+    stats = EnrichStats(hits=[] if collect else None)
     writer = _writer(config.attribute_prefix, config.set_error_type, False)
     data = _serialized(request, raw)
     if data is None:
         suspects = suspects_4xx = exception_events = -1  # unknown: scan every span
     else:
-        suspects, suspects_4xx = _status_code_suspects(data)
+        suspects, suspects_4xx = _attribute_suspects(data)
         exception_events = data.count(_EXCEPTION_EVENT)
     found_suspects = found_4xx = found_exceptions = 0
     need_rest = suspects != 0 or exception_events != 0
     rest: list[trace_pb2.Span] = []
-    for resource_spans in request.resource_spans:
-        for scope_spans in resource_spans.scope_spans:
+    starts: list[int] = []  # when collecting: where each (resource, scope) begins in `rest`
+    places: list[tuple[int, int]] = []
+    for ri, resource_spans in enumerate(request.resource_spans):
+        for si, scope_spans in enumerate(resource_spans.scope_spans):
+            if collect:
+                stats.where = (ri, si)
+                starts.append(len(rest))
+                places.append(stats.where)
             for span in scope_spans.spans:
                 if span.status.code == _STATUS_ERROR:
                     facts = span_facts(span)
@@ -326,13 +384,109 @@ def enrich_traces(
         return stats
     # Suspects left that are all http 4xx can only make CLIENT spans errors: skip reading the others.
     clients_only = 0 < remaining == suspects_4xx - found_4xx
-    for span in rest:
+    for index, span in enumerate(rest):
         scan_attributes = remaining != 0 and (not clients_only or span.kind == _KIND_CLIENT)
         if (scan_attributes and span_attributes_may_error(span)) or (check_events and len(span.events) > 0):
             facts = span_facts(span)
             if facts.is_error:
+                if collect:
+                    stats.where = places[bisect.bisect_right(starts, index) - 1]
                 _enrich_span(span, facts, classifier, writer, stats)
     return stats
+
+
+def _not_http_200(data: bytes) -> int:
+    """Occurrences of "status_code" in `data` other than an http status attribute holding 200."""
+    total = data.count(_STATUS_CODE)
+    if total == 0:
+        return 0
+    rest = total - data.count(_HTTP_200[0])
+    return rest - data.count(_HTTP_200[1]) if rest else 0
+
+
+def enrich_traces_payload(
+    raw: bytes,
+    classifier: Classifier,
+    config: EnrichProcessorConfig,
+    *,
+    collect: bool = False,
+) -> tuple[EnrichStats, bytes | None]:
+    """`enrich_traces` on the serialized request: (stats, the enriched request's bytes or None).
+
+    None means nothing was enriched: `raw` is to be forwarded as is. Otherwise the result parses to
+    exactly what `enrich_traces` leaves in a request decoded from `raw` (the same attributes
+    appended to the same spans), but only the error spans are decoded (see `sidecar.pipeline.wire`)
+    and the enrichment is appended to their bytes instead of serializing the request again. With
+    `collect`, `stats.hits` holds span views (their `.name` is the span's name).
+
+    Which spans are checked: `detect_counts` gives the number of spans with status ERROR (exact)
+    and of exception events, and two or three `count`s the number of status-code attributes that
+    are not an HTTP 200; when all are zero no span can be an error. Otherwise the spans whose
+    bytes end with status ERROR are checked, and the others only as far as these do not account
+    for every count: spans with status ERROR (found by the exact view), with "exception" in their
+    bytes, or with a status-code attribute that the byte scan cannot prove OK.
+    """
+    stats = EnrichStats(hits=[] if collect else None)
+    errors, exceptions = detect_counts(raw)
+    unproven = _not_http_200(raw)
+    if not (errors or exceptions or unproven):
+        return stats, None
+    writer = _writer(config.attribute_prefix, config.set_error_type, False)
+    view = SpliceView()
+    view.ParseFromString(raw)
+    scopes = [(ri, si, scope) for ri, resource in enumerate(view.resource_spans)
+              for si, scope in enumerate(resource.scope_spans)]
+    spans = [list(scope.spans) for _, _, scope in scopes]
+    checked: list[set[int]] = [set() for _ in scopes]
+    appended: dict[tuple[int, int], bytes] = {}
+    found = [0, 0, 0]  # among the checked spans: status ERROR, exception events, unproven status codes
+
+    def check(position: int, index: int) -> None:
+        checked[position].add(index)
+        data = spans[position][index]
+        item = span_view(data)
+        facts = facts_of_view(item)
+        found[0] += facts.status_code == _STATUS_ERROR
+        found[1] += facts.exception_events
+        if unproven:
+            found[2] += _not_http_200(data)
+        if not facts.is_error or writer.complete(facts.keys):
+            return
+        try:
+            classification = classifier.classify_span_facts(facts)
+        except Exception:  # odd input must not break the pipeline
+            classification = _FALLBACK
+        stats.where = scopes[position][:2]
+        appended[(position, index)] = writer.appended(item, facts.keys, classification, stats)
+
+    def check_all(position: int, indexes: Iterable[int]) -> None:
+        done = checked[position]
+        for index in indexes:
+            if index not in done:
+                check(position, index)
+
+    if errors:
+        for position in range(len(scopes)):
+            check_all(position, error_candidates(spans[position]))
+        if found[0] != errors:  # status ERROR not at the end of a span's bytes: ask the exact view
+            position = 0
+            for resource in detect_view(raw).resource_spans:
+                for scope in resource.scope_spans:
+                    check_all(position, [i for i, span in enumerate(scope.spans)
+                                         if span.status.code == _STATUS_ERROR])
+                    position += 1
+    if found[1] < exceptions:
+        for position in range(len(scopes)):
+            check_all(position, spans_containing(spans[position], b"exception"))
+    if found[2] != unproven:  # some status code outside the checked spans is not an HTTP 200
+        for position in range(len(scopes)):
+            check_all(position, [i for i in spans_containing(spans[position], _STATUS_CODE)
+                                 if _status_code_suspects(spans[position][i])[0]])
+    if not appended:
+        return stats, None
+    for (position, index), data in appended.items():
+        scopes[position][2].spans[index] = spans[position][index] + data
+    return stats, view.SerializeToString()
 
 
 # ------------------------------------------------------------------ logs
@@ -360,16 +514,23 @@ def enrich_logs(
     config: EnrichProcessorConfig,
     *,
     raw: bytes | None = None,
+    collect: bool = False,
 ) -> EnrichStats:
-    """Add classification attributes to every error log record of `request`, in place."""
-    stats = EnrichStats()
+    """Add classification attributes to every error log record of `request`, in place (`collect`: as traces)."""
+    stats = EnrichStats(hits=[] if collect else None)
     writer = _writer(config.attribute_prefix, config.set_error_type, True)
     data = _serialized(request, raw)
     exception_types = data.count(_EXCEPTION_TYPE_KEY) if data is not None else -1
     found = 0
     rest: list[logs_pb2.LogRecord] = []
-    for resource_logs in request.resource_logs:
-        for scope_logs in resource_logs.scope_logs:
+    starts: list[int] = []
+    places: list[tuple[int, int]] = []
+    for ri, resource_logs in enumerate(request.resource_logs):
+        for si, scope_logs in enumerate(resource_logs.scope_logs):
+            if collect:
+                stats.where = (ri, si)
+                starts.append(len(rest))
+                places.append(stats.where)
             for record in scope_logs.log_records:
                 if record.severity_number >= SEVERITY_ERROR:
                     facts = log_facts(record)
@@ -378,8 +539,10 @@ def enrich_logs(
                 elif exception_types != 0:
                     rest.append(record)
     if rest and found != exception_types:
-        for record in rest:
+        for index, record in enumerate(rest):
             facts = log_facts(record)
             if facts.is_error:
+                if collect:
+                    stats.where = places[bisect.bisect_right(starts, index) - 1]
                 _enrich_record(record, facts, classifier, writer, stats)
     return stats

@@ -3,19 +3,23 @@
 from __future__ import annotations
 
 import logging
+from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 from google.protobuf.message import Message
 
 from sidecar.clock import Clock
 from sidecar.config.schema import DegradationProcessorConfig, EnrichProcessorConfig
 from sidecar.pipeline.classify import Classifier
-from sidecar.pipeline.enrich import EnrichStats, enrich_logs, enrich_traces
+from sidecar.pipeline.enrich import EnrichStats, enrich_logs, enrich_traces, enrich_traces_payload
+from sidecar.pipeline.taxonomy import Classification
 from sidecar.queue.base import QueueEntry
 from sidecar.receivers.ingest import IngestResult, Metadata
 from sidecar.signals import Signal, count_items
 from sidecar.telemetry.metrics import Metrics
+from sidecar.telemetry.stats import UNKNOWN_SERVICE, ErrorStats
 
 log = logging.getLogger("sidecar.pipeline")
 
@@ -26,7 +30,10 @@ class Destination(Protocol):
     name: str
 
     async def accept(self, entry: QueueEntry, message: Message,
-                     degradation: DegradationProcessorConfig | None) -> IngestResult: ...
+                     degradation: DegradationProcessorConfig | None) -> IngestResult:
+        """Queue (or send) `entry`. `message` is the decoded request; for traces it is not enriched
+        (the enrichment is in `entry.payload` only), so whatever is derived from it must decode
+        `entry.payload` instead."""
 
 
 @dataclass
@@ -40,25 +47,46 @@ class Pipeline:
     degradation: DegradationProcessorConfig | None = None
     stats: dict[str, int] = field(default_factory=dict)
 
-    def enrich_in_place(self, message: Message, raw: bytes) -> EnrichStats | None:
+    def enrich_in_place(self, message: Message, raw: bytes, collect: bool = False) -> EnrichStats | None:
         """Classify and enrich error spans/log records; None when this pipeline does not enrich.
 
         `raw` is the protobuf encoding of `message`: enrichment rules out error-free requests by
-        scanning it, which is much cheaper than walking every span in Python.
+        scanning it, which is much cheaper than walking every span in Python. `collect`: fill
+        `stats.hits` (for the error hotspots).
         """
         if self.enrich is None or self.classifier is None:
             return None
         if self.signal is Signal.TRACES:
-            return enrich_traces(message, self.classifier, self.enrich, raw=raw)  # type: ignore[arg-type]
+            return enrich_traces(message, self.classifier, self.enrich,  # type: ignore[arg-type]
+                                 raw=raw, collect=collect)
         if self.signal is Signal.LOGS:
-            return enrich_logs(message, self.classifier, self.enrich, raw=raw)  # type: ignore[arg-type]
+            return enrich_logs(message, self.classifier, self.enrich,  # type: ignore[arg-type]
+                               raw=raw, collect=collect)
         return None
+
+    def enrich_payload(self, message: Message, raw: bytes, collect: bool = False) -> tuple[EnrichStats | None, bytes]:
+        """Enrich and return the bytes to queue: `raw` itself when nothing changed (the fast path).
+
+        Traces are enriched on the bytes (`enrich_traces_payload`: no full serialization, and
+        `message` is left as received); logs in place on `message`, then serialized.
+        """
+        if self.enrich is None or self.classifier is None:
+            return None, raw
+        if self.signal is Signal.TRACES:
+            stats, enriched = enrich_traces_payload(raw, self.classifier, self.enrich, collect=collect)
+            return stats, raw if enriched is None else enriched
+        in_place = self.enrich_in_place(message, raw, collect)
+        if in_place is not None and in_place.enriched:
+            return in_place, message.SerializeToString()
+        return in_place, raw
 
 
 class Router:
-    def __init__(self, pipelines: list[Pipeline], metrics: Metrics, clock: Clock) -> None:
+    def __init__(self, pipelines: list[Pipeline], metrics: Metrics, clock: Clock,
+                 error_stats: ErrorStats | None = None) -> None:
         self.metrics = metrics
         self.clock = clock
+        self.error_stats = error_stats  # the admin API's derived figures; None: not collected
         self.routes: dict[tuple[str, Signal], list[Pipeline]] = {}
         for pipeline in pipelines:
             for receiver in pipeline.receivers:
@@ -76,14 +104,14 @@ class Router:
         rejected = 0
         messages: list[str] = []
         for index, pipeline in enumerate(pipelines):
-            # Enrichment edits in place; a second pipeline on the same receiver starts from the original.
-            own = message if index == len(pipelines) - 1 else _copy(message)
-            stats = pipeline.enrich_in_place(own, payload)
+            # Log enrichment edits in place; a second pipeline on the same receiver starts from the original.
+            last = index == len(pipelines) - 1 or pipeline.signal is Signal.TRACES
+            own = message if last else _copy(message)
+            stats, own_payload = pipeline.enrich_payload(own, payload, collect=self.error_stats is not None)
             if stats is not None and stats.enriched:
                 self._count_enrichment(signal, stats)
-                own_payload = own.SerializeToString()
-            else:
-                own_payload = payload  # fast path: forward the bytes we received
+                if self.error_stats is not None and stats.hits:
+                    _record_hotspots(self.error_stats, signal, own, stats.hits)
             entry = QueueEntry(signal, own_payload, items, metadata, self.clock.wall())
             try:
                 for exporter in pipeline.exporters:
@@ -101,6 +129,32 @@ class Router:
         for (category, severity, recoverability), n in stats.by_class.items():
             self.metrics.errors.labels(category, severity, recoverability).inc(n)
             self.metrics.enriched.labels(signal.value, category).inc(n)
+
+
+def _record_hotspots(error_stats: ErrorStats, signal: Signal, message: Any,
+                     hits: Sequence[tuple[tuple[int, int], Any, Classification]]) -> None:
+    """Count the enriched items by (service.name, span or log name, class) into `error_stats`."""
+    groups = message.resource_spans if signal is Signal.TRACES else message.resource_logs
+    services: dict[int, str] = {}
+    counts: Counter[tuple[str, str, str, str]] = Counter()
+    for (ri, si), item, classification in hits:
+        service = services.get(ri)
+        if service is None:
+            service = services[ri] = _service_name(groups[ri].resource)
+        if signal is Signal.TRACES:
+            name = item.name
+        else:
+            name = item.event_name or groups[ri].scope_logs[si].scope.name or "(log record)"
+        counts[(service, name, classification.category.value, classification.error_type)] += 1
+    for (service, name, category, error_type), n in counts.items():
+        error_stats.item_error(service, name, signal.value, category, error_type, n)
+
+
+def _service_name(resource: Any) -> str:
+    for attribute in resource.attributes:
+        if attribute.key == "service.name":
+            return str(attribute.value.string_value) or UNKNOWN_SERVICE
+    return UNKNOWN_SERVICE
 
 
 def _copy(message: Message) -> Message:

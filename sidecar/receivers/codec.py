@@ -40,25 +40,40 @@ def decode_protobuf(signal: Signal, body: bytes) -> Message:
 
 
 def inflate(body: bytes, encoding: str, limit: int) -> bytes:
-    """Inflate gzip/deflate, refusing as soon as the output passes `limit` (a bomb never inflates fully)."""
+    """Inflate gzip/deflate, refusing as soon as the output passes `limit` (a bomb never inflates fully).
+
+    A gzip body may hold several members (RFC 1952 2.2, e.g. `cat a.gz b.gz`): all of them are inflated,
+    as Go's gzip reader in the Collector does. Bytes after the last stream that are not another gzip
+    member are refused, never silently ignored.
+    """
     if encoding == "gzip":
-        inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
+        wbits = 16 + zlib.MAX_WBITS
     elif encoding == "deflate":
-        inflater = zlib.decompressobj()
+        wbits = zlib.MAX_WBITS
     else:
         raise BadRequest(f"unsupported Content-Encoding {encoding!r} (supported: gzip, deflate, identity)")
-    try:
-        out = inflater.decompress(body, limit + 1)
-        if len(out) > limit or inflater.unconsumed_tail:
+    out = b""
+    rest = body
+    while True:
+        inflater = zlib.decompressobj(wbits)
+        room = limit - len(out)
+        try:
+            part = inflater.decompress(rest, room + 1)
+            if len(part) > room or inflater.unconsumed_tail:
+                raise PayloadTooLarge(f"inflated body exceeds the limit of {limit} bytes")
+            part += inflater.flush()
+        except zlib.error as exc:
+            raise BadRequest(f"invalid {encoding} body: {exc}") from None
+        out += part
+        if len(out) > limit:
             raise PayloadTooLarge(f"inflated body exceeds the limit of {limit} bytes")
-        out += inflater.flush()
-    except zlib.error as exc:
-        raise BadRequest(f"invalid {encoding} body: {exc}") from None
-    if len(out) > limit:
-        raise PayloadTooLarge(f"inflated body exceeds the limit of {limit} bytes")
-    if not inflater.eof:
-        raise BadRequest(f"invalid {encoding} body: truncated stream")
-    return out
+        if not inflater.eof:
+            raise BadRequest(f"invalid {encoding} body: truncated stream")
+        rest = inflater.unused_data
+        if not rest:
+            return out
+        if encoding != "gzip" or not rest.startswith(b"\x1f\x8b"):
+            raise BadRequest(f"invalid {encoding} body: {len(rest)} bytes of trailing data after the stream")
 
 
 # -------------------------------------------------------------------- OTLP/JSON

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+from google.rpc import error_details_pb2
 from grpc import aio
 
 from sidecar.config.schema import GrpcReceiverConfig
@@ -21,6 +22,7 @@ from sidecar.telemetry.metrics import Metrics
 log = logging.getLogger("sidecar.receiver.grpc")
 
 Handler = Callable[[bytes, aio.ServicerContext], Awaitable[bytes]]
+Refusal = tuple[grpc.StatusCode, str, tuple[tuple[str, str | bytes], ...]]  # code, details, trailing metadata
 
 
 def server_options(max_recv_bytes: int) -> list[tuple[str, int]]:
@@ -31,6 +33,19 @@ def server_options(max_recv_bytes: int) -> list[tuple[str, int]]:
         ("grpc.keepalive_permit_without_calls", 1),
         ("grpc.http2.min_ping_interval_without_data_ms", 5000),
     ]
+
+
+def retry_trailers(message: str, retry_after: float) -> tuple[tuple[str, str | bytes], ...]:
+    """UNAVAILABLE with a retry hint, in both places clients look for it.
+
+    The standard place is a RetryInfo detail in `grpc-status-details-bin`; the OpenTelemetry
+    Python SDK reads a bare RetryInfo from `google.rpc.retryinfo-bin` instead.
+    """
+    status = codec.rpc_status(codec.GRPC_CODE["UNAVAILABLE"], message, retry_after)
+    info = error_details_pb2.RetryInfo()
+    info.retry_delay.FromNanoseconds(int(retry_after * 1e9))
+    return (("grpc-status-details-bin", status.SerializeToString()),
+            ("google.rpc.retryinfo-bin", info.SerializeToString()))
 
 
 class OtlpGrpcReceiver:
@@ -53,31 +68,38 @@ class OtlpGrpcReceiver:
             if not self.ingest.accepts(self.name, signal):
                 await context.abort(grpc.StatusCode.UNIMPLEMENTED,
                                     f"no {signal.value} pipeline uses receiver {self.name}")
-            try:
-                message = codec.decode_protobuf(signal, request)
-            except codec.BadRequest as exc:
-                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
-                raise  # unreachable: abort raises
-            passed = tuple((k, v) for k, v in metadata
-                           if k in self.include_metadata and isinstance(v, str))
-            try:
-                result = await self.ingest.ingest(self.name, signal, request, message, passed, "grpc")
-            except Backpressure as exc:
-                status = codec.rpc_status(codec.GRPC_CODE["UNAVAILABLE"], str(exc), exc.retry_after)
-                await context.abort(grpc.StatusCode.UNAVAILABLE, str(exc),
-                                    trailing_metadata=(("grpc-status-details-bin", status.SerializeToString()),))
-                raise
-            except UpstreamRefused as exc:
-                code = grpc.StatusCode.UNAVAILABLE if exc.retryable else grpc.StatusCode[exc.grpc_code]
-                trailing: tuple[tuple[str, str | bytes], ...] = ()
-                if exc.retryable:
-                    status = codec.rpc_status(code.value[0], str(exc), exc.retry_after or 1.0)
-                    trailing = (("grpc-status-details-bin", status.SerializeToString()),)
-                await context.abort(code, str(exc), trailing_metadata=trailing)
-                raise
-            return partial_success_response(signal, result.rejected, result.message).SerializeToString()
+            outcome = await self._export(signal, request, metadata)
+            if isinstance(outcome, bytes):
+                return outcome
+            # Abort with nothing of the request left in this frame and outside any `except`: grpc's
+            # abort raises an exception that ends in a reference cycle with this frame (and, through
+            # an implicit exception context, with the pipeline's frames), so what they hold stays in
+            # memory until the cyclic GC runs: under backpressure, every refused request.
+            del request
+            code, details, trailing = outcome
+            await context.abort(code, details, trailing_metadata=trailing)
+            raise AssertionError("unreachable: abort raises")
 
         return export
+
+    async def _export(self, signal: Signal, request: bytes, metadata: Any) -> bytes | Refusal:
+        """The response bytes, or how to refuse; never raises for a refusal (see `export`)."""
+        try:
+            message = codec.decode_protobuf(signal, request)
+        except codec.BadRequest as exc:
+            return grpc.StatusCode.INVALID_ARGUMENT, str(exc), ()
+        passed = tuple((k, v) for k, v in metadata if k in self.include_metadata and isinstance(v, str))
+        try:
+            result = await self.ingest.ingest(self.name, signal, request, message, passed, "grpc")
+        except Backpressure as exc:
+            return grpc.StatusCode.UNAVAILABLE, str(exc), retry_trailers(str(exc), exc.retry_after)
+        except UpstreamRefused as exc:
+            code = grpc.StatusCode.UNAVAILABLE if exc.retryable else grpc.StatusCode[exc.grpc_code]
+            trailing: tuple[tuple[str, str | bytes], ...] = ()
+            if exc.retryable:
+                trailing = retry_trailers(str(exc), exc.retry_after or 1.0)
+            return code, str(exc), trailing
+        return partial_success_response(signal, result.rejected, result.message).SerializeToString()
 
     async def start(self) -> None:
         max_bytes = mib_to_bytes(self.config.max_recv_msg_size_mib)

@@ -64,8 +64,11 @@ class OtlpHttpReceiver:
     def _app(self) -> web.Application:
         # client_max_size is ours to enforce (with a precise Status body), so lift aiohttp's own.
         # auto_decompress off: we inflate ourselves, bounded by the limit, so a gzip bomb never inflates fully.
+        # keepalive_timeout = read_timeout (as Go's IdleTimeout defaults to ReadTimeout): an idle connection,
+        # or one whose request headers never complete, is closed then instead of after aiohttp's hour.
         app = web.Application(client_max_size=self.max_body + 1,
-                              handler_args={"max_field_size": 16384, "auto_decompress": False})
+                              handler_args={"max_field_size": 16384, "auto_decompress": False,
+                                            "keepalive_timeout": float(self.config.read_timeout)})
         for signal in Signal:
             app.router.add_route("POST", SPECS[signal].http_path, self._handler(signal))
             app.router.add_route("*", SPECS[signal].http_path, self._method_not_allowed)
@@ -99,6 +102,11 @@ class OtlpHttpReceiver:
             except TimeoutError:
                 return error_response(408, "request body not received within "
                                       f"{self.config.read_timeout:g}s", content_type)
+            except ConnectionResetError:
+                # The client went away mid-body: nothing to answer, and not the server's error to log.
+                log.debug("client closed the connection before the whole body arrived",
+                          extra={"receiver": self.name, "signal": signal.value})
+                return error_response(400, "connection closed before the whole body arrived", content_type)
             payload = body if content_type == codec.PROTOBUF else message.SerializeToString()
             passed = tuple((k, request.headers[k]) for k in self.include_metadata if k in request.headers)
             try:

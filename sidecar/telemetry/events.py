@@ -56,7 +56,7 @@ class Events:
         if total:
             log.error("request dead-lettered", extra={
                 "event": "dead_letter", "exporter": exporter, "signal": signal, "category": category,
-                "error_type": error_type, "items_since_last_log": total, "message": message[:300]})
+                "error_type": error_type, "items_since_last_log": total, "error_message": message[:300]})
 
     def degradation_changed(self, exporter: str, old: int, new: int, cause: str) -> None:
         self.metrics.degradation_level.labels(exporter).set(new)

@@ -40,6 +40,7 @@ import gzip
 import json
 import math
 import socket
+import ssl
 import struct
 import threading
 import time
@@ -66,6 +67,7 @@ __all__ = [
     "GRPC_STATUS_DETAILS_KEY",
     "SIGNALS",
     "FakeCollector",
+    "FakeTLS",
     "ReceivedRequest",
     "SignalInfo",
     "grpc_code_for_http_status",
@@ -586,13 +588,45 @@ def _connect_host(host: str) -> str:
     return host
 
 
-class FakeCollector:
-    """A fault-injecting OTLP upstream. See the module docstring for the fault semantics."""
+@dataclass(frozen=True)
+class FakeTLS:
+    """Optional TLS for both servers (PEM files); with `client_ca_file` clients must present a certificate."""
 
-    def __init__(self, host: str = "127.0.0.1", grpc_port: int = 0, http_port: int = 0) -> None:
+    cert_file: str
+    key_file: str
+    client_ca_file: str | None = None
+
+    def grpc_credentials(self) -> grpc.ServerCredentials:
+        with open(self.key_file, "rb") as key, open(self.cert_file, "rb") as cert:
+            pair = (key.read(), cert.read())
+        ca = None
+        if self.client_ca_file is not None:
+            with open(self.client_ca_file, "rb") as file:
+                ca = file.read()
+        return grpc.ssl_server_credentials([pair], root_certificates=ca, require_client_auth=ca is not None)
+
+    def ssl_context(self) -> ssl.SSLContext:
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.load_cert_chain(self.cert_file, self.key_file)
+        if self.client_ca_file is not None:
+            context.load_verify_locations(self.client_ca_file)
+            context.verify_mode = ssl.CERT_REQUIRED
+        return context
+
+
+class FakeCollector:
+    """A fault-injecting OTLP upstream. See the module docstring for the fault semantics.
+
+    With `tls`, both servers speak TLS (the proxies pass the encrypted bytes through unchanged) and
+    `http_endpoint` is an https:// URL.
+    """
+
+    def __init__(self, host: str = "127.0.0.1", grpc_port: int = 0, http_port: int = 0,
+                 tls: FakeTLS | None = None) -> None:
         self.host = host
         self.grpc_port = grpc_port
         self.http_port = http_port
+        self.tls = tls
 
         self._lock = threading.Lock()
         self._records: list[ReceivedRequest] = []
@@ -616,7 +650,8 @@ class FakeCollector:
 
     @property
     def http_endpoint(self) -> str:
-        return f"http://{_connect_host(self.host)}:{self.http_port}"
+        scheme = "https" if self.tls is not None else "http"
+        return f"{scheme}://{_connect_host(self.host)}:{self.http_port}"
 
     def http_url(self, signal: str) -> str:
         """The full OTLP/HTTP URL of a signal, e.g. http://127.0.0.1:PORT/v1/traces."""
@@ -907,7 +942,10 @@ class FakeCollector:
                 server.add_generic_rpc_handlers(
                     (grpc.method_handlers_generic_handler(info.grpc_service, {"Export": handler}),)
                 )
-            grpc_internal = server.add_insecure_port("127.0.0.1:0")
+            if self.tls is None:
+                grpc_internal = server.add_insecure_port("127.0.0.1:0")
+            else:
+                grpc_internal = server.add_secure_port("127.0.0.1:0", self.tls.grpc_credentials())
             self._grpc_server = server
             await server.start()
 
@@ -917,7 +955,8 @@ class FakeCollector:
             runner = web.AppRunner(app, access_log=None, auto_decompress=False, shutdown_timeout=1.0)
             await runner.setup()
             self._http_runner = runner
-            site = web.TCPSite(runner, "127.0.0.1", 0)
+            site = web.TCPSite(runner, "127.0.0.1", 0,
+                               ssl_context=self.tls.ssl_context() if self.tls is not None else None)
             await site.start()
             http_internal = runner.addresses[0][1]
 

@@ -1,0 +1,856 @@
+"""Benchmark scenarios, side by side with a direct baseline, written into bench/RESULTS.md.
+
+    python -m bench.run [all|throughput|latency|outage|crash|memory] [--quick] [--duration S] [--repeats N]
+
+1. throughput  loadgen -> sink (direct) vs loadgen -> sidecar -> sink, 0 % and 10 % error spans;
+               spans/s delivered (counted by the sink), ratio to direct, CPU per request of each process.
+2. latency     added latency (p50/p99) at concurrency 1 and 16, sidecar vs direct.
+3. outage      a real OpenTelemetry SDK application sends at a fixed rate while the Collector (the
+               fake one) is down: spans lost SDK -> Collector directly, through the sidecar with the
+               memory queue, with the disk queue; time to drain after recovery; a timeline (outage.png).
+4. crash       SIGKILL of the sidecar during the outage with the disk queue; spans lost.
+5. memory      RSS over time with the upstream down and service.memory_limit_mib set (memory.png).
+
+Every process is its own: the sink (bench/sink.py), the sidecar (`python -m sidecar`, as a user
+starts it), the load generator (bench/loadgen.py); the fake Collector and the SDK application run
+in this process. The direct baseline is measured in the same run, interleaved with the sidecar
+runs, and the tables report medians over `--repeats` and ratios. Each scenario replaces its own
+section of RESULTS.md (and its entry in results.json, from which the summary of targets is made).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime as dt
+import json
+import os
+import platform
+import resource
+import shlex
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bench.sink import sink_stats
+from tests.fakes.collector import FakeCollector
+from tests.sidecar_process import SidecarPorts, SidecarProcess, base_config, free_port
+
+ROOT = Path(__file__).resolve().parent.parent
+BENCH = ROOT / "bench"
+PYTHON = sys.executable
+SPANS = 512
+ERROR_FRACTION = 0.1
+SECTIONS = ("throughput", "latency", "outage", "crash", "memory")
+# Same glibc tuning for the bench's own processes (sink, load generator) as the sidecar gives itself.
+TOOL_ENV = {"MALLOC_TRIM_THRESHOLD_": "268435456"}
+
+
+def log(text: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {text}", flush=True)
+
+
+# ---------------------------------------------------------------------------------------- settings
+
+
+@dataclass
+class Settings:
+    quick: bool
+    duration: float  # measured seconds per throughput run
+    repeats: int
+    latency_duration: float
+    concurrency: int
+    outage: float  # seconds the Collector is down
+    steady: float  # seconds of traffic before and after the outage
+    rate: int  # spans/s of the SDK application
+    memory_duration: float
+    memory_limit_mib: float
+    workdir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="sidecar-bench-")))
+
+    @classmethod
+    def make(cls, args: argparse.Namespace) -> Settings:
+        quick = bool(args.quick)
+        settings = cls(
+            quick=quick,
+            duration=4.0 if quick else 10.0,
+            repeats=1 if quick else 3,
+            latency_duration=2.0 if quick else 5.0,
+            concurrency=16,
+            outage=8.0 if quick else 30.0,
+            steady=2.0 if quick else 5.0,
+            rate=1000,
+            memory_duration=8.0 if quick else 25.0,
+            memory_limit_mib=args.memory_limit,
+        )
+        if args.duration is not None:
+            settings.duration = settings.latency_duration = args.duration
+        if args.repeats is not None:
+            settings.repeats = args.repeats
+        if args.outage is not None:
+            settings.outage = args.outage
+        return settings
+
+
+# ------------------------------------------------------------------------------------- processes
+
+
+def tool_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(TOOL_ENV)
+    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    return env
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of a running process."""
+    with open(f"/proc/{pid}/stat") as stat:
+        fields = stat.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def rss_mib(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return 0.0
+
+
+class Sink:
+    """bench/sink.py in its own process."""
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.target = f"127.0.0.1:{self.port}"
+        self.proc = subprocess.Popen([PYTHON, "-m", "bench.sink", "--port", str(self.port)], cwd=ROOT,
+                                     env=tool_env(), stdout=subprocess.DEVNULL)
+        sink_stats(self.target, timeout=20.0)
+
+    def stats(self) -> dict[str, float]:
+        return sink_stats(self.target)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+def bench_exporter(upstream: str, ports: SidecarPorts, storage: Path | None = None,
+                   **overrides: Any) -> dict[str, Any]:
+    """The sidecar's config for the benchmark: the defaults of DESIGN.md, except where stated here."""
+    config = base_config(upstream, ports, storage_dir=storage, **{
+        "compression": "none",  # the sidecar -> sink hop is loopback; gzip (the default) costs CPU here
+        "timeout": "5s",
+        "retry_on_failure": {"initial_interval": "500ms", "max_interval": "5s", "max_elapsed_time": "300s"},
+        "circuit_breaker": {"recovery_timeout": "2s", "max_recovery_timeout": "5s"},
+        "health_probe": {"interval": "1s", "timeout": "1s"},
+        "sending_queue": {"num_consumers": 10, "queue_size": 1000},
+        **overrides,
+    })
+    config["service"]["telemetry"]["logs"]["level"] = "warn"
+    return config
+
+
+def start_sidecar(config: dict[str, Any], name: str, ports: SidecarPorts, workdir: Path) -> SidecarProcess:
+    directory = workdir / name
+    directory.mkdir(parents=True, exist_ok=True)
+    return SidecarProcess(config, directory, ports).start(timeout=30.0)
+
+
+def run_loadgen(target: str, *, concurrency: int, duration: float, error_fraction: float,
+                sink: str | None = None, warmup: float = 1.0, spans: int = SPANS) -> dict[str, Any]:
+    """One bench/loadgen.py run; adds its CPU seconds (`cpu`)."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    command = [PYTHON, "-m", "bench.loadgen", "--target", target, "--json", "--concurrency", str(concurrency),
+               "--duration", str(duration), "--warmup", str(warmup), "--spans", str(spans),
+               "--error-fraction", str(error_fraction)]
+    if sink:
+        command += ["--sink", sink]
+    done = subprocess.run(command, cwd=ROOT, env=tool_env(), capture_output=True, text=True,
+                          timeout=duration + warmup + 120)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    if done.returncode != 0:
+        raise RuntimeError(f"loadgen failed ({done.returncode}): {done.stderr[-2000:]}")
+    result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    result["cpu"] = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    result["wall"] = duration + warmup
+    return result
+
+
+def metric(sidecar: SidecarProcess, name: str, **labels: str) -> float:
+    try:
+        return sidecar.metric_value(name, **labels)
+    except OSError:
+        return float("nan")
+
+
+# ------------------------------------------------------------------------------------ formatting
+
+
+def table(headers: list[str], rows: list[list[Any]]) -> str:
+    def cell(value: Any) -> str:
+        if isinstance(value, float):
+            if value != value:  # NaN
+                return "-"
+            return f"{value:,.0f}" if abs(value) >= 100 else f"{value:.2f}"
+        return str(value)
+
+    lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def median(values: list[float]) -> float:
+    values = [v for v in values if v == v]
+    return statistics.median(values) if values else float("nan")
+
+
+@dataclass
+class Section:
+    key: str
+    title: str
+    body: str
+    data: dict[str, Any]
+
+
+# ----------------------------------------------------------------------- 1 + 2: throughput, latency
+
+
+@contextlib.contextmanager
+def sink_and_sidecar(settings: Settings) -> Iterator[tuple[Sink, SidecarProcess]]:
+    sink = Sink()
+    sidecar: SidecarProcess | None = None
+    try:
+        ports = SidecarPorts()
+        sidecar = start_sidecar(bench_exporter(sink.target, ports), "throughput", ports, settings.workdir)
+        yield sink, sidecar
+    finally:
+        if sidecar is not None:
+            sidecar.stop()
+        sink.stop()
+
+
+def measure(sink: Sink, sidecar: SidecarProcess, through_sidecar: bool, concurrency: int, duration: float,
+            error_fraction: float) -> dict[str, Any]:
+    assert sidecar.proc is not None
+    target = f"127.0.0.1:{sidecar.ports.grpc}" if through_sidecar else sink.target
+    sidecar_cpu, sink_cpu = cpu_seconds(sidecar.proc.pid), cpu_seconds(sink.proc.pid)
+    result = run_loadgen(target, concurrency=concurrency, duration=duration, error_fraction=error_fraction,
+                         sink=sink.target)
+    requests = max(1.0, result["requests"] * result["wall"] / result["duration"])  # warm-up included
+    result["sidecar_ms_per_request"] = 1000 * (cpu_seconds(sidecar.proc.pid) - sidecar_cpu) / requests
+    result["sink_ms_per_request"] = 1000 * (cpu_seconds(sink.proc.pid) - sink_cpu) / requests
+    result["loadgen_ms_per_request"] = 1000 * result["cpu"] / requests
+    return result
+
+
+def scenario_throughput(settings: Settings, pair: tuple[Sink, SidecarProcess] | None = None) -> Section:
+    log(f"throughput: {settings.repeats} x (direct, sidecar 0 %, sidecar 10 % errors), "
+        f"{settings.duration:g}s each at concurrency {settings.concurrency}")
+    modes = [("direct (loadgen -> sink)", False, 0.0), ("sidecar, fast path (0 % error spans)", True, 0.0),
+             ("sidecar, 10 % error spans enriched", True, ERROR_FRACTION)]
+    runs: dict[str, list[dict[str, Any]]] = {name: [] for name, _, _ in modes}
+    with contextlib.ExitStack() as stack:
+        sink, sidecar = pair if pair is not None else stack.enter_context(sink_and_sidecar(settings))
+        dropped_before = metric(sidecar, "sidecar_dropped_items_total")
+        for repeat in range(settings.repeats):
+            for name, through, errors in modes:
+                result = measure(sink, sidecar, through, settings.concurrency, settings.duration, errors)
+                runs[name].append(result)
+                log(f"  [{repeat + 1}/{settings.repeats}] {name}: {result['delivered_spans_per_second']:,.0f} "
+                    f"spans/s delivered, sidecar {result['sidecar_ms_per_request']:.2f} ms CPU/request")
+        dropped = metric(sidecar, "sidecar_dropped_items_total") - dropped_before
+    direct = runs[modes[0][0]]
+    rows = []
+    data: dict[str, Any] = {"modes": {}, "dropped": dropped}
+    for name, through, _errors in modes:
+        results = runs[name]
+        rates = [r["delivered_spans_per_second"] for r in results]
+        ratios = [r["delivered_spans_per_second"] / d["delivered_spans_per_second"]
+                  for r, d in zip(results, direct, strict=True)]
+        delivered_spans = sum(r["delivered_spans_per_second"] * r["duration"] for r in results)
+        enriched = sum(r["delivered_enriched"] or 0 for r in results)
+        row = {
+            "spans_per_second": median(rates),
+            "min": min(rates), "max": max(rates),
+            "ratio": median(ratios),
+            "sidecar_ms": median([r["sidecar_ms_per_request"] for r in results]) if through else float("nan"),
+            "sink_ms": median([r["sink_ms_per_request"] for r in results]),
+            "loadgen_ms": median([r["loadgen_ms_per_request"] for r in results]),
+            "enriched_share": enriched / delivered_spans if delivered_spans else 0.0,
+            "failed": sum(r["failed"] for r in results),
+        }
+        data["modes"][name] = row
+        rows.append([name, row["spans_per_second"], f"{row['min']:,.0f} - {row['max']:,.0f}",
+                     f"{row['ratio']:.2f}", row["sidecar_ms"], row["sink_ms"], row["loadgen_ms"],
+                     f"{row['enriched_share']:.1%}", row["failed"]])
+    body = table(["mode", "spans/s delivered (median)", "range", "ratio to direct", "sidecar CPU ms/request",
+                  "sink CPU ms/request", "loadgen CPU ms/request", "spans enriched", "failed calls"], rows)
+    body += (f"\n\n{settings.repeats} run(s) of {settings.duration:g}s (after 1s warm-up) per mode, interleaved, "
+             f"concurrency {settings.concurrency}, {SPANS}-span requests; delivered = counted by the sink. "
+             f"Items the sidecar dropped during the runs: {dropped:.0f}. CPU ms/request: CPU time of each "
+             "process divided by the requests it handled (the sidecar's includes its gRPC poller thread).")
+    return Section("throughput", "1. Throughput", body, data)
+
+
+def scenario_latency(settings: Settings, pair: tuple[Sink, SidecarProcess] | None = None) -> Section:
+    cases = [(1, 0.0), (1, ERROR_FRACTION), (16, 0.0)]
+    log(f"latency: {settings.repeats} x {len(cases)} cases x (direct, sidecar), {settings.latency_duration:g}s each")
+    rows = []
+    data: dict[str, Any] = {"cases": {}}
+    with contextlib.ExitStack() as stack:
+        sink, sidecar = pair if pair is not None else stack.enter_context(sink_and_sidecar(settings))
+        for concurrency, errors in cases:
+            direct: list[dict[str, Any]] = []
+            through: list[dict[str, Any]] = []
+            for _ in range(settings.repeats):
+                direct.append(measure(sink, sidecar, False, concurrency, settings.latency_duration, errors))
+                through.append(measure(sink, sidecar, True, concurrency, settings.latency_duration, errors))
+            d50 = median([r["latency_ms"]["p50"] for r in direct])
+            d99 = median([r["latency_ms"]["p99"] for r in direct])
+            s50 = median([r["latency_ms"]["p50"] for r in through])
+            s99 = median([r["latency_ms"]["p99"] for r in through])
+            key = f"c{concurrency}_e{int(errors * 100)}"
+            data["cases"][key] = {"direct_p50": d50, "direct_p99": d99, "sidecar_p50": s50, "sidecar_p99": s99,
+                                  "added_p50": s50 - d50, "added_p99": s99 - d99}
+            rows.append([concurrency, f"{errors:.0%}", d50, s50, s50 - d50, d99, s99, s99 - d99])
+            log(f"  concurrency {concurrency}, {errors:.0%} errors: p50 {d50:.2f} -> {s50:.2f} ms, "
+                f"p99 {d99:.2f} -> {s99:.2f} ms")
+    body = table(["concurrency", "error spans", "direct p50 ms", "sidecar p50 ms", "added p50 ms",
+                  "direct p99 ms", "sidecar p99 ms", "added p99 ms"], rows)
+    body += (f"\n\nLatency of one {SPANS}-span Export call as the client sees it (the sidecar answers once the "
+             f"request is queued); median over {settings.repeats} run(s) of {settings.latency_duration:g}s each. "
+             "At concurrency 16 the calls queue behind each other, so that row measures saturation as much "
+             "as the sidecar's own cost.")
+    return Section("latency", "2. Added latency", body, data)
+
+
+# ----------------------------------------------------------------------------------- 3 + 4: outages
+
+
+class Scraper(threading.Thread):
+    """Scrapes the sidecar's /metrics (and its RSS) periodically into a timeline."""
+
+    NAMES = {
+        "accepted": "sidecar_receiver_accepted_spans_total",
+        "sent": "sidecar_exporter_sent_spans_total",
+        "queue": "sidecar_exporter_queue_size",
+        "breaker": "sidecar_breaker_state",
+        "level": "sidecar_degradation_level",
+    }
+
+    def __init__(self, metrics_port: int, pid: Callable[[], int | None], t0: float, interval: float = 0.5) -> None:
+        super().__init__(daemon=True)
+        self.metrics_port = metrics_port
+        self.pid = pid
+        self.t0 = t0
+        self.interval = interval
+        self.samples: list[dict[str, float]] = []
+        self._stop_event = threading.Event()
+
+    def scrape(self) -> dict[str, float] | None:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=2) as reply:
+                text = reply.read().decode()
+        except OSError:
+            return None
+        values = dict.fromkeys(self.NAMES, 0.0)
+        wanted = {name: key for key, name in self.NAMES.items()}
+        for line in text.splitlines():
+            if line.startswith("#"):
+                continue
+            head, _, value = line.rpartition(" ")
+            name = head.partition("{")[0]
+            key = wanted.get(name)
+            if key is not None:
+                if key in ("breaker", "level"):
+                    values[key] = max(values[key], float(value))
+                else:
+                    values[key] += float(value)
+        return values
+
+    def run(self) -> None:
+        while not self._stop_event.is_set():
+            values = self.scrape()
+            pid = self.pid()
+            sample: dict[str, float] = {"t": time.monotonic() - self.t0, "up": 1.0 if values else 0.0}
+            sample.update(values or {})
+            with contextlib.suppress(OSError):
+                sample["rss"] = rss_mib(pid) if pid else float("nan")
+            self.samples.append(sample)
+            self._stop_event.wait(self.interval)
+
+    def stop(self) -> list[dict[str, float]]:
+        self._stop_event.set()
+        self.join(5)
+        return self.samples
+
+
+def send_for(app: Any, seconds: float, rate: int) -> int:
+    """Spans at `rate`/s for `seconds` (every 10th one an error span with an exception), in 0.1 s ticks."""
+    sent = 0
+    deadline = time.monotonic() + seconds
+    per_tick = max(1, rate // 10)
+    while time.monotonic() < deadline:
+        tick = time.monotonic()
+        app.send_traces(per_tick, error_every=10)
+        sent += per_tick
+        time.sleep(max(0.0, 0.1 - (time.monotonic() - tick)))
+    return sent
+
+
+def wait_delivered(upstream: FakeCollector, expected: set[bytes], timeout: float, quiet: float = 5.0) -> float:
+    """Wait until every expected span arrived, or nothing new arrived for `quiet` s; the time it took."""
+    started = time.monotonic()
+    last_count, last_change = -1, started
+    while time.monotonic() - started < timeout:
+        received = upstream.span_ids()
+        if expected <= received:
+            return time.monotonic() - started
+        if len(received) != last_count:
+            last_count, last_change = len(received), time.monotonic()
+        elif time.monotonic() - last_change > quiet:
+            return last_change - started
+        time.sleep(0.25)
+    return time.monotonic() - started
+
+
+def _sdk_app(endpoint: str, name: str) -> Any:
+    from tests.sdk_app import SdkApp, quiet_sdk_logs
+
+    quiet_sdk_logs()
+    os.environ["OTEL_EXPORTER_OTLP_ENDPOINT"] = endpoint
+    return SdkApp("grpc", service_name=name)
+
+
+class BacklogWatch(threading.Thread):
+    """After the Collector's return: when did the spans created before it arrive (all, or the last of them)?"""
+
+    def __init__(self, upstream: FakeCollector, backlog: set[bytes], t0: float) -> None:
+        super().__init__(daemon=True)
+        self.upstream = upstream
+        self.backlog = backlog
+        self.t0 = t0
+        self.complete_at: float | None = None
+        self.last_arrival = time.monotonic() - t0
+        self._stop_event = threading.Event()
+
+    def run(self) -> None:
+        seen = -1
+        while not self._stop_event.is_set():
+            arrived = len(self.backlog & self.upstream.span_ids())
+            now = time.monotonic() - self.t0
+            if arrived != seen:
+                seen, self.last_arrival = arrived, now
+            if arrived == len(self.backlog):
+                self.complete_at = now
+                return
+            self._stop_event.wait(0.5)
+
+    def stop(self) -> float:
+        """Seconds since start (of the run) when the backlog was complete, or when its last span arrived."""
+        self._stop_event.set()
+        self.join(10)
+        return self.complete_at if self.complete_at is not None else self.last_arrival
+
+
+def outage_run(settings: Settings, mode: str) -> dict[str, Any]:
+    """One row of scenario 3: mode is `direct`, `memory` or `disk`."""
+    t0 = time.monotonic()
+    sidecar: SidecarProcess | None = None
+    scraper: Scraper | None = None
+    with FakeCollector() as upstream:
+        try:
+            if mode == "direct":
+                endpoint = f"http://{upstream.grpc_endpoint}"
+            else:
+                ports = SidecarPorts()
+                storage = settings.workdir / f"outage-{mode}-queue" if mode == "disk" else None
+                sidecar = start_sidecar(bench_exporter(upstream.grpc_endpoint, ports, storage=storage),
+                                        f"outage-{mode}", ports, settings.workdir)
+                endpoint = sidecar.grpc_endpoint
+                proc = sidecar.proc
+                scraper = Scraper(ports.metrics, lambda: proc.pid if proc else None, t0, interval=0.25)
+                scraper.start()
+            app = _sdk_app(endpoint, f"bench-outage-{mode}")
+            try:
+                send_for(app, settings.steady, settings.rate)
+                t_down = time.monotonic() - t0
+                upstream.go_down()
+                send_for(app, settings.outage, settings.rate)
+                upstream.come_up()
+                t_up = time.monotonic() - t0
+                watch = BacklogWatch(upstream, {i.to_bytes(8, "big") for i in app.span_ids}, t0)
+                watch.start()
+                send_for(app, settings.steady, settings.rate)
+                app.flush(60_000)
+                sent = {i.to_bytes(8, "big") for i in app.span_ids}
+                wait_delivered(upstream, sent, timeout=120.0)
+                drained_at = watch.stop()
+                time.sleep(2.0 if scraper else 0.0)  # the timeline shows the settled state too
+            finally:
+                app.shutdown()
+            received = upstream.span_ids()
+            total_received = sum(r.item_count for r in upstream.accepted("traces"))
+        finally:
+            timeline = scraper.stop() if scraper else []
+            if sidecar is not None:
+                sidecar.stop()
+    return {"mode": mode, "sent": len(sent), "received": len(sent & received), "lost": len(sent - received),
+            "duplicates": total_received - len(received), "t_down": t_down, "t_up": t_up,
+            "drain_seconds": drained_at - t_up, "timeline": timeline}
+
+
+def plot_outage(runs: list[dict[str, Any]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = [("spans (cumulative)", ("accepted", "sent")), ("queue depth (requests)", ("queue",)),
+              ("breaker state\n0 closed, 1 half-open, 2 open", ("breaker",)),
+              ("degradation level", ("level",))]
+    fig, axes = plt.subplots(len(panels), 1, figsize=(10, 9), sharex=True)
+    styles = {"memory": "-", "disk": "--"}
+    for run in runs:
+        samples = [s for s in run["timeline"] if s.get("up")]
+        if not samples:
+            continue
+        t = [s["t"] for s in samples]
+        for ax, (label, keys) in zip(axes, panels, strict=True):
+            for key in keys:
+                name = {"accepted": "accepted by the sidecar", "sent": "delivered upstream"}.get(key, key)
+                ax.plot(t, [s[key] for s in samples], styles.get(run["mode"], "-"),
+                        label=f"{name} ({run['mode']} queue)", linewidth=1.4)
+            ax.set_ylabel(label, fontsize=8)
+    for ax in axes:
+        for run in runs[:1]:
+            ax.axvspan(run["t_down"], run["t_up"], color="tab:red", alpha=0.12, label="Collector down")
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=7, loc="upper left")
+    axes[1].legend(fontsize=7, loc="upper left")
+    axes[-1].set_xlabel("seconds since the start of the run")
+    axes[2].set_ylim(-0.2, 2.2)
+    axes[3].set_ylim(-0.2, 4.2)
+    fig.suptitle("Outage: SDK application -> sidecar -> Collector (down for "
+                 f"{runs[0]['t_up'] - runs[0]['t_down']:.0f}s)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def scenario_outage(settings: Settings) -> Section:
+    log(f"outage: Collector down for {settings.outage:g}s, SDK application at {settings.rate} spans/s; "
+        "direct, memory queue, disk queue")
+    runs = []
+    for mode in ("direct", "memory", "disk"):
+        run = outage_run(settings, mode)
+        runs.append(run)
+        log(f"  {mode}: sent {run['sent']}, lost {run['lost']}, drained {run['drain_seconds']:.1f}s after recovery")
+    plot_outage([r for r in runs if r["mode"] != "direct"], BENCH / "outage.png")
+    labels = {"direct": "SDK -> Collector directly", "memory": "SDK -> sidecar (memory queue) -> Collector",
+              "disk": "SDK -> sidecar (disk queue) -> Collector"}
+    rows = [[labels[r["mode"]], r["sent"], r["received"], r["lost"], f"{r['lost'] / max(1, r['sent']):.1%}",
+             r["duplicates"], r["drain_seconds"]] for r in runs]
+    body = table(["path", "spans sent", "spans received", "spans lost", "lost", "duplicates",
+                  "s to drain after recovery"], rows)
+    body += (f"\n\nThe application (the real OpenTelemetry Python SDK, `tests/sdk_app.py`: BatchSpanProcessor, "
+             f"gRPC exporter, every 10th span an error) sends {settings.rate} spans/s for {settings.steady:g}s, "
+             f"the Collector (tests/fakes/collector.py) is down for {settings.outage:g}s while it keeps "
+             f"sending, then {settings.steady:g}s more after it is back. Time to drain: from the Collector's "
+             "return until every span created before it (the backlog) arrived, or the last of them that did. "
+             "Sidecar settings: retry 500ms..5s, breaker recovery 2s..5s, "
+             "health probe every 1s, queue 1000 requests.\n\n![](outage.png)")
+    data = {r["mode"]: {k: v for k, v in r.items() if k != "timeline"} for r in runs}
+    return Section("outage", "3. Collector outage", body, data)
+
+
+def scenario_crash(settings: Settings) -> Section:
+    log("crash: disk queue, Collector down, SIGKILL of the sidecar, restart, Collector back")
+    ports = SidecarPorts()
+    storage = settings.workdir / "crash-queue"
+    config = bench_exporter("127.0.0.1:0", ports, storage=storage)
+    with FakeCollector() as upstream:
+        config["exporters"]["otlp_grpc"]["endpoint"] = upstream.grpc_endpoint
+        sidecar = start_sidecar(config, "crash", ports, settings.workdir)
+        app = _sdk_app(sidecar.grpc_endpoint, "bench-crash")
+        try:
+            send_for(app, settings.steady, settings.rate)
+            upstream.go_down()
+            send_for(app, settings.outage / 2, settings.rate)
+            flushed = app.flush(30_000)  # everything created so far is acknowledged by the sidecar
+            acknowledged = len(app.span_ids)
+            assert sidecar.proc is not None
+            queued = int(metric(sidecar, "sidecar_exporter_queue_size"))
+            os.kill(sidecar.proc.pid, signal.SIGKILL)
+            sidecar.proc.wait()
+            log(f"  killed the sidecar holding {queued} queued requests ({acknowledged} spans acknowledged)")
+            sidecar = start_sidecar(config, "crash", ports, settings.workdir)
+            send_for(app, settings.outage / 2, settings.rate)
+            upstream.come_up()
+            t_up = time.monotonic()
+            watch = BacklogWatch(upstream, {i.to_bytes(8, "big") for i in app.span_ids}, t_up)
+            watch.start()
+            send_for(app, settings.steady, settings.rate)
+            app.flush(60_000)
+            sent = {i.to_bytes(8, "big") for i in app.span_ids}
+            wait_delivered(upstream, sent, timeout=120.0)
+            drain = watch.stop()
+            received = upstream.span_ids()
+            total_received = sum(r.item_count for r in upstream.accepted("traces"))
+        finally:
+            app.shutdown()
+            sidecar.stop()
+    before_kill = {i.to_bytes(8, "big") for i in app.span_ids[:acknowledged]}
+    data = {"sent": len(sent), "acknowledged_before_kill": acknowledged, "flushed": flushed,
+            "queued_requests_at_kill": queued, "lost": len(sent - received),
+            "lost_of_acknowledged_before_kill": len(before_kill - received),
+            "duplicates": total_received - len(received), "drain_seconds": drain}
+    log(f"  lost {data['lost']} of {len(sent)} ({data['lost_of_acknowledged_before_kill']} of the "
+        f"{acknowledged} acknowledged before the kill), {data['duplicates']} duplicates")
+    rows = [["spans sent by the application", len(sent)],
+            ["of which acknowledged by the sidecar before SIGKILL", acknowledged],
+            ["requests in the disk queue at SIGKILL", queued],
+            ["spans lost (all)", data["lost"]],
+            ["spans lost of those acknowledged before SIGKILL", data["lost_of_acknowledged_before_kill"]],
+            ["duplicates delivered (at-least-once replay)", data["duplicates"]],
+            ["s to drain the backlog after the Collector's return", drain]]
+    body = table(["", "value"], rows)
+    body += (f"\n\nDisk queue (SQLite WAL, synchronous=FULL). The SDK application sends {settings.rate} spans/s; "
+             f"the Collector goes down after {settings.steady:g}s; {settings.outage / 2:g}s later the application "
+             "flushes (so everything it created has been acknowledged by the sidecar) and the sidecar is killed "
+             "with SIGKILL, restarted on the same directory at once; the application keeps sending, then the "
+             "Collector comes back.")
+    return Section("crash", "4. SIGKILL during the outage (disk queue)", body, data)
+
+
+# -------------------------------------------------------------------------------------- 5: memory
+
+
+def plot_memory(samples: list[dict[str, float]], limit: float, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax, ax2) = plt.subplots(2, 1, figsize=(10, 5), sharex=True)
+    t = [s["t"] for s in samples]
+    ax.plot(t, [s.get("rss", float("nan")) for s in samples], label="sidecar RSS (MiB)")
+    ax.axhline(limit, color="tab:red", linestyle="--", label="service.memory_limit_mib")
+    ax.axhline(0.8 * limit, color="tab:orange", linestyle=":", label="80 % (level 3)")
+    ax.set_ylabel("MiB")
+    ax.legend(fontsize=7, loc="lower right")
+    ax.grid(alpha=0.3)
+    ax2.plot(t, [s.get("level", float("nan")) for s in samples], label="degradation level")
+    ax2.plot(t, [s.get("queue", float("nan")) / 1000 for s in samples], label="queue (thousand requests)")
+    ax2.legend(fontsize=7, loc="lower right")
+    ax2.grid(alpha=0.3)
+    ax2.set_xlabel("seconds (upstream down throughout)")
+    fig.suptitle("Memory: RSS with the upstream down and memory_limit_mib set")
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def scenario_memory(settings: Settings) -> Section:
+    limit = settings.memory_limit_mib
+    log(f"memory: upstream down, memory_limit_mib {limit:g}, loadgen for {settings.memory_duration:g}s")
+    ports = SidecarPorts()
+    dead = f"127.0.0.1:{free_port()}"  # nothing listens there: the upstream is down throughout
+    config = bench_exporter(dead, ports, sending_queue={"num_consumers": 10, "queue_size": 100_000})
+    config["service"]["memory_limit_mib"] = limit
+    sidecar = start_sidecar(config, "memory", ports, settings.workdir)
+    assert sidecar.proc is not None
+    proc = sidecar.proc
+    baseline = rss_mib(proc.pid)
+    scraper = Scraper(ports.metrics, lambda: proc.pid, time.monotonic(), interval=0.1)
+    scraper.start()
+    try:
+        result = run_loadgen(f"127.0.0.1:{ports.grpc}", concurrency=8, duration=settings.memory_duration,
+                             error_fraction=ERROR_FRACTION, warmup=0.0)
+        time.sleep(1.0)
+        accepted = metric(sidecar, "sidecar_receiver_accepted_spans_total")
+        dropped = metric(sidecar, "sidecar_dropped_items_total")
+    finally:
+        samples = scraper.stop()
+        sidecar.stop()
+    rss = [s["rss"] for s in samples if s.get("rss") == s.get("rss")]
+    peak = max(rss) if rss else float("nan")
+    above = sum(1 for v in rss if v > limit) * scraper.interval
+    levels = sorted({int(s["level"]) for s in samples if s.get("up")})
+    plot_memory(samples, limit, BENCH / "memory.png")
+    data = {"limit_mib": limit, "baseline_mib": baseline, "peak_mib": peak, "seconds_above_limit": above,
+            "levels": levels, "accepted_spans": accepted, "shed_items": dropped,
+            "refused_calls": result["failed"], "ok_calls": result["requests"],
+            "failure_codes": result["failure_codes"]}
+    log(f"  RSS baseline {baseline:.0f} MiB, peak {peak:.0f} MiB (limit {limit:g}); levels {levels}; "
+        f"{result['failed']} calls refused")
+    checkpoints = []
+    for second in range(0, int(settings.memory_duration) + 2, max(1, int(settings.memory_duration) // 8)):
+        near = [s for s in samples if abs(s["t"] - second) < 0.1]
+        if near:
+            s = near[0]
+            checkpoints.append([f"{second}s", s.get("rss", float("nan")), int(s.get("level", 0)),
+                                s.get("queue", float("nan"))])
+    body = table(["service.memory_limit_mib", "RSS at start", "peak RSS", "s above the limit",
+                  "levels reached", "calls accepted", "calls refused (UNAVAILABLE)", "spans shed"],
+                 [[limit, baseline, peak, above, ", ".join(map(str, levels)), result["requests"], result["failed"],
+                   dropped]])
+    body += "\n\nRSS over time (MiB):\n\n" + table(["time", "RSS MiB", "level", "queue (requests)"], checkpoints)
+    body += (f"\n\nThe exporter points at a port where nothing listens; the load generator pushes {SPANS}-span "
+             f"requests (10 % error spans) at concurrency 8 for {settings.memory_duration:g}s into a memory queue "
+             "large enough (100 000 requests) that the memory limit, not the queue, decides. RSS sampled every "
+             "0.1 s from /proc.\n\n![](memory.png)")
+    return Section("memory", "5. Memory under an outage with memory_limit_mib", body, data)
+
+
+# ----------------------------------------------------------------------------------------- results
+
+
+def machine(command: str) -> str:
+    import google.protobuf
+    import grpc
+    from google.protobuf.internal import api_implementation
+
+    cpu = "unknown"
+    with contextlib.suppress(OSError), open("/proc/cpuinfo") as info:
+        for line in info:
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
+    rows = [["date", dt.datetime.now().strftime("%Y-%m-%d %H:%M")], ["command", f"`{command}`"],
+            ["nproc", os.cpu_count()], ["CPU", cpu], ["kernel", platform.release()],
+            ["python", platform.python_version()], ["grpcio", grpc.__version__],
+            ["protobuf", f"{google.protobuf.__version__} ({api_implementation.Type()} backend)"],
+            ["load average at start", load]]
+    return table(["", ""], rows)
+
+
+TARGETS = [
+    ("throughput with 10 % error spans enriched", ">= 250,000 spans/s"),
+    ("fast path (0 % error spans) vs direct", ">= 0.5 of direct"),
+    ("added p50 latency, 512 spans, concurrency 1", "<= 3 ms"),
+    ("spans lost in the outage, sidecar rows", "0"),
+    ("spans lost after SIGKILL (disk queue)", "0"),
+    ("RSS within memory_limit_mib", "peak <= limit"),
+]
+
+
+def summary(results: dict[str, Any]) -> str:
+    rows = []
+
+    def verdict(ok: bool | None) -> str:
+        return "n/a" if ok is None else ("met" if ok else "**missed**")
+
+    tp = results.get("throughput", {}).get("modes", {})
+    errors = tp.get("sidecar, 10 % error spans enriched")
+    fast = tp.get("sidecar, fast path (0 % error spans)")
+    rows.append([*TARGETS[0], f"{errors['spans_per_second']:,.0f} spans/s ({errors['ratio']:.2f} of direct)"
+                 if errors else "-", verdict(errors["spans_per_second"] >= 250_000 if errors else None)])
+    rows.append([*TARGETS[1], f"{fast['ratio']:.2f} ({fast['spans_per_second']:,.0f} spans/s)" if fast else "-",
+                 verdict(fast["ratio"] >= 0.5 if fast else None)])
+    lat = results.get("latency", {}).get("cases", {}).get("c1_e0")
+    rows.append([*TARGETS[2], f"{lat['added_p50']:.2f} ms ({lat['direct_p50']:.2f} -> {lat['sidecar_p50']:.2f})"
+                 if lat else "-", verdict(lat["added_p50"] <= 3.0 if lat else None)])
+    out = results.get("outage", {})
+    if out.get("memory") and out.get("disk"):
+        lost = out["memory"]["lost"] + out["disk"]["lost"]
+        rows.append([*TARGETS[3], f"memory {out['memory']['lost']}, disk {out['disk']['lost']} "
+                     f"(direct: {out.get('direct', {}).get('lost', '-')})", verdict(lost == 0)])
+    else:
+        rows.append([*TARGETS[3], "-", verdict(None)])
+    crash = results.get("crash")
+    rows.append([*TARGETS[4], f"{crash['lost']} of {crash['sent']}" if crash else "-",
+                 verdict(crash["lost"] == 0 if crash else None)])
+    mem = results.get("memory")
+    rows.append([*TARGETS[5], f"peak {mem['peak_mib']:.0f} MiB, limit {mem['limit_mib']:g} MiB" if mem else "-",
+                 verdict(mem["peak_mib"] <= mem["limit_mib"] if mem else None)])
+    return table(["target", "goal", "result", ""], rows)
+
+
+def write_results(sections: list[Section], command: str, results_path: Path) -> None:
+    data_path = results_path.with_name("results.json")
+    stored: dict[str, Any] = {}
+    if data_path.exists():
+        with contextlib.suppress(ValueError):
+            stored = json.loads(data_path.read_text())
+    bodies: dict[str, str] = stored.get("_bodies", {})
+    meta: dict[str, str] = stored.get("_meta", {})
+    for section in sections:
+        stored[section.key] = section.data
+        bodies[section.key] = f"## {section.title}\n\n{section.body}\n"
+        meta[section.key] = command
+    stored["_bodies"] = bodies
+    stored["_meta"] = meta
+    data_path.write_text(json.dumps(stored, indent=1, default=str) + "\n")
+    parts = ["# Benchmark results\n",
+             "Generated by `bench/run.py` (`make bench`; `make bench-quick` for the short version). Each "
+             "section is replaced by the scenario that produced it; the machine table is from the last run.\n",
+             "## Machine\n", machine(command) + "\n", "## Targets\n", summary(stored) + "\n"]
+    for key in SECTIONS:
+        if key in bodies:
+            parts.append(bodies[key])
+            if meta.get(key) and meta[key] != command:
+                parts.append(f"_(from `{meta[key]}`)_\n")
+    notes = BENCH / "notes.md"
+    if notes.exists():
+        parts.append(notes.read_text())
+    results_path.write_text("\n".join(parts))
+
+
+# -------------------------------------------------------------------------------------------- main
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("scenario", nargs="?", default="all", choices=("all", *SECTIONS))
+    parser.add_argument("--quick", action="store_true", help="short runs (make bench-quick)")
+    parser.add_argument("--duration", type=float, default=None, help="seconds per throughput/latency run")
+    parser.add_argument("--repeats", type=int, default=None, help="runs per throughput/latency mode")
+    parser.add_argument("--outage", type=float, default=None, help="seconds the Collector is down")
+    parser.add_argument("--memory-limit", type=float, default=256.0, help="service.memory_limit_mib (scenario 5)")
+    parser.add_argument("--results", type=Path, default=BENCH / "RESULTS.md", help="where to write the results")
+    args = parser.parse_args(argv)
+    settings = Settings.make(args)
+    command = "python -m bench.run " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
+    wanted = SECTIONS if args.scenario == "all" else (args.scenario,)
+    started = time.monotonic()
+    sections: list[Section] = []
+    try:
+        if "throughput" in wanted or "latency" in wanted:
+            with sink_and_sidecar(settings) as pair:
+                if "throughput" in wanted:
+                    sections.append(scenario_throughput(settings, pair))
+                if "latency" in wanted:
+                    sections.append(scenario_latency(settings, pair))
+        if "outage" in wanted:
+            sections.append(scenario_outage(settings))
+        if "crash" in wanted:
+            sections.append(scenario_crash(settings))
+        if "memory" in wanted:
+            sections.append(scenario_memory(settings))
+    finally:
+        if sections:
+            write_results(sections, command.strip(), args.results)
+    for section in sections:
+        print(f"\n## {section.title}\n\n{section.body}\n")
+    print(f"wrote {args.results} in {time.monotonic() - started:.0f}s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,252 @@
+"""Partial views of an OTLP trace request's wire format, for enrichment without walking every span.
+
+Reading one field of one span through the upb bindings costs about half a microsecond, so a
+Python loop over the 512 spans of a typical request costs more than parsing it. The views below
+are protobuf message types that declare only some fields of the real ones, in a private
+descriptor pool, so upb does the walking in C:
+
+* `detect_counts(raw)`: the request parsed as spans that have only `status.code` and their
+  events' names; unknown fields discarded and the rest serialized again, that is a few bytes per
+  span and nothing the application wrote except event names. Counting two byte patterns in it
+  gives exactly how many spans have status ERROR and (at least) how many events are named
+  "exception".
+* `SpliceView`: the request with every span kept as opaque bytes (`repeated bytes spans`), so a
+  span can be read and replaced as the bytes received, and serializing the view writes the
+  request again with only the container lengths recomputed: appending the enrichment attributes
+  to a span's bytes is what protobuf's merge would do (repeated fields are appended), without
+  serializing the whole request again. Container fields are all declared (proto2, explicit
+  presence), so they are written back in field order exactly as received.
+* `span_view(data)`: one span with its attributes as a map (the wire format of `repeated
+  KeyValue` is that of a `map<string, AnyValue>`), so the few status and exception attributes are
+  found by key in C instead of by walking every attribute. `facts_of_view` builds the same
+  `SpanFacts` as `classify.span_facts`, except that an attribute key repeated in one span counts
+  once (the last value wins in both).
+
+The views accept any valid encoding (fields in any order, unknown fields): the receiver has
+already parsed the request with the real types, so everything here is input the real types accept.
+"""
+
+from __future__ import annotations
+
+import operator
+from collections.abc import Iterator
+from itertools import compress
+from typing import Any
+
+from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
+from opentelemetry.proto.trace.v1 import trace_pb2
+
+from sidecar.pipeline.classify import (
+    DB_STATUS_KEY,
+    SpanFacts,
+    _http_4xx,
+    _http_clearly_ok,
+    _http_value,
+    _rpc_clearly_ok,
+    _rpc_value,
+    _string_of,
+    _truncate,
+)
+
+__all__ = [
+    "D_ERROR",
+    "D_EXCEPTION",
+    "SpliceView",
+    "detect_counts",
+    "error_candidates",
+    "facts_of_view",
+    "span_view",
+    "spans_containing",
+]
+
+_F = descriptor_pb2.FieldDescriptorProto
+_PACKAGE = "sidecar.wire"
+
+
+def _build() -> descriptor_pool.DescriptorPool:
+    file = descriptor_pb2.FileDescriptorProto(name="sidecar/wire_views.proto", package=_PACKAGE, syntax="proto2")
+
+    def message(name: str, fields: list[tuple[str, int, int, int, str | None]],
+                parent: descriptor_pb2.DescriptorProto | None = None) -> descriptor_pb2.DescriptorProto:
+        msg = parent.nested_type.add(name=name) if parent is not None else file.message_type.add(name=name)
+        for field_name, number, kind, label, type_name in fields:
+            field = msg.field.add(name=field_name, number=number, type=kind, label=label)  # type: ignore[arg-type]
+            if type_name:
+                field.type_name = f".{_PACKAGE}.{type_name}"
+        return msg
+
+    opt, rep = _F.LABEL_OPTIONAL, _F.LABEL_REPEATED
+
+    def attribute_map(msg: descriptor_pb2.DescriptorProto, owner: str, number: int) -> None:
+        entry = message("AttributesEntry", [("key", 1, _F.TYPE_STRING, opt, None),
+                                            ("value", 2, _F.TYPE_MESSAGE, opt, "Any")], msg)
+        entry.options.map_entry = True
+        msg.field.add(name="attributes", number=number, type=_F.TYPE_MESSAGE, label=rep,
+                      type_name=f".{_PACKAGE}.{owner}.AttributesEntry")
+
+    # detection: status code and event names only
+    message("DStatus", [("code", 3, _F.TYPE_INT32, opt, None)])
+    message("DEvent", [("name", 2, _F.TYPE_BYTES, opt, None)])
+    message("DSpan", [("events", 11, _F.TYPE_MESSAGE, rep, "DEvent"), ("status", 15, _F.TYPE_MESSAGE, opt, "DStatus")])
+    message("DScope", [("spans", 2, _F.TYPE_MESSAGE, rep, "DSpan")])
+    message("DResource", [("scope_spans", 2, _F.TYPE_MESSAGE, rep, "DScope")])
+    message("DRequest", [("resource_spans", 1, _F.TYPE_MESSAGE, rep, "DResource")])
+    # splicing: every container field declared, spans as opaque bytes
+    message("SScope", [("scope", 1, _F.TYPE_BYTES, opt, None), ("spans", 2, _F.TYPE_BYTES, rep, None),
+                       ("schema_url", 3, _F.TYPE_BYTES, opt, None)])
+    message("SResource", [("resource", 1, _F.TYPE_BYTES, opt, None),
+                          ("scope_spans", 2, _F.TYPE_MESSAGE, rep, "SScope"),
+                          ("schema_url", 3, _F.TYPE_BYTES, opt, None)])
+    message("SRequest", [("resource_spans", 1, _F.TYPE_MESSAGE, rep, "SResource")])
+    # facts: one span, attributes by key
+    any_value = message("Any", [("string_value", 1, _F.TYPE_STRING, opt, None),
+                                ("bool_value", 2, _F.TYPE_BOOL, opt, None),
+                                ("int_value", 3, _F.TYPE_INT64, opt, None),
+                                ("double_value", 4, _F.TYPE_DOUBLE, opt, None),
+                                ("array_value", 5, _F.TYPE_BYTES, opt, None),
+                                ("kvlist_value", 6, _F.TYPE_BYTES, opt, None),
+                                ("bytes_value", 7, _F.TYPE_BYTES, opt, None)])
+    any_value.oneof_decl.add(name="value")
+    for field in any_value.field:
+        field.oneof_index = 0
+    message("FStatus", [("message", 2, _F.TYPE_STRING, opt, None), ("code", 3, _F.TYPE_INT32, opt, None)])
+    event = message("FEvent", [("name", 2, _F.TYPE_STRING, opt, None)])
+    attribute_map(event, "FEvent", 3)
+    span = message("FSpan", [("name", 5, _F.TYPE_STRING, opt, None), ("kind", 6, _F.TYPE_INT32, opt, None),
+                             ("events", 11, _F.TYPE_MESSAGE, rep, "FEvent"),
+                             ("status", 15, _F.TYPE_MESSAGE, opt, "FStatus")])
+    attribute_map(span, "FSpan", 9)
+    pool = descriptor_pool.DescriptorPool()
+    pool.Add(file)
+    return pool
+
+
+_POOL = _build()
+
+
+def _cls(name: str) -> Any:
+    return message_factory.GetMessageClass(_POOL.FindMessageTypeByName(f"{_PACKAGE}.{name}"))
+
+
+_DRequest = _cls("DRequest")
+SpliceView: Any = _cls("SRequest")
+_FSpan = _cls("FSpan")
+
+D_ERROR = b"\x7a\x02\x18\x02"  # DSpan.status (15) holding only code (3) == STATUS_CODE_ERROR (2)
+D_EXCEPTION = b"\x5a\x0b\x12\x09exception"  # DSpan.events (11) holding only name (2) == "exception"
+
+
+def detect_counts(raw: bytes) -> tuple[int, int]:
+    """(spans with status ERROR, events named "exception" or more) in a serialized trace request.
+
+    The first count is exact. The second is exact unless an event name contains the encoded
+    pattern itself; it is never too low.
+    """
+    view = _DRequest()
+    view.ParseFromString(raw)
+    view.DiscardUnknownFields()
+    compact = view.SerializeToString()
+    return compact.count(D_ERROR), compact.count(D_EXCEPTION)
+
+
+def detect_view(raw: bytes) -> Any:
+    """The detection view itself, for the exact (slower) per-span fallback."""
+    view = _DRequest()
+    view.ParseFromString(raw)
+    return view
+
+
+# Span bytes that may end with status ERROR: `status { ...; code: 2 }` is the last field of a
+# span in field order, or the last but `flags` (a fixed32, field 16, as the OTel SDKs write).
+_END_ERROR = b"\x18\x02"
+_END_ERROR_FLAGS = b"\x18\x02\x85\x01"
+_BEFORE_FLAGS = operator.itemgetter(slice(-8, -4))
+_ends_with_error = operator.methodcaller("endswith", _END_ERROR)
+
+
+def error_candidates(spans: list[bytes]) -> list[int]:
+    """Indexes of spans whose bytes end like a status ERROR (a superset when the encoding is in
+    field order; the caller checks the count against `detect_counts`)."""
+    plain = compress(range(len(spans)), map(_ends_with_error, spans))
+    flagged = compress(range(len(spans)), map(_END_ERROR_FLAGS.__eq__, map(_BEFORE_FLAGS, spans)))
+    found = set(plain)
+    found.update(flagged)
+    return sorted(found)
+
+
+def spans_containing(spans: list[bytes], needle: bytes) -> Iterator[int]:
+    """Indexes of spans whose bytes contain `needle` (C-level iteration)."""
+    return compress(range(len(spans)), map(operator.contains, spans, [needle] * len(spans)))
+
+
+def span_view(data: bytes) -> Any:
+    view = _FSpan()
+    view.ParseFromString(data)
+    return view
+
+
+_HTTP_NEW, _HTTP_OLD = "http.response.status_code", "http.status_code"
+_RPC_NEW, _RPC_OLD = "rpc.response.status_code", "rpc.grpc.status_code"
+_INTERESTING = (_HTTP_NEW, _HTTP_OLD, _RPC_NEW, _RPC_OLD, DB_STATUS_KEY, "exception.type", "exception.message")
+_STATUS_ERROR = trace_pb2.Status.STATUS_CODE_ERROR
+
+
+def facts_of_view(view: Any) -> SpanFacts:
+    """`classify.span_facts` on a `span_view` (see the module docstring for the one difference)."""
+    attributes = view.attributes
+    keys = set(attributes)
+    status = view.status
+    facts = SpanFacts(keys=keys, kind=view.kind, status_code=status.code)
+    http_old: int | None = None
+    rpc_old: tuple[str | None, bool] = (None, False)
+    rpc_new: tuple[str | None, bool] | None = None
+    exc_type = exc_msg = ""
+    if not keys.isdisjoint(_INTERESTING):
+        for key in _INTERESTING:
+            if key not in keys:
+                continue
+            value = attributes[key]
+            if key == _HTTP_NEW or key == _HTTP_OLD:
+                if key == _HTTP_OLD:
+                    http_old = _http_value(value)
+                else:
+                    facts.http_status = _http_value(value)
+                if not _http_clearly_ok(value):
+                    facts.suspects += 1
+                    facts.suspects_4xx += _http_4xx(value)
+            elif key == _RPC_NEW:
+                rpc_new = _rpc_value(value)
+                facts.suspects += not _rpc_clearly_ok(value)
+            elif key == _RPC_OLD:
+                rpc_old = _rpc_value(value)
+                facts.suspects += not _rpc_clearly_ok(value)
+            elif key == DB_STATUS_KEY:
+                which = value.WhichOneof("value")
+                if which == "string_value":
+                    facts.db_code = value.string_value
+                elif which == "int_value":
+                    facts.db_code = str(value.int_value)
+            elif key == "exception.type":
+                exc_type = _string_of(value) or ""
+            else:  # exception.message
+                exc_msg = _string_of(value) or ""
+    if facts.http_status is None:
+        facts.http_status = http_old
+    if rpc_new is not None and (rpc_new[1] or not rpc_old[1]) and rpc_new[0] is not None:
+        facts.rpc_code, facts.rpc_error = rpc_new
+    else:
+        facts.rpc_code, facts.rpc_error = rpc_old
+    for event in view.events:
+        if event.name != "exception":
+            continue
+        facts.exception_events += 1
+        event_attributes = event.attributes
+        e_type = _string_of(event_attributes["exception.type"]) or "" if "exception.type" in event_attributes else ""
+        e_msg = (_string_of(event_attributes["exception.message"]) or ""
+                 if "exception.message" in event_attributes else "")
+        facts.exceptions.append((e_type, _truncate(e_msg)))
+    if exc_type or exc_msg:
+        facts.exceptions.append((exc_type, _truncate(exc_msg)))
+    if facts.status_code == _STATUS_ERROR or facts.exceptions or facts.db_code is not None:
+        facts.status_message = _truncate(status.message)
+    return facts

@@ -1,0 +1,164 @@
+"""The `status` / `deadletters` tables, their JSON form, and the CLI's one-line errors."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from sidecar.__main__ import main
+from sidecar.admin import status as render
+from sidecar.admin.v1 import admin_pb2 as pb
+from tests.sidecar_process import free_port
+
+NOW = 1_700_000_000.0
+
+
+def _status() -> pb.GetStatusResponse:
+    status = pb.GetStatusResponse(uptime_seconds=3725, accepting=True, ready=False, stats_since=NOW - 3725)
+    exporter = status.exporters.add(name="otlp_grpc/primary", degradation_level=1, degradation_cause="breaker_open",
+                                    reachable=False)
+    exporter.queue.CopyFrom(pb.QueueStatus(enabled=True, storage="file_storage", sizer="requests", size=12,
+                                           capacity=1000, requests=12, bytes=3 * 1024 * 1024, in_flight=4))
+    exporter.dead_letters.CopyFrom(pb.DeadLetterSummary(count=2, bytes=2048))
+    exporter.endpoints.add(endpoint="collector-a:4317", breaker_state="open", breaker_seconds_in_state=12.5,
+                           breaker_trips=3, consecutive_failures=7, concurrency_limit=4, in_flight=0,
+                           retry_budget_tokens=2.75, health="unhealthy")
+    exporter.endpoints.add(endpoint="collector-b:4317", breaker_state="half_open", breaker_seconds_in_state=0.25,
+                           concurrency_limit=16, in_flight=9, retry_budget_tokens=13.0, health="healthy",
+                           ewma_latency_seconds=0.012)
+    sync = status.exporters.add(name="otlp_http", reachable=True)
+    sync.queue.CopyFrom(pb.QueueStatus(enabled=False, sizer="requests"))
+    for minutes, per_minute, export, items in ((1, 12.0, 10, 2), (5, 4.4, 20, 2), (15, 1.6, 22, 2)):
+        status.error_rates.add(window_minutes=minutes, per_minute=per_minute, errors=export + items,
+                               export_errors=export, item_errors=items)
+    status.recovery.CopyFrom(pb.RecoveryStats(outages=3, recovered=2, ongoing=1, success_rate=2 / 3,
+                                              mean_recovery_seconds=4.25, max_recovery_seconds=7.0))
+    status.hotspots.add(service="checkout", name="POST /pay", signal="traces", category="transport",
+                        error_type="connection_refused", count=1234, last_seen=NOW - 3)
+    status.hotspots.add(service="cart", name="payments.db", signal="logs", category="processing",
+                        error_type="deadlock", count=7, last_seen=NOW - 125)
+    return status
+
+
+def _columns(header: str, names: list[str]) -> list[int]:
+    return [header.index(name) for name in names]
+
+
+def test_table_aligns_columns() -> None:
+    lines = render.table(["NAME", "COUNT", "NOTE"], [["a", "1", "x"], ["longer-name", "12345", ""]], right={1})
+    assert lines == [
+        "NAME         COUNT  NOTE",
+        "a                1  x",
+        "longer-name  12345",
+    ]
+
+
+@pytest.mark.parametrize(("seconds", "text"), [
+    (0.012, "12ms"), (1.25, "1.2s"), (42.4, "42s"), (125, "2m05s"), (3725, "1h02m"), (200_000, "2d07h"),
+    (float("nan"), "-"), (-1, "-"),
+])
+def test_duration(seconds: float, text: str) -> None:
+    assert render.duration(seconds) == text
+
+
+@pytest.mark.parametrize(("nbytes", "text"), [(0, "0 B"), (1023, "1023 B"), (2048, "2.0 KiB"),
+                                              (3 * 1024 * 1024, "3.0 MiB"), (5 * 1024 ** 4, "5120.0 GiB")])
+def test_size(nbytes: int, text: str) -> None:
+    assert render.size(nbytes) == text
+
+
+def test_status_table() -> None:
+    text = render.render_status(_status(), NOW)
+    lines = text.splitlines()
+    assert lines[0] == "sidecar  NOT READY, accepting, up 1h02m"
+    assert all(line == line.rstrip() for line in lines)
+
+    header = next(i for i, line in enumerate(lines) if line.startswith("EXPORTER   ") and "QUEUE" in line)
+    names = ["EXPORTER", "QUEUE", "HELD", "STORAGE", "DEGRADATION", "DEAD LETTERS", "REACHABLE"]
+    positions = _columns(lines[header], names)
+    primary, http = lines[header + 1], lines[header + 2]
+    cells = ["otlp_grpc/primary", "12/1000 requests", "12 req, 3.0 MiB", "file_storage", "1 spill (breaker_open)",
+             "2 (2.0 KiB)", "NO"]
+    assert [primary.index(cell) for cell in cells] == positions  # every cell starts under its header
+    assert http.startswith("otlp_http") and "synchronous" in http and http.endswith("yes")
+
+    header = next(i for i, line in enumerate(lines) if "BREAKER" in line)
+    a, b = lines[header + 1], lines[header + 2]
+    assert a.index("collector-a:4317") == lines[header].index("ENDPOINT")
+    assert "open 12s" in a and "0/4" in a and "2.8" in a and "unhealthy" in a and a.rstrip().endswith("-")
+    assert "half-open 250ms" in b and "9/16" in b and "healthy" in b and b.endswith("12ms")
+
+    assert "1m 12.0/min   5m 4.4/min   15m 1.6/min" in text
+    assert "(last 15m: 22 export errors, 2 error spans/logs)" in text
+    assert "3 outages: 2 recovered (67%), 1 ongoing; mean recovery 4.2s, max 7.0s" in text
+    header = lines.index(next(line for line in lines if line.startswith("COUNT")))
+    assert lines[header - 1] == "TOP ERROR HOTSPOTS"
+    assert lines[header + 1].split() == ["1234", "checkout", "POST", "/pay", "traces", "transport",
+                                         "connection_refused", "3.0s", "ago"]
+    assert lines[header + 2].endswith("2m05s ago")
+    assert lines[header + 1].index("checkout") == lines[header].index("SERVICE")
+
+
+def test_status_without_errors() -> None:
+    status = pb.GetStatusResponse(ready=True, accepting=True)
+    status.error_rates.add(window_minutes=1)
+    text = render.render_status(status, NOW)
+    assert "RECOVERY   no outages" in text
+    assert "TOP ERROR HOTSPOTS  none" in text
+
+
+def test_to_plain_keeps_numbers_and_marks_unset_optionals() -> None:
+    plain = render.to_plain(_status())
+    json.dumps(plain)  # serialisable
+    primary = plain["exporters"][0]
+    assert primary["queue"]["bytes"] == 3 * 1024 * 1024  # a number, not protobuf JSON's string
+    assert primary["endpoints"][0]["ewma_latency_seconds"] is None
+    assert primary["endpoints"][1]["ewma_latency_seconds"] == 0.012
+    assert plain["exporters"][1]["dead_letters"] == {"count": 0, "bytes": 0, "evicted": 0}
+    assert plain["recovery"]["last_recovery_seconds"] is None
+    assert plain["hotspots"][0]["count"] == 1234
+
+
+def test_dead_letter_table() -> None:
+    response = pb.ListDeadLettersResponse(total=7)
+    response.dead_letters.add(exporter="otlp_grpc", id=4, signal="traces", items=12, bytes=4096,
+                              category="serialization", recoverability="permanent", error_type="INVALID_ARGUMENT",
+                              message="bad\nspan " + "x" * 200, dead_at=NOW - 61)
+    text = render.render_dead_letters(response, NOW, offset=3)
+    lines = text.splitlines()
+    assert lines[0].split() == ["EXPORTER", "ID", "SIGNAL", "ITEMS", "SIZE", "CATEGORY", "RECOVERABILITY",
+                                "ERROR", "TYPE", "DEAD", "MESSAGE"]
+    assert "INVALID_ARGUMENT" in lines[1] and "1m01s ago" in lines[1] and "bad span xx" in lines[1]
+    assert lines[1].endswith("…") and "\n" not in lines[1]
+    assert lines[-1] == "(4-4 of 7)"
+    assert render.render_dead_letters(pb.ListDeadLettersResponse(total=7), NOW) == "no dead letters shown (7 held)\n"
+
+
+def test_action_texts() -> None:
+    replay = pb.ReplayDeadLettersResponse(replayed=2, replayed_items=30, remaining=1, missing_ids=[9])
+    assert render.render_replay(replay) == "replayed 2 dead letters (30 items); 1 not replayed; not found: 9\n"
+    reset = pb.ResetBreakerResponse()
+    reset.reset.add(exporter="otlp_grpc", endpoint="a:4317", previous_state="open")
+    assert render.render_reset(reset).splitlines()[1].split() == ["otlp_grpc", "a:4317", "open", "closed"]
+    drain = pb.DrainResponse(drained=False, waited_seconds=5)
+    drain.remaining.add(exporter="otlp_grpc", requests=3, size=3, bytes=100)
+    assert render.render_drain(drain).startswith("NOT drained after 5.0s\n")
+
+
+def test_unreachable_admin_endpoint_is_one_line_and_exit_1(capsys: pytest.CaptureFixture[str]) -> None:
+    port = free_port()  # nothing listens there
+    for argv in (["status"], ["deadletters", "list"], ["breaker", "reset"], ["drain", "--timeout", "1"]):
+        assert main([*argv, "--endpoint", f"127.0.0.1:{port}"]) == 1
+        captured = capsys.readouterr()
+        assert captured.out == ""
+        assert captured.err.count("\n") == 1
+        assert captured.err.startswith(f"otlp-sidecar: cannot reach the admin API at 127.0.0.1:{port}")
+
+
+def test_admin_commands_are_not_taken_for_run_arguments() -> None:
+    from sidecar.__main__ import _normalise
+
+    for command in ("status", "deadletters", "breaker", "drain", "validate"):
+        assert _normalise([command])[0] == command
+    assert _normalise(["--config", "x.yaml"]) == ["run", "--config", "x.yaml"]
