@@ -86,6 +86,7 @@ from sidecar.pipeline.taxonomy import (
     Severity,
 )
 from sidecar.queue.base import QueueEntry
+from sidecar.telemetry import events
 from sidecar.telemetry.metrics import Metrics
 from sidecar.telemetry.stats import ErrorStats
 
@@ -537,12 +538,7 @@ def build_sender(
 
 def _breaker_metrics(exporter: str, endpoint: str, metrics: Metrics) -> Callable[[str, str], None]:
     def listener(old: str, new: str) -> None:
-        metrics.breaker_state.labels(exporter, endpoint).set(BreakerState(new).gauge)
-        metrics.breaker_transitions.labels(exporter, endpoint, old, new).inc()
-        level = logging.WARNING if new == BreakerState.OPEN else logging.INFO
-        log.log(level, "circuit breaker %s -> %s", old, new,
-                extra={"event": "breaker_transition", "exporter": exporter, "endpoint": endpoint,
-                       "from_state": old, "to_state": new})
+        events.breaker_transition(metrics, exporter, endpoint, old, new, BreakerState(new).gauge)
     return listener
 
 
@@ -554,7 +550,7 @@ def _bind_endpoint(callback: BreakerCallback, endpoint: str) -> Callable[[str, s
 
 def _health_metrics(exporter: str, metrics: Metrics, extra: HealthCallback | None) -> HealthCallback:
     def listener(endpoint: str, healthy: bool) -> None:
-        metrics.endpoint_healthy.labels(exporter, endpoint).set(1 if healthy else 0)
+        events.endpoint_health_changed(metrics, exporter, endpoint, healthy)
         if extra is not None:
             extra(endpoint, healthy)
     return listener

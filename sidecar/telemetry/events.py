@@ -71,3 +71,22 @@ class Events:
             log.warning("client pushed back with a retryable status", extra={
                 "event": "backpressure", "exporter": exporter, "signal": signal, "reason": reason,
                 "items_since_last_log": total})
+
+
+# Events raised where no Events object is at hand (the sender chain is built from Metrics alone):
+# module functions, so their log line and their metrics still live together here.
+
+def breaker_transition(metrics: Metrics, exporter: str, endpoint: str, old: str, new: str, gauge: int) -> None:
+    metrics.breaker_state.labels(exporter, endpoint).set(gauge)
+    metrics.breaker_transitions.labels(exporter, endpoint, old, new).inc()
+    level = logging.WARNING if new == "open" else logging.INFO
+    log.log(level, "circuit breaker %s -> %s", old, new, extra={
+        "event": "breaker_transition", "exporter": exporter, "endpoint": endpoint,
+        "from_state": old, "to_state": new})
+
+
+def endpoint_health_changed(metrics: Metrics, exporter: str, endpoint: str, healthy: bool) -> None:
+    metrics.endpoint_healthy.labels(exporter, endpoint).set(1 if healthy else 0)
+    log.log(logging.INFO if healthy else logging.WARNING, "endpoint health changed", extra={
+        "event": "endpoint_health", "exporter": exporter, "endpoint": endpoint, "healthy": healthy})
+
