@@ -15,7 +15,8 @@ Every process is its own: the sink (bench/sink.py), the sidecar (`python -m side
 starts it), the load generator (bench/loadgen.py); the fake Collector and the SDK application run
 in this process. The direct baseline is measured in the same run, interleaved with the sidecar
 runs, and the tables report medians over `--repeats` and ratios. Each scenario replaces its own
-section of RESULTS.md (and its entry in results.json, from which the summary of targets is made).
+section of RESULTS.md (and its entry in results.json, from which the summary of targets is made);
+`--quick` writes RESULTS-quick.md, results-quick.json and *-quick.png instead.
 """
 
 from __future__ import annotations
@@ -26,8 +27,10 @@ import datetime as dt
 import json
 import os
 import platform
+import re
 import resource
 import shlex
+import shutil
 import signal
 import statistics
 import subprocess
@@ -42,6 +45,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.sink import sink_stats
+from sidecar.runtime import MALLOC_ENV
 from tests.fakes.collector import FakeCollector
 from tests.sidecar_process import SidecarPorts, SidecarProcess, base_config, free_port
 
@@ -52,7 +56,7 @@ SPANS = 512
 ERROR_FRACTION = 0.1
 SECTIONS = ("throughput", "latency", "outage", "crash", "memory")
 # Same glibc tuning for the bench's own processes (sink, load generator) as the sidecar gives itself.
-TOOL_ENV = {"MALLOC_TRIM_THRESHOLD_": "268435456"}
+TOOL_ENV = dict(MALLOC_ENV)
 
 
 def log(text: str) -> None:
@@ -74,22 +78,30 @@ class Settings:
     rate: int  # spans/s of the SDK application
     memory_duration: float
     memory_limit_mib: float
+    results: Path
     workdir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="sidecar-bench-")))
+
+    def figure(self, name: str) -> Path:
+        """Where a plot goes: next to the results file, named after it (outage.png, outage-quick.png)."""
+        stem = self.results.stem
+        suffix = stem[len("RESULTS"):] if stem.startswith("RESULTS") else f"-{stem}"
+        return self.results.with_name(f"{name}{suffix.lower()}.png")
 
     @classmethod
     def make(cls, args: argparse.Namespace) -> Settings:
         quick = bool(args.quick)
         settings = cls(
             quick=quick,
-            duration=4.0 if quick else 10.0,
+            duration=3.0 if quick else 10.0,
             repeats=1 if quick else 3,
-            latency_duration=2.0 if quick else 5.0,
+            latency_duration=1.5 if quick else 5.0,
             concurrency=16,
-            outage=8.0 if quick else 30.0,
+            outage=6.0 if quick else 30.0,
             steady=2.0 if quick else 5.0,
             rate=1000,
-            memory_duration=8.0 if quick else 25.0,
+            memory_duration=6.0 if quick else 25.0,
             memory_limit_mib=args.memory_limit,
+            results=args.results or BENCH / ("RESULTS-quick.md" if quick else "RESULTS.md"),
         )
         if args.duration is not None:
             settings.duration = settings.latency_duration = args.duration
@@ -560,7 +572,7 @@ def scenario_outage(settings: Settings) -> Section:
         run = outage_run(settings, mode)
         runs.append(run)
         log(f"  {mode}: sent {run['sent']}, lost {run['lost']}, drained {run['drain_seconds']:.1f}s after recovery")
-    plot_outage([r for r in runs if r["mode"] != "direct"], BENCH / "outage.png")
+    plot_outage([r for r in runs if r["mode"] != "direct"], settings.figure("outage"))
     labels = {"direct": "SDK -> Collector directly", "memory": "SDK -> sidecar (memory queue) -> Collector",
               "disk": "SDK -> sidecar (disk queue) -> Collector"}
     rows = [[labels[r["mode"]], r["sent"], r["received"], r["lost"], f"{r['lost'] / max(1, r['sent']):.1%}",
@@ -573,7 +585,8 @@ def scenario_outage(settings: Settings) -> Section:
              f"sending, then {settings.steady:g}s more after it is back. Time to drain: from the Collector's "
              "return until every span created before it (the backlog) arrived, or the last of them that did. "
              "Sidecar settings: retry 500ms..5s, breaker recovery 2s..5s, "
-             "health probe every 1s, queue 1000 requests.\n\n![](outage.png)")
+             "health probe every 1s, queue 1000 requests.\n\n"
+             f"![]({settings.figure('outage').name})")
     data = {r["mode"]: {k: v for k, v in r.items() if k != "timeline"} for r in runs}
     return Section("outage", "3. Collector outage", body, data)
 
@@ -691,7 +704,7 @@ def scenario_memory(settings: Settings) -> Section:
     peak = max(rss) if rss else float("nan")
     above = sum(1 for v in rss if v > limit) * scraper.interval
     levels = sorted({int(s["level"]) for s in samples if s.get("up")})
-    plot_memory(samples, limit, BENCH / "memory.png")
+    plot_memory(samples, limit, settings.figure("memory"))
     data = {"limit_mib": limit, "baseline_mib": baseline, "peak_mib": peak, "seconds_above_limit": above,
             "levels": levels, "accepted_spans": accepted, "shed_items": dropped,
             "refused_calls": result["failed"], "ok_calls": result["requests"],
@@ -713,7 +726,8 @@ def scenario_memory(settings: Settings) -> Section:
     body += (f"\n\nThe exporter points at a port where nothing listens; the load generator pushes {SPANS}-span "
              f"requests (10 % error spans) at concurrency 8 for {settings.memory_duration:g}s into a memory queue "
              "large enough (100 000 requests) that the memory limit, not the queue, decides. RSS sampled every "
-             "0.1 s from /proc.\n\n![](memory.png)")
+             "0.1 s from /proc.\n\n"
+             f"![]({settings.figure('memory').name})")
     return Section("memory", "5. Memory under an outage with memory_limit_mib", body, data)
 
 
@@ -783,7 +797,7 @@ def summary(results: dict[str, Any]) -> str:
 
 
 def write_results(sections: list[Section], command: str, results_path: Path) -> None:
-    data_path = results_path.with_name("results.json")
+    data_path = results_path.with_name(results_path.stem.lower() + ".json")
     stored: dict[str, Any] = {}
     if data_path.exists():
         with contextlib.suppress(ValueError):
@@ -796,11 +810,13 @@ def write_results(sections: list[Section], command: str, results_path: Path) -> 
         meta[section.key] = command
     stored["_bodies"] = bodies
     stored["_meta"] = meta
+    if sections or "_machine" not in stored:
+        stored["_machine"] = machine(command)
     data_path.write_text(json.dumps(stored, indent=1, default=str) + "\n")
     parts = ["# Benchmark results\n",
              "Generated by `bench/run.py` (`make bench`; `make bench-quick` for the short version). Each "
              "section is replaced by the scenario that produced it; the machine table is from the last run.\n",
-             "## Machine\n", machine(command) + "\n", "## Targets\n", summary(stored) + "\n"]
+             "## Machine\n", stored["_machine"] + "\n", "## Targets\n", summary(stored) + "\n"]
     for key in SECTIONS:
         if key in bodies:
             parts.append(bodies[key])
@@ -809,7 +825,14 @@ def write_results(sections: list[Section], command: str, results_path: Path) -> 
     notes = BENCH / "notes.md"
     if notes.exists():
         parts.append(notes.read_text())
-    results_path.write_text("\n".join(parts))
+    text = "\n".join(parts)
+    # Sections written by other tools (e.g. bench/soak.py's "## Soak") are kept as they are.
+    ours = set(re.findall(r"^## (.+)$", text, flags=re.M))
+    if results_path.exists():
+        for match in re.finditer(r"^## (.+?)\n.*?(?=^## |\Z)", results_path.read_text(), flags=re.S | re.M):
+            if match.group(1) not in ours:
+                text = text.rstrip("\n") + "\n\n" + match.group(0).rstrip("\n") + "\n"
+    results_path.write_text(text)
 
 
 # -------------------------------------------------------------------------------------------- main
@@ -817,16 +840,23 @@ def write_results(sections: list[Section], command: str, results_path: Path) -> 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("scenario", nargs="?", default="all", choices=("all", *SECTIONS))
+    parser.add_argument("scenario", nargs="?", default="all", choices=("all", *SECTIONS, "render"),
+                        help="render: only rewrite the results file from its JSON (e.g. after editing notes.md)")
     parser.add_argument("--quick", action="store_true", help="short runs (make bench-quick)")
     parser.add_argument("--duration", type=float, default=None, help="seconds per throughput/latency run")
     parser.add_argument("--repeats", type=int, default=None, help="runs per throughput/latency mode")
     parser.add_argument("--outage", type=float, default=None, help="seconds the Collector is down")
     parser.add_argument("--memory-limit", type=float, default=256.0, help="service.memory_limit_mib (scenario 5)")
-    parser.add_argument("--results", type=Path, default=BENCH / "RESULTS.md", help="where to write the results")
+    parser.add_argument("--results", type=Path, default=None,
+                        help="results file (default bench/RESULTS.md; with --quick bench/RESULTS-quick.md)")
     args = parser.parse_args(argv)
     settings = Settings.make(args)
     command = "python -m bench.run " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
+    if args.scenario == "render":
+        shutil.rmtree(settings.workdir, ignore_errors=True)
+        write_results([], command.strip(), settings.results)
+        print(f"rewrote {settings.results}")
+        return 0
     wanted = SECTIONS if args.scenario == "all" else (args.scenario,)
     started = time.monotonic()
     sections: list[Section] = []
@@ -845,10 +875,11 @@ def main(argv: list[str] | None = None) -> int:
             sections.append(scenario_memory(settings))
     finally:
         if sections:
-            write_results(sections, command.strip(), args.results)
+            write_results(sections, command.strip(), settings.results)
+        shutil.rmtree(settings.workdir, ignore_errors=True)
     for section in sections:
         print(f"\n## {section.title}\n\n{section.body}\n")
-    print(f"wrote {args.results} in {time.monotonic() - started:.0f}s")
+    print(f"wrote {settings.results} in {time.monotonic() - started:.0f}s")
     return 0
 
 

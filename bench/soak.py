@@ -333,11 +333,11 @@ def soak(seconds: float, rate: float, seed: int) -> Outcome:
         leaks = leak_findings(samples, in_flight)
         traceback = "Traceback" in logs
         ok = not any(missing.values()) and not leaks and not traceback and code == 0
-        markdown = render(started_wall, seconds=load_seconds, rate=rate, seed=seed, sent=sent, acked=len(acked),
-                          refused=refused, missing=missing, drain_seconds=drain_seconds, faults=faults,
-                          failures=failures, metrics=metrics, rejected_upstream=rejected_upstream,
-                          samples=samples, in_flight=in_flight, leaks=leaks, traceback=traceback, exit_code=code,
-                          ok=ok)
+        markdown = render(started_wall, seconds=seconds, load_seconds=load_seconds, rate=rate, seed=seed,
+                          sent=sent, acked=len(acked), refused=refused, missing=missing,
+                          drain_seconds=drain_seconds, faults=faults, failures=failures, metrics=metrics,
+                          rejected_upstream=rejected_upstream, samples=samples, in_flight=in_flight,
+                          leaks=leaks, traceback=traceback, exit_code=code, ok=ok)
         return Outcome(ok, markdown)
 
 
@@ -358,20 +358,22 @@ def leak_findings(samples: list[Sample], in_flight: dict[str, int] | None) -> li
     return findings
 
 
-def _figures(values: list[float], unit: str, fmt: str = "{:.0f}") -> str:
+def _figures(values: list[float], unit: str = "") -> str:
     if not values:
         return "n/a"
-    return (f"first {fmt.format(values[0])} {unit}, last {fmt.format(values[-1])} {unit}, "
-            f"max {fmt.format(max(values))} {unit}, median {fmt.format(statistics.median(values))} {unit}")
+    suffix = f" {unit}" if unit else ""
+    return ", ".join(f"{label} {value:.0f}{suffix}" for label, value in (
+        ("first", values[0]), ("last", values[-1]), ("max", max(values)), ("median", statistics.median(values))))
 
 
-def render(started: datetime.datetime, *, seconds: float, rate: float, seed: int, sent: int, acked: int,
-           refused: int, missing: dict[str, int], drain_seconds: float, faults: FaultLog, failures: Counter[str],
+def render(started: datetime.datetime, *, seconds: float, load_seconds: float, rate: float, seed: int,
+           sent: int, acked: int, refused: int, missing: dict[str, int], drain_seconds: float, faults: FaultLog,
+           failures: Counter[str],
            metrics: dict[str, float], rejected_upstream: int, samples: list[Sample],
            in_flight: dict[str, int] | None, leaks: list[str], traceback: bool, exit_code: int, ok: bool) -> str:
     warm = [s for s in samples if s.at >= 30] or samples
     lines = [
-        f"Run {started:%Y-%m-%d %H:%M} UTC: {seconds / 60:.1f} min of load at {rate:.0f} spans/s "
+        f"Run {started:%Y-%m-%d %H:%M} UTC: {load_seconds / 60:.1f} min of load at {rate:.0f} spans/s "
         f"(half OTLP/gRPC, half OTLP/HTTP, real SDK exporters), seed {seed}; one traces pipeline fanning out "
         "to an `otlp_grpc` and an `otlp_http` exporter (memory queues, `max_elapsed_time: 0`); "
         f"`python -m bench.soak --seconds {seconds:.0f}`. **Result: {'PASS' if ok else 'FAIL'}.**",
@@ -383,7 +385,8 @@ def render(started: datetime.datetime, *, seconds: float, rate: float, seed: int
         f"| not acknowledged (SDK export FAILURE after its own retries; never counted as sent) | {refused} |",
         f"| acknowledged but missing upstream via otlp_grpc / otlp_http | {missing['grpc']} / {missing['http']} |",
         f"| partial-success items rejected by the Collector (counted, not retried) | {rejected_upstream} "
-        f"(sidecar `upstream_rejected`: {metrics[REJECTED]:.0f}) |",
+        f"(sidecar `upstream_rejected`: {metrics[REJECTED]:.0f}; the Collector's figure also counts partial "
+        "answers sent after the sidecar's 2 s timeout during a 'slow' fault, whose requests were retried) |",
         f"| drain after the faults stopped | {drain_seconds:.1f} s |",
         f"| faults injected | {', '.join(f'{k} {v}' for k, v in sorted(faults.counts.items()))}; "
         f"Collector down {faults.down_seconds:.0f} s in total |",
@@ -395,8 +398,8 @@ def render(started: datetime.datetime, *, seconds: float, rate: float, seed: int
             lines.append(f"| {name} | {value:.0f} |")
     lines += [
         f"| sidecar RSS (after 30 s warm-up) | {_figures([s.rss_mib for s in warm], 'MiB')} |",
-        f"| open file descriptors | {_figures([float(s.fds) for s in warm], '')} |",
-        f"| threads | {_figures([float(s.threads) for s in warm], '')} |",
+        f"| open file descriptors | {_figures([float(s.fds) for s in warm])} |",
+        f"| threads | {_figures([float(s.threads) for s in warm])} |",
         f"| queued requests (both exporters) | max {max((s.queued for s in samples), default=0):.0f}, "
         f"last {samples[-1].queued if samples else 0:.0f} |",
         f"| in flight after draining (admin API) | "
@@ -411,7 +414,7 @@ def render(started: datetime.datetime, *, seconds: float, rate: float, seed: int
 
 def write_results(path: Path, markdown: str) -> None:
     """Replace the '## Soak' section of RESULTS.md (or append it); other sections are left as they are."""
-    text = path.read_text() if path.exists() else "# Results\n"
+    text = path.read_text() if path.exists() else "# Benchmark results\n"
     section = "## Soak\n\n" + markdown
     match = re.search(r"^## Soak\n.*?(?=^## |\Z)", text, flags=re.S | re.M)
     if match:

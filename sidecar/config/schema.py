@@ -139,6 +139,14 @@ class RetryConfig(Base):
     budget: RetryBudgetConfig = msgspec.field(default_factory=RetryBudgetConfig)
 
 
+class QueueBatchConfig(Base):
+    """A consumer merges entries waiting in the queue into one upstream request (waiting up to flush_timeout)."""
+
+    max_requests: PositiveInt = 8  # queue entries per upstream request at most
+    max_size_mib: PositiveFloat = 4.0  # merged request size at most (and never above max_request_size_mib)
+    flush_timeout: Duration = Duration(0.0)  # how long a consumer waits for more entries (0: it never waits)
+
+
 class SendingQueueConfig(Base):
     enabled: bool = True
     num_consumers: PositiveInt = 10
@@ -146,6 +154,7 @@ class SendingQueueConfig(Base):
     queue_size: PositiveInt = 1000
     storage: str | None = None  # name of a storage extension, e.g. file_storage
     synchronous: Literal["FULL", "NORMAL"] = "FULL"
+    batch: QueueBatchConfig | None = None  # absent: one upstream request per queue entry
 
 
 class CircuitBreakerConfig(Base):

@@ -39,6 +39,7 @@ from sidecar.queue.deadletter import DeadLetterStore
 from sidecar.queue.factory import open_dead_letters, open_queue
 from sidecar.queue.memory import MemoryQueue
 from sidecar.receivers.ingest import Backpressure, IngestResult, UpstreamRefused
+from sidecar.runtime import release_free_memory
 from sidecar.signals import Signal
 from sidecar.telemetry.events import Events
 from sidecar.telemetry.metrics import Metrics
@@ -53,6 +54,8 @@ _GRPC_FOR_HTTP = {400: "INVALID_ARGUMENT", 401: "UNAUTHENTICATED", 403: "PERMISS
                   405: "UNIMPLEMENTED", 413: "RESOURCE_EXHAUSTED", 415: "INVALID_ARGUMENT"}
 STATS_WINDOW = 60.0
 STATS_REFRESH = 1.0  # seconds between recomputations of the median export latency
+RELEASE_AT = 0.7  # fraction of the memory limit from which free heap memory is returned before RSS is judged
+MEMORY_HEADROOM = 0.05  # the ladder's memory thresholds apply to the limit less this fraction (requests in flight)
 
 
 def resident_memory_bytes() -> int | None:
@@ -94,6 +97,7 @@ class Exporter:
         self._outcome_failures = 0  # failures in `_outcomes`, kept as entries come and go
         self._median_latency: tuple[float, float | None] = (float("-inf"), None)  # (computed at, value)
         self._memory_sample: tuple[float, int | None] = (float("-inf"), None)
+        self._released_at = float("-inf")  # last `release_free_memory` call
         self._rng = random.Random()
         # Entries requeued because the retry budget refused their retry: their next send is a retry
         # too (see `Sender.send(resend=...)`). Equal entries compare equal, memory or disk queue alike.
@@ -225,14 +229,27 @@ class Exporter:
         return replace(entry, payload=own.SerializeToString(), items=result.kept), result
 
     def _memory_fraction(self) -> float | None:
+        """RSS over the memory limit less MEMORY_HEADROOM (what the ladder's memory thresholds apply to).
+
+        Requests in flight are received and decoded before they can be refused, so push-back must
+        start below the limit for RSS to stay under it; and RSS is read on every request once it
+        is close (a stale reading lets a burst through), otherwise at most every 0.25 s.
+        """
         if not self.memory_limit_bytes:
             return None
         now = self.clock.monotonic()
         sampled_at, rss = self._memory_sample
-        if now - sampled_at > 0.25:
+        effective = self.memory_limit_bytes * (1.0 - MEMORY_HEADROOM)
+        close = rss is not None and rss >= 0.9 * effective
+        if close or now - sampled_at > 0.25:
             rss = resident_memory_bytes()
+            if rss is not None and rss >= RELEASE_AT * self.memory_limit_bytes and now - self._released_at >= 1.0:
+                # RSS includes freed heap memory glibc keeps (runtime.MALLOC_ENV): return it before judging.
+                self._released_at = now
+                if release_free_memory():
+                    rss = resident_memory_bytes()
             self._memory_sample = (now, rss)
-        return None if rss is None else rss / self.memory_limit_bytes
+        return None if rss is None else rss / effective
 
     def _current_level(self) -> Level:
         queue = self.queue
@@ -302,21 +319,28 @@ class Exporter:
         assert self.queue is not None
         while True:
             await self.sender.wait_ready()
-            lease = await self.queue.get()
+            leases = await self._take(await self.queue.get())
+            lease = leases[0]
+            entry = lease.entry if len(leases) == 1 else merge_entries([held.entry for held in leases])
             self._update_queue_gauges()
             started = self.clock.monotonic()
             try:
-                report = await self.sender.send(lease.entry, resend=lease.entry in self._owed_retry)
+                # (Membership hashes the whole payload the first time: look only when something is owed.)
+                owed = bool(self._owed_retry) and any(held.entry in self._owed_retry for held in leases)
+                report = await self.sender.send(entry, resend=owed)
             except asyncio.CancelledError:
                 with contextlib.suppress(Exception):
-                    await asyncio.shield(self.queue.nack(lease))
+                    await asyncio.shield(self._nack_all(leases))
                 raise
             except Exception:
                 log.exception("sender failed unexpectedly", extra={"exporter": self.name})
                 report = SendReport(Verdict.DEAD_LETTER, INTERNAL_ERROR, 0, 0, None, None)
             self._record_outcome(report.verdict is Verdict.DELIVERED, self.clock.monotonic() - started)
             try:
-                await self._settle(lease, report)
+                if len(leases) == 1:
+                    await self._settle(lease, report)
+                else:
+                    await self._settle_merged(leases, entry, report)
             except asyncio.CancelledError:
                 raise
             except Exception:
@@ -325,7 +349,7 @@ class Exporter:
                 log.exception("settling an export result failed; the request stays queued",
                               extra={"exporter": self.name})
                 with contextlib.suppress(Exception):
-                    await self.queue.nack(lease)
+                    await self._nack_all(leases)
                 await self.clock.sleep(1.0)
             finally:
                 self._update_queue_gauges()
@@ -342,7 +366,7 @@ class Exporter:
                 return
             if report.verdict is Verdict.DEAD_LETTER:
                 await self._dead_letter(lease.entry, report)
-            self._owed_retry.discard(lease.entry)
+            self._forget_owed(lease.entry)
             await self.queue.ack(lease)
             return
         requeue = [part for part in report.parts if part.report.verdict is Verdict.REQUEUE]
@@ -354,11 +378,79 @@ class Exporter:
         except QueueFull:
             await self.queue.nack(lease)  # resend the whole entry later: duplicates, never loss
             return
-        self._owed_retry.discard(lease.entry)
+        self._forget_owed(lease.entry)
         for part in report.parts:
             if part.report.verdict is Verdict.DEAD_LETTER:
                 await self._dead_letter(part.entry, part.report)
         await self.queue.ack(lease)
+
+    def _forget_owed(self, entry: QueueEntry) -> None:
+        if self._owed_retry:  # a lookup hashes the whole payload (once per bytes object): skip it when empty
+            self._owed_retry.discard(entry)
+
+    async def _take(self, first: Lease) -> list[Lease]:
+        """`first`, plus (with `sending_queue.batch`) the entries waiting that can share its upstream
+        request: same signal and metadata, within the batch's count and size. Waits up to
+        `flush_timeout` for more when fewer than `max_requests` are there (by default it never waits)."""
+        batch = self.config.sending_queue.batch
+        queue = self.queue
+        if batch is None or queue is None:
+            return [first]
+        limit = int(batch.max_size_mib * MIB)
+        if self.sender.max_request_bytes is not None:
+            limit = min(limit, self.sender.max_request_bytes)
+        leases = [first]
+        size = len(first.entry.payload)
+        try:
+            if batch.flush_timeout > 0 and queue.available < batch.max_requests - 1:
+                await self.clock.sleep(float(batch.flush_timeout))
+            while len(leases) < batch.max_requests and queue.available:
+                lease = await queue.get()  # does not wait: an entry is available (no await before this)
+                entry = lease.entry
+                if (entry.signal is not first.entry.signal or entry.metadata != first.entry.metadata
+                        or size + len(entry.payload) > limit):
+                    await queue.nack(lease)  # back to its place, for the next request
+                    break
+                leases.append(lease)
+                size += len(entry.payload)
+        except BaseException:
+            with contextlib.suppress(Exception):
+                await asyncio.shield(self._nack_all(leases))
+            raise
+        return leases
+
+    async def _nack_all(self, leases: list[Lease]) -> None:
+        assert self.queue is not None
+        for lease in leases:
+            await self.queue.nack(lease)
+
+    async def _settle_merged(self, leases: list[Lease], entry: QueueEntry, report: SendReport) -> None:
+        """`_settle` for several leases sent as one merged `entry`: they share its fate."""
+        assert self.queue is not None
+        if not report.parts:
+            if report.verdict is Verdict.REQUEUE:
+                if report.reason == "budget_exhausted":
+                    self._owed_retry.update(lease.entry for lease in leases)
+                await self._nack_all(leases)
+                return
+            if report.verdict is Verdict.DEAD_LETTER:
+                await self._dead_letter(entry, report)
+        else:
+            try:
+                for part in report.parts:
+                    if part.report.verdict is Verdict.REQUEUE:
+                        await self.queue.put(part.entry)
+                        if part.report.reason == "budget_exhausted":
+                            self._owed_retry.add(part.entry)
+            except QueueFull:
+                await self._nack_all(leases)  # resend them all later: duplicates, never loss
+                return
+            for part in report.parts:
+                if part.report.verdict is Verdict.DEAD_LETTER:
+                    await self._dead_letter(part.entry, part.report)
+        for lease in leases:
+            self._forget_owed(lease.entry)
+            await self.queue.ack(lease)
 
     async def _dead_letter(self, entry: QueueEntry, report: SendReport) -> None:
         assert self.dead_letters is not None
@@ -375,6 +467,17 @@ class Exporter:
         if self.queue is not None:
             self.metrics.queue_size.labels(self.name).set(self.queue.size)
             self.metrics.queue_bytes.labels(self.name).set(self.queue.bytes)
+
+
+def merge_entries(entries: list[QueueEntry]) -> QueueEntry:
+    """One entry carrying all of `entries` (same signal and metadata): the Export requests concatenated.
+
+    Every Export*ServiceRequest is a single repeated field, so the concatenation of serialized
+    requests is the serialized request holding all their resource groups, in order.
+    """
+    first = entries[0]
+    return QueueEntry(first.signal, b"".join(entry.payload for entry in entries), sum(e.items for e in entries),
+                      first.metadata, min(entry.accepted_at for entry in entries))
 
 
 def _rejected_message(report: SendReport) -> str:

@@ -71,7 +71,7 @@ from sidecar.pipeline.wire import (
     SpliceView,
     detect_counts,
     detect_view,
-    error_candidates,
+    error_indexes,
     facts_of_view,
     span_view,
     spans_containing,
@@ -395,13 +395,14 @@ def enrich_traces(
     return stats
 
 
-def _not_http_200(data: bytes) -> int:
-    """Occurrences of "status_code" in `data` other than an http status attribute holding 200."""
+def _not_http_200(data: bytes, deprecated_key: bool = True) -> int:
+    """Occurrences of "status_code" in `data` other than an http status attribute holding 200
+    (`http.response.status_code`, and `http.status_code` unless `deprecated_key` is False)."""
     total = data.count(_STATUS_CODE)
     if total == 0:
         return 0
     rest = total - data.count(_HTTP_200[0])
-    return rest - data.count(_HTTP_200[1]) if rest else 0
+    return rest - data.count(_HTTP_200[1]) if rest and deprecated_key else rest
 
 
 def enrich_traces_payload(
@@ -421,14 +422,20 @@ def enrich_traces_payload(
 
     Which spans are checked: `detect_counts` gives the number of spans with status ERROR (exact)
     and of exception events, and two or three `count`s the number of status-code attributes that
-    are not an HTTP 200; when all are zero no span can be an error. Otherwise the spans whose
-    bytes end with status ERROR are checked, and the others only as far as these do not account
-    for every count: spans with status ERROR (found by the exact view), with "exception" in their
-    bytes, or with a status-code attribute that the byte scan cannot prove OK.
+    are not an HTTP 200; when all are zero no span can be an error. Otherwise the spans with
+    status ERROR (`error_indexes`) are checked, and the others only as far as these do not account
+    for every count: spans with status ERROR (by the exact, slower view), with "exception" in
+    their bytes, or with a status-code attribute that the byte scan cannot prove OK.
     """
     stats = EnrichStats(hits=[] if collect else None)
     errors, exceptions = detect_counts(raw)
-    unproven = _not_http_200(raw)
+    # Status codes that are not an HTTP 200: first by the current key alone (one scan less), both keys
+    # when that is not enough to decide.
+    deprecated_key = False
+    unproven = _not_http_200(raw, deprecated_key)
+    if unproven and not (errors or exceptions):
+        deprecated_key = True
+        unproven = _not_http_200(raw, deprecated_key)
     if not (errors or exceptions or unproven):
         return stats, None
     writer = _writer(config.attribute_prefix, config.set_error_type, False)
@@ -436,20 +443,30 @@ def enrich_traces_payload(
     view.ParseFromString(raw)
     scopes = [(ri, si, scope) for ri, resource in enumerate(view.resource_spans)
               for si, scope in enumerate(resource.scope_spans)]
-    spans = [list(scope.spans) for _, _, scope in scopes]
+    listed: dict[int, list[bytes]] = {}
     checked: list[set[int]] = [set() for _ in scopes]
     appended: dict[tuple[int, int], bytes] = {}
     found = [0, 0, 0]  # among the checked spans: status ERROR, exception events, unproven status codes
 
+    def spans(position: int) -> list[bytes]:
+        """Every span of a scope, as bytes (made only when a fallback has to look at all of them)."""
+        if position not in listed:
+            listed[position] = list(scopes[position][2].spans)
+        return listed[position]
+
+    def span_bytes(position: int, index: int) -> bytes:
+        known = listed.get(position)
+        return known[index] if known is not None else scopes[position][2].spans[index]  # type: ignore[no-any-return]
+
     def check(position: int, index: int) -> None:
         checked[position].add(index)
-        data = spans[position][index]
+        data = span_bytes(position, index)
         item = span_view(data)
         facts = facts_of_view(item)
         found[0] += facts.status_code == _STATUS_ERROR
         found[1] += facts.exception_events
         if unproven:
-            found[2] += _not_http_200(data)
+            found[2] += _not_http_200(data, deprecated_key)
         if not facts.is_error or writer.complete(facts.keys):
             return
         try:
@@ -466,9 +483,12 @@ def enrich_traces_payload(
                 check(position, index)
 
     if errors:
-        for position in range(len(scopes)):
-            check_all(position, error_candidates(spans[position]))
-        if found[0] != errors:  # status ERROR not at the end of a span's bytes: ask the exact view
+        indexes = error_indexes(raw)
+        if len(indexes) == len(scopes):
+            for position, in_scope in enumerate(indexes):
+                count = len(scopes[position][2].spans)
+                check_all(position, [index for index in in_scope if index < count])
+        if found[0] != errors:  # odd status codes: ask the exact view
             position = 0
             for resource in detect_view(raw).resource_spans:
                 for scope in resource.scope_spans:
@@ -477,15 +497,20 @@ def enrich_traces_payload(
                     position += 1
     if found[1] < exceptions:
         for position in range(len(scopes)):
-            check_all(position, spans_containing(spans[position], b"exception"))
+            check_all(position, spans_containing(spans(position), b"exception"))
+    if found[2] != unproven and not deprecated_key:  # count http.status_code 200s as proven too
+        deprecated_key = True
+        unproven = _not_http_200(raw, deprecated_key)
+        found[2] = sum(_not_http_200(span_bytes(position, index), deprecated_key)
+                       for position, done in enumerate(checked) for index in done)
     if found[2] != unproven:  # some status code outside the checked spans is not an HTTP 200
         for position in range(len(scopes)):
-            check_all(position, [i for i in spans_containing(spans[position], _STATUS_CODE)
-                                 if _status_code_suspects(spans[position][i])[0]])
+            check_all(position, [i for i in spans_containing(spans(position), _STATUS_CODE)
+                                 if _status_code_suspects(spans(position)[i])[0]])
     if not appended:
         return stats, None
     for (position, index), data in appended.items():
-        scopes[position][2].spans[index] = spans[position][index] + data
+        scopes[position][2].spans[index] = span_bytes(position, index) + data
     return stats, view.SerializeToString()
 
 

@@ -98,10 +98,21 @@ def deep_any_value(depth: int, kind: str) -> bytes:
 
 # ================================================================================ strategies: valid OTLP
 
-ids16 = st.one_of(st.binary(min_size=16, max_size=16), st.binary(min_size=16, max_size=16), st.just(b""))
-ids8 = st.one_of(st.binary(min_size=8, max_size=8), st.binary(min_size=8, max_size=8), st.just(b""))
+# Mostly well-formed ids, sometimes empty, sometimes the wrong length (protobuf carries any bytes; OTLP/JSON
+# refuses them).
+ids16 = st.one_of(st.binary(min_size=16, max_size=16), st.binary(min_size=16, max_size=16), st.just(b""),
+                  st.binary(min_size=1, max_size=20))
+ids8 = st.one_of(st.binary(min_size=8, max_size=8), st.binary(min_size=8, max_size=8), st.just(b""),
+                 st.binary(min_size=1, max_size=12))
 texts = st.text(max_size=16)
 uint64 = st.integers(min_value=0, max_value=2**64 - 1)
+
+
+def enum_values(top: int) -> st.SearchStrategy[Any]:
+    """Enum values in and out of range (proto3 enums are open); Any for the stubs' enum ValueTypes."""
+    return st.integers(0, top)
+
+
 int64 = st.integers(min_value=-(2**63), max_value=2**63 - 1)
 STATUS_KEYS = ["http.response.status_code", "http.status_code", "rpc.response.status_code",
                "rpc.grpc.status_code", "db.response.status_code"]
@@ -151,10 +162,10 @@ def scopes(draw: st.DrawFn) -> common_pb2.InstrumentationScope:
 @st.composite
 def spans(draw: st.DrawFn) -> trace_pb2.Span:
     span = trace_pb2.Span(trace_id=draw(ids16), span_id=draw(ids8), parent_span_id=draw(ids8), name=draw(texts),
-                          kind=draw(st.integers(0, 9)), start_time_unix_nano=draw(uint64),
+                          kind=draw(enum_values(9)), start_time_unix_nano=draw(uint64),
                           end_time_unix_nano=draw(uint64), attributes=draw(attributes),
                           trace_state=draw(texts), flags=draw(st.integers(0, 2**32 - 1)))
-    span.status.code = draw(st.integers(0, 4))
+    span.status.code = draw(enum_values(4))
     span.status.message = draw(texts)
     for _ in range(draw(st.integers(0, 2))):
         span.events.add(name=draw(st.sampled_from(["exception", "log", ""])), time_unix_nano=draw(uint64),
@@ -167,7 +178,7 @@ def spans(draw: st.DrawFn) -> trace_pb2.Span:
 @st.composite
 def log_records(draw: st.DrawFn) -> logs_pb2.LogRecord:
     return logs_pb2.LogRecord(time_unix_nano=draw(uint64), observed_time_unix_nano=draw(uint64),
-                              severity_number=draw(st.integers(0, 30)), severity_text=draw(texts),
+                              severity_number=draw(enum_values(30)), severity_text=draw(texts),
                               body=draw(any_values), attributes=draw(attributes), trace_id=draw(ids16),
                               span_id=draw(ids8), flags=draw(st.integers(0, 2**32 - 1)))
 
@@ -189,7 +200,7 @@ def metrics(draw: st.DrawFn) -> metrics_pb2.Metric:
             for _ in range(draw(st.integers(0, 1))):
                 point.exemplars.add(trace_id=draw(ids16), span_id=draw(ids8), as_double=draw(st.floats()))
             if kind == "sum":
-                metric.sum.aggregation_temporality = draw(st.integers(0, 3))
+                metric.sum.aggregation_temporality = draw(enum_values(3))
                 metric.sum.is_monotonic = draw(st.booleans())
         elif kind == "histogram":
             metric.histogram.data_points.add(

@@ -46,16 +46,18 @@ def _seeds() -> list[bytes]:
     import zlib
 
     from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
+    from opentelemetry.proto.trace.v1 import trace_pb2
 
     from tests.fakes.collector import message_to_otlp_json
 
     request = trace_service_pb2.ExportTraceServiceRequest()
     span = request.resource_spans.add().scope_spans.add().spans.add(
-        trace_id=b"\x01" * 16, span_id=b"\x02" * 8, name="seed", kind=2, start_time_unix_nano=1)
+        trace_id=b"\x01" * 16, span_id=b"\x02" * 8, name="seed", kind=trace_pb2.Span.SPAN_KIND_SERVER,
+        start_time_unix_nano=1)
     span.attributes.add(key="http.response.status_code").value.int_value = 503
     span.events.add(name="exception").attributes.add(key="exception.type").value.string_value = "TimeoutError"
     span.links.add(trace_id=b"\x03" * 16, span_id=b"\x04" * 8)
-    span.status.code = 2
+    span.status.code = trace_pb2.Status.STATUS_CODE_ERROR
     proto, doc = request.SerializeToString(), message_to_otlp_json(request)
     return [bytes([0, 0]) + proto, bytes([1, 0]) + doc, bytes([2, 0]) + gzip.compress(proto),
             bytes([3, 0]) + zlib.compress(proto), bytes([4, 0]) + gzip.compress(doc),

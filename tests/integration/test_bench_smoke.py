@@ -1,0 +1,41 @@
+"""Keeps the benchmark working: bench-quick's throughput scenario for a couple of seconds.
+
+No wall-clock or throughput assertions: only that spans went through every path and that the
+tables were produced.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_quick_throughput_scenario_delivers_and_writes_tables(tmp_path: Path) -> None:
+    results = tmp_path / "RESULTS.md"
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    done = subprocess.run(
+        [sys.executable, "-m", "bench.run", "throughput", "--quick", "--duration", "2", "--repeats", "1",
+         "--results", str(results)],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=110)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+
+    assert "## 1. Throughput" in done.stdout  # the table is printed
+    text = results.read_text()
+    assert "## Machine" in text and "## Targets" in text and "## 1. Throughput" in text
+    assert "| direct (loadgen -> sink) |" in text
+
+    data = json.loads((tmp_path / "results.json").read_text())
+    modes = data["throughput"]["modes"]
+    assert set(modes) == {"direct (loadgen -> sink)", "sidecar, fast path (0 % error spans)",
+                          "sidecar, 10 % error spans enriched"}
+    for name, row in modes.items():
+        assert row["spans_per_second"] > 0, name
+    assert modes["sidecar, fast path (0 % error spans)"]["enriched_share"] == 0
+    assert modes["sidecar, 10 % error spans enriched"]["enriched_share"] > 0  # the sink saw enriched spans
+    assert data["throughput"]["dropped"] == 0

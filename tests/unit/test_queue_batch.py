@@ -1,0 +1,135 @@
+"""`sending_queue.batch`: a consumer merges the entries already waiting into one upstream request."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+
+from sidecar.clock import SYSTEM_CLOCK
+from sidecar.config.schema import QueueBatchConfig, SendingQueueConfig
+from sidecar.config.units import Duration
+from sidecar.exporters.exporter import Exporter, merge_entries
+from sidecar.exporters.transport import SendOutcome
+from sidecar.pipeline.classify import Classifier
+from sidecar.queue.base import QueueEntry
+from sidecar.telemetry.events import Events
+from sidecar.telemetry.metrics import Metrics
+from tests.unit.test_sender import UNAVAILABLE, FakeClassifier, FakeClock, FakeTransport, make_config, make_entry
+from tests.unit.test_sender import build as build_sender
+
+
+def names(entry: QueueEntry) -> list[str]:
+    request = ExportTraceServiceRequest.FromString(entry.payload)
+    return [s.name for rs in request.resource_spans for ss in rs.scope_spans for s in ss.spans]
+
+
+def test_merged_entry_is_the_concatenated_request() -> None:
+    entries = [make_entry(3, resources=2, tag="a"), make_entry(2, tag="b"), make_entry(4, resources=3, tag="c")]
+    merged = merge_entries(entries)
+    assert merged.items == 9
+    assert names(merged) == [n for e in entries for n in names(e)]
+    assert merged.metadata == entries[0].metadata
+    assert merged.accepted_at == min(e.accepted_at for e in entries)
+
+
+async def run_exporter(entries: list[QueueEntry], batch: QueueBatchConfig | None, transport: FakeTransport,
+                       storage: Path | None = None) -> Exporter:
+    queue_config = SendingQueueConfig(num_consumers=1, queue_size=100, batch=batch,
+                                      storage="file_storage" if storage else None)
+    config = make_config([transport.endpoint], sending_queue=queue_config)
+    metrics = Metrics()
+    sender = build_sender(config, [transport], transport.clock, metrics)
+    exporter = Exporter("otlp_grpc", config, sender, Classifier(), metrics, Events(metrics), SYSTEM_CLOCK,
+                        storage, None)
+    await exporter.start()
+    assert exporter.queue is not None
+    # Fill the queue while the only consumer is busy with the first entry, so the rest wait together.
+    gate = asyncio.Event()
+
+    taken = asyncio.Event()
+
+    async def slow_first(entry: QueueEntry) -> SendOutcome:
+        taken.set()
+        await gate.wait()
+        return SendOutcome()
+
+    transport.script.insert(0, slow_first)
+    await exporter.queue.put(entries[0])
+    await asyncio.wait_for(taken.wait(), 5.0)  # the consumer holds the first entry
+    for entry in entries[1:]:
+        await exporter.queue.put(entry)
+    gate.set()
+    assert await exporter.queue.wait_empty(5.0)
+    await exporter.shutdown(1.0)
+    return exporter
+
+
+@pytest.mark.parametrize("disk", [False, True])
+async def test_waiting_entries_share_upstream_requests(tmp_path: Path, disk: bool) -> None:
+    transport = FakeTransport("a:4317", FakeClock())
+    entries = [make_entry(2, tag=f"e{i}-") for i in range(7)]
+    await run_exporter(entries, QueueBatchConfig(max_requests=4), transport, tmp_path if disk else None)
+    sent = [entry for _, entry in transport.calls]
+    assert [e.items for e in sent] == [2, 8, 4]  # the first alone (it was taken at once), then 4 + 2 entries
+    assert [n for e in sent for n in names(e)] == [n for e in entries for n in names(e)]
+
+
+async def test_without_batch_every_entry_is_its_own_request() -> None:
+    transport = FakeTransport("a:4317", FakeClock())
+    entries = [make_entry(2, tag=f"e{i}-") for i in range(4)]
+    await run_exporter(entries, None, transport)
+    assert [entry.items for _, entry in transport.calls] == [2, 2, 2, 2]
+
+
+async def test_size_limit_and_metadata_split_batches() -> None:
+    transport = FakeTransport("a:4317", FakeClock())
+    small = [make_entry(2, tag=f"s{i}-") for i in range(3)]
+    other = QueueEntry(small[0].signal, small[0].payload, 2, (("tenant", "b"),), 1.0)
+    limit_mib = 2.5 * len(small[0].payload) / (1024 * 1024)  # two entries fit, three do not
+    await run_exporter([*small, other, *small], QueueBatchConfig(max_requests=10, max_size_mib=limit_mib),
+                       transport)
+    sent = [entry for _, entry in transport.calls]
+    assert [(e.items, e.metadata) for e in sent] == [
+        (2, small[0].metadata),  # taken alone before the rest arrived
+        (4, small[0].metadata), (2, (("tenant", "b"),)), (4, small[0].metadata), (2, small[0].metadata)]
+
+
+async def test_a_failed_merged_request_is_retried_whole() -> None:
+    clock = FakeClock()
+    transport = FakeTransport("a:4317", clock, script=[UNAVAILABLE])
+    entries = [make_entry(1, tag=f"e{i}-") for i in range(3)]
+    task = asyncio.ensure_future(run_exporter(entries, QueueBatchConfig(), transport))
+    while not task.done():  # the retry waits on the fake clock
+        await asyncio.sleep(0.01)
+        clock.advance(1.0)
+    await task
+    sent = [entry for _, entry in transport.calls]
+    delivered = [n for e in sent[:1] + sent[2:] for n in names(e)]
+    assert sorted(delivered) == sorted(n for e in entries for n in names(e))
+    assert names(sent[1]) == names(sent[2])  # the failed merged request went again as it was
+
+
+def test_fake_classifier_is_shared() -> None:
+    assert FakeClassifier  # the sender fakes come from test_sender
+
+
+async def test_flush_timeout_waits_for_entries_that_arrive_soon() -> None:
+    transport = FakeTransport("a:4317", FakeClock())
+    queue_config = SendingQueueConfig(num_consumers=1, queue_size=100,
+                                      batch=QueueBatchConfig(max_requests=4, flush_timeout=Duration(0.2)))
+    config = make_config([transport.endpoint], sending_queue=queue_config)
+    metrics = Metrics()
+    exporter = Exporter("otlp_grpc", config, build_sender(config, [transport], transport.clock, metrics),
+                        Classifier(), metrics, Events(metrics), SYSTEM_CLOCK, None, None)
+    await exporter.start()
+    assert exporter.queue is not None
+    entries = [make_entry(1, tag=f"e{i}-") for i in range(3)]
+    for entry in entries:
+        await exporter.queue.put(entry)
+        await asyncio.sleep(0.02)  # each arrives while the consumer waits with the first
+    assert await exporter.queue.wait_empty(5.0)
+    await exporter.shutdown(1.0)
+    assert [entry.items for _, entry in transport.calls] == [3]
