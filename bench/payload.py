@@ -2,9 +2,10 @@
 
 The spans look like what an instrumented web service sends through the OpenTelemetry SDK: a
 resource with the usual attributes, one scope, spans with ids, timestamps and nine semantic
-convention attributes (about 330 bytes each). An error span has status ERROR, status code 500
-and an `exception` event (type, message, a short stack trace), as the SDK writes for a caught
-exception; it is spread evenly through the request (every 10th span at 10 %).
+convention attributes (about 450 bytes each: 230 KB per 512-span request). An error span has
+status ERROR, status code 500 and an `exception` event (type, message, a short stack trace), as
+the SDK writes for a caught exception; it is spread evenly through the request (every 10th span
+at 10 %).
 """
 
 from __future__ import annotations
