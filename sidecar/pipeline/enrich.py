@@ -41,6 +41,7 @@ from __future__ import annotations
 import bisect
 import functools
 import operator
+import weakref
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -73,6 +74,7 @@ from sidecar.pipeline.wire import (
     detect_view,
     error_indexes,
     facts_of_view,
+    span_evidence,
     span_view,
     spans_containing,
 )
@@ -136,17 +138,30 @@ class _Writer:
     cached by classification identity (the classifier hands out shared instances).
     """
 
-    __slots__ = ("_plans", "for_logs", "keys")
+    __slots__ = ("_needles", "_plans", "for_logs", "keys")
 
     def __init__(self, prefix: str, set_error_type: bool, for_logs: bool) -> None:
         keys = tuple(prefix + name for name in ATTRIBUTE_NAMES)
         self.keys = (*keys, ERROR_TYPE_KEY) if set_error_type else keys
         self.for_logs = for_logs
         self._plans: dict[int, tuple[Classification, _Plan]] = {}
+        # Every key we write contains one of these: an item whose bytes contain none has none of our keys.
+        needles = {prefix.encode()} if prefix else {key.encode() for key in keys}
+        needles |= {ERROR_TYPE_KEY.encode()} if set_error_type else set()
+        common = _COMMON_NEEDLE if all(_COMMON_NEEDLE in needle for needle in needles) else None
+        self._needles = (common,) if common is not None else tuple(needles)
 
-    def complete(self, existing: set[str]) -> bool:
+    def complete(self, existing: set[str] | frozenset[str]) -> bool:
         """Whether an item with these attribute keys already carries every attribute we would add."""
         return existing.issuperset(self.keys)
+
+    def present(self, data: bytes, item: Any) -> frozenset[str]:
+        """Which of our keys the item encoded as `data` already has (`item.attributes`: its keys, for `in`)."""
+        for needle in self._needles:
+            if needle in data:
+                attributes = item.attributes
+                return frozenset(key for key in self.keys if key in attributes)
+        return _NONE_PRESENT
 
     def plan(self, c: Classification) -> _Plan:
         hit = self._plans.get(id(c))
@@ -194,7 +209,7 @@ class _Writer:
         if stats.hits is not None:
             stats.hits.append((stats.where, item, c))
 
-    def appended(self, item: Any, existing: set[str], c: Classification, stats: EnrichStats) -> bytes:
+    def appended(self, item: Any, existing: set[str] | frozenset[str], c: Classification, stats: EnrichStats) -> bytes:
         """What `write` would merge into `item`, as bytes to append to its encoding; counted as `write` does."""
         plan = self.plan(c)
         if existing.isdisjoint(self.keys):
@@ -206,6 +221,10 @@ class _Writer:
         if stats.hits is not None:
             stats.hits.append((stats.where, item, c))
         return data
+
+
+_NONE_PRESENT: frozenset[str] = frozenset()
+_COMMON_NEEDLE = b"error."  # in every key we write with the default prefix: one search instead of two
 
 
 @functools.lru_cache(maxsize=64)
@@ -395,6 +414,33 @@ def enrich_traces(
     return stats
 
 
+_Outcome = tuple[bool, int, Classification | None]  # status ERROR, exception events, class if an error
+_OUTCOMES_LIMIT = 4096
+_OUTCOMES: weakref.WeakKeyDictionary[Classifier, dict[tuple[Any, ...], _Outcome]] = weakref.WeakKeyDictionary()
+
+
+def _outcomes(classifier: Classifier) -> dict[tuple[Any, ...], _Outcome]:
+    """The outcomes already worked out by `classifier`, by span evidence key (`wire.span_evidence`).
+
+    Kept per classifier: a configuration reload builds a new one and so starts afresh.
+    """
+    known = _OUTCOMES.get(classifier)
+    if known is None:
+        known = _OUTCOMES[classifier] = {}
+    return known
+
+
+def _span_outcome(view: Any, classifier: Classifier) -> _Outcome:
+    facts = facts_of_view(view)
+    classification: Classification | None = None
+    if facts.is_error:
+        try:
+            classification = classifier.classify_span_facts(facts)
+        except Exception:  # odd input must not break the pipeline
+            classification = _FALLBACK
+    return facts.status_code == _STATUS_ERROR, facts.exception_events, classification
+
+
 def _not_http_200(data: bytes, deprecated_key: bool = True) -> int:
     """Occurrences of "status_code" in `data` other than an http status attribute holding 200
     (`http.response.status_code`, and `http.status_code` unless `deprecated_key` is False)."""
@@ -426,6 +472,10 @@ def enrich_traces_payload(
     status ERROR (`error_indexes`) are checked, and the others only as far as these do not account
     for every count: spans with status ERROR (by the exact, slower view), with "exception" in
     their bytes, or with a status-code attribute that the byte scan cannot prove OK.
+
+    A checked span is read only as far as its evidence key (`wire.span_evidence`); the outcome of
+    classifying that evidence is remembered per classifier, so the error spans of a service,
+    which repeat a few kinds of failure, cost a view parse and a dict lookup each.
     """
     stats = EnrichStats(hits=[] if collect else None)
     errors, exceptions = detect_counts(raw)
@@ -439,6 +489,7 @@ def enrich_traces_payload(
     if not (errors or exceptions or unproven):
         return stats, None
     writer = _writer(config.attribute_prefix, config.set_error_type, False)
+    outcomes = _outcomes(classifier)
     view = SpliceView()
     view.ParseFromString(raw)
     scopes = [(ri, si, scope) for ri, resource in enumerate(view.resource_spans)
@@ -461,20 +512,25 @@ def enrich_traces_payload(
     def check(position: int, index: int) -> None:
         checked[position].add(index)
         data = span_bytes(position, index)
-        item = span_view(data)
-        facts = facts_of_view(item)
-        found[0] += facts.status_code == _STATUS_ERROR
-        found[1] += facts.exception_events
+        item, key = span_evidence(data)
+        outcome = outcomes.get(key)
+        if outcome is None:
+            outcome = _span_outcome(span_view(data), classifier)
+            if len(outcomes) >= _OUTCOMES_LIMIT:
+                outcomes.clear()
+            outcomes[key] = outcome
+        status_error, exception_events, classification = outcome
+        found[0] += status_error
+        found[1] += exception_events
         if unproven:
             found[2] += _not_http_200(data, deprecated_key)
-        if not facts.is_error or writer.complete(facts.keys):
+        if classification is None:
             return
-        try:
-            classification = classifier.classify_span_facts(facts)
-        except Exception:  # odd input must not break the pipeline
-            classification = _FALLBACK
+        present = writer.present(data, item)
+        if writer.complete(present):
+            return
         stats.where = scopes[position][:2]
-        appended[(position, index)] = writer.appended(item, facts.keys, classification, stats)
+        appended[(position, index)] = writer.appended(item, present, classification, stats)
 
     def check_all(position: int, indexes: Iterable[int]) -> None:
         done = checked[position]

@@ -19,6 +19,9 @@ descriptor pool, so upb does the walking in C:
   to a span's bytes is what protobuf's merge would do (repeated fields are appended), without
   serializing the whole request again. Container fields are all declared (proto2, explicit
   presence), so they are written back in field order exactly as received.
+* `span_evidence(data)`: one span with its attribute values left encoded, and a key made of the
+  encoded inputs of its classification, so spans that carry the same evidence (most error spans
+  of a service repeat a few) are classified once and only read as far as building the key.
 * `span_view(data)`: one span with its attributes as a map (the wire format of `repeated
   KeyValue` is that of a `map<string, AnyValue>`), so the few status and exception attributes are
   found by key in C instead of by walking every attribute. `facts_of_view` builds the same
@@ -57,6 +60,7 @@ __all__ = [
     "detect_counts",
     "error_indexes",
     "facts_of_view",
+    "span_evidence",
     "span_view",
     "spans_containing",
 ]
@@ -123,6 +127,19 @@ def _build() -> descriptor_pool.DescriptorPool:
                              ("events", 11, _F.TYPE_MESSAGE, rep, "FEvent"),
                              ("status", 15, _F.TYPE_MESSAGE, opt, "FStatus")])
     attribute_map(span, "FSpan", 9)
+    # evidence: one span's classification inputs as the bytes received, attribute values opaque
+    def opaque_map(msg: descriptor_pb2.DescriptorProto, owner: str, number: int) -> None:
+        entry = message("AttributesEntry", [("key", 1, _F.TYPE_STRING, opt, None),
+                                            ("value", 2, _F.TYPE_BYTES, opt, None)], msg)
+        entry.options.map_entry = True
+        msg.field.add(name="attributes", number=number, type=_F.TYPE_MESSAGE, label=rep,
+                      type_name=f".{_PACKAGE}.{owner}.AttributesEntry")
+
+    opaque_map(message("KEvent", [("name", 2, _F.TYPE_BYTES, opt, None)]), "KEvent", 3)
+    evidence = message("KSpan", [("name", 5, _F.TYPE_STRING, opt, None), ("kind", 6, _F.TYPE_INT32, opt, None),
+                                 ("events", 11, _F.TYPE_MESSAGE, rep, "KEvent"),
+                                 ("status", 15, _F.TYPE_BYTES, opt, None)])
+    opaque_map(evidence, "KSpan", 9)
     pool = descriptor_pool.DescriptorPool()
     pool.Add(file)
     return pool
@@ -139,6 +156,7 @@ _DRequest = _cls("DRequest")
 _ERequest = _cls("ERequest")
 SpliceView: Any = _cls("SRequest")
 _FSpan = _cls("FSpan")
+_KSpan = _cls("KSpan")
 
 D_ERROR = b"\x7a\x02\x18\x02"  # DSpan.status (15) holding only code (3) == STATUS_CODE_ERROR (2)
 D_EXCEPTION = b"\x5a\x0b\x12\x09exception"  # DSpan.events (11) holding only name (2) == "exception"
@@ -219,6 +237,27 @@ def _text(value: Any) -> str:
     if value is None or value.WhichOneof("value") != "string_value":
         return ""
     return value.string_value  # type: ignore[no-any-return]
+
+
+_EVIDENCE_KEYS = (_HTTP_NEW, _HTTP_OLD, _RPC_NEW, _RPC_OLD, DB_STATUS_KEY, "exception.type", "exception.message")
+_EXCEPTION = b"exception"
+
+
+def span_evidence(data: bytes) -> tuple[Any, tuple[Any, ...]]:
+    """One span's classification evidence: (a view of it, a hashable key of that evidence).
+
+    Everything `facts_of_view` reads, except the attribute keys (which only say whether the
+    enrichment is already there), as the bytes received: kind, the encoded status, the encoded
+    values of the status-code and exception attributes, and of each exception event's type and
+    message. Spans with equal keys have equal facts (`facts_of_view` is a function of exactly
+    these), so they classify alike; most error spans of a service repeat a handful of keys. The
+    view has the span's `name` and its attributes as a map of encoded values.
+    """
+    view = _KSpan()
+    view.ParseFromString(data)
+    exceptions = tuple((event.attributes.get("exception.type"), event.attributes.get("exception.message"))
+                       for event in view.events if event.name == _EXCEPTION)
+    return view, (view.kind, view.status, tuple(map(view.attributes.get, _EVIDENCE_KEYS)), exceptions)
 
 
 def facts_of_view(view: Any) -> SpanFacts:

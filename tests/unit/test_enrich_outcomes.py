@@ -1,0 +1,96 @@
+"""The byte-level trace enrichment classifies each distinct span evidence once per classifier."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+
+from sidecar.config.schema import ClassifyProcessorConfig, EnrichProcessorConfig
+from sidecar.pipeline.classify import Classifier
+from sidecar.pipeline.enrich import enrich_traces_payload
+from sidecar.pipeline.wire import span_evidence
+from tests.unit.test_enrich import CLIENT, ERROR, PREFIX, SERVER, attrs_of, new_span
+
+CONFIG = EnrichProcessorConfig()
+
+
+class CountingClassifier(Classifier):
+    def __init__(self, config: ClassifyProcessorConfig | None = None) -> None:
+        super().__init__(config)
+        self.calls = 0
+
+    def classify_span_facts(self, facts: Any) -> Any:
+        self.calls += 1
+        return super().classify_span_facts(facts)
+
+
+def enriched_spans(payload: bytes) -> list[dict[str, object]]:
+    request = ExportTraceServiceRequest()
+    request.ParseFromString(payload)
+    return [attrs_of(span) for rs in request.resource_spans for ss in rs.scope_spans for span in ss.spans]
+
+
+def error_request(n: int, *, exception: str = "ConnectionRefusedError", status: int = 500) -> bytes:
+    request = ExportTraceServiceRequest()
+    for i in range(n):
+        new_span(request, kind=SERVER, status=ERROR, exception=exception,
+                 attrs={"http.response.status_code": status, "url.path": f"/orders/{i}"})
+    return request.SerializeToString()
+
+
+def test_spans_with_the_same_evidence_are_classified_once_per_classifier() -> None:
+    classifier = CountingClassifier()
+    stats, payload = enrich_traces_payload(error_request(20), classifier, CONFIG)
+    assert stats.enriched == 20 and payload is not None
+    assert classifier.calls == 1  # twenty spans differing only in ids, times and url.path
+    stats, _ = enrich_traces_payload(error_request(5), classifier, CONFIG)
+    assert stats.enriched == 5 and classifier.calls == 1  # remembered across requests
+    enrich_traces_payload(error_request(3, exception="TimeoutError"), classifier, CONFIG)
+    assert classifier.calls == 2  # other evidence: classified anew
+    assert all(span[PREFIX + "category"] for span in enriched_spans(payload))
+
+
+def test_a_new_classifier_does_not_reuse_the_old_ones_outcomes() -> None:
+    raw = error_request(4)
+    _, before = enrich_traces_payload(raw, Classifier(), CONFIG)
+    assert before is not None
+    rules = msgspec.convert({"rules": [{"id": "db-down", "match": {"exception_type": "ConnectionRefused"},
+                                        "set": {"error_type": "db_down"}}]},
+                            ClassifyProcessorConfig)
+    _, after = enrich_traces_payload(raw, Classifier(rules), CONFIG)  # what a SIGHUP reload builds
+    assert after is not None
+    assert {span["error.type"] for span in enriched_spans(after)} == {"db_down"}
+    assert {span["error.type"] for span in enriched_spans(before)} != {"db_down"}
+
+
+def test_evidence_keys_differ_exactly_where_the_classification_inputs_differ() -> None:
+    request = ExportTraceServiceRequest()
+    base = new_span(request, kind=SERVER, status=ERROR, attrs={"http.response.status_code": 500, "a": "1"})
+    other_attr = new_span(request, kind=SERVER, status=ERROR, attrs={"http.response.status_code": 500, "a": "2"})
+    other_code = new_span(request, kind=SERVER, status=ERROR, attrs={"http.response.status_code": 503, "a": "1"})
+    other_kind = new_span(request, kind=CLIENT, status=ERROR, attrs={"http.response.status_code": 500, "a": "1"})
+    with_message = new_span(request, kind=SERVER, status=ERROR, attrs={"http.response.status_code": 500})
+    with_message.status.message = "boom"
+    key = span_evidence(base.SerializeToString())[1]
+    assert span_evidence(other_attr.SerializeToString())[1] == key  # "a" is no evidence
+    for span in (other_code, other_kind, with_message):
+        assert span_evidence(span.SerializeToString())[1] != key
+
+
+def test_spans_that_already_carry_some_attributes_get_only_the_missing_ones() -> None:
+    classifier = CountingClassifier()
+    request = ExportTraceServiceRequest()
+    plain = new_span(request, kind=SERVER, status=ERROR, attrs={"http.response.status_code": 500})
+    partial = new_span(request, kind=SERVER, status=ERROR, attrs={"http.response.status_code": 500})
+    partial.attributes.add(key="error.type").value.string_value = "mine"
+    partial.attributes.add(key=PREFIX + "severity").value.string_value = "mine too"
+    assert span_evidence(plain.SerializeToString())[1] == span_evidence(partial.SerializeToString())[1]
+    _, payload = enrich_traces_payload(request.SerializeToString(), classifier, CONFIG)
+    assert payload is not None
+    first, second = enriched_spans(payload)
+    assert first["error.type"] == "http_500" and first[PREFIX + "severity"] != "mine too"
+    assert second["error.type"] == "mine" and second[PREFIX + "severity"] == "mine too"
+    assert second[PREFIX + "category"] == first[PREFIX + "category"]
+    assert classifier.calls == 1
