@@ -29,7 +29,7 @@ CHANNEL_OPTIONS = [("grpc.so_reuseport", 0), ("grpc.max_send_message_length", 64
 def handlers(channel: aio.Channel, parse: bool) -> list[grpc.GenericRpcHandler]:
     out: list[grpc.GenericRpcHandler] = []
     for service in SERVICES:
-        forward = channel.unary_unary(f"/{service}/Export")
+        forward = channel.unary_unary(f"/{service}/Export", request_serializer=None, response_deserializer=None)
         is_traces = service.endswith("TraceService")
 
         async def export(body: bytes, context: aio.ServicerContext, forward=forward,  # type: ignore[no-untyped-def]
@@ -64,7 +64,7 @@ async def serve(port: int, upstream: str, parse: bool) -> None:
     print(f"null proxy listening on 127.0.0.1:{port} -> {upstream}", flush=True)
     await stop.wait()
     await server.stop(0.5)
-    await channel.close()
+    await channel.close(None)
 
 
 def main(argv: list[str] | None = None) -> int:

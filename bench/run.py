@@ -3,7 +3,8 @@
     python -m bench.run [all|throughput|latency|outage|crash|memory] [--quick] [--duration S] [--repeats N]
 
 1. throughput  loadgen -> sink (direct) vs loadgen -> sidecar -> sink, 0 % and 10 % error spans;
-               spans/s delivered (counted by the sink), ratio to direct, CPU per request of each process.
+               spans/s delivered (counted by the sink), ratio to direct, CPU per request of each process;
+               and the floor: the same through a null proxy (bench/null_proxy.py), with and without a parse.
 2. latency     added latency (p50/p99) at concurrency 1 and 16, sidecar vs direct.
 3. outage      a real OpenTelemetry SDK application sends at a fixed rate while the Collector (the
                fake one) is down: spans lost SDK -> Collector directly, through the sidecar with the
@@ -92,7 +93,7 @@ class Settings:
         quick = bool(args.quick)
         settings = cls(
             quick=quick,
-            duration=3.0 if quick else 10.0,
+            duration=3.0 if quick else 8.0,
             repeats=1 if quick else 3,
             latency_duration=1.5 if quick else 5.0,
             concurrency=16,
@@ -255,41 +256,89 @@ def sink_and_sidecar(settings: Settings) -> Iterator[tuple[Sink, SidecarProcess]
         sink.stop()
 
 
-def measure(sink: Sink, sidecar: SidecarProcess, through_sidecar: bool, concurrency: int, duration: float,
+class NullProxy:
+    """bench/null_proxy.py in its own process: the floor under any grpc.aio proxy (see its docstring)."""
+
+    def __init__(self, upstream: str, parse: bool) -> None:
+        self.port = free_port()
+        self.target = f"127.0.0.1:{self.port}"
+        command = [PYTHON, "-m", "bench.null_proxy", "--port", str(self.port), "--upstream", upstream]
+        self.proc = subprocess.Popen(command + (["--parse"] if parse else []), cwd=ROOT, env=tool_env(),
+                                     stdout=subprocess.PIPE, text=True)
+        assert self.proc.stdout is not None
+        if "listening" not in self.proc.stdout.readline():
+            raise RuntimeError(f"null proxy did not start (exit code {self.proc.poll()})")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+def measure(sink: Sink, target: str, proxy_pid: int | None, concurrency: int, duration: float,
             error_fraction: float) -> dict[str, Any]:
-    assert sidecar.proc is not None
-    target = f"127.0.0.1:{sidecar.ports.grpc}" if through_sidecar else sink.target
-    sidecar_cpu, sink_cpu = cpu_seconds(sidecar.proc.pid), cpu_seconds(sink.proc.pid)
+    """One loadgen run against `target`; CPU per request of the proxy in between (`proxy_pid`), sink and loadgen."""
+    proxy_cpu = cpu_seconds(proxy_pid) if proxy_pid is not None else 0.0
+    sink_cpu = cpu_seconds(sink.proc.pid)
     result = run_loadgen(target, concurrency=concurrency, duration=duration, error_fraction=error_fraction,
                          sink=sink.target)
     requests = max(1.0, result["requests"] * result["wall"] / result["duration"])  # warm-up included
-    result["sidecar_ms_per_request"] = 1000 * (cpu_seconds(sidecar.proc.pid) - sidecar_cpu) / requests
+    result["sidecar_ms_per_request"] = (1000 * (cpu_seconds(proxy_pid) - proxy_cpu) / requests
+                                        if proxy_pid is not None else float("nan"))
     result["sink_ms_per_request"] = 1000 * (cpu_seconds(sink.proc.pid) - sink_cpu) / requests
     result["loadgen_ms_per_request"] = 1000 * result["cpu"] / requests
     return result
 
 
+def sidecar_target(sidecar: SidecarProcess) -> tuple[str, int]:
+    assert sidecar.proc is not None
+    return f"127.0.0.1:{sidecar.ports.grpc}", sidecar.proc.pid
+
+
+DIRECT = "direct (loadgen -> sink)"
+FAST = "sidecar, fast path (0 % error spans)"
+ENRICHED = "sidecar, 10 % error spans enriched"
+FLOOR = "floor: null proxy (receive + forward, no work)"
+FLOOR_PARSED = "floor: null proxy + upb parse"
+
+
 def scenario_throughput(settings: Settings, pair: tuple[Sink, SidecarProcess] | None = None) -> Section:
-    log(f"throughput: {settings.repeats} x (direct, sidecar 0 %, sidecar 10 % errors), "
-        f"{settings.duration:g}s each at concurrency {settings.concurrency}")
-    modes = [("direct (loadgen -> sink)", False, 0.0), ("sidecar, fast path (0 % error spans)", True, 0.0),
-             ("sidecar, 10 % error spans enriched", True, ERROR_FRACTION)]
-    runs: dict[str, list[dict[str, Any]]] = {name: [] for name, _, _ in modes}
+    log(f"throughput: {settings.repeats} x (direct, sidecar 0 %, sidecar 10 % errors, null-proxy floors "
+        f"at 0 % and 10 %), {settings.duration:g}s each at concurrency {settings.concurrency}")
     with contextlib.ExitStack() as stack:
         sink, sidecar = pair if pair is not None else stack.enter_context(sink_and_sidecar(settings))
+        floors = {}
+        for parse in (False, True):
+            proxy = NullProxy(sink.target, parse)
+            stack.callback(proxy.stop)
+            floors[parse] = (proxy.target, proxy.proc.pid)
+        direct_target: tuple[str, int | None] = (sink.target, None)
+        modes: list[tuple[str, tuple[str, int | None], float, bool]] = [  # name, (target, pid), errors, sidecar
+            (DIRECT, direct_target, 0.0, False),
+            (FAST, sidecar_target(sidecar), 0.0, True),
+            (ENRICHED, sidecar_target(sidecar), ERROR_FRACTION, True),
+            (f"{FLOOR}, 0 %", floors[False], 0.0, False),
+            (f"{FLOOR_PARSED}, 0 %", floors[True], 0.0, False),
+            (f"{FLOOR_PARSED}, 10 %", floors[True], ERROR_FRACTION, False),
+        ]
+        runs: dict[str, list[dict[str, Any]]] = {name: [] for name, *_ in modes}
         dropped_before = metric(sidecar, "sidecar_dropped_items_total")
         for repeat in range(settings.repeats):
-            for name, through, errors in modes:
-                result = measure(sink, sidecar, through, settings.concurrency, settings.duration, errors)
+            for name, (target, pid), errors, _ in modes:
+                result = measure(sink, target, pid, settings.concurrency, settings.duration, errors)
                 runs[name].append(result)
                 log(f"  [{repeat + 1}/{settings.repeats}] {name}: {result['delivered_spans_per_second']:,.0f} "
-                    f"spans/s delivered, sidecar {result['sidecar_ms_per_request']:.2f} ms CPU/request")
+                    f"spans/s delivered, proxy {result['sidecar_ms_per_request']:.2f} ms CPU/request")
         dropped = metric(sidecar, "sidecar_dropped_items_total") - dropped_before
-    direct = runs[modes[0][0]]
     rows = []
     data: dict[str, Any] = {"modes": {}, "dropped": dropped}
-    for name, through, _errors in modes:
+    for name, _target, _errors, through_sidecar in modes:
         results = runs[name]
+        direct = runs[DIRECT]
         rates = [r["delivered_spans_per_second"] for r in results]
         ratios = [r["delivered_spans_per_second"] / d["delivered_spans_per_second"]
                   for r, d in zip(results, direct, strict=True)]
@@ -299,22 +348,29 @@ def scenario_throughput(settings: Settings, pair: tuple[Sink, SidecarProcess] | 
             "spans_per_second": median(rates),
             "min": min(rates), "max": max(rates),
             "ratio": median(ratios),
-            "sidecar_ms": median([r["sidecar_ms_per_request"] for r in results]) if through else float("nan"),
+            "sidecar_ms": median([r["sidecar_ms_per_request"] for r in results]),
             "sink_ms": median([r["sink_ms_per_request"] for r in results]),
             "loadgen_ms": median([r["loadgen_ms_per_request"] for r in results]),
             "enriched_share": enriched / delivered_spans if delivered_spans else 0.0,
             "failed": sum(r["failed"] for r in results),
+            "sidecar": through_sidecar,
         }
         data["modes"][name] = row
         rows.append([name, row["spans_per_second"], f"{row['min']:,.0f} - {row['max']:,.0f}",
                      f"{row['ratio']:.2f}", row["sidecar_ms"], row["sink_ms"], row["loadgen_ms"],
                      f"{row['enriched_share']:.1%}", row["failed"]])
-    body = table(["mode", "spans/s delivered (median)", "range", "ratio to direct", "sidecar CPU ms/request",
+    body = table(["mode", "spans/s delivered (median)", "range", "ratio to direct", "proxy CPU ms/request",
                   "sink CPU ms/request", "loadgen CPU ms/request", "spans enriched", "failed calls"], rows)
     body += (f"\n\n{settings.repeats} run(s) of {settings.duration:g}s (after 1s warm-up) per mode, interleaved, "
              f"concurrency {settings.concurrency}, {SPANS}-span requests; delivered = counted by the sink. "
+             "Ratios are to the direct run of the same repetition (the direct path with 10 % error spans "
+             "measured the same within noise: the request is 9 % larger). "
              f"Items the sidecar dropped during the runs: {dropped:.0f}. CPU ms/request: CPU time of each "
-             "process divided by the requests it handled (the sidecar's includes its gRPC poller thread).")
+             "process divided by the requests it handled (the proxy's includes its gRPC poller thread). "
+             "The two floors are `bench/null_proxy.py`: a grpc.aio server that forwards each request's bytes "
+             "on one grpc.aio channel and answers with the upstream's answer, without (and with) parsing "
+             "it: no queue, no classification, no retry, no metrics. No Python proxy on grpc.aio can be "
+             "faster than the first; every sidecar has to do at least what the second does.")
     return Section("throughput", "1. Throughput", body, data)
 
 
@@ -325,12 +381,13 @@ def scenario_latency(settings: Settings, pair: tuple[Sink, SidecarProcess] | Non
     data: dict[str, Any] = {"cases": {}}
     with contextlib.ExitStack() as stack:
         sink, sidecar = pair if pair is not None else stack.enter_context(sink_and_sidecar(settings))
+        target, pid = sidecar_target(sidecar)
         for concurrency, errors in cases:
             direct: list[dict[str, Any]] = []
             through: list[dict[str, Any]] = []
             for _ in range(settings.repeats):
-                direct.append(measure(sink, sidecar, False, concurrency, settings.latency_duration, errors))
-                through.append(measure(sink, sidecar, True, concurrency, settings.latency_duration, errors))
+                direct.append(measure(sink, sink.target, None, concurrency, settings.latency_duration, errors))
+                through.append(measure(sink, target, pid, concurrency, settings.latency_duration, errors))
             d50 = median([r["latency_ms"]["p50"] for r in direct])
             d99 = median([r["latency_ms"]["p99"] for r in direct])
             s50 = median([r["latency_ms"]["p50"] for r in through])
@@ -771,8 +828,8 @@ def summary(results: dict[str, Any]) -> str:
         return "n/a" if ok is None else ("met" if ok else "**missed**")
 
     tp = results.get("throughput", {}).get("modes", {})
-    errors = tp.get("sidecar, 10 % error spans enriched")
-    fast = tp.get("sidecar, fast path (0 % error spans)")
+    errors = tp.get(ENRICHED)
+    fast = tp.get(FAST)
     rows.append([*TARGETS[0], f"{errors['spans_per_second']:,.0f} spans/s ({errors['ratio']:.2f} of direct)"
                  if errors else "-", verdict(errors["spans_per_second"] >= 250_000 if errors else None)])
     rows.append([*TARGETS[1], f"{fast['ratio']:.2f} ({fast['spans_per_second']:,.0f} spans/s)" if fast else "-",

@@ -160,6 +160,12 @@ def _check_exporters(config: schema.Config, errors: list[str]) -> None:
         _check_file(tls.key_file, f"{base}.tls.key_file", errors)
         if (tls.cert_file is None) != (tls.key_file is None):
             errors.append(f"{base}.tls: cert_file and key_file go together")
+        if kind != "otlp_http" and tls.insecure_skip_verify and any(
+                endpoint.startswith("https://") or (not endpoint.startswith("http://") and not tls.insecure)
+                for endpoint in endpoints):
+            # Ignoring it would fail every export at run time with a certificate error instead.
+            errors.append(f"{base}.tls.insecure_skip_verify: not supported by otlp_grpc (the gRPC runtime always "
+                          "verifies the server's certificate); set tls.ca_file to the CA that signed it")
         queue = exporter.sending_queue
         if queue.storage is not None:
             if queue.storage != "file_storage":

@@ -33,9 +33,12 @@ def test_quick_throughput_scenario_delivers_and_writes_tables(tmp_path: Path) ->
     data = json.loads((tmp_path / "results.json").read_text())
     modes = data["throughput"]["modes"]
     assert set(modes) == {"direct (loadgen -> sink)", "sidecar, fast path (0 % error spans)",
-                          "sidecar, 10 % error spans enriched"}
+                          "sidecar, 10 % error spans enriched",
+                          "floor: null proxy (receive + forward, no work), 0 %",
+                          "floor: null proxy + upb parse, 0 %", "floor: null proxy + upb parse, 10 %"}
     for name, row in modes.items():
         assert row["spans_per_second"] > 0, name
     assert modes["sidecar, fast path (0 % error spans)"]["enriched_share"] == 0
     assert modes["sidecar, 10 % error spans enriched"]["enriched_share"] > 0  # the sink saw enriched spans
+    assert modes["floor: null proxy + upb parse, 10 %"]["enriched_share"] == 0  # the floor does no work
     assert data["throughput"]["dropped"] == 0
