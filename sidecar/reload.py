@@ -17,7 +17,7 @@ from opentelemetry.proto.trace.v1 import trace_pb2
 from sidecar.config.schema import Config
 from sidecar.config.units import encode_hook
 from sidecar.exporters.errors import ExportFailure
-from sidecar.pipeline.classify import Classifier
+from sidecar.pipeline.classify import Classifier, LogFacts, SpanFacts
 from sidecar.pipeline.taxonomy import Classification
 
 
@@ -87,3 +87,14 @@ class ClassifierHandle(Classifier):
 
     def classify_log(self, record: logs_pb2.LogRecord) -> Classification | None:
         return self.current.classify_log(record)
+
+    @property
+    def effective(self) -> Classifier:
+        return self.current.effective
+
+    # The handle has none of a Classifier's state: every public method must delegate (a test checks).
+    def classify_span_facts(self, facts: SpanFacts) -> Classification:
+        return self.current.classify_span_facts(facts)
+
+    def classify_log_facts(self, facts: LogFacts, record: logs_pb2.LogRecord) -> Classification:
+        return self.current.classify_log_facts(facts, record)

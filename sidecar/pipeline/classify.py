@@ -884,6 +884,11 @@ class Classifier:
         self._made: dict[tuple[_Template, str], Classification] = {}
         self._ruled: dict[tuple[int, int], tuple[Classification, Classification]] = {}
 
+    @property
+    def effective(self) -> Classifier:
+        """The classifier that decides: itself (a reloadable handle answers the one it delegates to now)."""
+        return self
+
     # -------------------------------------------------------------- building blocks
 
     def _make(self, template: _Template, by: str, retry_after: float | None = None) -> Classification:

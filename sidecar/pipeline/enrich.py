@@ -422,11 +422,13 @@ _OUTCOMES: weakref.WeakKeyDictionary[Classifier, dict[tuple[Any, ...], _Outcome]
 def _outcomes(classifier: Classifier) -> dict[tuple[Any, ...], _Outcome]:
     """The outcomes already worked out by `classifier`, by span evidence key (`wire.span_evidence`).
 
-    Kept per classifier: a configuration reload builds a new one and so starts afresh.
+    Kept per effective classifier: a configuration reload builds a new one and so starts afresh,
+    also behind a `ClassifierHandle`.
     """
-    known = _OUTCOMES.get(classifier)
+    owner = classifier.effective
+    known = _OUTCOMES.get(owner)
     if known is None:
-        known = _OUTCOMES[classifier] = {}
+        known = _OUTCOMES[owner] = {}
     return known
 
 
