@@ -11,6 +11,7 @@ import zlib
 from typing import Any
 
 import orjson
+import zstandard
 from google.protobuf import json_format
 from google.protobuf.message import DecodeError, Message
 from google.rpc import code_pb2, error_details_pb2, status_pb2
@@ -39,22 +40,30 @@ def decode_protobuf(signal: Signal, body: bytes) -> Message:
     return message
 
 
-def inflate(body: bytes, encoding: str, limit: int) -> bytes:
-    """Inflate gzip/deflate, refusing as soon as the output passes `limit` (a bomb never inflates fully).
+# Real clients send one gzip member or zstd frame. Each further one costs a copy of the rest of the
+# body (zlib's unused_data), so a body of thousands of empty members would only burn CPU.
+MAX_MEMBERS = 64
 
-    A gzip body may hold several members (RFC 1952 2.2, e.g. `cat a.gz b.gz`): all of them are inflated,
-    as Go's gzip reader in the Collector does. Bytes after the last stream that are not another gzip
-    member are refused, never silently ignored.
+
+def inflate(body: bytes, encoding: str, limit: int) -> bytes:
+    """Inflate gzip/zstd/deflate/zlib, refusing as soon as the output passes `limit` (a bomb never inflates fully).
+
+    A gzip body may hold several members (RFC 1952 2.2, e.g. `cat a.gz b.gz`), a zstd body several
+    frames: all of them are inflated (up to MAX_MEMBERS), as the Collector's readers do. Bytes after
+    the last stream that are not another member are refused, never silently ignored.
     """
+    if encoding == "zstd":
+        return _unzstd(body, limit)
     if encoding == "gzip":
         wbits = 16 + zlib.MAX_WBITS
-    elif encoding == "deflate":
+    elif encoding in ("deflate", "zlib"):  # both are the zlib format (RFC 1950), as the Collector reads them
         wbits = zlib.MAX_WBITS
     else:
-        raise BadRequest(f"unsupported Content-Encoding {encoding!r} (supported: gzip, deflate, identity)")
+        raise BadRequest(f"unsupported Content-Encoding {encoding!r} "
+                         "(supported: gzip, zstd, deflate, zlib, identity)")
     out = b""
     rest = body
-    while True:
+    for _ in range(MAX_MEMBERS):
         inflater = zlib.decompressobj(wbits)
         room = limit - len(out)
         try:
@@ -74,6 +83,38 @@ def inflate(body: bytes, encoding: str, limit: int) -> bytes:
             return out
         if encoding != "gzip" or not rest.startswith(b"\x1f\x8b"):
             raise BadRequest(f"invalid {encoding} body: {len(rest)} bytes of trailing data after the stream")
+    raise BadRequest(f"invalid gzip body: more than {MAX_MEMBERS} members")
+
+
+# zstd can turn 4 bytes into a 128 KiB block, so input is fed in slices small enough that one call
+# cannot produce more than about the room left (the decompressor has no output bound of its own).
+_ZSTD_MAX_RATIO = 32 * 1024
+
+
+def _unzstd(body: bytes, limit: int) -> bytes:
+    """`inflate` for zstd: every frame (like gzip members, as the Collector's reader does), bounded by `limit`."""
+    out = bytearray()
+    view = memoryview(body)
+    position = 0
+    context = zstandard.ZstdDecompressor()
+    for _ in range(MAX_MEMBERS):
+        decompressor = context.decompressobj()
+        fed = position
+        try:
+            while not decompressor.eof and fed < len(body):
+                step = max(64, (limit - len(out)) // _ZSTD_MAX_RATIO + 1)
+                out += decompressor.decompress(view[fed:fed + step])
+                fed = min(fed + step, len(body))
+                if len(out) > limit:
+                    raise PayloadTooLarge(f"inflated body exceeds the limit of {limit} bytes")
+        except zstandard.ZstdError as exc:
+            raise BadRequest(f"invalid zstd body: {exc}") from None
+        if not decompressor.eof:
+            raise BadRequest("invalid zstd body: truncated stream")
+        position = fed - len(decompressor.unused_data)
+        if position == len(body):
+            return bytes(out)
+    raise BadRequest(f"invalid zstd body: more than {MAX_MEMBERS} frames")
 
 
 # -------------------------------------------------------------------- OTLP/JSON

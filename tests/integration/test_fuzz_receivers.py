@@ -33,6 +33,7 @@ from typing import Any
 
 import grpc
 import pytest
+import zstandard
 from google.protobuf import json_format
 from google.protobuf.message import Message
 from google.rpc import code_pb2, status_pb2
@@ -770,18 +771,23 @@ def test_random_json_documents(harness: Harness, signal: str, doc: Any, text: st
 
 def _bomb(inflated_mib: int, encoding: str) -> bytes:
     """A stream inflating to `inflated_mib` MiB of zeros: one full-flushed 1 MiB block repeated (see test_codec)."""
+    if encoding == "zstd":
+        zstd = zstandard.ZstdCompressor(level=1).compressobj()
+        return b"".join(zstd.compress(b"\x00" * 1024 * 1024) for _ in range(inflated_mib)) + zstd.flush()
     compressor = zlib.compressobj(9, zlib.DEFLATED, 16 + zlib.MAX_WBITS if encoding == "gzip" else zlib.MAX_WBITS)
     head = compressor.compress(b"\x00" * 1024 * 1024) + compressor.flush(zlib.Z_FULL_FLUSH)
     block = compressor.compress(b"\x00" * 1024 * 1024) + compressor.flush(zlib.Z_FULL_FLUSH)
     return head + block * (inflated_mib - 1) + compressor.flush()
 
 
-@pytest.mark.parametrize("encoding", ["gzip", "deflate"])
+@pytest.mark.parametrize("encoding", ["gzip", "deflate", "zstd"])
 def test_compression_bombs_and_bad_streams(harness: Harness, encoding: str) -> None:
     good, _ = harness.good_request()
     raw = good.SerializeToString()
 
     def compress(data: bytes) -> bytes:
+        if encoding == "zstd":
+            return zstandard.compress(data)
         return gzip.compress(data) if encoding == "gzip" else zlib.compress(data)
 
     bomb = _bomb(512, encoding)  # 512 MiB inflated

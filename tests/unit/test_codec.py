@@ -14,6 +14,7 @@ from typing import Any
 
 import orjson
 import pytest
+import zstandard
 from google.rpc import code_pb2, error_details_pb2
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -111,6 +112,50 @@ def test_limits_are_exact() -> None:
         codec.inflate(zlib.compress(data), "deflate", len(data) - 1)
 
 
+def test_zstd_round_trips_every_frame_and_its_limit_is_exact() -> None:
+    data = bytes(range(256)) * 4096
+    body = zstandard.compress(data)
+    assert codec.inflate(body, "zstd", len(data)) == data
+    with pytest.raises(codec.PayloadTooLarge):
+        codec.inflate(body, "zstd", len(data) - 1)
+    unsized = zstandard.ZstdCompressor(write_content_size=False).compress(b"def")
+    assert codec.inflate(zstandard.compress(b"abc") + unsized, "zstd", 100) == b"abcdef"
+    assert codec.inflate(zlib.compress(b"abc"), "zlib", 100) == b"abc"  # the Collector's name for deflate
+
+
+def test_a_zstd_bomb_is_refused_after_inflating_about_the_limit() -> None:
+    compressor = zstandard.ZstdCompressor(level=3).compressobj()
+    body = b"".join(compressor.compress(b"\x00" * MIB) for _ in range(1024)) + compressor.flush()  # 1 GiB
+    assert len(body) < MIB // 16
+    produced = 0
+    real = zstandard.ZstdDecompressor
+
+    class Counting:
+        def __init__(self) -> None:
+            self._inner = real()
+
+        def decompressobj(self) -> Any:
+            inner = self._inner.decompressobj()
+
+            class Obj:
+                def decompress(self, data: Any) -> bytes:
+                    nonlocal produced
+                    out: bytes = inner.decompress(data)
+                    produced += len(out)
+                    return out
+
+                def __getattr__(self, name: str) -> Any:
+                    return getattr(inner, name)
+
+            return Obj()
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(codec.zstandard, "ZstdDecompressor", Counting)
+        with pytest.raises(codec.PayloadTooLarge):
+            codec.inflate(body, "zstd", 4 * MIB)
+    assert produced <= 2 * 4 * MIB  # never much more than the limit, never the gigabyte
+
+
 def test_several_gzip_members_are_all_inflated() -> None:
     """`cat a.gz b.gz` is one valid gzip body (RFC 1952); dropping the second member would lose data."""
     assert codec.inflate(gzip.compress(b"abc") + gzip.compress(b"") + gzip.compress(b"def"), "gzip", 100) == b"abcdef"
@@ -129,7 +174,14 @@ def test_several_gzip_members_are_all_inflated() -> None:
     (gzip.compress(b"abc"), "deflate", "invalid deflate"),
     (zlib.compress(b"abc"), "gzip", "invalid gzip"),
     (b"abc", "br", "unsupported Content-Encoding"),
-    (b"abc", "zstd", "unsupported Content-Encoding"),
+    (b"abc", "snappy", "unsupported Content-Encoding"),
+    (zstandard.compress(b"abc")[:-3], "zstd", "truncated"),
+    (zstandard.compress(b"abc") + b"junk", "zstd", "invalid zstd"),
+    (zstandard.compress(b"abc") + zstandard.compress(b"def")[:6], "zstd", "truncated"),
+    (b"", "zstd", "truncated"),
+    (gzip.compress(b"abc"), "zstd", "invalid zstd"),
+    (gzip.compress(b"") * (codec.MAX_MEMBERS + 1), "gzip", f"more than {codec.MAX_MEMBERS} members"),
+    (zstandard.compress(b"") * (codec.MAX_MEMBERS + 1), "zstd", f"more than {codec.MAX_MEMBERS} frames"),
 ])
 def test_bad_streams_are_bad_requests(body: bytes, encoding: str, match: str) -> None:
     with pytest.raises(codec.BadRequest, match=match):
@@ -137,7 +189,7 @@ def test_bad_streams_are_bad_requests(body: bytes, encoding: str, match: str) ->
 
 
 @SETTINGS
-@given(body=st.binary(max_size=512), encoding=st.sampled_from(["gzip", "deflate"]),
+@given(body=st.binary(max_size=512), encoding=st.sampled_from(["gzip", "deflate", "zstd"]),
        limit=st.integers(min_value=0, max_value=4096))
 def test_inflate_answers_any_bytes_precisely(body: bytes, encoding: str, limit: int) -> None:
     try:
