@@ -93,7 +93,7 @@ class Settings:
         quick = bool(args.quick)
         settings = cls(
             quick=quick,
-            duration=3.0 if quick else 8.0,
+            duration=2.0 if quick else 8.0,
             repeats=1 if quick else 3,
             latency_duration=1.5 if quick else 5.0,
             concurrency=16,
