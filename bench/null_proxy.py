@@ -13,14 +13,12 @@ the two gRPC hops a Python proxy cannot avoid, and how much is the sidecar's own
 from __future__ import annotations
 
 import argparse
-import asyncio
-import signal
 
 import grpc
 from grpc import aio
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
-from bench.sink import SERVER_OPTIONS, SERVICES
+from bench.sink import SERVER_OPTIONS, SERVICES, serve_until_signalled
 
 CHANNEL_OPTIONS = [("grpc.so_reuseport", 0), ("grpc.max_send_message_length", 64 * 1024 * 1024),
                    ("grpc.max_receive_message_length", 64 * 1024 * 1024)]
@@ -54,16 +52,8 @@ async def serve(port: int, upstream: str, parse: bool) -> None:
     channel = aio.insecure_channel(upstream, options=CHANNEL_OPTIONS)
     server = aio.server(options=SERVER_OPTIONS)
     server.add_generic_rpc_handlers(tuple(handlers(channel, parse)))
-    if server.add_insecure_port(f"127.0.0.1:{port}") == 0:
-        raise SystemExit(f"null proxy: cannot listen on 127.0.0.1:{port}")
-    await server.start()
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    print(f"null proxy listening on 127.0.0.1:{port} -> {upstream}", flush=True)
-    await stop.wait()
-    await server.stop(0.5)
+    address = f"127.0.0.1:{port}"
+    await serve_until_signalled(server, address, f"null proxy listening on {address} -> {upstream}")
     await channel.close(None)
 
 

@@ -113,20 +113,24 @@ def parse_options(pairs: list[str]) -> list[tuple[str, str | int]]:
     return out
 
 
-async def serve(host: str, port: int, options: list[tuple[str, str | int]] | None = None) -> None:
-    counters = Counters()
-    server = aio.server(options=SERVER_OPTIONS + (options or []))
-    server.add_generic_rpc_handlers(tuple(handlers(counters)))
-    if server.add_insecure_port(f"{host}:{port}") == 0:
-        raise SystemExit(f"sink: cannot listen on {host}:{port}")
+async def serve_until_signalled(server: aio.Server, address: str, banner: str) -> None:
+    """Listen on `address`, print `banner` (what the bench runner waits for), stop on SIGTERM/SIGINT."""
+    if server.add_insecure_port(address) == 0:
+        raise SystemExit(f"cannot listen on {address}")
     await server.start()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    print(f"sink listening on {host}:{port}", flush=True)
+    print(banner, flush=True)
     await stop.wait()
     await server.stop(0.5)
+
+
+async def serve(host: str, port: int, options: list[tuple[str, str | int]] | None = None) -> None:
+    server = aio.server(options=SERVER_OPTIONS + (options or []))
+    server.add_generic_rpc_handlers(tuple(handlers(Counters())))
+    await serve_until_signalled(server, f"{host}:{port}", f"sink listening on {host}:{port}")
 
 
 def sink_stats(target: str, timeout: float = 5.0) -> dict[str, float]:
