@@ -415,7 +415,9 @@ def enrich_traces(
 
 
 _Outcome = tuple[bool, int, Classification | None]  # status ERROR, exception events, class if an error
-_OUTCOMES_LIMIT = 4096
+# At most 1024 keys of spans up to 16 KiB: 16 MiB however hostile the input.
+_OUTCOMES_LIMIT = 1024
+_OUTCOME_SPAN_BYTES = 16 * 1024
 _OUTCOMES: weakref.WeakKeyDictionary[Classifier, dict[tuple[Any, ...], _Outcome]] = weakref.WeakKeyDictionary()
 
 
@@ -518,9 +520,10 @@ def enrich_traces_payload(
         outcome = outcomes.get(key)
         if outcome is None:
             outcome = _span_outcome(span_view(data), classifier)
-            if len(outcomes) >= _OUTCOMES_LIMIT:
-                outcomes.clear()
-            outcomes[key] = outcome
+            if len(data) <= _OUTCOME_SPAN_BYTES:  # a key holds parts of the span: bound what is kept
+                if len(outcomes) >= _OUTCOMES_LIMIT:
+                    outcomes.clear()
+                outcomes[key] = outcome
         status_error, exception_events, classification = outcome
         found[0] += status_error
         found[1] += exception_events

@@ -8,6 +8,7 @@ import msgspec
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
 from sidecar.config.schema import ClassifyProcessorConfig, EnrichProcessorConfig
+from sidecar.pipeline import enrich
 from sidecar.pipeline.classify import Classifier
 from sidecar.pipeline.enrich import enrich_traces_payload
 from sidecar.pipeline.wire import span_evidence
@@ -94,3 +95,14 @@ def test_spans_that_already_carry_some_attributes_get_only_the_missing_ones() ->
     assert second["error.type"] == "mine" and second[PREFIX + "severity"] == "mine too"
     assert second[PREFIX + "category"] == first[PREFIX + "category"]
     assert classifier.calls == 1
+
+
+def test_outcomes_kept_are_bounded_and_huge_spans_are_not_kept() -> None:
+    classifier = CountingClassifier()
+    huge = error_request(2, exception="E" * 40_000)  # each span's evidence holds the 40 KB exception type
+    _, payload = enrich_traces_payload(huge, classifier, CONFIG)
+    assert payload is not None and classifier.calls == 2  # classified, not remembered
+    assert not enrich._outcomes(classifier)
+    for i in range(enrich._OUTCOMES_LIMIT + 10):
+        enrich_traces_payload(error_request(1, exception=f"E{i}"), classifier, CONFIG)
+    assert 0 < len(enrich._outcomes(classifier)) <= enrich._OUTCOMES_LIMIT
