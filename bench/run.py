@@ -138,6 +138,17 @@ def rss_mib(pid: int) -> float:
     return 0.0
 
 
+def terminate(proc: subprocess.Popen[Any]) -> None:
+    """SIGTERM a helper process, SIGKILL it if it has not exited 10 s later."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
 class Sink:
     """bench/sink.py in its own process."""
 
@@ -152,13 +163,7 @@ class Sink:
         return sink_stats(self.target)
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        terminate(self.proc)
 
 
 def bench_exporter(upstream: str, ports: SidecarPorts, storage: Path | None = None,
@@ -270,13 +275,7 @@ class NullProxy:
             raise RuntimeError(f"null proxy did not start (exit code {self.proc.poll()})")
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        terminate(self.proc)
 
 
 def measure(sink: Sink, target: str, proxy_pid: int | None, concurrency: int, duration: float,
