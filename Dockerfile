@@ -29,11 +29,13 @@ WORKDIR /var/lib/otlp-sidecar
 USER sidecar:sidecar
 VOLUME ["/var/lib/otlp-sidecar"]
 
-# OTLP gRPC, OTLP HTTP, health (/health, /ready), Prometheus /metrics. The admin API stays on
+# OTLP gRPC, OTLP HTTP, health (/health, /ready, /ready/upstream), Prometheus /metrics. The admin API stays on
 # loopback (127.0.0.1:4320) inside the container.
 EXPOSE 4317 4318 13134 8889
 
-# No curl in the slim image: the interpreter does the probe.
+# Liveness: /health (the process serves). Not /ready: an orchestrator that restarts unhealthy
+# containers must not restart one that is replaying its disk queue. No curl in the slim image: the
+# interpreter does the probe.
 HEALTHCHECK --interval=10s --timeout=3s --start-period=15s --retries=3 \
     CMD ["python", "-c", "import sys, urllib.request; sys.exit(0 if urllib.request.urlopen('http://127.0.0.1:13134/health', timeout=2).status == 200 else 1)"]
 

@@ -21,6 +21,7 @@ from sidecar.config.schema import (
     component_kind,
 )
 from sidecar.exporters.exporter import Exporter, build_exporter
+from sidecar.exporters.sender import Upstream
 from sidecar.pipeline.classify import Classifier
 from sidecar.pipeline.degrade import DegradationLadder
 from sidecar.pipeline.router import Pipeline, Router
@@ -56,6 +57,7 @@ class Service:
         self.receivers: list[OtlpGrpcReceiver | OtlpHttpReceiver] = []
         self.endpoints: list[HttpEndpoint] = []
         self.accepting = False
+        self.stopping_started = False  # set once shutdown begins: /ready answers 503 "stopping" from then on
         self.stopping = asyncio.Event()
         self.pipelines: dict[str, Pipeline] = {}
         self.classifier_handle = ClassifierHandle(self.export_classifier(config))
@@ -134,7 +136,8 @@ class Service:
                                                        receiver.include_metadata, token))
         health = self.config.extensions.health_check
         if health is not None and "health_check" in self.config.service.extensions:
-            self.endpoints.append(HttpEndpoint(health.endpoint, health_routes(self.readiness)))
+            self.endpoints.append(HttpEndpoint(health.endpoint,
+                                               health_routes(self.readiness, self.upstream_readiness)))
         metrics_address = self.config.service.telemetry.metrics.address
         if metrics_address:
             self.endpoints.append(HttpEndpoint(metrics_address, metrics_routes(self.metrics.registry)))
@@ -193,10 +196,28 @@ class Service:
     # ------------------------------------------------------------------ lifecycle
 
     def readiness(self) -> tuple[bool, dict[str, object]]:
-        exporters = {name: exporter.health() for name, exporter in self.exporters.items()}
-        reachable = all(detail["reachable"] for detail in exporters.values())
-        ready = self.accepting and reachable
-        return ready, {"accepting": self.accepting, "exporters": exporters}
+        """/ready: can this sidecar accept data now? Start-up done (the disk queue replayed), receivers
+        listening, not shutting down.
+
+        The upstream is deliberately left out. The sidecar runs in the application's pod, and a pod is
+        Ready only when all its containers are: gating on the Collector would take every application
+        out of its Service during a Collector outage, exactly when the sidecar should be buffering
+        (and it still answers clients under backpressure, with a status they retry). The per-exporter
+        detail, upstream reachability included, is in the body; /ready/upstream gates on it.
+        """
+        phase = "stopping" if self.stopping_started else ("running" if self.accepting else "starting")
+        ready = phase == "running"
+        return ready, {"phase": phase, "accepting": self.accepting, "exporters": self._exporter_health()}
+
+    def upstream_readiness(self) -> tuple[bool, dict[str, object]]:
+        """/ready/upstream: every exporter has at least one endpoint a probe found healthy (an endpoint
+        no probe has answered yet is `unknown`, which is not reachable)."""
+        exporters = self._exporter_health()
+        ready = bool(exporters) and all(detail["upstream"] == Upstream.REACHABLE for detail in exporters.values())
+        return ready, {"exporters": exporters}
+
+    def _exporter_health(self) -> dict[str, dict[str, object]]:
+        return {name: exporter.health() for name, exporter in self.exporters.items()}
 
     async def start(self) -> None:
         tls_errors = check_tls_files(self.config)  # an expired or mismatched certificate: refuse now, not per handshake
@@ -204,13 +225,15 @@ class Service:
             raise StartupError("\n  ".join(tls_errors))
         self.build()
         try:
-            for exporter in self.exporters.values():
-                await exporter.start()
-            # Receivers first: /health answering means the OTLP ports already accept connections.
-            for receiver in self.receivers:
-                await receiver.start()
+            # Health endpoints first: /health is alive and /ready answers 503 "starting" while a large
+            # disk queue is replayed, instead of refusing connections (a probe that cannot connect
+            # looks like a dead process).
             for endpoint in self.endpoints:
                 await endpoint.start()
+            for exporter in self.exporters.values():
+                await exporter.start()
+            for receiver in self.receivers:
+                await receiver.start()
             if self.admin is not None:
                 await self.admin.start()
         except OSError as exc:
@@ -222,6 +245,7 @@ class Service:
 
     async def shutdown(self) -> None:
         """Readiness false, receivers stop, queues drain for up to shutdown_timeout, the rest is accounted."""
+        self.stopping_started = True
         self.accepting = False
         timeout = float(self.config.service.shutdown_timeout)
         for receiver in self.receivers:

@@ -110,7 +110,9 @@ class SidecarProcess:
     def http_endpoint(self) -> str:
         return f"http://127.0.0.1:{self.ports.http}"
 
-    def start(self, timeout: float = 20.0, wait_ready: bool = False) -> SidecarProcess:
+    def start(self, timeout: float = 20.0, wait_ready: bool = True) -> SidecarProcess:
+        """Start and wait until /ready (start-up done, receivers listening), or with `wait_ready=False`
+        only until /health answers (the process is alive; a disk queue may still be replaying)."""
         env = dict(os.environ)
         env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
         log = self.log_path.open("ab")

@@ -24,7 +24,7 @@ from grpc import aio
 from sidecar.admin.v1 import admin_pb2 as pb
 from sidecar.admin.v1 import admin_pb2_grpc as pb_grpc
 from sidecar.config.schema import AdminConfig
-from sidecar.exporters.sender import Verdict
+from sidecar.exporters.sender import Upstream, Verdict
 from sidecar.queue.base import QueueClosed
 from sidecar.queue.deadletter import DeadLetter, replay_dead_letters
 
@@ -60,10 +60,7 @@ def _endpoint_status(exporter: Exporter) -> list[pb.EndpointStatus]:
         balance = max(0.0, ep.budget.balance)
         floor = ep.budget.floor_tokens
         stats = sender.balancer.stats(ep.name)
-        if ep.prober is None:
-            health = "unprobed"
-        else:
-            health = "healthy" if ep.prober.healthy else "unhealthy"
+        health = sender.endpoint_health(ep).value if ep.prober is not None else "unprobed"
         status = pb.EndpointStatus(
             endpoint=ep.name,
             breaker_state=ep.breaker.state.value,
@@ -111,7 +108,7 @@ def exporter_status(exporter: Exporter) -> pb.ExporterStatus:
         queue=queue_status,
         degradation_level=int(ladder.level) if ladder is not None else 0,
         degradation_cause=ladder.cause if ladder is not None else "normal",
-        reachable=exporter.sender.healthy,
+        reachable=exporter.sender.upstream() is Upstream.REACHABLE,
         endpoints=_endpoint_status(exporter),
         dead_letters=dead_summary,
     )

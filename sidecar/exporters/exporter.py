@@ -159,7 +159,7 @@ class Exporter:
     def health(self) -> dict[str, object]:
         queue = self.queue
         return {
-            "reachable": self.sender.healthy,
+            "upstream": self.sender.upstream().value,
             "queue_size": queue.size if queue else 0,
             "queue_capacity": queue.capacity if queue else 0,
             "degradation_level": int(self.ladder.level) if self.ladder else 0,

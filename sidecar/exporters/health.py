@@ -1,21 +1,25 @@
 """Active health probing of one endpoint (DESIGN.md §4).
 
-Every `interval` the prober calls ``transport.probe(timeout)`` (an empty Export request, or the
-Collector's health_check URL when the transport was configured with one). The endpoint becomes
-unhealthy after `unhealthy_threshold` consecutive failed probes and healthy again after
-`healthy_threshold` consecutive successful ones; it starts healthy (a sidecar that just started
-buffers happily, it need not wait for a probe to be ready).
+The prober calls ``transport.probe(timeout)`` (an empty Export request, or the Collector's
+health_check URL when the transport was configured with one) once at start-up and then every
+`interval`. The endpoint is `unknown` until its first probe answers, never healthy by assumption:
+an operator gating on /ready/upstream must not be told a Collector that never answered is there.
+The first answer decides directly; after that it becomes unhealthy after `unhealthy_threshold`
+consecutive failed probes and healthy again after `healthy_threshold` consecutive successful ones.
+(Readiness of the sidecar itself, /ready, does not look at this: buffering through an upstream
+outage is the sidecar's job, see service.readiness.)
 
 It feeds the endpoint's breaker: a successful probe while the breaker is open lets it go
 half-open at once (real traffic then decides), and every failed probe records a failure, except
 that when a classifier is given only transient (retryable/temporary) failures do, as for real
-calls. `healthy` is what /ready looks at; `on_change(endpoint, healthy)` is called on every change.
+calls. `state` is what /ready/upstream looks at; `on_change(endpoint, healthy)` is called on every change.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import enum
 import logging
 from collections.abc import Callable
 
@@ -27,6 +31,12 @@ from sidecar.exporters.retry import ExportClassifier
 from sidecar.exporters.transport import Transport
 
 log = logging.getLogger(__name__)
+
+
+class EndpointHealth(enum.StrEnum):
+    UNKNOWN = "unknown"  # no probe has answered yet
+    HEALTHY = "healthy"
+    UNHEALTHY = "unhealthy"
 
 
 class HealthProber:
@@ -46,13 +56,17 @@ class HealthProber:
         self._breaker = breaker
         self._on_change = on_change
         self._classifier = classifier
-        self.healthy = True
+        self.state = EndpointHealth.UNKNOWN
         self.consecutive_failures = 0
         self.consecutive_successes = 0
         self.probes = 0
         self.last_error: str | None = None
         self.last_probe_at: float | None = None
         self._task: asyncio.Task[None] | None = None
+
+    @property
+    def healthy(self) -> bool:
+        return self.state is EndpointHealth.HEALTHY
 
     @property
     def running(self) -> bool:
@@ -96,13 +110,13 @@ class HealthProber:
     async def _run(self) -> None:
         interval = float(self.config.interval)
         while True:
-            await self._clock.sleep(interval)
             try:
                 await self.probe_once()
             except asyncio.CancelledError:
                 raise
             except Exception:  # keep probing whatever happens
                 log.exception("health probe of %s failed unexpectedly", self.endpoint)
+            await self._clock.sleep(interval)
 
     def _succeeded(self) -> None:
         self.consecutive_successes += 1
@@ -110,8 +124,10 @@ class HealthProber:
         self.last_error = None
         if self._breaker is not None:
             self._breaker.probe_succeeded()
-        if not self.healthy and self.consecutive_successes >= self.config.healthy_threshold:
-            self._set(True)
+        if self.state is EndpointHealth.UNKNOWN or (
+                self.state is EndpointHealth.UNHEALTHY
+                and self.consecutive_successes >= self.config.healthy_threshold):
+            self._set(EndpointHealth.HEALTHY)
 
     def _failed(self, failure: ExportFailure) -> None:
         self.consecutive_failures += 1
@@ -123,14 +139,15 @@ class HealthProber:
                 transient = self._classifier.classify_export(failure).retryable
             if transient:
                 self._breaker.record_failure()
-        if self.healthy and self.consecutive_failures >= self.config.unhealthy_threshold:
-            self._set(False)
+        if self.state is EndpointHealth.UNKNOWN or (
+                self.state is EndpointHealth.HEALTHY
+                and self.consecutive_failures >= self.config.unhealthy_threshold):
+            self._set(EndpointHealth.UNHEALTHY)
 
-    def _set(self, healthy: bool) -> None:
-        self.healthy = healthy
-        log.info("endpoint %s is %s", self.endpoint, "healthy" if healthy else "unhealthy")
+    def _set(self, state: EndpointHealth) -> None:
+        self.state = state
         if self._on_change is not None:
             try:
-                self._on_change(self.endpoint, healthy)
+                self._on_change(self.endpoint, state is EndpointHealth.HEALTHY)
             except Exception:
                 log.exception("health change listener failed")

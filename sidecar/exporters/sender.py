@@ -69,7 +69,7 @@ from sidecar.exporters.breaker import BreakerOpenError, BreakerState, EndpointBr
 from sidecar.exporters.budget import RetryBudget
 from sidecar.exporters.concurrency import AdaptiveConcurrency, LoadSignal
 from sidecar.exporters.errors import ExportError, ExportFailure
-from sidecar.exporters.health import HealthProber
+from sidecar.exporters.health import EndpointHealth, HealthProber
 from sidecar.exporters.retry import (
     ExportClassifier,
     RetryAction,
@@ -98,9 +98,18 @@ __all__ = [
     "PartReport",
     "SendReport",
     "Sender",
+    "Upstream",
     "Verdict",
     "build_sender",
 ]
+
+
+class Upstream(enum.StrEnum):
+    """An exporter's upstream as /ready/upstream reports it."""
+
+    REACHABLE = "reachable"
+    UNREACHABLE = "unreachable"
+    UNKNOWN = "unknown"
 
 
 class Verdict(enum.StrEnum):
@@ -143,6 +152,7 @@ class EndpointChain:
     base: AdaptiveBase
     prober: HealthProber | None = None
     first_failure_at: float | None = None  # for recovery_duration
+    delivered_once: bool = False  # the endpoint's health when it is not probed: see Sender.endpoint_health
 
 
 @dataclass(slots=True)
@@ -221,11 +231,22 @@ class Sender:
             except Exception:
                 log.exception("closing the transport of %s failed", ep.name)
 
-    @property
-    def healthy(self) -> bool:
-        """For /ready: at least one endpoint is healthy by its active probe (or none is probed)."""
-        probers = [ep.prober for ep in self.endpoints.values() if ep.prober is not None]
-        return not probers or any(p.healthy for p in probers)
+    def endpoint_health(self, ep: EndpointChain) -> EndpointHealth:
+        """What the active probe last found; without probing, what real exports found (unknown
+        until the first delivery, unhealthy while the breaker is open)."""
+        if ep.prober is not None:
+            return ep.prober.state
+        if ep.breaker.state is BreakerState.OPEN:
+            return EndpointHealth.UNHEALTHY
+        return EndpointHealth.HEALTHY if ep.delivered_once else EndpointHealth.UNKNOWN
+
+    def upstream(self) -> Upstream:
+        """For /ready/upstream: reachable when some endpoint is healthy, unknown while none is and
+        some has not been found out yet, otherwise unreachable."""
+        states = {self.endpoint_health(ep) for ep in self.endpoints.values()}
+        if EndpointHealth.HEALTHY in states:
+            return Upstream.REACHABLE
+        return Upstream.UNKNOWN if EndpointHealth.UNKNOWN in states else Upstream.UNREACHABLE
 
     def ready_now(self) -> bool:
         """Some endpoint's breaker allows a call now."""
@@ -245,7 +266,8 @@ class Sender:
                 "breaker": ep.breaker.state.value,
                 "breaker_time_in_state": ep.breaker.time_in_state,
                 "recovery_timeout": ep.breaker.recovery_timeout,
-                "healthy": ep.prober.healthy if ep.prober is not None else None,
+                "health": self.endpoint_health(ep).value,
+                "probed": ep.prober is not None,
                 "concurrency_limit": ep.limiter.limit,
                 "in_flight": ep.limiter.in_flight,
                 "outstanding": stats.outstanding,
@@ -392,6 +414,7 @@ class Sender:
                 if self.error_stats is not None:
                     self.error_stats.export_error(self.exporter_name, ep.name, cls)
         ep.base.record(True)
+        ep.delivered_once = True
         if ep.first_failure_at is not None:
             recovery = max(0.0, self.clock.monotonic() - ep.first_failure_at)
             self.metrics.recovery_duration.labels(self.exporter_name, ep.name).observe(recovery)
@@ -520,7 +543,7 @@ def build_sender(
                 on_change=_health_metrics(exporter_name, metrics, on_health_change),
                 classifier=classifier,
             )
-            metrics.endpoint_healthy.labels(exporter_name, name).set(1)
+            metrics.endpoint_healthy.labels(exporter_name, name).set(0)  # unknown until the first probe
         chains.append(EndpointChain(
             name=name,
             transport=transport,

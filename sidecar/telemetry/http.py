@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 import orjson
 from aiohttp import web
@@ -39,16 +39,25 @@ class HttpEndpoint:
             self.runner = None
 
 
-def health_routes(readiness: Callable[[], tuple[bool, dict[str, object]]]) -> list[web.RouteDef]:
+Readiness = Callable[[], tuple[bool, dict[str, object]]]
+
+
+def health_routes(readiness: Readiness, upstream_readiness: Readiness) -> list[web.RouteDef]:
+    """/health (alive: for liveness probes), /ready (can accept data: for readiness probes) and
+    /ready/upstream (the Collector is reachable: for those who gate on it deliberately)."""
+
     async def health(_: web.Request) -> web.Response:
         return web.Response(body=orjson.dumps({"status": "alive"}), content_type="application/json")
 
-    async def ready(_: web.Request) -> web.Response:
-        is_ready, detail = readiness()
-        body = orjson.dumps({"status": "ready" if is_ready else "not_ready", **detail}, default=str)
-        return web.Response(status=200 if is_ready else 503, body=body, content_type="application/json")
+    def answer(check: Readiness) -> Callable[[web.Request], Awaitable[web.Response]]:
+        async def handler(_: web.Request) -> web.Response:
+            is_ready, detail = check()
+            body = orjson.dumps({"status": "ready" if is_ready else "not_ready", **detail}, default=str)
+            return web.Response(status=200 if is_ready else 503, body=body, content_type="application/json")
+        return handler
 
-    return [web.get("/health", health), web.get("/ready", ready), web.get("/", health)]
+    return [web.get("/health", health), web.get("/ready", answer(readiness)),
+            web.get("/ready/upstream", answer(upstream_readiness)), web.get("/", health)]
 
 
 def metrics_routes(registry: CollectorRegistry) -> list[web.RouteDef]:

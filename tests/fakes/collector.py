@@ -316,6 +316,11 @@ class ReceivedRequest:
     content_type: str = ""  # HTTP: the request's media type; gRPC: "application/grpc"
 
     @property
+    def is_probe(self) -> bool:
+        """An empty Export request: the sidecar's health probe, which carries no data."""
+        return not self.raw
+
+    @property
     def item_count(self) -> int:
         return request_item_count(self.signal, self.message)
 
@@ -818,9 +823,19 @@ class FakeCollector:
             return [r for r in self._records if signal is None or r.signal == signal]
 
     def accepted(self, signal: str | None = None) -> list[ReceivedRequest]:
+        """Requests with data answered with success (health probes, empty requests, are left out)."""
         _check_signal(signal)
         with self._lock:
-            return [r for r in self._records if r.accepted and (signal is None or r.signal == signal)]
+            return [r for r in self._records
+                    if r.accepted and not r.is_probe and (signal is None or r.signal == signal)]
+
+    def data_attempts(self, signal: str | None = None) -> list[ReceivedRequest]:
+        """`attempts` without the health probes."""
+        return [r for r in self.attempts(signal) if not r.is_probe]
+
+    def probes(self) -> list[ReceivedRequest]:
+        """The health probes (empty Export requests) that reached a handler, failed or not."""
+        return [r for r in self.attempts() if r.is_probe]
 
     def spans(self) -> list[Span]:
         """All spans of all accepted trace requests (partial successes included)."""

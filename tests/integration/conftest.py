@@ -27,7 +27,7 @@ def sidecar_factory(tmp_path: Path) -> Iterator[SidecarFactory]:
     quiet_sdk_logs()
 
     def start(upstream_endpoint: str, exporter: str = "otlp_grpc", *, storage: bool = False,
-              config_edit: Callable[[dict[str, Any]], None] | None = None, wait_ready: bool = False,
+              config_edit: Callable[[dict[str, Any]], None] | None = None, wait_ready: bool = True,
               **overrides: Any) -> SidecarProcess:
         ports = SidecarPorts()
         workdir = tmp_path / f"sidecar{len(started)}"

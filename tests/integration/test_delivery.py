@@ -33,7 +33,6 @@ NO_PROBES = {"enabled": False}  # scripted faults must be consumed by data, not 
 # Where a test counts attempts exactly, a slow answer on a loaded machine must not turn into a client
 # timeout and a (legitimate, at-least-once) retry.
 PATIENT = "15s"
-# Sidecars are started with wait_ready=True: /health answers before the receivers listen, /ready after.
 
 
 # ---------------------------------------------------------------------------------------------- helpers
@@ -132,7 +131,7 @@ def metric_in(text: str, name: str, **labels: str) -> float:
 
 def test_upstream_down_for_ten_seconds_loses_nothing(upstream: FakeCollector, sidecar_factory: SidecarFactory,
                                                      monkeypatch: pytest.MonkeyPatch) -> None:
-    sidecar = sidecar_factory(upstream.grpc_endpoint, wait_ready=True)
+    sidecar = sidecar_factory(upstream.grpc_endpoint)
     upstream.go_down()
     down_at = time.monotonic()
     monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", sidecar.grpc_endpoint)
@@ -169,7 +168,7 @@ def test_upstream_down_for_ten_seconds_loses_nothing(upstream: FakeCollector, si
 def test_open_breaker_lets_only_probes_through(upstream: FakeCollector, sidecar_factory: SidecarFactory,
                                                monkeypatch: pytest.MonkeyPatch) -> None:
     recovery_timeout = 4.0
-    sidecar = sidecar_factory(upstream.grpc_endpoint, wait_ready=True, circuit_breaker={
+    sidecar = sidecar_factory(upstream.grpc_endpoint, circuit_breaker={
         "failure_threshold": 3, "recovery_timeout": f"{recovery_timeout}s", "max_recovery_timeout": "8s",
         "half_open_max_calls": 2})
     upstream.fail_always(grpc_code=grpc.StatusCode.UNAVAILABLE)
@@ -218,7 +217,6 @@ def test_retry_budget_bounds_retries_of_concurrent_failures(upstream: FakeCollec
     ratio, min_per_second, requests = 0.2, 1.0, 100
     sidecar = sidecar_factory(
         upstream.grpc_endpoint,
-        wait_ready=True,
         retry_on_failure={"initial_interval": "50ms", "max_interval": "200ms",
                           "budget": {"ratio": ratio, "min_per_second": min_per_second}},
         circuit_breaker={"failure_threshold": 100_000, "minimum_calls": 100_000},
@@ -270,7 +268,7 @@ def test_failover_to_the_healthy_endpoint_and_back(upstream: FakeCollector, side
                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     with FakeCollector() as second:
         a, b = upstream, second
-        sidecar = sidecar_factory(a.grpc_endpoint, wait_ready=True, endpoint=None,
+        sidecar = sidecar_factory(a.grpc_endpoint, endpoint=None,
                                   endpoints=[a.grpc_endpoint, b.grpc_endpoint])
         b.go_down()
         monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", sidecar.grpc_endpoint)
@@ -281,7 +279,7 @@ def test_failover_to_the_healthy_endpoint_and_back(upstream: FakeCollector, side
             assert app.flush()
         expected = span_id_bytes(sent)
         assert a.wait_for(lambda f: expected <= f.span_ids(), timeout=20), sidecar.logs()[-3000:]
-        assert not b.attempts()
+        assert not b.data_attempts()  # (its start-up probe came before it went down)
 
         b.come_up()
         a_before, b_before = len(a.accepted("traces")), len(b.accepted("traces"))
@@ -305,7 +303,7 @@ def test_failover_to_the_healthy_endpoint_and_back(upstream: FakeCollector, side
 
 def test_retry_info_delay_is_honoured(upstream: FakeCollector, sidecar_factory: SidecarFactory) -> None:
     hint = 2.0
-    sidecar = sidecar_factory(upstream.grpc_endpoint, wait_ready=True, health_probe=NO_PROBES, timeout=PATIENT)
+    sidecar = sidecar_factory(upstream.grpc_endpoint, health_probe=NO_PROBES, timeout=PATIENT)
     upstream.fail_next(1, grpc_code=grpc.StatusCode.RESOURCE_EXHAUSTED, message="memory limiter",
                        retry_after_s=hint)
     request = make_request(5000, 5)
@@ -330,7 +328,7 @@ def test_oversized_request_is_split_and_fully_delivered(exporter: str, upstream:
         config["receivers"]["otlp"]["protocols"]["grpc"]["max_recv_msg_size_mib"] = 8  # type: ignore[index]
 
     target = upstream.http_endpoint if exporter == "otlp_http" else upstream.grpc_endpoint
-    sidecar = sidecar_factory(target, exporter, config_edit=edit, wait_ready=True, health_probe=NO_PROBES,
+    sidecar = sidecar_factory(target, exporter, config_edit=edit, health_probe=NO_PROBES,
                               timeout=PATIENT)
     upstream.set_max_message_bytes(MIB)
     request = make_request(10_000, 96, attribute_bytes=32 * 1024)
@@ -352,7 +350,7 @@ def test_oversized_request_is_split_and_fully_delivered(exporter: str, upstream:
 
 def test_partial_success_is_counted_and_never_retried(upstream: FakeCollector,
                                                       sidecar_factory: SidecarFactory) -> None:
-    sidecar = sidecar_factory(upstream.grpc_endpoint, wait_ready=True, health_probe=NO_PROBES, timeout=PATIENT)
+    sidecar = sidecar_factory(upstream.grpc_endpoint, health_probe=NO_PROBES, timeout=PATIENT)
     upstream.partial_success_next(1, rejected=3, message="3 spans over the attribute limit")
     with trace_client(sidecar) as export:
         export(make_request(20_000, 10), timeout=10)
@@ -372,7 +370,7 @@ def test_partial_success_is_counted_and_never_retried(upstream: FakeCollector,
 def test_permanent_error_is_dead_lettered_without_retry_or_breaker(upstream: FakeCollector,
                                                                    sidecar_factory: SidecarFactory) -> None:
     threshold, requests = 3, 8
-    sidecar = sidecar_factory(upstream.grpc_endpoint, wait_ready=True, health_probe=NO_PROBES, timeout=PATIENT,
+    sidecar = sidecar_factory(upstream.grpc_endpoint, health_probe=NO_PROBES, timeout=PATIENT,
                               circuit_breaker={"failure_threshold": threshold, "minimum_calls": 4})
     upstream.fail_always(grpc_code=grpc.StatusCode.INVALID_ARGUMENT, message="bad span")
     with trace_client(sidecar) as export:

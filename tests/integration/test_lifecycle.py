@@ -2,14 +2,10 @@
 
 from __future__ import annotations
 
-import json
 import os
 import socket
 import subprocess
 import sys
-import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import yaml
@@ -56,37 +52,6 @@ def test_invalid_config_exits_2_with_the_path(tmp_path: Path) -> None:
     result = _run(path, {})
     assert result.returncode == 2
     assert "exporters.otlp_grpc.retry_on_failure.multiplier: must be >= 1" in result.stderr
-
-
-def _status(url: str) -> tuple[int, dict[str, object]]:
-    try:
-        with urllib.request.urlopen(url, timeout=5) as response:
-            return response.status, json.loads(response.read())
-    except urllib.error.HTTPError as exc:
-        return exc.code, json.loads(exc.read())
-
-
-def test_ready_follows_upstream_reachability(upstream: FakeCollector, sidecar_factory: SidecarFactory) -> None:
-    sidecar = sidecar_factory(upstream.grpc_endpoint, wait_ready=True,
-                              health_probe={"interval": "200ms", "timeout": "500ms", "unhealthy_threshold": 2,
-                                            "healthy_threshold": 1})
-    ready = f"http://127.0.0.1:{sidecar.ports.health}/ready"
-    assert _status(f"http://127.0.0.1:{sidecar.ports.health}/health")[0] == 200
-    assert _status(ready)[0] == 200
-    upstream.go_down()
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline and _status(ready)[0] == 200:
-        time.sleep(0.1)
-    code, body = _status(ready)
-    assert code == 503, body
-    assert body["status"] == "not_ready"
-    upstream.come_up()
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline and _status(ready)[0] != 200:
-        time.sleep(0.1)
-    assert _status(ready)[0] == 200
-    # /health stays 200 throughout: liveness is not readiness.
-    assert _status(f"http://127.0.0.1:{sidecar.ports.health}/health")[0] == 200
 
 
 def test_sigterm_drains_and_exits_zero(upstream: FakeCollector, sidecar_factory: SidecarFactory) -> None:

@@ -277,6 +277,10 @@ def test_app_sends_to_the_sidecar(services: dict[str, dict[str, Any]], sidecar_c
     assert env["OTEL_EXPORTER_OTLP_ENDPOINT"] == f"http://sidecar:{_sidecar_ports(sidecar_config)['grpc']}"
     assert "sidecar" in app["depends_on"]
     assert app["depends_on"]["sidecar"]["condition"] == "service_healthy", "the sidecar image has a HEALTHCHECK"
+    # Gating the app's start is the readiness question: /ready, which ignores the Collector's state.
+    check = " ".join(services["sidecar"]["healthcheck"]["test"])
+    match = re.search(r"http://127\.0\.0\.1:(\d+)/ready'", check)
+    assert match is not None and int(match.group(1)) == _sidecar_ports(sidecar_config)["health"]
     dockerfile = _dockerfile(ROOT / app["build"]["context"] / app["build"]["dockerfile"])
     assert "opentelemetry-exporter-otlp-proto-grpc" in " ".join(_instruction(dockerfile, "RUN"))
 

@@ -8,7 +8,7 @@ from sidecar.config.schema import CircuitBreakerConfig, HealthProbeConfig
 from sidecar.config.units import Duration
 from sidecar.exporters.breaker import BreakerState, EndpointBreaker
 from sidecar.exporters.errors import ExportError, ExportFailure
-from sidecar.exporters.health import HealthProber
+from sidecar.exporters.health import EndpointHealth, HealthProber
 from sidecar.exporters.transport import SendOutcome
 from sidecar.pipeline.taxonomy import Category, Classification, Recoverability, Recovery, Severity
 from sidecar.queue.base import QueueEntry
@@ -61,19 +61,36 @@ async def test_unhealthy_after_threshold_and_healthy_again() -> None:
     clock, transport = FakeClock(), ProbeTransport()
     changes: list[tuple[str, bool]] = []
     prober = HealthProber(transport, CFG, clock, on_change=lambda e, h: changes.append((e, h)))
-    assert prober.healthy
+    assert prober.state is EndpointHealth.UNKNOWN and not prober.healthy  # never healthy by assumption
+    assert await prober.probe_once() is True
+    assert prober.state is EndpointHealth.HEALTHY  # the first answer decides, whatever the thresholds
     transport.fail = ExportFailure(grpc_code="UNAVAILABLE")
     assert await prober.probe_once() is False
     assert await prober.probe_once() is False
     assert prober.healthy and prober.consecutive_failures == 2
     await prober.probe_once()
-    assert not prober.healthy and prober.last_error == "UNAVAILABLE"
+    assert prober.state is EndpointHealth.UNHEALTHY and prober.last_error == "UNAVAILABLE"
     transport.fail = None
     assert await prober.probe_once() is True
     assert not prober.healthy
     await prober.probe_once()
     assert prober.healthy
-    assert changes == [("c:4317", False), ("c:4317", True)]
+    assert changes == [("c:4317", True), ("c:4317", False), ("c:4317", True)]
+
+
+async def test_unknown_until_the_first_probe_answers_then_its_answer_decides() -> None:
+    clock, transport = FakeClock(), ProbeTransport()
+    changes: list[tuple[str, bool]] = []
+    prober = HealthProber(transport, CFG, clock, on_change=lambda e, h: changes.append((e, h)))
+    transport.fail = ExportFailure(client_error="connection_refused")
+    assert await prober.probe_once() is False
+    # One failure is below unhealthy_threshold (3), but there is no healthy state to keep.
+    assert prober.state is EndpointHealth.UNHEALTHY and changes == [("c:4317", False)]
+    transport.fail = None
+    await prober.probe_once()
+    assert prober.state is EndpointHealth.UNHEALTHY  # from here on healthy_threshold (2) applies
+    await prober.probe_once()
+    assert prober.state is EndpointHealth.HEALTHY
 
 
 async def test_probe_timeout_is_a_failure() -> None:
@@ -113,8 +130,9 @@ async def test_start_probes_every_interval_and_stop() -> None:
     prober = HealthProber(transport, CFG, clock)
     prober.start()
     await settle()
-    assert transport.probes == 0 and prober.running
-    for expected in (1, 2, 3):
+    assert transport.probes == 1 and prober.running  # once at start-up, not after a whole interval
+    assert prober.state is EndpointHealth.HEALTHY
+    for expected in (2, 3, 4):
         clock.advance(30.0)
         await settle()
         assert transport.probes == expected
@@ -122,7 +140,7 @@ async def test_start_probes_every_interval_and_stop() -> None:
     assert not prober.running
     clock.advance(300.0)
     await settle()
-    assert transport.probes == 3
+    assert transport.probes == 4
 
 
 async def test_disabled_prober_does_not_start() -> None:

@@ -8,6 +8,7 @@ import random
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
+import msgspec
 import pytest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
@@ -21,7 +22,8 @@ from sidecar.config.schema import (
 )
 from sidecar.config.units import Duration
 from sidecar.exporters.errors import ExportError, ExportFailure
-from sidecar.exporters.sender import SendReport, Verdict, build_sender
+from sidecar.exporters.health import EndpointHealth
+from sidecar.exporters.sender import SendReport, Upstream, Verdict, build_sender
 from sidecar.exporters.transport import SendOutcome
 from sidecar.pipeline.taxonomy import Category, Classification, Recoverability, Recovery, Severity
 from sidecar.queue.base import QueueEntry
@@ -498,13 +500,35 @@ async def test_build_sender_wires_gauges_and_probers() -> None:
     sender = build_sender("otlp_grpc", make_config(["a:4317", "b:4317"]), [ta, tb], FakeClassifier(), metrics,
                           clock, random.Random(1), on_breaker_transition=lambda *a: seen.append(a))
     assert sample(metrics, "sidecar_concurrency_limit", {"endpoint": "a:4317"}) == 1
-    assert sample(metrics, "sidecar_endpoint_healthy", {"exporter": "otlp_grpc", "endpoint": "b:4317"}) == 1
+    # Unknown until the first probe answers: not counted as healthy.
+    assert sample(metrics, "sidecar_endpoint_healthy", {"exporter": "otlp_grpc", "endpoint": "b:4317"}) == 0
     sender.endpoints["a:4317"].breaker.record_failure()
     for _ in range(5):
         sender.endpoints["a:4317"].breaker.record_failure()
     assert seen == [("a:4317", "closed", "open")]
+    assert sender.upstream() is Upstream.UNKNOWN  # no probe has answered yet
     sender.start()
     assert all(ep.prober is not None and ep.prober.running for ep in sender.endpoints.values())
+    for _ in range(10):  # let the start-up probes run
+        await asyncio.sleep(0)
     await sender.close()
     assert not any(ep.prober is not None and ep.prober.running for ep in sender.endpoints.values())
-    assert sender.healthy and [s["endpoint"] for s in sender.status()] == ["a:4317", "b:4317"]
+    # The start-up probes answered: b is healthy (a's breaker is open, but its probe succeeded too).
+    assert sender.upstream() is Upstream.REACHABLE
+    assert [s["endpoint"] for s in sender.status()] == ["a:4317", "b:4317"]
+    assert [s["health"] for s in sender.status()] == ["healthy", "healthy"]
+
+
+async def test_unprobed_endpoint_is_unknown_until_it_delivers_and_unhealthy_while_open() -> None:
+    clock, metrics = FakeClock(), Metrics()
+    t = FakeTransport("a:4317", clock)
+    config = msgspec.structs.replace(make_config(["a:4317"]), health_probe=HealthProbeConfig(enabled=False))
+    sender = build(config, [t], clock, metrics)
+    ep = sender.endpoints["a:4317"]
+    assert sender.endpoint_health(ep) is EndpointHealth.UNKNOWN and sender.upstream() is Upstream.UNKNOWN
+    await clock.run(sender.send(make_entry(1)))
+    assert sender.endpoint_health(ep) is EndpointHealth.HEALTHY and sender.upstream() is Upstream.REACHABLE
+    for _ in range(5):
+        ep.breaker.record_failure()
+    assert sender.endpoint_health(ep) is EndpointHealth.UNHEALTHY and sender.upstream() is Upstream.UNREACHABLE
+    assert [s["health"] for s in sender.status()] == ["unhealthy"] and sender.status()[0]["probed"] is False
