@@ -22,7 +22,7 @@ from sidecar.receivers.ingest import IngestResult
 from sidecar.signals import Signal
 from sidecar.telemetry.metrics import Metrics
 from sidecar.telemetry.stats import MAX_NAME_CHARS, UNKNOWN_SERVICE, ErrorStats, HotspotKey
-from tests.unit.test_sender import INVALID, UNAVAILABLE, FakeClock, FakeTransport, build, make_config, make_entry
+from tests.fakes.sender import INVALID, UNAVAILABLE, FakeTransport, build, make_config, make_entry, sender_clock
 
 TRANSPORT = Classification(Category.TRANSPORT, Severity.MEDIUM, Recoverability.RETRYABLE,
                            Recovery.RETRY_WITH_BACKOFF, "UNAVAILABLE", "test")
@@ -274,7 +274,7 @@ async def test_router_without_stats_collects_nothing() -> None:
 
 
 async def test_sender_reports_failures_outages_and_recoveries() -> None:
-    clock, metrics = FakeClock(), Metrics()
+    clock, metrics = sender_clock(), Metrics()
     transport = FakeTransport("a:4317", clock, [UNAVAILABLE, UNAVAILABLE, SendOutcome(), INVALID,
                                                 SendOutcome(rejected=1, rejected_message="bad")])
     sender: Any = build(make_config(["a:4317"]), [transport], clock, metrics)

@@ -9,20 +9,7 @@ import pytest
 from sidecar.config.schema import RetryConfig
 from sidecar.config.units import Duration
 from sidecar.exporters.backoff import AdaptiveBase, Backoff
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def monotonic(self) -> float:
-        return self.now
-
-    def wall(self) -> float:
-        return self.now
-
-    async def sleep(self, seconds: float) -> None:
-        self.now += seconds
+from tests.fakes.clock import SteppingClock
 
 
 def policy(**kw: object) -> Backoff:
@@ -95,7 +82,7 @@ def test_from_config_and_validation() -> None:
 
 
 def test_adaptive_base_shrinks_on_success_and_grows_on_failure() -> None:
-    clock = FakeClock()
+    clock = SteppingClock()
     a = AdaptiveBase(1.0, 8.0, clock, window=60.0, min_samples=5, adjust_every=10.0)
     assert a.base == 1.0
     for _ in range(5):
@@ -118,7 +105,7 @@ def test_adaptive_base_shrinks_on_success_and_grows_on_failure() -> None:
 
 
 def test_adaptive_base_keeps_still_between_thresholds() -> None:
-    clock = FakeClock()
+    clock = SteppingClock()
     a = AdaptiveBase(1.0, 8.0, clock, min_samples=4, adjust_every=0.0)
     for ok in (True, False, True, False, True, False):
         a.record(ok)

@@ -17,12 +17,7 @@ from sidecar.exporters.breaker import (
     outcome_for,
 )
 from sidecar.pipeline.taxonomy import Category, Classification, Recoverability, Recovery, Severity
-from tests.fakes.clock import FakeClock as BaseFakeClock
-
-
-class FakeClock(BaseFakeClock):
-    def __init__(self, start: float = 500.0) -> None:
-        super().__init__(start)
+from tests.fakes.clock import FakeClock
 
 
 def c(recoverability: Recoverability, category: Category = Category.TRANSPORT,
@@ -71,7 +66,7 @@ def test_outcome_mapping() -> None:
 
 
 async def test_closed_open_half_open_closed() -> None:
-    clock = FakeClock()
+    clock = FakeClock(500.0)
     seen: list[tuple[str, str]] = []
     b = EndpointBreaker("a", config(), clock, on_transition=lambda o, n: seen.append((o, n)))
     assert isinstance(b._cb, pybreaker.CircuitBreaker)
@@ -95,7 +90,7 @@ async def test_closed_open_half_open_closed() -> None:
 
 
 async def test_half_open_failure_reopens_with_growing_timeout() -> None:
-    clock = FakeClock()
+    clock = FakeClock(500.0)
     b = EndpointBreaker("a", config(), clock)
     await fail(b, 3)
     assert b.recovery_timeout == 10.0
@@ -119,7 +114,7 @@ async def test_half_open_failure_reopens_with_growing_timeout() -> None:
 
 
 async def test_failure_rate_trigger_needs_minimum_calls() -> None:
-    clock = FakeClock()
+    clock = FakeClock(500.0)
     b = EndpointBreaker("a", config(failure_threshold=100, minimum_calls=10, failure_rate=0.5), clock)
     for _ in range(4):
         await call(b)
@@ -132,7 +127,7 @@ async def test_failure_rate_trigger_needs_minimum_calls() -> None:
 
 
 async def test_failure_rate_window_forgets_old_calls() -> None:
-    clock = FakeClock()
+    clock = FakeClock(500.0)
     b = EndpointBreaker("a", config(failure_threshold=100, minimum_calls=4, failure_rate=0.5,
                                     window=Duration(10.0)), clock)
     await fail(b, 3)
@@ -149,7 +144,7 @@ async def test_failure_rate_window_forgets_old_calls() -> None:
 
 
 async def test_permanent_and_fatal_do_not_trip() -> None:
-    clock = FakeClock()
+    clock = FakeClock(500.0)
     b = EndpointBreaker("a", config(minimum_calls=2), clock)
     for _ in range(20):
         await call(b, PERMANENT)
@@ -163,7 +158,7 @@ async def test_permanent_and_fatal_do_not_trip() -> None:
 
 
 async def test_cancellation_is_neither_failure_nor_success() -> None:
-    clock = FakeClock()
+    clock = FakeClock(500.0)
     b = EndpointBreaker("a", config(minimum_calls=100), clock)
     await fail(b, 2)
     started = asyncio.Event()
@@ -184,7 +179,7 @@ async def test_cancellation_is_neither_failure_nor_success() -> None:
 
 
 async def test_internal_errors_are_neutral() -> None:
-    clock = FakeClock()
+    clock = FakeClock(500.0)
     b = EndpointBreaker("a", config(), clock)
     await fail(b, 2)
     for _ in range(5):
@@ -193,7 +188,7 @@ async def test_internal_errors_are_neutral() -> None:
 
 
 async def test_half_open_admits_at_most_max_concurrent_probes() -> None:
-    clock = FakeClock()
+    clock = FakeClock(500.0)
     b = EndpointBreaker("a", config(half_open_max_calls=2), clock)
     await fail(b, 3)
     clock.advance(10.0)
@@ -221,7 +216,7 @@ async def test_half_open_admits_at_most_max_concurrent_probes() -> None:
 
 
 async def test_cancelled_probe_frees_its_slot_and_stays_half_open() -> None:
-    clock = FakeClock()
+    clock = FakeClock(500.0)
     b = EndpointBreaker("a", config(half_open_max_calls=1), clock)
     await fail(b, 3)
     clock.advance(10.0)
@@ -240,7 +235,7 @@ async def test_cancelled_probe_frees_its_slot_and_stays_half_open() -> None:
 
 
 async def test_late_results_apply_to_the_current_state() -> None:
-    clock = FakeClock()
+    clock = FakeClock(500.0)
     b = EndpointBreaker("a", config(half_open_max_calls=2), clock)
     await fail(b, 3)
     clock.advance(10.0)
@@ -265,7 +260,7 @@ async def test_late_results_apply_to_the_current_state() -> None:
 
 
 async def test_late_success_does_not_close_an_open_breaker() -> None:
-    clock = FakeClock()
+    clock = FakeClock(500.0)
     b = EndpointBreaker("a", config(half_open_max_calls=2), clock)
     await fail(b, 3)
     clock.advance(10.0)
@@ -289,7 +284,7 @@ async def test_late_success_does_not_close_an_open_breaker() -> None:
 
 
 async def test_wait_until_probe_allowed_follows_the_clock() -> None:
-    clock = FakeClock()
+    clock = FakeClock(500.0)
     b = EndpointBreaker("a", config(), clock)
     await fail(b, 3)
     waiter = asyncio.ensure_future(b.wait_until_probe_allowed())
@@ -303,7 +298,7 @@ async def test_wait_until_probe_allowed_follows_the_clock() -> None:
 
 
 async def test_reset_and_probe_succeeded_wake_waiters() -> None:
-    clock = FakeClock()
+    clock = FakeClock(500.0)
     b = EndpointBreaker("a", config(), clock)
     await fail(b, 3)
     waiter = asyncio.ensure_future(b.wait_until_probe_allowed())
@@ -318,7 +313,7 @@ async def test_reset_and_probe_succeeded_wake_waiters() -> None:
 
 
 async def test_disabled_breaker_always_allows() -> None:
-    clock = FakeClock()
+    clock = FakeClock(500.0)
     b = EndpointBreaker("a", config(enabled=False), clock)
     await fail(b, 10)
     assert b.allow() and b.time_until_probe_allowed() == 0.0
@@ -326,7 +321,7 @@ async def test_disabled_breaker_always_allows() -> None:
 
 
 async def test_listener_errors_do_not_break_the_breaker() -> None:
-    clock = FakeClock()
+    clock = FakeClock(500.0)
 
     def broken(old: str, new: str) -> None:
         raise RuntimeError("boom")

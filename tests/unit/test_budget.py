@@ -6,20 +6,7 @@ import pytest
 
 from sidecar.config.schema import RetryBudgetConfig
 from sidecar.exporters.budget import RetryBudget, WindowedCounts
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 100.0
-
-    def monotonic(self) -> float:
-        return self.now
-
-    def wall(self) -> float:
-        return self.now
-
-    async def sleep(self, seconds: float) -> None:
-        self.now += seconds
+from tests.fakes.clock import SteppingClock
 
 
 def spend_all(budget: RetryBudget) -> int:
@@ -31,7 +18,7 @@ def spend_all(budget: RetryBudget) -> int:
 
 
 def test_ratio_of_first_attempts() -> None:
-    clock = FakeClock()
+    clock = SteppingClock(100.0)
     budget = RetryBudget(clock, ratio=0.2, min_per_second=0.0)
     assert not budget.try_spend()  # nothing deposited, no floor
     for _ in range(100):
@@ -42,7 +29,7 @@ def test_ratio_of_first_attempts() -> None:
 
 
 def test_five_attempts_fund_one_retry() -> None:
-    budget = RetryBudget(FakeClock(), ratio=0.2, min_per_second=0.0)
+    budget = RetryBudget(SteppingClock(100.0), ratio=0.2, min_per_second=0.0)
     for _ in range(4):
         budget.deposit()
     assert not budget.try_spend()
@@ -52,7 +39,7 @@ def test_five_attempts_fund_one_retry() -> None:
 
 
 def test_floor_allows_min_per_second() -> None:
-    clock = FakeClock()
+    clock = SteppingClock(100.0)
     budget = RetryBudget(clock, ratio=0.2, min_per_second=3.0)
     assert spend_all(budget) == 3  # the floor bucket starts full
     clock.now += 0.5
@@ -62,7 +49,7 @@ def test_floor_allows_min_per_second() -> None:
 
 
 def test_fractional_floor() -> None:
-    clock = FakeClock()
+    clock = SteppingClock(100.0)
     budget = RetryBudget(clock, ratio=0.0, min_per_second=0.5)
     assert spend_all(budget) == 1
     clock.now += 1.0
@@ -72,7 +59,7 @@ def test_fractional_floor() -> None:
 
 
 def test_deposits_expire_after_ttl() -> None:
-    clock = FakeClock()
+    clock = SteppingClock(100.0)
     budget = RetryBudget(clock, ratio=0.5, min_per_second=0.0, ttl=10.0)
     for _ in range(10):
         budget.deposit()
@@ -84,7 +71,7 @@ def test_deposits_expire_after_ttl() -> None:
 
 
 def test_withdrawals_expire_too() -> None:
-    clock = FakeClock()
+    clock = SteppingClock(100.0)
     budget = RetryBudget(clock, ratio=1.0, min_per_second=0.0, ttl=10.0)
     budget.deposit()
     budget.deposit()
@@ -96,12 +83,12 @@ def test_withdrawals_expire_too() -> None:
 
 
 def test_from_config() -> None:
-    budget = RetryBudget.from_config(RetryBudgetConfig(ratio=0.1, min_per_second=2.0), FakeClock())
+    budget = RetryBudget.from_config(RetryBudgetConfig(ratio=0.1, min_per_second=2.0), SteppingClock(100.0))
     assert budget.ratio == 0.1 and budget.min_per_second == 2.0 and budget.ttl == 10.0
 
 
 def test_windowed_counts() -> None:
-    clock = FakeClock()
+    clock = SteppingClock(100.0)
     w = WindowedCounts(clock, 10.0, width=2, bucket=1.0)
     w.add(1, 2)
     clock.now += 5

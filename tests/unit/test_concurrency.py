@@ -8,23 +8,10 @@ import pytest
 
 from sidecar.config.schema import ConcurrencyConfig
 from sidecar.exporters.concurrency import AdaptiveConcurrency, LoadSignal
+from tests.fakes.clock import SteppingClock
 
 
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def monotonic(self) -> float:
-        return self.now
-
-    def wall(self) -> float:
-        return self.now
-
-    async def sleep(self, seconds: float) -> None:
-        self.now += seconds
-
-
-async def one_call(limiter: AdaptiveConcurrency, clock: FakeClock, rtt: float,
+async def one_call(limiter: AdaptiveConcurrency, clock: SteppingClock, rtt: float,
                    signal: LoadSignal = LoadSignal.OK) -> None:
     async with limiter.slot() as permit:
         clock.now += rtt
@@ -32,7 +19,7 @@ async def one_call(limiter: AdaptiveConcurrency, clock: FakeClock, rtt: float,
 
 
 async def test_starts_at_min_and_grows_by_one_while_at_limit() -> None:
-    clock = FakeClock()
+    clock = SteppingClock()
     changes: list[int] = []
     limiter = AdaptiveConcurrency(ConcurrencyConfig(min=2, max=5), clock, on_limit_change=changes.append)
     assert limiter.limit == 2
@@ -58,7 +45,7 @@ async def test_starts_at_min_and_grows_by_one_while_at_limit() -> None:
 
 
 async def test_throttling_and_timeouts_decrease_multiplicatively_within_bounds() -> None:
-    clock = FakeClock()
+    clock = SteppingClock()
     limiter = AdaptiveConcurrency(ConcurrencyConfig(min=2, max=64), clock)
     limiter._limit = 40
     await one_call(limiter, clock, 0.1, LoadSignal.THROTTLED)
@@ -76,7 +63,7 @@ async def test_throttling_and_timeouts_decrease_multiplicatively_within_bounds()
 
 
 async def test_small_limits_decrease_by_at_least_one() -> None:
-    clock = FakeClock()
+    clock = SteppingClock()
     limiter = AdaptiveConcurrency(ConcurrencyConfig(min=1, max=64), clock)
     limiter._limit = 9
     await one_call(limiter, clock, 0.1, LoadSignal.THROTTLED)
@@ -87,7 +74,7 @@ async def test_small_limits_decrease_by_at_least_one() -> None:
 
 
 async def test_other_errors_do_not_change_the_limit() -> None:
-    clock = FakeClock()
+    clock = SteppingClock()
     limiter = AdaptiveConcurrency(ConcurrencyConfig(min=1, max=8), clock)
     for _ in range(5):
         await one_call(limiter, clock, 0.1, LoadSignal.ERROR)
@@ -95,7 +82,7 @@ async def test_other_errors_do_not_change_the_limit() -> None:
 
 
 async def test_latency_breach_decreases() -> None:
-    clock = FakeClock()
+    clock = SteppingClock()
     limiter = AdaptiveConcurrency(ConcurrencyConfig(min=1, max=64), clock)
     rtts = [0.10, 0.11, 0.09, 0.10, 0.10, 0.11, 0.09]
     for rtt in rtts:
@@ -108,7 +95,7 @@ async def test_latency_breach_decreases() -> None:
 
 
 async def test_non_adaptive_is_fixed_at_max() -> None:
-    clock = FakeClock()
+    clock = SteppingClock()
     limiter = AdaptiveConcurrency(ConcurrencyConfig(adaptive=False, min=1, max=4), clock)
     assert limiter.limit == 4
     await one_call(limiter, clock, 0.1, LoadSignal.THROTTLED)
@@ -117,7 +104,7 @@ async def test_non_adaptive_is_fixed_at_max() -> None:
 
 
 async def test_acquire_waits_for_a_slot_and_cancelled_waiters_do_not_leak() -> None:
-    clock = FakeClock()
+    clock = SteppingClock()
     limiter = AdaptiveConcurrency(ConcurrencyConfig(adaptive=False, min=1, max=1), clock)
     await limiter.acquire()
     waiting = asyncio.ensure_future(limiter.acquire())
@@ -134,7 +121,7 @@ async def test_acquire_waits_for_a_slot_and_cancelled_waiters_do_not_leak() -> N
 
 
 async def test_granted_then_cancelled_gives_the_slot_back() -> None:
-    clock = FakeClock()
+    clock = SteppingClock()
     limiter = AdaptiveConcurrency(ConcurrencyConfig(adaptive=False, min=1, max=1), clock)
     await limiter.acquire()
     waiter = asyncio.ensure_future(limiter.acquire())
@@ -147,7 +134,7 @@ async def test_granted_then_cancelled_gives_the_slot_back() -> None:
 
 
 async def test_cancelled_call_does_not_adjust() -> None:
-    clock = FakeClock()
+    clock = SteppingClock()
     limiter = AdaptiveConcurrency(ConcurrencyConfig(min=1, max=8), clock)
 
     async def hang() -> None:
@@ -164,4 +151,4 @@ async def test_cancelled_call_does_not_adjust() -> None:
 
 def test_min_above_max_is_rejected() -> None:
     with pytest.raises(ValueError):
-        AdaptiveConcurrency(ConcurrencyConfig(min=5, max=2), FakeClock())
+        AdaptiveConcurrency(ConcurrencyConfig(min=5, max=2), SteppingClock())

@@ -17,8 +17,8 @@ from sidecar.pipeline.classify import Classifier
 from sidecar.queue.base import QueueEntry
 from sidecar.telemetry.events import Events
 from sidecar.telemetry.metrics import Metrics
-from tests.unit.test_sender import UNAVAILABLE, FakeClassifier, FakeClock, FakeTransport, make_config, make_entry
-from tests.unit.test_sender import build as build_sender
+from tests.fakes.sender import UNAVAILABLE, FakeClassifier, FakeTransport, make_config, make_entry, sender_clock
+from tests.fakes.sender import build as build_sender
 
 
 def names(entry: QueueEntry) -> list[str]:
@@ -69,7 +69,7 @@ async def run_exporter(entries: list[QueueEntry], batch: QueueBatchConfig | None
 
 @pytest.mark.parametrize("disk", [False, True])
 async def test_waiting_entries_share_upstream_requests(tmp_path: Path, disk: bool) -> None:
-    transport = FakeTransport("a:4317", FakeClock())
+    transport = FakeTransport("a:4317", sender_clock())
     entries = [make_entry(2, tag=f"e{i}-") for i in range(7)]
     await run_exporter(entries, QueueBatchConfig(max_requests=4), transport, tmp_path if disk else None)
     sent = [entry for _, entry in transport.calls]
@@ -78,14 +78,14 @@ async def test_waiting_entries_share_upstream_requests(tmp_path: Path, disk: boo
 
 
 async def test_without_batch_every_entry_is_its_own_request() -> None:
-    transport = FakeTransport("a:4317", FakeClock())
+    transport = FakeTransport("a:4317", sender_clock())
     entries = [make_entry(2, tag=f"e{i}-") for i in range(4)]
     await run_exporter(entries, None, transport)
     assert [entry.items for _, entry in transport.calls] == [2, 2, 2, 2]
 
 
 async def test_size_limit_and_metadata_split_batches() -> None:
-    transport = FakeTransport("a:4317", FakeClock())
+    transport = FakeTransport("a:4317", sender_clock())
     small = [make_entry(2, tag=f"s{i}-") for i in range(3)]
     other = QueueEntry(small[0].signal, small[0].payload, 2, (("tenant", "b"),), 1.0)
     limit_mib = 2.5 * len(small[0].payload) / (1024 * 1024)  # two entries fit, three do not
@@ -98,7 +98,7 @@ async def test_size_limit_and_metadata_split_batches() -> None:
 
 
 async def test_a_failed_merged_request_is_retried_whole() -> None:
-    clock = FakeClock()
+    clock = sender_clock()
     transport = FakeTransport("a:4317", clock, script=[UNAVAILABLE])
     entries = [make_entry(1, tag=f"e{i}-") for i in range(3)]
     task = asyncio.ensure_future(run_exporter(entries, QueueBatchConfig(), transport))
@@ -117,7 +117,7 @@ def test_fake_classifier_is_shared() -> None:
 
 
 async def test_flush_timeout_waits_for_entries_that_arrive_soon() -> None:
-    transport = FakeTransport("a:4317", FakeClock())
+    transport = FakeTransport("a:4317", sender_clock())
     queue_config = SendingQueueConfig(num_consumers=1, queue_size=100,
                                       batch=QueueBatchConfig(max_requests=4, flush_timeout=Duration(0.2)))
     config = make_config([transport.endpoint], sending_queue=queue_config)

@@ -3,19 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-import heapq
 import random
-from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
 
 import msgspec
 import pytest
-from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
 from sidecar.config.schema import (
     CircuitBreakerConfig,
-    ConcurrencyConfig,
-    ExporterConfig,
     HealthProbeConfig,
     RetryBudgetConfig,
     RetryConfig,
@@ -25,179 +19,28 @@ from sidecar.exporters.errors import ExportError, ExportFailure
 from sidecar.exporters.health import EndpointHealth
 from sidecar.exporters.sender import SendReport, Upstream, Verdict, build_sender
 from sidecar.exporters.transport import SendOutcome
-from sidecar.pipeline.taxonomy import Category, Classification, Recoverability, Recovery, Severity
+from sidecar.pipeline.taxonomy import Category
 from sidecar.queue.base import QueueEntry
-from sidecar.signals import Signal
 from sidecar.telemetry.metrics import Metrics
-
-T = TypeVar("T")
-
-
-# ---------------------------------------------------------------- fakes
-
-
-class FakeClock:
-    """Virtual time: `sleep` waits until `advance` (or `run`) moves time past its deadline."""
-
-    def __init__(self, start: float = 1000.0) -> None:
-        self.now = start
-        self.sleeps: list[float] = []
-        self._sleepers: list[tuple[float, int, asyncio.Future[None]]] = []
-        self._seq = 0
-
-    def monotonic(self) -> float:
-        return self.now
-
-    def wall(self) -> float:
-        return 1_700_000_000.0 + self.now
-
-    async def sleep(self, seconds: float) -> None:
-        self.sleeps.append(seconds)
-        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._seq += 1
-        heapq.heappush(self._sleepers, (self.now + max(0.0, seconds), self._seq, fut))
-        await fut
-
-    def advance(self, seconds: float) -> None:
-        target = self.now + seconds
-        while self._sleepers and self._sleepers[0][0] <= target:
-            when, _, fut = heapq.heappop(self._sleepers)
-            self.now = max(self.now, when)
-            if not fut.done():
-                fut.set_result(None)
-        self.now = target
-
-    async def run(self, aw: Awaitable[T], limit: float = 100_000.0) -> T:
-        """Run `aw` to completion, jumping virtual time to the next sleeper whenever all are idle."""
-        task = asyncio.ensure_future(aw)
-        start = self.now
-        while True:
-            for _ in range(50):
-                await asyncio.sleep(0)
-            if task.done():
-                return task.result()
-            live = [s for s in self._sleepers if not s[2].done()]
-            if not live:
-                await asyncio.sleep(0.001)  # waiting on something real (a timeout)
-                continue
-            assert self.now - start < limit, "virtual time limit exceeded"
-            self.advance(max(0.0, min(s[0] for s in live) - self.now))
-
-
-def cls(category: Category, recoverability: Recoverability, recovery: Recovery, error_type: str,
-        retry_after: float | None = None) -> Classification:
-    return Classification(category, Severity.MEDIUM, recoverability, recovery, error_type, "fake", retry_after)
-
-
-class FakeClassifier:
-    """The DESIGN.md §3 default table, enough of it for these tests."""
-
-    def classify_export(self, f: ExportFailure) -> Classification:
-        code, status = f.grpc_code, f.http_status
-        if f.client_error == "timeout" or code == "DEADLINE_EXCEEDED":
-            return cls(Category.TIMEOUT, Recoverability.RETRYABLE, Recovery.INCREASE_TIMEOUT, "DEADLINE_EXCEEDED")
-        if status == 413 or (code == "RESOURCE_EXHAUSTED" and "too large" in f.message):
-            return cls(Category.RESOURCE_EXHAUSTED, Recoverability.TEMPORARY, Recovery.SPLIT_AND_RETRY,
-                       "payload_too_large")
-        if code == "RESOURCE_EXHAUSTED" or status == 429:
-            return cls(Category.RESOURCE_EXHAUSTED, Recoverability.TEMPORARY, Recovery.RETRY_WITH_BACKOFF,
-                       code or "http_429", f.retry_after)
-        if code == "INVALID_ARGUMENT" or status == 400:
-            return cls(Category.SERIALIZATION, Recoverability.PERMANENT, Recovery.DROP, code or "http_400")
-        if code == "UNAUTHENTICATED":
-            return cls(Category.CONFIGURATION, Recoverability.FATAL, Recovery.MANUAL_INTERVENTION, code)
-        if f.client_error == "internal":
-            return cls(Category.INTERNAL, Recoverability.FATAL, Recovery.MANUAL_INTERVENTION, "internal")
-        return cls(Category.TRANSPORT, Recoverability.RETRYABLE, Recovery.RETRY_WITH_BACKOFF,
-                   code or f.client_error or "error")
-
-    def classify_partial_success(self, rejected: int, message: str) -> Classification:
-        return cls(Category.PROCESSING, Recoverability.PERMANENT, Recovery.DROP, "partial_success")
-
-
-UNAVAILABLE = ExportFailure(grpc_code="UNAVAILABLE", message="down")
-INVALID = ExportFailure(grpc_code="INVALID_ARGUMENT", message="bad")
-TOO_LARGE = ExportFailure(http_status=413, message="too large")
-
-Action = SendOutcome | ExportFailure | Callable[[QueueEntry], Awaitable[SendOutcome]]
-
-
-class FakeTransport:
-    def __init__(self, endpoint: str, clock: FakeClock, script: list[Action] | None = None,
-                 default: Action | None = None) -> None:
-        self.endpoint = endpoint
-        self.clock = clock
-        self.script = list(script or [])
-        self.default: Action = default if default is not None else SendOutcome()
-        self.calls: list[tuple[float, QueueEntry]] = []
-        self.probes = 0
-
-    async def send(self, entry: QueueEntry, timeout: float) -> SendOutcome:
-        self.calls.append((self.clock.now, entry))
-        action = self.script.pop(0) if self.script else self.default
-        if isinstance(action, ExportFailure):
-            raise ExportError(action)
-        if isinstance(action, SendOutcome):
-            return action
-        return await action(entry)
-
-    async def probe(self, timeout: float) -> None:
-        self.probes += 1
-
-    async def close(self) -> None:
-        pass
-
-
-def span_names(entry: QueueEntry) -> list[str]:
-    req = ExportTraceServiceRequest.FromString(entry.payload)
-    return [s.name for rs in req.resource_spans for ss in rs.scope_spans for s in ss.spans]
-
-
-def make_entry(spans: int, resources: int = 1, tag: str = "") -> QueueEntry:
-    req = ExportTraceServiceRequest()
-    per = max(1, spans // resources)
-    made = 0
-    for r in range(resources):
-        rs = req.resource_spans.add()
-        rs.resource.attributes.add(key="service.name").value.string_value = f"svc{r}"
-        ss = rs.scope_spans.add()
-        ss.scope.name = "lib"
-        count = per if r < resources - 1 else spans - made
-        for _ in range(count):
-            ss.spans.add(name=f"{tag}s{made}", trace_id=bytes(16), span_id=made.to_bytes(8, "big"))
-            made += 1
-    return QueueEntry(Signal.TRACES, req.SerializeToString(), spans, (("k", "v"),), 1.0)
-
-
-def make_config(endpoints: list[str], **overrides: Any) -> ExporterConfig:
-    retry = overrides.pop("retry", RetryConfig(
-        initial_interval=Duration(1.0), max_interval=Duration(10.0), multiplier=2.0,
-        max_elapsed_time=Duration(300.0), budget=RetryBudgetConfig(ratio=0.2, min_per_second=3.0)))
-    return ExporterConfig(
-        endpoints=endpoints,
-        timeout=overrides.pop("timeout", Duration(5.0)),
-        retry_on_failure=retry,
-        circuit_breaker=overrides.pop("circuit_breaker", CircuitBreakerConfig()),
-        concurrency=overrides.pop("concurrency", ConcurrencyConfig()),
-        health_probe=HealthProbeConfig(),
-        **overrides,
-    )
-
-
-def sample(metrics: Metrics, name: str, labels: dict[str, str]) -> float:
-    return metrics.registry.get_sample_value(name, labels) or 0.0
-
-
-def build(config: ExporterConfig, transports: list[FakeTransport], clock: FakeClock, metrics: Metrics) -> Any:
-    return build_sender("otlp_grpc", config, list(transports), FakeClassifier(), metrics, clock,
-                        random.Random(7))
-
+from tests.fakes.sender import (
+    INVALID,
+    TOO_LARGE,
+    UNAVAILABLE,
+    FakeClassifier,
+    FakeTransport,
+    build,
+    make_config,
+    make_entry,
+    sample,
+    sender_clock,
+    span_names,
+)
 
 # ---------------------------------------------------------------- tests
 
 
 async def test_delivered_counts_sent_items() -> None:
-    clock, metrics = FakeClock(), Metrics()
+    clock, metrics = sender_clock(), Metrics()
     t = FakeTransport("a:4317", clock)
     sender = build(make_config(["a:4317"]), [t], clock, metrics)
     report = await clock.run(sender.send(make_entry(5)))
@@ -207,7 +50,7 @@ async def test_delivered_counts_sent_items() -> None:
 
 
 async def test_retry_then_success_waits_at_least_the_server_hint() -> None:
-    clock, metrics = FakeClock(), Metrics()
+    clock, metrics = sender_clock(), Metrics()
     throttled = ExportFailure(grpc_code="RESOURCE_EXHAUSTED", retry_after=7.0, has_retry_info=True)
     t = FakeTransport("a:4317", clock, [throttled, throttled])
     sender = build(make_config(["a:4317"]), [t], clock, metrics)
@@ -229,7 +72,7 @@ async def test_retry_then_success_waits_at_least_the_server_hint() -> None:
 
 async def test_budget_exhaustion_requeues_and_bounds_retries() -> None:
     """100 concurrent failing requests make at most ratio x 100 retries (no floor here)."""
-    clock, metrics = FakeClock(), Metrics()
+    clock, metrics = sender_clock(), Metrics()
     t = FakeTransport("a:4317", clock, default=UNAVAILABLE)
     config = make_config(
         ["a:4317"],
@@ -249,7 +92,7 @@ async def test_budget_exhaustion_requeues_and_bounds_retries() -> None:
 
 
 async def test_budget_floor_allows_min_per_second() -> None:
-    clock, metrics = FakeClock(), Metrics()
+    clock, metrics = sender_clock(), Metrics()
     t = FakeTransport("a:4317", clock, default=UNAVAILABLE)
     config = make_config(
         ["a:4317"],
@@ -266,7 +109,7 @@ async def test_budget_floor_allows_min_per_second() -> None:
 
 
 async def test_failover_to_healthy_endpoint() -> None:
-    clock, metrics = FakeClock(), Metrics()
+    clock, metrics = sender_clock(), Metrics()
     bad = FakeTransport("a:4317", clock, default=UNAVAILABLE)
     good = FakeTransport("b:4317", clock)
     sender = build(make_config(["a:4317", "b:4317"]), [bad, good], clock, metrics)
@@ -277,7 +120,7 @@ async def test_failover_to_healthy_endpoint() -> None:
 
 
 async def test_permanent_goes_to_dead_letter_without_retry_or_trip() -> None:
-    clock, metrics = FakeClock(), Metrics()
+    clock, metrics = sender_clock(), Metrics()
     t = FakeTransport("a:4317", clock, default=INVALID)
     sender = build(make_config(["a:4317"]), [t], clock, metrics)
     for _ in range(8):
@@ -289,7 +132,7 @@ async def test_permanent_goes_to_dead_letter_without_retry_or_trip() -> None:
 
 
 async def test_fatal_goes_to_dead_letter() -> None:
-    clock, metrics = FakeClock(), Metrics()
+    clock, metrics = sender_clock(), Metrics()
     t = FakeTransport("a:4317", clock, default=ExportFailure(grpc_code="UNAUTHENTICATED"))
     sender = build(make_config(["a:4317"]), [t], clock, metrics)
     report = await clock.run(sender.send(make_entry(2)))
@@ -297,7 +140,7 @@ async def test_fatal_goes_to_dead_letter() -> None:
 
 
 async def test_split_on_too_large_then_delivered() -> None:
-    clock, metrics = FakeClock(), Metrics()
+    clock, metrics = sender_clock(), Metrics()
 
     async def limit(entry: QueueEntry) -> SendOutcome:
         if entry.items > 3:
@@ -321,7 +164,7 @@ async def test_split_on_too_large_then_delivered() -> None:
 
 
 async def test_single_item_too_large_is_dead_lettered() -> None:
-    clock, metrics = FakeClock(), Metrics()
+    clock, metrics = sender_clock(), Metrics()
     t = FakeTransport("a:4317", clock, default=TOO_LARGE)
     sender = build(make_config(["a:4317"]), [t], clock, metrics)
     report = await clock.run(sender.send(make_entry(1)))
@@ -330,7 +173,7 @@ async def test_single_item_too_large_is_dead_lettered() -> None:
 
 
 async def test_split_with_mixed_outcomes_reports_each_part() -> None:
-    clock, metrics = FakeClock(), Metrics()
+    clock, metrics = sender_clock(), Metrics()
     # whole entry too large; first half accepted; second half is rejected as bad data
     t = FakeTransport("a:4317", clock, [TOO_LARGE, SendOutcome(), INVALID])
     sender = build(make_config(["a:4317"]), [t], clock, metrics)
@@ -345,7 +188,7 @@ async def test_split_with_mixed_outcomes_reports_each_part() -> None:
 
 
 async def test_pre_send_split_to_max_request_size() -> None:
-    clock, metrics = FakeClock(), Metrics()
+    clock, metrics = sender_clock(), Metrics()
     t = FakeTransport("a:4317", clock)
     entry = make_entry(40, resources=4)
     limit_mib = (len(entry.payload) / 5) / (1024 * 1024)
@@ -358,7 +201,7 @@ async def test_pre_send_split_to_max_request_size() -> None:
 
 
 async def test_partial_success_counted_as_dropped_and_not_retried() -> None:
-    clock, metrics = FakeClock(), Metrics()
+    clock, metrics = sender_clock(), Metrics()
     t = FakeTransport("a:4317", clock, [SendOutcome(rejected=3, rejected_message="bad spans")])
     sender = build(make_config(["a:4317"]), [t], clock, metrics)
     report = await clock.run(sender.send(make_entry(10)))
@@ -372,7 +215,7 @@ async def test_partial_success_counted_as_dropped_and_not_retried() -> None:
 
 
 async def test_max_elapsed_time_dead_letters_with_last_class() -> None:
-    clock, metrics = FakeClock(), Metrics()
+    clock, metrics = sender_clock(), Metrics()
     t = FakeTransport("a:4317", clock, default=UNAVAILABLE)
     config = make_config(
         ["a:4317"],
@@ -392,7 +235,7 @@ async def test_max_elapsed_time_dead_letters_with_last_class() -> None:
 
 
 async def test_all_breakers_open_requeues_with_retry_after() -> None:
-    clock, metrics = FakeClock(), Metrics()
+    clock, metrics = sender_clock(), Metrics()
     t = FakeTransport("a:4317", clock, default=UNAVAILABLE)
     config = make_config(["a:4317"], circuit_breaker=CircuitBreakerConfig(
         failure_threshold=2, recovery_timeout=Duration(30.0)))
@@ -416,7 +259,7 @@ async def test_all_breakers_open_requeues_with_retry_after() -> None:
 
 
 async def test_timeout_is_classified_and_retried() -> None:
-    clock, metrics = FakeClock(), Metrics()
+    clock, metrics = sender_clock(), Metrics()
 
     async def slow(entry: QueueEntry) -> SendOutcome:
         await asyncio.sleep(5)
@@ -431,7 +274,7 @@ async def test_timeout_is_classified_and_retried() -> None:
 
 
 async def test_cancellation_during_retry_wait_propagates_and_leaves_no_trace() -> None:
-    clock, metrics = FakeClock(), Metrics()
+    clock, metrics = sender_clock(), Metrics()
     t = FakeTransport("a:4317", clock, default=UNAVAILABLE)
     sender = build(make_config(["a:4317"]), [t], clock, metrics)
     task = asyncio.ensure_future(sender.send(make_entry(2)))
@@ -447,7 +290,7 @@ async def test_cancellation_during_retry_wait_propagates_and_leaves_no_trace() -
 
 
 async def test_cancellation_during_transport_call_is_neutral() -> None:
-    clock, metrics = FakeClock(), Metrics()
+    clock, metrics = sender_clock(), Metrics()
     gate = asyncio.Event()
 
     async def hang(entry: QueueEntry) -> SendOutcome:
@@ -472,7 +315,7 @@ async def test_cancellation_during_transport_call_is_neutral() -> None:
 
 
 async def test_transport_bug_is_internal_and_neutral_for_breaker() -> None:
-    clock, metrics = FakeClock(), Metrics()
+    clock, metrics = sender_clock(), Metrics()
 
     async def boom(entry: QueueEntry) -> SendOutcome:
         raise RuntimeError("bug")
@@ -486,7 +329,7 @@ async def test_transport_bug_is_internal_and_neutral_for_breaker() -> None:
 
 
 async def test_retry_disabled_dead_letters_retryable_failure() -> None:
-    clock, metrics = FakeClock(), Metrics()
+    clock, metrics = sender_clock(), Metrics()
     t = FakeTransport("a:4317", clock, default=UNAVAILABLE)
     sender = build(make_config(["a:4317"], retry=RetryConfig(enabled=False)), [t], clock, metrics)
     report = await clock.run(sender.send(make_entry(2)))
@@ -494,7 +337,7 @@ async def test_retry_disabled_dead_letters_retryable_failure() -> None:
 
 
 async def test_build_sender_wires_gauges_and_probers() -> None:
-    clock, metrics = FakeClock(), Metrics()
+    clock, metrics = sender_clock(), Metrics()
     ta, tb = FakeTransport("a:4317", clock), FakeTransport("b:4317", clock)
     seen: list[tuple[str, str, str]] = []
     sender = build_sender("otlp_grpc", make_config(["a:4317", "b:4317"]), [ta, tb], FakeClassifier(), metrics,
@@ -520,7 +363,7 @@ async def test_build_sender_wires_gauges_and_probers() -> None:
 
 
 async def test_unprobed_endpoint_is_unknown_until_it_delivers_and_unhealthy_while_open() -> None:
-    clock, metrics = FakeClock(), Metrics()
+    clock, metrics = sender_clock(), Metrics()
     t = FakeTransport("a:4317", clock)
     config = msgspec.structs.replace(make_config(["a:4317"]), health_probe=HealthProbeConfig(enabled=False))
     sender = build(config, [t], clock, metrics)
