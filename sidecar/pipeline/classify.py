@@ -49,8 +49,8 @@ from opentelemetry.proto.logs.v1 import logs_pb2
 from opentelemetry.proto.trace.v1 import trace_pb2
 
 from sidecar.config.schema import ClassifyProcessorConfig, ClassifyRule, RuleSet
-from sidecar.exporters.errors import ExportFailure
-from sidecar.pipeline.taxonomy import (
+from sidecar.core.errors import ExportFailure
+from sidecar.core.taxonomy import (
     SEVERITY_ORDER,
     Category,
     Classification,

@@ -54,6 +54,7 @@ from opentelemetry.proto.logs.v1 import logs_pb2
 from opentelemetry.proto.trace.v1 import trace_pb2
 
 from sidecar.config.schema import EnrichProcessorConfig
+from sidecar.core.taxonomy import Category, Classification, Recoverability, Recovery, default_severity
 from sidecar.pipeline.classify import (
     DB_STATUS_KEY,
     HTTP_STATUS_KEYS,
@@ -67,7 +68,6 @@ from sidecar.pipeline.classify import (
     span_attributes_may_error,
     span_facts,
 )
-from sidecar.pipeline.taxonomy import Category, Classification, Recoverability, Recovery, default_severity
 from sidecar.pipeline.wire import (
     SpliceView,
     detect_counts,

@@ -9,21 +9,21 @@ from google.protobuf import any_pb2, duration_pb2
 from google.rpc import error_details_pb2, status_pb2
 
 from sidecar.config.schema import ClassifyProcessorConfig, ClassifyRule, RuleMatch, RuleSet
-from sidecar.exporters.errors import ExportFailure
-from sidecar.pipeline.classify import (
-    Classifier,
-    escalate,
-    is_message_too_large,
-    parse_retry_after,
-    retry_info_from_status_details,
-)
-from sidecar.pipeline.taxonomy import (
+from sidecar.core.errors import ExportFailure
+from sidecar.core.taxonomy import (
     Category,
     Classification,
     Recoverability,
     Recovery,
     Severity,
     default_severity,
+)
+from sidecar.pipeline.classify import (
+    Classifier,
+    escalate,
+    is_message_too_large,
+    parse_retry_after,
+    retry_info_from_status_details,
 )
 
 C, R, S = Category, Recoverability, Recovery

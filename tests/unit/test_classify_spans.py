@@ -7,8 +7,8 @@ from opentelemetry.proto.logs.v1 import logs_pb2
 from opentelemetry.proto.trace.v1 import trace_pb2
 
 from sidecar.config.schema import ClassifyProcessorConfig, ClassifyRule, RuleMatch, RuleSet
+from sidecar.core.taxonomy import Category, Recoverability, Recovery, Severity
 from sidecar.pipeline.classify import Classifier
-from sidecar.pipeline.taxonomy import Category, Recoverability, Recovery, Severity
 
 C, R, S = Category, Recoverability, Recovery
 Kind = trace_pb2.Span
