@@ -18,7 +18,8 @@ from sidecar.config.schema import Config
 from sidecar.config.units import encode_hook
 from sidecar.core.errors import ExportFailure
 from sidecar.core.taxonomy import Classification
-from sidecar.pipeline.classify import Classifier, LogFacts, SpanFacts
+from sidecar.pipeline.classify import Classifier
+from sidecar.pipeline.evidence import LogFacts, SpanFacts
 
 
 @dataclass(frozen=True)
