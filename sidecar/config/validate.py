@@ -110,6 +110,8 @@ def _check_processors(config: schema.Config, errors: list[str]) -> None:
                 errors.append(f"{base}: thresholds must satisfy spill_at < reduce_at < essential_at <= 1")
             if processor.latency <= 0:
                 errors.append(f"{base}.latency: must be > 0")
+            if not processor.memory_essential_above < processor.memory_backpressure_at:
+                errors.append(f"{base}: thresholds must satisfy memory_essential_above < memory_backpressure_at")
 
 
 def _check_exporters(config: schema.Config, errors: list[str]) -> None:
