@@ -31,7 +31,6 @@ from sidecar.queue.deadletter import DeadLetter, replay_dead_letters
 if TYPE_CHECKING:
     from sidecar.core.clock import Clock
     from sidecar.exporters.exporter import Exporter
-    from sidecar.telemetry.metrics import Metrics
     from sidecar.telemetry.stats import ErrorStats
 
 log = logging.getLogger("sidecar.admin")
@@ -47,7 +46,6 @@ class AdminView(Protocol):
     started_at: float
     accepting: bool
     error_stats: ErrorStats
-    metrics: Metrics
 
     def readiness(self) -> tuple[bool, dict[str, object]]: ...
 
@@ -244,9 +242,7 @@ class AdminServicer(pb_grpc.AdminServicer):  # type: ignore[misc]
                     raise _Refused(grpc.StatusCode.FAILED_PRECONDITION,
                                    f"exporter {exporter.name} is shutting down") from None
                 replayed, items, remaining = result.replayed, result.items, result.remaining
-                metrics = self.service.metrics
-                metrics.queue_size.labels(exporter.name).set(exporter.queue.size)
-                metrics.queue_bytes.labels(exporter.name).set(exporter.queue.bytes)
+                exporter.update_queue_gauges()
             else:
                 replayed, items, remaining = await _replay_synchronously(exporter, wanted)
             response.replayed += replayed
