@@ -1,5 +1,9 @@
 """Enrichment of error spans and log records with their classification (DESIGN.md §3).
 
+A classifier that raises is not papered over here: the exception reaches the caller, whose job
+is to fail open (pipeline/router.py forwards the request as received and counts it), rather than
+writing a made-up class onto the item.
+
 `enrich_traces` / `enrich_logs` mutate a decoded request in place. They only ever append
 attributes that are absent (per key): nothing the application set is overwritten or removed,
 and no id, timestamp or other field changes. An item that already carries every attribute is
@@ -54,7 +58,7 @@ from opentelemetry.proto.logs.v1 import logs_pb2
 from opentelemetry.proto.trace.v1 import trace_pb2
 
 from sidecar.config.schema import EnrichProcessorConfig
-from sidecar.core.taxonomy import Category, Classification, Recoverability, Recovery, default_severity
+from sidecar.core.taxonomy import Classification
 from sidecar.pipeline.classify import Classifier
 from sidecar.pipeline.evidence import (
     DB_STATUS_KEY,
@@ -232,16 +236,6 @@ def _writer(prefix: str, set_error_type: bool, for_logs: bool) -> _Writer:
     return _Writer(prefix, set_error_type, for_logs)
 
 
-_FALLBACK = Classification(
-    Category.PROCESSING,
-    default_severity(Recoverability.PERMANENT),
-    Recoverability.PERMANENT,
-    Recovery.MANUAL_INTERVENTION,
-    OTHER,
-    "default:fallback",
-)
-
-
 # ------------------------------------------------------------------ byte-level pre-scan
 
 _STATUS_CODE = b"status_code"
@@ -347,10 +341,7 @@ def _enrich_span(
 ) -> None:
     if writer.complete(facts.keys):
         return
-    try:
-        classification = classifier.classify_span_facts(facts)
-    except Exception:  # odd input must not break the pipeline
-        classification = _FALLBACK
+    classification = classifier.classify_span_facts(facts)
     writer.write(span, facts.keys, classification, stats)
 
 
@@ -438,10 +429,7 @@ def _span_outcome(view: Any, classifier: Classifier) -> _Outcome:
     facts = facts_of_view(view)
     classification: Classification | None = None
     if facts.is_error:
-        try:
-            classification = classifier.classify_span_facts(facts)
-        except Exception:  # odd input must not break the pipeline
-            classification = _FALLBACK
+        classification = classifier.classify_span_facts(facts)
     return facts.status_code == _STATUS_ERROR, facts.exception_events, classification
 
 
@@ -587,10 +575,7 @@ def _enrich_record(
 ) -> None:
     if writer.complete(facts.keys):
         return
-    try:
-        classification = classifier.classify_log_facts(facts, record)
-    except Exception:
-        classification = _FALLBACK
+    classification = classifier.classify_log_facts(facts, record)
     writer.write(record, facts.keys, classification, stats)
 
 

@@ -80,6 +80,17 @@ class Events:
         self.metrics.errors.labels(category, severity, recoverability).inc(items)
         self.metrics.enriched.labels(signal.value, category).inc(items)
 
+    def enrich_failed(self, signal: Signal, items: int, error: BaseException) -> None:
+        """Classification or enrichment raised: the request goes on unenriched (fail open).
+        Logged once per minute per cause (the exception's type), with the traceback of that one."""
+        self.metrics.enrich_failures.labels(signal.value).inc()
+        cause = type(error).__name__
+        total = self._due(("enrich_failed", cause), 1)
+        if total:
+            log.error("enrichment failed; the request is forwarded unenriched", exc_info=error, extra={
+                "event": "enrich_failed", "signal": signal.value, "cause": cause, "items": items,
+                "requests_since_last_log": total})
+
     def config_reloaded(self, result: str) -> None:
         self.metrics.config_reloads.labels(result).inc()
 

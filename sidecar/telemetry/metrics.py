@@ -45,6 +45,9 @@ class Metrics:
                               ["category", "severity", "recoverability"], registry=r)
         self.enriched = Counter("sidecar_enriched_items", "Spans and log records enriched",
                                 ["signal", "category"], registry=r)
+        self.enrich_failures = Counter("sidecar_enrich_failures",
+                                       "Requests forwarded unenriched because classification or enrichment raised",
+                                       ["signal"], registry=r)
         self.breaker_state = Gauge("sidecar_breaker_state", "0 closed, 1 half-open, 2 open",
                                    ["exporter", "endpoint"], registry=r)
         self.breaker_transitions = Counter("sidecar_breaker_transitions", "Circuit breaker transitions",
