@@ -68,9 +68,10 @@ from opentelemetry.proto.logs.v1.logs_pb2 import LogRecord
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
 from sidecar.config.schema import DegradationProcessorConfig
+from sidecar.core.drops import DropReason
 
-REASON_SAMPLED = "degradation_sampled"
-REASON_ESSENTIAL = "degradation_essential"
+REASON_SAMPLED = DropReason.DEGRADATION_SAMPLED
+REASON_ESSENTIAL = DropReason.DEGRADATION_ESSENTIAL
 
 SEVERITY_WARN = 13  # SeverityNumber.SEVERITY_NUMBER_WARN
 
@@ -451,8 +452,8 @@ def shed_metrics(request: ExportMetricsServiceRequest, level: Level) -> ShedResu
 
 # ---------------------------------------------------------------- reporting
 
-_REASON_LEVEL = {REASON_SAMPLED: Level.REDUCE, REASON_ESSENTIAL: Level.ESSENTIAL}
-_REASON_TEXT = {REASON_SAMPLED: "sampled out", REASON_ESSENTIAL: "shed as non-essential"}
+_REASON_LEVEL: dict[str, Level] = {REASON_SAMPLED: Level.REDUCE, REASON_ESSENTIAL: Level.ESSENTIAL}
+_REASON_TEXT: dict[str, str] = {REASON_SAMPLED: "sampled out", REASON_ESSENTIAL: "shed as non-essential"}
 
 
 def partial_success_message(shed_by_reason: Mapping[str, int], level: Level | None = None,

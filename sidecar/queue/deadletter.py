@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple, Protocol
 
+from sidecar.core.drops import DropReason
 from sidecar.core.entry import QueueEntry
 from sidecar.core.signals import Signal
 from sidecar.core.taxonomy import Category, Classification, Recoverability, Recovery, Severity
@@ -69,9 +70,9 @@ class Evicted:
     expired: bool = False  # past max_age (else pushed out by the count or size bound)
 
     @property
-    def reason(self) -> str:
+    def reason(self) -> DropReason:
         """The `sidecar_dropped_items_total` reason its items are counted under."""
-        return "dead_letter_expired" if self.expired else "dead_letter_evicted"
+        return DropReason.DEAD_LETTER_EXPIRED if self.expired else DropReason.DEAD_LETTER_EVICTED
 
 
 class _Indexed(NamedTuple):
