@@ -32,7 +32,7 @@ from sidecar.reload import ClassifierHandle, plan_reload
 from sidecar.telemetry.events import Events
 from sidecar.telemetry.http import HttpEndpoint, health_routes, metrics_routes
 from sidecar.telemetry.logs import setup_logging
-from sidecar.telemetry.metrics import Metrics
+from sidecar.telemetry.metrics import Metrics, ReloadResult
 from sidecar.telemetry.stats import ErrorStats
 from sidecar.tls import check_config as check_tls_files
 
@@ -131,12 +131,18 @@ class Service:
         for name in sorted(used_receivers):
             receiver = self.config.receivers[name]
             token = receiver.auth.bearer_token if receiver.auth else None
+            signals = {p.signal for p in pipelines if name in p.receivers}
             if receiver.protocols.grpc is not None:
                 self.receivers.append(OtlpGrpcReceiver(name, receiver.protocols.grpc, router,
                                                        receiver.include_metadata, token))
+                self.events.receiver_declared(name, "grpc", signals)
             if receiver.protocols.http is not None:
                 self.receivers.append(OtlpHttpReceiver(name, receiver.protocols.http, router,
                                                        receiver.include_metadata, token))
+                self.events.receiver_declared(name, "http", signals)
+        for name in self.exporters:
+            self.events.exporter_declared(name, {p.signal for p in pipelines
+                                                 if any(e.name == name for e in p.exporters)})
         health = self.config.extensions.health_check
         if health is not None and "health_check" in self.config.service.extensions:
             self.endpoints.append(HttpEndpoint(health.endpoint,
@@ -189,7 +195,7 @@ class Service:
             applied = dataclasses.replace(applied, service=msgspec.structs.replace(applied.service,
                                                                                     pipelines=pipelines))
         self.config = applied
-        result = "applied" if not plan.needs_restart else "partial"
+        result: ReloadResult = "applied" if not plan.needs_restart else "partial"
         self.events.config_reloaded(result)
         log.info("config reloaded", extra={
             "event": "config_reload", "result": result, "processors_changed": plan.processors_changed,

@@ -7,16 +7,24 @@ count accumulated since the last line), never in the metrics.
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Literal, get_args
 
 from sidecar.core.clock import SYSTEM_CLOCK, Clock
+from sidecar.core.drops import DropReason
 from sidecar.core.signals import Signal
-from sidecar.core.taxonomy import Classification
-from sidecar.telemetry.metrics import Metrics
+from sidecar.core.taxonomy import Category, Classification
+from sidecar.telemetry.metrics import Metrics, ReloadResult
 
 log = logging.getLogger("sidecar.events")
 
 LOG_INTERVAL = 60.0
+RefusalReason = Literal["refused"]  # the `reason` of sidecar_receiver_refused_*_total
+REFUSAL_REASONS: tuple[RefusalReason, ...] = get_args(RefusalReason)
+# Every (from, to) a breaker can take (an operator's reset closes an open one); the names are BreakerState's.
+BREAKER_TRANSITIONS = (("closed", "open"), ("open", "half_open"), ("half_open", "closed"), ("half_open", "open"),
+                       ("open", "closed"))
 
 
 @dataclass
@@ -72,7 +80,7 @@ class Events:
     def received(self, signal: Signal, receiver: str, transport: str, items: int) -> None:
         self.metrics.receiver_accepted[signal].labels(receiver, transport).inc(items)
 
-    def refused(self, signal: Signal, receiver: str, transport: str, items: int, reason: str) -> None:
+    def refused(self, signal: Signal, receiver: str, transport: str, items: int, reason: RefusalReason) -> None:
         self.metrics.receiver_refused[signal].labels(receiver, transport, reason).inc(items)
 
     def classified(self, signal: Signal, category: str, severity: str, recoverability: str, items: int) -> None:
@@ -80,7 +88,18 @@ class Events:
         self.metrics.errors.labels(category, severity, recoverability).inc(items)
         self.metrics.enriched.labels(signal.value, category).inc(items)
 
-    def config_reloaded(self, result: str) -> None:
+    def enrich_failed(self, signal: Signal, items: int, error: BaseException) -> None:
+        """Classification or enrichment raised: the request goes on unenriched (fail open).
+        Logged once per minute per cause (the exception's type), with the traceback of that one."""
+        self.metrics.enrich_failures.labels(signal.value).inc()
+        cause = type(error).__name__
+        total = self._due(("enrich_failed", cause), 1)
+        if total:
+            log.error("enrichment failed; the request is forwarded unenriched", exc_info=error, extra={
+                "event": "enrich_failed", "signal": signal.value, "cause": cause, "items": items,
+                "requests_since_last_log": total})
+
+    def config_reloaded(self, result: ReloadResult) -> None:
         self.metrics.config_reloads.labels(result).inc()
 
     # -------------------------------------------------------------- queues
@@ -103,11 +122,29 @@ class Events:
 
     def endpoint_added(self, exporter: str, endpoint: str, closed_gauge: int, concurrency_limit: int,
                        probed: bool) -> None:
-        """Gauges an endpoint has from the first scrape: breaker closed, the initial limit, health unknown (0)."""
+        """Gauges an endpoint has from the first scrape: breaker closed, the initial limit, health unknown (0);
+        and its counters at 0: retries and every breaker transition there can be."""
         self.metrics.breaker_state.labels(exporter, endpoint).set(closed_gauge)
         self.metrics.concurrency_limit.labels(endpoint).set(concurrency_limit)
         if probed:
             self.metrics.endpoint_healthy.labels(exporter, endpoint).set(0)
+        self.metrics.exporter_retries.labels(exporter, endpoint)
+        for old, new in BREAKER_TRANSITIONS:
+            self.metrics.breaker_transitions.labels(exporter, endpoint, old, new)
+
+    def receiver_declared(self, receiver: str, transport: str, signals: Iterable[Signal]) -> None:
+        """A receiver listening on `transport` for `signals`: its accepted and refused counters start at 0."""
+        for signal in signals:
+            self.metrics.receiver_accepted[signal].labels(receiver, transport)
+            for reason in REFUSAL_REASONS:
+                self.metrics.receiver_refused[signal].labels(receiver, transport, reason)
+
+    def exporter_declared(self, exporter: str, signals: Iterable[Signal]) -> None:
+        """An exporter carrying `signals`: sent items and dead letters (by category) start at 0."""
+        for signal in signals:
+            self.metrics.exporter_sent[signal].labels(exporter)
+        for category in Category:
+            self.metrics.dead_letters.labels(exporter, category.value)
 
     def concurrency_limit_changed(self, endpoint: str, limit: int) -> None:
         self.metrics.concurrency_limit.labels(endpoint).set(limit)
@@ -140,7 +177,7 @@ class Events:
     def partial_success(self, exporter: str, endpoint: str, signal: Signal, rejected: int,
                         classification: Classification | None) -> None:
         """The upstream accepted a request but rejected some items: dropped, never retried."""
-        self.dropped(signal.value, "upstream_rejected", rejected, f"exporter {exporter}, endpoint {endpoint}")
+        self.dropped(signal.value, DropReason.UPSTREAM_REJECTED, rejected, f"exporter {exporter}, endpoint {endpoint}")
         if classification is not None:
             self.metrics.errors.labels(classification.category.value, classification.severity.value,
                                        classification.recoverability.value).inc()
