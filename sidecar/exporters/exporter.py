@@ -18,8 +18,9 @@ from pathlib import Path
 from google.protobuf.message import Message
 
 from sidecar.config.schema import DegradationProcessorConfig, ExporterConfig, component_kind
-from sidecar.config.units import MIB
+from sidecar.config.units import MIB, mib_to_bytes
 from sidecar.core.clock import SYSTEM_CLOCK, Clock
+from sidecar.core.drops import DropReason
 from sidecar.core.entry import QueueEntry
 from sidecar.core.ingest import Backpressure, IngestResult, UpstreamRefused
 from sidecar.core.signals import Signal
@@ -39,7 +40,7 @@ from sidecar.pipeline.degrade import (
     shed_traces,
 )
 from sidecar.queue.base import Lease, ManagedSendingQueue, QueueFull, QueueStorageError
-from sidecar.queue.deadletter import DeadLetterStore
+from sidecar.queue.deadletter import DeadLetterStore, Evicted
 from sidecar.queue.factory import open_dead_letters, open_queue
 from sidecar.queue.memory import MemoryQueue
 from sidecar.runtime import release_free_memory
@@ -92,6 +93,7 @@ class Exporter:
         self.dead_letters: DeadLetterStore | None = None
         self.ladder = DegradationLadder(degradation) if degradation is not None else None
         self.consumers: list[asyncio.Task[None]] = []
+        self._housekeeping: list[asyncio.Task[None]] = []  # background chores (dead-letter expiry)
         self.accepting = False
         self._outcomes: deque[tuple[float, bool, float]] = deque()
         self._outcome_failures = 0  # failures in `_outcomes`, kept as entries come and go
@@ -110,8 +112,11 @@ class Exporter:
         try:
             if queue_cfg.enabled:
                 self.queue = await open_queue(self.name, queue_cfg, self.storage_directory, recover=self.recover)
-            self.dead_letters = await open_dead_letters(self.name, self.storage_directory,
-                                                        synchronous=queue_cfg.synchronous, recover=self.recover)
+            bounds = self.config.dead_letter
+            self.dead_letters = await open_dead_letters(
+                self.name, self.storage_directory, max_entries=bounds.max_items,
+                max_bytes=mib_to_bytes(bounds.max_size_mib) if bounds.max_size_mib is not None else None,
+                max_age=float(bounds.max_age) or None, synchronous=queue_cfg.synchronous, recover=self.recover)
         except QueueStorageError as exc:
             raise OSError(f"exporters.{self.name}: {exc}") from None
         if self.queue is not None:
@@ -122,6 +127,9 @@ class Exporter:
             self.update_queue_gauges()
             self.consumers = [asyncio.create_task(self._consume(), name=f"{self.name}-consumer-{i}")
                               for i in range(queue_cfg.num_consumers)]
+        if self.dead_letters.max_age is not None:
+            self._housekeeping.append(asyncio.create_task(self._expire_dead_letters(self.dead_letters.max_age),
+                                                          name=f"{self.name}-dead-letter-expiry"))
         self.sender.start()
         self.accepting = True
 
@@ -144,11 +152,14 @@ class Exporter:
                     for entry in self.queue.drain_nowait():
                         left[entry.signal.value] = left.get(entry.signal.value, 0) + entry.items
                     for signal_name, items in left.items():
-                        self.events.dropped(signal_name, "shutdown", items,
+                        self.events.dropped(signal_name, DropReason.SHUTDOWN, items,
                                             f"exporter {self.name}: not delivered within shutdown_timeout")
             await self.queue.close()
         await self.sender.stop()
         await self.sender.close()
+        for task in self._housekeeping:
+            task.cancel()
+        await asyncio.gather(*self._housekeeping, return_exceptions=True)
         if self.dead_letters is not None:
             await self.dead_letters.close()
 
@@ -425,9 +436,26 @@ class Exporter:
         evicted = await self.dead_letters.add(entry, classification, message, self.clock.wall())
         self.events.dead_lettered(self.name, entry.signal.value, entry.items, classification.category.value,
                                   classification.error_type, message)
+        self._count_evicted(evicted)
+
+    def _count_evicted(self, evicted: list[Evicted]) -> None:
         for old in evicted:
-            self.events.dropped(old.signal.value, "dead_letter_evicted", old.items,
-                                f"exporter {self.name}: dead-letter store full")
+            why = "older than dead_letter.max_age" if old.expired else "dead-letter store full"
+            self.events.dropped(old.signal.value, old.reason, old.items, f"exporter {self.name}: {why}")
+
+    async def _expire_dead_letters(self, max_age: float) -> None:
+        """Retention holds when nothing new fails: dead letters past max_age go, looked at a few
+        times per max_age (at most every minute), and their items are counted as dropped."""
+        assert self.dead_letters is not None
+        interval = min(60.0, max(0.05, max_age / 4))
+        while True:
+            await self.clock.sleep(interval)
+            try:
+                self._count_evicted(await self.dead_letters.expire(self.clock.wall()))
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("expiring dead letters failed", extra={"exporter": self.name})
 
     def update_queue_gauges(self) -> None:
         if self.queue is not None:

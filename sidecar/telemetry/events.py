@@ -50,7 +50,7 @@ class Events:
         total, throttle.pending = throttle.pending, 0
         return total
 
-    def dropped(self, signal: str, reason: str, items: int, detail: str = "") -> None:
+    def dropped(self, signal: str, reason: DropReason, items: int, detail: str = "") -> None:
         if items <= 0:
             return
         self.metrics.dropped.labels(signal, reason).inc(items)
