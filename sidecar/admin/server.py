@@ -127,7 +127,15 @@ def exporter_status(exporter: Exporter) -> pb.ExporterStatus:
         reachable=exporter.sender.upstream() is Upstream.REACHABLE,
         endpoints=_endpoint_status(exporter),
         dead_letters=dead_summary,
+        worsening=_worsening(exporter),
     )
+
+
+def _worsening(exporter: Exporter) -> list[pb.Worsening]:
+    escalation = exporter.sender.escalation
+    return [pb.Worsening(category=w.category, error_type=w.error_type, base_severity=w.base_severity,
+                         severity=w.severity, occurrences=w.occurrences, window_seconds=escalation.window)
+            for w in escalation.worsening(exporter.clock.monotonic())]
 
 
 def build_status(service: AdminView, top_hotspots: int = DEFAULT_HOTSPOTS) -> pb.GetStatusResponse:

@@ -82,6 +82,7 @@ from sidecar.exporters.retry import (
 )
 from sidecar.exporters.split import split_entry, split_entry_to_limit
 from sidecar.exporters.transport import SendOutcome, Transport
+from sidecar.pipeline.escalation import Escalation
 from sidecar.telemetry.events import Events
 from sidecar.telemetry.stats import ErrorStats
 
@@ -194,6 +195,9 @@ class Sender:
         self.max_request_bytes = mib_to_bytes(config.max_request_size_mib) if config.max_request_size_mib else None
         # The admin API's derived figures (error rate, outages and recoveries), when the admin API is on.
         self.error_stats = error_stats
+        # Recurring export errors are reported with a raised severity (metrics, events, status); the
+        # decisions below keep the base classification.
+        self.escalation = Escalation()
 
     # ------------------------------------------------------------ lifecycle and status
 
@@ -409,9 +413,11 @@ class Sender:
                           endpoint=ep.name, reason=Reason.PARTIAL_SUCCESS if rejected else Reason.NONE)
 
     def _count_failure(self, ep: EndpointChain, entry: QueueEntry, cls: Classification) -> None:
-        self.events.export_failed(self.exporter_name, ep.name, entry.signal, entry.items, cls)
+        reported = self.escalation.observe(cls, self.clock.monotonic())
+        self.events.export_failed(self.exporter_name, ep.name, entry.signal, entry.items, reported,
+                                  base_severity=cls.severity)
         if self.error_stats is not None:
-            self.error_stats.export_error(self.exporter_name, ep.name, cls)
+            self.error_stats.export_error(self.exporter_name, ep.name, reported)
         if cls.retryable and cls.recovery is not Recovery.SPLIT_AND_RETRY:
             ep.base.record(False)
             if ep.first_failure_at is None:

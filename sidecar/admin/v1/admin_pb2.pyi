@@ -35,7 +35,7 @@ class GetStatusResponse(_message.Message):
     def __init__(self, uptime_seconds: _Optional[float] = ..., accepting: _Optional[bool] = ..., ready: _Optional[bool] = ..., exporters: _Optional[_Iterable[_Union[ExporterStatus, _Mapping]]] = ..., error_rates: _Optional[_Iterable[_Union[ErrorRate, _Mapping]]] = ..., recovery: _Optional[_Union[RecoveryStats, _Mapping]] = ..., hotspots: _Optional[_Iterable[_Union[Hotspot, _Mapping]]] = ..., hotspot_keys_evicted: _Optional[int] = ..., stats_since: _Optional[float] = ...) -> None: ...
 
 class ExporterStatus(_message.Message):
-    __slots__ = ("name", "queue", "degradation_level", "degradation_cause", "reachable", "endpoints", "dead_letters")
+    __slots__ = ("name", "queue", "degradation_level", "degradation_cause", "reachable", "endpoints", "dead_letters", "worsening")
     NAME_FIELD_NUMBER: _ClassVar[int]
     QUEUE_FIELD_NUMBER: _ClassVar[int]
     DEGRADATION_LEVEL_FIELD_NUMBER: _ClassVar[int]
@@ -43,6 +43,7 @@ class ExporterStatus(_message.Message):
     REACHABLE_FIELD_NUMBER: _ClassVar[int]
     ENDPOINTS_FIELD_NUMBER: _ClassVar[int]
     DEAD_LETTERS_FIELD_NUMBER: _ClassVar[int]
+    WORSENING_FIELD_NUMBER: _ClassVar[int]
     name: str
     queue: QueueStatus
     degradation_level: int
@@ -50,7 +51,24 @@ class ExporterStatus(_message.Message):
     reachable: bool
     endpoints: _containers.RepeatedCompositeFieldContainer[EndpointStatus]
     dead_letters: DeadLetterSummary
-    def __init__(self, name: _Optional[str] = ..., queue: _Optional[_Union[QueueStatus, _Mapping]] = ..., degradation_level: _Optional[int] = ..., degradation_cause: _Optional[str] = ..., reachable: _Optional[bool] = ..., endpoints: _Optional[_Iterable[_Union[EndpointStatus, _Mapping]]] = ..., dead_letters: _Optional[_Union[DeadLetterSummary, _Mapping]] = ...) -> None: ...
+    worsening: _containers.RepeatedCompositeFieldContainer[Worsening]
+    def __init__(self, name: _Optional[str] = ..., queue: _Optional[_Union[QueueStatus, _Mapping]] = ..., degradation_level: _Optional[int] = ..., degradation_cause: _Optional[str] = ..., reachable: _Optional[bool] = ..., endpoints: _Optional[_Iterable[_Union[EndpointStatus, _Mapping]]] = ..., dead_letters: _Optional[_Union[DeadLetterSummary, _Mapping]] = ..., worsening: _Optional[_Iterable[_Union[Worsening, _Mapping]]] = ...) -> None: ...
+
+class Worsening(_message.Message):
+    __slots__ = ("category", "error_type", "base_severity", "severity", "occurrences", "window_seconds")
+    CATEGORY_FIELD_NUMBER: _ClassVar[int]
+    ERROR_TYPE_FIELD_NUMBER: _ClassVar[int]
+    BASE_SEVERITY_FIELD_NUMBER: _ClassVar[int]
+    SEVERITY_FIELD_NUMBER: _ClassVar[int]
+    OCCURRENCES_FIELD_NUMBER: _ClassVar[int]
+    WINDOW_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    category: str
+    error_type: str
+    base_severity: str
+    severity: str
+    occurrences: int
+    window_seconds: float
+    def __init__(self, category: _Optional[str] = ..., error_type: _Optional[str] = ..., base_severity: _Optional[str] = ..., severity: _Optional[str] = ..., occurrences: _Optional[int] = ..., window_seconds: _Optional[float] = ...) -> None: ...
 
 class QueueStatus(_message.Message):
     __slots__ = ("enabled", "storage", "sizer", "size", "capacity", "requests", "bytes", "in_flight")
