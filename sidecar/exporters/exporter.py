@@ -11,7 +11,6 @@ import asyncio
 import contextlib
 import logging
 import random
-from collections import deque
 from dataclasses import replace
 from pathlib import Path
 
@@ -25,6 +24,7 @@ from sidecar.core.entry import QueueEntry
 from sidecar.core.ingest import Backpressure, IngestResult, UpstreamRefused
 from sidecar.core.signals import Signal
 from sidecar.core.taxonomy import INTERNAL_ERROR, Category, Classification
+from sidecar.exporters.outcomes import OutcomeWindow
 from sidecar.exporters.retry import Reason
 from sidecar.exporters.sender import Sender, SendReport, Verdict, build_sender
 from sidecar.exporters.transport import Transport
@@ -53,8 +53,6 @@ _HTTP_FOR_GRPC = {"INVALID_ARGUMENT": 400, "UNAUTHENTICATED": 401, "PERMISSION_D
                   "UNIMPLEMENTED": 404, "FAILED_PRECONDITION": 400, "RESOURCE_EXHAUSTED": 413}
 _GRPC_FOR_HTTP = {400: "INVALID_ARGUMENT", 401: "UNAUTHENTICATED", 403: "PERMISSION_DENIED", 404: "UNIMPLEMENTED",
                   405: "UNIMPLEMENTED", 413: "RESOURCE_EXHAUSTED", 415: "INVALID_ARGUMENT"}
-STATS_WINDOW = 60.0
-STATS_REFRESH = 1.0  # seconds between recomputations of the median export latency
 RELEASE_AT = 0.7  # fraction of the memory limit from which free heap memory is returned before RSS is judged
 MEMORY_HEADROOM = 0.05  # the ladder's memory thresholds apply to the limit less this fraction (requests in flight)
 
@@ -95,9 +93,7 @@ class Exporter:
         self.consumers: list[asyncio.Task[None]] = []
         self._housekeeping: list[asyncio.Task[None]] = []  # background chores (dead-letter expiry)
         self.accepting = False
-        self._outcomes: deque[tuple[float, bool, float]] = deque()
-        self._outcome_failures = 0  # failures in `_outcomes`, kept as entries come and go
-        self._median_latency: tuple[float, float | None] = (float("-inf"), None)  # (computed at, value)
+        self.outcomes = OutcomeWindow()  # the error-rate and latency (p99) triggers of the ladder
         self._memory_sample: tuple[float, int | None] = (float("-inf"), None)
         self._released_at = float("-inf")  # last `release_free_memory` call
         self._rng = random.Random()
@@ -261,7 +257,7 @@ class Exporter:
     def _current_level(self) -> Level:
         queue = self.queue
         assert queue is not None
-        error_rate, latency = self._recent_stats()
+        error_rate, latency = self.outcomes.stats(self.clock.monotonic())
         pressure = Pressure(
             queue_fill=queue.size / queue.capacity if queue.capacity else 0.0,
             queue_full=queue.size >= queue.capacity,
@@ -277,32 +273,6 @@ class Exporter:
         if level != previous:
             self.events.degradation_changed(self.name, int(previous), int(level), self.ladder.cause)
         return level
-
-    def _recent_stats(self) -> tuple[float | None, float | None]:
-        """(error rate, median latency of successes) over the last STATS_WINDOW seconds.
-
-        Called for every accepted request, so it is O(1) amortized: the failure count is kept as
-        outcomes come and go, and the median (a sort of up to a window of outcomes) is recomputed
-        at most every STATS_REFRESH seconds; the latency trigger is a slow signal (seconds).
-        """
-        now = self.clock.monotonic()
-        outcomes = self._outcomes
-        while outcomes and now - outcomes[0][0] > STATS_WINDOW:
-            if not outcomes.popleft()[1]:
-                self._outcome_failures -= 1
-        if not outcomes:
-            return None, None
-        computed_at, median = self._median_latency
-        if now - computed_at >= STATS_REFRESH:
-            latencies = sorted(latency for _, ok, latency in outcomes if ok)
-            median = latencies[len(latencies) // 2] if latencies else None
-            self._median_latency = (now, median)
-        return self._outcome_failures / len(outcomes), median
-
-    def _record_outcome(self, ok: bool, latency: float) -> None:
-        self._outcomes.append((self.clock.monotonic(), ok, latency))
-        if not ok:
-            self._outcome_failures += 1
 
     # ------------------------------------------------------------------ synchronous mode
 
@@ -341,7 +311,8 @@ class Exporter:
             except Exception:
                 log.exception("sender failed unexpectedly", extra={"exporter": self.name})
                 report = SendReport(verdict=Verdict.DEAD_LETTER, classification=INTERNAL_ERROR)
-            self._record_outcome(report.verdict is Verdict.DELIVERED, self.clock.monotonic() - started)
+            now = self.clock.monotonic()
+            self.outcomes.record(now, report.verdict is Verdict.DELIVERED, now - started)
             try:
                 await self._settle(leases, entry, report)
             except asyncio.CancelledError:
