@@ -159,6 +159,12 @@ class Exporter:
         if self.dead_letters is not None:
             await self.dead_letters.close()
 
+    async def reconfigure(self, config: ExporterConfig) -> None:
+        """A reload's settings that a running exporter takes in place (sidecar/reload.py decides which):
+        the sender chain's; the queue, its consumers and what they hold are untouched."""
+        await self.sender.reconfigure(config)
+        self.config = config
+
     def health(self) -> dict[str, object]:
         queue = self.queue
         return {

@@ -61,7 +61,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sidecar.config.schema import ExporterConfig
+from sidecar.config.schema import ExporterConfig, HealthProbeConfig
 from sidecar.config.units import mib_to_bytes
 from sidecar.core.clock import SYSTEM_CLOCK, Clock
 from sidecar.core.entry import QueueEntry
@@ -182,6 +182,8 @@ class Sender:
         events: Events,
         clock: Clock,
         error_stats: ErrorStats | None = None,
+        make_prober: ProberFactory | None = None,
+        rng: random.Random | None = None,
     ) -> None:
         self.exporter_name = exporter_name
         self.config = config
@@ -198,11 +200,64 @@ class Sender:
         # Recurring export errors are reported with a raised severity (metrics, events, status); the
         # decisions below keep the base classification.
         self.escalation = Escalation()
+        self._make_prober = make_prober  # for a reload that turns health probing on
+        self._rng = rng
+        self._started = False
+        self._reconfigured = asyncio.Event()  # set (and replaced) by each `reconfigure`
 
     # ------------------------------------------------------------ lifecycle and status
 
+    async def reconfigure(self, config: ExporterConfig) -> None:
+        """A SIGHUP reload's new retry, breaker, concurrency, timeout, headers and health-probe settings,
+        applied to the running links: their state (breaker state and counts, limits, budgets, health)
+        stays, and requests in flight take the new settings at their next step (next attempt, next retry
+        decision) instead of finishing on objects nobody else uses any more. Endpoints, TLS and the
+        queue are not reconfigurable (the reload reports them as needing a restart)."""
+        retry_cfg = config.retry_on_failure
+        for ep in self.endpoints.values():
+            ep.breaker.reconfigure(config.circuit_breaker)
+            ep.limiter.reconfigure(config.concurrency)
+            ep.budget.reconfigure(retry_cfg.budget)
+            ep.base.reconfigure(retry_cfg.initial_interval, retry_cfg.max_interval)
+            if config.headers != self.config.headers:
+                ep.transport.set_headers(config.headers)
+            await self._reconfigure_prober(ep, config)
+        self.retry = RetryPolicy(retry_cfg, Backoff.from_config(retry_cfg, self._rng),
+                                 {ep.name: ep.budget for ep in self.endpoints.values()},
+                                 {ep.name: ep.base for ep in self.endpoints.values()})
+        self.timeout = float(config.timeout)
+        self.config = config
+        self._reconfigured.set()  # retries waiting out an old backoff go on now
+        self._reconfigured = asyncio.Event()
+
+    async def _backoff(self, delay: float) -> None:
+        """Wait `delay` before a retry, or until a reload changed the settings the delay came from:
+        a request must not sleep out a 30 s backoff an operator has just turned down to 1 s."""
+        reconfigured = self._reconfigured
+        sleep = asyncio.ensure_future(self.clock.sleep(delay))
+        woken = asyncio.ensure_future(reconfigured.wait())
+        try:
+            await asyncio.wait({sleep, woken}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (sleep, woken):
+                if not task.done():
+                    task.cancel()
+
+    async def _reconfigure_prober(self, ep: EndpointChain, config: ExporterConfig) -> None:
+        probe = config.health_probe
+        if ep.prober is not None and not probe.enabled:
+            await ep.prober.stop()  # unprobed from now on: health follows real exports (endpoint_health)
+            ep.prober = None
+        elif ep.prober is not None:
+            await ep.prober.reconfigure(probe)
+        elif probe.enabled and self._make_prober is not None:
+            ep.prober = self._make_prober(ep.transport, ep.breaker, probe)
+            if self._started:
+                ep.prober.start()
+
     def start(self) -> None:
         """Start the health probers (needs a running event loop)."""
+        self._started = True
         for ep in self.endpoints.values():
             if ep.prober is not None:
                 ep.prober.start()
@@ -337,7 +392,7 @@ class Sender:
                                   retry_after=decision.delay, endpoint=name, reason=decision.reason)
             delay = decision.delay or 0.0
             self.events.retry_scheduled(self.exporter_name, name, cls.error_type, delay)
-            await self.clock.sleep(delay)  # cancellable: the caller requeues
+            await self._backoff(delay)  # cancellable: the caller requeues
             avoid = {name} if len(self.endpoints) > 1 else set()
 
     async def _attempt(self, ep: EndpointChain, entry: QueueEntry) -> _Attempt:
@@ -490,6 +545,7 @@ def _combine(parts: list[PartReport], attempts: int, cause: Classification | Non
 
 BreakerCallback = Callable[[str, str, str], None]  # (endpoint, old, new)
 HealthCallback = Callable[[str, bool], None]  # (endpoint, healthy)
+ProberFactory = Callable[[Transport, EndpointBreaker, HealthProbeConfig], HealthProber]
 
 
 def build_sender(
@@ -516,6 +572,12 @@ def build_sender(
     retry_cfg = config.retry_on_failure
     backoff = Backoff.from_config(retry_cfg, rng)
     chains: list[EndpointChain] = []
+
+    def make_prober(transport: Transport, breaker: EndpointBreaker, probe: HealthProbeConfig) -> HealthProber:
+        return HealthProber(transport, probe, clock, breaker,
+                            on_change=_health_events(exporter_name, events, on_health_change),
+                            classifier=classifier)
+
     for transport in transports:
         name = transport.endpoint
         breaker = EndpointBreaker(name, config.circuit_breaker, clock)
@@ -524,13 +586,7 @@ def build_sender(
             breaker.add_listener(_bind_endpoint(on_breaker_transition, name))
         limiter = AdaptiveConcurrency(config.concurrency, clock,
                                       on_limit_change=functools.partial(events.concurrency_limit_changed, name))
-        prober: HealthProber | None = None
-        if config.health_probe.enabled:
-            prober = HealthProber(
-                transport, config.health_probe, clock, breaker,
-                on_change=_health_events(exporter_name, events, on_health_change),
-                classifier=classifier,
-            )
+        prober = make_prober(transport, breaker, config.health_probe) if config.health_probe.enabled else None
         events.endpoint_added(exporter_name, name, BreakerState.CLOSED.gauge, limiter.limit, probed=prober is not None)
         chains.append(EndpointChain(
             name=name,
@@ -544,7 +600,8 @@ def build_sender(
         ))
     balancer = Balancer([c.name for c in chains], {c.name: c.breaker for c in chains}, config.balancer)
     policy = RetryPolicy(retry_cfg, backoff, {c.name: c.budget for c in chains}, {c.name: c.base for c in chains})
-    return Sender(exporter_name, config, chains, balancer, policy, classifier, events, clock, error_stats)
+    return Sender(exporter_name, config, chains, balancer, policy, classifier, events, clock, error_stats,
+                  make_prober=make_prober, rng=rng)
 
 
 def _breaker_events(exporter: str, endpoint: str, events: Events) -> Callable[[str, str], None]:

@@ -6,6 +6,7 @@ import asyncio
 import gzip
 import ssl
 import time
+from collections.abc import Mapping
 
 import aiohttp
 from google.rpc import status_pb2
@@ -108,6 +109,9 @@ class HttpTransport:
 
     async def probe(self, timeout: float) -> None:
         await self._post(Signal.TRACES, b"", (), timeout)
+
+    def set_headers(self, headers: Mapping[str, str]) -> None:
+        self.headers = dict(headers)
 
     async def close(self) -> None:
         if self._session is not None:

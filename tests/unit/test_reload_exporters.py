@@ -1,0 +1,102 @@
+"""SIGHUP reload of exporter settings: which keys apply in place, and the sender taking them."""
+
+from __future__ import annotations
+
+import asyncio
+
+import msgspec
+
+from sidecar.config import load_config_text
+from sidecar.config.schema import (
+    CircuitBreakerConfig,
+    ConcurrencyConfig,
+    HealthProbeConfig,
+    RetryBudgetConfig,
+    RetryConfig,
+)
+from sidecar.config.units import Duration
+from sidecar.exporters.health import EndpointHealth
+from sidecar.exporters.sender import Verdict
+from sidecar.exporters.transport import SendOutcome
+from sidecar.reload import EXPORTER_KEYS_IN_PLACE, plan_reload
+from sidecar.telemetry.metrics import Metrics
+from tests.fakes.sender import UNAVAILABLE, FakeTransport, build, make_config, make_entry, sender_clock
+
+BASE = """
+receivers: {otlp: {protocols: {grpc: }}}
+exporters:
+  otlp_grpc:
+    endpoint: c:4317
+    %s
+service:
+  pipelines:
+    traces: {receivers: [otlp], exporters: [otlp_grpc]}
+"""
+
+
+def test_in_place_keys_are_applied_and_the_rest_needs_a_restart() -> None:
+    old = load_config_text(BASE % "timeout: 5s", environ={})
+    new = load_config_text(BASE % (
+        "timeout: 2s\n    headers: {x-tenant: a}\n    retry_on_failure: {max_attempts: 3}\n"
+        "    sending_queue: {queue_size: 5}\n    compression: none"), environ={})
+    plan = plan_reload(old, new)
+    assert plan.needs_restart == ["exporters.otlp_grpc.compression", "exporters.otlp_grpc.sending_queue"]
+    applied = plan.exporters_changed["otlp_grpc"]
+    assert applied.timeout == 2.0 and applied.headers == {"x-tenant": "a"}
+    assert applied.retry_on_failure.max_attempts == 3
+    assert applied.sending_queue.queue_size == 1000 and applied.compression == "gzip"  # what runs stays
+    assert plan.applies_anything
+
+
+def test_nothing_changed_plans_nothing() -> None:
+    old = load_config_text(BASE % "timeout: 5s", environ={})
+    plan = plan_reload(old, old)
+    assert not plan.exporters_changed and not plan.needs_restart and not plan.applies_anything
+
+
+def test_every_in_place_key_is_an_exporter_key() -> None:
+    assert EXPORTER_KEYS_IN_PLACE <= set(make_config(["a"]).__struct_fields__)
+
+
+async def test_sender_takes_new_settings_and_a_waiting_retry_goes_on_at_once() -> None:
+    clock, metrics = sender_clock(), Metrics()
+    transport = FakeTransport("a:4317", clock, script=[UNAVAILABLE], default=SendOutcome())
+    slow = RetryConfig(initial_interval=Duration(30.0), max_interval=Duration(60.0), jitter="equal",
+                       randomization_factor=0.0, budget=RetryBudgetConfig(ratio=1.0, min_per_second=10.0))
+    config = make_config(["a:4317"], retry=slow)
+    sender = build(config, [transport], clock, metrics)
+    sending = asyncio.ensure_future(sender.send(make_entry(1)))
+    for _ in range(20):
+        await asyncio.sleep(0)
+    assert not sending.done() and clock.sleeps and clock.sleeps[-1] == 30.0  # waiting out the old backoff
+    fast = msgspec.structs.replace(slow, initial_interval=Duration(0.1), max_interval=Duration(1.0))
+    new = msgspec.structs.replace(config, retry_on_failure=fast, timeout=Duration(1.0), headers={"x-t": "b"},
+                                  circuit_breaker=CircuitBreakerConfig(failure_threshold=1),
+                                  concurrency=ConcurrencyConfig(adaptive=False, min=1, max=3))
+    await sender.reconfigure(new)
+    report = await asyncio.wait_for(sending, 1.0)  # no virtual time passed: woken by the reload
+    assert report.verdict is Verdict.DELIVERED and report.attempts == 2
+    ep = sender.endpoints["a:4317"]
+    assert sender.timeout == 1.0 and transport.headers == {"x-t": "b"}
+    assert sender.retry.config.initial_interval == 0.1 and ep.base.initial_interval == 0.1
+    assert ep.breaker.config.failure_threshold == 1 and ep.limiter.limit == 3
+    assert sender.config is new
+
+
+async def test_health_probing_turned_on_and_off_by_a_reload() -> None:
+    clock, metrics = sender_clock(), Metrics()
+    transport = FakeTransport("a:4317", clock)
+    config = make_config(["a:4317"])
+    sender = build(msgspec.structs.replace(config, health_probe=HealthProbeConfig(enabled=False)),
+                   [transport], clock, metrics)
+    sender.start()
+    ep = sender.endpoints["a:4317"]
+    assert ep.prober is None
+    await sender.reconfigure(msgspec.structs.replace(config, health_probe=HealthProbeConfig(enabled=True)))
+    for _ in range(20):
+        await asyncio.sleep(0)
+    assert ep.prober is not None and ep.prober.running and transport.probes == 1
+    assert sender.endpoint_health(ep) is EndpointHealth.HEALTHY
+    await sender.reconfigure(msgspec.structs.replace(config, health_probe=HealthProbeConfig(enabled=False)))
+    assert ep.prober is None
+    await sender.stop()
