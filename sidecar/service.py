@@ -29,11 +29,13 @@ from sidecar.receivers.otlp_grpc import OtlpGrpcReceiver
 from sidecar.receivers.otlp_http import OtlpHttpReceiver
 from sidecar.reload import ClassifierHandle, plan_reload
 from sidecar.signals import Signal
+from sidecar.telemetry.anomaly import AnomalySettings
 from sidecar.telemetry.events import Events
 from sidecar.telemetry.http import HttpEndpoint, health_routes, metrics_routes
 from sidecar.telemetry.logs import setup_logging
 from sidecar.telemetry.metrics import Metrics
 from sidecar.telemetry.stats import ErrorStats
+from sidecar.telemetry.watch import Watch
 from sidecar.tls import check_config as check_tls_files
 
 if TYPE_CHECKING:
@@ -62,9 +64,11 @@ class Service:
         self.pipelines: dict[str, Pipeline] = {}
         self.classifier_handle = ClassifierHandle(self.export_classifier(config))
         self.started_at = clock.monotonic()
-        # Derived figures of the admin API; fed by the router and the senders only when it is on.
+        # Derived figures of the admin API and the recovery ratio gauge: fed by the senders, and by the
+        # router (item errors, hotspots) when the admin API is on.
         self.error_stats = ErrorStats(clock)
         self.admin: AdminServer | None = None
+        self.watch: Watch | None = None
 
     # ------------------------------------------------------------------ building
 
@@ -120,9 +124,15 @@ class Service:
         self.pipelines = {p.name: p for p in pipelines}
         admin = self.config.extensions.admin
         admin_on = admin is not None and "admin" in self.config.service.extensions
-        if admin_on:
-            for exporter in self.exporters.values():
-                exporter.sender.error_stats = self.error_stats
+        # Outages and export errors are always counted (the recovery ratio gauge needs them); the item
+        # errors' hotspots only with the admin API, which is the only reader of them.
+        for exporter in self.exporters.values():
+            exporter.sender.error_stats = self.error_stats
+        anomaly = self.config.service.telemetry.anomaly
+        self.watch = Watch(self.metrics, self.clock, lambda: self.exporters, self.error_stats,
+                           AnomalySettings(alpha=anomaly.alpha, threshold=anomaly.threshold, clear=anomaly.clear,
+                                           warmup=anomaly.warmup, min_std=anomaly.min_std),
+                           float(anomaly.interval))
         router = Router(pipelines, self.metrics, self.clock, self.error_stats if admin_on else None)
         used_receivers = {name for p in self.config.service.pipelines.values() for name in p.receivers}
         for name in sorted(used_receivers):
@@ -240,6 +250,8 @@ class Service:
             await self.shutdown()
             raise StartupError(str(exc)) from None
         self.accepting = True
+        if self.watch is not None:
+            self.watch.start()
         log.info("sidecar started", extra={"receivers": [r.config.endpoint for r in self.receivers],
                                           "exporters": list(self.exporters)})
 
@@ -251,6 +263,8 @@ class Service:
         for receiver in self.receivers:
             await receiver.stop(grace=min(5.0, timeout))
         await asyncio.gather(*(e.shutdown(timeout) for e in self.exporters.values()))
+        if self.watch is not None:
+            await self.watch.stop()
         for endpoint in self.endpoints:
             await endpoint.stop()
         if self.admin is not None:

@@ -41,6 +41,7 @@ from sidecar.queue.memory import MemoryQueue
 from sidecar.receivers.ingest import Backpressure, IngestResult, UpstreamRefused
 from sidecar.runtime import release_free_memory
 from sidecar.signals import Signal
+from sidecar.telemetry import events as event_functions
 from sidecar.telemetry.events import Events
 from sidecar.telemetry.metrics import Metrics
 
@@ -102,6 +103,7 @@ class Exporter:
         # Entries requeued because the retry budget refused their retry: their next send is a retry
         # too (see `Sender.send(resend=...)`). Equal entries compare equal, memory or disk queue alike.
         self._owed_retry: set[QueueEntry] = set()
+        event_functions.exporter_counters_at_zero(metrics, name)
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -302,6 +304,7 @@ class Exporter:
     async def _send_synchronously(self, entry: QueueEntry) -> IngestResult:
         report = await self.sender.send(entry)
         if report.verdict is Verdict.DELIVERED:
+            self._delivered([entry])
             return IngestResult(report.rejected, _rejected_message(report))
         classification = report.classification or INTERNAL_ERROR
         if report.verdict is Verdict.REQUEUE or classification.retryable:
@@ -368,6 +371,8 @@ class Exporter:
                 await self._dead_letter(lease.entry, report)
             self._forget_owed(lease.entry)
             await self.queue.ack(lease)
+            if report.verdict is Verdict.DELIVERED:
+                self._delivered([lease.entry])
             return
         requeue = [part for part in report.parts if part.report.verdict is Verdict.REQUEUE]
         try:
@@ -383,6 +388,7 @@ class Exporter:
             if part.report.verdict is Verdict.DEAD_LETTER:
                 await self._dead_letter(part.entry, part.report)
         await self.queue.ack(lease)
+        self._delivered([part.entry for part in report.parts if part.report.verdict is Verdict.DELIVERED])
 
     def _forget_owed(self, entry: QueueEntry) -> None:
         if self._owed_retry:  # a lookup hashes the whole payload (once per bytes object): skip it when empty
@@ -435,6 +441,7 @@ class Exporter:
                 return
             if report.verdict is Verdict.DEAD_LETTER:
                 await self._dead_letter(entry, report)
+            delivered = [lease.entry for lease in leases] if report.verdict is Verdict.DELIVERED else []
         else:
             try:
                 for part in report.parts:
@@ -448,9 +455,17 @@ class Exporter:
             for part in report.parts:
                 if part.report.verdict is Verdict.DEAD_LETTER:
                     await self._dead_letter(part.entry, part.report)
+            delivered = [part.entry for part in report.parts if part.report.verdict is Verdict.DELIVERED]
         for lease in leases:
             self._forget_owed(lease.entry)
             await self.queue.ack(lease)
+        self._delivered(delivered)
+
+    def _delivered(self, entries: list[QueueEntry]) -> None:
+        """Upstream acknowledged these: their delivery latency, from the client's acknowledgement."""
+        now = self.clock.wall()
+        for entry in entries:
+            event_functions.delivered(self.metrics, self.name, entry.accepted_at, now)
 
     async def _dead_letter(self, entry: QueueEntry, report: SendReport) -> None:
         assert self.dead_letters is not None

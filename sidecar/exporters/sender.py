@@ -341,6 +341,8 @@ class Sender:
                           decision.reason, cls.error_type)
                 return SendReport(Verdict.DEAD_LETTER, cls, attempts, 0, None, name, reason=decision.reason)
             if decision.action is RetryAction.REQUEUE:
+                if decision.reason == "budget_exhausted":
+                    events.retry_refused(self.metrics, self.exporter_name, name)
                 return SendReport(Verdict.REQUEUE, cls, attempts, 0, decision.delay, name, reason=decision.reason)
             delay = decision.delay or 0.0
             self.metrics.exporter_retries.labels(self.exporter_name, name).inc()
@@ -410,7 +412,8 @@ class Sender:
             except Exception:
                 log.exception("classifying a partial success failed")
             if cls is not None:
-                self.metrics.errors.labels(cls.category.value, cls.severity.value, cls.recoverability.value).inc()
+                self.metrics.errors.labels(cls.category.value, cls.severity.value, cls.recoverability.value,
+                                         cls.error_type).inc()
                 if self.error_stats is not None:
                     self.error_stats.export_error(self.exporter_name, ep.name, cls)
         ep.base.record(True)
@@ -427,13 +430,15 @@ class Sender:
     def _count_failure(self, ep: EndpointChain, entry: QueueEntry, cls: Classification) -> None:
         self.metrics.exporter_send_failed[entry.signal].labels(
             self.exporter_name, cls.category.value, cls.error_type).inc(entry.items)
-        self.metrics.errors.labels(cls.category.value, cls.severity.value, cls.recoverability.value).inc()
+        self.metrics.errors.labels(cls.category.value, cls.severity.value, cls.recoverability.value,
+                                         cls.error_type).inc()
         if self.error_stats is not None:
             self.error_stats.export_error(self.exporter_name, ep.name, cls)
         if cls.retryable and cls.recovery is not Recovery.SPLIT_AND_RETRY:
             ep.base.record(False)
             if ep.first_failure_at is None:
                 ep.first_failure_at = self.clock.monotonic()
+                events.outage_started(self.metrics, self.exporter_name, ep.name)
                 if self.error_stats is not None:
                     self.error_stats.outage_started(self.exporter_name, ep.name)
 
@@ -533,6 +538,7 @@ def build_sender(
         if on_breaker_transition is not None:
             breaker.add_listener(_bind_endpoint(on_breaker_transition, name))
         metrics.breaker_state.labels(exporter_name, name).set(BreakerState.CLOSED.gauge)
+        events.endpoint_counters_at_zero(metrics, exporter_name, name)
         limit_gauge = metrics.concurrency_limit.labels(name)
         limiter = AdaptiveConcurrency(config.concurrency, clock, on_limit_change=limit_gauge.set)
         limit_gauge.set(limiter.limit)

@@ -126,8 +126,8 @@ class Router:
         return IngestResult(rejected, "; ".join(messages))
 
     def _count_enrichment(self, signal: Signal, stats: EnrichStats) -> None:
-        for (category, severity, recoverability), n in stats.by_class.items():
-            self.metrics.errors.labels(category, severity, recoverability).inc(n)
+        for (category, severity, recoverability, error_type), n in stats.by_class.items():
+            self.metrics.errors.labels(category, severity, recoverability, error_type).inc(n)
             self.metrics.enriched.labels(signal.value, category).inc(n)
 
 

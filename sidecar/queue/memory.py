@@ -25,6 +25,7 @@ import itertools
 from collections import deque
 
 from sidecar.queue.base import Lease, QueueClosed, QueueEntry, QueueFull, Sizer
+from sidecar.queue.oldest import OldestTracker
 
 _lease_ids = itertools.count(1)
 
@@ -109,6 +110,7 @@ class MemoryQueue:
         self._getters = Waiters()
         self._empty_waiters = Waiters()
         self._closed = False
+        self._oldest = OldestTracker()
 
     # ------------------------------------------------------------ figures
 
@@ -136,6 +138,11 @@ class MemoryQueue:
     def closed(self) -> bool:
         return self._closed
 
+    @property
+    def oldest_accepted_at(self) -> float | None:
+        """`accepted_at` of the oldest entry held (leased ones included); None when empty."""
+        return self._oldest.oldest()
+
     def __repr__(self) -> str:
         return (f"MemoryQueue(capacity={self.capacity}, sizer={self.sizer.value}, size={self._size}, "
                 f"count={self.count}, leased={self.leased})")
@@ -154,6 +161,7 @@ class MemoryQueue:
             raise QueueFull(f"queue full: {self._size}+{entry_size} > {self.capacity} {self.sizer.value}")
         seq = next(self._seq)
         self._entries[seq] = entry
+        self._oldest.add(seq, entry.accepted_at)
         self._size += entry_size
         self._bytes += len(entry.payload)
         heapq.heappush(self._available, seq)
@@ -186,6 +194,7 @@ class MemoryQueue:
         if seq is None:
             return
         entry = self._entries.pop(seq)
+        self._oldest.discard(seq)
         self._size -= self.sizer.size_of(entry)
         self._bytes -= len(entry.payload)
         if not self._entries:
@@ -224,6 +233,7 @@ class MemoryQueue:
         """
         drained = [self._entries[seq] for seq in sorted(self._entries)]
         self._entries.clear()
+        self._oldest.clear()
         self._available.clear()
         self._leases.clear()
         self._size = 0
