@@ -11,7 +11,6 @@ from typing import TYPE_CHECKING
 
 import msgspec
 
-from sidecar.clock import SYSTEM_CLOCK, Clock
 from sidecar.config import ConfigError, load_config
 from sidecar.config.schema import (
     ClassifyProcessorConfig,
@@ -20,6 +19,8 @@ from sidecar.config.schema import (
     EnrichProcessorConfig,
     component_kind,
 )
+from sidecar.core.clock import SYSTEM_CLOCK, Clock
+from sidecar.core.signals import Signal
 from sidecar.exporters.exporter import Exporter, build_exporter
 from sidecar.exporters.sender import Upstream
 from sidecar.pipeline.classify import Classifier
@@ -28,7 +29,6 @@ from sidecar.pipeline.router import Pipeline, Router
 from sidecar.receivers.otlp_grpc import OtlpGrpcReceiver
 from sidecar.receivers.otlp_http import OtlpHttpReceiver
 from sidecar.reload import ClassifierHandle, plan_reload
-from sidecar.signals import Signal
 from sidecar.telemetry.anomaly import AnomalySettings
 from sidecar.telemetry.events import Events
 from sidecar.telemetry.http import HttpEndpoint, health_routes, metrics_routes

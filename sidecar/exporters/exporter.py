@@ -17,9 +17,13 @@ from pathlib import Path
 
 from google.protobuf.message import Message
 
-from sidecar.clock import SYSTEM_CLOCK, Clock
 from sidecar.config.schema import DegradationProcessorConfig, ExporterConfig, component_kind
 from sidecar.config.units import MIB
+from sidecar.core.clock import SYSTEM_CLOCK, Clock
+from sidecar.core.entry import QueueEntry
+from sidecar.core.ingest import Backpressure, IngestResult, UpstreamRefused
+from sidecar.core.signals import Signal
+from sidecar.core.taxonomy import Category, Classification, Recoverability, Recovery, Severity
 from sidecar.exporters.sender import Sender, SendReport, Verdict, build_sender
 from sidecar.exporters.transport import Transport
 from sidecar.exporters.transport_grpc import GrpcTransport
@@ -33,14 +37,11 @@ from sidecar.pipeline.degrade import (
     shed_logs,
     shed_traces,
 )
-from sidecar.pipeline.taxonomy import Category, Classification, Recoverability, Recovery, Severity
-from sidecar.queue.base import Lease, ManagedSendingQueue, QueueEntry, QueueFull, QueueStorageError
+from sidecar.queue.base import Lease, ManagedSendingQueue, QueueFull, QueueStorageError
 from sidecar.queue.deadletter import DeadLetterStore
 from sidecar.queue.factory import open_dead_letters, open_queue
 from sidecar.queue.memory import MemoryQueue
-from sidecar.receivers.ingest import Backpressure, IngestResult, UpstreamRefused
 from sidecar.runtime import release_free_memory
-from sidecar.signals import Signal
 from sidecar.telemetry import events as event_functions
 from sidecar.telemetry.events import Events
 from sidecar.telemetry.metrics import Metrics

@@ -60,15 +60,23 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sidecar.clock import SYSTEM_CLOCK, Clock
 from sidecar.config.schema import ExporterConfig
 from sidecar.config.units import mib_to_bytes
+from sidecar.core.clock import SYSTEM_CLOCK, Clock
+from sidecar.core.entry import QueueEntry
+from sidecar.core.errors import ExportError, ExportFailure
+from sidecar.core.taxonomy import (
+    Category,
+    Classification,
+    Recoverability,
+    Recovery,
+    Severity,
+)
 from sidecar.exporters.backoff import AdaptiveBase, Backoff
 from sidecar.exporters.balancer import Balancer
 from sidecar.exporters.breaker import BreakerOpenError, BreakerState, EndpointBreaker
 from sidecar.exporters.budget import RetryBudget
 from sidecar.exporters.concurrency import AdaptiveConcurrency, LoadSignal
-from sidecar.exporters.errors import ExportError, ExportFailure
 from sidecar.exporters.health import EndpointHealth, HealthProber
 from sidecar.exporters.retry import (
     ExportClassifier,
@@ -78,14 +86,6 @@ from sidecar.exporters.retry import (
 )
 from sidecar.exporters.split import split_entry, split_entry_to_limit
 from sidecar.exporters.transport import SendOutcome, Transport
-from sidecar.pipeline.taxonomy import (
-    Category,
-    Classification,
-    Recoverability,
-    Recovery,
-    Severity,
-)
-from sidecar.queue.base import QueueEntry
 from sidecar.telemetry import events
 from sidecar.telemetry.metrics import Metrics
 from sidecar.telemetry.stats import ErrorStats

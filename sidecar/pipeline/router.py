@@ -10,14 +10,14 @@ from typing import Any, Protocol
 
 from google.protobuf.message import Message
 
-from sidecar.clock import Clock
 from sidecar.config.schema import DegradationProcessorConfig, EnrichProcessorConfig
+from sidecar.core.clock import Clock
+from sidecar.core.entry import QueueEntry
+from sidecar.core.ingest import IngestResult, Metadata
+from sidecar.core.signals import Signal, count_items
+from sidecar.core.taxonomy import Classification
 from sidecar.pipeline.classify import Classifier
 from sidecar.pipeline.enrich import EnrichStats, enrich_logs, enrich_traces, enrich_traces_payload
-from sidecar.pipeline.taxonomy import Classification
-from sidecar.queue.base import QueueEntry
-from sidecar.receivers.ingest import IngestResult, Metadata
-from sidecar.signals import Signal, count_items
 from sidecar.telemetry.metrics import Metrics
 from sidecar.telemetry.stats import UNKNOWN_SERVICE, ErrorStats
 

@@ -14,9 +14,9 @@ from grpc import aio
 
 from sidecar.config.schema import GrpcReceiverConfig
 from sidecar.config.units import mib_to_bytes
+from sidecar.core.ingest import Backpressure, Ingest, UpstreamRefused
+from sidecar.core.signals import SPECS, Signal, partial_success_response
 from sidecar.receivers import codec
-from sidecar.receivers.ingest import Backpressure, Ingest, UpstreamRefused
-from sidecar.signals import SPECS, Signal, partial_success_response
 from sidecar.telemetry.metrics import Metrics
 
 log = logging.getLogger("sidecar.receiver.grpc")

@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 
-from sidecar.clock import SYSTEM_CLOCK, Clock
+from sidecar.core.clock import SYSTEM_CLOCK, Clock
 from sidecar.telemetry.metrics import Metrics
 
 log = logging.getLogger("sidecar.events")

@@ -23,8 +23,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
-from sidecar.clock import Clock
-from sidecar.pipeline.taxonomy import Category
+from sidecar.core.clock import Clock
+from sidecar.core.taxonomy import Category
 from sidecar.telemetry import events
 from sidecar.telemetry.anomaly import AnomalySettings, EwmaDetector
 from sidecar.telemetry.lag import FillPredictor, History

@@ -18,12 +18,12 @@ from sidecar.config.schema import (
     RetryConfig,
 )
 from sidecar.config.units import Duration
-from sidecar.exporters.errors import ExportError, ExportFailure
+from sidecar.core.entry import QueueEntry
+from sidecar.core.errors import ExportError, ExportFailure
+from sidecar.core.signals import Signal
+from sidecar.core.taxonomy import Category, Classification, Recoverability, Recovery, Severity
 from sidecar.exporters.sender import build_sender
 from sidecar.exporters.transport import SendOutcome
-from sidecar.pipeline.taxonomy import Category, Classification, Recoverability, Recovery, Severity
-from sidecar.queue.base import QueueEntry
-from sidecar.signals import Signal
 from sidecar.telemetry.metrics import Metrics
 from tests.fakes.clock import FakeClock
 

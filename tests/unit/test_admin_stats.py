@@ -11,15 +11,15 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 from opentelemetry.proto.trace.v1 import trace_pb2
 
 from sidecar.config.schema import ClassifyProcessorConfig, DegradationProcessorConfig, EnrichProcessorConfig
+from sidecar.core.entry import QueueEntry
+from sidecar.core.ingest import IngestResult
+from sidecar.core.signals import Signal
+from sidecar.core.taxonomy import Category, Classification, Recoverability, Recovery, Severity
 from sidecar.exporters.sender import Verdict
 from sidecar.exporters.transport import SendOutcome
 from sidecar.pipeline.classify import Classifier
 from sidecar.pipeline.enrich import enrich_traces
 from sidecar.pipeline.router import Pipeline, Router
-from sidecar.pipeline.taxonomy import Category, Classification, Recoverability, Recovery, Severity
-from sidecar.queue.base import QueueEntry
-from sidecar.receivers.ingest import IngestResult
-from sidecar.signals import Signal
 from sidecar.telemetry.metrics import Metrics
 from sidecar.telemetry.stats import MAX_NAME_CHARS, UNKNOWN_SERVICE, ErrorStats, HotspotKey
 from tests.fakes.sender import INVALID, UNAVAILABLE, FakeTransport, build, make_config, make_entry, sender_clock

@@ -8,13 +8,13 @@ from pathlib import Path
 import pytest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
-from sidecar.clock import SYSTEM_CLOCK
 from sidecar.config.schema import QueueBatchConfig, SendingQueueConfig
 from sidecar.config.units import Duration
+from sidecar.core.clock import SYSTEM_CLOCK
+from sidecar.core.entry import QueueEntry
 from sidecar.exporters.exporter import Exporter, merge_entries
 from sidecar.exporters.transport import SendOutcome
 from sidecar.pipeline.classify import Classifier
-from sidecar.queue.base import QueueEntry
 from sidecar.telemetry.events import Events
 from sidecar.telemetry.metrics import Metrics
 from tests.fakes.sender import UNAVAILABLE, FakeClassifier, FakeTransport, make_config, make_entry, sender_clock

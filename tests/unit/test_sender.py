@@ -15,12 +15,12 @@ from sidecar.config.schema import (
     RetryConfig,
 )
 from sidecar.config.units import Duration
-from sidecar.exporters.errors import ExportError, ExportFailure
+from sidecar.core.entry import QueueEntry
+from sidecar.core.errors import ExportError, ExportFailure
+from sidecar.core.taxonomy import Category
 from sidecar.exporters.health import EndpointHealth
 from sidecar.exporters.sender import SendReport, Upstream, Verdict, build_sender
 from sidecar.exporters.transport import SendOutcome
-from sidecar.pipeline.taxonomy import Category
-from sidecar.queue.base import QueueEntry
 from sidecar.telemetry.metrics import Metrics
 from tests.fakes.sender import (
     INVALID,

@@ -8,10 +8,10 @@ from dataclasses import dataclass
 
 import pytest
 
-from sidecar.clock import Clock
-from sidecar.queue.base import QueueEntry
+from sidecar.core.clock import Clock
+from sidecar.core.entry import QueueEntry
+from sidecar.core.signals import Signal
 from sidecar.queue.memory import MemoryQueue
-from sidecar.signals import Signal
 from sidecar.telemetry.anomaly import AnomalySettings
 from sidecar.telemetry.metrics import Metrics
 from sidecar.telemetry.stats import ErrorStats
