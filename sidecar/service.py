@@ -65,7 +65,7 @@ class Service:
         self.classifier_handle = ClassifierHandle(self.export_classifier(config))
         self.started_at = clock.monotonic()
         # Derived figures of the admin API and the recovery ratio gauge: fed by the senders, and by the
-        # router (item errors, hotspots) when the admin API is on.
+        # router (item errors, hotspots) when the admin API is on, its only reader.
         self.error_stats = ErrorStats(clock)
         self.admin: AdminServer | None = None
         self.watch: Watch | None = None
@@ -101,17 +101,25 @@ class Service:
     def build(self) -> Router:
         classifier = self.classifier_handle
         storage = self._storage_directory()
+        admin = self.config.extensions.admin
+        admin_on = admin is not None and "admin" in self.config.service.extensions
+        processors = {name: self.pipeline_processors(self.config, name) for name in self.config.service.pipelines}
+        # An exporter in several pipelines takes the degradation ladder of the first one that has one.
+        ladders: dict[str, DegradationProcessorConfig] = {}
+        for pipeline_name, spec in self.config.service.pipelines.items():
+            degrade_cfg = processors[pipeline_name][2]
+            if degrade_cfg is not None:
+                for exporter_name in spec.exporters:
+                    ladders.setdefault(exporter_name, degrade_cfg)
         used = {name for p in self.config.service.pipelines.values() for name in p.exporters}
         for name in sorted(used):
             self.exporters[name] = build_exporter(
-                name, self.config.exporters[name], storage, classifier, self.metrics, self.events, self.clock,
-                memory_limit_mib=self.config.service.memory_limit_mib, recover=self.recover)
+                name, self.config.exporters[name], storage, classifier, self.events, self.clock,
+                memory_limit_mib=self.config.service.memory_limit_mib, recover=self.recover,
+                error_stats=self.error_stats, degradation=ladders.get(name))
         pipelines = []
         for pipeline_name, spec in self.config.service.pipelines.items():
-            classify_cfg, enrich_cfg, degrade_cfg = self.pipeline_processors(self.config, pipeline_name)
-            if degrade_cfg is not None:
-                for exporter_name in spec.exporters:
-                    self.exporters[exporter_name].use_degradation(degrade_cfg)
+            classify_cfg, enrich_cfg, degrade_cfg = processors[pipeline_name]
             pipelines.append(Pipeline(
                 name=pipeline_name,
                 signal=Signal(component_kind(pipeline_name)),
@@ -122,24 +130,18 @@ class Service:
                 degradation=degrade_cfg,
             ))
         self.pipelines = {p.name: p for p in pipelines}
-        admin = self.config.extensions.admin
-        admin_on = admin is not None and "admin" in self.config.service.extensions
-        # Outages and export errors are always counted (the recovery ratio gauge needs them); the item
-        # errors' hotspots only with the admin API, which is the only reader of them.
-        for exporter in self.exporters.values():
-            exporter.sender.error_stats = self.error_stats
+        router = Router(pipelines, self.events, self.clock, self.error_stats if admin_on else None)
         anomaly = self.config.service.telemetry.anomaly
-        self.watch = Watch(self.metrics, self.clock, lambda: self.exporters, self.error_stats,
+        self.watch = Watch(self.events, self.clock, lambda: self.exporters, self.error_stats,
                            AnomalySettings(alpha=anomaly.alpha, threshold=anomaly.threshold, clear=anomaly.clear,
                                            warmup=anomaly.warmup, min_std=anomaly.min_std),
                            float(anomaly.interval))
-        router = Router(pipelines, self.metrics, self.clock, self.error_stats if admin_on else None)
         used_receivers = {name for p in self.config.service.pipelines.values() for name in p.receivers}
         for name in sorted(used_receivers):
             receiver = self.config.receivers[name]
             token = receiver.auth.bearer_token if receiver.auth else None
             if receiver.protocols.grpc is not None:
-                self.receivers.append(OtlpGrpcReceiver(name, receiver.protocols.grpc, router, self.metrics,
+                self.receivers.append(OtlpGrpcReceiver(name, receiver.protocols.grpc, router,
                                                        receiver.include_metadata, token))
             if receiver.protocols.http is not None:
                 self.receivers.append(OtlpHttpReceiver(name, receiver.protocols.http, router,
@@ -164,7 +166,7 @@ class Service:
         try:
             new = load_config(path)
         except ConfigError as exc:
-            self.metrics.config_reloads.labels("invalid").inc()
+            self.events.config_reloaded("invalid")
             log.error("config reload failed; the running configuration is kept",
                       extra={"event": "config_reload", "result": "invalid", "errors": exc.errors})
             return False
@@ -197,7 +199,7 @@ class Service:
                                                                                     pipelines=pipelines))
         self.config = applied
         result = "applied" if not plan.needs_restart else "partial"
-        self.metrics.config_reloads.labels(result).inc()
+        self.events.config_reloaded(result)
         log.info("config reloaded", extra={
             "event": "config_reload", "result": result, "processors_changed": plan.processors_changed,
             "log_level_changed": plan.log_level_changed, "not_applied_need_restart": plan.needs_restart})

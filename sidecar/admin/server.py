@@ -33,7 +33,6 @@ from sidecar.telemetry.watch import HISTORY_STEP, QueueLag, Watch
 if TYPE_CHECKING:
     from sidecar.core.clock import Clock
     from sidecar.exporters.exporter import Exporter
-    from sidecar.telemetry.metrics import Metrics
     from sidecar.telemetry.stats import ErrorStats
 
 log = logging.getLogger("sidecar.admin")
@@ -49,7 +48,6 @@ class AdminView(Protocol):
     started_at: float
     accepting: bool
     error_stats: ErrorStats
-    metrics: Metrics
     watch: Watch | None
 
     def readiness(self) -> tuple[bool, dict[str, object]]: ...
@@ -279,9 +277,7 @@ class AdminServicer(pb_grpc.AdminServicer):  # type: ignore[misc]
                     raise _Refused(grpc.StatusCode.FAILED_PRECONDITION,
                                    f"exporter {exporter.name} is shutting down") from None
                 replayed, items, remaining = result.replayed, result.items, result.remaining
-                metrics = self.service.metrics
-                metrics.queue_size.labels(exporter.name).set(exporter.queue.size)
-                metrics.queue_bytes.labels(exporter.name).set(exporter.queue.bytes)
+                exporter.update_queue_gauges()
             else:
                 replayed, items, remaining = await _replay_synchronously(exporter, wanted)
             response.replayed += replayed

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 
-from sidecar.core.taxonomy import Category, Recoverability, Recovery
+from sidecar.core.taxonomy import INTERNAL_ERROR, Category, Recoverability, Recovery
 
 GRPC_CODE_NAMES: tuple[str, ...] = (
     "OK",
@@ -84,7 +84,9 @@ T_LOCK_CONFLICT: Template = (
 T_INVALID_INPUT: Template = (*BAD_DATA, "invalid_input")
 T_OTHER: Template = (*APP_PERMANENT, OTHER)
 T_PARTIAL_SUCCESS: Template = (Category.PROCESSING, Recoverability.PERMANENT, Recovery.DROP, "partial_success")
-T_INTERNAL: Template = (Category.INTERNAL, Recoverability.FATAL, Recovery.MANUAL_INTERVENTION, "internal")
+T_INTERNAL: Template = (
+    INTERNAL_ERROR.category, INTERNAL_ERROR.recoverability, INTERNAL_ERROR.recovery, INTERNAL_ERROR.error_type,
+)
 
 _CAMEL = re.compile(r"(?<!^)(?=[A-Z])")
 

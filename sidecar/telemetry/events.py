@@ -10,6 +10,8 @@ import logging
 from dataclasses import dataclass, field
 
 from sidecar.core.clock import SYSTEM_CLOCK, Clock
+from sidecar.core.signals import Signal
+from sidecar.core.taxonomy import Classification
 from sidecar.telemetry.metrics import Metrics
 
 log = logging.getLogger("sidecar.events")
@@ -66,6 +68,32 @@ class Events:
             "event": "degradation_level", "exporter": exporter, "from_level": old, "to_level": new,
             "cause": cause})
 
+    # -------------------------------------------------------------- receivers and the pipeline
+
+    def received(self, signal: Signal, receiver: str, transport: str, items: int) -> None:
+        self.metrics.receiver_accepted[signal].labels(receiver, transport).inc(items)
+
+    def refused(self, signal: Signal, receiver: str, transport: str, items: int, reason: str) -> None:
+        self.metrics.receiver_refused[signal].labels(receiver, transport, reason).inc(items)
+
+    def classified(self, signal: Signal, category: str, severity: str, recoverability: str, error_type: str,
+                   items: int) -> None:
+        """Error spans / log records classified and enriched on their way through."""
+        self.metrics.errors.labels(category, severity, recoverability, error_type).inc(items)
+        self.metrics.enriched.labels(signal.value, category).inc(items)
+
+    def config_reloaded(self, result: str) -> None:
+        self.metrics.config_reloads.labels(result).inc()
+
+    # -------------------------------------------------------------- queues
+
+    def queue_opened(self, exporter: str, capacity: int) -> None:
+        self.metrics.queue_capacity.labels(exporter).set(capacity)
+
+    def queue_changed(self, exporter: str, size: int, held_bytes: int) -> None:
+        self.metrics.queue_size.labels(exporter).set(size)
+        self.metrics.queue_bytes.labels(exporter).set(held_bytes)
+
     def backpressure(self, exporter: str, signal: str, items: int, reason: str) -> None:
         total = self._due(("backpressure", exporter, signal, reason), items)
         if total:
@@ -73,88 +101,127 @@ class Events:
                 "event": "backpressure", "exporter": exporter, "signal": signal, "reason": reason,
                 "items_since_last_log": total})
 
+    # -------------------------------------------------------------- the sender chain
 
-# Events raised where no Events object is at hand (the sender chain is built from Metrics alone):
-# module functions, so their log line and their metrics still live together here.
+    def endpoint_added(self, exporter: str, endpoint: str, closed_gauge: int, concurrency_limit: int,
+                       probed: bool) -> None:
+        """Gauges an endpoint has from the first scrape: breaker closed, the initial limit, health unknown (0)."""
+        self.metrics.breaker_state.labels(exporter, endpoint).set(closed_gauge)
+        self.metrics.concurrency_limit.labels(endpoint).set(concurrency_limit)
+        if probed:
+            self.metrics.endpoint_healthy.labels(exporter, endpoint).set(0)
+        # Counters and histograms whose label sets are known now: samples from the first scrape.
+        self.metrics.outages.labels(exporter, endpoint)
+        self.metrics.retries_refused.labels(exporter, endpoint)
+        self.metrics.exporter_retries.labels(exporter, endpoint)
+        self.metrics.recovery_duration.labels(exporter, endpoint)
 
-def breaker_transition(metrics: Metrics, exporter: str, endpoint: str, old: str, new: str, gauge: int) -> None:
-    metrics.breaker_state.labels(exporter, endpoint).set(gauge)
-    metrics.breaker_transitions.labels(exporter, endpoint, old, new).inc()
-    level = logging.WARNING if new == "open" else logging.INFO
-    log.log(level, "circuit breaker %s -> %s", old, new, extra={
-        "event": "breaker_transition", "exporter": exporter, "endpoint": endpoint,
-        "from_state": old, "to_state": new})
+    def concurrency_limit_changed(self, endpoint: str, limit: int) -> None:
+        self.metrics.concurrency_limit.labels(endpoint).set(limit)
 
+    def export_attempted(self, exporter: str, endpoint: str, outcome: str, seconds: float) -> None:
+        self.metrics.export_duration.labels(exporter, endpoint, outcome).observe(max(0.0, seconds))
 
-def endpoint_health_changed(metrics: Metrics, exporter: str, endpoint: str, healthy: bool) -> None:
-    metrics.endpoint_healthy.labels(exporter, endpoint).set(1 if healthy else 0)
-    log.log(logging.INFO if healthy else logging.WARNING, "endpoint health changed", extra={
-        "event": "endpoint_health", "exporter": exporter, "endpoint": endpoint, "healthy": healthy})
+    def export_failed(self, exporter: str, endpoint: str, signal: Signal, items: int,
+                      classification: Classification) -> None:
+        """One failed attempt: its items and its class (each attempt counts, retries included)."""
+        category, error_type = classification.category.value, classification.error_type
+        self.metrics.exporter_send_failed[signal].labels(exporter, category, error_type).inc(items)
+        self.metrics.errors.labels(category, classification.severity.value,
+                                   classification.recoverability.value, error_type).inc()
+        total = self._due(("export_failed", exporter, endpoint, error_type), 1)
+        if total:
+            log.warning("export attempt failed", extra={
+                "event": "export_failed", "exporter": exporter, "endpoint": endpoint, "signal": signal.value,
+                "category": category, "error_type": error_type,
+                "recoverability": classification.recoverability.value, "attempts_since_last_log": total})
 
+    def retry_scheduled(self, exporter: str, endpoint: str, error_type: str, delay: float) -> None:
+        self.metrics.exporter_retries.labels(exporter, endpoint).inc()
+        log.debug("%s: retry in %.3fs after %s from %s", exporter, delay, error_type, endpoint)
 
+    def exported(self, exporter: str, signal: Signal, items: int) -> None:
+        """Items the upstream accepted (a partial success's rejected items excluded)."""
+        self.metrics.exporter_sent[signal].labels(exporter).inc(items)
 
-def outage_started(metrics: Metrics, exporter: str, endpoint: str) -> None:
-    """An endpoint failed (retryably) with no failure pending: an outage episode begins. It ends at the
-    endpoint's next success, observed into sidecar_recovery_duration_seconds (the outage's duration)."""
-    metrics.outages.labels(exporter, endpoint).inc()
-    log.warning("outage started", extra={"event": "outage", "exporter": exporter, "endpoint": endpoint})
+    def partial_success(self, exporter: str, endpoint: str, signal: Signal, rejected: int,
+                        classification: Classification | None) -> None:
+        """The upstream accepted a request but rejected some items: dropped, never retried."""
+        self.dropped(signal.value, "upstream_rejected", rejected, f"exporter {exporter}, endpoint {endpoint}")
+        if classification is not None:
+            self.metrics.errors.labels(classification.category.value, classification.severity.value,
+                                       classification.recoverability.value, classification.error_type).inc()
 
+    def endpoint_recovered(self, exporter: str, endpoint: str, seconds: float) -> None:
+        self.metrics.recovery_duration.labels(exporter, endpoint).observe(seconds)
+        log.info("endpoint recovered", extra={"event": "endpoint_recovered", "exporter": exporter,
+                                               "endpoint": endpoint, "outage_seconds": round(seconds, 3)})
 
-def retry_refused(metrics: Metrics, exporter: str, endpoint: str) -> None:
-    """The retry budget refused a retry; the request goes back to the queue (not dropped)."""
-    metrics.retries_refused.labels(exporter, endpoint).inc()
+    def breaker_transition(self, exporter: str, endpoint: str, old: str, new: str, gauge: int) -> None:
+        self.metrics.breaker_state.labels(exporter, endpoint).set(gauge)
+        self.metrics.breaker_transitions.labels(exporter, endpoint, old, new).inc()
+        level = logging.WARNING if new == "open" else logging.INFO
+        log.log(level, "circuit breaker %s -> %s", old, new, extra={
+            "event": "breaker_transition", "exporter": exporter, "endpoint": endpoint,
+            "from_state": old, "to_state": new})
 
+    def endpoint_health_changed(self, exporter: str, endpoint: str, healthy: bool) -> None:
+        self.metrics.endpoint_healthy.labels(exporter, endpoint).set(1 if healthy else 0)
+        log.log(logging.INFO if healthy else logging.WARNING, "endpoint health changed", extra={
+            "event": "endpoint_health", "exporter": exporter, "endpoint": endpoint, "healthy": healthy})
 
-def endpoint_counters_at_zero(metrics: Metrics, exporter: str, endpoint: str) -> None:
-    """Create the per-endpoint children whose label sets are known when the exporter is built, so their
-    families have samples from the first scrape."""
-    metrics.outages.labels(exporter, endpoint)
-    metrics.retries_refused.labels(exporter, endpoint)
-    metrics.exporter_retries.labels(exporter, endpoint)
-    metrics.recovery_duration.labels(exporter, endpoint)
+    def outage_started(self, exporter: str, endpoint: str) -> None:
+        """An endpoint failed (retryably) with no failure pending: an outage episode begins. It ends at the
+        endpoint's next success (`endpoint_recovered`, whose duration is the outage's)."""
+        self.metrics.outages.labels(exporter, endpoint).inc()
+        log.warning("outage started", extra={"event": "outage", "exporter": exporter, "endpoint": endpoint})
 
+    def retry_refused(self, exporter: str, endpoint: str) -> None:
+        """The retry budget refused a retry; the request goes back to the queue (not dropped)."""
+        self.metrics.retries_refused.labels(exporter, endpoint).inc()
+        total = self._due(("retry_refused", exporter, endpoint), 1)
+        if total:
+            log.warning("retry budget exhausted: request requeued", extra={
+                "event": "retry_refused", "exporter": exporter, "endpoint": endpoint,
+                "refusals_since_last_log": total})
 
-def exporter_counters_at_zero(metrics: Metrics, exporter: str) -> None:
-    """The same for one exporter's families (levels 0..4 of the degradation ladder are known in advance)."""
-    metrics.queue_oldest_age.labels(exporter).set(0)
-    metrics.queue_time_to_full.labels(exporter).set(float("inf"))
-    metrics.delivery_latency.labels(exporter)
-    metrics.degradation_level.labels(exporter).set(0)
-    for old in range(5):
-        for new in range(5):
-            if old != new:
-                metrics.degradation_transitions.labels(exporter, str(old), str(new))
+    # -------------------------------------------------------------- lag, foresight and anomalies
 
+    def exporter_added(self, exporter: str) -> None:
+        """One exporter's families with known label sets, from the first scrape (every pair of the
+        degradation ladder's levels 0..4; an empty queue; nothing delivered yet)."""
+        self.metrics.queue_oldest_age.labels(exporter).set(0)
+        self.metrics.queue_time_to_full.labels(exporter).set(float("inf"))
+        self.metrics.delivery_latency.labels(exporter)
+        self.metrics.degradation_level.labels(exporter).set(0)
+        for old in range(5):
+            for new in range(5):
+                if old != new:
+                    self.metrics.degradation_transitions.labels(exporter, str(old), str(new))
 
-def queue_lag(metrics: Metrics, exporter: str, oldest_age: float, time_to_full: float) -> None:
-    metrics.queue_oldest_age.labels(exporter).set(oldest_age)
-    metrics.queue_time_to_full.labels(exporter).set(time_to_full)
+    def queue_lag(self, exporter: str, oldest_age: float, time_to_full: float) -> None:
+        self.metrics.queue_oldest_age.labels(exporter).set(oldest_age)
+        self.metrics.queue_time_to_full.labels(exporter).set(time_to_full)
 
+    def delivered(self, exporter: str, accepted_at: float, now: float) -> None:
+        """Upstream acknowledged an entry whose client was acknowledged at `accepted_at` (wall clock)."""
+        self.metrics.delivery_latency.labels(exporter).observe(max(0.0, now - accepted_at))
 
-def delivered(metrics: Metrics, exporter: str, accepted_at: float, now: float) -> None:
-    """Upstream acknowledged an entry the client's acknowledgement was given for at `accepted_at` (wall)."""
-    metrics.delivery_latency.labels(exporter).observe(max(0.0, now - accepted_at))
+    def recovery_ratio(self, ratio: float | None) -> None:
+        self.metrics.recovery_success_ratio.set(1.0 if ratio is None else ratio)
 
+    def anomaly_score(self, category: str, score: float) -> None:
+        self.metrics.error_rate_anomaly.labels(category).set(score)
+        self.metrics.error_rate_anomalies.labels(category)  # a sample from the first scrape
 
-def recovery_ratio(metrics: Metrics, ratio: float | None) -> None:
-    metrics.recovery_success_ratio.set(1.0 if ratio is None else ratio)
-
-
-def anomaly_score(metrics: Metrics, category: str, score: float) -> None:
-    metrics.error_rate_anomaly.labels(category).set(score)
-    metrics.error_rate_anomalies.labels(category)  # a sample from the first scrape
-
-
-def anomaly_changed(metrics: Metrics, category: str, active: bool, score: float, rate_per_minute: float,
-                    baseline_per_minute: float, threshold: float) -> None:
-    """The error rate of `category` became unusual (its score reached the threshold) or normal again."""
-    if active:
-        metrics.error_rate_anomalies.labels(category).inc()
-        log.warning("error rate anomaly", extra={
-            "event": "error_rate_anomaly", "category": category, "state": "raised", "score": round(score, 2),
-            "threshold": threshold, "errors_per_minute": round(rate_per_minute, 2),
-            "baseline_per_minute": round(baseline_per_minute, 2)})
-    else:
-        log.info("error rate back to normal", extra={
-            "event": "error_rate_anomaly", "category": category, "state": "cleared", "score": round(score, 2),
-            "errors_per_minute": round(rate_per_minute, 2), "baseline_per_minute": round(baseline_per_minute, 2)})
+    def anomaly_changed(self, category: str, active: bool, score: float, rate_per_minute: float,
+                        baseline_per_minute: float, threshold: float) -> None:
+        """The error rate of `category` became unusual (its score reached the threshold) or normal again."""
+        detail = {"event": "error_rate_anomaly", "category": category, "score": round(score, 2),
+                  "errors_per_minute": round(rate_per_minute, 2),
+                  "baseline_per_minute": round(baseline_per_minute, 2)}
+        if active:
+            self.metrics.error_rate_anomalies.labels(category).inc()
+            log.warning("error rate anomaly", extra={**detail, "state": "raised", "threshold": threshold})
+        else:
+            log.info("error rate back to normal", extra={**detail, "state": "cleared"})

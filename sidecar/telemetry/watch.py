@@ -25,10 +25,9 @@ from typing import Protocol
 
 from sidecar.core.clock import Clock
 from sidecar.core.taxonomy import Category
-from sidecar.telemetry import events
 from sidecar.telemetry.anomaly import AnomalySettings, EwmaDetector
+from sidecar.telemetry.events import Events
 from sidecar.telemetry.lag import FillPredictor, History
-from sidecar.telemetry.metrics import Metrics
 from sidecar.telemetry.stats import ErrorStats
 
 log = logging.getLogger("sidecar.watch")
@@ -83,11 +82,12 @@ class _Series:
 
 
 class Watch:
-    def __init__(self, metrics: Metrics, clock: Clock, exporters: Callable[[], Mapping[str, WatchedExporter]],
+    def __init__(self, events: Events, clock: Clock, exporters: Callable[[], Mapping[str, WatchedExporter]],
                  error_stats: ErrorStats | None, anomaly: AnomalySettings, anomaly_interval: float) -> None:
         if anomaly_interval <= 0:
             raise ValueError("anomaly_interval must be > 0")
-        self.metrics = metrics
+        self.events = events
+        self.metrics = events.metrics  # read: the errors counter the anomaly scores are computed from
         self.clock = clock
         self.exporters = exporters
         self.error_stats = error_stats
@@ -103,7 +103,7 @@ class Watch:
         totals = self._errors_by_category()
         for category in Category:
             self._series[category.value] = _Series(EwmaDetector(anomaly), totals.get(category.value, 0.0))
-            events.anomaly_score(metrics, category.value, 0.0)
+            events.anomaly_score(category.value, 0.0)
 
     # ------------------------------------------------------------ lifecycle
 
@@ -137,7 +137,7 @@ class Watch:
             self.score_error_rates(now - self._last_anomaly_at)
             self._last_anomaly_at = now
         if self.error_stats is not None:
-            events.recovery_ratio(self.metrics, self.error_stats.recovery().success_rate)
+            self.events.recovery_ratio(self.error_stats.recovery().success_rate)
 
     # ------------------------------------------------------------ lag
 
@@ -156,7 +156,7 @@ class Watch:
             age = None if oldest is None else max(0.0, wall - oldest)
             lag = QueueLag(age, predictor.time_to_full(size, queue.capacity), predictor.net_rate(), history.values())
             self._lag[name] = lag
-            events.queue_lag(self.metrics, name, age or 0.0, lag.time_to_full)
+            self.events.queue_lag(name, age or 0.0, lag.time_to_full)
 
     def lag(self, exporter: str) -> QueueLag | None:
         return self._lag.get(exporter)
@@ -190,11 +190,11 @@ class Watch:
             baseline = series.detector.mean
             verdict = series.detector.update(rate)
             series.last_rate, series.last_baseline = rate, baseline
-            events.anomaly_score(self.metrics, category, verdict.score)
+            self.events.anomaly_score(category, verdict.score)
             if verdict.changed:
                 series.raised_at = wall if verdict.active else None
-                events.anomaly_changed(self.metrics, category, verdict.active, verdict.score, rate, baseline,
-                                       self.anomaly_settings.threshold)
+                self.events.anomaly_changed(category, verdict.active, verdict.score, rate, baseline,
+                                            self.anomaly_settings.threshold)
         self._error_rate_history.observe(self.clock.monotonic(), overall)
 
     def anomalies(self) -> list[Anomaly]:

@@ -42,7 +42,7 @@ async def run_exporter(entries: list[QueueEntry], batch: QueueBatchConfig | None
     config = make_config([transport.endpoint], sending_queue=queue_config)
     metrics = Metrics()
     sender = build_sender(config, [transport], transport.clock, metrics)
-    exporter = Exporter("otlp_grpc", config, sender, Classifier(), metrics, Events(metrics), SYSTEM_CLOCK,
+    exporter = Exporter("otlp_grpc", config, sender, Classifier(), Events(metrics), SYSTEM_CLOCK,
                         storage, None)
     await exporter.start()
     assert exporter.queue is not None
@@ -123,7 +123,7 @@ async def test_flush_timeout_waits_for_entries_that_arrive_soon() -> None:
     config = make_config([transport.endpoint], sending_queue=queue_config)
     metrics = Metrics()
     exporter = Exporter("otlp_grpc", config, build_sender(config, [transport], transport.clock, metrics),
-                        Classifier(), metrics, Events(metrics), SYSTEM_CLOCK, None, None)
+                        Classifier(), Events(metrics), SYSTEM_CLOCK, None, None)
     await exporter.start()
     assert exporter.queue is not None
     entries = [make_entry(1, tag=f"e{i}-") for i in range(3)]

@@ -13,6 +13,7 @@ from sidecar.core.entry import QueueEntry
 from sidecar.core.signals import Signal
 from sidecar.queue.memory import MemoryQueue
 from sidecar.telemetry.anomaly import AnomalySettings
+from sidecar.telemetry.events import Events
 from sidecar.telemetry.metrics import Metrics
 from sidecar.telemetry.stats import ErrorStats
 from sidecar.telemetry.watch import Watch
@@ -33,7 +34,7 @@ def _sample(metrics: Metrics, name: str, labels: dict[str, str]) -> float | None
 def _watch(clock: Clock, metrics: Metrics, exporters: dict[str, _Exporter], interval: float = 10.0,
            stats: ErrorStats | None = None) -> Watch:
     settings = AnomalySettings(alpha=0.1, threshold=4.0, clear=2.0, warmup=5, min_std=1.0)
-    return Watch(metrics, clock, lambda: exporters, stats, settings, interval)
+    return Watch(Events(metrics, clock), clock, lambda: exporters, stats, settings, interval)
 
 
 def _entry(accepted_at: float) -> QueueEntry:
