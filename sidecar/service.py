@@ -20,6 +20,7 @@ from sidecar.config.schema import (
     component_kind,
 )
 from sidecar.core.clock import SYSTEM_CLOCK, Clock
+from sidecar.core.errors import ExportFailure
 from sidecar.core.signals import Signal
 from sidecar.exporters.exporter import Exporter, build_exporter
 from sidecar.exporters.sender import Upstream
@@ -42,6 +43,15 @@ if TYPE_CHECKING:
     from sidecar.admin.server import AdminServer
 
 log = logging.getLogger("sidecar.service")
+
+
+# The failures an exporter expects, whose classes start at 0 in sidecar_errors_total and
+# sidecar_exporter_send_failed_*: the OTLP spec's retryable answers and the usual client-side errors.
+_CLIENT_FAILURES = (ExportFailure(client_error="connection_refused"), ExportFailure(client_error="timeout"))
+EXPECTED_GRPC_FAILURES = (*(ExportFailure(grpc_code=code) for code in (
+    "CANCELLED", "DEADLINE_EXCEEDED", "ABORTED", "OUT_OF_RANGE", "UNAVAILABLE", "DATA_LOSS", "RESOURCE_EXHAUSTED")),
+    *_CLIENT_FAILURES)
+EXPECTED_HTTP_FAILURES = (*(ExportFailure(http_status=status) for status in (429, 502, 503, 504)), *_CLIENT_FAILURES)
 
 
 class StartupError(Exception):
@@ -157,7 +167,26 @@ class Service:
             from sidecar.admin.server import AdminServer  # the generated gRPC code only when used
 
             self.admin = AdminServer(admin, self)
+        self._start_known_series()
         return router
+
+    def _start_known_series(self) -> None:
+        """Every series whose labels are known from the config starts at 0, so every family listed in the
+        README has samples from the first scrape (a rate() over a series that appears only with its first
+        increment misses that increment)."""
+        self.events.started()
+        for spec_name, spec in self.config.service.pipelines.items():
+            signal = Signal(component_kind(spec_name))
+            for receiver_name in spec.receivers:
+                protocols = self.config.receivers[receiver_name].protocols
+                for transport, enabled in (("grpc", protocols.grpc), ("http", protocols.http)):
+                    if enabled is not None:
+                        self.events.receiver_route_added(signal, receiver_name, transport)
+            for exporter_name in spec.exporters:
+                http = component_kind(exporter_name) == "otlp_http"
+                failures = EXPECTED_HTTP_FAILURES if http else EXPECTED_GRPC_FAILURES
+                classes = [self.classifier_handle.classify_export(failure) for failure in failures]
+                self.events.exporter_route_added(exporter_name, signal, classes)
 
     # ------------------------------------------------------------------ reload
 

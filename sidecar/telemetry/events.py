@@ -11,12 +11,19 @@ from dataclasses import dataclass, field
 
 from sidecar.core.clock import SYSTEM_CLOCK, Clock
 from sidecar.core.signals import Signal
-from sidecar.core.taxonomy import Classification
+from sidecar.core.taxonomy import Category, Classification
 from sidecar.telemetry.metrics import Metrics
 
 log = logging.getLogger("sidecar.events")
 
 LOG_INTERVAL = 60.0
+
+# Label values known before anything happens, so their series exist (at 0) from the first scrape.
+DROP_REASONS = ("degradation_sampled", "degradation_essential", "upstream_rejected", "dead_letter_evicted", "shutdown")
+RELOAD_RESULTS = ("applied", "partial", "invalid")
+EXPORT_OUTCOMES = ("success", "partial_success", "failure")
+BREAKER_TRANSITIONS = (("closed", "open"), ("open", "half_open"), ("half_open", "closed"), ("half_open", "open"))
+ENRICHED_SIGNALS = (Signal.TRACES, Signal.LOGS)
 
 
 @dataclass
@@ -111,6 +118,10 @@ class Events:
         if probed:
             self.metrics.endpoint_healthy.labels(exporter, endpoint).set(0)
         # Counters and histograms whose label sets are known now: samples from the first scrape.
+        for outcome in EXPORT_OUTCOMES:
+            self.metrics.export_duration.labels(exporter, endpoint, outcome)
+        for old, new in BREAKER_TRANSITIONS:
+            self.metrics.breaker_transitions.labels(exporter, endpoint, old, new)
         self.metrics.outages.labels(exporter, endpoint)
         self.metrics.retries_refused.labels(exporter, endpoint)
         self.metrics.exporter_retries.labels(exporter, endpoint)
@@ -194,6 +205,8 @@ class Events:
         self.metrics.queue_time_to_full.labels(exporter).set(float("inf"))
         self.metrics.delivery_latency.labels(exporter)
         self.metrics.degradation_level.labels(exporter).set(0)
+        for category in Category:
+            self.metrics.dead_letters.labels(exporter, category.value)
         for old in range(5):
             for new in range(5):
                 if old != new:
@@ -225,3 +238,29 @@ class Events:
             log.warning("error rate anomaly", extra={**detail, "state": "raised", "threshold": threshold})
         else:
             log.info("error rate back to normal", extra={**detail, "state": "cleared"})
+
+    # -------------------------------------------------------------- label sets known at start
+
+    def started(self) -> None:
+        """The families not tied to a receiver or an exporter: every drop reason of every signal, the
+        enrichment of every category, every reload result."""
+        for signal in Signal:
+            for reason in DROP_REASONS:
+                self.metrics.dropped.labels(signal.value, reason)
+        for signal in ENRICHED_SIGNALS:
+            for category in Category:
+                self.metrics.enriched.labels(signal.value, category.value)
+        for result in RELOAD_RESULTS:
+            self.metrics.config_reloads.labels(result)
+
+    def receiver_route_added(self, signal: Signal, receiver: str, transport: str) -> None:
+        self.metrics.receiver_accepted[signal].labels(receiver, transport)
+        self.metrics.receiver_refused[signal].labels(receiver, transport, "refused")
+
+    def exporter_route_added(self, exporter: str, signal: Signal, export_classes: list[Classification]) -> None:
+        """`exporter` sends `signal`; `export_classes` are the classes of the failures an exporter expects
+        (the OTLP spec's retryable answers and the usual client errors, classified by the running rules)."""
+        self.metrics.exporter_sent[signal].labels(exporter)
+        for c in export_classes:
+            self.metrics.exporter_send_failed[signal].labels(exporter, c.category.value, c.error_type)
+            self.metrics.errors.labels(c.category.value, c.severity.value, c.recoverability.value, c.error_type)
