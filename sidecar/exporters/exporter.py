@@ -24,6 +24,7 @@ from sidecar.core.entry import QueueEntry
 from sidecar.core.ingest import Backpressure, IngestResult, UpstreamRefused
 from sidecar.core.signals import Signal
 from sidecar.core.taxonomy import INTERNAL_ERROR, Category, Classification
+from sidecar.exporters.retry import Reason
 from sidecar.exporters.sender import Sender, SendReport, Verdict, build_sender
 from sidecar.exporters.transport import Transport
 from sidecar.exporters.transport_grpc import GrpcTransport
@@ -317,8 +318,7 @@ class Exporter:
         while True:
             await self.sender.wait_ready()
             leases = await self._take(await self.queue.get())
-            lease = leases[0]
-            entry = lease.entry if len(leases) == 1 else merge_entries([held.entry for held in leases])
+            entry = leases[0].entry if len(leases) == 1 else merge_entries([held.entry for held in leases])
             self.update_queue_gauges()
             started = self.clock.monotonic()
             try:
@@ -331,13 +331,10 @@ class Exporter:
                 raise
             except Exception:
                 log.exception("sender failed unexpectedly", extra={"exporter": self.name})
-                report = SendReport(Verdict.DEAD_LETTER, INTERNAL_ERROR, 0, 0, None, None)
+                report = SendReport(verdict=Verdict.DEAD_LETTER, classification=INTERNAL_ERROR)
             self._record_outcome(report.verdict is Verdict.DELIVERED, self.clock.monotonic() - started)
             try:
-                if len(leases) == 1:
-                    await self._settle(lease, report)
-                else:
-                    await self._settle_merged(leases, entry, report)
+                await self._settle(leases, entry, report)
             except asyncio.CancelledError:
                 raise
             except Exception:
@@ -352,37 +349,6 @@ class Exporter:
                 self.update_queue_gauges()
             if report.verdict is Verdict.REQUEUE and report.retry_after:
                 await self.clock.sleep(min(report.retry_after, 5.0))
-
-    async def _settle(self, lease: Lease, report: SendReport) -> None:
-        assert self.queue is not None
-        if not report.parts:
-            if report.verdict is Verdict.REQUEUE:
-                if report.reason == "budget_exhausted":
-                    self._owed_retry.add(lease.entry)
-                await self.queue.nack(lease)
-                return
-            if report.verdict is Verdict.DEAD_LETTER:
-                await self._dead_letter(lease.entry, report)
-            self._forget_owed(lease.entry)
-            await self.queue.ack(lease)
-            if report.verdict is Verdict.DELIVERED:
-                self._delivered([lease.entry])
-            return
-        requeue = [part for part in report.parts if part.report.verdict is Verdict.REQUEUE]
-        try:
-            for part in requeue:
-                await self.queue.put(part.entry)
-                if part.report.reason == "budget_exhausted":
-                    self._owed_retry.add(part.entry)
-        except QueueFull:
-            await self.queue.nack(lease)  # resend the whole entry later: duplicates, never loss
-            return
-        self._forget_owed(lease.entry)
-        for part in report.parts:
-            if part.report.verdict is Verdict.DEAD_LETTER:
-                await self._dead_letter(part.entry, part.report)
-        await self.queue.ack(lease)
-        self._delivered([part.entry for part in report.parts if part.report.verdict is Verdict.DELIVERED])
 
     def _forget_owed(self, entry: QueueEntry) -> None:
         if self._owed_retry:  # a lookup hashes the whole payload (once per bytes object): skip it when empty
@@ -424,12 +390,14 @@ class Exporter:
         for lease in leases:
             await self.queue.nack(lease)
 
-    async def _settle_merged(self, leases: list[Lease], entry: QueueEntry, report: SendReport) -> None:
-        """`_settle` for several leases sent as one merged `entry`: they share its fate."""
+    async def _settle(self, leases: list[Lease], entry: QueueEntry, report: SendReport) -> None:
+        """Act on the report for `entry`, sent on behalf of `leases` (one, or several merged by the batch):
+        they share its fate. Split parts are requeued or dead-lettered one by one; when a requeue does not
+        fit, every lease is nacked instead (the whole request is sent again: duplicates, never loss)."""
         assert self.queue is not None
         if not report.parts:
             if report.verdict is Verdict.REQUEUE:
-                if report.reason == "budget_exhausted":
+                if report.reason is Reason.BUDGET_EXHAUSTED:
                     self._owed_retry.update(lease.entry for lease in leases)
                 await self._nack_all(leases)
                 return
@@ -441,7 +409,7 @@ class Exporter:
                 for part in report.parts:
                     if part.report.verdict is Verdict.REQUEUE:
                         await self.queue.put(part.entry)
-                        if part.report.reason == "budget_exhausted":
+                        if part.report.reason is Reason.BUDGET_EXHAUSTED:
                             self._owed_retry.add(part.entry)
             except QueueFull:
                 await self._nack_all(leases)  # resend them all later: duplicates, never loss

@@ -17,7 +17,7 @@ from sidecar.core.ingest import IngestResult, Metadata
 from sidecar.core.signals import Signal, count_items
 from sidecar.core.taxonomy import Classification
 from sidecar.pipeline.classify import Classifier
-from sidecar.pipeline.enrich import EnrichStats, enrich_logs, enrich_traces, enrich_traces_payload
+from sidecar.pipeline.enrich import EnrichStats, enrich_logs, enrich_traces_payload
 from sidecar.telemetry.events import Events
 from sidecar.telemetry.stats import UNKNOWN_SERVICE, ErrorStats
 
@@ -47,38 +47,24 @@ class Pipeline:
     degradation: DegradationProcessorConfig | None = None
     stats: dict[str, int] = field(default_factory=dict)
 
-    def enrich_in_place(self, message: Message, raw: bytes, collect: bool = False) -> EnrichStats | None:
-        """Classify and enrich error spans/log records; None when this pipeline does not enrich.
-
-        `raw` is the protobuf encoding of `message`: enrichment rules out error-free requests by
-        scanning it, which is much cheaper than walking every span in Python. `collect`: fill
-        `stats.hits` (for the error hotspots).
-        """
-        if self.enrich is None or self.classifier is None:
-            return None
-        if self.signal is Signal.TRACES:
-            return enrich_traces(message, self.classifier, self.enrich,  # type: ignore[arg-type]
-                                 raw=raw, collect=collect)
-        if self.signal is Signal.LOGS:
-            return enrich_logs(message, self.classifier, self.enrich,  # type: ignore[arg-type]
-                               raw=raw, collect=collect)
-        return None
-
     def enrich_payload(self, message: Message, raw: bytes, collect: bool = False) -> tuple[EnrichStats | None, bytes]:
         """Enrich and return the bytes to queue: `raw` itself when nothing changed (the fast path).
 
         Traces are enriched on the bytes (`enrich_traces_payload`: no full serialization, and
-        `message` is left as received); logs in place on `message`, then serialized.
+        `message` is left as received); logs in place on `message`, then serialized; metrics are not
+        enriched. `raw` is the protobuf encoding of `message`: enrichment rules out error-free requests
+        by scanning it. `collect`: fill `stats.hits` (for the error hotspots).
         """
         if self.enrich is None or self.classifier is None:
             return None, raw
         if self.signal is Signal.TRACES:
             stats, enriched = enrich_traces_payload(raw, self.classifier, self.enrich, collect=collect)
             return stats, raw if enriched is None else enriched
-        in_place = self.enrich_in_place(message, raw, collect)
-        if in_place is not None and in_place.enriched:
-            return in_place, message.SerializeToString()
-        return in_place, raw
+        if self.signal is not Signal.LOGS:
+            return None, raw
+        in_place = enrich_logs(message, self.classifier, self.enrich,  # type: ignore[arg-type]
+                               raw=raw, collect=collect)
+        return in_place, message.SerializeToString() if in_place.enriched else raw
 
 
 class Router:

@@ -18,11 +18,11 @@ from sidecar.core.taxonomy import Category, Classification, Recoverability, Reco
 from sidecar.exporters.sender import Verdict
 from sidecar.exporters.transport import SendOutcome
 from sidecar.pipeline.classify import Classifier
-from sidecar.pipeline.enrich import enrich_traces
 from sidecar.pipeline.router import Pipeline, Router
 from sidecar.telemetry.events import Events
 from sidecar.telemetry.metrics import Metrics
 from sidecar.telemetry.stats import MAX_NAME_CHARS, UNKNOWN_SERVICE, ErrorStats, HotspotKey
+from tests.fakes.enrich_model import enrich_traces
 from tests.fakes.sender import INVALID, UNAVAILABLE, FakeTransport, build, make_config, make_entry, sender_clock
 
 TRANSPORT = Classification(Category.TRANSPORT, Severity.MEDIUM, Recoverability.RETRYABLE,

@@ -10,58 +10,11 @@ from opentelemetry.proto.trace.v1 import trace_pb2
 
 from sidecar.config.schema import EnrichProcessorConfig
 from sidecar.pipeline.classify import Classifier
-from sidecar.pipeline.enrich import ATTRIBUTE_NAMES, EnrichStats, enrich_logs, enrich_traces
+from sidecar.pipeline.enrich import ATTRIBUTE_NAMES, EnrichStats, enrich_logs
+from tests.fakes.enrich_model import enrich_traces
+from tests.fakes.spans import CLIENT, ERROR, INTERNAL, PREFIX, SERVER, add_attr, attrs_of, new_span
 
-Kind = trace_pb2.Span
-SERVER, CLIENT, INTERNAL = Kind.SPAN_KIND_SERVER, Kind.SPAN_KIND_CLIENT, Kind.SPAN_KIND_INTERNAL
-ERROR = trace_pb2.Status.STATUS_CODE_ERROR
-PREFIX = "sidecar.error."
 CONFIG = EnrichProcessorConfig()
-
-
-def attrs_of(item: trace_pb2.Span | logs_pb2.LogRecord) -> dict[str, object]:
-    out: dict[str, object] = {}
-    for kv in item.attributes:
-        which = kv.value.WhichOneof("value")
-        out[kv.key] = getattr(kv.value, which) if which else None
-    return out
-
-
-def add_attr(attrs: object, key: str, value: object) -> None:
-    kv = attrs.add(key=key)  # type: ignore[attr-defined]
-    if isinstance(value, bool):
-        kv.value.bool_value = value
-    elif isinstance(value, int):
-        kv.value.int_value = value
-    else:
-        kv.value.string_value = value
-
-
-def new_span(
-    request: ExportTraceServiceRequest,
-    *,
-    kind: int = INTERNAL,
-    status: int = 0,
-    attrs: dict[str, object] | None = None,
-    exception: str | None = None,
-    resource: int = 0,
-) -> trace_pb2.Span:
-    while len(request.resource_spans) <= resource:
-        rs = request.resource_spans.add()
-        rs.resource.attributes.add(key="service.name").value.string_value = f"svc{len(request.resource_spans)}"
-        rs.scope_spans.add().scope.name = "lib"
-    scope = request.resource_spans[resource].scope_spans[0]
-    n = len(scope.spans)
-    s = scope.spans.add(name=f"op{n}", kind=kind, trace_id=bytes([n + 1]) * 16, span_id=bytes([n + 1]) * 8)  # type: ignore[arg-type]
-    s.start_time_unix_nano, s.end_time_unix_nano = 1000 + n, 2000 + n
-    if status:
-        s.status.code = status  # type: ignore[assignment]
-    for key, value in (attrs or {}).items():
-        add_attr(s.attributes, key, value)
-    if exception is not None:
-        event = s.events.add(name="exception", time_unix_nano=1500)
-        event.attributes.add(key="exception.type").value.string_value = exception
-    return s
 
 
 def run(request: ExportTraceServiceRequest, *, with_raw: bool = True, config: EnrichProcessorConfig = CONFIG,
