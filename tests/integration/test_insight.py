@@ -16,7 +16,6 @@ import math
 import re
 import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +23,7 @@ import pytest
 
 from tests.fakes.collector import FakeCollector
 from tests.integration.conftest import SidecarFactory
+from tests.polling import wait_until
 from tests.sdk_app import SdkApp
 from tests.sidecar_process import SidecarProcess
 
@@ -94,13 +94,6 @@ class _SteadyTraffic:
         self._thread.join(10)
 
 
-def _wait(condition: Callable[[], bool], timeout: float, what: str, sidecar: SidecarProcess) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"{what} within {timeout}s\n{sidecar.logs()[-3000:]}"
-        time.sleep(0.1)
-
-
 # ---------------------------------------------------------------- lag and time to full
 
 
@@ -114,6 +107,10 @@ def test_outage_lag_time_to_full_and_delivery_latency(upstream: FakeCollector, s
     sidecar = sidecar_factory(upstream.grpc_endpoint, config_edit=_without_degradation,
                               sending_queue={"queue_size": CAPACITY, "sizer": "items", "num_consumers": 2})
     exporter = {"exporter": "otlp_grpc"}
+
+    def queue_size() -> float:
+        return sidecar.metric_value("sidecar_exporter_queue_size", **exporter)
+
     first = _samples(sidecar)
     assert _value(first, "sidecar_exporter_queue_oldest_age_seconds", **exporter) == 0
     assert _value(first, "sidecar_exporter_queue_time_to_full_seconds", **exporter) == math.inf
@@ -124,16 +121,14 @@ def test_outage_lag_time_to_full_and_delivery_latency(upstream: FakeCollector, s
         with _SteadyTraffic(app, SPANS_PER_SECOND // 10, 0.1):
             started = time.monotonic()
             # At about 40 % full the prediction has a dozen seconds of fill behind it.
-            _wait(lambda: sidecar.metric_value("sidecar_exporter_queue_size", **exporter) >= 0.4 * CAPACITY,
-                  30, "the queue did not reach 40 %", sidecar)
+            wait_until(lambda: queue_size() >= 0.4 * CAPACITY, 30, "the queue did not reach 40 %")
             at_40 = _samples(sidecar)
             predicted_at = time.monotonic()
             predicted = _value(at_40, "sidecar_exporter_queue_time_to_full_seconds", **exporter)
             age_at_40 = _value(at_40, "sidecar_exporter_queue_oldest_age_seconds", **exporter)
             assert math.isfinite(predicted), at_40
             assert 0.7 * (predicted_at - started) <= age_at_40 <= predicted_at - started + 2, "age of the first spans"
-            _wait(lambda: sidecar.metric_value("sidecar_exporter_queue_size", **exporter) >= CAPACITY - 20,
-                  60, "the queue did not fill", sidecar)
+            wait_until(lambda: queue_size() >= CAPACITY - 20, 60, "the queue did not fill")
             actual = time.monotonic() - predicted_at
             full = _samples(sidecar)
         print(f"time to full predicted at 40 %: {predicted:.1f}s, actual {actual:.1f}s")
@@ -143,8 +138,7 @@ def test_outage_lag_time_to_full_and_delivery_latency(upstream: FakeCollector, s
         assert _value(full, "sidecar_exporter_delivery_latency_seconds_count", **exporter) == 0
 
         upstream.come_up()
-        _wait(lambda: sidecar.metric_value("sidecar_exporter_queue_size", **exporter) == 0, 60,
-              "the backlog was not delivered", sidecar)
+        wait_until(lambda: queue_size() == 0, 60, "the backlog was not delivered")
         time.sleep(1.5)  # one more sample of the watch
         after = _samples(sidecar)
         delivered_requests = sum(1 for request in upstream.requests
@@ -204,8 +198,8 @@ def test_a_burst_of_a_new_error_class_is_an_anomaly_and_a_steady_rate_is_not(
             # A burst of a class quiet until now: 600 error log records (TimeoutError: category timeout).
             app.emit_logs(600, error_every=1)
             app.logger_provider.force_flush(10_000)
-            _wait(lambda: sidecar.metric_value("sidecar_error_rate_anomalies_total", **timeout) >= 1, 10,
-                  "no anomaly event for the burst", sidecar)
+            wait_until(lambda: sidecar.metric_value("sidecar_error_rate_anomalies_total", **timeout) >= 1, 10,
+                       "no anomaly event for the burst")
             for _ in range(15):
                 observe()
                 time.sleep(0.2)
