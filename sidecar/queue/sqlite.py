@@ -48,6 +48,7 @@ from sidecar.core.entry import QueueEntry
 from sidecar.core.signals import Signal
 from sidecar.queue.base import Lease, QueueClosed, QueueFull, QueueStorageError, Sizer
 from sidecar.queue.memory import Waiters, fits, next_lease_id
+from sidecar.queue.oldest import OldestTracker
 
 log = logging.getLogger("sidecar.queue")
 
@@ -344,6 +345,7 @@ class SqliteQueue:
         self._getters = Waiters()
         self._empty_waiters = Waiters()
         self._closed_event = asyncio.Event()
+        self._oldest = OldestTracker()  # committed rows' accepted_at
         self.commits = 0  # transactions written (a put batch is one)
 
     # ------------------------------------------------------------ lifecycle
@@ -355,19 +357,20 @@ class SqliteQueue:
         await self._db.open(QUEUE_SCHEMA, "queue", QUEUE_COLUMNS)
         try:
             rows = await self._db.run(
-                lambda conn: conn.execute("SELECT id, items, nbytes FROM queue ORDER BY id").fetchall())
+                lambda conn: conn.execute("SELECT id, items, nbytes, accepted_at FROM queue ORDER BY id").fetchall())
         except sqlite3.Error as exc:
             await self._db.close()
             raise storage_error(self.path, exc) from exc
         except BaseException:
             await self._db.close()
             raise
-        for row_id, items, nbytes in rows:
+        for row_id, items, nbytes, accepted_at in rows:
             if self.sizer is Sizer.REQUESTS:
                 size = 1
             else:
                 size = int(items) if self.sizer is Sizer.ITEMS else int(nbytes)
             self._index[int(row_id)] = (size, int(nbytes))
+            self._oldest.add(int(row_id), float(accepted_at))
             self._size += size
             self._bytes += int(nbytes)
         self._available = [int(row[0]) for row in rows]  # sorted ascending: already a heap
@@ -428,6 +431,16 @@ class SqliteQueue:
     @property
     def available(self) -> int:
         return len(self._available)
+
+    @property
+    def oldest_accepted_at(self) -> float | None:
+        """`accepted_at` of the oldest entry held (leased rows included, and puts not yet
+        handed to a transaction; those are the newest anyway)."""
+        oldest = self._oldest.oldest()
+        for pending in self._pending_puts:
+            accepted_at = pending.columns[4]
+            oldest = accepted_at if oldest is None else min(oldest, accepted_at)
+        return oldest
 
     @property
     def leased(self) -> int:
@@ -540,6 +553,7 @@ class SqliteQueue:
 
     def _forget(self, row_id: int) -> None:
         size, nbytes = self._index.pop(row_id, (0, 0))
+        self._oldest.discard(row_id)
         self._size -= size
         self._bytes -= nbytes
         if not self.count:
@@ -573,6 +587,7 @@ class SqliteQueue:
             self._pending_bytes -= put.nbytes
             self._pending_count -= 1
             self._index[row_id] = (put.size, put.nbytes)
+            self._oldest.add(row_id, put.columns[4])
             self._size += put.size
             self._bytes += put.nbytes
             heapq.heappush(self._available, row_id)
