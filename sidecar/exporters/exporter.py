@@ -37,6 +37,7 @@ from sidecar.pipeline.taxonomy import Category, Classification, Recoverability, 
 from sidecar.queue.base import Lease, ManagedSendingQueue, QueueEntry, QueueFull, QueueStorageError
 from sidecar.queue.deadletter import DeadLetterStore
 from sidecar.queue.factory import open_dead_letters, open_queue
+from sidecar.queue.fallback import STORAGE_REASONS, StorageFallbackQueue
 from sidecar.queue.memory import MemoryQueue
 from sidecar.receivers.ingest import Backpressure, IngestResult, UpstreamRefused
 from sidecar.runtime import release_free_memory
@@ -112,8 +113,12 @@ class Exporter:
     async def start(self) -> None:
         queue_cfg = self.config.sending_queue
         try:
+            if self.storage_directory is not None:
+                self.events.storage_initialised(self.name, ("queue", "dead_letters"), STORAGE_REASONS)
             if queue_cfg.enabled:
-                self.queue = await open_queue(self.name, queue_cfg, self.storage_directory, recover=self.recover)
+                self.queue = await open_queue(self.name, queue_cfg, self.storage_directory, recover=self.recover,
+                                              memory_limit_bytes=self.memory_limit_bytes,
+                                              listener=StorageEvents(self.events, self.name, "queue"))
             self.dead_letters = await open_dead_letters(self.name, self.storage_directory,
                                                         synchronous=queue_cfg.synchronous, recover=self.recover)
         except QueueStorageError as exc:
@@ -164,7 +169,20 @@ class Exporter:
             "queue_capacity": queue.capacity if queue else 0,
             "degradation_level": int(self.ladder.level) if self.ladder else 0,
             "endpoints": self.sender.status(),
+            **({"storage": self.storage_status()} if self.storage_directory is not None else {}),
         }
+
+    def storage_degraded(self) -> str | None:
+        """The reason the disk queue accepts into memory (disk_full, io_error, corrupt), or None."""
+        queue = self.queue
+        return queue.degraded if isinstance(queue, StorageFallbackQueue) else None
+
+    def storage_status(self) -> dict[str, object]:
+        queue = self.queue
+        if not isinstance(queue, StorageFallbackQueue):
+            return {"state": "ok"}
+        return {"state": "degraded" if queue.degraded else "ok", "reason": queue.degraded,
+                "in_memory": queue.in_memory, "quarantined": list(queue.quarantined)}
 
     # ------------------------------------------------------------------ accepting
 
@@ -186,8 +204,8 @@ class Exporter:
             self._push_back(entry, "memory_limit" if self.ladder and self.ladder.cause == "memory" else "queue_full")
         try:
             await self.queue.put(entry)
-        except QueueFull:
-            self._push_back(entry, "queue_full")
+        except QueueFull as exc:
+            self._push_back(entry, exc.reason)  # queue_full, or the storage's reason (disk_full, ...)
         finally:
             self._update_queue_gauges()
         if shed is not None and shed.shed:
@@ -262,6 +280,7 @@ class Exporter:
             memory_fraction=self._memory_fraction(),
             error_rate=error_rate,
             latency=latency,
+            storage_degraded=self.storage_degraded() is not None,
         )
         if self.ladder is None:
             self.ladder = DegradationLadder(None)
@@ -467,6 +486,27 @@ class Exporter:
         if self.queue is not None:
             self.metrics.queue_size.labels(self.name).set(self.queue.size)
             self.metrics.queue_bytes.labels(self.name).set(self.queue.bytes)
+
+
+class StorageEvents:
+    """The StorageListener of one exporter's store: each report becomes a typed event."""
+
+    def __init__(self, events: Events, exporter: str, store: str) -> None:
+        self.events = events
+        self.exporter = exporter
+        self.store = store
+
+    def storage_error(self, reason: str, detail: str) -> None:
+        self.events.storage_error(self.exporter, self.store, reason, detail)
+
+    def storage_degraded(self, reason: str) -> None:
+        self.events.storage_degraded(self.exporter, self.store, reason)
+
+    def storage_restored(self) -> None:
+        self.events.storage_restored(self.exporter, self.store)
+
+    def lost(self, signal: Signal, items: int, reason: str, detail: str) -> None:
+        self.events.dropped(signal.value, reason, items, f"exporter {self.exporter}: {detail}")
 
 
 def merge_entries(entries: list[QueueEntry]) -> QueueEntry:

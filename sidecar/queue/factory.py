@@ -20,6 +20,7 @@ from sidecar.queue.deadletter import (
     MemoryDeadLetters,
     SqliteDeadLetters,
 )
+from sidecar.queue.fallback import StorageFallbackQueue, StorageListener, memory_bound
 from sidecar.queue.memory import MemoryQueue
 from sidecar.queue.sqlite import SqliteQueue, Synchronous, recover_database
 
@@ -60,8 +61,12 @@ def dead_letter_path(storage_directory: Path, exporter_name: str) -> Path:
 
 
 async def open_queue(exporter_name: str, config: SendingQueueConfig, storage_directory: Path | None,
-                     *, recover: bool = False) -> ManagedSendingQueue:
+                     *, recover: bool = False, memory_limit_bytes: int | None = None,
+                     listener: StorageListener | None = None) -> ManagedSendingQueue:
     """The exporter's queue: SQLite when `config.storage` is set, memory otherwise.
+
+    The SQLite queue comes wrapped in a StorageFallbackQueue: while its disk fails it accepts
+    into memory, up to `memory_bound(memory_limit_bytes)` of payload, and tells `listener`.
 
     `storage_directory` is `extensions.file_storage.directory`; it must be given when
     `config.storage` is set. With `recover=True` a corrupt database is moved aside
@@ -76,14 +81,15 @@ async def open_queue(exporter_name: str, config: SendingQueueConfig, storage_dir
                          f"needs a storage directory (extensions.file_storage.directory)")
     path = queue_path(_ensure_directory(storage_directory), exporter_name)
     try:
-        return await SqliteQueue(path, config.queue_size, sizer, config.synchronous).open()
+        disk = await SqliteQueue(path, config.queue_size, sizer, config.synchronous).open()
     except QueueStorageError as exc:
         if not (recover and exc.corrupt):
             raise
         moved = recover_database(path)
         log.warning("exporter %s: queue database %s was corrupt (%s); moved aside to %s, starting empty",
                     exporter_name, path, exc, moved)
-        return await SqliteQueue(path, config.queue_size, sizer, config.synchronous).open()
+        disk = await SqliteQueue(path, config.queue_size, sizer, config.synchronous).open()
+    return StorageFallbackQueue(disk, memory_bytes=memory_bound(memory_limit_bytes), listener=listener)
 
 
 async def open_dead_letters(exporter_name: str, storage_directory: Path | None, *,
