@@ -68,7 +68,7 @@ async def free_disk(q: StorageFallbackQueue) -> None:
 
 async def drain(q: StorageFallbackQueue) -> list[int]:
     out = []
-    while q.available:
+    while q.count:  # not `available`: entries being moved back to the disk are briefly neither
         lease = await asyncio.wait_for(q.get(), 5)
         out.append(num(lease.entry))
         await q.ack(lease)
