@@ -78,7 +78,7 @@ _CORRUPT_CODES = {sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB}
 # checkpoint (the database file must grow) nor a delete (it needs WAL space) can ever succeed.
 # Inserts stop at RESERVE_BYTES free, so acks (deletes) always find room to commit.
 LOW_SPACE_BYTES = 4 * WAL_AUTOCHECKPOINT_PAGES * PAGE_SIZE
-WAL_SMALL_BYTES = 8 * PAGE_SIZE
+WAL_SMALL_BYTES = 4 * PAGE_SIZE
 RESERVE_BYTES = 8 * PAGE_SIZE
 
 QUEUE_SCHEMA = """
@@ -739,7 +739,14 @@ def _write(conn: sqlite3.Connection, rows: list[tuple[str, bytes, int, str, floa
             conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
         except sqlite3.Error:
             raise exc from None
-        ids = _write_once(conn, rows, deletes)
+        if rows or len(deletes) < 2:
+            ids = _write_once(conn, rows, deletes)
+        else:
+            # Acks on a full volume: one row per transaction needs the least WAL. A DELETE of a row
+            # already gone is a no-op, so if one fails the caller retries the whole list safely.
+            for row_id in deletes:
+                _write_once(conn, [], [row_id])
+            ids = []
     if path is not None and free is not None and free < LOW_SPACE_BYTES:
         try:
             wal = os.path.getsize(f"{path}-wal")
@@ -759,19 +766,23 @@ def _check_room(conn: sqlite3.Connection, path: Path, free: int, need: int) -> N
     Room is what the volume has free plus the free pages inside the database (acked rows leave
     those behind, and SQLite reuses them); a checkpoint that truncates the WAL is tried first.
     """
-    if free >= RESERVE_BYTES + need:
-        return
+    # Every page an insert touches is written to the WAL first (`need`, plus a page per row of
+    # slack), and the checkpoint then grows the database by what its free pages cannot hold.
     page_size = int(conn.execute("PRAGMA page_size").fetchone()[0])
-    reusable = int(conn.execute("PRAGMA freelist_count").fetchone()[0]) * page_size
-    if free + reusable >= RESERVE_BYTES + need:
+    wal_need = need + 2 * page_size
+
+    def enough(free: int) -> bool:
+        reusable = int(conn.execute("PRAGMA freelist_count").fetchone()[0]) * page_size
+        return free >= RESERVE_BYTES + wal_need + max(0, wal_need - reusable)
+
+    if enough(free):
         return
     with contextlib.suppress(sqlite3.Error):
         conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
     free = free_bytes(path.parent) or 0
-    reusable = int(conn.execute("PRAGMA freelist_count").fetchone()[0]) * page_size
-    if free + reusable < RESERVE_BYTES + need:
-        raise OSError(errno.ENOSPC, f"{free} bytes free on the volume and {reusable} in the database, "
-                                    f"{RESERVE_BYTES} kept in reserve for acks; {need} needed")
+    if not enough(free):
+        raise OSError(errno.ENOSPC, f"{free} bytes free on the volume, {RESERVE_BYTES} kept in reserve for "
+                                    f"acks; {need} bytes to insert")
 
 
 def _write_once(conn: sqlite3.Connection, rows: list[tuple[str, bytes, int, str, float, int]],
