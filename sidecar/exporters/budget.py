@@ -20,8 +20,8 @@ from __future__ import annotations
 import math
 from collections import deque
 
-from sidecar.clock import Clock
 from sidecar.config.schema import RetryBudgetConfig
+from sidecar.core.clock import Clock
 
 _EPSILON = 1e-9
 

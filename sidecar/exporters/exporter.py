@@ -17,9 +17,14 @@ from pathlib import Path
 
 from google.protobuf.message import Message
 
-from sidecar.clock import SYSTEM_CLOCK, Clock
 from sidecar.config.schema import DegradationProcessorConfig, ExporterConfig, component_kind
 from sidecar.config.units import MIB
+from sidecar.core.clock import SYSTEM_CLOCK, Clock
+from sidecar.core.entry import QueueEntry
+from sidecar.core.ingest import Backpressure, IngestResult, UpstreamRefused
+from sidecar.core.signals import Signal
+from sidecar.core.taxonomy import INTERNAL_ERROR, Category, Classification
+from sidecar.exporters.retry import Reason
 from sidecar.exporters.sender import Sender, SendReport, Verdict, build_sender
 from sidecar.exporters.transport import Transport
 from sidecar.exporters.transport_grpc import GrpcTransport
@@ -33,22 +38,17 @@ from sidecar.pipeline.degrade import (
     shed_logs,
     shed_traces,
 )
-from sidecar.pipeline.taxonomy import Category, Classification, Recoverability, Recovery, Severity
-from sidecar.queue.base import Lease, ManagedSendingQueue, QueueEntry, QueueFull, QueueStorageError
+from sidecar.queue.base import Lease, ManagedSendingQueue, QueueFull, QueueStorageError
 from sidecar.queue.deadletter import DeadLetterStore
 from sidecar.queue.factory import open_dead_letters, open_queue
 from sidecar.queue.fallback import STORAGE_REASONS, StorageFallbackQueue
 from sidecar.queue.memory import MemoryQueue
-from sidecar.receivers.ingest import Backpressure, IngestResult, UpstreamRefused
 from sidecar.runtime import release_free_memory
-from sidecar.signals import Signal
 from sidecar.telemetry.events import Events
-from sidecar.telemetry.metrics import Metrics
+from sidecar.telemetry.stats import ErrorStats
 
 log = logging.getLogger("sidecar.exporter")
 
-INTERNAL_ERROR = Classification(Category.INTERNAL, Severity.CRITICAL, Recoverability.FATAL,
-                                Recovery.MANUAL_INTERVENTION, "internal", "sidecar")
 _HTTP_FOR_GRPC = {"INVALID_ARGUMENT": 400, "UNAUTHENTICATED": 401, "PERMISSION_DENIED": 403, "NOT_FOUND": 404,
                   "UNIMPLEMENTED": 404, "FAILED_PRECONDITION": 400, "RESOURCE_EXHAUSTED": 413}
 _GRPC_FOR_HTTP = {400: "INVALID_ARGUMENT", 401: "UNAUTHENTICATED", 403: "PERMISSION_DENIED", 404: "UNIMPLEMENTED",
@@ -77,13 +77,13 @@ def build_transports(name: str, config: ExporterConfig) -> list[Transport]:
 
 class Exporter:
     def __init__(self, name: str, config: ExporterConfig, sender: Sender, classifier: Classifier,
-                 metrics: Metrics, events: Events, clock: Clock, storage_directory: Path | None,
-                 memory_limit_bytes: int | None, recover: bool = False) -> None:
+                 events: Events, clock: Clock, storage_directory: Path | None,
+                 memory_limit_bytes: int | None, recover: bool = False,
+                 degradation: DegradationProcessorConfig | None = None) -> None:
         self.name = name
         self.config = config
         self.sender = sender
         self.classifier = classifier
-        self.metrics = metrics
         self.events = events
         self.clock = clock
         self.storage_directory = storage_directory if config.sending_queue.storage else None
@@ -91,7 +91,7 @@ class Exporter:
         self.recover = recover
         self.queue: ManagedSendingQueue | None = None
         self.dead_letters: DeadLetterStore | None = None
-        self.ladder: DegradationLadder | None = None
+        self.ladder = DegradationLadder(degradation) if degradation is not None else None
         self.consumers: list[asyncio.Task[None]] = []
         self.accepting = False
         self._outcomes: deque[tuple[float, bool, float]] = deque()
@@ -105,10 +105,6 @@ class Exporter:
         self._owed_retry: set[QueueEntry] = set()
 
     # ------------------------------------------------------------------ lifecycle
-
-    def use_degradation(self, config: DegradationProcessorConfig) -> None:
-        if self.ladder is None:
-            self.ladder = DegradationLadder(config)
 
     async def start(self) -> None:
         queue_cfg = self.config.sending_queue
@@ -124,11 +120,11 @@ class Exporter:
         except QueueStorageError as exc:
             raise OSError(f"exporters.{self.name}: {exc}") from None
         if self.queue is not None:
-            self.metrics.queue_capacity.labels(self.name).set(self.queue.capacity)
+            self.events.queue_opened(self.name, self.queue.capacity)
             if self.queue.count:
                 log.info("replaying queued requests from disk", extra={
                     "exporter": self.name, "requests": self.queue.count})
-            self._update_queue_gauges()
+            self.update_queue_gauges()
             self.consumers = [asyncio.create_task(self._consume(), name=f"{self.name}-consumer-{i}")
                               for i in range(queue_cfg.num_consumers)]
         self.sender.start()
@@ -207,7 +203,7 @@ class Exporter:
         except QueueFull as exc:
             self._push_back(entry, exc.reason)  # queue_full, or the storage's reason (disk_full, ...)
         finally:
-            self._update_queue_gauges()
+            self.update_queue_gauges()
         if shed is not None and shed.shed:
             # Counted only now: when the put fails the client is told to retry the whole request,
             # so nothing was dropped (counting earlier made the counters exceed the partial successes).
@@ -222,8 +218,9 @@ class Exporter:
     def _push_back(self, entry: QueueEntry, reason: str) -> None:
         self.events.backpressure(self.name, entry.signal.value, entry.items, reason)
         retry_after = max(1.0, min(30.0, self.sender_wait_hint()))
-        raise Backpressure(f"exporter {self.name}: sending queue is full ({reason}); retry later",
-                           retry_after=retry_after)
+        what = ("sending queue is full" if reason in ("queue_full", "memory_limit")
+                else "queue storage is failing and its memory fallback is full")
+        raise Backpressure(f"exporter {self.name}: {what} ({reason}); retry later", retry_after=retry_after)
 
     def sender_wait_hint(self) -> float:
         return 1.0 if self.sender.ready_now() else 5.0
@@ -339,9 +336,8 @@ class Exporter:
         while True:
             await self.sender.wait_ready()
             leases = await self._take(await self.queue.get())
-            lease = leases[0]
-            entry = lease.entry if len(leases) == 1 else merge_entries([held.entry for held in leases])
-            self._update_queue_gauges()
+            entry = leases[0].entry if len(leases) == 1 else merge_entries([held.entry for held in leases])
+            self.update_queue_gauges()
             started = self.clock.monotonic()
             try:
                 # (Membership hashes the whole payload the first time: look only when something is owed.)
@@ -353,13 +349,10 @@ class Exporter:
                 raise
             except Exception:
                 log.exception("sender failed unexpectedly", extra={"exporter": self.name})
-                report = SendReport(Verdict.DEAD_LETTER, INTERNAL_ERROR, 0, 0, None, None)
+                report = SendReport(verdict=Verdict.DEAD_LETTER, classification=INTERNAL_ERROR)
             self._record_outcome(report.verdict is Verdict.DELIVERED, self.clock.monotonic() - started)
             try:
-                if len(leases) == 1:
-                    await self._settle(lease, report)
-                else:
-                    await self._settle_merged(leases, entry, report)
+                await self._settle(leases, entry, report)
             except asyncio.CancelledError:
                 raise
             except Exception:
@@ -371,37 +364,9 @@ class Exporter:
                     await self._nack_all(leases)
                 await self.clock.sleep(1.0)
             finally:
-                self._update_queue_gauges()
+                self.update_queue_gauges()
             if report.verdict is Verdict.REQUEUE and report.retry_after:
                 await self.clock.sleep(min(report.retry_after, 5.0))
-
-    async def _settle(self, lease: Lease, report: SendReport) -> None:
-        assert self.queue is not None
-        if not report.parts:
-            if report.verdict is Verdict.REQUEUE:
-                if report.reason == "budget_exhausted":
-                    self._owed_retry.add(lease.entry)
-                await self.queue.nack(lease)
-                return
-            if report.verdict is Verdict.DEAD_LETTER:
-                await self._dead_letter(lease.entry, report)
-            self._forget_owed(lease.entry)
-            await self.queue.ack(lease)
-            return
-        requeue = [part for part in report.parts if part.report.verdict is Verdict.REQUEUE]
-        try:
-            for part in requeue:
-                await self.queue.put(part.entry)
-                if part.report.reason == "budget_exhausted":
-                    self._owed_retry.add(part.entry)
-        except QueueFull:
-            await self.queue.nack(lease)  # resend the whole entry later: duplicates, never loss
-            return
-        self._forget_owed(lease.entry)
-        for part in report.parts:
-            if part.report.verdict is Verdict.DEAD_LETTER:
-                await self._dead_letter(part.entry, part.report)
-        await self.queue.ack(lease)
 
     def _forget_owed(self, entry: QueueEntry) -> None:
         if self._owed_retry:  # a lookup hashes the whole payload (once per bytes object): skip it when empty
@@ -443,12 +408,14 @@ class Exporter:
         for lease in leases:
             await self.queue.nack(lease)
 
-    async def _settle_merged(self, leases: list[Lease], entry: QueueEntry, report: SendReport) -> None:
-        """`_settle` for several leases sent as one merged `entry`: they share its fate."""
+    async def _settle(self, leases: list[Lease], entry: QueueEntry, report: SendReport) -> None:
+        """Act on the report for `entry`, sent on behalf of `leases` (one, or several merged by the batch):
+        they share its fate. Split parts are requeued or dead-lettered one by one; when a requeue does not
+        fit, every lease is nacked instead (the whole request is sent again: duplicates, never loss)."""
         assert self.queue is not None
         if not report.parts:
             if report.verdict is Verdict.REQUEUE:
-                if report.reason == "budget_exhausted":
+                if report.reason is Reason.BUDGET_EXHAUSTED:
                     self._owed_retry.update(lease.entry for lease in leases)
                 await self._nack_all(leases)
                 return
@@ -459,7 +426,7 @@ class Exporter:
                 for part in report.parts:
                     if part.report.verdict is Verdict.REQUEUE:
                         await self.queue.put(part.entry)
-                        if part.report.reason == "budget_exhausted":
+                        if part.report.reason is Reason.BUDGET_EXHAUSTED:
                             self._owed_retry.add(part.entry)
             except QueueFull:
                 await self._nack_all(leases)  # resend them all later: duplicates, never loss
@@ -482,10 +449,9 @@ class Exporter:
             self.events.dropped(old.signal.value, "dead_letter_evicted", old.items,
                                 f"exporter {self.name}: dead-letter store full")
 
-    def _update_queue_gauges(self) -> None:
+    def update_queue_gauges(self) -> None:
         if self.queue is not None:
-            self.metrics.queue_size.labels(self.name).set(self.queue.size)
-            self.metrics.queue_bytes.labels(self.name).set(self.queue.bytes)
+            self.events.queue_changed(self.name, self.queue.size, self.queue.bytes)
 
 
 class StorageEvents:
@@ -538,10 +504,13 @@ def _client_status(classification: Classification) -> tuple[str, int]:
 
 
 def build_exporter(name: str, config: ExporterConfig, storage_directory: Path | None, classifier: Classifier,
-                   metrics: Metrics, events: Events, clock: Clock = SYSTEM_CLOCK,
-                   memory_limit_mib: float | None = None, recover: bool = False) -> Exporter:
+                   events: Events, clock: Clock = SYSTEM_CLOCK, *,
+                   memory_limit_mib: float | None = None, recover: bool = False,
+                   error_stats: ErrorStats | None = None,
+                   degradation: DegradationProcessorConfig | None = None) -> Exporter:
+    """The one place an exporter and its sender chain are assembled; everything they use is passed in here."""
     transports = build_transports(name, config)
-    sender = build_sender(name, config, transports, classifier, metrics, clock)
+    sender = build_sender(name, config, transports, classifier, events, clock, error_stats=error_stats)
     memory_limit = int(memory_limit_mib * MIB) if memory_limit_mib else None
-    return Exporter(name, config, sender, classifier, metrics, events, clock, storage_directory, memory_limit,
-                    recover)
+    return Exporter(name, config, sender, classifier, events, clock, storage_directory, memory_limit, recover,
+                    degradation)

@@ -24,10 +24,10 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from sidecar.config.schema import RetryConfig
+from sidecar.core.errors import ExportFailure
+from sidecar.core.taxonomy import Classification, Recovery
 from sidecar.exporters.backoff import AdaptiveBase, Backoff
 from sidecar.exporters.budget import RetryBudget
-from sidecar.exporters.errors import ExportFailure
-from sidecar.pipeline.taxonomy import Classification, Recovery
 
 
 class ExportClassifier(Protocol):
@@ -45,11 +45,27 @@ class RetryAction(enum.StrEnum):
     DEAD_LETTER = "dead_letter"
 
 
-@dataclass(frozen=True, slots=True)
+class Reason(enum.StrEnum):
+    """Why a send ended as it did (`SendReport.reason`, `RetryDecision.reason`); also the dead letter's message."""
+
+    NONE = ""
+    PERMANENT = "permanent"  # the class is not retryable (`Recoverability.PERMANENT`)
+    FATAL = "fatal"  # ... or needs a person (`Recoverability.FATAL`)
+    RETRY_DISABLED = "retry_disabled"
+    MAX_ELAPSED_TIME = "max_elapsed_time"
+    BUDGET_EXHAUSTED = "budget_exhausted"
+    PAYLOAD_TOO_LARGE = "payload_too_large"  # split and retried
+    TOO_LARGE = "too_large"  # a single item over the limit: cannot be split further
+    BREAKER_OPEN = "breaker_open"
+    PARTIAL_SUCCESS = "partial_success"
+    SPLIT = "split"  # the report combines the parts of a split entry
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class RetryDecision:
     action: RetryAction
     delay: float | None = None  # RETRY: the wait; REQUEUE: the wait that was planned (a retry_after hint)
-    reason: str = ""
+    reason: Reason = Reason.NONE
 
 
 @dataclass(slots=True)
@@ -90,11 +106,11 @@ class RetryPolicy:
         failure: ExportFailure | None = None,
     ) -> RetryDecision:
         if classification.recovery is Recovery.SPLIT_AND_RETRY:
-            return RetryDecision(RetryAction.SPLIT, reason="payload_too_large")
+            return RetryDecision(action=RetryAction.SPLIT, reason=Reason.PAYLOAD_TOO_LARGE)
         if not classification.retryable:
-            return RetryDecision(RetryAction.DEAD_LETTER, reason=classification.recoverability.value)
+            return RetryDecision(action=RetryAction.DEAD_LETTER, reason=Reason(classification.recoverability.value))
         if not self.config.enabled:
-            return RetryDecision(RetryAction.DEAD_LETTER, reason="retry_disabled")
+            return RetryDecision(action=RetryAction.DEAD_LETTER, reason=Reason.RETRY_DISABLED)
         base = self._bases[endpoint].base if endpoint in self._bases else None
         delay = self.backoff.next_delay(
             state.retries,
@@ -104,10 +120,10 @@ class RetryPolicy:
             base=base,
         )
         if delay is None:
-            return RetryDecision(RetryAction.DEAD_LETTER, reason="max_elapsed_time")
+            return RetryDecision(action=RetryAction.DEAD_LETTER, reason=Reason.MAX_ELAPSED_TIME)
         budget = self._budgets.get(endpoint)
         if budget is not None and not budget.try_spend():
-            return RetryDecision(RetryAction.REQUEUE, delay=delay, reason="budget_exhausted")
+            return RetryDecision(action=RetryAction.REQUEUE, delay=delay, reason=Reason.BUDGET_EXHAUSTED)
         state.retries += 1
         state.prev_delay = delay
-        return RetryDecision(RetryAction.RETRY, delay=delay)
+        return RetryDecision(action=RetryAction.RETRY, delay=delay)

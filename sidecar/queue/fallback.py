@@ -38,10 +38,11 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Protocol
 
-from sidecar.queue.base import Lease, QueueClosed, QueueEntry, QueueFull, QueueStorageError, Sizer, StorageFull
+from sidecar.core.entry import QueueEntry
+from sidecar.core.signals import Signal
+from sidecar.queue.base import Lease, QueueClosed, QueueFull, QueueStorageError, Sizer, StorageFull
 from sidecar.queue.memory import MemoryQueue, Waiters, fits
 from sidecar.queue.sqlite import SqliteQueue, recover_database
-from sidecar.signals import Signal
 
 log = logging.getLogger("sidecar.queue")
 

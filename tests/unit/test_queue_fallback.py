@@ -12,10 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from sidecar.queue.base import Lease, QueueEntry, QueueFull, QueueStorageError
+from sidecar.core.entry import QueueEntry
+from sidecar.core.signals import Signal
+from sidecar.queue.base import Lease, QueueFull, QueueStorageError
 from sidecar.queue.fallback import CORRUPT, DISK_FULL, IO_ERROR, StorageFallbackQueue, memory_bound, storage_failure
 from sidecar.queue.sqlite import SqliteQueue
-from sidecar.signals import Signal
 
 
 def entry(n: int, nbytes: int = 2000, items: int = 3) -> QueueEntry:
