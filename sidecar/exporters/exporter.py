@@ -40,6 +40,7 @@ from sidecar.pipeline.degrade import (
 )
 from sidecar.queue.base import Lease, ManagedSendingQueue, QueueFull, QueueStorageError
 from sidecar.queue.deadletter import DeadLetterStore
+from sidecar.queue.deadletter_fallback import FallbackDeadLetters
 from sidecar.queue.factory import open_dead_letters, open_queue
 from sidecar.queue.fallback import STORAGE_REASONS, StorageFallbackQueue
 from sidecar.queue.memory import MemoryQueue
@@ -115,8 +116,9 @@ class Exporter:
                 self.queue = await open_queue(self.name, queue_cfg, self.storage_directory, recover=self.recover,
                                               memory_limit_bytes=self.memory_limit_bytes,
                                               listener=StorageEvents(self.events, self.name, "queue"))
-            self.dead_letters = await open_dead_letters(self.name, self.storage_directory,
-                                                        synchronous=queue_cfg.synchronous, recover=self.recover)
+            self.dead_letters = await open_dead_letters(
+                self.name, self.storage_directory, synchronous=queue_cfg.synchronous, recover=self.recover,
+                listener=StorageEvents(self.events, self.name, "dead_letters"), monotonic=self.clock.monotonic)
         except QueueStorageError as exc:
             raise OSError(f"exporters.{self.name}: {exc}") from None
         if self.queue is not None:
@@ -169,16 +171,21 @@ class Exporter:
         }
 
     def storage_degraded(self) -> str | None:
-        """The reason the disk queue accepts into memory (disk_full, io_error, corrupt), or None."""
-        queue = self.queue
-        return queue.degraded if isinstance(queue, StorageFallbackQueue) else None
+        """Why the queue or the dead letters keep data in memory (disk_full, io_error, corrupt), or None."""
+        queue, dead = self.queue, self.dead_letters
+        if isinstance(queue, StorageFallbackQueue) and queue.degraded:
+            return queue.degraded
+        return dead.degraded if isinstance(dead, FallbackDeadLetters) else None
 
     def storage_status(self) -> dict[str, object]:
-        queue = self.queue
-        if not isinstance(queue, StorageFallbackQueue):
-            return {"state": "ok"}
-        return {"state": "degraded" if queue.degraded else "ok", "reason": queue.degraded,
-                "in_memory": queue.in_memory, "quarantined": list(queue.quarantined)}
+        queue, dead = self.queue, self.dead_letters
+        status: dict[str, object] = {"state": "degraded" if self.storage_degraded() else "ok"}
+        if isinstance(queue, StorageFallbackQueue):
+            status["queue"] = {"reason": queue.degraded, "in_memory": queue.in_memory,
+                               "quarantined": list(queue.quarantined)}
+        if isinstance(dead, FallbackDeadLetters):
+            status["dead_letters"] = {"reason": dead.degraded, "in_memory": dead.memory.count}
+        return status
 
     # ------------------------------------------------------------------ accepting
 

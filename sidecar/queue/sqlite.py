@@ -69,10 +69,14 @@ _CORRUPT_CODES = {sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB}
 # after a commit whenever it holds more than a quarter of the free space (or WAL_SMALL_BYTES):
 # otherwise the WAL alone (up to WAL_AUTOCHECKPOINT_PAGES) fills a small disk, and then neither a
 # checkpoint (the database file must grow) nor a delete (it needs WAL space) can ever succeed.
-# Inserts stop at RESERVE_BYTES free, so acks (deletes) always find room to commit.
+# Inserts stop at RESERVE_PAGES pages free, so acks (deletes) always find room to commit. A new
+# file on a volume smaller than SMALL_VOLUME_BYTES gets SMALL_PAGE_SIZE pages: every page a
+# transaction touches is a whole WAL frame, and 16 KiB frames waste a small volume.
 LOW_SPACE_BYTES = 4 * WAL_AUTOCHECKPOINT_PAGES * PAGE_SIZE
-WAL_SMALL_BYTES = 4 * PAGE_SIZE
-RESERVE_BYTES = 8 * PAGE_SIZE
+WAL_SMALL_PAGES = 4
+RESERVE_PAGES = 8
+SMALL_VOLUME_BYTES = 256 * 1024 * 1024
+SMALL_PAGE_SIZE = 4096
 
 QUEUE_SCHEMA = """
 CREATE TABLE IF NOT EXISTS queue (
@@ -129,6 +133,35 @@ def is_disk_full(exc: BaseException) -> bool:
     if isinstance(exc, OSError):
         return exc.errno == errno.ENOSPC
     return isinstance(exc, sqlite3.Error) and _primary_code(exc) == sqlite3.SQLITE_FULL
+
+
+def page_size_for(directory: Path) -> int:
+    """The page size of a new database file in `directory` (see SMALL_VOLUME_BYTES)."""
+    try:
+        st = os.statvfs(directory)
+    except OSError:
+        return PAGE_SIZE
+    return SMALL_PAGE_SIZE if st.f_blocks * st.f_frsize < SMALL_VOLUME_BYTES else PAGE_SIZE
+
+
+def keep_wal_small(conn: sqlite3.Connection, path: Path, free: int | None = None) -> None:
+    """After a commit on a low-space volume: checkpoint and truncate a WAL grown past its share.
+
+    Worker thread. Failures are logged only: the commit stands and the next one tries again.
+    """
+    free = free_bytes(path.parent) if free is None else free
+    if free is None or free >= LOW_SPACE_BYTES:
+        return
+    try:
+        wal = os.path.getsize(f"{path}-wal")
+    except OSError:
+        return
+    try:
+        page_size = int(conn.execute("PRAGMA page_size").fetchone()[0])
+        if wal > max(WAL_SMALL_PAGES * page_size, free // 4):
+            conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+    except sqlite3.Error as exc:
+        log.warning("%s: checkpoint on a low-space volume failed: %s", path, exc)
 
 
 def free_bytes(directory: Path) -> int | None:
@@ -244,7 +277,7 @@ class SqliteFile:
             # Before anything touches the file: EXCLUSIVE keeps the WAL index in process memory and
             # the lock for the connection's lifetime; INCREMENTAL only matters for a new file.
             conn.execute("PRAGMA locking_mode=EXCLUSIVE")
-            conn.execute(f"PRAGMA page_size={PAGE_SIZE}")  # before auto_vacuum, or it is ignored
+            conn.execute(f"PRAGMA page_size={page_size_for(self.path.parent)}")  # before auto_vacuum, or it is ignored
             conn.execute("PRAGMA auto_vacuum=INCREMENTAL")
             mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
             if str(mode).lower() != "wal":
@@ -643,7 +676,7 @@ class SqliteQueue:
             except BaseException as exc:
                 if is_disk_full(exc) and batch.puts and deletes:
                     # Acks must not wait for space behind puts that cannot fit: commit them alone
-                    # (a delete needs far less room, and RESERVE_BYTES is kept for it).
+                    # (a delete needs far less room, and RESERVE_PAGES are kept for it).
                     batch = await self._commit_deletes_alone(batch, deletes)
                 self._fail(batch, exc)
                 if isinstance(exc, asyncio.CancelledError):
@@ -718,7 +751,7 @@ def _write(conn: sqlite3.Connection, rows: list[tuple[str, bytes, int, str, floa
     the WAL only grows until a checkpoint (up to WAL_AUTOCHECKPOINT_PAGES), so on a small
     volume it is often the WAL, not the rows, that fills the disk, and acks (deletes) need WAL
     space too. What the checkpoint frees is what keeps a full disk from becoming a stuck one.
-    With `path`, the small-volume rules above apply (LOW_SPACE_BYTES, RESERVE_BYTES).
+    With `path`, the small-volume rules above apply (LOW_SPACE_BYTES, RESERVE_PAGES).
     """
     free = None if path is None else free_bytes(path.parent)
     if rows and free is not None and path is not None:
@@ -739,22 +772,32 @@ def _write(conn: sqlite3.Connection, rows: list[tuple[str, bytes, int, str, floa
             # already gone is a no-op, so if one fails the caller retries the whole list safely.
             for row_id in deletes:
                 _write_once(conn, [], [row_id])
+                conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()  # each delete reuses the room
             ids = []
     if path is not None and free is not None and free < LOW_SPACE_BYTES:
-        try:
-            wal = os.path.getsize(f"{path}-wal")
-        except OSError:
-            wal = 0
-        if wal > max(WAL_SMALL_BYTES, free // 4):
-            try:
-                conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
-            except sqlite3.Error as exc:  # the commit stands; the next one tries again
-                log.warning("%s: checkpoint on a low-space volume failed: %s", path, exc)
+        keep_wal_small(conn, path, free)
+        if deletes and not rows:
+            _give_back_free_pages(conn, path)
     return ids
 
 
+def _give_back_free_pages(conn: sqlite3.Connection, path: Path) -> None:
+    """On a low-space volume, return the pages acked rows freed to the file system.
+
+    The volume is shared (the dead-letter file lives next to the queue): free pages kept inside
+    the queue's file would leave the dead letters no room long after the queue drained.
+    """
+    try:
+        if int(conn.execute("PRAGMA freelist_count").fetchone()[0]) < 4:
+            return
+        conn.execute("PRAGMA incremental_vacuum").fetchall()
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+    except sqlite3.Error as exc:
+        log.warning("%s: giving free pages back on a low-space volume failed: %s", path, exc)
+
+
 def _check_room(conn: sqlite3.Connection, path: Path, free: int, need: int) -> None:
-    """Raise ENOSPC when inserting `need` payload bytes would eat into RESERVE_BYTES.
+    """Raise ENOSPC when inserting `need` payload bytes would eat into the reserve (RESERVE_PAGES).
 
     Room is what the volume has free plus the free pages inside the database (acked rows leave
     those behind, and SQLite reuses them); a checkpoint that truncates the WAL is tried first.
@@ -763,18 +806,19 @@ def _check_room(conn: sqlite3.Connection, path: Path, free: int, need: int) -> N
     # slack), and the checkpoint then grows the database by what its free pages cannot hold.
     page_size = int(conn.execute("PRAGMA page_size").fetchone()[0])
     wal_need = need + 2 * page_size
+    reserve = RESERVE_PAGES * page_size
 
     def enough(free: int) -> bool:
         reusable = int(conn.execute("PRAGMA freelist_count").fetchone()[0]) * page_size
-        return free >= RESERVE_BYTES + wal_need + max(0, wal_need - reusable)
+        return free >= reserve + wal_need + max(0, wal_need - reusable)
 
-    if enough(free):
+    if free >= reserve + 2 * wal_need or enough(free):
         return
     with contextlib.suppress(sqlite3.Error):
         conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
     free = free_bytes(path.parent) or 0
     if not enough(free):
-        raise OSError(errno.ENOSPC, f"{free} bytes free on the volume, {RESERVE_BYTES} kept in reserve for "
+        raise OSError(errno.ENOSPC, f"{free} bytes free on the volume, {reserve} kept in reserve for "
                                     f"acks; {need} bytes to insert")
 
 

@@ -341,9 +341,10 @@ class _Fault:
     retry_after_s: float | None = None
     delay_s: float = 0.0
     rejected: int = 0
+    data_only: bool = False  # skip requests with no items (the sidecar's health probes)
 
-    def matches(self, signal: str) -> bool:
-        return self.signal is None or self.signal == signal
+    def matches(self, signal: str, empty: bool = False) -> bool:
+        return (self.signal is None or self.signal == signal) and not (self.data_only and empty)
 
     def effective_grpc_code(self) -> grpc.StatusCode:
         if self.grpc_code is not None:
@@ -726,8 +727,10 @@ class FakeCollector:
         message: str = "injected",
         retry_after_s: float | None = None,
         signal: str | None = None,
+        data_only: bool = False,
     ) -> None:
-        """The next n Export calls (optionally of one signal) fail.
+        """The next n Export calls (optionally of one signal; with `data_only`, only those carrying
+        items, so an empty health-probe request does not take the fault) fail.
 
         gRPC: abort with grpc_code (default UNAVAILABLE, or mapped from http_status) and message;
         with retry_after_s, a google.rpc.Status carrying RetryInfo in grpc-status-details-bin.
@@ -743,6 +746,7 @@ class FakeCollector:
                 http_status=http_status,
                 message=message,
                 retry_after_s=retry_after_s,
+                data_only=data_only,
             )
         )
 
@@ -787,10 +791,13 @@ class FakeCollector:
             self._delay_s = max(0.0, float(seconds))
 
     def partial_success_next(
-        self, n: int, rejected: int, message: str = "rejected by fake", *, signal: str | None = None
+        self, n: int, rejected: int, message: str = "rejected by fake", *, signal: str | None = None,
+        data_only: bool = False,
     ) -> None:
-        """The next n Export calls are accepted with partial_success.rejected_* = rejected."""
-        self._add(_Fault("partial", self._count(n), signal, rejected=rejected, message=message))
+        """The next n Export calls are accepted with partial_success.rejected_* = rejected
+        (with `data_only`, only calls carrying items take it)."""
+        self._add(_Fault("partial", self._count(n), signal, rejected=rejected, message=message,
+                         data_only=data_only))
 
     def reset_next(self, n: int, *, signal: str | None = None) -> None:
         """The next n Export calls: their TCP connection is reset (RST) and never answered."""
@@ -889,15 +896,15 @@ class FakeCollector:
         with self._lock:
             self._script.append(fault)
 
-    def _take(self, signal: str) -> _Fault | None:
+    def _take(self, signal: str, empty: bool = False) -> _Fault | None:
         with self._lock:
             for i, fault in enumerate(self._script):
-                if fault.matches(signal):
+                if fault.matches(signal, empty):
                     fault.remaining -= 1
                     if fault.remaining <= 0:
                         del self._script[i]
                     return replace(fault)
-            if self._always is not None and self._always.matches(signal):
+            if self._always is not None and self._always.matches(signal, empty):
                 return self._always
             return None
 
@@ -1084,7 +1091,7 @@ class FakeCollector:
                 message=f"cannot decode request: {exc}",
             )
 
-        fault = self._take(info.signal)
+        fault = self._take(info.signal, empty=request_item_count(info.signal, message) == 0)
         kind = fault.kind if fault is not None else None
         rejected = fault.rejected if fault is not None and kind == "partial" else 0
         record(message, kind in (None, "delay", "partial"), kind, rejected)

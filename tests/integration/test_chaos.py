@@ -188,6 +188,28 @@ def volume_listing(directory: Path) -> dict[str, int]:
     return {path.name: path.stat().st_size for path in directory.iterdir()}
 
 
+def fill_up(directory: Path) -> Path:
+    """Write a file until the volume has no byte left; returns it (unlink it to free the space)."""
+    filler = directory / "filler"
+    fd = os.open(filler, os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        with contextlib.suppress(OSError):
+            while True:
+                os.write(fd, b"\0" * 4096)
+        with contextlib.suppress(OSError):
+            while True:
+                os.write(fd, b"\0")
+    finally:
+        os.close(fd)
+    return filler
+
+
+def refused_span_ids(fake: FakeCollector) -> set[bytes]:
+    """Spans of the trace requests the fake refused (a scripted failure)."""
+    return {span.span_id for request in fake.attempts("traces") if request.fault == "fail"
+            for rs in request.message.resource_spans for ss in rs.scope_spans for span in ss.spans}
+
+
 def on_directory(directory: Path) -> Any:
     def edit(config: dict[str, Any]) -> None:
         config["extensions"]["file_storage"]["directory"] = str(directory)
@@ -223,7 +245,7 @@ def test_full_disk_keeps_accepting_into_memory_and_loses_nothing(
         assert status == 200, body  # still accepting data: ready
         assert body["storage_degraded"] == {EXPORTER: "disk_full"}, body
         storage = body["exporters"][EXPORTER]["storage"]
-        assert storage["state"] == "degraded" and storage["in_memory"] > 0, storage
+        assert storage["state"] == "degraded" and storage["queue"]["in_memory"] > 0, storage
         assert sidecar.metric_value("sidecar_exporter_queue_storage_errors_total", exporter=EXPORTER,
                                     store="queue", reason="disk_full") > 0
         assert sidecar.metric_value("sidecar_exporter_queue_storage_errors_total", exporter=EXPORTER,
@@ -234,20 +256,34 @@ def test_full_disk_keeps_accepting_into_memory_and_loses_nothing(
         assert any(e.get("event") == "storage_degraded" and e.get("reason") == "disk_full"
                    for e in log_events(sidecar))
 
+        # Another writer takes the last free bytes (the queue keeps a reserve for its acks), and
+        # upstream refuses one request for good: its dead letter meets a completely full disk.
+        filler = fill_up(small_volume)
+        upstream.fail_next(1, grpc_code=grpc.StatusCode.INVALID_ARGUMENT, signal="traces", data_only=True)
         upstream.come_up()
-        acknowledged = raw.acknowledged | sdk.recorder.acknowledged
+        assert upstream.wait_for(lambda f: bool(refused_span_ids(f)), timeout=30)
+        dead = refused_span_ids(upstream)
+        acknowledged = (raw.acknowledged | sdk.recorder.acknowledged) - dead
         assert upstream.wait_for(lambda f: acknowledged <= f.span_ids(), timeout=60), (
             f"{len(acknowledged - upstream.span_ids())} of {len(acknowledged)} acknowledged spans lost\n"
             f"{sidecar.logs()[-3000:]}")
+        assert wait(lambda: sidecar.metric_value("sidecar_dead_letters_total", exporter=EXPORTER) == 1, 10)
+        assert sidecar.metric_value("sidecar_exporter_queue_storage_errors_total", exporter=EXPORTER,
+                                    store="dead_letters", reason="disk_full") > 0
+        assert ready_body(sidecar)[1]["exporters"][EXPORTER]["storage"]["dead_letters"]["in_memory"] == 1
 
-        # Back to the disk once writes succeed: the queue drained, the next put lands on the disk.
+        # Back to the disk once writes succeed: space is freed, the queue drained, the next put
+        # lands on the disk and the dead letter moves there too.
+        filler.unlink()
         assert wait(lambda: raw.export(spans=5, padding=10) and
                     ready_body(sidecar)[1]["storage_degraded"] == {}, timeout=30, interval=0.5), (
             ready_body(sidecar), volume_listing(small_volume), sidecar.logs()[-3000:])
         assert any(e.get("event") == "storage_restored" for e in log_events(sidecar))
         assert sidecar.metric_value("sidecar_exporter_queue_storage_degraded", exporter=EXPORTER,
                                     store="queue") == 0
-        assert upstream.wait_for(lambda f: raw.acknowledged <= f.span_ids(), timeout=30)
+        storage = ready_body(sidecar)[1]["exporters"][EXPORTER]["storage"]
+        assert storage["dead_letters"] == {"reason": None, "in_memory": 0}, storage
+        assert upstream.wait_for(lambda f: raw.acknowledged - dead <= f.span_ids(), timeout=30)
         for reason in ("corrupt", "shutdown", "queue_full"):
             assert sidecar.metric_value("sidecar_dropped_items_total", reason=reason) == 0
     finally:
