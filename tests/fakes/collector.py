@@ -427,6 +427,8 @@ class _ProxySide(asyncio.Protocol):
             self._proxy.client_connected(self)
 
     def data_received(self, data: bytes) -> None:
+        if self.is_client and self._proxy.black_hole:
+            return  # accepted, read, never forwarded, never answered
         peer = self.peer
         if peer is None or peer.transport is None:
             self._pending.append(data)
@@ -498,6 +500,7 @@ class _TcpProxy:
         self._clients: set[_ProxySide] = set()
         self._by_upstream_port: dict[int, _ProxySide] = {}
         self._tasks: set[asyncio.Task[None]] = set()
+        self.black_hole = False  # accept connections and swallow their bytes (see FakeCollector.black_hole)
 
     @property
     def listening(self) -> bool:
@@ -529,6 +532,8 @@ class _TcpProxy:
 
     def client_connected(self, side: _ProxySide) -> None:
         self._clients.add(side)
+        if self.black_hole:
+            return  # never connected to the server: nothing the client sends gets an answer
         task = asyncio.get_running_loop().create_task(self._connect_upstream(side))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -640,6 +645,8 @@ class FakeCollector:
         self._always: _Fault | None = None
         self._delay_s = 0.0
         self._max_message_bytes: int | None = None
+        self._open_data_calls = 0  # data (non-empty) requests received and not answered yet
+        self._max_open_data_calls = 0
 
         self._lifecycle = threading.RLock()
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -708,6 +715,13 @@ class FakeCollector:
 
     def __exit__(self, *exc_info: object) -> None:
         self.stop()
+
+    def black_hole(self, on: bool = True) -> None:
+        """TCP black hole: connections are accepted and their bytes read, but nothing ever reaches
+        the servers and nothing is ever answered (not even the HTTP/2 handshake). Open connections
+        are reset when it starts, so clients reconnect into it. `black_hole(False)` ends it for new
+        connections and resets the swallowed ones."""
+        self._call(self._ablack_hole(on))
 
     def go_down(self) -> None:
         """Stop listening on both public ports and reset every open connection."""
@@ -878,6 +892,17 @@ class FakeCollector:
     def wait_for_attempts(self, n: int, signal: str | None = None, timeout: float = 10.0) -> bool:
         return self.wait_for(lambda c: len(c.attempts(signal)) >= n, timeout)
 
+    @property
+    def max_concurrent_data_calls(self) -> int:
+        """The most data requests (with items: not health probes) ever open at once, i.e.
+        received and not yet answered (or abandoned by the client); see reset_concurrency."""
+        with self._lock:
+            return self._max_open_data_calls
+
+    def reset_concurrency(self) -> None:
+        with self._lock:
+            self._max_open_data_calls = self._open_data_calls
+
     def reset_records(self) -> None:
         with self._lock:
             self._records.clear()
@@ -1004,6 +1029,11 @@ class FakeCollector:
         if self._http_runner is not None:
             await self._http_runner.cleanup()
 
+    async def _ablack_hole(self, on: bool) -> None:
+        for proxy in self._proxies.values():
+            proxy.black_hole = on
+            proxy.reset_all()
+
     async def _ago_down(self) -> None:
         for proxy in self._proxies.values():
             await proxy.close()
@@ -1091,14 +1121,24 @@ class FakeCollector:
                 message=f"cannot decode request: {exc}",
             )
 
-        fault = self._take(info.signal, empty=request_item_count(info.signal, message) == 0)
+        empty = request_item_count(info.signal, message) == 0
+        fault = self._take(info.signal, empty=empty)
         kind = fault.kind if fault is not None else None
         rejected = fault.rejected if fault is not None and kind == "partial" else 0
         record(message, kind in (None, "delay", "partial"), kind, rejected)
 
         if fault is not None and kind == "delay":
             delay += fault.delay_s
-        await self._sleep(delay)
+        if not empty:
+            with self._lock:
+                self._open_data_calls += 1
+                self._max_open_data_calls = max(self._max_open_data_calls, self._open_data_calls)
+        try:
+            await self._sleep(delay)  # a client that gives up cancels this: the call is closed then
+        finally:
+            if not empty:
+                with self._lock:
+                    self._open_data_calls -= 1
 
         response = info.response_type()
         if fault is None or kind == "delay":

@@ -102,7 +102,7 @@ class RawClient:
         self.acknowledged: set[bytes] = set()
         self.refused: list[tuple[grpc.StatusCode, str]] = []
 
-    def export(self, spans: int = 20, padding: int = 1000) -> bool:
+    def export(self, spans: int = 20, padding: int = 1000, timeout: float = 10.0) -> bool:
         request = trace_service_pb2.ExportTraceServiceRequest()
         scope = request.resource_spans.add().scope_spans.add()
         ids = set()
@@ -115,7 +115,7 @@ class RawClient:
             span.status.code = trace_pb2.Status.STATUS_CODE_UNSET
             ids.add(span_id)
         try:
-            self._export(request, timeout=10, wait_for_ready=True)
+            self._export(request, timeout=timeout, wait_for_ready=True)
         except grpc.RpcError as exc:
             call: Any = exc
             self.refused.append((call.code(), call.details() or ""))
@@ -289,3 +289,86 @@ def test_full_disk_keeps_accepting_into_memory_and_loses_nothing(
     finally:
         sdk.shutdown()
         raw.close()
+
+
+# ---------------------------------------------------------------- 2. black-hole and slow upstreams
+
+
+def wait_for_requests_ok(client: RawClient, requests: int, spans: int = 10, timeout: float = 5.0) -> None:
+    for _ in range(requests):
+        # `timeout` is the client's deadline: an answer that waited for the upstream would miss it.
+        assert client.export(spans=spans, padding=100, timeout=timeout), client.refused[-1:]
+
+
+@pytest.mark.parametrize("hole", ["tcp", "http2_stream"])
+def test_black_hole_upstream_times_out_trips_the_breaker_and_loses_nothing(
+        hole: str, upstream: FakeCollector, sidecar_factory: SidecarFactory) -> None:
+    """The upstream accepts the TCP connection (`tcp`: and never even completes HTTP/2) or the
+    HTTP/2 stream (`http2_stream`) and never answers. The exporter's timeout fires, the breaker
+    counts the timeouts and opens, in-flight calls stay within the concurrency limit, clients are
+    acknowledged as before, and everything arrives once the upstream answers again."""
+    sidecar = sidecar_factory(upstream.grpc_endpoint, timeout="1s", concurrency={"max": 3},
+                              sending_queue={"num_consumers": 8, "queue_size": 1000},
+                              circuit_breaker={"failure_threshold": 3, "recovery_timeout": "1s",
+                                               "max_recovery_timeout": "2s"})
+    client = RawClient(sidecar)
+    try:
+        wait_for_requests_ok(client, 2)
+        assert upstream.wait_for(lambda f: client.acknowledged <= f.span_ids(), timeout=10)
+        upstream.reset_concurrency()
+        if hole == "tcp":
+            upstream.black_hole()
+        else:
+            upstream.set_delay(3600)
+        wait_for_requests_ok(client, 40)  # acknowledged from the queue, whatever the upstream does
+        assert wait(lambda: sidecar.metric_value("sidecar_breaker_transitions_total", exporter=EXPORTER,
+                                                 to_state="open") >= 1, timeout=20), sidecar.logs()[-3000:]
+        timeouts = sidecar.metric_value("sidecar_exporter_send_failed_spans_total", exporter=EXPORTER,
+                                        category="timeout")
+        assert timeouts > 0, sidecar.metrics_text()
+        if hole == "http2_stream":
+            # Requests reached the upstream and hung there: never more at once than the limit.
+            assert 1 <= upstream.max_concurrent_data_calls <= 3
+        else:
+            # Nothing got through the black hole: the upstream saw no data while it lasted.
+            assert upstream.max_concurrent_data_calls == 0
+        wait_for_requests_ok(client, 10)  # still acknowledged with the breaker open
+
+        if hole == "tcp":
+            upstream.black_hole(False)
+        else:
+            upstream.set_delay(0)
+        assert upstream.wait_for(lambda f: client.acknowledged <= f.span_ids(), timeout=60), (
+            f"{len(client.acknowledged - upstream.span_ids())} acknowledged spans lost\n"
+            f"{sidecar.logs()[-3000:]}")
+        assert sidecar.metric_value("sidecar_dropped_items_total") == 0
+    finally:
+        client.close()
+
+
+def test_slow_upstream_keeps_client_answers_fast_and_the_latency_trigger_reacts(
+        upstream: FakeCollector, sidecar_factory: SidecarFactory) -> None:
+    """Every upstream answer takes 3 s (slow, not failing): clients are acknowledged once queued, so
+    their 1 s deadline never expires; the ladder's latency trigger (1 s here) raises the level."""
+    def latency_trigger(config: dict[str, Any]) -> None:
+        config["processors"]["degradation"] = {"latency": "1s"}
+
+    sidecar = sidecar_factory(upstream.grpc_endpoint, timeout="10s", config_edit=latency_trigger,
+                              sending_queue={"num_consumers": 4, "queue_size": 1000})
+    client = RawClient(sidecar)
+    try:
+        upstream.set_delay(3.0)
+        wait_for_requests_ok(client, 8, timeout=1.0)
+        assert upstream.wait_for(lambda f: client.acknowledged <= f.span_ids(), timeout=30)
+        # The latency driver needs a measured (slow) success, then a request to read it.
+        assert wait(lambda: client.export(spans=2, padding=10, timeout=1.0) and sidecar.metric_value(
+            "sidecar_degradation_level", exporter=EXPORTER) >= 1, timeout=20, interval=0.5), (
+            sidecar.logs()[-3000:])
+        assert not client.refused
+        assert any(e.get("event") == "degradation_level" and e.get("cause") == "latency"
+                   for e in log_events(sidecar))
+        upstream.set_delay(0)
+        assert upstream.wait_for(lambda f: client.acknowledged <= f.span_ids(), timeout=30)
+        assert sidecar.metric_value("sidecar_exporter_send_failed_spans_total", exporter=EXPORTER) == 0
+    finally:
+        client.close()
