@@ -248,7 +248,12 @@ class Service:
         """
         phase = "stopping" if self.stopping_started else ("running" if self.accepting else "starting")
         ready = phase == "running"
-        return ready, {"phase": phase, "accepting": self.accepting, "exporters": self._exporter_health()}
+        # A failing disk does not make the sidecar unready: it still accepts (into memory, within
+        # memory_limit_mib) and pushes back with a retryable status only when that is full too.
+        degraded = {name: reason for name, exporter in self.exporters.items()
+                    if (reason := exporter.storage_degraded()) is not None}
+        return ready, {"phase": phase, "accepting": self.accepting, "storage_degraded": degraded,
+                       "exporters": self._exporter_health()}
 
     def upstream_readiness(self) -> tuple[bool, dict[str, object]]:
         """/ready/upstream: every exporter has at least one endpoint a probe found healthy (an endpoint

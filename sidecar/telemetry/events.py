@@ -114,6 +114,33 @@ class Events:
         self.metrics.queue_size.labels(exporter).set(size)
         self.metrics.queue_bytes.labels(exporter).set(held_bytes)
 
+    # -------------------------------------------------------------- queue storage (issue 16)
+
+    def storage_initialised(self, exporter: str, stores: tuple[str, ...], reasons: tuple[str, ...]) -> None:
+        """Start the storage error counters and the degraded gauge at 0 for an exporter with storage."""
+        for store in stores:
+            self.metrics.queue_storage_degraded.labels(exporter, store).set(0)
+            for reason in reasons:
+                self.metrics.queue_storage_errors.labels(exporter, store, reason)
+
+    def storage_error(self, exporter: str, store: str, reason: str, detail: str) -> None:
+        self.metrics.queue_storage_errors.labels(exporter, store, reason).inc()
+        total = self._due(("storage_error", exporter, store, reason), 1)
+        if total:
+            log.error("queue storage error", extra={
+                "event": "storage_error", "exporter": exporter, "store": store, "reason": reason,
+                "errors_since_last_log": total, "detail": detail[:300]})
+
+    def storage_degraded(self, exporter: str, store: str, reason: str) -> None:
+        self.metrics.queue_storage_degraded.labels(exporter, store).set(1)
+        log.warning("queue storage degraded: accepting into memory until the disk takes writes again", extra={
+            "event": "storage_degraded", "exporter": exporter, "store": store, "reason": reason})
+
+    def storage_restored(self, exporter: str, store: str) -> None:
+        self.metrics.queue_storage_degraded.labels(exporter, store).set(0)
+        log.info("queue storage restored: writing to the disk again", extra={
+            "event": "storage_restored", "exporter": exporter, "store": store})
+
     def backpressure(self, exporter: str, signal: str, items: int, reason: str) -> None:
         total = self._due(("backpressure", exporter, signal, reason), items)
         if total:

@@ -71,6 +71,13 @@ class Metrics:
                                        ["endpoint"], registry=r)
         self.dead_letters = Counter("sidecar_dead_letters", "Requests written to the dead-letter table",
                                     ["exporter", "category"], registry=r)
+        self.queue_storage_errors = Counter(
+            "sidecar_exporter_queue_storage_errors", "Failed writes/reads of a queue or dead-letter store",
+            ["exporter", "store", "reason"], registry=r)
+        self.queue_storage_degraded = Gauge(
+            "sidecar_exporter_queue_storage_degraded",
+            "1 while a store keeps data in memory because its disk fails (the reason is in /ready)",
+            ["exporter", "store"], registry=r)
         self.endpoint_healthy = Gauge("sidecar_endpoint_healthy", "1 when the active probe finds it healthy",
                                       ["exporter", "endpoint"], registry=r)
         self.config_reloads = Counter("sidecar_config_reloads", "SIGHUP reloads by result (applied, partial, invalid)",
