@@ -265,9 +265,21 @@ class TelemetryLogsConfig(Base):
     encoding: Literal["json", "console"] = "json"
 
 
+class TelemetryAnomalyConfig(Base):
+    """The error-rate anomaly detector per category (sidecar/telemetry/anomaly.py)."""
+
+    interval: Duration = Duration(10.0)  # one rate sample (errors per minute over the interval) per interval
+    alpha: Annotated[float, Meta(gt=0, lt=1)] = 0.05  # EWMA weight of a new interval
+    threshold: PositiveFloat = 4.0  # score (standard deviations above the baseline) that raises the event
+    clear: Annotated[float, Meta(ge=0)] = 2.0  # score under which it clears (hysteresis); < threshold
+    warmup: PositiveInt = 30  # intervals learned before the first alarm
+    min_std: PositiveFloat = 1.0  # errors per minute: the smallest deviation a score is measured against
+
+
 class TelemetryConfig(Base):
     metrics: TelemetryMetricsConfig = msgspec.field(default_factory=TelemetryMetricsConfig)
     logs: TelemetryLogsConfig = msgspec.field(default_factory=TelemetryLogsConfig)
+    anomaly: TelemetryAnomalyConfig = msgspec.field(default_factory=TelemetryAnomalyConfig)
 
 
 class ServiceConfig(Base):

@@ -35,7 +35,16 @@ def cross_check(config: schema.Config) -> list[str]:
     check_pipelines(config.service.pipelines, set(config.receivers), set(config.processors),
                     set(config.exporters), errors)
     _check_ports(config, errors)
+    _check_anomaly(config.service.telemetry.anomaly, errors)
     return errors
+
+
+def _check_anomaly(anomaly: schema.TelemetryAnomalyConfig, errors: list[str]) -> None:
+    base = "service.telemetry.anomaly"
+    if anomaly.interval <= 0:
+        errors.append(f"{base}.interval: must be > 0")
+    if anomaly.clear >= anomaly.threshold:
+        errors.append(f"{base}.clear: must be below threshold ({anomaly.threshold}), or the alarm could not clear")
 
 
 def _check_listen(address: str, path: str, errors: list[str]) -> None:

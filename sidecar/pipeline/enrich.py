@@ -81,21 +81,22 @@ _STATUS_ERROR = trace_pb2.Status.STATUS_CODE_ERROR
 
 @dataclass(slots=True)
 class EnrichStats:
-    """What one enrichment pass did. `by_class` counts enriched items by (category, severity, recoverability).
+    """What one enrichment pass did. `by_class` counts enriched items by (category, severity, recoverability,
+    error_type): the labels of `sidecar_errors_total`.
 
     `hits` is filled only when the caller asks (`collect=True`): one `((resource index, scope
     index), item, classification)` per enriched item, for the admin API's error hotspots.
     """
 
     enriched: int = 0
-    by_class: Counter[tuple[str, str, str]] = field(default_factory=Counter)
+    by_class: Counter[tuple[str, str, str, str]] = field(default_factory=Counter)
     hits: list[tuple[tuple[int, int], trace_pb2.Span | logs_pb2.LogRecord, Classification]] | None = None
     where: tuple[int, int] = (0, 0)  # (resource, scope) of the item being enriched, when collecting
 
     @property
     def by_category(self) -> Counter[str]:
         out: Counter[str] = Counter()
-        for (category, _, _), n in self.by_class.items():
+        for (category, _, _, _), n in self.by_class.items():
             out[category] += n
         return out
 
@@ -104,8 +105,8 @@ class EnrichStats:
         self.by_class[_class_key(classification)] += 1
 
 
-def _class_key(c: Classification) -> tuple[str, str, str]:
-    return (c.category.value, c.severity.value, c.recoverability.value)
+def _class_key(c: Classification) -> tuple[str, str, str, str]:
+    return (c.category.value, c.severity.value, c.recoverability.value, c.error_type or OTHER)
 
 
 # ------------------------------------------------------------------ what gets written
@@ -117,7 +118,7 @@ class _Plan:
 
     fragments: tuple[tuple[str, bytes], ...]
     everything: bytes
-    class_key: tuple[str, str, str]
+    class_key: tuple[str, str, str, str]
 
 
 class _Writer:

@@ -131,8 +131,8 @@ class Router:
         return own, own_payload
 
     def _count_enrichment(self, signal: Signal, stats: EnrichStats) -> None:
-        for (category, severity, recoverability), n in stats.by_class.items():
-            self.events.classified(signal, category, severity, recoverability, n)
+        for (category, severity, recoverability, error_type), n in stats.by_class.items():
+            self.events.classified(signal, category, severity, recoverability, error_type, n)
 
 
 def _record_hotspots(error_stats: ErrorStats, signal: Signal, message: Any,

@@ -34,7 +34,7 @@ def test_error_span_gets_every_attribute(with_raw: bool) -> None:
                    attrs={"http.request.method": "GET"})
     stats = run(request, with_raw=with_raw)
     assert stats.enriched == 1
-    assert stats.by_class == {("transport", "low", "retryable"): 1}
+    assert stats.by_class == {("transport", "low", "retryable", "connection_refused"): 1}
     assert stats.by_category == {"transport": 1}
     got = attrs_of(err)
     assert got == {
@@ -298,7 +298,7 @@ def test_logs_keep_existing_attributes() -> None:
 def test_enrich_stats_by_category() -> None:
     stats = EnrichStats()
     assert stats.enriched == 0 and stats.by_category == {}
-    stats.by_class[("transport", "low", "retryable")] += 2
-    stats.by_class[("transport", "medium", "temporary")] += 1
-    stats.by_class[("timeout", "low", "retryable")] += 1
+    stats.by_class[("transport", "low", "retryable", "UNAVAILABLE")] += 2
+    stats.by_class[("transport", "medium", "temporary", "UNAVAILABLE")] += 1
+    stats.by_class[("timeout", "low", "retryable", "DEADLINE_EXCEEDED")] += 1
     assert stats.by_category == {"transport": 3, "timeout": 1}

@@ -31,7 +31,8 @@ async def test_a_recurring_class_is_counted_and_logged_at_a_raised_severity(capl
 
     def errors(severity: str) -> float:
         return sample(metrics, "sidecar_errors_total",
-                      {"category": "transport", "severity": severity, "recoverability": "retryable"})
+                      {"category": "transport", "severity": severity, "recoverability": "retryable",
+                       "error_type": "UNAVAILABLE"})
 
     assert errors("medium") == ESCALATE_AT - 1 and errors("high") == 3
     escalations = [r for r in caplog.records if getattr(r, "event", None) == "error_escalation"]

@@ -64,7 +64,9 @@ async def test_retry_then_success_waits_at_least_the_server_hint() -> None:
                   {"exporter": "otlp_grpc", "category": "resource_exhausted",
                    "error_type": "RESOURCE_EXHAUSTED"}) == 6
     assert sample(metrics, "sidecar_errors_total", {"category": "resource_exhausted", "severity": "medium",
-                                                    "recoverability": "temporary"}) == 2
+                                                    "recoverability": "temporary",
+                                                    "error_type": "RESOURCE_EXHAUSTED"}) == 2
+    assert sample(metrics, "sidecar_outages_total", {"exporter": "otlp_grpc", "endpoint": "a:4317"}) == 1
     assert sample(metrics, "sidecar_recovery_duration_seconds_count",
                   {"exporter": "otlp_grpc", "endpoint": "a:4317"}) == 1
     assert sample(metrics, "sidecar_recovery_duration_seconds_sum",
