@@ -161,6 +161,10 @@ class SendingQueueConfig(Base):
     queue_size: PositiveInt = 1000
     storage: str | None = None  # name of a storage extension, e.g. file_storage
     synchronous: Literal["FULL", "NORMAL"] = "FULL"
+    # With storage: `always` commits every request to disk before answering the client (survives
+    # kill -9); `spill` keeps requests in memory while the exporter is healthy and commits them to
+    # disk from degradation level 1 on (a crash loses what was in memory, not what was spilled).
+    storage_mode: Literal["always", "spill"] = "always"
     batch: QueueBatchConfig | None = None  # absent: one upstream request per queue entry
 
 

@@ -186,6 +186,8 @@ def _check_exporters(config: schema.Config, errors: list[str]) -> None:
             errors.append(f"{base}.tls.insecure_skip_verify: not supported by otlp_grpc (the gRPC runtime always "
                           "verifies the server's certificate); set tls.ca_file to the CA that signed it")
         queue = exporter.sending_queue
+        if queue.storage_mode == "spill" and queue.storage is None:
+            errors.append(f"{base}.sending_queue.storage_mode: spill needs sending_queue.storage (a disk to spill to)")
         if queue.storage is not None:
             if queue.storage != "file_storage":
                 errors.append(f"{base}.sending_queue.storage: unknown storage extension {queue.storage!r} "

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import random
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
@@ -45,6 +47,7 @@ from sidecar.queue.deadletter_fallback import FallbackDeadLetters
 from sidecar.queue.factory import open_dead_letters, open_queue
 from sidecar.queue.fallback import STORAGE_REASONS, StorageFallbackQueue
 from sidecar.queue.memory import MemoryQueue
+from sidecar.queue.tiered import TieredQueue
 from sidecar.runtime import release_free_memory
 from sidecar.telemetry.events import Events
 from sidecar.telemetry.stats import ErrorStats
@@ -123,6 +126,9 @@ class Exporter:
                 listener=StorageEvents(self.events, self.name, "dead_letters"), monotonic=self.clock.monotonic)
         except QueueStorageError as exc:
             raise OSError(f"exporters.{self.name}: {exc}") from None
+        if isinstance(self.queue, TieredQueue):
+            self.queue.on_spill = functools.partial(self._spill_event, self.events.spilled)
+            self.queue.on_drain = functools.partial(self._spill_event, self.events.spill_drained)
         if self.queue is not None:
             self.events.queue_opened(self.name, self.queue.capacity)
             if self.queue.count:
@@ -145,7 +151,12 @@ class Exporter:
             for task in self.consumers:
                 task.cancel()
             await asyncio.gather(*self.consumers, return_exceptions=True)
-            if not drained:
+            if not drained and isinstance(self.queue, TieredQueue):
+                persisted = await self.queue.persist_memory()  # storage is there: keep what memory held
+                log.warning("shutdown: requests left in the queue kept on disk, replayed on next start",
+                            extra={"exporter": self.name, "requests": self.queue.count,
+                                   "moved_from_memory": persisted})
+            elif not drained:
                 if self.queue.durable:
                     log.warning("shutdown: requests left in the disk queue, replayed on next start",
                                 extra={"exporter": self.name, "requests": self.queue.count})
@@ -167,6 +178,9 @@ class Exporter:
         if self.dead_letters is not None:
             await self.dead_letters.close()
 
+    def _spill_event(self, event: Callable[[str, str, int], None], entry: QueueEntry) -> None:
+        event(self.name, entry.signal.value, entry.items)
+
     async def reconfigure(self, config: ExporterConfig) -> None:
         """A reload's settings that a running exporter takes in place (sidecar/reload.py decides which):
         the sender chain's; the queue, its consumers and what they hold are untouched."""
@@ -186,13 +200,17 @@ class Exporter:
 
     def storage_degraded(self) -> str | None:
         """Why the queue or the dead letters keep data in memory (disk_full, io_error, corrupt), or None."""
-        queue, dead = self.queue, self.dead_letters
+        queue, dead = self._disk_queue(), self.dead_letters
         if isinstance(queue, StorageFallbackQueue) and queue.degraded:
             return queue.degraded
         return dead.degraded if isinstance(dead, FallbackDeadLetters) else None
 
+    def _disk_queue(self) -> ManagedSendingQueue | None:
+        """The queue that writes to disk: the queue itself, or the disk tier of a spilling one."""
+        return self.queue.disk if isinstance(self.queue, TieredQueue) else self.queue
+
     def storage_status(self) -> dict[str, object]:
-        queue, dead = self.queue, self.dead_letters
+        queue, dead = self._disk_queue(), self.dead_letters
         status: dict[str, object] = {"state": "degraded" if self.storage_degraded() else "ok"}
         if isinstance(queue, StorageFallbackQueue):
             status["queue"] = {"reason": queue.degraded, "in_memory": queue.in_memory,
@@ -210,6 +228,8 @@ class Exporter:
         if self.queue is None:
             return await self._send_synchronously(entry)
         level = self._current_level()
+        if isinstance(self.queue, TieredQueue):
+            self.queue.spilling = level.spills  # level 1 (spill) and up: new requests go to disk
         shed: ShedResult | None = None
         if degradation is not None and level.sheds:
             entry, shed = self._shed(entry, message, level, degradation.sample_ratio)

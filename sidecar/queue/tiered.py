@@ -1,6 +1,6 @@
 """The spill tier (DESIGN.md §5, degradation level 1): memory while healthy, disk from level 1 on.
 
-With `sending_queue: {storage: file_storage, disk: spill}` an exporter keeps its backlog in memory
+With `sending_queue: {storage: file_storage, storage_mode: spill}` an exporter keeps its backlog in memory
 while it is healthy (no commit per request) and, while its degradation level is 1 or more
 (`spilling`, set by the exporter from the ladder), commits new requests to its SQLite queue
 instead, so a backlog that builds up during an outage is on disk. A request is acknowledged to the
@@ -23,9 +23,8 @@ from collections import deque
 from collections.abc import Callable
 
 from sidecar.core.entry import QueueEntry
-from sidecar.queue.base import Lease, QueueClosed, QueueFull, Sizer
+from sidecar.queue.base import Lease, ManagedSendingQueue, QueueClosed, QueueFull, Sizer
 from sidecar.queue.memory import MemoryQueue, Waiters, fits
-from sidecar.queue.sqlite import SqliteQueue
 
 
 class Tier(enum.StrEnum):
@@ -38,7 +37,7 @@ class TieredQueue:
 
     durable = False  # what the memory tier holds is lost on a crash
 
-    def __init__(self, memory: MemoryQueue, disk: SqliteQueue, capacity: int, sizer: Sizer,
+    def __init__(self, memory: MemoryQueue, disk: ManagedSendingQueue, capacity: int, sizer: Sizer,
                  on_spill: Callable[[QueueEntry], None] | None = None,
                  on_drain: Callable[[QueueEntry], None] | None = None) -> None:
         self.memory = memory
@@ -48,8 +47,8 @@ class TieredQueue:
         self.spilling = False
         self.spilled = 0  # requests written to disk because the exporter was at level >= 1
         self.drained = 0  # spilled requests taken from disk by a consumer
-        self._on_spill = on_spill
-        self._on_drain = on_drain
+        self.on_spill = on_spill  # called once per spilled / drained request (the exporter counts them)
+        self.on_drain = on_drain
         self._order: deque[Tier] = deque([Tier.DISK] * disk.available)  # a previous run's spill first
         self._leases: dict[int, Tier] = {}
         self._getters = Waiters()
@@ -81,6 +80,16 @@ class TieredQueue:
     def closed(self) -> bool:
         return self._closed
 
+    @property
+    def in_memory(self) -> int:
+        """Requests held in memory only (not durable)."""
+        return self.memory.count
+
+    @property
+    def oldest_accepted_at(self) -> float | None:
+        times = [t for t in (self.memory.oldest_accepted_at, self.disk.oldest_accepted_at) if t is not None]
+        return min(times) if times else None
+
     # ------------------------------------------------------------ the interface
 
     def fits(self, entry: QueueEntry) -> bool:
@@ -95,8 +104,8 @@ class TieredQueue:
         if self.spilling:
             await self.disk.put(entry)  # committed before the client is answered
             self.spilled += 1
-            if self._on_spill is not None:
-                self._on_spill(entry)
+            if self.on_spill is not None:
+                self.on_spill(entry)
             self._order.append(Tier.DISK)
         else:
             self.memory.put_nowait(entry)
@@ -117,8 +126,8 @@ class TieredQueue:
         self._leases[lease.lease_id] = tier
         if tier is Tier.DISK:
             self.drained += 1
-            if self._on_drain is not None:
-                self._on_drain(lease.entry)
+            if self.on_drain is not None:
+                self.on_drain(lease.entry)
         if self._order:
             self._getters.wake_one()
         return lease

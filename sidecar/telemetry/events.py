@@ -112,6 +112,18 @@ class Events:
     def queue_opened(self, exporter: str, capacity: int) -> None:
         self.metrics.queue_capacity.labels(exporter).set(capacity)
 
+    def spilled(self, exporter: str, signal: str, items: int) -> None:
+        """A request committed to disk because the exporter is at degradation level 1 or more."""
+        self.metrics.spilled.labels(exporter).inc()
+        total = self._due(("spilled", exporter), 1)
+        if total:
+            log.info("requests spilled to disk", extra={"event": "spill", "exporter": exporter, "signal": signal,
+                                                        "requests_since_last_log": total})
+
+    def spill_drained(self, exporter: str, signal: str, items: int) -> None:
+        """A spilled request taken from disk by a consumer, on its way upstream."""
+        self.metrics.spill_drained.labels(exporter).inc()
+
     def queue_changed(self, exporter: str, size: int, held_bytes: int) -> None:
         self.metrics.queue_size.labels(exporter).set(size)
         self.metrics.queue_bytes.labels(exporter).set(held_bytes)
@@ -178,11 +190,13 @@ class Events:
                 self.metrics.receiver_refused[signal].labels(receiver, transport, reason)
 
     def exporter_declared(self, exporter: str, signals: Iterable[Signal]) -> None:
-        """An exporter carrying `signals`: sent items and dead letters (by category) start at 0."""
+        """An exporter carrying `signals`: sent items, dead letters (by category) and spills start at 0."""
         for signal in signals:
             self.metrics.exporter_sent[signal].labels(exporter)
         for category in Category:
             self.metrics.dead_letters.labels(exporter, category.value)
+        self.metrics.spilled.labels(exporter)  # 0 for good without storage_mode: spill
+        self.metrics.spill_drained.labels(exporter)
 
     def concurrency_limit_changed(self, endpoint: str, limit: int) -> None:
         self.metrics.concurrency_limit.labels(endpoint).set(limit)
@@ -280,6 +294,8 @@ class Events:
         self.metrics.degradation_level.labels(exporter).set(0)
         for category in Category:
             self.metrics.dead_letters.labels(exporter, category.value)
+        self.metrics.spilled.labels(exporter)  # 0 for good without storage_mode: spill
+        self.metrics.spill_drained.labels(exporter)
         for old in range(5):
             for new in range(5):
                 if old != new:
