@@ -232,10 +232,16 @@ class Exporter:
             self.queue.spilling = level.spills  # level 1 (spill) and up: new requests go to disk
         shed: ShedResult | None = None
         if degradation is not None and level.sheds:
-            entry, shed = self._shed(entry, message, level, degradation.sample_ratio)
-            if entry.items == 0:
-                self._count_shed(entry, shed, level)
-                return IngestResult(shed.shed, shed.message())
+            try:
+                entry, shed = self._shed(entry, message, level, degradation.sample_ratio)
+            except Exception as exc:
+                # Classification raised while telling error items from the rest: shed nothing rather
+                # than risk shedding an error span; the queue (and then backpressure) takes the load.
+                self.events.enrich_failed(entry.signal, entry.items, exc)
+                shed = None
+        if shed is not None and entry.items == 0:
+            self._count_shed(entry, shed, level)
+            return IngestResult(shed.shed, shed.message())
         if level.rejects and self.queue.count > 0:
             # The ladder's cause, not `_memory_fraction()`: that is a (truthy) fraction whenever a limit is set.
             self._push_back(entry, "memory_limit" if self.ladder and self.ladder.cause == "memory" else "queue_full")
