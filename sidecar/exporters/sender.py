@@ -314,6 +314,7 @@ class Sender:
                 "recovery_timeout": ep.breaker.recovery_timeout,
                 "health": self.endpoint_health(ep).value,
                 "probed": ep.prober is not None,
+                "probe_error": ep.prober.last_error if ep.prober is not None else None,  # why it is unhealthy
                 "concurrency_limit": ep.limiter.limit,
                 "in_flight": ep.limiter.in_flight,
                 "outstanding": stats.outstanding,
