@@ -66,7 +66,7 @@ from sidecar.config.units import mib_to_bytes
 from sidecar.exporters.backoff import AdaptiveBase, Backoff
 from sidecar.exporters.balancer import Balancer
 from sidecar.exporters.breaker import BreakerOpenError, BreakerState, EndpointBreaker
-from sidecar.exporters.budget import RetryBudget
+from sidecar.exporters.budget import RetryBudget, SharedRetryBudget
 from sidecar.exporters.concurrency import AdaptiveConcurrency, LoadSignal
 from sidecar.exporters.errors import ExportError, ExportFailure
 from sidecar.exporters.health import EndpointHealth, HealthProber
@@ -153,6 +153,7 @@ class EndpointChain:
     prober: HealthProber | None = None
     first_failure_at: float | None = None  # for recovery_duration
     delivered_once: bool = False  # the endpoint's health when it is not probed: see Sender.endpoint_health
+    shared_budget: SharedRetryBudget | None = None  # fleet mode: the fleet-wide budget, on top of `budget`
 
 
 @dataclass(slots=True)
@@ -313,7 +314,10 @@ class Sender:
             if attempts == 0:
                 if not resend or ep.first_failure_at is None:
                     ep.budget.deposit()
-                elif ep.budget.try_spend():  # a resend to a failing endpoint is a retry (see `send`)
+                    if ep.shared_budget is not None:
+                        ep.shared_budget.deposit()
+                elif ep.budget.try_spend() and await self._fleet_allows_retry(ep):
+                    # a resend to a failing endpoint is a retry (see `send`)
                     self.metrics.exporter_retries.labels(self.exporter_name, name).inc()
                     state.started_at = self.clock.monotonic()
                 else:
@@ -343,11 +347,23 @@ class Sender:
             if decision.action is RetryAction.REQUEUE:
                 return SendReport(Verdict.REQUEUE, cls, attempts, 0, decision.delay, name, reason=decision.reason)
             delay = decision.delay or 0.0
+            if not await self._fleet_allows_retry(ep):
+                return SendReport(Verdict.REQUEUE, cls, attempts, 0, delay, name, reason="fleet_budget_exhausted")
             self.metrics.exporter_retries.labels(self.exporter_name, name).inc()
             log.debug("%s: retry %d in %.3fs after %s from %s", self.exporter_name, state.retries, delay,
                       cls.error_type, name)
             await self.clock.sleep(delay)  # cancellable: the caller requeues
             avoid = {name} if len(self.endpoints) > 1 else set()
+
+    async def _fleet_allows_retry(self, ep: EndpointChain) -> bool:
+        """Fleet mode: the fleet-wide budget must pay for the retry too (unknown when Redis is down:
+        the local budget, already charged, decides alone)."""
+        if ep.shared_budget is None:
+            return True
+        if await ep.shared_budget.try_spend() is False:
+            events.fleet_budget_refused(self.metrics, self.exporter_name, ep.name)
+            return False
+        return True
 
     async def _attempt(self, ep: EndpointChain, entry: QueueEntry) -> _Attempt:
         self.balancer.begin(ep.name)
@@ -529,7 +545,7 @@ def build_sender(
     for transport in transports:
         name = transport.endpoint
         breaker = EndpointBreaker(name, config.circuit_breaker, clock)
-        breaker.add_listener(_breaker_metrics(exporter_name, name, metrics))
+        breaker.add_observer(_breaker_metrics(exporter_name, name, metrics))
         if on_breaker_transition is not None:
             breaker.add_listener(_bind_endpoint(on_breaker_transition, name))
         metrics.breaker_state.labels(exporter_name, name).set(BreakerState.CLOSED.gauge)
@@ -559,10 +575,10 @@ def build_sender(
     return Sender(exporter_name, config, chains, balancer, policy, classifier, metrics, clock)
 
 
-def _breaker_metrics(exporter: str, endpoint: str, metrics: Metrics) -> Callable[[str, str], None]:
-    def listener(old: str, new: str) -> None:
-        events.breaker_transition(metrics, exporter, endpoint, old, new, BreakerState(new).gauge)
-    return listener
+def _breaker_metrics(exporter: str, endpoint: str, metrics: Metrics) -> Callable[[str, str, str], None]:
+    def observer(old: str, new: str, source: str) -> None:
+        events.breaker_transition(metrics, exporter, endpoint, old, new, BreakerState(new).gauge, source)
+    return observer
 
 
 def _bind_endpoint(callback: BreakerCallback, endpoint: str) -> Callable[[str, str], None]:

@@ -76,13 +76,48 @@ class Events:
 # Events raised where no Events object is at hand (the sender chain is built from Metrics alone):
 # module functions, so their log line and their metrics still live together here.
 
-def breaker_transition(metrics: Metrics, exporter: str, endpoint: str, old: str, new: str, gauge: int) -> None:
+def breaker_transition(metrics: Metrics, exporter: str, endpoint: str, old: str, new: str, gauge: int,
+                       source: str = "local") -> None:
     metrics.breaker_state.labels(exporter, endpoint).set(gauge)
-    metrics.breaker_transitions.labels(exporter, endpoint, old, new).inc()
+    metrics.breaker_transitions.labels(exporter, endpoint, old, new, source).inc()
     level = logging.WARNING if new == "open" else logging.INFO
-    log.log(level, "circuit breaker %s -> %s", old, new, extra={
+    log.log(level, "circuit breaker %s -> %s (%s)", old, new, source, extra={
         "event": "breaker_transition", "exporter": exporter, "endpoint": endpoint,
-        "from_state": old, "to_state": new})
+        "from_state": old, "to_state": new, "source": source})
+
+
+def fleet_connection_changed(metrics: Metrics, connected: bool, endpoint: str, reason: str = "") -> None:
+    """Redis answers again (the sidecar resyncs) or stopped answering (it goes on with local state)."""
+    metrics.fleet_connected.set(1 if connected else 0)
+    if connected:
+        log.info("fleet store connected; resyncing shared state", extra={
+            "event": "fleet_connection", "connected": True, "redis": endpoint})
+    else:
+        log.warning("fleet store unreachable; going on with local state", extra={
+            "event": "fleet_connection", "connected": False, "redis": endpoint, "reason": reason[:300]})
+
+
+def fleet_members(metrics: Metrics, members: int) -> None:
+    metrics.fleet_members.set(members)
+
+
+def fleet_lease_won(metrics: Metrics, endpoint: str, instance: str) -> None:
+    metrics.fleet_leases_won.labels(endpoint).inc()
+    log.info("recovery-probe lease won: this sidecar probes for the fleet", extra={
+        "event": "fleet_lease", "endpoint": endpoint, "instance": instance})
+
+
+def fleet_budget_refused(metrics: Metrics, exporter: str, endpoint: str) -> None:
+    metrics.fleet_budget_refused.labels(exporter, endpoint).inc()
+
+
+def fleet_budget_initialised(metrics: Metrics, exporter: str, endpoint: str) -> None:
+    """A known label set starts at 0 so it has a sample from the first scrape."""
+    metrics.fleet_budget_refused.labels(exporter, endpoint)
+
+
+def fleet_endpoint_initialised(metrics: Metrics, endpoint: str) -> None:
+    metrics.fleet_leases_won.labels(endpoint)
 
 
 def endpoint_health_changed(metrics: Metrics, exporter: str, endpoint: str, healthy: bool) -> None:
