@@ -16,9 +16,10 @@ from opentelemetry.proto.trace.v1 import trace_pb2
 
 from sidecar.config.schema import Config
 from sidecar.config.units import encode_hook
-from sidecar.exporters.errors import ExportFailure
-from sidecar.pipeline.classify import Classifier, LogFacts, SpanFacts
-from sidecar.pipeline.taxonomy import Classification
+from sidecar.core.errors import ExportFailure
+from sidecar.core.taxonomy import Classification
+from sidecar.pipeline.classify import Classifier
+from sidecar.pipeline.evidence import LogFacts, SpanFacts
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,6 @@ from typing import TYPE_CHECKING
 import msgspec
 
 from sidecar import __version__
-from sidecar.clock import SYSTEM_CLOCK, Clock
 from sidecar.config import ConfigError, load_config
 from sidecar.config.schema import (
     ClassifyProcessorConfig,
@@ -23,6 +22,8 @@ from sidecar.config.schema import (
     EnrichProcessorConfig,
     component_kind,
 )
+from sidecar.core.clock import SYSTEM_CLOCK, Clock
+from sidecar.core.signals import Signal
 from sidecar.exporters.exporter import Exporter, build_exporter
 from sidecar.exporters.sender import Upstream
 from sidecar.pipeline.classify import Classifier
@@ -31,7 +32,6 @@ from sidecar.pipeline.router import Pipeline, Router
 from sidecar.receivers.otlp_grpc import OtlpGrpcReceiver
 from sidecar.receivers.otlp_http import OtlpHttpReceiver
 from sidecar.reload import ClassifierHandle, plan_reload
-from sidecar.signals import Signal
 from sidecar.telemetry.events import Events
 from sidecar.telemetry.http import HttpEndpoint, health_routes, metrics_routes
 from sidecar.telemetry.logs import setup_logging
@@ -102,17 +102,25 @@ class Service:
     def build(self) -> Router:
         classifier = self.classifier_handle
         storage = self._storage_directory()
+        admin = self.config.extensions.admin
+        admin_on = admin is not None and "admin" in self.config.service.extensions
+        processors = {name: self.pipeline_processors(self.config, name) for name in self.config.service.pipelines}
+        # An exporter in several pipelines takes the degradation ladder of the first one that has one.
+        ladders: dict[str, DegradationProcessorConfig] = {}
+        for pipeline_name, spec in self.config.service.pipelines.items():
+            degrade_cfg = processors[pipeline_name][2]
+            if degrade_cfg is not None:
+                for exporter_name in spec.exporters:
+                    ladders.setdefault(exporter_name, degrade_cfg)
         used = {name for p in self.config.service.pipelines.values() for name in p.exporters}
         for name in sorted(used):
             self.exporters[name] = build_exporter(
-                name, self.config.exporters[name], storage, classifier, self.metrics, self.events, self.clock,
-                memory_limit_mib=self.config.service.memory_limit_mib, recover=self.recover)
+                name, self.config.exporters[name], storage, classifier, self.events, self.clock,
+                memory_limit_mib=self.config.service.memory_limit_mib, recover=self.recover,
+                error_stats=self.error_stats if admin_on else None, degradation=ladders.get(name))
         pipelines = []
         for pipeline_name, spec in self.config.service.pipelines.items():
-            classify_cfg, enrich_cfg, degrade_cfg = self.pipeline_processors(self.config, pipeline_name)
-            if degrade_cfg is not None:
-                for exporter_name in spec.exporters:
-                    self.exporters[exporter_name].use_degradation(degrade_cfg)
+            classify_cfg, enrich_cfg, degrade_cfg = processors[pipeline_name]
             pipelines.append(Pipeline(
                 name=pipeline_name,
                 signal=Signal(component_kind(pipeline_name)),
@@ -123,18 +131,13 @@ class Service:
                 degradation=degrade_cfg,
             ))
         self.pipelines = {p.name: p for p in pipelines}
-        admin = self.config.extensions.admin
-        admin_on = admin is not None and "admin" in self.config.service.extensions
-        if admin_on:
-            for exporter in self.exporters.values():
-                exporter.sender.error_stats = self.error_stats
-        router = Router(pipelines, self.metrics, self.clock, self.error_stats if admin_on else None)
+        router = Router(pipelines, self.events, self.clock, self.error_stats if admin_on else None)
         used_receivers = {name for p in self.config.service.pipelines.values() for name in p.receivers}
         for name in sorted(used_receivers):
             receiver = self.config.receivers[name]
             token = receiver.auth.bearer_token if receiver.auth else None
             if receiver.protocols.grpc is not None:
-                self.receivers.append(OtlpGrpcReceiver(name, receiver.protocols.grpc, router, self.metrics,
+                self.receivers.append(OtlpGrpcReceiver(name, receiver.protocols.grpc, router,
                                                        receiver.include_metadata, token))
             if receiver.protocols.http is not None:
                 self.receivers.append(OtlpHttpReceiver(name, receiver.protocols.http, router,
@@ -154,7 +157,7 @@ class Service:
         if fleet is not None and "fleet" in self.config.service.extensions:
             from sidecar.fleet.fleet import Fleet  # redis only when fleet mode is on
 
-            self.fleet = Fleet(fleet, self.metrics, self.clock, self.fleet_snapshot)
+            self.fleet = Fleet(fleet, self.events, self.clock, self.fleet_snapshot)
             for exporter_name, exporter in self.exporters.items():
                 self.fleet.attach(exporter_name, exporter.sender)
         return router
@@ -183,7 +186,7 @@ class Service:
         try:
             new = load_config(path)
         except ConfigError as exc:
-            self.metrics.config_reloads.labels("invalid").inc()
+            self.events.config_reloaded("invalid")
             log.error("config reload failed; the running configuration is kept",
                       extra={"event": "config_reload", "result": "invalid", "errors": exc.errors})
             return False
@@ -216,7 +219,7 @@ class Service:
                                                                                     pipelines=pipelines))
         self.config = applied
         result = "applied" if not plan.needs_restart else "partial"
-        self.metrics.config_reloads.labels(result).inc()
+        self.events.config_reloaded(result)
         log.info("config reloaded", extra={
             "event": "config_reload", "result": result, "processors_changed": plan.processors_changed,
             "log_level_changed": plan.log_level_changed, "not_applied_need_restart": plan.needs_restart})

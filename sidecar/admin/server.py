@@ -16,7 +16,7 @@ import asyncio
 import hmac
 import logging
 from collections.abc import Awaitable, Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import grpc
 from grpc import aio
@@ -29,10 +29,26 @@ from sidecar.queue.base import QueueClosed
 from sidecar.queue.deadletter import DeadLetter, replay_dead_letters
 
 if TYPE_CHECKING:
+    from sidecar.core.clock import Clock
     from sidecar.exporters.exporter import Exporter
-    from sidecar.service import Service
+    from sidecar.telemetry.stats import ErrorStats
 
 log = logging.getLogger("sidecar.admin")
+
+
+
+class AdminView(Protocol):
+    """The part of the running service the admin API reads; the service satisfies it without the admin
+    package importing the service (which would make a circle)."""
+
+    exporters: dict[str, Exporter]
+    clock: Clock
+    started_at: float
+    accepting: bool
+    error_stats: ErrorStats
+
+    def readiness(self) -> tuple[bool, dict[str, object]]: ...
+
 
 DEFAULT_HOTSPOTS = 10
 DEFAULT_PAGE = 100
@@ -114,7 +130,7 @@ def exporter_status(exporter: Exporter) -> pb.ExporterStatus:
     )
 
 
-def build_status(service: Service, top_hotspots: int = DEFAULT_HOTSPOTS) -> pb.GetStatusResponse:
+def build_status(service: AdminView, top_hotspots: int = DEFAULT_HOTSPOTS) -> pb.GetStatusResponse:
     ready, _ = service.readiness()
     response = pb.GetStatusResponse(
         uptime_seconds=max(0.0, service.clock.monotonic() - service.started_at),
@@ -160,7 +176,7 @@ def _dead_letter_message(exporter: str, dl: DeadLetter) -> pb.DeadLetter:
 
 
 class AdminServicer(pb_grpc.AdminServicer):  # type: ignore[misc]
-    def __init__(self, service: Service) -> None:
+    def __init__(self, service: AdminView) -> None:
         self.service = service
 
     def _select(self, name: str) -> list[Exporter]:
@@ -226,9 +242,7 @@ class AdminServicer(pb_grpc.AdminServicer):  # type: ignore[misc]
                     raise _Refused(grpc.StatusCode.FAILED_PRECONDITION,
                                    f"exporter {exporter.name} is shutting down") from None
                 replayed, items, remaining = result.replayed, result.items, result.remaining
-                metrics = self.service.metrics
-                metrics.queue_size.labels(exporter.name).set(exporter.queue.size)
-                metrics.queue_bytes.labels(exporter.name).set(exporter.queue.bytes)
+                exporter.update_queue_gauges()
             else:
                 replayed, items, remaining = await _replay_synchronously(exporter, wanted)
             response.replayed += replayed
@@ -343,7 +357,7 @@ class BearerTokenInterceptor(aio.ServerInterceptor):
 class AdminServer:
     """The grpc.aio server of the admin API; `start()` raises OSError when it cannot listen."""
 
-    def __init__(self, config: AdminConfig, service: Service) -> None:
+    def __init__(self, config: AdminConfig, service: AdminView) -> None:
         self.config = config
         self.service = service
         self.server: aio.Server | None = None

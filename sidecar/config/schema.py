@@ -13,7 +13,7 @@ import msgspec
 from msgspec import Meta
 
 from sidecar.config.units import Duration
-from sidecar.pipeline.taxonomy import Category, Recoverability, Recovery, Severity
+from sidecar.core.taxonomy import Category, Recoverability, Recovery, Severity
 
 PositiveFloat = Annotated[float, Meta(gt=0)]
 Fraction = Annotated[float, Meta(ge=0, le=1)]

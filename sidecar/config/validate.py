@@ -9,7 +9,7 @@ from urllib.parse import urlsplit
 import grpc
 
 from sidecar.config import schema
-from sidecar.signals import Signal
+from sidecar.core.signals import Signal
 
 _SIGNALS = {s.value for s in Signal}
 _HOST_PORT = re.compile(r"^(?:\[[0-9a-fA-F:]+\]|[^\s:/\[\]]*):(\d{1,5})$")

@@ -30,8 +30,8 @@ import math
 import random
 from typing import Literal
 
-from sidecar.clock import Clock
 from sidecar.config.schema import RetryConfig
+from sidecar.core.clock import Clock
 from sidecar.exporters.budget import WindowedCounts
 
 JitterMode = Literal["full", "equal", "decorrelated"]

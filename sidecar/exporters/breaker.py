@@ -55,10 +55,10 @@ from typing import Any, Protocol
 
 import pybreaker
 
-from sidecar.clock import Clock
 from sidecar.config.schema import CircuitBreakerConfig
+from sidecar.core.clock import Clock
+from sidecar.core.taxonomy import Category, Classification, Recovery
 from sidecar.exporters.budget import WindowedCounts
-from sidecar.pipeline.taxonomy import Category, Classification, Recovery
 
 log = logging.getLogger(__name__)
 

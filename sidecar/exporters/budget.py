@@ -21,8 +21,8 @@ import math
 from collections import deque
 from typing import Protocol
 
-from sidecar.clock import Clock
 from sidecar.config.schema import RetryBudgetConfig
+from sidecar.core.clock import Clock
 
 _EPSILON = 1e-9
 

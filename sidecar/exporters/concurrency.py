@@ -25,8 +25,8 @@ from collections import deque
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
-from sidecar.clock import Clock
 from sidecar.config.schema import ConcurrencyConfig
+from sidecar.core.clock import Clock
 
 
 class LoadSignal(enum.StrEnum):

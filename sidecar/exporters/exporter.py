@@ -17,9 +17,13 @@ from pathlib import Path
 
 from google.protobuf.message import Message
 
-from sidecar.clock import SYSTEM_CLOCK, Clock
 from sidecar.config.schema import DegradationProcessorConfig, ExporterConfig, component_kind
 from sidecar.config.units import MIB
+from sidecar.core.clock import SYSTEM_CLOCK, Clock
+from sidecar.core.entry import QueueEntry
+from sidecar.core.ingest import Backpressure, IngestResult, UpstreamRefused
+from sidecar.core.signals import Signal
+from sidecar.core.taxonomy import INTERNAL_ERROR, Category, Classification
 from sidecar.exporters.sender import Sender, SendReport, Verdict, build_sender
 from sidecar.exporters.transport import Transport
 from sidecar.exporters.transport_grpc import GrpcTransport
@@ -33,21 +37,16 @@ from sidecar.pipeline.degrade import (
     shed_logs,
     shed_traces,
 )
-from sidecar.pipeline.taxonomy import Category, Classification, Recoverability, Recovery, Severity
-from sidecar.queue.base import Lease, ManagedSendingQueue, QueueEntry, QueueFull, QueueStorageError
+from sidecar.queue.base import Lease, ManagedSendingQueue, QueueFull, QueueStorageError
 from sidecar.queue.deadletter import DeadLetterStore
 from sidecar.queue.factory import open_dead_letters, open_queue
 from sidecar.queue.memory import MemoryQueue
-from sidecar.receivers.ingest import Backpressure, IngestResult, UpstreamRefused
 from sidecar.runtime import release_free_memory
-from sidecar.signals import Signal
 from sidecar.telemetry.events import Events
-from sidecar.telemetry.metrics import Metrics
+from sidecar.telemetry.stats import ErrorStats
 
 log = logging.getLogger("sidecar.exporter")
 
-INTERNAL_ERROR = Classification(Category.INTERNAL, Severity.CRITICAL, Recoverability.FATAL,
-                                Recovery.MANUAL_INTERVENTION, "internal", "sidecar")
 _HTTP_FOR_GRPC = {"INVALID_ARGUMENT": 400, "UNAUTHENTICATED": 401, "PERMISSION_DENIED": 403, "NOT_FOUND": 404,
                   "UNIMPLEMENTED": 404, "FAILED_PRECONDITION": 400, "RESOURCE_EXHAUSTED": 413}
 _GRPC_FOR_HTTP = {400: "INVALID_ARGUMENT", 401: "UNAUTHENTICATED", 403: "PERMISSION_DENIED", 404: "UNIMPLEMENTED",
@@ -76,13 +75,13 @@ def build_transports(name: str, config: ExporterConfig) -> list[Transport]:
 
 class Exporter:
     def __init__(self, name: str, config: ExporterConfig, sender: Sender, classifier: Classifier,
-                 metrics: Metrics, events: Events, clock: Clock, storage_directory: Path | None,
-                 memory_limit_bytes: int | None, recover: bool = False) -> None:
+                 events: Events, clock: Clock, storage_directory: Path | None,
+                 memory_limit_bytes: int | None, recover: bool = False,
+                 degradation: DegradationProcessorConfig | None = None) -> None:
         self.name = name
         self.config = config
         self.sender = sender
         self.classifier = classifier
-        self.metrics = metrics
         self.events = events
         self.clock = clock
         self.storage_directory = storage_directory if config.sending_queue.storage else None
@@ -90,7 +89,7 @@ class Exporter:
         self.recover = recover
         self.queue: ManagedSendingQueue | None = None
         self.dead_letters: DeadLetterStore | None = None
-        self.ladder: DegradationLadder | None = None
+        self.ladder = DegradationLadder(degradation) if degradation is not None else None
         self.consumers: list[asyncio.Task[None]] = []
         self.accepting = False
         self._outcomes: deque[tuple[float, bool, float]] = deque()
@@ -105,10 +104,6 @@ class Exporter:
 
     # ------------------------------------------------------------------ lifecycle
 
-    def use_degradation(self, config: DegradationProcessorConfig) -> None:
-        if self.ladder is None:
-            self.ladder = DegradationLadder(config)
-
     async def start(self) -> None:
         queue_cfg = self.config.sending_queue
         try:
@@ -119,11 +114,11 @@ class Exporter:
         except QueueStorageError as exc:
             raise OSError(f"exporters.{self.name}: {exc}") from None
         if self.queue is not None:
-            self.metrics.queue_capacity.labels(self.name).set(self.queue.capacity)
+            self.events.queue_opened(self.name, self.queue.capacity)
             if self.queue.count:
                 log.info("replaying queued requests from disk", extra={
                     "exporter": self.name, "requests": self.queue.count})
-            self._update_queue_gauges()
+            self.update_queue_gauges()
             self.consumers = [asyncio.create_task(self._consume(), name=f"{self.name}-consumer-{i}")
                               for i in range(queue_cfg.num_consumers)]
         self.sender.start()
@@ -189,7 +184,7 @@ class Exporter:
         except QueueFull:
             self._push_back(entry, "queue_full")
         finally:
-            self._update_queue_gauges()
+            self.update_queue_gauges()
         if shed is not None and shed.shed:
             # Counted only now: when the put fails the client is told to retry the whole request,
             # so nothing was dropped (counting earlier made the counters exceed the partial successes).
@@ -322,7 +317,7 @@ class Exporter:
             leases = await self._take(await self.queue.get())
             lease = leases[0]
             entry = lease.entry if len(leases) == 1 else merge_entries([held.entry for held in leases])
-            self._update_queue_gauges()
+            self.update_queue_gauges()
             started = self.clock.monotonic()
             try:
                 # (Membership hashes the whole payload the first time: look only when something is owed.)
@@ -352,7 +347,7 @@ class Exporter:
                     await self._nack_all(leases)
                 await self.clock.sleep(1.0)
             finally:
-                self._update_queue_gauges()
+                self.update_queue_gauges()
             if report.verdict is Verdict.REQUEUE and report.retry_after:
                 await self.clock.sleep(min(report.retry_after, 5.0))
 
@@ -463,10 +458,9 @@ class Exporter:
             self.events.dropped(old.signal.value, "dead_letter_evicted", old.items,
                                 f"exporter {self.name}: dead-letter store full")
 
-    def _update_queue_gauges(self) -> None:
+    def update_queue_gauges(self) -> None:
         if self.queue is not None:
-            self.metrics.queue_size.labels(self.name).set(self.queue.size)
-            self.metrics.queue_bytes.labels(self.name).set(self.queue.bytes)
+            self.events.queue_changed(self.name, self.queue.size, self.queue.bytes)
 
 
 def merge_entries(entries: list[QueueEntry]) -> QueueEntry:
@@ -498,10 +492,13 @@ def _client_status(classification: Classification) -> tuple[str, int]:
 
 
 def build_exporter(name: str, config: ExporterConfig, storage_directory: Path | None, classifier: Classifier,
-                   metrics: Metrics, events: Events, clock: Clock = SYSTEM_CLOCK,
-                   memory_limit_mib: float | None = None, recover: bool = False) -> Exporter:
+                   events: Events, clock: Clock = SYSTEM_CLOCK, *,
+                   memory_limit_mib: float | None = None, recover: bool = False,
+                   error_stats: ErrorStats | None = None,
+                   degradation: DegradationProcessorConfig | None = None) -> Exporter:
+    """The one place an exporter and its sender chain are assembled; everything they use is passed in here."""
     transports = build_transports(name, config)
-    sender = build_sender(name, config, transports, classifier, metrics, clock)
+    sender = build_sender(name, config, transports, classifier, events, clock, error_stats=error_stats)
     memory_limit = int(memory_limit_mib * MIB) if memory_limit_mib else None
-    return Exporter(name, config, sender, classifier, metrics, events, clock, storage_directory, memory_limit,
-                    recover)
+    return Exporter(name, config, sender, classifier, events, clock, storage_directory, memory_limit, recover,
+                    degradation)

@@ -27,10 +27,10 @@ import enum
 import logging
 from collections.abc import Callable
 
-from sidecar.clock import Clock
 from sidecar.config.schema import HealthProbeConfig
+from sidecar.core.clock import Clock
+from sidecar.core.errors import ExportError, ExportFailure
 from sidecar.exporters.breaker import EndpointBreaker
-from sidecar.exporters.errors import ExportError, ExportFailure
 from sidecar.exporters.retry import ExportClassifier
 from sidecar.exporters.transport import Transport
 

@@ -24,10 +24,10 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from sidecar.config.schema import RetryConfig
+from sidecar.core.errors import ExportFailure
+from sidecar.core.taxonomy import Classification, Recovery
 from sidecar.exporters.backoff import AdaptiveBase, Backoff
 from sidecar.exporters.budget import RetryBudget
-from sidecar.exporters.errors import ExportFailure
-from sidecar.pipeline.taxonomy import Classification, Recovery
 
 
 class ExportClassifier(Protocol):

@@ -42,33 +42,36 @@ the entry, split parts included.
 Cancellation (shutdown) propagates out of `send` at any await (retry waits included) with all
 per-call bookkeeping undone; the caller nacks the lease, so the entry is never lost.
 
-Metrics counted here: exporter_sent (items - rejected), exporter_send_failed{category,error_type}
-(items of each failed attempt), errors{category,severity,recoverability} (each failed attempt and
-each partial success), exporter_retries{endpoint}, dropped{upstream_rejected},
-export_duration{outcome} per attempt, recovery_duration (first failure to the next success, per
-endpoint), and through `build_sender` the breaker state/transitions, concurrency limit and
-endpoint health gauges (and a log line per breaker transition).
+Events raised here (sidecar/telemetry/events.py, each counting its metrics and logging):
+export_failed (exporter_send_failed{category,error_type} items and errors{...} per failed attempt),
+partial_success (dropped{upstream_rejected} and errors), exported (exporter_sent: items - rejected),
+retry_scheduled (exporter_retries{endpoint}), export_attempted (export_duration{outcome}),
+endpoint_recovered (recovery_duration, first failure to the next success per endpoint), and through
+`build_sender` endpoint_added, breaker_transition, concurrency_limit_changed, endpoint_health_changed.
 """
 
 from __future__ import annotations
 
 import asyncio
 import enum
+import functools
 import logging
 import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sidecar.clock import SYSTEM_CLOCK, Clock
 from sidecar.config.schema import ExporterConfig
 from sidecar.config.units import mib_to_bytes
+from sidecar.core.clock import SYSTEM_CLOCK, Clock
+from sidecar.core.entry import QueueEntry
+from sidecar.core.errors import ExportError, ExportFailure
+from sidecar.core.taxonomy import INTERNAL_ERROR, Category, Classification, Recovery
 from sidecar.exporters.backoff import AdaptiveBase, Backoff
 from sidecar.exporters.balancer import Balancer
 from sidecar.exporters.breaker import BreakerOpenError, BreakerState, EndpointBreaker
 from sidecar.exporters.budget import RetryBudget, SharedRetryBudget
 from sidecar.exporters.concurrency import AdaptiveConcurrency, LoadSignal
-from sidecar.exporters.errors import ExportError, ExportFailure
 from sidecar.exporters.health import EndpointHealth, HealthProber
 from sidecar.exporters.retry import (
     ExportClassifier,
@@ -78,16 +81,7 @@ from sidecar.exporters.retry import (
 )
 from sidecar.exporters.split import split_entry, split_entry_to_limit
 from sidecar.exporters.transport import SendOutcome, Transport
-from sidecar.pipeline.taxonomy import (
-    Category,
-    Classification,
-    Recoverability,
-    Recovery,
-    Severity,
-)
-from sidecar.queue.base import QueueEntry
-from sidecar.telemetry import events
-from sidecar.telemetry.metrics import Metrics
+from sidecar.telemetry.events import Events
 from sidecar.telemetry.stats import ErrorStats
 
 log = logging.getLogger(__name__)
@@ -163,16 +157,6 @@ class _Attempt:
     classification: Classification | None = None
 
 
-_INTERNAL = Classification(
-    category=Category.INTERNAL,
-    severity=Severity.CRITICAL,
-    recoverability=Recoverability.FATAL,
-    recovery=Recovery.MANUAL_INTERVENTION,
-    error_type="internal",
-    classified_by="sender",
-)
-
-
 def load_signal(classification: Classification) -> LoadSignal:
     """What a failure means for adaptive concurrency."""
     if classification.recovery is Recovery.SPLIT_AND_RETRY:
@@ -193,8 +177,9 @@ class Sender:
         balancer: Balancer,
         retry: RetryPolicy,
         classifier: ExportClassifier,
-        metrics: Metrics,
+        events: Events,
         clock: Clock,
+        error_stats: ErrorStats | None = None,
     ) -> None:
         self.exporter_name = exporter_name
         self.config = config
@@ -202,12 +187,12 @@ class Sender:
         self.balancer = balancer
         self.retry = retry
         self.classifier = classifier
-        self.metrics = metrics
+        self.events = events
         self.clock = clock
         self.timeout = float(config.timeout)
         self.max_request_bytes = mib_to_bytes(config.max_request_size_mib) if config.max_request_size_mib else None
-        # The admin API's derived figures (error rate, outages and recoveries); set by the service.
-        self.error_stats: ErrorStats | None = None
+        # The admin API's derived figures (error rate, outages and recoveries), when the admin API is on.
+        self.error_stats = error_stats
 
     # ------------------------------------------------------------ lifecycle and status
 
@@ -318,7 +303,7 @@ class Sender:
                         ep.shared_budget.deposit()
                 elif ep.budget.try_spend() and await self._fleet_allows_retry(ep):
                     # a resend to a failing endpoint is a retry (see `send`)
-                    self.metrics.exporter_retries.labels(self.exporter_name, name).inc()
+                    self.events.retry_scheduled(self.exporter_name, name, "resend", 0.0)
                     state.started_at = self.clock.monotonic()
                 else:
                     wait = ep.budget.time_until_token()
@@ -349,9 +334,7 @@ class Sender:
             delay = decision.delay or 0.0
             if not await self._fleet_allows_retry(ep):
                 return SendReport(Verdict.REQUEUE, cls, attempts, 0, delay, name, reason="fleet_budget_exhausted")
-            self.metrics.exporter_retries.labels(self.exporter_name, name).inc()
-            log.debug("%s: retry %d in %.3fs after %s from %s", self.exporter_name, state.retries, delay,
-                      cls.error_type, name)
+            self.events.retry_scheduled(self.exporter_name, name, cls.error_type, delay)
             await self.clock.sleep(delay)  # cancellable: the caller requeues
             avoid = {name} if len(self.endpoints) > 1 else set()
 
@@ -361,7 +344,7 @@ class Sender:
         if ep.shared_budget is None:
             return True
         if await ep.shared_budget.try_spend() is False:
-            events.fleet_budget_refused(self.metrics, self.exporter_name, ep.name)
+            self.events.fleet_budget_refused(self.exporter_name, ep.name)
             return False
         return True
 
@@ -384,8 +367,7 @@ class Sender:
             outcome = "partial_success" if result.outcome.rejected else "success"
         else:
             outcome = "failure"
-        self.metrics.export_duration.labels(self.exporter_name, ep.name, outcome).observe(
-            max(0.0, self.clock.monotonic() - started))
+        self.events.export_attempted(self.exporter_name, ep.name, outcome, self.clock.monotonic() - started)
         return result
 
     async def _call_transport(self, ep: EndpointChain, entry: QueueEntry) -> _Attempt:
@@ -410,30 +392,28 @@ class Sender:
             return self.classifier.classify_export(failure)
         except Exception:
             log.exception("classifying an export failure failed")
-            return _INTERNAL
+            return INTERNAL_ERROR
 
     # ------------------------------------------------------------ outcomes
 
     def _delivered(self, ep: EndpointChain, entry: QueueEntry, outcome: SendOutcome, attempts: int) -> SendReport:
         rejected = max(0, min(outcome.rejected, entry.items))
         signal = entry.signal
-        self.metrics.exporter_sent[signal].labels(self.exporter_name).inc(entry.items - rejected)
+        self.events.exported(self.exporter_name, signal, entry.items - rejected)
         cls: Classification | None = None
         if rejected:
-            self.metrics.dropped.labels(signal.value, "upstream_rejected").inc(rejected)
             try:
                 cls = self.classifier.classify_partial_success(rejected, outcome.rejected_message)
             except Exception:
                 log.exception("classifying a partial success failed")
-            if cls is not None:
-                self.metrics.errors.labels(cls.category.value, cls.severity.value, cls.recoverability.value).inc()
-                if self.error_stats is not None:
-                    self.error_stats.export_error(self.exporter_name, ep.name, cls)
+            self.events.partial_success(self.exporter_name, ep.name, signal, rejected, cls)
+            if cls is not None and self.error_stats is not None:
+                self.error_stats.export_error(self.exporter_name, ep.name, cls)
         ep.base.record(True)
         ep.delivered_once = True
         if ep.first_failure_at is not None:
             recovery = max(0.0, self.clock.monotonic() - ep.first_failure_at)
-            self.metrics.recovery_duration.labels(self.exporter_name, ep.name).observe(recovery)
+            self.events.endpoint_recovered(self.exporter_name, ep.name, recovery)
             if self.error_stats is not None:
                 self.error_stats.recovered(self.exporter_name, ep.name, recovery)
             ep.first_failure_at = None
@@ -441,9 +421,7 @@ class Sender:
                           reason="partial_success" if rejected else "")
 
     def _count_failure(self, ep: EndpointChain, entry: QueueEntry, cls: Classification) -> None:
-        self.metrics.exporter_send_failed[entry.signal].labels(
-            self.exporter_name, cls.category.value, cls.error_type).inc(entry.items)
-        self.metrics.errors.labels(cls.category.value, cls.severity.value, cls.recoverability.value).inc()
+        self.events.export_failed(self.exporter_name, ep.name, entry.signal, entry.items, cls)
         if self.error_stats is not None:
             self.error_stats.export_error(self.exporter_name, ep.name, cls)
         if cls.retryable and cls.recovery is not Recovery.SPLIT_AND_RETRY:
@@ -523,18 +501,18 @@ def build_sender(
     config: ExporterConfig,
     transports: list[Transport],
     classifier: ExportClassifier,
-    metrics: Metrics,
+    events: Events,
     clock: Clock = SYSTEM_CLOCK,
     rng: random.Random | None = None,
     *,
+    error_stats: ErrorStats | None = None,
     on_breaker_transition: BreakerCallback | None = None,
     on_health_change: HealthCallback | None = None,
 ) -> Sender:
     """Assemble the chain for one exporter, one set of links per transport (endpoint).
 
-    Metrics for breaker state/transitions, the concurrency limit and endpoint health are wired
-    here (with a log line per breaker transition); the optional callbacks are for the service's
-    own reactions (readiness, events) and must not count those metrics again.
+    Events for breaker state/transitions, the concurrency limit and endpoint health are wired here;
+    the optional callbacks are for the service's own reactions (readiness) and raise none of them.
     """
     if not transports:
         raise ValueError(f"exporter {exporter_name}: no endpoint")
@@ -545,21 +523,19 @@ def build_sender(
     for transport in transports:
         name = transport.endpoint
         breaker = EndpointBreaker(name, config.circuit_breaker, clock)
-        breaker.add_observer(_breaker_metrics(exporter_name, name, metrics))
+        breaker.add_observer(_breaker_events(exporter_name, name, events))
         if on_breaker_transition is not None:
             breaker.add_listener(_bind_endpoint(on_breaker_transition, name))
-        metrics.breaker_state.labels(exporter_name, name).set(BreakerState.CLOSED.gauge)
-        limit_gauge = metrics.concurrency_limit.labels(name)
-        limiter = AdaptiveConcurrency(config.concurrency, clock, on_limit_change=limit_gauge.set)
-        limit_gauge.set(limiter.limit)
+        limiter = AdaptiveConcurrency(config.concurrency, clock,
+                                      on_limit_change=functools.partial(events.concurrency_limit_changed, name))
         prober: HealthProber | None = None
         if config.health_probe.enabled:
             prober = HealthProber(
                 transport, config.health_probe, clock, breaker,
-                on_change=_health_metrics(exporter_name, metrics, on_health_change),
+                on_change=_health_events(exporter_name, events, on_health_change),
                 classifier=classifier,
             )
-            metrics.endpoint_healthy.labels(exporter_name, name).set(0)  # unknown until the first probe
+        events.endpoint_added(exporter_name, name, BreakerState.CLOSED.gauge, limiter.limit, probed=prober is not None)
         chains.append(EndpointChain(
             name=name,
             transport=transport,
@@ -572,12 +548,12 @@ def build_sender(
         ))
     balancer = Balancer([c.name for c in chains], {c.name: c.breaker for c in chains}, config.balancer)
     policy = RetryPolicy(retry_cfg, backoff, {c.name: c.budget for c in chains}, {c.name: c.base for c in chains})
-    return Sender(exporter_name, config, chains, balancer, policy, classifier, metrics, clock)
+    return Sender(exporter_name, config, chains, balancer, policy, classifier, events, clock, error_stats)
 
 
-def _breaker_metrics(exporter: str, endpoint: str, metrics: Metrics) -> Callable[[str, str, str], None]:
+def _breaker_events(exporter: str, endpoint: str, events: Events) -> Callable[[str, str, str], None]:
     def observer(old: str, new: str, source: str) -> None:
-        events.breaker_transition(metrics, exporter, endpoint, old, new, BreakerState(new).gauge, source)
+        events.breaker_transition(exporter, endpoint, old, new, BreakerState(new).gauge, source)
     return observer
 
 
@@ -587,9 +563,9 @@ def _bind_endpoint(callback: BreakerCallback, endpoint: str) -> Callable[[str, s
     return listener
 
 
-def _health_metrics(exporter: str, metrics: Metrics, extra: HealthCallback | None) -> HealthCallback:
+def _health_events(exporter: str, events: Events, extra: HealthCallback | None) -> HealthCallback:
     def listener(endpoint: str, healthy: bool) -> None:
-        events.endpoint_health_changed(metrics, exporter, endpoint, healthy)
+        events.endpoint_health_changed(exporter, endpoint, healthy)
         if extra is not None:
             extra(endpoint, healthy)
     return listener

@@ -11,7 +11,7 @@ splits by spans, and a single metric splits by data points. Containers without i
 resource, a metric without data) stay on the side of the cut where they were. Items are never
 lost or duplicated: the halves' item counts add up to the request's.
 
-Item counts are those of `sidecar.signals.count_items` (spans, metric data points, log records).
+Item counts are those of `sidecar.core.signals.count_items` (spans, metric data points, log records).
 """
 
 from __future__ import annotations
@@ -22,8 +22,8 @@ from typing import Any
 
 from google.protobuf.message import Message
 
-from sidecar.queue.base import QueueEntry
-from sidecar.signals import SPECS, Signal, count_items
+from sidecar.core.entry import QueueEntry
+from sidecar.core.signals import SPECS, Signal, count_items
 
 # The repeated field that holds the children at each level, per signal.
 _LEVELS: dict[Signal, tuple[str, ...]] = {

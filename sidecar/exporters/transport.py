@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
-from sidecar.queue.base import QueueEntry
+from sidecar.core.entry import QueueEntry
 
 
 @dataclass(frozen=True, slots=True)
@@ -17,7 +17,7 @@ class SendOutcome:
 
 
 class Transport(Protocol):
-    """One upstream endpoint. Raises sidecar.exporters.errors.ExportError on any failure."""
+    """One upstream endpoint. Raises sidecar.core.errors.ExportError on any failure."""
 
     endpoint: str
 

@@ -11,11 +11,11 @@ from grpc import aio
 
 from sidecar.config.schema import ExporterConfig
 from sidecar.config.units import mib_to_bytes
-from sidecar.exporters.errors import ExportError, ExportFailure
+from sidecar.core.entry import QueueEntry
+from sidecar.core.errors import ExportError, ExportFailure
+from sidecar.core.signals import SPECS, Signal, rejected_count
+from sidecar.exporters.hints import retry_info_from_status_details
 from sidecar.exporters.transport import SendOutcome
-from sidecar.pipeline.classify import retry_info_from_status_details
-from sidecar.queue.base import QueueEntry
-from sidecar.signals import SPECS, Signal, rejected_count
 
 
 def observe_rpc_error(exc: aio.AioRpcError) -> ExportFailure:

@@ -11,11 +11,11 @@ import aiohttp
 from google.rpc import status_pb2
 
 from sidecar.config.schema import ExporterConfig
-from sidecar.exporters.errors import ExportError, ExportFailure
+from sidecar.core.entry import QueueEntry
+from sidecar.core.errors import ExportError, ExportFailure
+from sidecar.core.signals import SPECS, Signal, rejected_count
+from sidecar.exporters.hints import parse_retry_after
 from sidecar.exporters.transport import SendOutcome
-from sidecar.pipeline.classify import parse_retry_after
-from sidecar.queue.base import QueueEntry
-from sidecar.signals import SPECS, Signal, rejected_count
 
 
 def client_ssl_context(config: ExporterConfig) -> ssl.SSLContext | bool:

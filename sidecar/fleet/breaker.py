@@ -21,7 +21,7 @@ import logging
 from collections.abc import Awaitable
 from typing import Any
 
-from sidecar.clock import Clock
+from sidecar.core.clock import Clock
 from sidecar.exporters.breaker import SOURCE_LOCAL, BreakerState, EndpointBreaker
 from sidecar.exporters.health import HealthProber
 from sidecar.fleet import scripts
@@ -36,8 +36,7 @@ from sidecar.fleet.view import (
     should_probe,
     should_try_lease,
 )
-from sidecar.telemetry import events
-from sidecar.telemetry.metrics import Metrics
+from sidecar.telemetry.events import Events
 
 log = logging.getLogger(__name__)
 
@@ -83,13 +82,13 @@ def parse_message(data: str) -> tuple[str, Record] | None:
 
 class SharedBreaker:
     def __init__(self, endpoint: str, conn: FleetConnection, fleet_scripts: FleetScripts, keys: Keys,
-                 instance: str, metrics: Metrics, clock: Clock) -> None:
+                 instance: str, events: Events, clock: Clock) -> None:
         self.endpoint = endpoint
         self._conn = conn
         self._scripts = fleet_scripts
         self._keys = keys
         self._instance = instance
-        self._metrics = metrics
+        self._events = events
         self._clock = clock
         self.view = FleetView()
         self.lease = ProbeLease(LEASE_TTL)
@@ -102,7 +101,6 @@ class SharedBreaker:
         self._wake = asyncio.Event()
         self._tasks: set[asyncio.Task[Any]] = set()
         self.probes = 0  # probes made as the fleet's prober, for tests and status
-        events.fleet_endpoint_initialised(metrics, endpoint)
 
     # ------------------------------------------------------------ wiring (narrow hooks)
 
@@ -254,7 +252,7 @@ class SharedBreaker:
         if won:
             self.lease.granted(sent_at)
             self.holder = self._instance
-            events.fleet_lease_won(self._metrics, self.endpoint, self._instance)
+            self._events.fleet_lease_won(self.endpoint, self._instance)
             self._gate_changed()
 
     async def _renew(self) -> None:

@@ -26,10 +26,9 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
-from sidecar.clock import Clock
 from sidecar.config.schema import FleetConfig
-from sidecar.telemetry import events
-from sidecar.telemetry.metrics import Metrics
+from sidecar.core.clock import Clock
+from sidecar.telemetry.events import Events
 
 log = logging.getLogger(__name__)
 
@@ -68,12 +67,12 @@ def make_client(config: FleetConfig, timeout: float) -> aioredis.Redis:
 
 
 class FleetConnection:
-    def __init__(self, config: FleetConfig, metrics: Metrics, clock: Clock,
+    def __init__(self, config: FleetConfig, events: Events, clock: Clock,
                  rng: random.Random | None = None) -> None:
         self.config = config
         self.timeout = float(config.command_timeout)
         self.endpoint = redacted(config.endpoint)
-        self._metrics = metrics
+        self._events = events
         self._clock = clock
         self._rng = rng or random.Random()
         # Commands on the data path use the short timeout; the supervisor's reconnect a longer one.
@@ -84,7 +83,6 @@ class FleetConnection:
         self._changed = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self.reconnects = 0
-        metrics.fleet_connected.set(0)
 
     # ------------------------------------------------------------ commands
 
@@ -116,7 +114,7 @@ class FleetConnection:
     def mark_down(self, reason: str) -> None:
         if self.connected:
             self.connected = False
-            events.fleet_connection_changed(self._metrics, False, self.endpoint, reason)
+            self._events.fleet_connection_changed(False, self.endpoint, reason)
             self._changed.set()
 
     async def wait_changed(self, timeout: float) -> None:
@@ -172,14 +170,12 @@ class FleetConnection:
                 await self.client.ping()
         except FAILURES as exc:
             if not self.ever_connected and self.reconnects == 0:
-                log.warning("fleet store not reachable yet; going on with local state", extra={
-                    "event": "fleet_connection", "connected": False, "redis": self.endpoint,
-                    "reason": f"{type(exc).__name__}: {exc}"[:300]})
+                self._events.fleet_not_reachable_yet(self.endpoint, f"{type(exc).__name__}: {exc}")
             self.reconnects += 1
             return False
         self.connected = True
         self.ever_connected = True
-        events.fleet_connection_changed(self._metrics, True, self.endpoint)
+        self._events.fleet_connection_changed(True, self.endpoint)
         self._changed.set()
         for resync in list(self.on_connected):
             try:

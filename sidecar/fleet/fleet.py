@@ -11,16 +11,15 @@ import socket
 from collections.abc import Callable, Coroutine
 from typing import Any
 
-from sidecar.clock import Clock
 from sidecar.config.schema import FleetConfig
+from sidecar.core.clock import Clock
 from sidecar.exporters.sender import Sender
 from sidecar.fleet.breaker import FleetScripts, SharedBreaker, parse_message
 from sidecar.fleet.budget import FleetRetryBudget
 from sidecar.fleet.connection import BACKGROUND_TIMEOUT, FAILURES, FleetConnection
 from sidecar.fleet.keys import Keys
 from sidecar.fleet.membership import Heartbeat, Snapshot
-from sidecar.telemetry import events
-from sidecar.telemetry.metrics import Metrics
+from sidecar.telemetry.events import Events
 
 log = logging.getLogger(__name__)
 
@@ -32,21 +31,21 @@ def default_instance_id() -> str:
 
 
 class Fleet:
-    def __init__(self, config: FleetConfig, metrics: Metrics, clock: Clock, snapshot: Snapshot) -> None:
+    def __init__(self, config: FleetConfig, events: Events, clock: Clock, snapshot: Snapshot) -> None:
         self.config = config
         self.instance = config.instance_id or default_instance_id()
         self.keys = Keys(config.key_prefix)
-        self.conn = FleetConnection(config, metrics, clock)
+        self.conn = FleetConnection(config, events, clock)
         self.scripts = FleetScripts(self.conn)
-        self._metrics = metrics
+        self._events = events
         self._clock = clock
         self.breakers: dict[str, SharedBreaker] = {}
         self.budgets: dict[str, FleetRetryBudget] = {}
         self.heartbeat = Heartbeat(self.instance, float(config.heartbeat_interval), self.conn, self.scripts,
-                                   self.keys, metrics, snapshot)
+                                   self.keys, events, snapshot)
         self._tasks: list[asyncio.Task[None]] = []
         self.conn.on_connected.append(self._resync)
-        events.fleet_members(metrics, 0)
+        events.fleet_members(0)
 
     def attach(self, exporter: str, sender: Sender) -> None:
         """Share the breakers, probing and retry budget of every endpoint of one exporter."""
@@ -54,7 +53,7 @@ class Fleet:
             shared = self.breakers.get(chain.name)
             if shared is None:
                 shared = SharedBreaker(chain.name, self.conn, self.scripts, self.keys, self.instance,
-                                       self._metrics, self._clock)
+                                       self._events, self._clock)
                 self.breakers[chain.name] = shared
             shared.attach(chain.breaker, chain.prober)
             budget = self.budgets.get(chain.name)
@@ -63,7 +62,7 @@ class Fleet:
                                           self.scripts, self.keys)
                 self.budgets[chain.name] = budget
             chain.shared_budget = budget
-            events.fleet_budget_initialised(self._metrics, exporter, chain.name)
+            self._events.fleet_endpoint_added(exporter, chain.name)
 
     # ------------------------------------------------------------ lifecycle
 

@@ -13,8 +13,7 @@ import redis.asyncio as aioredis
 from sidecar.fleet.breaker import FleetScripts
 from sidecar.fleet.connection import FleetConnection
 from sidecar.fleet.keys import Keys
-from sidecar.telemetry import events
-from sidecar.telemetry.metrics import Metrics
+from sidecar.telemetry.events import Events
 
 TTL_HEARTBEATS = 3  # a member is gone after missing this many heartbeats
 
@@ -23,13 +22,13 @@ Snapshot = Callable[[], dict[str, Any]]
 
 class Heartbeat:
     def __init__(self, instance: str, interval: float, conn: FleetConnection, fleet_scripts: FleetScripts,
-                 keys: Keys, metrics: Metrics, snapshot: Snapshot) -> None:
+                 keys: Keys, events: Events, snapshot: Snapshot) -> None:
         self.instance = instance
         self.interval = interval
         self._conn = conn
         self._scripts = fleet_scripts
         self._keys = keys
-        self._metrics = metrics
+        self._events = events
         self._snapshot = snapshot
         self.beats = 0
 
@@ -41,7 +40,7 @@ class Heartbeat:
             args=[self.instance, payload, ttl_ms]))
         if members is not None:
             self.beats += 1
-            events.fleet_members(self._metrics, int(members))
+            self._events.fleet_members(int(members))
 
     async def leave(self) -> None:
         await self._conn.call(lambda: self._scripts.leave(

@@ -54,20 +54,20 @@ from opentelemetry.proto.logs.v1 import logs_pb2
 from opentelemetry.proto.trace.v1 import trace_pb2
 
 from sidecar.config.schema import EnrichProcessorConfig
-from sidecar.pipeline.classify import (
+from sidecar.core.taxonomy import Category, Classification, Recoverability, Recovery, default_severity
+from sidecar.pipeline.classify import Classifier
+from sidecar.pipeline.evidence import (
     DB_STATUS_KEY,
     HTTP_STATUS_KEYS,
-    OTHER,
     RPC_STATUS_KEYS,
     SEVERITY_ERROR,
-    Classifier,
     LogFacts,
     SpanFacts,
     log_facts,
     span_attributes_may_error,
     span_facts,
 )
-from sidecar.pipeline.taxonomy import Category, Classification, Recoverability, Recovery, default_severity
+from sidecar.pipeline.vocabulary import OTHER
 from sidecar.pipeline.wire import (
     SpliceView,
     detect_counts,

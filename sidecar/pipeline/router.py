@@ -10,15 +10,15 @@ from typing import Any, Protocol
 
 from google.protobuf.message import Message
 
-from sidecar.clock import Clock
 from sidecar.config.schema import DegradationProcessorConfig, EnrichProcessorConfig
+from sidecar.core.clock import Clock
+from sidecar.core.entry import QueueEntry
+from sidecar.core.ingest import IngestResult, Metadata
+from sidecar.core.signals import Signal, count_items
+from sidecar.core.taxonomy import Classification
 from sidecar.pipeline.classify import Classifier
 from sidecar.pipeline.enrich import EnrichStats, enrich_logs, enrich_traces, enrich_traces_payload
-from sidecar.pipeline.taxonomy import Classification
-from sidecar.queue.base import QueueEntry
-from sidecar.receivers.ingest import IngestResult, Metadata
-from sidecar.signals import Signal, count_items
-from sidecar.telemetry.metrics import Metrics
+from sidecar.telemetry.events import Events
 from sidecar.telemetry.stats import UNKNOWN_SERVICE, ErrorStats
 
 log = logging.getLogger("sidecar.pipeline")
@@ -82,9 +82,9 @@ class Pipeline:
 
 
 class Router:
-    def __init__(self, pipelines: list[Pipeline], metrics: Metrics, clock: Clock,
+    def __init__(self, pipelines: list[Pipeline], events: Events, clock: Clock,
                  error_stats: ErrorStats | None = None) -> None:
-        self.metrics = metrics
+        self.events = events
         self.clock = clock
         self.error_stats = error_stats  # the admin API's derived figures; None: not collected
         self.routes: dict[tuple[str, Signal], list[Pipeline]] = {}
@@ -120,15 +120,14 @@ class Router:
                         rejected = max(rejected, result.rejected)
                         messages.append(f"{exporter.name}: {result.message}")
             except Exception:
-                self.metrics.receiver_refused[signal].labels(receiver, transport, "refused").inc(items)
+                self.events.refused(signal, receiver, transport, items, "refused")
                 raise
-        self.metrics.receiver_accepted[signal].labels(receiver, transport).inc(items)
+        self.events.received(signal, receiver, transport, items)
         return IngestResult(rejected, "; ".join(messages))
 
     def _count_enrichment(self, signal: Signal, stats: EnrichStats) -> None:
         for (category, severity, recoverability), n in stats.by_class.items():
-            self.metrics.errors.labels(category, severity, recoverability).inc(n)
-            self.metrics.enriched.labels(signal.value, category).inc(n)
+            self.events.classified(signal, category, severity, recoverability, n)
 
 
 def _record_hotspots(error_stats: ErrorStats, signal: Signal, message: Any,

@@ -42,16 +42,16 @@ from typing import Any
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 from opentelemetry.proto.trace.v1 import trace_pb2
 
-from sidecar.pipeline.classify import (
+from sidecar.pipeline.evidence import (
     DB_STATUS_KEY,
     SpanFacts,
-    _http_4xx,
-    _http_clearly_ok,
-    _http_value,
-    _rpc_clearly_ok,
-    _rpc_value,
-    _truncate,
+    http_4xx,
+    http_clearly_ok,
+    http_value,
+    rpc_clearly_ok,
+    rpc_value,
 )
+from sidecar.pipeline.vocabulary import truncate
 
 __all__ = [
     "D_ERROR",
@@ -233,7 +233,7 @@ _STATUS_ERROR = trace_pb2.Status.STATUS_CODE_ERROR
 
 
 def _text(value: Any) -> str:
-    """`classify._string_of` of a view's value (None: the attribute is absent)."""
+    """`evidence.string_of` of a view's value (None: the attribute is absent)."""
     if value is None or value.WhichOneof("value") != "string_value":
         return ""
     return value.string_value  # type: ignore[no-any-return]
@@ -274,18 +274,18 @@ def facts_of_view(view: Any) -> SpanFacts:
         value = attributes[key]
         if key == _HTTP_NEW or key == _HTTP_OLD:
             if key == _HTTP_OLD:
-                http_old = _http_value(value)
+                http_old = http_value(value)
             else:
-                facts.http_status = _http_value(value)
-            if not _http_clearly_ok(value):
+                facts.http_status = http_value(value)
+            if not http_clearly_ok(value):
                 facts.suspects += 1
-                facts.suspects_4xx += _http_4xx(value)
+                facts.suspects_4xx += http_4xx(value)
         elif key == _RPC_NEW:
-            rpc_new = _rpc_value(value)
-            facts.suspects += not _rpc_clearly_ok(value)
+            rpc_new = rpc_value(value)
+            facts.suspects += not rpc_clearly_ok(value)
         elif key == _RPC_OLD:
-            rpc_old = _rpc_value(value)
-            facts.suspects += not _rpc_clearly_ok(value)
+            rpc_old = rpc_value(value)
+            facts.suspects += not rpc_clearly_ok(value)
         elif key == DB_STATUS_KEY:
             which = value.WhichOneof("value")
             if which == "string_value":
@@ -308,9 +308,9 @@ def facts_of_view(view: Any) -> SpanFacts:
         facts.exception_events += 1
         event_attributes = event.attributes
         facts.exceptions.append((_text(event_attributes.get("exception.type")),
-                                 _truncate(_text(event_attributes.get("exception.message")))))
+                                 truncate(_text(event_attributes.get("exception.message")))))
     if exc_type or exc_msg:
-        facts.exceptions.append((exc_type, _truncate(exc_msg)))
+        facts.exceptions.append((exc_type, truncate(exc_msg)))
     if facts.status_code == _STATUS_ERROR or facts.exceptions or facts.db_code is not None:
-        facts.status_message = _truncate(status.message)
+        facts.status_message = truncate(status.message)
     return facts

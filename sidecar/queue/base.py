@@ -1,4 +1,4 @@
-"""The queue entry and the interface that memory and disk queues share (DESIGN.md §5)."""
+"""The interface that memory and disk queues share, and what they raise (DESIGN.md §5)."""
 
 from __future__ import annotations
 
@@ -6,18 +6,7 @@ import enum
 from dataclasses import dataclass
 from typing import Protocol
 
-from sidecar.signals import Signal
-
-
-@dataclass(frozen=True, slots=True)
-class QueueEntry:
-    """What the sender needs and nothing more; memory and disk hold the same thing."""
-
-    signal: Signal
-    payload: bytes  # the serialized Export*ServiceRequest, already enriched
-    items: int
-    metadata: tuple[tuple[str, str], ...]  # client metadata passed through to upstream
-    accepted_at: float  # wall-clock seconds when the client got its acknowledgement
+from sidecar.core.entry import QueueEntry
 
 
 class Sizer(enum.StrEnum):

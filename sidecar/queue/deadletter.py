@@ -27,10 +27,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from sidecar.pipeline.taxonomy import Category, Classification, Recoverability, Recovery, Severity
-from sidecar.queue.base import QueueClosed, QueueEntry, QueueFull, SendingQueue
+from sidecar.core.entry import QueueEntry
+from sidecar.core.signals import Signal
+from sidecar.core.taxonomy import Category, Classification, Recoverability, Recovery, Severity
+from sidecar.queue.base import QueueClosed, QueueFull, SendingQueue
 from sidecar.queue.sqlite import SqliteFile, Synchronous, entry_columns, entry_from_columns, storage_error
-from sidecar.signals import Signal
 
 DEFAULT_MAX_ENTRIES = 10_000
 MAX_MESSAGE_CHARS = 4096  # error messages can carry whole upstream responses; keep the head

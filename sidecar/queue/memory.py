@@ -24,7 +24,8 @@ import heapq
 import itertools
 from collections import deque
 
-from sidecar.queue.base import Lease, QueueClosed, QueueEntry, QueueFull, Sizer
+from sidecar.core.entry import QueueEntry
+from sidecar.queue.base import Lease, QueueClosed, QueueFull, Sizer
 
 _lease_ids = itertools.count(1)
 

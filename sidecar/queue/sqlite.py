@@ -44,9 +44,10 @@ from typing import Literal, TypeVar
 
 import orjson
 
-from sidecar.queue.base import Lease, QueueClosed, QueueEntry, QueueFull, QueueStorageError, Sizer
+from sidecar.core.entry import QueueEntry
+from sidecar.core.signals import Signal
+from sidecar.queue.base import Lease, QueueClosed, QueueFull, QueueStorageError, Sizer
 from sidecar.queue.memory import Waiters, fits, next_lease_id
-from sidecar.signals import Signal
 
 log = logging.getLogger("sidecar.queue")
 

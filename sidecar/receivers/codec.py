@@ -16,7 +16,7 @@ from google.protobuf import json_format
 from google.protobuf.message import DecodeError, Message
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 
-from sidecar.signals import SPECS, Signal
+from sidecar.core.signals import SPECS, Signal
 
 PROTOBUF = "application/x-protobuf"
 JSON = "application/json"

@@ -14,10 +14,9 @@ from grpc import aio
 
 from sidecar.config.schema import GrpcReceiverConfig
 from sidecar.config.units import mib_to_bytes
+from sidecar.core.ingest import Backpressure, Ingest, UpstreamRefused
+from sidecar.core.signals import SPECS, Signal, partial_success_response
 from sidecar.receivers import codec
-from sidecar.receivers.ingest import Backpressure, Ingest, UpstreamRefused
-from sidecar.signals import SPECS, Signal, partial_success_response
-from sidecar.telemetry.metrics import Metrics
 
 log = logging.getLogger("sidecar.receiver.grpc")
 
@@ -49,12 +48,11 @@ def retry_trailers(message: str, retry_after: float) -> tuple[tuple[str, str | b
 
 
 class OtlpGrpcReceiver:
-    def __init__(self, name: str, config: GrpcReceiverConfig, ingest: Ingest, metrics: Metrics,
+    def __init__(self, name: str, config: GrpcReceiverConfig, ingest: Ingest,
                  include_metadata: list[str], bearer_token: str | None) -> None:
         self.name = name
         self.config = config
         self.ingest = ingest
-        self.metrics = metrics
         self.include_metadata = frozenset(include_metadata)
         self.bearer_token = bearer_token
         self.server: aio.Server | None = None

@@ -13,9 +13,9 @@ from google.rpc import code_pb2
 
 from sidecar.config.schema import HttpReceiverConfig
 from sidecar.config.units import mib_to_bytes
+from sidecar.core.ingest import Backpressure, Ingest, UpstreamRefused
+from sidecar.core.signals import SPECS, Signal, partial_success_response
 from sidecar.receivers import codec
-from sidecar.receivers.ingest import Backpressure, Ingest, UpstreamRefused
-from sidecar.signals import SPECS, Signal, partial_success_response
 
 log = logging.getLogger("sidecar.receiver.http")
 

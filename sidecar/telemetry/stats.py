@@ -34,8 +34,8 @@ import math
 from collections import deque
 from dataclasses import dataclass
 
-from sidecar.clock import Clock
-from sidecar.pipeline.taxonomy import Classification
+from sidecar.core.clock import Clock
+from sidecar.core.taxonomy import Classification
 
 WINDOWS_MINUTES = (1, 5, 15)
 MAX_NAME_CHARS = 128

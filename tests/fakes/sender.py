@@ -18,13 +18,15 @@ from sidecar.config.schema import (
     RetryConfig,
 )
 from sidecar.config.units import Duration
-from sidecar.exporters.errors import ExportError, ExportFailure
+from sidecar.core.entry import QueueEntry
+from sidecar.core.errors import ExportError, ExportFailure
+from sidecar.core.signals import Signal
+from sidecar.core.taxonomy import Category, Classification, Recoverability, Recovery, Severity
 from sidecar.exporters.sender import build_sender
 from sidecar.exporters.transport import SendOutcome
-from sidecar.pipeline.taxonomy import Category, Classification, Recoverability, Recovery, Severity
-from sidecar.queue.base import QueueEntry
-from sidecar.signals import Signal
+from sidecar.telemetry.events import Events
 from sidecar.telemetry.metrics import Metrics
+from sidecar.telemetry.stats import ErrorStats
 from tests.fakes.clock import FakeClock
 
 
@@ -137,6 +139,7 @@ def sample(metrics: Metrics, name: str, labels: dict[str, str]) -> float:
     return metrics.registry.get_sample_value(name, labels) or 0.0
 
 
-def build(config: ExporterConfig, transports: list[FakeTransport], clock: FakeClock, metrics: Metrics) -> Any:
-    return build_sender("otlp_grpc", config, list(transports), FakeClassifier(), metrics, clock,
-                        random.Random(7))
+def build(config: ExporterConfig, transports: list[FakeTransport], clock: FakeClock, metrics: Metrics,
+          error_stats: ErrorStats | None = None) -> Any:
+    return build_sender("otlp_grpc", config, list(transports), FakeClassifier(), Events(metrics, clock), clock,
+                        random.Random(7), error_stats=error_stats)

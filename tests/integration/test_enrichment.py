@@ -10,12 +10,12 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from sidecar.config.schema import ClassifyProcessorConfig, ExporterConfig, TLSClientConfig
-from sidecar.exporters.errors import ExportError
+from sidecar.core.entry import QueueEntry
+from sidecar.core.errors import ExportError
+from sidecar.core.signals import Signal
 from sidecar.exporters.transport_grpc import GrpcTransport
 from sidecar.exporters.transport_http import HttpTransport
 from sidecar.pipeline.classify import Classifier
-from sidecar.queue.base import QueueEntry
-from sidecar.signals import Signal
 from tests.fakes.collector import FakeCollector
 from tests.integration.conftest import SidecarFactory
 from tests.sdk_app import SdkApp

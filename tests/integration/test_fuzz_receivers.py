@@ -48,8 +48,8 @@ from opentelemetry.proto.metrics.v1 import metrics_pb2
 from opentelemetry.proto.resource.v1 import resource_pb2
 from opentelemetry.proto.trace.v1 import trace_pb2
 
+from sidecar.core.signals import SPECS, Signal
 from sidecar.receivers import codec
-from sidecar.signals import SPECS, Signal
 from tests.fakes.collector import FakeCollector, message_to_otlp_json
 from tests.sidecar_process import SidecarPorts, SidecarProcess, base_config
 

@@ -17,9 +17,10 @@ from pathlib import Path
 
 import pytest
 
-from sidecar.queue.base import QueueEntry, Sizer
+from sidecar.core.entry import QueueEntry
+from sidecar.core.signals import Signal
+from sidecar.queue.base import Sizer
 from sidecar.queue.sqlite import SqliteQueue
-from sidecar.signals import Signal
 
 REPO = Path(__file__).resolve().parents[2]
 TOTAL = 5000  # far more than can be written before the kill

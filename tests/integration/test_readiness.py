@@ -22,10 +22,10 @@ import grpc
 import pytest
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
 
-from sidecar.queue.base import QueueEntry
+from sidecar.core.entry import QueueEntry
+from sidecar.core.signals import Signal
 from sidecar.queue.factory import queue_path
 from sidecar.queue.sqlite import QUEUE_COLUMNS, SqliteQueue, entry_columns
-from sidecar.signals import Signal
 from tests.fakes.collector import FakeCollector
 from tests.integration.conftest import SidecarFactory
 from tests.sidecar_process import free_port

@@ -168,7 +168,7 @@ def test_payload_path_with_flags_and_reversed_fields(request: ExportTraceService
 @MANY
 @given(span=spans())
 def test_span_view_facts_match_span_facts(span: trace_pb2.Span) -> None:
-    from sidecar.pipeline.classify import span_facts
+    from sidecar.pipeline.evidence import span_facts
 
     keys = [kv.key for kv in span.attributes]
     expected = span_facts(span)

@@ -21,10 +21,11 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
-from sidecar.queue.base import Lease, QueueEntry, QueueFull, Sizer
+from sidecar.core.entry import QueueEntry
+from sidecar.core.signals import Signal
+from sidecar.queue.base import Lease, QueueFull, Sizer
 from sidecar.queue.memory import MemoryQueue
 from sidecar.queue.sqlite import SqliteQueue
-from sidecar.signals import Signal
 
 T = TypeVar("T")
 

@@ -11,15 +11,16 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 from opentelemetry.proto.trace.v1 import trace_pb2
 
 from sidecar.config.schema import ClassifyProcessorConfig, DegradationProcessorConfig, EnrichProcessorConfig
+from sidecar.core.entry import QueueEntry
+from sidecar.core.ingest import IngestResult
+from sidecar.core.signals import Signal
+from sidecar.core.taxonomy import Category, Classification, Recoverability, Recovery, Severity
 from sidecar.exporters.sender import Verdict
 from sidecar.exporters.transport import SendOutcome
 from sidecar.pipeline.classify import Classifier
 from sidecar.pipeline.enrich import enrich_traces
 from sidecar.pipeline.router import Pipeline, Router
-from sidecar.pipeline.taxonomy import Category, Classification, Recoverability, Recovery, Severity
-from sidecar.queue.base import QueueEntry
-from sidecar.receivers.ingest import IngestResult
-from sidecar.signals import Signal
+from sidecar.telemetry.events import Events
 from sidecar.telemetry.metrics import Metrics
 from sidecar.telemetry.stats import MAX_NAME_CHARS, UNKNOWN_SERVICE, ErrorStats, HotspotKey
 from tests.fakes.sender import INVALID, UNAVAILABLE, FakeTransport, build, make_config, make_entry, sender_clock
@@ -223,7 +224,7 @@ class Sink:
 def _router(signal: Signal, stats: ErrorStats | None) -> Router:
     pipeline = Pipeline(name=signal.value, signal=signal, receivers=["otlp"], exporters=[Sink()],
                         classifier=Classifier(ClassifyProcessorConfig()), enrich=EnrichProcessorConfig())
-    return Router([pipeline], Metrics(), Clock(), stats)
+    return Router([pipeline], Events(Metrics()), Clock(), stats)
 
 
 async def test_router_counts_hotspots_by_service_name_and_class() -> None:
@@ -277,9 +278,8 @@ async def test_sender_reports_failures_outages_and_recoveries() -> None:
     clock, metrics = sender_clock(), Metrics()
     transport = FakeTransport("a:4317", clock, [UNAVAILABLE, UNAVAILABLE, SendOutcome(), INVALID,
                                                 SendOutcome(rejected=1, rejected_message="bad")])
-    sender: Any = build(make_config(["a:4317"]), [transport], clock, metrics)
     stats = ErrorStats(clock)
-    sender.error_stats = stats
+    sender: Any = build(make_config(["a:4317"]), [transport], clock, metrics, error_stats=stats)
     report = await clock.run(sender.send(make_entry(3)))
     assert report.verdict is Verdict.DELIVERED and report.attempts == 3
     summary = stats.recovery()

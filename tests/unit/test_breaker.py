@@ -9,6 +9,7 @@ import pytest
 
 from sidecar.config.schema import CircuitBreakerConfig
 from sidecar.config.units import Duration
+from sidecar.core.taxonomy import Category, Classification, Recoverability, Recovery, Severity
 from sidecar.exporters.breaker import (
     BreakerOpenError,
     BreakerState,
@@ -16,7 +17,6 @@ from sidecar.exporters.breaker import (
     EndpointBreaker,
     outcome_for,
 )
-from sidecar.pipeline.taxonomy import Category, Classification, Recoverability, Recovery, Severity
 from tests.fakes.clock import FakeClock
 
 

@@ -7,10 +7,9 @@ from opentelemetry.proto.logs.v1 import logs_pb2
 from opentelemetry.proto.trace.v1 import trace_pb2
 
 from sidecar.config.schema import ClassifyProcessorConfig, ClassifyRule, RuleMatch, RuleSet
+from sidecar.core.taxonomy import Category, Recoverability, Recovery, Severity
 from sidecar.pipeline.classify import Classifier
-from sidecar.pipeline.taxonomy import Category, Recoverability, Recovery, Severity
 
-C, R, S = Category, Recoverability, Recovery
 Kind = trace_pb2.Span
 SERVER, CLIENT, INTERNAL = Kind.SPAN_KIND_SERVER, Kind.SPAN_KIND_CLIENT, Kind.SPAN_KIND_INTERNAL
 Status = trace_pb2.Status
@@ -76,7 +75,12 @@ def test_status_error_alone() -> None:
     c = classify(span(status=ERROR))
     assert c is not None
     assert (c.category, c.recoverability, c.recovery, c.error_type, c.classified_by) == (
-        C.PROCESSING, R.PERMANENT, S.MANUAL_INTERVENTION, "_OTHER", "default:status")
+        Category.PROCESSING,
+        Recoverability.PERMANENT,
+        Recovery.MANUAL_INTERVENTION,
+        "_OTHER",
+        "default:status",
+    )
     assert c.severity is Severity.HIGH
 
 
@@ -90,7 +94,12 @@ def test_exception_event_without_error_status_is_an_error() -> None:
     c = classify(span(exceptions=[("ConnectionRefusedError", "[Errno 111] Connection refused")]))
     assert c is not None
     assert (c.category, c.recoverability, c.recovery, c.error_type, c.classified_by) == (
-        C.TRANSPORT, R.RETRYABLE, S.RETRY_WITH_BACKOFF, "connection_refused", "default:exception")
+        Category.TRANSPORT,
+        Recoverability.RETRYABLE,
+        Recovery.RETRY_WITH_BACKOFF,
+        "connection_refused",
+        "default:exception",
+    )
 
 
 @pytest.mark.parametrize(
@@ -125,21 +134,21 @@ def test_http_status(kind: int, key: str, value: AttrValue, error_type: str | No
 @pytest.mark.parametrize(
     ("status", "expected"),
     [
-        (503, (C.TRANSPORT, R.RETRYABLE, S.RETRY_WITH_BACKOFF)),
-        (502, (C.TRANSPORT, R.RETRYABLE, S.RETRY_WITH_BACKOFF)),
-        (504, (C.TIMEOUT, R.RETRYABLE, S.INCREASE_TIMEOUT)),
-        (408, (C.TIMEOUT, R.RETRYABLE, S.INCREASE_TIMEOUT)),
-        (429, (C.RESOURCE_EXHAUSTED, R.TEMPORARY, S.RETRY_WITH_BACKOFF)),
-        (413, (C.RESOURCE_EXHAUSTED, R.TEMPORARY, S.SPLIT_AND_RETRY)),
-        (400, (C.SERIALIZATION, R.PERMANENT, S.DROP)),
-        (415, (C.SERIALIZATION, R.PERMANENT, S.DROP)),
-        (401, (C.CONFIGURATION, R.FATAL, S.MANUAL_INTERVENTION)),
-        (403, (C.CONFIGURATION, R.FATAL, S.MANUAL_INTERVENTION)),
-        (405, (C.VERSION_MISMATCH, R.FATAL, S.MANUAL_INTERVENTION)),
-        (501, (C.VERSION_MISMATCH, R.FATAL, S.MANUAL_INTERVENTION)),
-        (404, (C.PROCESSING, R.PERMANENT, S.MANUAL_INTERVENTION)),
-        (409, (C.PROCESSING, R.PERMANENT, S.MANUAL_INTERVENTION)),
-        (500, (C.PROCESSING, R.PERMANENT, S.MANUAL_INTERVENTION)),
+        (503, (Category.TRANSPORT, Recoverability.RETRYABLE, Recovery.RETRY_WITH_BACKOFF)),
+        (502, (Category.TRANSPORT, Recoverability.RETRYABLE, Recovery.RETRY_WITH_BACKOFF)),
+        (504, (Category.TIMEOUT, Recoverability.RETRYABLE, Recovery.INCREASE_TIMEOUT)),
+        (408, (Category.TIMEOUT, Recoverability.RETRYABLE, Recovery.INCREASE_TIMEOUT)),
+        (429, (Category.RESOURCE_EXHAUSTED, Recoverability.TEMPORARY, Recovery.RETRY_WITH_BACKOFF)),
+        (413, (Category.RESOURCE_EXHAUSTED, Recoverability.TEMPORARY, Recovery.SPLIT_AND_RETRY)),
+        (400, (Category.SERIALIZATION, Recoverability.PERMANENT, Recovery.DROP)),
+        (415, (Category.SERIALIZATION, Recoverability.PERMANENT, Recovery.DROP)),
+        (401, (Category.CONFIGURATION, Recoverability.FATAL, Recovery.MANUAL_INTERVENTION)),
+        (403, (Category.CONFIGURATION, Recoverability.FATAL, Recovery.MANUAL_INTERVENTION)),
+        (405, (Category.VERSION_MISMATCH, Recoverability.FATAL, Recovery.MANUAL_INTERVENTION)),
+        (501, (Category.VERSION_MISMATCH, Recoverability.FATAL, Recovery.MANUAL_INTERVENTION)),
+        (404, (Category.PROCESSING, Recoverability.PERMANENT, Recovery.MANUAL_INTERVENTION)),
+        (409, (Category.PROCESSING, Recoverability.PERMANENT, Recovery.MANUAL_INTERVENTION)),
+        (500, (Category.PROCESSING, Recoverability.PERMANENT, Recovery.MANUAL_INTERVENTION)),
     ],
 )
 def test_http_status_classes_on_client_spans(status: int, expected: tuple[object, ...]) -> None:
@@ -151,22 +160,22 @@ def test_http_status_classes_on_client_spans(status: int, expected: tuple[object
 @pytest.mark.parametrize(
     ("key", "value", "error_type", "category"),
     [
-        ("rpc.grpc.status_code", 14, "UNAVAILABLE", C.TRANSPORT),
-        ("rpc.grpc.status_code", 4, "DEADLINE_EXCEEDED", C.TIMEOUT),
-        ("rpc.grpc.status_code", 3, "INVALID_ARGUMENT", C.SERIALIZATION),
-        ("rpc.grpc.status_code", 5, "NOT_FOUND", C.PROCESSING),
-        ("rpc.grpc.status_code", "14", "UNAVAILABLE", C.TRANSPORT),
+        ("rpc.grpc.status_code", 14, "UNAVAILABLE", Category.TRANSPORT),
+        ("rpc.grpc.status_code", 4, "DEADLINE_EXCEEDED", Category.TIMEOUT),
+        ("rpc.grpc.status_code", 3, "INVALID_ARGUMENT", Category.SERIALIZATION),
+        ("rpc.grpc.status_code", 5, "NOT_FOUND", Category.PROCESSING),
+        ("rpc.grpc.status_code", "14", "UNAVAILABLE", Category.TRANSPORT),
         ("rpc.grpc.status_code", 0, None, None),
         ("rpc.grpc.status_code", "0", None, None),
-        ("rpc.response.status_code", "UNAVAILABLE", "UNAVAILABLE", C.TRANSPORT),
-        ("rpc.response.status_code", "unavailable", "UNAVAILABLE", C.TRANSPORT),  # connect-rpc style
-        ("rpc.response.status_code", "RESOURCE_EXHAUSTED", "RESOURCE_EXHAUSTED", C.RESOURCE_EXHAUSTED),
-        ("rpc.response.status_code", "UNIMPLEMENTED", "UNIMPLEMENTED", C.VERSION_MISMATCH),
+        ("rpc.response.status_code", "UNAVAILABLE", "UNAVAILABLE", Category.TRANSPORT),
+        ("rpc.response.status_code", "unavailable", "UNAVAILABLE", Category.TRANSPORT),  # connect-rpc style
+        ("rpc.response.status_code", "RESOURCE_EXHAUSTED", "RESOURCE_EXHAUSTED", Category.RESOURCE_EXHAUSTED),
+        ("rpc.response.status_code", "UNIMPLEMENTED", "UNIMPLEMENTED", Category.VERSION_MISMATCH),
         ("rpc.response.status_code", "OK", None, None),
         ("rpc.response.status_code", "", None, None),
-        ("rpc.response.status_code", 16, "UNAUTHENTICATED", C.CONFIGURATION),
-        ("rpc.response.status_code", "-32603", "-32603", C.PROCESSING),  # JSON-RPC
-        ("rpc.grpc.status_code", 99, "99", C.PROCESSING),
+        ("rpc.response.status_code", 16, "UNAUTHENTICATED", Category.CONFIGURATION),
+        ("rpc.response.status_code", "-32603", "-32603", Category.PROCESSING),  # JSON-RPC
+        ("rpc.grpc.status_code", 99, "99", Category.PROCESSING),
     ],
 )
 def test_rpc_status(key: str, value: AttrValue, error_type: str | None, category: Category | None) -> None:
@@ -226,19 +235,32 @@ EXCEPTIONS = [
     ("psycopg2.errors.DeadlockDetected", "deadlock detected", "deadlock"),
     ("psycopg2.errors.SerializationFailure", "could not serialize access", "serialization_failure"),
     ("psycopg2.OperationalError", "could not connect to server: Connection refused", "connection_refused"),
-    ("requests.exceptions.ConnectionError",
-     "HTTPSConnectionPool(host='api', port=443): Max retries exceeded (Caused by NameResolutionError(\"Failed to "
-     "resolve 'api' ([Errno -3] Temporary failure in name resolution)\"))", "dns"),
-    ("requests.exceptions.ConnectionError", "('Connection aborted.', RemoteDisconnected('Remote end closed "
-     "connection without response'))", "connection_reset"),
+    (
+        "requests.exceptions.ConnectionError",
+        "HTTPSConnectionPool(host='api', port=443): Max retries exceeded (Caused by NameResolutionError(\"Failed to "
+        "resolve 'api' ([Errno -3] Temporary failure in name resolution)\"))",
+        "dns",
+    ),
+    (
+        "requests.exceptions.ConnectionError",
+        "('Connection aborted.', RemoteDisconnected('Remote end closed connection without response'))",
+        "connection_reset",
+    ),
     ("requests.exceptions.ConnectionError", "something else", "connection_error"),
     ("requests.exceptions.HTTPError", "503 Server Error: Service Unavailable for url: http://x", "http_503"),
     ("OSError", "[Errno 28] No space left on device", "disk_full"),
     ("OSError", "[Errno 24] Too many open files", "too_many_open_files"),
-    ("sqlalchemy.exc.OperationalError", "(MySQLdb.OperationalError) (1213, 'Deadlock found when trying to get "
-     "lock; try restarting transaction')", "deadlock"),
-    ("grpc._channel._InactiveRpcError", "<_InactiveRpcError of RPC that terminated with:\n\tstatus = "
-     "StatusCode.UNAVAILABLE\n\tdetails = \"failed to connect to all addresses\"", "UNAVAILABLE"),
+    (
+        "sqlalchemy.exc.OperationalError",
+        "(MySQLdb.OperationalError) (1213, 'Deadlock found when trying to get lock; try restarting transaction')",
+        "deadlock",
+    ),
+    (
+        "grpc._channel._InactiveRpcError",
+        "<_InactiveRpcError of RPC that terminated with:\n\tstatus = "
+        'StatusCode.UNAVAILABLE\n\tdetails = "failed to connect to all addresses"',
+        "UNAVAILABLE",
+    ),
     ("grpc.RpcError", "status = StatusCode.DEADLINE_EXCEEDED", "DEADLINE_EXCEEDED"),
     # Java
     ("java.net.ConnectException", "Connection refused", "connection_refused"),
@@ -246,29 +268,37 @@ EXCEPTIONS = [
     ("java.util.concurrent.TimeoutException", "", "timeout"),
     ("java.lang.OutOfMemoryError", "Java heap space", "out_of_memory"),
     ("io.grpc.StatusRuntimeException", "UNAVAILABLE: io exception", "UNAVAILABLE"),
-    ("io.grpc.StatusRuntimeException", "RESOURCE_EXHAUSTED: gRPC message exceeds maximum size 4194304: 5000000",
-     "payload_too_large"),
+    (
+        "io.grpc.StatusRuntimeException",
+        "RESOURCE_EXHAUSTED: gRPC message exceeds maximum size 4194304: 5000000",
+        "payload_too_large",
+    ),
     ("io.grpc.StatusRuntimeException", "PERMISSION_DENIED: denied", "PERMISSION_DENIED"),
     ("java.net.UnknownHostException", "collector: Name or service not known", "dns"),
     ("org.postgresql.util.PSQLException", "ERROR: deadlock detected\n  Detail: Process 1 waits", "deadlock"),
-    ("com.mysql.cj.jdbc.exceptions.MySQLTransactionRollbackException",
-     "Deadlock found when trying to get lock; try restarting transaction", "deadlock"),
-    ("com.mysql.cj.jdbc.exceptions.MySQLTransactionRollbackException",
-     "Lock wait timeout exceeded; try restarting transaction", "lock_conflict"),
-    ("java.lang.NumberFormatException", "For input string: \"abc\"", "invalid_input"),
+    (
+        "com.mysql.cj.jdbc.exceptions.MySQLTransactionRollbackException",
+        "Deadlock found when trying to get lock; try restarting transaction",
+        "deadlock",
+    ),
+    (
+        "com.mysql.cj.jdbc.exceptions.MySQLTransactionRollbackException",
+        "Lock wait timeout exceeded; try restarting transaction",
+        "lock_conflict",
+    ),
+    ("java.lang.NumberFormatException", 'For input string: "abc"', "invalid_input"),
     ("java.lang.IllegalArgumentException", "bad value", "invalid_input"),
     ("javax.net.ssl.SSLHandshakeException", "PKIX path building failed", "tls_handshake"),
     ("org.springframework.security.access.AccessDeniedException", "Access is denied", "permission_denied"),
     ("org.springframework.dao.QueryTimeoutException", "query timed out", "timeout"),
-    ("java.lang.NullPointerException", "Cannot invoke \"String.length()\"", "java.lang.NullPointerException"),
+    ("java.lang.NullPointerException", 'Cannot invoke "String.length()"', "java.lang.NullPointerException"),
     # Go
     ("*net.OpError", "dial tcp 10.0.0.1:5432: connect: connection refused", "connection_refused"),
-    ("*url.Error", "Get \"http://api/\": context deadline exceeded", "timeout"),
+    ("*url.Error", 'Get "http://api/": context deadline exceeded', "timeout"),
     ("*net.DNSError", "lookup api on 10.96.0.10:53: no such host", "dns"),
     ("*status.Error", "rpc error: code = Unavailable desc = connection error", "UNAVAILABLE"),
     ("*status.Error", "rpc error: code = DeadlineExceeded desc = context deadline exceeded", "DEADLINE_EXCEEDED"),
-    ("*errors.errorString", "read tcp 10.0.0.2:5000->10.0.0.3:80: read: connection reset by peer",
-     "connection_reset"),
+    ("*errors.errorString", "read tcp 10.0.0.2:5000->10.0.0.3:80: read: connection reset by peer", "connection_reset"),
     ("*json.UnmarshalTypeError", "json: cannot unmarshal string into Go value of type int", "invalid_input"),
     ("*pq.Error", "pq: deadlock detected", "deadlock"),
     ("*errors.errorString", "x509: certificate signed by unknown authority", "tls_handshake"),
@@ -286,24 +316,42 @@ EXCEPTIONS = [
     ("AxiosError", "Request failed with status code 503", "http_503"),
     ("AxiosError", "Request failed with status code 401", "http_401"),
     # .NET
-    ("System.Net.Sockets.SocketException",
-     "No connection could be made because the target machine actively refused it.", "connection_refused"),
+    (
+        "System.Net.Sockets.SocketException",
+        "No connection could be made because the target machine actively refused it.",
+        "connection_refused",
+    ),
     ("System.Net.Sockets.SocketException", "Connection refused (127.0.0.1:80)", "connection_refused"),
-    ("System.Threading.Tasks.TaskCanceledException",
-     "The request was canceled due to the configured HttpClient.Timeout of 100 seconds elapsing.", "timeout"),
+    (
+        "System.Threading.Tasks.TaskCanceledException",
+        "The request was canceled due to the configured HttpClient.Timeout of 100 seconds elapsing.",
+        "timeout",
+    ),
     ("System.TimeoutException", "The operation has timed out.", "timeout"),
-    ("System.OutOfMemoryException", "Insufficient memory to continue the execution of the program.",
-     "out_of_memory"),
+    ("System.OutOfMemoryException", "Insufficient memory to continue the execution of the program.", "out_of_memory"),
     ("System.UnauthorizedAccessException", "Access to the path '/x' is denied.", "permission_denied"),
-    ("Grpc.Core.RpcException", "Status(StatusCode=\"Unavailable\", Detail=\"Error connecting to subchannel.\")",
-     "UNAVAILABLE"),
+    (
+        "Grpc.Core.RpcException",
+        'Status(StatusCode="Unavailable", Detail="Error connecting to subchannel.")',
+        "UNAVAILABLE",
+    ),
     ("Acme.ApiException", "HttpStatusCode.NotFound", "Acme.ApiException"),  # not a gRPC status
-    ("Microsoft.Data.SqlClient.SqlException", "Transaction (Process ID 52) was deadlocked on lock resources with "
-     "another process and has been chosen as the deadlock victim. Rerun the transaction.", "deadlock"),
-    ("System.Net.Http.HttpRequestException", "Response status code does not indicate success: 503 (Service "
-     "Unavailable).", "http_503"),
-    ("System.Security.Authentication.AuthenticationException",
-     "The remote certificate is invalid according to the validation procedure.", "tls_handshake"),
+    (
+        "Microsoft.Data.SqlClient.SqlException",
+        "Transaction (Process ID 52) was deadlocked on lock resources with "
+        "another process and has been chosen as the deadlock victim. Rerun the transaction.",
+        "deadlock",
+    ),
+    (
+        "System.Net.Http.HttpRequestException",
+        "Response status code does not indicate success: 503 (Service Unavailable).",
+        "http_503",
+    ),
+    (
+        "System.Security.Authentication.AuthenticationException",
+        "The remote certificate is invalid according to the validation procedure.",
+        "tls_handshake",
+    ),
     ("System.Security.Authentication.AuthenticationException", "Authentication failed", "unauthenticated"),
     ("System.FormatException", "Input string was not in a correct format.", "invalid_input"),
     # Ruby
@@ -311,7 +359,7 @@ EXCEPTIONS = [
     ("Net::ReadTimeout", "Net::ReadTimeout", "timeout"),
     ("ActiveRecord::Deadlocked", "PG::TRDeadlockDetected", "deadlock"),
     # a handshake that times out is a timeout; "time out" needs to be words
-    ("*url.Error", "Get \"https://api/\": net/http: TLS handshake timeout", "timeout"),
+    ("*url.Error", 'Get "https://api/": net/http: TLS handshake timeout', "timeout"),
     ("ssl.SSLError", "_ssl.c:1123: The handshake operation timed out", "tls_handshake"),  # type says SSL
     ("OSError", "_ssl.c:1123: The handshake operation timed out", "timeout"),
     ("Exception", "runtime output truncated", "Exception"),
@@ -319,13 +367,14 @@ EXCEPTIONS = [
     # throttling and auth by message
     ("Exception", "Rate limit exceeded, retry later", "rate_limited"),
     ("Exception", "401 Unauthorized", "unauthenticated"),
-    ("Exception", "password authentication failed for user \"app\"", "unauthenticated"),
+    ("Exception", 'password authentication failed for user "app"', "unauthenticated"),
     ("Exception", "QueuePool limit of size 5 overflow 10 reached", "pool_exhausted"),
 ]
 
 
-@pytest.mark.parametrize(("exc_type", "message", "error_type"), EXCEPTIONS,
-                         ids=[f"{i}-{t}" for i, (t, _, _) in enumerate(EXCEPTIONS)])
+@pytest.mark.parametrize(
+    ("exc_type", "message", "error_type"), EXCEPTIONS, ids=[f"{i}-{t}" for i, (t, _, _) in enumerate(EXCEPTIONS)]
+)
 def test_exception_types_across_languages(exc_type: str, message: str, error_type: str) -> None:
     c = classify(span(status=ERROR, exceptions=[(exc_type, message)]))
     assert c is not None
@@ -336,15 +385,15 @@ def test_exception_types_across_languages(exc_type: str, message: str, error_typ
 @pytest.mark.parametrize(
     ("exc_type", "expected"),
     [
-        ("ConnectionRefusedError", (C.TRANSPORT, R.RETRYABLE, S.RETRY_WITH_BACKOFF)),
-        ("ConnectionResetError", (C.TRANSPORT, R.RETRYABLE, S.RETRY_WITH_BACKOFF)),
-        ("TimeoutError", (C.TIMEOUT, R.RETRYABLE, S.INCREASE_TIMEOUT)),
-        ("MemoryError", (C.RESOURCE_EXHAUSTED, R.FATAL, S.SCALE_RESOURCES)),
-        ("DeadlockDetected", (C.CONCURRENCY, R.RETRYABLE, S.RETRY_WITH_BACKOFF)),
-        ("PermissionError", (C.CONFIGURATION, R.FATAL, S.MANUAL_INTERVENTION)),
-        ("UnknownHostException", (C.TRANSPORT, R.TEMPORARY, S.RETRY_WITH_BACKOFF)),
-        ("JSONDecodeError", (C.SERIALIZATION, R.PERMANENT, S.DROP)),
-        ("SomethingWeird", (C.PROCESSING, R.PERMANENT, S.MANUAL_INTERVENTION)),
+        ("ConnectionRefusedError", (Category.TRANSPORT, Recoverability.RETRYABLE, Recovery.RETRY_WITH_BACKOFF)),
+        ("ConnectionResetError", (Category.TRANSPORT, Recoverability.RETRYABLE, Recovery.RETRY_WITH_BACKOFF)),
+        ("TimeoutError", (Category.TIMEOUT, Recoverability.RETRYABLE, Recovery.INCREASE_TIMEOUT)),
+        ("MemoryError", (Category.RESOURCE_EXHAUSTED, Recoverability.FATAL, Recovery.SCALE_RESOURCES)),
+        ("DeadlockDetected", (Category.CONCURRENCY, Recoverability.RETRYABLE, Recovery.RETRY_WITH_BACKOFF)),
+        ("PermissionError", (Category.CONFIGURATION, Recoverability.FATAL, Recovery.MANUAL_INTERVENTION)),
+        ("UnknownHostException", (Category.TRANSPORT, Recoverability.TEMPORARY, Recovery.RETRY_WITH_BACKOFF)),
+        ("JSONDecodeError", (Category.SERIALIZATION, Recoverability.PERMANENT, Recovery.DROP)),
+        ("SomethingWeird", (Category.PROCESSING, Recoverability.PERMANENT, Recovery.MANUAL_INTERVENTION)),
     ],
 )
 def test_exception_classes(exc_type: str, expected: tuple[object, ...]) -> None:
@@ -366,15 +415,20 @@ def test_exception_event_without_type_or_message() -> None:
 
 
 def test_recognised_exception_beats_status_codes() -> None:
-    s = span(kind=SERVER, status=ERROR, attrs={"http.response.status_code": 500},
-             exceptions=[("ConnectionRefusedError", "")])
+    s = span(
+        kind=SERVER, status=ERROR, attrs={"http.response.status_code": 500}, exceptions=[("ConnectionRefusedError", "")]
+    )
     c = classify(s)
     assert c is not None and c.error_type == "connection_refused"
 
 
 def test_status_code_beats_unrecognised_exception() -> None:
-    s = span(kind=CLIENT, status=ERROR, attrs={"http.response.status_code": 503},
-             exceptions=[("com.acme.ClientError", "boom")])
+    s = span(
+        kind=CLIENT,
+        status=ERROR,
+        attrs={"http.response.status_code": 503},
+        exceptions=[("com.acme.ClientError", "boom")],
+    )
     c = classify(s)
     assert c is not None and (c.error_type, c.classified_by) == ("http_503", "default:http_status")
 
@@ -395,8 +449,8 @@ def test_strict_otlp_applies_to_rpc_errors_in_spans() -> None:
     s = span(status=ERROR, exceptions=[("io.grpc.StatusRuntimeException", "RESOURCE_EXHAUSTED: memory")])
     lenient = classify(s)
     strict = classify(s, Classifier(ClassifyProcessorConfig(strict_otlp=True)))
-    assert lenient is not None and lenient.recoverability is R.TEMPORARY
-    assert strict is not None and strict.recoverability is R.PERMANENT
+    assert lenient is not None and lenient.recoverability is Recoverability.TEMPORARY
+    assert strict is not None and strict.recoverability is Recoverability.PERMANENT
 
 
 def test_weird_attribute_values_do_not_break_classification() -> None:
@@ -422,19 +476,31 @@ def rules(*items: ClassifyRule) -> Classifier:
 
 
 def test_rule_on_exception_type() -> None:
-    c = rules(ClassifyRule(id="npe", match=RuleMatch(exception_type=r"NullPointerException$"),
-                           set=RuleSet(category=C.INTERNAL, severity=Severity.CRITICAL)))
+    c = rules(
+        ClassifyRule(
+            id="npe",
+            match=RuleMatch(exception_type=r"NullPointerException$"),
+            set=RuleSet(category=Category.INTERNAL, severity=Severity.CRITICAL),
+        )
+    )
     got = classify(span(status=ERROR, exceptions=[("java.lang.NullPointerException", "")]), c)
     assert got is not None
     assert (got.classified_by, got.category, got.severity, got.recoverability) == (
-        "npe", C.INTERNAL, Severity.CRITICAL, R.PERMANENT)
+        "npe",
+        Category.INTERNAL,
+        Severity.CRITICAL,
+        Recoverability.PERMANENT,
+    )
     other = classify(span(status=ERROR, exceptions=[("java.lang.IllegalStateException", "")]), c)
     assert other is not None and other.classified_by == "default:exception"
 
 
 def test_rule_on_exception_message_and_status_message() -> None:
-    c = rules(ClassifyRule(id="maint", match=RuleMatch(message="maintenance"),
-                           set=RuleSet(recoverability=R.TEMPORARY)))
+    c = rules(
+        ClassifyRule(
+            id="maint", match=RuleMatch(message="maintenance"), set=RuleSet(recoverability=Recoverability.TEMPORARY)
+        )
+    )
     got = classify(span(status=ERROR, exceptions=[("X", "down for maintenance")]), c)
     assert got is not None and got.classified_by == "maint"
     got = classify(span(status=ERROR, status_message="maintenance window"), c)
@@ -445,8 +511,11 @@ def test_rule_on_http_status_and_grpc_code() -> None:
     c = rules(
         ClassifyRule(id="h404", match=RuleMatch(http_status=[404]), set=RuleSet(severity=Severity.LOW)),
         ClassifyRule(id="g5", match=RuleMatch(grpc_code="NOT_FOUND"), set=RuleSet(severity=Severity.LOW)),
-        ClassifyRule(id="g14exc", match=RuleMatch(grpc_code="UNAVAILABLE", exception_type="Rpc"),
-                     set=RuleSet(severity=Severity.CRITICAL)),
+        ClassifyRule(
+            id="g14exc",
+            match=RuleMatch(grpc_code="UNAVAILABLE", exception_type="Rpc"),
+            set=RuleSet(severity=Severity.CRITICAL),
+        ),
     )
     got = classify(span(kind=CLIENT, attrs={"http.response.status_code": 404}), c)
     assert got is not None and got.classified_by == "h404"
@@ -457,8 +526,13 @@ def test_rule_on_http_status_and_grpc_code() -> None:
 
 
 def test_rule_on_error_type_for_spans() -> None:
-    c = rules(ClassifyRule(id="oom-page", match=RuleMatch(error_type="out_of_memory"),
-                           set=RuleSet(severity=Severity.CRITICAL, recovery=S.SCALE_RESOURCES)))
+    c = rules(
+        ClassifyRule(
+            id="oom-page",
+            match=RuleMatch(error_type="out_of_memory"),
+            set=RuleSet(severity=Severity.CRITICAL, recovery=Recovery.SCALE_RESOURCES),
+        )
+    )
     got = classify(span(status=ERROR, exceptions=[("MemoryError", "")]), c)
     assert got is not None and got.classified_by == "oom-page"
 
@@ -488,7 +562,7 @@ def test_log_not_an_error() -> None:
 def test_log_severity_error_with_body() -> None:
     c = Classifier().classify_log(record(17, "dial tcp: connection refused"))
     assert c is not None
-    assert (c.error_type, c.classified_by, c.category) == ("connection_refused", "default:log_body", C.TRANSPORT)
+    assert (c.error_type, c.classified_by, c.category) == ("connection_refused", "default:log_body", Category.TRANSPORT)
 
 
 def test_log_exception_type_makes_an_error_at_any_severity() -> None:
@@ -497,9 +571,13 @@ def test_log_exception_type_makes_an_error_at_any_severity() -> None:
 
 
 def test_log_exception_beats_body() -> None:
-    c = Classifier().classify_log(record(21, "connection refused",
-                                         {"exception.type": "java.lang.OutOfMemoryError",
-                                          "exception.message": "Java heap space"}))
+    c = Classifier().classify_log(
+        record(
+            21,
+            "connection refused",
+            {"exception.type": "java.lang.OutOfMemoryError", "exception.message": "Java heap space"},
+        )
+    )
     assert c is not None and c.error_type == "out_of_memory"
 
 
@@ -516,7 +594,11 @@ def test_log_fallback() -> None:
     c = Classifier().classify_log(r)
     assert c is not None
     assert (c.category, c.recoverability, c.error_type, c.classified_by) == (
-        C.PROCESSING, R.PERMANENT, "_OTHER", "default:log")
+        Category.PROCESSING,
+        Recoverability.PERMANENT,
+        "_OTHER",
+        "default:log",
+    )
 
 
 def test_log_grpc_code_in_body() -> None:
@@ -525,12 +607,28 @@ def test_log_grpc_code_in_body() -> None:
 
 
 def test_log_rules() -> None:
-    c = rules(ClassifyRule(id="kafka", match=RuleMatch(exception_type="^org\\.apache\\.kafka", message="rebalance"),
-                           set=RuleSet(recoverability=R.RETRYABLE, category=C.CONCURRENCY)))
-    got = c.classify_log(record(17, "x", {"exception.type": "org.apache.kafka.CommitFailedException",
-                                         "exception.message": "group rebalance in progress"}))
-    assert got is not None and (got.classified_by, got.category, got.severity) == ("kafka", C.CONCURRENCY,
-                                                                                   Severity.LOW)
+    c = rules(
+        ClassifyRule(
+            id="kafka",
+            match=RuleMatch(exception_type="^org\\.apache\\.kafka", message="rebalance"),
+            set=RuleSet(recoverability=Recoverability.RETRYABLE, category=Category.CONCURRENCY),
+        )
+    )
+    got = c.classify_log(
+        record(
+            17,
+            "x",
+            {
+                "exception.type": "org.apache.kafka.CommitFailedException",
+                "exception.message": "group rebalance in progress",
+            },
+        )
+    )
+    assert got is not None and (got.classified_by, got.category, got.severity) == (
+        "kafka",
+        Category.CONCURRENCY,
+        Severity.LOW,
+    )
 
 
 def test_log_weird_values() -> None:

@@ -70,8 +70,8 @@ def _fuzz() -> None:  # pragma: no cover - runs under libFuzzer
     import atheris
 
     with atheris.instrument_imports():
+        from sidecar.core.signals import Signal
         from sidecar.receivers import codec
-        from sidecar.signals import Signal
 
     signals = list(Signal)
     limit = 1 << 16

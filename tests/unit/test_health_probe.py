@@ -6,12 +6,12 @@ import asyncio
 
 from sidecar.config.schema import CircuitBreakerConfig, HealthProbeConfig
 from sidecar.config.units import Duration
+from sidecar.core.entry import QueueEntry
+from sidecar.core.errors import ExportError, ExportFailure
+from sidecar.core.taxonomy import Category, Classification, Recoverability, Recovery, Severity
 from sidecar.exporters.breaker import BreakerState, EndpointBreaker
-from sidecar.exporters.errors import ExportError, ExportFailure
 from sidecar.exporters.health import EndpointHealth, HealthProber
 from sidecar.exporters.transport import SendOutcome
-from sidecar.pipeline.taxonomy import Category, Classification, Recoverability, Recovery, Severity
-from sidecar.queue.base import QueueEntry
 from tests.fakes.clock import FakeClock
 
 

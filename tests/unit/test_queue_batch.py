@@ -8,13 +8,13 @@ from pathlib import Path
 import pytest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
-from sidecar.clock import SYSTEM_CLOCK
 from sidecar.config.schema import QueueBatchConfig, SendingQueueConfig
 from sidecar.config.units import Duration
+from sidecar.core.clock import SYSTEM_CLOCK
+from sidecar.core.entry import QueueEntry
 from sidecar.exporters.exporter import Exporter, merge_entries
 from sidecar.exporters.transport import SendOutcome
 from sidecar.pipeline.classify import Classifier
-from sidecar.queue.base import QueueEntry
 from sidecar.telemetry.events import Events
 from sidecar.telemetry.metrics import Metrics
 from tests.fakes.sender import UNAVAILABLE, FakeClassifier, FakeTransport, make_config, make_entry, sender_clock
@@ -42,7 +42,7 @@ async def run_exporter(entries: list[QueueEntry], batch: QueueBatchConfig | None
     config = make_config([transport.endpoint], sending_queue=queue_config)
     metrics = Metrics()
     sender = build_sender(config, [transport], transport.clock, metrics)
-    exporter = Exporter("otlp_grpc", config, sender, Classifier(), metrics, Events(metrics), SYSTEM_CLOCK,
+    exporter = Exporter("otlp_grpc", config, sender, Classifier(), Events(metrics), SYSTEM_CLOCK,
                         storage, None)
     await exporter.start()
     assert exporter.queue is not None
@@ -123,7 +123,7 @@ async def test_flush_timeout_waits_for_entries_that_arrive_soon() -> None:
     config = make_config([transport.endpoint], sending_queue=queue_config)
     metrics = Metrics()
     exporter = Exporter("otlp_grpc", config, build_sender(config, [transport], transport.clock, metrics),
-                        Classifier(), metrics, Events(metrics), SYSTEM_CLOCK, None, None)
+                        Classifier(), Events(metrics), SYSTEM_CLOCK, None, None)
     await exporter.start()
     assert exporter.queue is not None
     entries = [make_entry(1, tag=f"e{i}-") for i in range(3)]

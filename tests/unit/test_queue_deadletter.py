@@ -6,8 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from sidecar.pipeline.taxonomy import Category, Classification, Recoverability, Recovery, Severity
-from sidecar.queue.base import QueueEntry, QueueStorageError
+from sidecar.core.entry import QueueEntry
+from sidecar.core.signals import Signal
+from sidecar.core.taxonomy import Category, Classification, Recoverability, Recovery, Severity
+from sidecar.queue.base import QueueStorageError
 from sidecar.queue.deadletter import (
     MAX_MESSAGE_CHARS,
     DeadLetterStore,
@@ -16,7 +18,6 @@ from sidecar.queue.deadletter import (
     replay_dead_letters,
 )
 from sidecar.queue.memory import MemoryQueue
-from sidecar.signals import Signal
 
 BAD_DATA = Classification(Category.SERIALIZATION, Severity.HIGH, Recoverability.PERMANENT,
                           Recovery.DROP, "invalid_argument", "grpc_status")

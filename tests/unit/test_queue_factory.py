@@ -5,7 +5,9 @@ from pathlib import Path
 import pytest
 
 from sidecar.config.schema import SendingQueueConfig
-from sidecar.queue.base import QueueEntry, QueueStorageError, Sizer
+from sidecar.core.entry import QueueEntry
+from sidecar.core.signals import Signal
+from sidecar.queue.base import QueueStorageError, Sizer
 from sidecar.queue.deadletter import MemoryDeadLetters, SqliteDeadLetters
 from sidecar.queue.factory import (
     MEMORY_DEAD_LETTER_MAX_BYTES,
@@ -17,7 +19,6 @@ from sidecar.queue.factory import (
 )
 from sidecar.queue.memory import MemoryQueue
 from sidecar.queue.sqlite import SqliteQueue
-from sidecar.signals import Signal
 
 
 def names(directory: Path) -> list[str]:

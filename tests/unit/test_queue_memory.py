@@ -4,9 +4,10 @@ import asyncio
 
 import pytest
 
-from sidecar.queue.base import QueueClosed, QueueEntry, QueueFull, Sizer
+from sidecar.core.entry import QueueEntry
+from sidecar.core.signals import Signal
+from sidecar.queue.base import QueueClosed, QueueFull, Sizer
 from sidecar.queue.memory import MemoryQueue
-from sidecar.signals import Signal
 
 
 def entry(n: int, items: int = 1, nbytes: int = 10) -> QueueEntry:

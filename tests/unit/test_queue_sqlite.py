@@ -9,9 +9,10 @@ from typing import Any
 import orjson
 import pytest
 
-from sidecar.queue.base import QueueClosed, QueueEntry, QueueFull, QueueStorageError, Sizer
+from sidecar.core.entry import QueueEntry
+from sidecar.core.signals import Signal
+from sidecar.queue.base import QueueClosed, QueueFull, QueueStorageError, Sizer
 from sidecar.queue.sqlite import SqliteQueue, recover_database
-from sidecar.signals import Signal
 
 
 def entry(n: int, items: int = 1, nbytes: int = 10, signal: Signal = Signal.TRACES) -> QueueEntry:

@@ -15,12 +15,13 @@ from sidecar.config.schema import (
     RetryConfig,
 )
 from sidecar.config.units import Duration
-from sidecar.exporters.errors import ExportError, ExportFailure
+from sidecar.core.entry import QueueEntry
+from sidecar.core.errors import ExportError, ExportFailure
+from sidecar.core.taxonomy import Category
 from sidecar.exporters.health import EndpointHealth
 from sidecar.exporters.sender import SendReport, Upstream, Verdict, build_sender
 from sidecar.exporters.transport import SendOutcome
-from sidecar.pipeline.taxonomy import Category
-from sidecar.queue.base import QueueEntry
+from sidecar.telemetry.events import Events
 from sidecar.telemetry.metrics import Metrics
 from tests.fakes.sender import (
     INVALID,
@@ -340,8 +341,9 @@ async def test_build_sender_wires_gauges_and_probers() -> None:
     clock, metrics = sender_clock(), Metrics()
     ta, tb = FakeTransport("a:4317", clock), FakeTransport("b:4317", clock)
     seen: list[tuple[str, str, str]] = []
-    sender = build_sender("otlp_grpc", make_config(["a:4317", "b:4317"]), [ta, tb], FakeClassifier(), metrics,
-                          clock, random.Random(1), on_breaker_transition=lambda *a: seen.append(a))
+    sender = build_sender("otlp_grpc", make_config(["a:4317", "b:4317"]), [ta, tb], FakeClassifier(),
+                          Events(metrics, clock), clock, random.Random(1),
+                          on_breaker_transition=lambda *a: seen.append(a))
     assert sample(metrics, "sidecar_concurrency_limit", {"endpoint": "a:4317"}) == 1
     # Unknown until the first probe answers: not counted as healthy.
     assert sample(metrics, "sidecar_endpoint_healthy", {"exporter": "otlp_grpc", "endpoint": "b:4317"}) == 0

@@ -11,9 +11,9 @@ from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportM
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.proto.metrics.v1 import metrics_pb2
 
+from sidecar.core.entry import QueueEntry
+from sidecar.core.signals import SPECS, Signal, count_items
 from sidecar.exporters.split import split_entry, split_entry_to_limit, split_request, split_to_limit
-from sidecar.queue.base import QueueEntry
-from sidecar.signals import SPECS, Signal, count_items
 
 # ---------------------------------------------------------------- builders
 

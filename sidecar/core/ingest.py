@@ -7,7 +7,7 @@ from typing import Protocol
 
 from google.protobuf.message import Message
 
-from sidecar.signals import Signal
+from sidecar.core.signals import Signal
 
 Metadata = tuple[tuple[str, str], ...]
 

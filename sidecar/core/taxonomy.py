@@ -72,7 +72,7 @@ class Classification:
 # Severity is derived from recoverability (DESIGN.md §3): a single retryable error is routine (low),
 # one that needs waiting for the other side (temporary) deserves attention (medium), data that
 # can never be delivered is lost (high), and an error that stops delivery until someone acts is
-# critical. `sidecar.pipeline.classify.escalate` raises it for retryable/temporary errors that recur.
+# critical. `sidecar.pipeline.escalation.escalate` raises it for retryable/temporary errors that recur.
 SEVERITY_BY_RECOVERABILITY: dict[Recoverability, Severity] = {
     Recoverability.RETRYABLE: Severity.LOW,
     Recoverability.TEMPORARY: Severity.MEDIUM,
@@ -86,3 +86,15 @@ SEVERITY_ORDER: tuple[Severity, ...] = (Severity.LOW, Severity.MEDIUM, Severity.
 def default_severity(recoverability: Recoverability) -> Severity:
     """The severity of one occurrence of an error of this recoverability."""
     return SEVERITY_BY_RECOVERABILITY[recoverability]
+
+
+# The sidecar's own failure (a bug, not the upstream's answer): never retried, needs a person. The one
+# definition of this class; the classifier's "internal" client error uses the same fields.
+INTERNAL_ERROR = Classification(
+    category=Category.INTERNAL,
+    severity=default_severity(Recoverability.FATAL),
+    recoverability=Recoverability.FATAL,
+    recovery=Recovery.MANUAL_INTERVENTION,
+    error_type="internal",
+    classified_by="sidecar",
+)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sidecar.pipeline.taxonomy import Classification
+from sidecar.core.taxonomy import Classification
 
 
 @dataclass(frozen=True, slots=True)
