@@ -104,6 +104,12 @@ class SharedBreaker:
 
     # ------------------------------------------------------------ wiring (narrow hooks)
 
+    def disconnected(self) -> None:
+        """Cut off from Redis, this sidecar cannot know it still holds the lease (Redis may have restarted
+        and handed it to another): it stops being the fleet's prober at once."""
+        self.lease.lost()
+        self._gate_changed()
+
     def attach(self, breaker: EndpointBreaker, prober: HealthProber | None) -> None:
         if not self.breakers:
             self._base_timeout = float(breaker.config.recovery_timeout)

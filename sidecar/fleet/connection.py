@@ -80,6 +80,7 @@ class FleetConnection:
         self.connected = False
         self.ever_connected = False
         self.on_connected: list[Callable[[], Awaitable[None]]] = []
+        self.on_disconnected: list[Callable[[], None]] = []
         self._changed = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self.reconnects = 0
@@ -116,6 +117,11 @@ class FleetConnection:
             self.connected = False
             self._events.fleet_connection_changed(False, self.endpoint, reason)
             self._changed.set()
+            for forget in list(self.on_disconnected):
+                try:
+                    forget()
+                except Exception:
+                    log.exception("fleet disconnect handler failed")
 
     async def wait_changed(self, timeout: float) -> None:
         """Wait until the up/down state changes, or `timeout`."""

@@ -55,6 +55,7 @@ class Fleet:
                 shared = SharedBreaker(chain.name, self.conn, self.scripts, self.keys, self.instance,
                                        self._events, self._clock)
                 self.breakers[chain.name] = shared
+                self.conn.on_disconnected.append(shared.disconnected)
             shared.attach(chain.breaker, chain.prober)
             budget = self.budgets.get(chain.name)
             if budget is None:
