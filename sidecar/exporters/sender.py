@@ -332,8 +332,8 @@ class Sender:
             if decision.action is RetryAction.REQUEUE:
                 return SendReport(Verdict.REQUEUE, cls, attempts, 0, decision.delay, name, reason=decision.reason)
             delay = decision.delay or 0.0
-            if not await self._fleet_allows_retry(ep):
-                return SendReport(Verdict.REQUEUE, cls, attempts, 0, delay, name, reason="fleet_budget_exhausted")
+            if not await self._fleet_allows_retry(ep):  # the same verdict as the local budget's refusal
+                return SendReport(Verdict.REQUEUE, cls, attempts, 0, delay, name, reason="budget_exhausted")
             self.events.retry_scheduled(self.exporter_name, name, cls.error_type, delay)
             await self.clock.sleep(delay)  # cancellable: the caller requeues
             avoid = {name} if len(self.endpoints) > 1 else set()

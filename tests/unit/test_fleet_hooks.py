@@ -4,11 +4,14 @@ sidecar/fleet/view.py. Without a gate, everything behaves as before (the other b
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 from sidecar.config.schema import CircuitBreakerConfig, HealthProbeConfig
 from sidecar.config.units import Duration
 from sidecar.exporters.breaker import BreakerOpenError, BreakerState, EndpointBreaker
 from sidecar.exporters.health import HealthProber
+from sidecar.exporters.sender import Verdict
+from sidecar.exporters.transport import SendOutcome
 from sidecar.fleet.breaker import parse_message
 from sidecar.fleet.view import (
     SAFETY,
@@ -20,7 +23,9 @@ from sidecar.fleet.view import (
     should_probe,
     should_try_lease,
 )
+from sidecar.telemetry.metrics import Metrics
 from tests.fakes.clock import FakeClock
+from tests.fakes.sender import UNAVAILABLE, FakeTransport, build, make_config, make_entry, sample, sender_clock
 
 CONFIG = CircuitBreakerConfig(failure_threshold=2, recovery_timeout=Duration(1.0), max_recovery_timeout=Duration(4.0))
 
@@ -194,3 +199,47 @@ def test_messages_parse_with_endpoints_that_contain_separators() -> None:
     assert endpoint == "dns:///collector:4317"
     assert record == Record(open=True, remaining=1.5, timeout=2.0, gen=7)
     assert parse_message("garbage") is None
+
+
+# ---------------------------------------------------------------- the sender's fleet budget hook
+
+
+class SharedBudget:
+    def __init__(self, answer: bool | None) -> None:
+        self.answer = answer
+        self.deposits = 0
+        self.asked = 0
+
+    def deposit(self) -> None:
+        self.deposits += 1
+
+    async def try_spend(self) -> bool | None:
+        self.asked += 1
+        return self.answer
+
+
+def fleet_sender(answer: bool | None) -> tuple[Any, FakeTransport, SharedBudget, Metrics, FakeClock]:
+    clock, metrics = sender_clock(), Metrics()
+    transport = FakeTransport("a:4317", clock, script=[UNAVAILABLE], default=SendOutcome())
+    sender = build(make_config(["a:4317"]), [transport], clock, metrics)
+    shared = SharedBudget(answer)
+    sender.endpoints["a:4317"].shared_budget = shared
+    return sender, transport, shared, metrics, clock
+
+
+async def test_a_retry_the_fleet_budget_refuses_stays_queued() -> None:
+    sender, transport, shared, metrics, clock = fleet_sender(False)
+    report = await clock.run(sender.send(make_entry(2)))
+    assert report.verdict is Verdict.REQUEUE and report.reason == "budget_exhausted"  # as the local budget's
+    assert len(transport.calls) == 1 and shared.deposits == 1 and shared.asked == 1
+    assert sample(metrics, "sidecar_fleet_budget_refused_retries_total",
+                  {"exporter": "otlp_grpc", "endpoint": "a:4317"}) == 1
+
+
+async def test_without_an_answer_from_the_fleet_the_local_budget_decides() -> None:
+    for answer in (True, None):
+        sender, transport, shared, metrics, clock = fleet_sender(answer)
+        report = await clock.run(sender.send(make_entry(2)))
+        assert report.verdict is Verdict.DELIVERED and len(transport.calls) == 2 and shared.asked == 1
+        assert sample(metrics, "sidecar_fleet_budget_refused_retries_total",
+                      {"exporter": "otlp_grpc", "endpoint": "a:4317"}) == 0
