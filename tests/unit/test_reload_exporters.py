@@ -44,7 +44,7 @@ def test_in_place_keys_are_applied_and_the_rest_needs_a_restart() -> None:
     applied = plan.exporters_changed["otlp_grpc"]
     assert applied.timeout == 2.0 and applied.headers == {"x-tenant": "a"}
     assert applied.retry_on_failure.max_attempts == 3
-    assert applied.sending_queue.queue_size == 1000 and applied.compression == "gzip"  # what runs stays
+    assert applied.sending_queue.queue_size == 1000 and applied.compression == "auto"  # what runs stays
     assert plan.applies_anything
 
 
