@@ -3,7 +3,7 @@
 Queues, connections and the state of breakers, limiters and budgets survive a reload. Swapped or
 reconfigured in place: the classification rules, the enrichment settings, the degradation
 thresholds, the log level, and of each exporter the keys in EXPORTER_KEYS_IN_PLACE (retry,
-breaker, concurrency, timeout, headers, health probe). Any other difference (endpoints, TLS,
+breaker, concurrency, timeout, headers, health probe but turning it on or off). Any other difference (endpoints, TLS,
 queue and storage, receivers, extensions, pipelines' components) is reported as needing a
 restart, by dotted path, and not applied.
 """
@@ -60,8 +60,12 @@ def plan_reload(old: Config, new: Config) -> ReloadPlan:
         before, after = _plain(old.exporters[name]), _plain(new.exporters[name])
         changed = sorted(key for key in set(before) | set(after) if before.get(key) != after.get(key))
         needs_restart.extend(f"exporters.{name}.{key}" for key in changed if key not in EXPORTER_KEYS_IN_PLACE)
+        if old.exporters[name].health_probe.enabled != new.exporters[name].health_probe.enabled:
+            needs_restart.append(f"exporters.{name}.health_probe.enabled")
         if any(key in EXPORTER_KEYS_IN_PLACE for key in changed):
-            exporters_changed[name] = _in_place_only(old.exporters[name], new.exporters[name])
+            applied = _in_place_only(old.exporters[name], new.exporters[name])
+            if applied != old.exporters[name]:
+                exporters_changed[name] = applied
     if _plain(old.extensions) != _plain(new.extensions):
         needs_restart.append("extensions")
     old_service, new_service = _plain(old.service), _plain(new.service)
@@ -92,7 +96,9 @@ def plan_reload(old: Config, new: Config) -> ReloadPlan:
 def _in_place_only(old: ExporterConfig, new: ExporterConfig) -> ExporterConfig:
     """The running exporter's configuration with only the keys it can take in place replaced, so
     what runs (and what `status` and the next reload compare with) is what was applied."""
-    return msgspec.structs.replace(old, **{key: getattr(new, key) for key in EXPORTER_KEYS_IN_PLACE})
+    probe = msgspec.structs.replace(new.health_probe, enabled=old.health_probe.enabled)  # on/off: a restart
+    replaced = {key: getattr(new, key) for key in EXPORTER_KEYS_IN_PLACE} | {"health_probe": probe}
+    return msgspec.structs.replace(old, **replaced)
 
 
 class ClassifierHandle(Classifier):

@@ -183,7 +183,6 @@ class Sender:
         events: Events,
         clock: Clock,
         error_stats: ErrorStats | None = None,
-        make_prober: ProberFactory | None = None,
         rng: random.Random | None = None,
     ) -> None:
         self.exporter_name = exporter_name
@@ -201,9 +200,7 @@ class Sender:
         # Recurring export errors are reported with a raised severity (metrics, events, status); the
         # decisions below keep the base classification.
         self.escalation = Escalation()
-        self._make_prober = make_prober  # for a reload that turns health probing on
         self._rng = rng
-        self._started = False
         self._reconfigured = asyncio.Event()  # set (and replaced) by each `reconfigure`
 
     # ------------------------------------------------------------ lifecycle and status
@@ -245,20 +242,13 @@ class Sender:
                     task.cancel()
 
     async def _reconfigure_prober(self, ep: EndpointChain, config: ExporterConfig) -> None:
-        probe = config.health_probe
-        if ep.prober is not None and not probe.enabled:
-            await ep.prober.stop()  # unprobed from now on: health follows real exports (endpoint_health)
-            ep.prober = None
-        elif ep.prober is not None:
-            await ep.prober.reconfigure(probe)
-        elif probe.enabled and self._make_prober is not None:
-            ep.prober = self._make_prober(ep.transport, ep.breaker, probe)
-            if self._started:
-                ep.prober.start()
+        # Turning probing on or off needs a restart (sidecar/reload.py keeps `enabled` as it runs): a
+        # prober made here would miss the hooks others attach at start-up, such as the fleet's lease.
+        if ep.prober is not None:
+            await ep.prober.reconfigure(config.health_probe)
 
     def start(self) -> None:
         """Start the health probers (needs a running event loop)."""
-        self._started = True
         for ep in self.endpoints.values():
             if ep.prober is not None:
                 ep.prober.start()
@@ -566,7 +556,6 @@ def _combine(parts: list[PartReport], attempts: int, cause: Classification | Non
 
 BreakerCallback = Callable[[str, str, str], None]  # (endpoint, old, new)
 HealthCallback = Callable[[str, bool], None]  # (endpoint, healthy)
-ProberFactory = Callable[[Transport, EndpointBreaker, HealthProbeConfig], HealthProber]
 
 
 def build_sender(
@@ -621,8 +610,7 @@ def build_sender(
         ))
     balancer = Balancer([c.name for c in chains], {c.name: c.breaker for c in chains}, config.balancer)
     policy = RetryPolicy(retry_cfg, backoff, {c.name: c.budget for c in chains}, {c.name: c.base for c in chains})
-    return Sender(exporter_name, config, chains, balancer, policy, classifier, events, clock, error_stats,
-                  make_prober=make_prober, rng=rng)
+    return Sender(exporter_name, config, chains, balancer, policy, classifier, events, clock, error_stats, rng=rng)
 
 
 def _breaker_events(exporter: str, endpoint: str, events: Events) -> Callable[[str, str, str], None]:

@@ -83,20 +83,30 @@ async def test_sender_takes_new_settings_and_a_waiting_retry_goes_on_at_once() -
     assert sender.config is new
 
 
-async def test_health_probing_turned_on_and_off_by_a_reload() -> None:
+def test_turning_health_probing_on_or_off_needs_a_restart_other_probe_keys_apply() -> None:
+    old = load_config_text(BASE % "health_probe: {enabled: false}", environ={})
+    new = load_config_text(BASE % "health_probe: {enabled: true, interval: 7s}", environ={})
+    plan = plan_reload(old, new)
+    assert plan.needs_restart == ["exporters.otlp_grpc.health_probe.enabled"]
+    applied = plan.exporters_changed["otlp_grpc"].health_probe
+    assert applied.enabled is False and applied.interval == 7.0
+    only_toggle = plan_reload(old, load_config_text(BASE % "health_probe: {enabled: true}", environ={}))
+    assert only_toggle.exporters_changed == {}  # nothing to apply in place
+
+
+async def test_a_running_prober_takes_the_new_probe_settings() -> None:
     clock, metrics = sender_clock(), Metrics()
     transport = FakeTransport("a:4317", clock)
     config = make_config(["a:4317"])
-    sender = build(msgspec.structs.replace(config, health_probe=HealthProbeConfig(enabled=False)),
-                   [transport], clock, metrics)
+    sender = build(config, [transport], clock, metrics)
     sender.start()
-    ep = sender.endpoints["a:4317"]
-    assert ep.prober is None
-    await sender.reconfigure(msgspec.structs.replace(config, health_probe=HealthProbeConfig(enabled=True)))
     for _ in range(20):
         await asyncio.sleep(0)
-    assert ep.prober is not None and ep.prober.running and transport.probes == 1
+    ep = sender.endpoints["a:4317"]
+    assert ep.prober is not None and transport.probes == 1
+    await sender.reconfigure(msgspec.structs.replace(config, health_probe=HealthProbeConfig(interval=Duration(7.0))))
+    for _ in range(20):
+        await asyncio.sleep(0)
+    assert ep.prober.config.interval == 7.0 and ep.prober.running and transport.probes == 2  # restarted: probed
     assert sender.endpoint_health(ep) is EndpointHealth.HEALTHY
-    await sender.reconfigure(msgspec.structs.replace(config, health_probe=HealthProbeConfig(enabled=False)))
-    assert ep.prober is None
     await sender.stop()
