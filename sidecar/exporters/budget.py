@@ -39,6 +39,10 @@ class SharedRetryBudget(Protocol):
         Waits for Redis at most its short command timeout."""
         ...
 
+    def reconfigure(self, config: RetryBudgetConfig) -> None:
+        """A reload's new ratio and floor, used from the next exchange with the other sidecars."""
+        ...
+
 
 class WindowedCounts:
     """Sums of a few named counters over a sliding time window, kept in small time buckets.

@@ -216,6 +216,8 @@ class Sender:
             ep.breaker.reconfigure(config.circuit_breaker)
             ep.limiter.reconfigure(config.concurrency)
             ep.budget.reconfigure(retry_cfg.budget)
+            if ep.shared_budget is not None:
+                ep.shared_budget.reconfigure(retry_cfg.budget)
             ep.base.reconfigure(retry_cfg.initial_interval, retry_cfg.max_interval)
             if config.headers != self.config.headers:
                 ep.transport.set_headers(config.headers)

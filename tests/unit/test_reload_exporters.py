@@ -18,7 +18,9 @@ from sidecar.config.units import Duration
 from sidecar.exporters.health import EndpointHealth
 from sidecar.exporters.sender import Verdict
 from sidecar.exporters.transport import SendOutcome
+from sidecar.fleet.breaker import SharedBreaker
 from sidecar.reload import EXPORTER_KEYS_IN_PLACE, plan_reload
+from sidecar.telemetry.events import Events
 from sidecar.telemetry.metrics import Metrics
 from tests.fakes.sender import UNAVAILABLE, FakeTransport, build, make_config, make_entry, sender_clock
 
@@ -110,3 +112,36 @@ async def test_a_running_prober_takes_the_new_probe_settings() -> None:
     assert ep.prober.config.interval == 7.0 and ep.prober.running and transport.probes == 2  # restarted: probed
     assert sender.endpoint_health(ep) is EndpointHealth.HEALTHY
     await sender.stop()
+
+
+class RecordingSharedBudget:
+    def __init__(self) -> None:
+        self.config: RetryBudgetConfig | None = None
+
+    def deposit(self) -> None:
+        return None
+
+    async def try_spend(self) -> bool | None:
+        return None
+
+    def reconfigure(self, config: RetryBudgetConfig) -> None:
+        self.config = config
+
+
+async def test_fleet_mode_takes_the_reload_too() -> None:
+    clock, metrics = sender_clock(), Metrics()
+    config = make_config(["a:4317"], circuit_breaker=CircuitBreakerConfig(recovery_timeout=Duration(5.0),
+                                                                          max_recovery_timeout=Duration(50.0)))
+    sender = build(config, [FakeTransport("a:4317", clock)], clock, metrics)
+    ep = sender.endpoints["a:4317"]
+    shared_budget = RecordingSharedBudget()
+    ep.shared_budget = shared_budget
+    shared = SharedBreaker("a:4317", None, None, None, "me", Events(metrics, clock), clock)  # type: ignore[arg-type]
+    shared.attach(ep.breaker, None)
+    assert (shared._base_timeout, shared._max_timeout) == (5.0, 50.0)
+    budget = RetryBudgetConfig(ratio=0.5, min_per_second=1.0)
+    await sender.reconfigure(msgspec.structs.replace(
+        config, retry_on_failure=RetryConfig(budget=budget),
+        circuit_breaker=CircuitBreakerConfig(recovery_timeout=Duration(1.0), max_recovery_timeout=Duration(8.0))))
+    assert shared_budget.config == budget  # the fleet-wide budget's ratio and floor
+    assert (shared._base_timeout, shared._max_timeout) == (1.0, 8.0)  # the fleet's next open period
