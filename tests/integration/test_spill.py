@@ -64,3 +64,38 @@ def test_spill_from_level_one_survives_a_crash_and_drains(tmp_path: Path, upstre
     wait_until(lambda: spilled <= upstream.span_ids(), 20, "the spilled requests delivered after the crash")
     wait_until(lambda: restarted.metric_value("sidecar_exporter_spill_drained_requests_total") >= 5, 10,
                "the drain counted")
+
+
+def test_the_error_rate_and_latency_triggers_make_it_spill(tmp_path: Path, upstream: FakeCollector,
+                                                           sidecar_factory: SidecarFactory) -> None:
+    """No open breaker and an empty queue: only the error-rate (then the p99 latency) trigger raises level 1."""
+    def edit(config: dict[str, Any]) -> None:
+        spill_to(tmp_path / "storage")(config)
+        config["processors"]["degradation"] = {"error_rate": 0.5, "latency": "300ms"}
+
+    sidecar = sidecar_factory(upstream.grpc_endpoint, config_edit=edit, circuit_breaker={"enabled": False},
+                              health_probe={"enabled": False}, sending_queue={"num_consumers": 1},
+                              retry_on_failure={"max_attempts": 1})  # each failure: one attempt, dead-lettered
+    upstream.fail_always(grpc_code=grpc.StatusCode.UNAVAILABLE)
+    send(sidecar, 0)
+    wait_until(lambda: sidecar.metric_value("sidecar_dead_letters_total") == 1, 20, "one failed send")
+    send(sidecar, 1)  # error rate 1.0 over the last minute: level 1
+    assert sidecar.metric_value("sidecar_exporter_spilled_requests_total") == 1
+    wait_until(lambda: sidecar.metric_value("sidecar_exporter_spill_drained_requests_total") == 1, 20,
+               "the spilled request taken from disk")
+
+    latency = tmp_path / "latency"
+    upstream.clear_faults()
+    upstream.set_delay(0.5)
+
+    def edit_latency(config: dict[str, Any]) -> None:
+        spill_to(latency)(config)
+        config["processors"]["degradation"] = {"latency": "300ms"}
+
+    slow = sidecar_factory(upstream.grpc_endpoint, config_edit=edit_latency, circuit_breaker={"enabled": False},
+                           health_probe={"enabled": False}, sending_queue={"num_consumers": 1})
+    send(slow, 10)
+    wait_until(lambda: slow.metric_value("sidecar_exporter_sent_spans_total") == 1, 20, "one slow success")
+    assert slow.metric_value("sidecar_exporter_spilled_requests_total") == 0
+    send(slow, 11)  # p99 of the last minute's successes is 0.5 s >= 300 ms: level 1
+    assert slow.metric_value("sidecar_exporter_spilled_requests_total") == 1
