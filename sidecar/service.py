@@ -260,9 +260,15 @@ class Service:
             logs = new.service.telemetry.logs
             setup_logging(logs.level, logs.encoding)
         exporters = dict(self.config.exporters)
+        not_applied: list[str] = []
         for name, exporter_config in plan.exporters_changed.items():
-            if name in self.exporters:
-                await self.exporters[name].reconfigure(exporter_config)
+            try:
+                if name in self.exporters:
+                    await self.exporters[name].reconfigure(exporter_config)
+            except Exception:  # a bug must not take the reload (or the process) down; say what is not applied
+                log.exception("reconfiguring an exporter failed", extra={"exporter": name})
+                not_applied.append(f"exporters.{name}")
+                continue
             exporters[name] = exporter_config
         applied = dataclasses.replace(
             self.config, processors=new.processors, exporters=exporters,
@@ -275,12 +281,14 @@ class Service:
             applied = dataclasses.replace(applied, service=msgspec.structs.replace(applied.service,
                                                                                     pipelines=pipelines))
         self.config = applied
-        result: ReloadResult = "applied" if not plan.needs_restart else "partial"
+        needs_restart = plan.needs_restart + not_applied
+        result: ReloadResult = "applied" if not needs_restart else "partial"
         self.events.config_reloaded(result)
         log.info("config reloaded", extra={
             "event": "config_reload", "result": result, "processors_changed": plan.processors_changed,
-            "log_level_changed": plan.log_level_changed, "exporters_reconfigured": sorted(plan.exporters_changed),
-            "not_applied_need_restart": plan.needs_restart})
+            "log_level_changed": plan.log_level_changed, "exporters_reconfigured": sorted(
+                name for name in plan.exporters_changed if f"exporters.{name}" not in not_applied),
+            "not_applied_need_restart": needs_restart})
         return True
 
     # ------------------------------------------------------------------ lifecycle

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import logging
+from pathlib import Path
 
 import msgspec
+import pytest
 
-from sidecar.config import load_config_text
+from sidecar.config import load_config, load_config_text
 from sidecar.config.schema import (
     CircuitBreakerConfig,
     ConcurrencyConfig,
@@ -20,6 +23,7 @@ from sidecar.exporters.sender import Verdict
 from sidecar.exporters.transport import SendOutcome
 from sidecar.fleet.breaker import SharedBreaker
 from sidecar.reload import EXPORTER_KEYS_IN_PLACE, plan_reload
+from sidecar.service import Service
 from sidecar.telemetry.events import Events
 from sidecar.telemetry.metrics import Metrics
 from tests.fakes.sender import UNAVAILABLE, FakeTransport, build, make_config, make_entry, sender_clock
@@ -145,3 +149,26 @@ async def test_fleet_mode_takes_the_reload_too() -> None:
         circuit_breaker=CircuitBreakerConfig(recovery_timeout=Duration(1.0), max_recovery_timeout=Duration(8.0))))
     assert shared_budget.config == budget  # the fleet-wide budget's ratio and floor
     assert (shared._base_timeout, shared._max_timeout) == (1.0, 8.0)  # the fleet's next open period
+
+
+async def test_a_failing_reconfigure_is_reported_not_applied(tmp_path: Path, caplog: pytest.LogCaptureFixture,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "sidecar.yaml"
+    path.write_text(BASE % "timeout: 5s")
+    service = Service(load_config(path))
+    service.build()
+    exporter = service.exporters["otlp_grpc"]
+
+    async def broken(config: object) -> None:
+        raise RuntimeError("a bug while reconfiguring")
+
+    monkeypatch.setattr(exporter, "reconfigure", broken)
+    path.write_text(BASE % "timeout: 2s")
+    caplog.set_level(logging.INFO, logger="sidecar.service")
+    assert await service.reload_config(str(path)) is True
+    (reloaded,) = [r for r in caplog.records if getattr(r, "event", None) == "config_reload"]
+    assert reloaded.result == "partial" and reloaded.not_applied_need_restart == ["exporters.otlp_grpc"]
+    assert reloaded.exporters_reconfigured == []
+    assert service.config.exporters["otlp_grpc"].timeout == 5.0  # what runs is what is reported
+    assert service.metrics.registry.get_sample_value("sidecar_config_reloads_total", {"result": "partial"}) == 1
+    await exporter.sender.close()
