@@ -61,7 +61,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sidecar.config.schema import ExporterConfig, HealthProbeConfig
+from sidecar.config.schema import ExporterConfig
 from sidecar.config.units import mib_to_bytes
 from sidecar.core.clock import SYSTEM_CLOCK, Clock
 from sidecar.core.entry import QueueEntry
@@ -584,12 +584,6 @@ def build_sender(
     retry_cfg = config.retry_on_failure
     backoff = Backoff.from_config(retry_cfg, rng)
     chains: list[EndpointChain] = []
-
-    def make_prober(transport: Transport, breaker: EndpointBreaker, probe: HealthProbeConfig) -> HealthProber:
-        return HealthProber(transport, probe, clock, breaker,
-                            on_change=_health_events(exporter_name, events, on_health_change),
-                            classifier=classifier)
-
     for transport in transports:
         name = transport.endpoint
         breaker = EndpointBreaker(name, config.circuit_breaker, clock)
@@ -598,7 +592,13 @@ def build_sender(
             breaker.add_listener(_bind_endpoint(on_breaker_transition, name))
         limiter = AdaptiveConcurrency(config.concurrency, clock,
                                       on_limit_change=functools.partial(events.concurrency_limit_changed, name))
-        prober = make_prober(transport, breaker, config.health_probe) if config.health_probe.enabled else None
+        prober: HealthProber | None = None
+        if config.health_probe.enabled:
+            prober = HealthProber(
+                transport, config.health_probe, clock, breaker,
+                on_change=_health_events(exporter_name, events, on_health_change),
+                classifier=classifier,
+            )
         events.endpoint_added(exporter_name, name, BreakerState.CLOSED.gauge, limiter.limit, probed=prober is not None)
         chains.append(EndpointChain(
             name=name,
