@@ -2,7 +2,8 @@
 
 Breakers, queues and connections survive a reload, so only the pure parts are
 swapped: the classification rules, the enrichment settings, the degradation
-thresholds and the log level. Any other difference is reported, not applied.
+thresholds, the log level and the anomaly detector's settings (its baselines are
+kept). Any other difference is reported, not applied.
 """
 
 from __future__ import annotations
@@ -27,10 +28,11 @@ class ReloadPlan:
     processors_changed: bool
     log_level_changed: bool
     needs_restart: list[str] = field(default_factory=list)
+    anomaly_changed: bool = False
 
     @property
     def applies_anything(self) -> bool:
-        return self.processors_changed or self.log_level_changed
+        return self.processors_changed or self.log_level_changed or self.anomaly_changed
 
 
 def _plain(value: Any) -> Any:
@@ -68,6 +70,7 @@ def plan_reload(old: Config, new: Config) -> ReloadPlan:
         processors_changed=processors_changed,
         log_level_changed=old.service.telemetry.logs != new.service.telemetry.logs,
         needs_restart=needs_restart,
+        anomaly_changed=_plain(old.service.telemetry.anomaly) != _plain(new.service.telemetry.anomaly),
     )
 
 

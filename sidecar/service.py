@@ -104,6 +104,13 @@ class Service:
                 degrade_cfg = processor
         return classify_cfg, enrich_cfg, degrade_cfg
 
+    @staticmethod
+    def anomaly_settings(config: Config) -> tuple[AnomalySettings, float]:
+        """The detector's settings and its interval in seconds, from `service.telemetry.anomaly`."""
+        anomaly = config.service.telemetry.anomaly
+        return (AnomalySettings(alpha=anomaly.alpha, threshold=anomaly.threshold, clear=anomaly.clear,
+                                warmup=anomaly.warmup, min_std=anomaly.min_std), float(anomaly.interval))
+
     def _storage_directory(self) -> Path | None:
         file_storage = self.config.extensions.file_storage
         return Path(file_storage.directory) if file_storage is not None else None
@@ -141,11 +148,8 @@ class Service:
             ))
         self.pipelines = {p.name: p for p in pipelines}
         router = Router(pipelines, self.events, self.clock, self.error_stats if admin_on else None)
-        anomaly = self.config.service.telemetry.anomaly
         self.watch = Watch(self.events, self.clock, lambda: self.exporters, self.error_stats,
-                           AnomalySettings(alpha=anomaly.alpha, threshold=anomaly.threshold, clear=anomaly.clear,
-                                           warmup=anomaly.warmup, min_std=anomaly.min_std),
-                           float(anomaly.interval))
+                           *self.anomaly_settings(self.config))
         used_receivers = {name for p in self.config.service.pipelines.values() for name in p.receivers}
         for name in sorted(used_receivers):
             receiver = self.config.receivers[name]
@@ -216,10 +220,14 @@ class Service:
         if plan.log_level_changed:
             logs = new.service.telemetry.logs
             setup_logging(logs.level, logs.encoding)
+        if plan.anomaly_changed and self.watch is not None:
+            settings, interval = self.anomaly_settings(new)
+            self.watch.reconfigure(settings, interval)
         applied = dataclasses.replace(
             self.config, processors=new.processors,
             service=msgspec.structs.replace(self.config.service, telemetry=msgspec.structs.replace(
-                self.config.service.telemetry, logs=new.service.telemetry.logs)))
+                self.config.service.telemetry, logs=new.service.telemetry.logs,
+                anomaly=new.service.telemetry.anomaly)))
         if plan.processors_changed:
             pipelines = {name: msgspec.structs.replace(p, processors=new.service.pipelines[name].processors)
                          if name in new.service.pipelines else p
@@ -231,7 +239,8 @@ class Service:
         self.events.config_reloaded(result)
         log.info("config reloaded", extra={
             "event": "config_reload", "result": result, "processors_changed": plan.processors_changed,
-            "log_level_changed": plan.log_level_changed, "not_applied_need_restart": plan.needs_restart})
+            "log_level_changed": plan.log_level_changed, "anomaly_changed": plan.anomaly_changed,
+            "not_applied_need_restart": plan.needs_restart})
         return True
 
     # ------------------------------------------------------------------ lifecycle

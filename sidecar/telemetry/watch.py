@@ -197,6 +197,15 @@ class Watch:
                                             self.anomaly_settings.threshold)
         self._error_rate_history.observe(self.clock.monotonic(), overall)
 
+    def reconfigure(self, settings: AnomalySettings, interval: float) -> None:
+        """New detector settings (a reload): every baseline learned so far is kept."""
+        if interval <= 0:
+            raise ValueError("interval must be > 0")
+        self.anomaly_settings = settings
+        self.anomaly_interval = interval
+        for series in self._series.values():
+            series.detector.settings = settings
+
     def anomalies(self) -> list[Anomaly]:
         """Every category scored so far, highest score first (active ones first)."""
         out = [Anomaly(category, s.detector.score, s.detector.active, s.last_rate, s.last_baseline, s.raised_at)

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
+import yaml
 
 from sidecar.core.clock import Clock
 from sidecar.core.entry import QueueEntry
@@ -154,3 +156,42 @@ async def asyncio_sleep0() -> None:
     import asyncio
 
     await asyncio.sleep(0)
+
+
+def test_reconfigure_keeps_the_baselines() -> None:
+    clock, metrics = FakeClock(), Metrics()
+    watch = _watch(clock, metrics, {}, interval=10.0)
+    for _ in range(10):
+        _errors(metrics, "transport", 10)
+        watch.score_error_rates(10.0)
+    before = next(a for a in watch.anomalies() if a.category == "transport")
+    strict = AnomalySettings(alpha=0.1, threshold=3.0, clear=1.0, warmup=5, min_std=0.5)
+    watch.reconfigure(strict, 2.0)
+    assert watch.anomaly_interval == 2.0 and watch.anomaly_settings is strict
+    _errors(metrics, "transport", 10)
+    watch.score_error_rates(10.0)
+    after = next(a for a in watch.anomalies() if a.category == "transport")
+    assert after.baseline_per_minute == pytest.approx(before.rate_per_minute, rel=0.01), "the baseline was kept"
+    with pytest.raises(ValueError):
+        watch.reconfigure(strict, 0)
+
+
+async def test_a_reload_applies_new_anomaly_settings_in_place(tmp_path: Path) -> None:
+    from sidecar.config import load_config
+    from sidecar.service import Service
+    from tests.sidecar_process import SidecarPorts, base_config
+
+    config = base_config("127.0.0.1:1", SidecarPorts())
+    path = tmp_path / "sidecar.yaml"
+    path.write_text(yaml.safe_dump(config))
+    service = Service(load_config(path))
+    service.build()
+    assert service.watch is not None and service.watch.anomaly_settings.threshold == 4.0
+    config["service"]["telemetry"]["anomaly"] = {"threshold": 6, "clear": 3, "interval": "30s"}
+    path.write_text(yaml.safe_dump(config))
+    assert service.reload(str(path))
+    assert service.watch.anomaly_settings.threshold == 6.0 and service.watch.anomaly_settings.clear == 3.0
+    assert service.watch.anomaly_interval == 30.0
+    assert service.config.service.telemetry.anomaly.threshold == 6.0
+    applied = service.metrics.registry.get_sample_value("sidecar_config_reloads_total", {"result": "applied"})
+    assert applied == 1, "applied in place: nothing needs a restart"
