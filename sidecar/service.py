@@ -34,7 +34,7 @@ from sidecar.telemetry.anomaly import AnomalySettings
 from sidecar.telemetry.events import Events
 from sidecar.telemetry.http import HttpEndpoint, health_routes, metrics_routes
 from sidecar.telemetry.logs import setup_logging
-from sidecar.telemetry.metrics import Metrics
+from sidecar.telemetry.metrics import Metrics, ReloadResult
 from sidecar.telemetry.stats import ErrorStats
 from sidecar.telemetry.watch import Watch
 from sidecar.tls import check_config as check_tls_files
@@ -154,12 +154,18 @@ class Service:
         for name in sorted(used_receivers):
             receiver = self.config.receivers[name]
             token = receiver.auth.bearer_token if receiver.auth else None
+            signals = {p.signal for p in pipelines if name in p.receivers}
             if receiver.protocols.grpc is not None:
                 self.receivers.append(OtlpGrpcReceiver(name, receiver.protocols.grpc, router,
                                                        receiver.include_metadata, token))
+                self.events.receiver_declared(name, "grpc", signals)
             if receiver.protocols.http is not None:
                 self.receivers.append(OtlpHttpReceiver(name, receiver.protocols.http, router,
                                                        receiver.include_metadata, token))
+                self.events.receiver_declared(name, "http", signals)
+        for name in self.exporters:
+            self.events.exporter_declared(name, {p.signal for p in pipelines
+                                                 if any(e.name == name for e in p.exporters)})
         health = self.config.extensions.health_check
         if health is not None and "health_check" in self.config.service.extensions:
             self.endpoints.append(HttpEndpoint(health.endpoint,
@@ -175,22 +181,17 @@ class Service:
         return router
 
     def _start_known_series(self) -> None:
-        """Every series whose labels are known from the config starts at 0, so every family listed in the
-        README has samples from the first scrape (a rate() over a series that appears only with its first
-        increment misses that increment)."""
-        self.events.started()
+        """The series whose labels the config implies beyond the receivers' and exporters' own start at 0, so
+        every family listed in the README has samples from the first scrape: enrichment by category, and the
+        classes of the failures each exporter expects."""
+        self.events.enrichment_declared()
         for spec_name, spec in self.config.service.pipelines.items():
             signal = Signal(component_kind(spec_name))
-            for receiver_name in spec.receivers:
-                protocols = self.config.receivers[receiver_name].protocols
-                for transport, enabled in (("grpc", protocols.grpc), ("http", protocols.http)):
-                    if enabled is not None:
-                        self.events.receiver_route_added(signal, receiver_name, transport)
             for exporter_name in spec.exporters:
                 http = component_kind(exporter_name) == "otlp_http"
                 failures = EXPECTED_HTTP_FAILURES if http else EXPECTED_GRPC_FAILURES
                 classes = [self.classifier_handle.classify_export(failure) for failure in failures]
-                self.events.exporter_route_added(exporter_name, signal, classes)
+                self.events.export_classes_declared(exporter_name, signal, classes)
 
     # ------------------------------------------------------------------ reload
 
@@ -235,7 +236,7 @@ class Service:
             applied = dataclasses.replace(applied, service=msgspec.structs.replace(applied.service,
                                                                                     pipelines=pipelines))
         self.config = applied
-        result = "applied" if not plan.needs_restart else "partial"
+        result: ReloadResult = "applied" if not plan.needs_restart else "partial"
         self.events.config_reloaded(result)
         log.info("config reloaded", extra={
             "event": "config_reload", "result": result, "processors_changed": plan.processors_changed,

@@ -8,6 +8,10 @@ is idempotent, and `stats.enriched == 0` means the request is unchanged: the pip
 original bytes. The in-place model of traces enrichment that the byte-level path must agree with exactly
 (`enrich_traces`) lives in tests/fakes/enrich_model.py, where the property tests compare the two.
 
+A classifier that raises is not papered over here: the exception reaches the caller, whose job
+is to fail open (pipeline/router.py forwards the request as received and counts it), rather than
+writing a made-up class onto the item.
+
 The hot path is a request without errors, and reading one field of one item through the upb bindings costs
 about half a microsecond, so the error test works on the serialized bytes first and touches as few items as
 possible. For logs: `severity_number` is read for every record (records at ERROR or above are classified and
@@ -37,7 +41,7 @@ from opentelemetry.proto.logs.v1 import logs_pb2
 from opentelemetry.proto.trace.v1 import trace_pb2
 
 from sidecar.config.schema import EnrichProcessorConfig
-from sidecar.core.taxonomy import Category, Classification, Recoverability, Recovery, default_severity
+from sidecar.core.taxonomy import Classification
 from sidecar.pipeline.classify import Classifier
 from sidecar.pipeline.evidence import (
     DB_STATUS_KEY,
@@ -62,7 +66,6 @@ from sidecar.pipeline.wire import (
 __all__ = [
     "ATTRIBUTE_NAMES",
     "ERROR_TYPE_KEY",
-    "FALLBACK_CLASSIFICATION",
     "EnrichStats",
     "enrich_logs",
     "enrich_traces_payload",
@@ -220,16 +223,6 @@ def writer_for(prefix: str, set_error_type: bool, for_logs: bool) -> _Writer:
     return _Writer(prefix, set_error_type, for_logs)
 
 
-FALLBACK_CLASSIFICATION = Classification(
-    Category.PROCESSING,
-    default_severity(Recoverability.PERMANENT),
-    Recoverability.PERMANENT,
-    Recovery.MANUAL_INTERVENTION,
-    OTHER,
-    "default:fallback",
-)
-
-
 # ------------------------------------------------------------------ byte-level pre-scan
 
 _STATUS_CODE = b"status_code"
@@ -335,10 +328,7 @@ def _span_outcome(view: Any, classifier: Classifier) -> _Outcome:
     facts = facts_of_view(view)
     classification: Classification | None = None
     if facts.is_error:
-        try:
-            classification = classifier.classify_span_facts(facts)
-        except Exception:  # odd input must not break the pipeline
-            classification = FALLBACK_CLASSIFICATION
+        classification = classifier.classify_span_facts(facts)
     return facts.status_code == _STATUS_ERROR, facts.exception_events, classification
 
 
@@ -485,10 +475,7 @@ def _enrich_record(
 ) -> None:
     if writer.complete(facts.keys):
         return
-    try:
-        classification = classifier.classify_log_facts(facts, record)
-    except Exception:
-        classification = FALLBACK_CLASSIFICATION
+    classification = classifier.classify_log_facts(facts, record)
     writer.write(record, facts.keys, classification, stats)
 
 

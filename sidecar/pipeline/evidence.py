@@ -153,6 +153,8 @@ def span_facts(span: trace_pb2.Span) -> SpanFacts:
                     facts.db_code = value.string_value
                 elif which == "int_value":
                     facts.db_code = str(value.int_value)
+                else:  # a repeated key: the last occurrence decides, as in the byte-level view
+                    facts.db_code = None
             elif key == "exception.type":
                 exc_type = string_of(value) or ""
             elif key == "exception.message":

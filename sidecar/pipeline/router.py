@@ -93,11 +93,7 @@ class Router:
             # Log enrichment edits in place; a second pipeline on the same receiver starts from the original.
             last = index == len(pipelines) - 1 or pipeline.signal is Signal.TRACES
             own = message if last else _copy(message)
-            stats, own_payload = pipeline.enrich_payload(own, payload, collect=self.error_stats is not None)
-            if stats is not None and stats.enriched:
-                self._count_enrichment(signal, stats)
-                if self.error_stats is not None and stats.hits:
-                    _record_hotspots(self.error_stats, signal, own, stats.hits)
+            own, own_payload = self._enrich(pipeline, signal, own, payload, items)
             entry = QueueEntry(signal, own_payload, items, metadata, self.clock.wall())
             try:
                 for exporter in pipeline.exporters:
@@ -110,6 +106,29 @@ class Router:
                 raise
         self.events.received(signal, receiver, transport, items)
         return IngestResult(rejected, "; ".join(messages))
+
+    def _enrich(self, pipeline: Pipeline, signal: Signal, own: Message, payload: bytes,
+                items: int) -> tuple[Message, bytes]:
+        """The pipeline's enrichment, failing open: whatever classification or enrichment raises (a
+        bug, a request shaped like nothing seen before), the request goes on as received, counted
+        in sidecar_enrich_failures_total and logged once a minute per cause, and the client is
+        never failed for it. Enrichment is a bonus; the data is the job."""
+        try:
+            stats, own_payload = pipeline.enrich_payload(own, payload, collect=self.error_stats is not None)
+        except Exception as exc:
+            self.events.enrich_failed(signal, items, exc)
+            # Logs are enriched in place: a half-enriched message must not travel with the original bytes.
+            fresh = type(own)()
+            fresh.ParseFromString(payload)
+            return fresh, payload
+        if stats is not None and stats.enriched:
+            try:
+                self._count_enrichment(signal, stats)
+                if self.error_stats is not None and stats.hits:
+                    _record_hotspots(self.error_stats, signal, own, stats.hits)
+            except Exception as exc:  # the enrichment itself is good: keep it, report the accounting bug
+                self.events.enrich_failed(signal, items, exc)
+        return own, own_payload
 
     def _count_enrichment(self, signal: Signal, stats: EnrichStats) -> None:
         for (category, severity, recoverability, error_type), n in stats.by_class.items():

@@ -7,23 +7,27 @@ count accumulated since the last line), never in the metrics.
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Literal, get_args
 
 from sidecar.core.clock import SYSTEM_CLOCK, Clock
+from sidecar.core.drops import DropReason
 from sidecar.core.signals import Signal
 from sidecar.core.taxonomy import Category, Classification
-from sidecar.telemetry.metrics import Metrics
+from sidecar.telemetry.metrics import Metrics, ReloadResult
 
 log = logging.getLogger("sidecar.events")
 
 LOG_INTERVAL = 60.0
+RefusalReason = Literal["refused"]  # the `reason` of sidecar_receiver_refused_*_total
+REFUSAL_REASONS: tuple[RefusalReason, ...] = get_args(RefusalReason)
+# Every (from, to) a breaker can take (an operator's reset closes an open one); the names are BreakerState's.
+BREAKER_TRANSITIONS = (("closed", "open"), ("open", "half_open"), ("half_open", "closed"), ("half_open", "open"),
+                       ("open", "closed"))
 
-# Label values known before anything happens, so their series exist (at 0) from the first scrape.
-DROP_REASONS = ("degradation_sampled", "degradation_essential", "upstream_rejected", "dead_letter_evicted", "shutdown")
-RELOAD_RESULTS = ("applied", "partial", "invalid")
-EXPORT_OUTCOMES = ("success", "partial_success", "failure")
-BREAKER_TRANSITIONS = (("closed", "open"), ("open", "half_open"), ("half_open", "closed"), ("half_open", "open"))
-ENRICHED_SIGNALS = (Signal.TRACES, Signal.LOGS)
+EXPORT_OUTCOMES = ("success", "partial_success", "failure")  # the `outcome` of sidecar_export_duration_seconds
+ENRICHED_SIGNALS = (Signal.TRACES, Signal.LOGS)  # the signals whose error items are classified and enriched
 
 
 @dataclass
@@ -80,7 +84,7 @@ class Events:
     def received(self, signal: Signal, receiver: str, transport: str, items: int) -> None:
         self.metrics.receiver_accepted[signal].labels(receiver, transport).inc(items)
 
-    def refused(self, signal: Signal, receiver: str, transport: str, items: int, reason: str) -> None:
+    def refused(self, signal: Signal, receiver: str, transport: str, items: int, reason: RefusalReason) -> None:
         self.metrics.receiver_refused[signal].labels(receiver, transport, reason).inc(items)
 
     def classified(self, signal: Signal, category: str, severity: str, recoverability: str, error_type: str,
@@ -89,7 +93,18 @@ class Events:
         self.metrics.errors.labels(category, severity, recoverability, error_type).inc(items)
         self.metrics.enriched.labels(signal.value, category).inc(items)
 
-    def config_reloaded(self, result: str) -> None:
+    def enrich_failed(self, signal: Signal, items: int, error: BaseException) -> None:
+        """Classification or enrichment raised: the request goes on unenriched (fail open).
+        Logged once per minute per cause (the exception's type), with the traceback of that one."""
+        self.metrics.enrich_failures.labels(signal.value).inc()
+        cause = type(error).__name__
+        total = self._due(("enrich_failed", cause), 1)
+        if total:
+            log.error("enrichment failed; the request is forwarded unenriched", exc_info=error, extra={
+                "event": "enrich_failed", "signal": signal.value, "cause": cause, "items": items,
+                "requests_since_last_log": total})
+
+    def config_reloaded(self, result: ReloadResult) -> None:
         self.metrics.config_reloads.labels(result).inc()
 
     # -------------------------------------------------------------- queues
@@ -112,20 +127,34 @@ class Events:
 
     def endpoint_added(self, exporter: str, endpoint: str, closed_gauge: int, concurrency_limit: int,
                        probed: bool) -> None:
-        """Gauges an endpoint has from the first scrape: breaker closed, the initial limit, health unknown (0)."""
+        """Gauges an endpoint has from the first scrape: breaker closed, the initial limit, health unknown (0);
+        and its counters at 0: retries and every breaker transition there can be."""
         self.metrics.breaker_state.labels(exporter, endpoint).set(closed_gauge)
         self.metrics.concurrency_limit.labels(endpoint).set(concurrency_limit)
         if probed:
             self.metrics.endpoint_healthy.labels(exporter, endpoint).set(0)
-        # Counters and histograms whose label sets are known now: samples from the first scrape.
-        for outcome in EXPORT_OUTCOMES:
-            self.metrics.export_duration.labels(exporter, endpoint, outcome)
+        self.metrics.exporter_retries.labels(exporter, endpoint)
         for old, new in BREAKER_TRANSITIONS:
             self.metrics.breaker_transitions.labels(exporter, endpoint, old, new)
+        for outcome in EXPORT_OUTCOMES:
+            self.metrics.export_duration.labels(exporter, endpoint, outcome)
         self.metrics.outages.labels(exporter, endpoint)
         self.metrics.retries_refused.labels(exporter, endpoint)
-        self.metrics.exporter_retries.labels(exporter, endpoint)
         self.metrics.recovery_duration.labels(exporter, endpoint)
+
+    def receiver_declared(self, receiver: str, transport: str, signals: Iterable[Signal]) -> None:
+        """A receiver listening on `transport` for `signals`: its accepted and refused counters start at 0."""
+        for signal in signals:
+            self.metrics.receiver_accepted[signal].labels(receiver, transport)
+            for reason in REFUSAL_REASONS:
+                self.metrics.receiver_refused[signal].labels(receiver, transport, reason)
+
+    def exporter_declared(self, exporter: str, signals: Iterable[Signal]) -> None:
+        """An exporter carrying `signals`: sent items and dead letters (by category) start at 0."""
+        for signal in signals:
+            self.metrics.exporter_sent[signal].labels(exporter)
+        for category in Category:
+            self.metrics.dead_letters.labels(exporter, category.value)
 
     def concurrency_limit_changed(self, endpoint: str, limit: int) -> None:
         self.metrics.concurrency_limit.labels(endpoint).set(limit)
@@ -158,7 +187,7 @@ class Events:
     def partial_success(self, exporter: str, endpoint: str, signal: Signal, rejected: int,
                         classification: Classification | None) -> None:
         """The upstream accepted a request but rejected some items: dropped, never retried."""
-        self.dropped(signal.value, "upstream_rejected", rejected, f"exporter {exporter}, endpoint {endpoint}")
+        self.dropped(signal.value, DropReason.UPSTREAM_REJECTED, rejected, f"exporter {exporter}, endpoint {endpoint}")
         if classification is not None:
             self.metrics.errors.labels(classification.category.value, classification.severity.value,
                                        classification.recoverability.value, classification.error_type).inc()
@@ -205,8 +234,6 @@ class Events:
         self.metrics.queue_time_to_full.labels(exporter).set(float("inf"))
         self.metrics.delivery_latency.labels(exporter)
         self.metrics.degradation_level.labels(exporter).set(0)
-        for category in Category:
-            self.metrics.dead_letters.labels(exporter, category.value)
         for old in range(5):
             for new in range(5):
                 if old != new:
@@ -241,26 +268,16 @@ class Events:
 
     # -------------------------------------------------------------- label sets known at start
 
-    def started(self) -> None:
-        """The families not tied to a receiver or an exporter: every drop reason of every signal, the
-        enrichment of every category, every reload result."""
-        for signal in Signal:
-            for reason in DROP_REASONS:
-                self.metrics.dropped.labels(signal.value, reason)
+    def enrichment_declared(self) -> None:
+        """Enriched items of every category of the signals that are enriched start at 0."""
         for signal in ENRICHED_SIGNALS:
             for category in Category:
                 self.metrics.enriched.labels(signal.value, category.value)
-        for result in RELOAD_RESULTS:
-            self.metrics.config_reloads.labels(result)
 
-    def receiver_route_added(self, signal: Signal, receiver: str, transport: str) -> None:
-        self.metrics.receiver_accepted[signal].labels(receiver, transport)
-        self.metrics.receiver_refused[signal].labels(receiver, transport, "refused")
-
-    def exporter_route_added(self, exporter: str, signal: Signal, export_classes: list[Classification]) -> None:
-        """`exporter` sends `signal`; `export_classes` are the classes of the failures an exporter expects
-        (the OTLP spec's retryable answers and the usual client errors, classified by the running rules)."""
-        self.metrics.exporter_sent[signal].labels(exporter)
+    def export_classes_declared(self, exporter: str, signal: Signal, export_classes: list[Classification]) -> None:
+        """`export_classes`: the classes of the failures an exporter expects (the OTLP spec's retryable answers
+        and the usual client errors, classified by the running rules); their failed items and their
+        sidecar_errors_total series start at 0."""
         for c in export_classes:
             self.metrics.exporter_send_failed[signal].labels(exporter, c.category.value, c.error_type)
             self.metrics.errors.labels(c.category.value, c.severity.value, c.recoverability.value, c.error_type)

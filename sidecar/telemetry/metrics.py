@@ -2,15 +2,27 @@
 
 A `Metrics` object is created once by the service and passed to the parts that
 count; tests create their own to start from zero.
+
+Counters whose label sets are known in advance start at 0, so every series has a sample from the
+first scrape (`rate()`, `increase()` and `absent()` alerts work before the first event): here the
+ones that depend on nothing configured (drops by signal x reason, enrichment failures by signal,
+reloads by result); `Events.*_declared` / `endpoint_added` the ones that depend on the configured
+receivers, exporters and endpoints. Series labelled with an open set (an error_type, a category x
+severity x recoverability combination) appear with their first sample.
 """
 
 from __future__ import annotations
 
+from typing import Literal, get_args
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
 
+from sidecar.core.drops import DropReason
 from sidecar.core.signals import SPECS, Signal
 
 _ITEM_SUFFIX = {Signal.TRACES: "spans", Signal.METRICS: "metric_points", Signal.LOGS: "log_records"}
+ReloadResult = Literal["applied", "partial", "invalid"]  # the `result` of sidecar_config_reloads_total
+RELOAD_RESULTS: tuple[ReloadResult, ...] = get_args(ReloadResult)
 
 
 class Metrics:
@@ -45,6 +57,9 @@ class Metrics:
                               ["category", "severity", "recoverability", "error_type"], registry=r)
         self.enriched = Counter("sidecar_enriched_items", "Spans and log records enriched",
                                 ["signal", "category"], registry=r)
+        self.enrich_failures = Counter("sidecar_enrich_failures",
+                                       "Requests forwarded unenriched because classification or enrichment raised",
+                                       ["signal"], registry=r)
         self.breaker_state = Gauge("sidecar_breaker_state", "0 closed, 1 half-open, 2 open",
                                    ["exporter", "endpoint"], registry=r)
         self.breaker_transitions = Counter("sidecar_breaker_transitions", "Circuit breaker transitions",
@@ -93,3 +108,9 @@ class Metrics:
             "sidecar_recovery_duration_seconds", "From the first failure to the next success, per endpoint",
             ["exporter", "endpoint"], registry=r,
             buckets=(0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600))
+        for signal in Signal:
+            for reason in DropReason:
+                self.dropped.labels(signal.value, reason.value)
+            self.enrich_failures.labels(signal.value)
+        for result in RELOAD_RESULTS:
+            self.config_reloads.labels(result)

@@ -19,7 +19,6 @@ from sidecar.pipeline.classify import Classifier
 from sidecar.pipeline.enrich import (
     _HTTP_200,
     _STATUS_CODE,
-    FALLBACK_CLASSIFICATION,
     EnrichStats,
     _serialized,
     _status_code_suspects,
@@ -77,10 +76,7 @@ def _enrich_span(
 ) -> None:
     if writer.complete(facts.keys):
         return
-    try:
-        classification = classifier.classify_span_facts(facts)
-    except Exception:  # odd input must not break the pipeline
-        classification = FALLBACK_CLASSIFICATION
+    classification = classifier.classify_span_facts(facts)
     writer.write(span, facts.keys, classification, stats)
 
 

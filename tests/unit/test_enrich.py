@@ -205,16 +205,16 @@ def test_a_string_value_that_looks_like_a_status_attribute_is_harmless() -> None
     assert PREFIX + "category" in attrs_of(target)
 
 
-def test_classifier_failure_falls_back_and_never_raises() -> None:
+def test_classifier_failure_reaches_the_caller_instead_of_a_made_up_class() -> None:
+    """The router fails open on it (tests/unit/test_enrich_fail_open.py): no invented attributes."""
     class Broken(Classifier):
         def classify_span_facts(self, facts: object) -> object:  # type: ignore[override]
             raise RuntimeError("bug")
 
     request = ExportTraceServiceRequest()
-    s = new_span(request, status=ERROR)
-    stats = run(request, classifier=Broken())
-    assert stats.enriched == 1
-    assert attrs_of(s)[PREFIX + "classified_by"] == "default:fallback"
+    new_span(request, status=ERROR)
+    with pytest.raises(RuntimeError, match="bug"):
+        run(request, classifier=Broken())
 
 
 def test_weird_input_never_raises() -> None:

@@ -241,7 +241,7 @@ async def test_all_breakers_open_requeues_with_retry_after() -> None:
     clock, metrics = sender_clock(), Metrics()
     t = FakeTransport("a:4317", clock, default=UNAVAILABLE)
     config = make_config(["a:4317"], circuit_breaker=CircuitBreakerConfig(
-        failure_threshold=2, recovery_timeout=Duration(30.0)))
+        failure_threshold=2, recovery_timeout=Duration(30.0), half_open_success_threshold=1))
     sender = build(config, [t], clock, metrics)
     report = await clock.run(sender.send(make_entry(2)))
     assert report.verdict is Verdict.REQUEUE and report.reason is Reason.BREAKER_OPEN
