@@ -74,11 +74,13 @@ class Service:
         self.pipelines: dict[str, Pipeline] = {}
         self.classifier_handle = ClassifierHandle(self.export_classifier(config))
         self.started_at = clock.monotonic()
-        # Derived figures of the admin API and the recovery ratio gauge: fed by the senders, and by the
-        # router (item errors, hotspots) when the admin API is on, its only reader.
+        # Derived figures of the admin API, the recovery ratio gauge and the per-service anomaly scores: fed
+        # by the senders, and by the router (item errors, hotspots) when the admin API or the per-service
+        # scores read them.
         self.error_stats = ErrorStats(clock)
         self.admin: AdminServer | None = None
         self.watch: Watch | None = None
+        self.router: Router | None = None
 
     # ------------------------------------------------------------------ building
 
@@ -147,9 +149,13 @@ class Service:
                 degradation=degrade_cfg,
             ))
         self.pipelines = {p.name: p for p in pipelines}
-        router = Router(pipelines, self.events, self.clock, self.error_stats if admin_on else None)
+        # The router's item errors (hotspots, per-service totals) feed the admin API and the per-service
+        # anomaly scores; without either, nothing reads them and they are not collected.
+        top_services = self.config.service.telemetry.anomaly.top_services
+        router = self.router = Router(pipelines, self.events, self.clock,
+                                      self.error_stats if admin_on or top_services else None)
         self.watch = Watch(self.events, self.clock, lambda: self.exporters, self.error_stats,
-                           *self.anomaly_settings(self.config))
+                           *self.anomaly_settings(self.config), top_services=top_services)
         used_receivers = {name for p in self.config.service.pipelines.values() for name in p.receivers}
         for name in sorted(used_receivers):
             receiver = self.config.receivers[name]
@@ -223,7 +229,11 @@ class Service:
             setup_logging(logs.level, logs.encoding)
         if plan.anomaly_changed and self.watch is not None:
             settings, interval = self.anomaly_settings(new)
-            self.watch.reconfigure(settings, interval)
+            top_services = new.service.telemetry.anomaly.top_services
+            self.watch.reconfigure(settings, interval, top_services)
+            if self.router is not None:
+                admin_on = self.admin is not None
+                self.router.error_stats = self.error_stats if admin_on or top_services else None
         applied = dataclasses.replace(
             self.config, processors=new.processors,
             service=msgspec.structs.replace(self.config.service, telemetry=msgspec.structs.replace(

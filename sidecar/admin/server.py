@@ -163,8 +163,8 @@ def build_status(service: AdminView, top_hotspots: int = DEFAULT_HOTSPOTS,
     )
     if watch is not None:
         for anomaly in watch.anomalies():
-            item = response.anomalies.add(category=anomaly.category, score=anomaly.score, active=anomaly.active,
-                                          errors_per_minute=anomaly.rate_per_minute,
+            item = response.anomalies.add(category=anomaly.category, service=anomaly.service, score=anomaly.score,
+                                          active=anomaly.active, errors_per_minute=anomaly.rate_per_minute,
                                           baseline_per_minute=anomaly.baseline_per_minute)
             if anomaly.since is not None:
                 item.since = anomaly.since

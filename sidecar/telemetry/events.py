@@ -254,6 +254,27 @@ class Events:
         self.metrics.error_rate_anomaly.labels(category).set(score)
         self.metrics.error_rate_anomalies.labels(category)  # a sample from the first scrape
 
+    def service_anomaly_score(self, service: str, score: float | None) -> None:
+        """A top service's score; None: it left the top services, its series goes (bounded cardinality)."""
+        if score is None:
+            try:
+                self.metrics.service_error_rate_anomaly.remove(service)
+            except KeyError:
+                pass
+        else:
+            self.metrics.service_error_rate_anomaly.labels(service).set(score)
+
+    def service_anomaly_changed(self, service: str, active: bool, score: float, rate_per_minute: float,
+                                baseline_per_minute: float, threshold: float) -> None:
+        """The error rate of a service's spans and log records became unusual, or normal again (logged)."""
+        detail = {"event": "error_rate_anomaly", "service": service, "score": round(score, 2),
+                  "errors_per_minute": round(rate_per_minute, 2),
+                  "baseline_per_minute": round(baseline_per_minute, 2)}
+        if active:
+            log.warning("error rate anomaly", extra={**detail, "state": "raised", "threshold": threshold})
+        else:
+            log.info("error rate back to normal", extra={**detail, "state": "cleared"})
+
     def anomaly_changed(self, category: str, active: bool, score: float, rate_per_minute: float,
                         baseline_per_minute: float, threshold: float) -> None:
         """The error rate of `category` became unusual (its score reached the threshold) or normal again."""

@@ -143,6 +143,9 @@ class ErrorStats:
         self._recovery_last: float | None = None
         self._hotspots: dict[HotspotKey, _Count] = {}
         self.hotspot_keys_evicted = 0
+        # Error items per service since start, for the per-service anomaly scores; at most `max_hotspots`
+        # services (the smallest quarter is forgotten when a new one would exceed that).
+        self._service_totals: dict[str, int] = {}
 
     # ------------------------------------------------------------ observations (the sender)
 
@@ -184,6 +187,15 @@ class ErrorStats:
         entry.add(math.floor(now / HOTSPOT_BUCKET_SECONDS), count)
         entry.last_seen = self._clock.wall()
         entry.last_seen_mono = now
+        totals = self._service_totals
+        if key.service not in totals and len(totals) >= self.max_hotspots:
+            keep = sorted(totals.items(), key=lambda kv: -kv[1])[: self.max_hotspots - max(1, self.max_hotspots // 4)]
+            self._service_totals = totals = dict(keep)
+        totals[key.service] = totals.get(key.service, 0) + count
+
+    def service_totals(self) -> dict[str, int]:
+        """Error spans and log records per service.name since start (a forgotten service restarts at 0)."""
+        return dict(self._service_totals)
 
     # ------------------------------------------------------------ derived figures
 

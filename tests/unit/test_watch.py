@@ -195,3 +195,39 @@ async def test_a_reload_applies_new_anomaly_settings_in_place(tmp_path: Path) ->
     assert service.config.service.telemetry.anomaly.threshold == 6.0
     applied = service.metrics.registry.get_sample_value("sidecar_config_reloads_total", {"result": "applied"})
     assert applied == 1, "applied in place: nothing needs a restart"
+
+
+def test_services_are_scored_and_only_the_top_ones_exported(caplog: pytest.LogCaptureFixture) -> None:
+    clock, metrics = FakeClock(), Metrics()
+    stats = ErrorStats(clock)
+    settings = AnomalySettings(alpha=0.1, threshold=4.0, clear=2.0, warmup=5, min_std=1.0)
+    watch = Watch(Events(metrics, clock), clock, lambda: {}, stats, settings, 10.0, top_services=2)
+
+    def service_score(service: str) -> float | None:
+        return metrics.registry.get_sample_value("sidecar_service_error_rate_anomaly", {"service": service})
+
+    for i in range(20):
+        stats.item_error("cart", "GET /cart", "traces", "transport", "connection_refused", 30 + i % 2)
+        stats.item_error("pay", "charge", "traces", "timeout", "timeout", 20)
+        stats.item_error("search", "query", "traces", "timeout", "timeout", 1)
+        clock.now += 10
+        watch.score_error_rates(10.0)
+    assert service_score("cart") is not None and service_score("pay") is not None
+    assert service_score("search") is None, "only the top 2 services are exported"
+    assert not any(a.active for a in watch.anomalies())
+
+    # A service quiet until now bursts: scored against the quiet it had, alarmed, exported (top 2 by
+    # errors now) while `pay` leaves the exported set.
+    stats.item_error("checkout", "POST /pay", "logs", "timeout", "timeout", 2000)
+    clock.now += 10
+    with caplog.at_level("WARNING", logger="sidecar.events"):
+        watch.score_error_rates(10.0)
+    assert (service_score("checkout") or 0) >= 4
+    assert service_score("pay") is None, "left the top services: its series is removed"
+    raised = [r for r in caplog.records if getattr(r, "event", "") == "error_rate_anomaly"]
+    assert [getattr(r, "service", "") for r in raised] == ["checkout"]
+    (top, *_) = watch.anomalies()
+    assert top.service == "checkout" and top.category == "" and top.active
+
+    watch.reconfigure(settings, 10.0, top_services=0)
+    assert service_score("checkout") is None and service_score("cart") is None
