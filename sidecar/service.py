@@ -187,17 +187,16 @@ class Service:
         return router
 
     def _start_known_series(self) -> None:
-        """The series whose labels the config implies beyond the receivers' and exporters' own start at 0, so
-        every family listed in the README has samples from the first scrape: enrichment by category, and the
-        classes of the failures each exporter expects."""
-        self.events.enrichment_declared()
+        """The export failures an exporter expects start at 0 by class, so every family listed in the README
+        has samples from the first scrape (a rate() over a series that appears only with its first increment
+        misses that increment). Receivers, exporters and endpoints declare their own series as they are built."""
         for spec_name, spec in self.config.service.pipelines.items():
             signal = Signal(component_kind(spec_name))
             for exporter_name in spec.exporters:
                 http = component_kind(exporter_name) == "otlp_http"
                 failures = EXPECTED_HTTP_FAILURES if http else EXPECTED_GRPC_FAILURES
                 classes = [self.classifier_handle.classify_export(failure) for failure in failures]
-                self.events.export_classes_declared(exporter_name, signal, classes)
+                self.events.exporter_route_added(exporter_name, signal, classes)
 
     # ------------------------------------------------------------------ reload
 
@@ -268,7 +267,12 @@ class Service:
         """
         phase = "stopping" if self.stopping_started else ("running" if self.accepting else "starting")
         ready = phase == "running"
-        return ready, {"phase": phase, "accepting": self.accepting, "exporters": self._exporter_health()}
+        # A failing disk does not make the sidecar unready: it still accepts (into memory, within
+        # memory_limit_mib) and pushes back with a retryable status only when that is full too.
+        degraded = {name: reason for name, exporter in self.exporters.items()
+                    if (reason := exporter.storage_degraded()) is not None}
+        return ready, {"phase": phase, "accepting": self.accepting, "storage_degraded": degraded,
+                       "exporters": self._exporter_health()}
 
     def upstream_readiness(self) -> tuple[bool, dict[str, object]]:
         """/ready/upstream: every exporter has at least one endpoint a probe found healthy (an endpoint

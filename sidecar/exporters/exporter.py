@@ -40,7 +40,9 @@ from sidecar.pipeline.degrade import (
 )
 from sidecar.queue.base import Lease, ManagedSendingQueue, QueueFull, QueueStorageError
 from sidecar.queue.deadletter import DeadLetterStore
+from sidecar.queue.deadletter_fallback import FallbackDeadLetters
 from sidecar.queue.factory import open_dead_letters, open_queue
+from sidecar.queue.fallback import STORAGE_REASONS, StorageFallbackQueue
 from sidecar.queue.memory import MemoryQueue
 from sidecar.runtime import release_free_memory
 from sidecar.telemetry.events import Events
@@ -109,10 +111,15 @@ class Exporter:
     async def start(self) -> None:
         queue_cfg = self.config.sending_queue
         try:
+            if self.storage_directory is not None:
+                self.events.storage_initialised(self.name, ("queue", "dead_letters"), STORAGE_REASONS)
             if queue_cfg.enabled:
-                self.queue = await open_queue(self.name, queue_cfg, self.storage_directory, recover=self.recover)
-            self.dead_letters = await open_dead_letters(self.name, self.storage_directory,
-                                                        synchronous=queue_cfg.synchronous, recover=self.recover)
+                self.queue = await open_queue(self.name, queue_cfg, self.storage_directory, recover=self.recover,
+                                              memory_limit_bytes=self.memory_limit_bytes,
+                                              listener=StorageEvents(self.events, self.name, "queue"))
+            self.dead_letters = await open_dead_letters(
+                self.name, self.storage_directory, synchronous=queue_cfg.synchronous, recover=self.recover,
+                listener=StorageEvents(self.events, self.name, "dead_letters"), monotonic=self.clock.monotonic)
         except QueueStorageError as exc:
             raise OSError(f"exporters.{self.name}: {exc}") from None
         if self.queue is not None:
@@ -161,7 +168,25 @@ class Exporter:
             "queue_capacity": queue.capacity if queue else 0,
             "degradation_level": int(self.ladder.level) if self.ladder else 0,
             "endpoints": self.sender.status(),
+            **({"storage": self.storage_status()} if self.storage_directory is not None else {}),
         }
+
+    def storage_degraded(self) -> str | None:
+        """Why the queue or the dead letters keep data in memory (disk_full, io_error, corrupt), or None."""
+        queue, dead = self.queue, self.dead_letters
+        if isinstance(queue, StorageFallbackQueue) and queue.degraded:
+            return queue.degraded
+        return dead.degraded if isinstance(dead, FallbackDeadLetters) else None
+
+    def storage_status(self) -> dict[str, object]:
+        queue, dead = self.queue, self.dead_letters
+        status: dict[str, object] = {"state": "degraded" if self.storage_degraded() else "ok"}
+        if isinstance(queue, StorageFallbackQueue):
+            status["queue"] = {"reason": queue.degraded, "in_memory": queue.in_memory,
+                               "quarantined": list(queue.quarantined)}
+        if isinstance(dead, FallbackDeadLetters):
+            status["dead_letters"] = {"reason": dead.degraded, "in_memory": dead.memory.count}
+        return status
 
     # ------------------------------------------------------------------ accepting
 
@@ -183,8 +208,8 @@ class Exporter:
             self._push_back(entry, "memory_limit" if self.ladder and self.ladder.cause == "memory" else "queue_full")
         try:
             await self.queue.put(entry)
-        except QueueFull:
-            self._push_back(entry, "queue_full")
+        except QueueFull as exc:
+            self._push_back(entry, exc.reason)  # queue_full, or the storage's reason (disk_full, ...)
         finally:
             self.update_queue_gauges()
         if shed is not None and shed.shed:
@@ -201,8 +226,9 @@ class Exporter:
     def _push_back(self, entry: QueueEntry, reason: str) -> None:
         self.events.backpressure(self.name, entry.signal.value, entry.items, reason)
         retry_after = max(1.0, min(30.0, self.sender_wait_hint()))
-        raise Backpressure(f"exporter {self.name}: sending queue is full ({reason}); retry later",
-                           retry_after=retry_after)
+        what = ("sending queue is full" if reason in ("queue_full", "memory_limit")
+                else "queue storage is failing and its memory fallback is full")
+        raise Backpressure(f"exporter {self.name}: {what} ({reason}); retry later", retry_after=retry_after)
 
     def sender_wait_hint(self) -> float:
         return 1.0 if self.sender.ready_now() else 5.0
@@ -259,6 +285,7 @@ class Exporter:
             memory_fraction=self._memory_fraction(),
             error_rate=error_rate,
             latency=latency,
+            storage_degraded=self.storage_degraded() is not None,
         )
         if self.ladder is None:
             self.ladder = DegradationLadder(None)
@@ -443,6 +470,27 @@ class Exporter:
     def update_queue_gauges(self) -> None:
         if self.queue is not None:
             self.events.queue_changed(self.name, self.queue.size, self.queue.bytes)
+
+
+class StorageEvents:
+    """The StorageListener of one exporter's store: each report becomes a typed event."""
+
+    def __init__(self, events: Events, exporter: str, store: str) -> None:
+        self.events = events
+        self.exporter = exporter
+        self.store = store
+
+    def storage_error(self, reason: str, detail: str) -> None:
+        self.events.storage_error(self.exporter, self.store, reason, detail)
+
+    def storage_degraded(self, reason: str) -> None:
+        self.events.storage_degraded(self.exporter, self.store, reason)
+
+    def storage_restored(self) -> None:
+        self.events.storage_restored(self.exporter, self.store)
+
+    def lost(self, signal: Signal, items: int, reason: str, detail: str) -> None:
+        self.events.dropped(signal.value, reason, items, f"exporter {self.exporter}: {detail}")
 
 
 def merge_entries(entries: list[QueueEntry]) -> QueueEntry:

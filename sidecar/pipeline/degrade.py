@@ -13,6 +13,8 @@ Decisions where the design is silent (documented here once, tested in tests/unit
   - memory (RSS / memory limit): level 3 above `memory_essential_above` (0.8; held while above
     0.7), level 4 at or above `memory_backpressure_at` (1.0; held while at or above 0.9);
   - breaker open: level 1 (its queue holds the data; spill to disk when configured);
+  - storage degraded (the disk queue's storage fails, so it accepts into memory, issue 16):
+    level 1. Memory is then what fills; the memory driver sheds and pushes back as it does.
   - error rate >= `error_rate` or latency >= `latency`: level 1. A failing or slow upstream
     means the queue is about to grow, so we start spilling early, but we never shed data only
     because the upstream is slow: shedding waits until the queue (or memory) actually fills.
@@ -118,6 +120,7 @@ class Pressure:
     memory_fraction: float | None = None  # RSS / memory_limit; None when no limit is set
     error_rate: float | None = None  # recent failed / total export attempts; None without data
     latency: float | None = None  # recent export latency in seconds; None without data
+    storage_degraded: bool = False  # the disk queue accepts into memory because its storage fails
 
 
 @dataclass(frozen=True, slots=True)
@@ -230,6 +233,7 @@ class DegradationLadder:
                                         pressure.memory_fraction, self._memory_bands, hysteresis)
 
         drivers["breaker_open"] = Level.SPILL if pressure.breaker_open else Level.NORMAL
+        drivers["storage_degraded"] = Level.SPILL if pressure.storage_degraded else Level.NORMAL
 
         if pressure.error_rate is not None:
             drivers["error_rate"] = _sticky(previous_drivers.get("error_rate", Level.NORMAL),
@@ -250,7 +254,7 @@ class DegradationLadder:
         return level
 
 
-_CAUSE_ORDER = ("queue_full", "memory", "queue", "breaker_open", "error_rate", "latency")
+_CAUSE_ORDER = ("queue_full", "memory", "queue", "storage_degraded", "breaker_open", "error_rate", "latency")
 
 
 def _cause(drivers: Mapping[str, Level], level: Level) -> str:

@@ -34,7 +34,14 @@ from sidecar.core.entry import QueueEntry
 from sidecar.core.signals import Signal
 from sidecar.core.taxonomy import Category, Classification, Recoverability, Recovery, Severity
 from sidecar.queue.base import QueueClosed, QueueFull, SendingQueue
-from sidecar.queue.sqlite import SqliteFile, Synchronous, entry_columns, entry_from_columns, storage_error
+from sidecar.queue.sqlite import (
+    SqliteFile,
+    Synchronous,
+    entry_columns,
+    entry_from_columns,
+    keep_wal_small,
+    storage_error,
+)
 
 DEFAULT_MAX_ENTRIES = 10_000
 MAX_MESSAGE_CHARS = 4096  # error messages can carry whole upstream responses; keep the head
@@ -174,14 +181,14 @@ class MemoryDeadLetters:
     durable = False
 
     def __init__(self, max_entries: int = DEFAULT_MAX_ENTRIES, max_bytes: int | None = None,
-                 max_age: float | None = None) -> None:
+                 max_age: float | None = None, first_id: int = 1) -> None:
         _check_bounds(max_entries, max_bytes, max_age)
         self.max_entries = max_entries
         self.max_bytes = max_bytes
         self.max_age = max_age
         self._items: OrderedDict[int, DeadLetter] = OrderedDict()
         self._index: OrderedDict[int, _Indexed] = OrderedDict()
-        self._next_id = 1
+        self._next_id = first_id  # the fallback store numbers its own far from the disk's
         self._bytes = 0
         self._evicted = 0
         self._evicted_items = 0
@@ -399,8 +406,13 @@ class SqliteDeadLetters:
                 assert cursor.lastrowid is not None
                 return cursor.lastrowid
 
+            def write_and_keep_wal_small(conn: sqlite3.Connection) -> int:
+                written = write(conn)
+                keep_wal_small(conn, self.path)  # a small volume is shared with the queue
+                return written
+
             try:
-                new_id = await self._db.run(write)
+                new_id = await self._db.run(write_and_keep_wal_small)
             except sqlite3.Error as exc:
                 raise storage_error(self.path, exc) from exc
             self._index[new_id] = _Indexed(entry.signal, entry.items, nbytes, when)

@@ -103,6 +103,7 @@ class MemoryQueue:
         self.capacity = capacity
         self.sizer = Sizer(sizer)
         self._seq = itertools.count()
+        self._front_seq = itertools.count(-1, -1)  # for put_front_nowait: before every seq handed out
         self._entries: dict[int, QueueEntry] = {}  # seq -> entry, everything held (leased or not)
         self._available: list[int] = []  # heap of seqs
         self._leases: dict[int, int] = {}  # lease id -> seq
@@ -170,6 +171,21 @@ class MemoryQueue:
 
     async def put(self, entry: QueueEntry) -> None:
         self.put_nowait(entry)
+
+    def put_front_nowait(self, entry: QueueEntry) -> None:
+        """Hold `entry` before every entry put so far, whatever the capacity.
+
+        For entries that were already accepted elsewhere and come back older than everything
+        here (rows carried over from a quarantined disk file): refusing them would lose them.
+        """
+        if self._closed:
+            raise QueueClosed("queue is closed")
+        seq = next(self._front_seq)
+        self._entries[seq] = entry
+        self._size += self.sizer.size_of(entry)
+        self._bytes += len(entry.payload)
+        heapq.heappush(self._available, seq)
+        self._getters.wake_one()
 
     def get_nowait(self) -> Lease:
         """Lease the oldest available entry; IndexError when none is available."""

@@ -25,9 +25,7 @@ REFUSAL_REASONS: tuple[RefusalReason, ...] = get_args(RefusalReason)
 # Every (from, to) a breaker can take (an operator's reset closes an open one); the names are BreakerState's.
 BREAKER_TRANSITIONS = (("closed", "open"), ("open", "half_open"), ("half_open", "closed"), ("half_open", "open"),
                        ("open", "closed"))
-
 EXPORT_OUTCOMES = ("success", "partial_success", "failure")  # the `outcome` of sidecar_export_duration_seconds
-ENRICHED_SIGNALS = (Signal.TRACES, Signal.LOGS)  # the signals whose error items are classified and enriched
 
 
 @dataclass
@@ -115,6 +113,33 @@ class Events:
     def queue_changed(self, exporter: str, size: int, held_bytes: int) -> None:
         self.metrics.queue_size.labels(exporter).set(size)
         self.metrics.queue_bytes.labels(exporter).set(held_bytes)
+
+    # -------------------------------------------------------------- queue storage (issue 16)
+
+    def storage_initialised(self, exporter: str, stores: tuple[str, ...], reasons: tuple[str, ...]) -> None:
+        """Start the storage error counters and the degraded gauge at 0 for an exporter with storage."""
+        for store in stores:
+            self.metrics.queue_storage_degraded.labels(exporter, store).set(0)
+            for reason in reasons:
+                self.metrics.queue_storage_errors.labels(exporter, store, reason)
+
+    def storage_error(self, exporter: str, store: str, reason: str, detail: str) -> None:
+        self.metrics.queue_storage_errors.labels(exporter, store, reason).inc()
+        total = self._due(("storage_error", exporter, store, reason), 1)
+        if total:
+            log.error("queue storage error", extra={
+                "event": "storage_error", "exporter": exporter, "store": store, "reason": reason,
+                "errors_since_last_log": total, "detail": detail[:300]})
+
+    def storage_degraded(self, exporter: str, store: str, reason: str) -> None:
+        self.metrics.queue_storage_degraded.labels(exporter, store).set(1)
+        log.warning("queue storage degraded: accepting into memory until the disk takes writes again", extra={
+            "event": "storage_degraded", "exporter": exporter, "store": store, "reason": reason})
+
+    def storage_restored(self, exporter: str, store: str) -> None:
+        self.metrics.queue_storage_degraded.labels(exporter, store).set(0)
+        log.info("queue storage restored: writing to the disk again", extra={
+            "event": "storage_restored", "exporter": exporter, "store": store})
 
     def backpressure(self, exporter: str, signal: str, items: int, reason: str) -> None:
         total = self._due(("backpressure", exporter, signal, reason), items)
@@ -287,18 +312,12 @@ class Events:
         else:
             log.info("error rate back to normal", extra={**detail, "state": "cleared"})
 
-    # -------------------------------------------------------------- label sets known at start
+    # -------------------------------------------------------------- label sets known from the config
 
-    def enrichment_declared(self) -> None:
-        """Enriched items of every category of the signals that are enriched start at 0."""
-        for signal in ENRICHED_SIGNALS:
-            for category in Category:
-                self.metrics.enriched.labels(signal.value, category.value)
-
-    def export_classes_declared(self, exporter: str, signal: Signal, export_classes: list[Classification]) -> None:
-        """`export_classes`: the classes of the failures an exporter expects (the OTLP spec's retryable answers
-        and the usual client errors, classified by the running rules); their failed items and their
-        sidecar_errors_total series start at 0."""
+    def exporter_route_added(self, exporter: str, signal: Signal, export_classes: list[Classification]) -> None:
+        """`exporter` sends `signal`; `export_classes` are the classes of the failures an exporter expects
+        (the OTLP spec's retryable answers and the usual client errors, classified by the running rules)."""
+        self.metrics.exporter_sent[signal].labels(exporter)
         for c in export_classes:
             self.metrics.exporter_send_failed[signal].labels(exporter, c.category.value, c.error_type)
             self.metrics.errors.labels(c.category.value, c.severity.value, c.recoverability.value, c.error_type)

@@ -19,6 +19,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Proc
 
 from sidecar.core.drops import DropReason
 from sidecar.core.signals import SPECS, Signal
+from sidecar.core.taxonomy import Category
 
 _ITEM_SUFFIX = {Signal.TRACES: "spans", Signal.METRICS: "metric_points", Signal.LOGS: "log_records"}
 ReloadResult = Literal["applied", "partial", "invalid"]  # the `result` of sidecar_config_reloads_total
@@ -70,6 +71,13 @@ class Metrics:
                                        ["endpoint"], registry=r)
         self.dead_letters = Counter("sidecar_dead_letters", "Requests written to the dead-letter table",
                                     ["exporter", "category"], registry=r)
+        self.queue_storage_errors = Counter(
+            "sidecar_exporter_queue_storage_errors", "Failed writes/reads of a queue or dead-letter store",
+            ["exporter", "store", "reason"], registry=r)
+        self.queue_storage_degraded = Gauge(
+            "sidecar_exporter_queue_storage_degraded",
+            "1 while a store keeps data in memory because its disk fails (the reason is in /ready)",
+            ["exporter", "store"], registry=r)
         self.endpoint_healthy = Gauge("sidecar_endpoint_healthy", "1 when the active probe finds it healthy",
                                       ["exporter", "endpoint"], registry=r)
         self.config_reloads = Counter("sidecar_config_reloads", "SIGHUP reloads by result (applied, partial, invalid)",
@@ -116,5 +124,8 @@ class Metrics:
             for reason in DropReason:
                 self.dropped.labels(signal.value, reason.value)
             self.enrich_failures.labels(signal.value)
+        for signal in (Signal.TRACES, Signal.LOGS):  # the signals that are enriched
+            for category in Category:
+                self.enriched.labels(signal.value, category.value)
         for result in RELOAD_RESULTS:
             self.config_reloads.labels(result)
