@@ -25,7 +25,7 @@ from tests.fakes.collector import FakeCollector
 from tests.integration.conftest import SidecarFactory
 from tests.polling import wait_until
 from tests.sdk_app import SdkApp
-from tests.sidecar_process import SidecarProcess
+from tests.sidecar_process import SidecarProcess, free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -245,8 +245,13 @@ def test_every_metric_family_in_the_readme_has_samples_from_the_first_scrape(
         upstream: FakeCollector, sidecar_factory: SidecarFactory) -> None:
     families = _readme_families()
     assert len(families) >= 35 and "sidecar_exporter_send_failed_log_records_total" in families
-    # With a disk queue: the storage families exist only for exporters that have storage.
-    sidecar = sidecar_factory(upstream.grpc_endpoint, storage=True)
+    # With a disk queue and fleet mode, whose families exist only when they are on. The fleet's Redis is
+    # not running: the sidecar goes on with local state (DESIGN.md §9), its series exist all the same.
+    def fleet_mode(config: dict[str, Any]) -> None:
+        config["extensions"]["fleet"] = {"endpoint": f"redis://127.0.0.1:{free_port()}/0"}
+        config["service"]["extensions"].append("fleet")
+
+    sidecar = sidecar_factory(upstream.grpc_endpoint, storage=True, config_edit=fleet_mode)
     exposed = {name for name, _ in _samples(sidecar)}
     # Families whose labels are not known before data arrives (the services an application reports).
     not_known_in_advance = {"sidecar_service_error_rate_anomaly"}
