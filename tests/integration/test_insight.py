@@ -22,10 +22,11 @@ from typing import Any
 import pytest
 
 from tests.fakes.collector import FakeCollector
+from tests.fakes.redis_server import RedisServer
 from tests.integration.conftest import SidecarFactory
 from tests.polling import wait_until
 from tests.sdk_app import SdkApp
-from tests.sidecar_process import SidecarProcess, free_port
+from tests.sidecar_process import SidecarProcess
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -242,17 +243,18 @@ def _readme_families() -> set[str]:
 
 
 def test_every_metric_family_in_the_readme_has_samples_from_the_first_scrape(
-        upstream: FakeCollector, sidecar_factory: SidecarFactory) -> None:
+        upstream: FakeCollector, sidecar_factory: SidecarFactory, tmp_path: Path) -> None:
     families = _readme_families()
     assert len(families) >= 35 and "sidecar_exporter_send_failed_log_records_total" in families
-    # With a disk queue and fleet mode, whose families exist only when they are on. The fleet's Redis is
-    # not running: the sidecar goes on with local state (DESIGN.md §9), its series exist all the same.
-    def fleet_mode(config: dict[str, Any]) -> None:
-        config["extensions"]["fleet"] = {"endpoint": f"redis://127.0.0.1:{free_port()}/0"}
+
+    def fleet_mode(config: dict[str, Any]) -> None:  # the fleet's families exist only in fleet mode
+        config["extensions"]["fleet"] = {"endpoint": redis.url}
         config["service"]["extensions"].append("fleet")
 
-    sidecar = sidecar_factory(upstream.grpc_endpoint, storage=True, config_edit=fleet_mode)
-    exposed = {name for name, _ in _samples(sidecar)}
+    # Every optional part on (the disk queue's storage families, fleet mode's), so every family applies.
+    with RedisServer(tmp_path / "redis") as redis:
+        sidecar = sidecar_factory(upstream.grpc_endpoint, storage=True, config_edit=fleet_mode)
+        exposed = {name for name, _ in _samples(sidecar)}
     # Families whose labels are not known before data arrives (the services an application reports).
     not_known_in_advance = {"sidecar_service_error_rate_anomaly"}
     missing = []
