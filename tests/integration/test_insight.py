@@ -120,10 +120,12 @@ SPANS_PER_SECOND = 100
 CAPACITY = 2400  # items: 24 s to fill at that rate
 
 
-def test_outage_lag_time_to_full_and_delivery_latency(upstream: FakeCollector, sidecar_factory: SidecarFactory,
+@pytest.mark.parametrize("storage", [False, True], ids=["memory_queue", "disk_queue"])
+def test_outage_lag_time_to_full_and_delivery_latency(storage: bool, upstream: FakeCollector,
+                                                      sidecar_factory: SidecarFactory,
                                                       monkeypatch: pytest.MonkeyPatch) -> None:
     upstream.go_down()
-    sidecar = sidecar_factory(upstream.grpc_endpoint, config_edit=_without_degradation,
+    sidecar = sidecar_factory(upstream.grpc_endpoint, config_edit=_without_degradation, storage=storage,
                               sending_queue={"queue_size": CAPACITY, "sizer": "items", "num_consumers": 2})
     exporter = {"exporter": "otlp_grpc"}
 
