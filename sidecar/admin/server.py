@@ -168,7 +168,7 @@ def build_status(service: AdminView, top_hotspots: int = DEFAULT_HOTSPOTS,
                                           baseline_per_minute=anomaly.baseline_per_minute)
             if anomaly.since is not None:
                 item.since = anomaly.since
-        response.error_rate_history.extend(watch.error_rate_history())
+    response.error_rate_history.extend(service.error_stats.minute_history())
     stats = service.error_stats
     response.stats_since = stats.started_wall
     for rate in stats.error_rates():

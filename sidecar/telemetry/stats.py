@@ -216,6 +216,21 @@ class ErrorStats:
             out.append(ErrorRate(minutes, (export + items) / span, export + items, export, items))
         return out
 
+    def minute_history(self, minutes: int = max(WINDOWS_MINUTES)) -> list[int]:
+        """Errors in each of the last `minutes` minutes (at most 15, and no more than the aggregator has
+        existed), oldest first; the last is the 60 s up to now. The error rate's sparkline in `status`."""
+        now = self._clock.monotonic()
+        self._expire(now)
+        minutes = max(1, min(minutes, max(WINDOWS_MINUTES), math.ceil(max(1e-9, now - self.started_at) / 60)))
+        counts = [0] * minutes
+        for second, export, items in self._buckets:
+            ago = int((now - (second + 1)) // 60)  # whole minutes between the bucket's end and now
+            if 0 <= ago < minutes:
+                counts[minutes - 1 - ago] += export + items
+            elif ago < 0:  # the current second's bucket
+                counts[-1] += export + items
+        return counts
+
     def recovery(self) -> RecoverySummary:
         outages = self.outages_started
         return RecoverySummary(

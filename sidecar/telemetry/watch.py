@@ -106,7 +106,6 @@ class Watch:
         self._histories: dict[str, History] = {}
         self._lag: dict[str, QueueLag] = {}
         self._series: dict[str, _Series] = {}
-        self._error_rate_history = History(step=60.0, length=15)
         self._last_anomaly_at: float | None = None
         self._task: asyncio.Task[None] | None = None
         totals = self._errors_by_category()
@@ -186,7 +185,6 @@ class Watch:
         if elapsed <= 0:
             return
         totals = self._errors_by_category()
-        overall = 0.0
         wall = self.clock.wall()
         for category in sorted(set(self._series) | set(totals)):
             series = self._series.get(category)
@@ -195,7 +193,6 @@ class Watch:
             total = totals.get(category, 0.0)
             rate = max(0.0, total - series.last_total) * 60.0 / elapsed
             series.last_total = total
-            overall += rate
             baseline = series.detector.mean
             verdict = series.detector.update(rate)
             series.last_rate, series.last_baseline = rate, baseline
@@ -204,7 +201,6 @@ class Watch:
                 series.raised_at = wall if verdict.active else None
                 self.events.anomaly_changed(category, verdict.active, verdict.score, rate, baseline,
                                             self.anomaly_settings.threshold)
-        self._error_rate_history.observe(self.clock.monotonic(), overall)
         self._intervals_scored += 1
         if self.top_services and self.error_stats is not None:
             self._score_services(self.error_stats.service_totals(), elapsed, wall)
@@ -260,7 +256,3 @@ class Watch:
                 if service in self._exported_services or s.detector.active]
         out.sort(key=lambda a: (not a.active, -a.score if math.isfinite(a.score) else 0.0, a.category, a.service))
         return out
-
-    def error_rate_history(self) -> list[float]:
-        """Errors per minute, one point per minute (the last interval of each), oldest first."""
-        return self._error_rate_history.values()

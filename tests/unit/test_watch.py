@@ -135,13 +135,15 @@ async def test_the_loop_samples_every_second_and_scores_every_interval() -> None
     watch.start()
     try:
         await queue.put(_entry(clock.wall()))
+        _errors(metrics, "transport", 5)
         for _ in range(7):
             clock.advance(1.0)
             for _ in range(5):
                 await asyncio_sleep0()
         assert _sample(metrics, "sidecar_exporter_queue_oldest_age_seconds", {"exporter": "otlp"}) == \
             pytest.approx(clock.wall() - 0.0, abs=1.0)
-        assert watch.error_rate_history(), "an anomaly interval was scored"
+        transport = next(a for a in watch.anomalies() if a.category == "transport")
+        assert transport.rate_per_minute == pytest.approx(60.0), "one 5 s interval was scored: 5 errors"
         assert _sample(metrics, "sidecar_recovery_success_ratio", {}) == 1.0
         stats.outage_started("otlp", "a:4317")
         clock.advance(1.0)
