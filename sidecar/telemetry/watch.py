@@ -128,12 +128,15 @@ class Watch:
 
     async def _run(self) -> None:
         self._last_anomaly_at = self.clock.monotonic()
+        logged_failure_at = float("-inf")
         while True:
             await self.clock.sleep(LAG_INTERVAL)
             try:
                 self.tick()
-            except Exception:  # a bug here must not stop the sampling for good
-                log.exception("sampling queues and error rates failed")
+            except Exception:  # a bug here must not stop the sampling for good, nor flood the log
+                if self.clock.monotonic() - logged_failure_at >= 60.0:
+                    logged_failure_at = self.clock.monotonic()
+                    log.exception("sampling queues and error rates failed (logged once a minute)")
 
     def tick(self) -> None:
         """Sample the queues; score the error rates when an anomaly interval has passed."""
