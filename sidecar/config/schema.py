@@ -292,6 +292,9 @@ class TelemetryAnomalyConfig(Base):
     clear: Annotated[float, Meta(ge=0)] = 2.0  # score under which it clears (hysteresis); < threshold
     warmup: PositiveInt = 30  # intervals learned before the first alarm
     min_std: PositiveFloat = 1.0  # errors per minute: the smallest deviation a score is measured against
+    # Also score the error spans / log records per service.name; the gauge is exported for the `top_services`
+    # services with the most errors (bounded cardinality). 0: per category only.
+    top_services: Annotated[int, Meta(ge=0)] = 10
 
 
 class TelemetryConfig(Base):
