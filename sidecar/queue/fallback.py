@@ -182,8 +182,7 @@ class StorageFallbackQueue:
         if not self.fits(entry):
             raise QueueFull(f"queue full: {self.size}+{self.sizer.size_of(entry)} > {self.capacity} "
                             f"{self.sizer.value}")
-        if self._quarantining is not None:
-            await asyncio.shield(self._quarantining)
+        await self._quarantine_if_damaged()
         if self.memory.count == 0 and (self.degraded is None
                                        or self._monotonic() - self._last_probe >= self.retry_interval):
             self._last_probe = self._monotonic()
@@ -271,6 +270,15 @@ class StorageFallbackQueue:
 
     # ------------------------------------------------------------ quarantine (runtime corruption)
 
+    async def _quarantine_if_damaged(self) -> None:
+        """Wait for a quarantine under way, or start one when the disk reported damage itself."""
+        if self._quarantining is not None:
+            await asyncio.shield(self._quarantining)
+        damaged = self.disk.damaged
+        if damaged is not None and not self._closed:
+            self.disk.damaged = None
+            await self._storage_failed(damaged)
+
     async def _quarantine(self, detail: str) -> None:
         """Move a corrupt file aside, carry over what it still reads, continue on a fresh file."""
         if self._quarantining is None:
@@ -322,8 +330,7 @@ class StorageFallbackQueue:
 
     async def get(self) -> Lease:
         while True:
-            if self._quarantining is not None:
-                await asyncio.shield(self._quarantining)
+            await self._quarantine_if_damaged()
             disk = self.disk
             if disk.available:
                 try:
@@ -354,6 +361,7 @@ class StorageFallbackQueue:
         await owner.ack(lease)
         if not self.count:
             self._empty_waiters.wake_all()
+        await self._quarantine_if_damaged()  # a DELETE is often the first write to meet the damage
 
     async def nack(self, lease: Lease) -> None:
         owner = self._owners.pop(lease.lease_id, None)

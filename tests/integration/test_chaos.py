@@ -372,3 +372,52 @@ def test_slow_upstream_keeps_client_answers_fast_and_the_latency_trigger_reacts(
         assert sidecar.metric_value("sidecar_exporter_send_failed_spans_total", exporter=EXPORTER) == 0
     finally:
         client.close()
+
+
+# ---------------------------------------------------------------- 3. the queue file damaged while running
+
+
+def test_wal_cut_short_while_running_is_quarantined_and_losses_are_counted(
+        upstream: FakeCollector, sidecar_factory: SidecarFactory, tmp_path: Path) -> None:
+    """Someone truncates the queue's WAL under the running sidecar. The next write notices, the
+    file is moved aside (as --recover does at start-up), what still reads is carried over to a
+    fresh file, and exactly what could not be read is counted lost with reason `corrupt`."""
+    upstream.go_down()
+    sidecar = sidecar_factory(upstream.grpc_endpoint, storage=True, sending_queue={"queue_size": 100_000})
+    queue_dir = Path(sidecar.config["extensions"]["file_storage"]["directory"])
+    wal = queue_dir / f"{EXPORTER}.sqlite-wal"
+    client = RawClient(sidecar)
+    try:
+        for _ in range(150):  # ~3.5 MB, all of it still in the WAL (no checkpoint before 16 MiB)
+            assert client.export(spans=20, padding=1000)
+        size = wal.stat().st_size
+        os.truncate(wal, size // 2)
+        for _ in range(5):
+            assert client.export(spans=20, padding=1000)  # the first write meets the damage
+        assert wait(lambda: bool(ready_body(sidecar)[1]["exporters"][EXPORTER]["storage"]["queue"]["quarantined"]),
+                    timeout=10), sidecar.logs()[-3000:]
+        moved = ready_body(sidecar)[1]["exporters"][EXPORTER]["storage"]["queue"]["quarantined"]
+        assert Path(moved[0]).exists() and Path(moved[0]).parent == queue_dir
+
+        upstream.come_up()
+
+        def settled() -> bool:
+            return (sidecar.metric_value("sidecar_exporter_queue_size", exporter=EXPORTER) == 0
+                    and len(client.acknowledged - upstream.span_ids())
+                    == sidecar.metric_value("sidecar_dropped_items_total", reason="corrupt"))
+
+        assert wait(settled, timeout=60, interval=0.5), (
+            len(client.acknowledged - upstream.span_ids()),
+            sidecar.metric_value("sidecar_dropped_items_total", reason="corrupt"), sidecar.logs()[-3000:])
+        lost = client.acknowledged - upstream.span_ids()
+        assert sidecar.metric_value("sidecar_exporter_queue_storage_errors_total", exporter=EXPORTER,
+                                    store="queue", reason="corrupt") >= 1
+        assert any(e.get("msg") == "corrupt queue database quarantined" for e in log_events(sidecar))
+        # Every other loss reason stays at zero: what was not delivered is exactly what is counted.
+        assert sidecar.metric_value("sidecar_dropped_items_total") == len(lost)
+        # Writes go on to the fresh file.
+        assert wait(lambda: client.export(spans=2, padding=10) and
+                    ready_body(sidecar)[1]["storage_degraded"] == {}, timeout=20, interval=0.5)
+        assert upstream.wait_for(lambda f: client.acknowledged - lost <= f.span_ids(), timeout=30)
+    finally:
+        client.close()

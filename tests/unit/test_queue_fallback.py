@@ -226,3 +226,30 @@ async def test_corrupt_row_quarantines_the_file_and_keeps_the_rest(tmp_path: Pat
     await q.put(entry(9))
     assert q.disk.count == 1 and q.degraded is None
     await q.close()
+
+
+def wal_size(path: Path) -> int:
+    return path.stat().st_size
+
+
+def cut(path: Path, size: int) -> None:
+    with path.open("r+b") as f:
+        f.truncate(size)
+
+
+async def test_wal_cut_short_behind_sqlites_back_is_quarantined(tmp_path: Path) -> None:
+    path = tmp_path / "q.sqlite"
+    rec = Recorder()
+    q = await opened(path, recorder=rec)
+    for n in range(200):
+        await q.put(entry(n, nbytes=20_000))
+    wal = tmp_path / "q.sqlite-wal"
+    cut(wal, wal_size(wal) // 2)
+    await q.put(entry(200, nbytes=20_000))  # the next write notices
+    assert len(q.quarantined) == 1
+    assert ("degraded", CORRUPT) in rec.events
+    got = await drain(q)
+    lost = rec.lost_items.get(CORRUPT, 0)
+    assert len(got) + lost // 3 == 201 and len(set(got)) == len(got)  # 3 items an entry
+    assert got == sorted(got)  # carried-over rows first, then what came after, in order
+    await q.close()
