@@ -104,6 +104,7 @@ class Exporter:
         # Entries requeued because the retry budget refused their retry: their next send is a retry
         # too (see `Sender.send(resend=...)`). Equal entries compare equal, memory or disk queue alike.
         self._owed_retry: set[QueueEntry] = set()
+        events.exporter_added(name)
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -325,6 +326,7 @@ class Exporter:
     async def _send_synchronously(self, entry: QueueEntry) -> IngestResult:
         report = await self.sender.send(entry)
         if report.verdict is Verdict.DELIVERED:
+            self._delivered([entry])
             return IngestResult(report.rejected, _rejected_message(report))
         classification = report.classification or INTERNAL_ERROR
         if report.verdict is Verdict.REQUEUE or classification.retryable:
@@ -428,6 +430,7 @@ class Exporter:
                 return
             if report.verdict is Verdict.DEAD_LETTER:
                 await self._dead_letter(entry, report)
+            delivered = [lease.entry for lease in leases] if report.verdict is Verdict.DELIVERED else []
         else:
             try:
                 for part in report.parts:
@@ -441,9 +444,17 @@ class Exporter:
             for part in report.parts:
                 if part.report.verdict is Verdict.DEAD_LETTER:
                     await self._dead_letter(part.entry, part.report)
+            delivered = [part.entry for part in report.parts if part.report.verdict is Verdict.DELIVERED]
         for lease in leases:
             self._forget_owed(lease.entry)
             await self.queue.ack(lease)
+        self._delivered(delivered)
+
+    def _delivered(self, entries: list[QueueEntry]) -> None:
+        """Upstream acknowledged these: their delivery latency, from the client's acknowledgement."""
+        now = self.clock.wall()
+        for entry in entries:
+            self.events.delivered(self.name, entry.accepted_at, now)
 
     async def _dead_letter(self, entry: QueueEntry, report: SendReport) -> None:
         assert self.dead_letters is not None

@@ -329,6 +329,8 @@ class Sender:
                 return SendReport(verdict=Verdict.DEAD_LETTER, classification=cls, attempts=attempts, endpoint=name,
                                   reason=decision.reason)
             if decision.action is RetryAction.REQUEUE:
+                if decision.reason == Reason.BUDGET_EXHAUSTED:
+                    self.events.retry_refused(self.exporter_name, name)
                 return SendReport(verdict=Verdict.REQUEUE, classification=cls, attempts=attempts,
                                   retry_after=decision.delay, endpoint=name, reason=decision.reason)
             delay = decision.delay or 0.0
@@ -416,6 +418,7 @@ class Sender:
             ep.base.record(False)
             if ep.first_failure_at is None:
                 ep.first_failure_at = self.clock.monotonic()
+                self.events.outage_started(self.exporter_name, ep.name)
                 if self.error_stats is not None:
                     self.error_stats.outage_started(self.exporter_name, ep.name)
 

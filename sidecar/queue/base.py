@@ -116,5 +116,9 @@ class ManagedSendingQueue(SendingQueue, Protocol):
     def leased(self) -> int:
         """Entries handed to consumers and neither acked nor nacked yet."""
 
+    @property
+    def oldest_accepted_at(self) -> float | None:
+        """`accepted_at` (wall clock) of the oldest entry held, leased ones included; None when empty."""
+
     async def wait_empty(self, timeout: float | None = None) -> bool:
         """Wait until nothing is held (leased entries included); False when the timeout expired."""

@@ -52,10 +52,11 @@ class FallbackDeadLetters:
                  monotonic: Callable[[], float], *, memory_max_bytes: int = MEMORY_MAX_BYTES,
                  retry_interval: float = RETRY_INTERVAL) -> None:
         self.disk = disk
-        self.memory = MemoryDeadLetters(disk.max_entries, memory_max_bytes, first_id=MEMORY_FIRST_ID)
+        self.memory = MemoryDeadLetters(disk.max_entries, memory_max_bytes, disk.max_age, first_id=MEMORY_FIRST_ID)
         self.listener = listener
         self.max_entries = disk.max_entries
         self.max_bytes = disk.max_bytes
+        self.max_age = disk.max_age
         self.retry_interval = retry_interval
         self._monotonic = monotonic
         self.degraded: str | None = None
@@ -129,6 +130,11 @@ class FallbackDeadLetters:
         if self.degraded is not None:
             self.degraded = None
             self.listener.storage_restored()
+        return evicted
+
+    async def expire(self, now: float) -> builtins.list[Evicted]:
+        evicted = await self.disk.expire(now) + await self.memory.expire(now)
+        self._restored_if_empty()
         return evicted
 
     async def list(self, limit: int = 100, offset: int = 0) -> builtins.list[DeadLetter]:

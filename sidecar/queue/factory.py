@@ -97,28 +97,29 @@ async def open_queue(exporter_name: str, config: SendingQueueConfig, storage_dir
 
 async def open_dead_letters(exporter_name: str, storage_directory: Path | None, *,
                             max_entries: int = DEFAULT_MAX_ENTRIES, max_bytes: int | None = None,
-                            synchronous: Synchronous = "FULL", recover: bool = False,
-                            listener: StorageListener | None = None,
+                            max_age: float | None = None, synchronous: Synchronous = "FULL",
+                            recover: bool = False, listener: StorageListener | None = None,
                             monotonic: Callable[[], float] = time.monotonic) -> DeadLetterStore:
     """The exporter's dead letters: a SQLite file next to its queue, or memory when no directory.
 
     In memory, `max_bytes` defaults to MEMORY_DEAD_LETTER_MAX_BYTES; on disk it is unbounded
-    unless given (only `max_entries` bounds it). With a `listener`, the SQLite store comes
-    wrapped in FallbackDeadLetters: it keeps taking dead letters in memory while its disk fails.
+    unless given (only `max_entries` bounds it). `max_age` (seconds, None: no limit) applies to both.
+    With a `listener`, the SQLite store comes wrapped in FallbackDeadLetters: it keeps taking dead
+    letters in memory while its disk fails.
     """
     if storage_directory is None:
         memory_bytes = MEMORY_DEAD_LETTER_MAX_BYTES if max_bytes is None else max_bytes
-        return MemoryDeadLetters(max_entries, memory_bytes)
+        return MemoryDeadLetters(max_entries, memory_bytes, max_age)
     path = dead_letter_path(_ensure_directory(storage_directory), exporter_name)
     try:
-        disk = await SqliteDeadLetters(path, max_entries, max_bytes, synchronous).open()
+        disk = await SqliteDeadLetters(path, max_entries, max_bytes, synchronous, max_age).open()
     except QueueStorageError as exc:
         if not (recover and exc.corrupt):
             raise
         moved = recover_database(path)
         log.warning("exporter %s: dead-letter database %s was corrupt (%s); moved aside to %s, "
                     "starting empty", exporter_name, path, exc, moved)
-        disk = await SqliteDeadLetters(path, max_entries, max_bytes, synchronous).open()
+        disk = await SqliteDeadLetters(path, max_entries, max_bytes, synchronous, max_age).open()
     if listener is None:
         return disk
     return FallbackDeadLetters(disk, listener, monotonic)

@@ -163,6 +163,11 @@ class StorageFallbackQueue:
         return len(self._owners)
 
     @property
+    def oldest_accepted_at(self) -> float | None:
+        ages = [t for t in (self.disk.oldest_accepted_at, self.memory.oldest_accepted_at) if t is not None]
+        return min(ages) if ages else None
+
+    @property
     def in_memory(self) -> int:
         """Entries held in memory only (not durable)."""
         return self.memory.count

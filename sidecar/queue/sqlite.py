@@ -50,6 +50,7 @@ from sidecar.core.entry import QueueEntry
 from sidecar.core.signals import Signal
 from sidecar.queue.base import Lease, QueueClosed, QueueFull, QueueStorageError, Sizer, StorageFull
 from sidecar.queue.memory import Waiters, fits, next_lease_id
+from sidecar.queue.oldest import OldestTracker
 
 log = logging.getLogger("sidecar.queue")
 
@@ -403,6 +404,7 @@ class SqliteQueue:
         self._getters = Waiters()
         self._empty_waiters = Waiters()
         self._closed_event = asyncio.Event()
+        self._oldest = OldestTracker()  # committed rows' accepted_at
         self.commits = 0  # transactions written (a put batch is one)
         # Set when a write or delete found the file damaged (SQLITE_CORRUPT, a WAL cut short by
         # someone else): the owner quarantines the file (see StorageFallbackQueue).
@@ -418,14 +420,15 @@ class SqliteQueue:
         await self._db.open(QUEUE_SCHEMA, "queue", QUEUE_COLUMNS)
         try:
             rows = await self._db.run(
-                lambda conn: conn.execute("SELECT id, items, nbytes, signal FROM queue ORDER BY id").fetchall())
+                lambda conn: conn.execute(
+                    "SELECT id, items, nbytes, signal, accepted_at FROM queue ORDER BY id").fetchall())
         except sqlite3.Error as exc:
             await self._db.close()
             raise storage_error(self.path, exc) from exc
         except BaseException:
             await self._db.close()
             raise
-        for row_id, items, nbytes, signal in rows:
+        for row_id, items, nbytes, signal, accepted_at in rows:
             if self.sizer is Sizer.REQUESTS:
                 size = 1
             else:
@@ -436,6 +439,7 @@ class SqliteQueue:
                 await self._db.close()
                 raise corrupt_error(self.path, f"row {row_id} has an unknown signal {signal!r}") from None
             self._index[int(row_id)] = (size, int(nbytes), kind, int(items))
+            self._oldest.add(int(row_id), float(accepted_at))
             self._size += size
             self._bytes += int(nbytes)
         self._available = [int(row[0]) for row in rows]  # sorted ascending: already a heap
@@ -496,6 +500,16 @@ class SqliteQueue:
     @property
     def available(self) -> int:
         return len(self._available)
+
+    @property
+    def oldest_accepted_at(self) -> float | None:
+        """`accepted_at` of the oldest entry held (leased rows included, and puts not yet
+        handed to a transaction; those are the newest anyway)."""
+        oldest = self._oldest.oldest()
+        for pending in self._pending_puts:
+            accepted_at = pending.columns[4]
+            oldest = accepted_at if oldest is None else min(oldest, accepted_at)
+        return oldest
 
     @property
     def leased(self) -> int:
@@ -660,6 +674,7 @@ class SqliteQueue:
     def _forget(self, row_id: int) -> tuple[Signal, int] | None:
         """Drop a row from the index; its (signal, items), or None when it was not indexed."""
         known = self._index.pop(row_id, None)
+        self._oldest.discard(row_id)
         if known is not None:
             self._size -= known[0]
             self._bytes -= known[1]
@@ -710,6 +725,7 @@ class SqliteQueue:
             self._pending_bytes -= put.nbytes
             self._pending_count -= 1
             self._index[row_id] = (put.size, put.nbytes, put.signal, put.items)
+            self._oldest.add(row_id, put.columns[4])
             self._size += put.size
             self._bytes += put.nbytes
             heapq.heappush(self._available, row_id)

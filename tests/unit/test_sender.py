@@ -64,7 +64,9 @@ async def test_retry_then_success_waits_at_least_the_server_hint() -> None:
                   {"exporter": "otlp_grpc", "category": "resource_exhausted",
                    "error_type": "RESOURCE_EXHAUSTED"}) == 6
     assert sample(metrics, "sidecar_errors_total", {"category": "resource_exhausted", "severity": "medium",
-                                                    "recoverability": "temporary"}) == 2
+                                                    "recoverability": "temporary",
+                                                    "error_type": "RESOURCE_EXHAUSTED"}) == 2
+    assert sample(metrics, "sidecar_outages_total", {"exporter": "otlp_grpc", "endpoint": "a:4317"}) == 1
     assert sample(metrics, "sidecar_recovery_duration_seconds_count",
                   {"exporter": "otlp_grpc", "endpoint": "a:4317"}) == 1
     assert sample(metrics, "sidecar_recovery_duration_seconds_sum",
@@ -239,7 +241,7 @@ async def test_all_breakers_open_requeues_with_retry_after() -> None:
     clock, metrics = sender_clock(), Metrics()
     t = FakeTransport("a:4317", clock, default=UNAVAILABLE)
     config = make_config(["a:4317"], circuit_breaker=CircuitBreakerConfig(
-        failure_threshold=2, recovery_timeout=Duration(30.0)))
+        failure_threshold=2, recovery_timeout=Duration(30.0), half_open_success_threshold=1))
     sender = build(config, [t], clock, metrics)
     report = await clock.run(sender.send(make_entry(2)))
     assert report.verdict is Verdict.REQUEUE and report.reason is Reason.BREAKER_OPEN
