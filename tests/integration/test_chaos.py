@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import signal
 import subprocess
 import time
 import urllib.request
@@ -421,3 +422,47 @@ def test_wal_cut_short_while_running_is_quarantined_and_losses_are_counted(
         assert upstream.wait_for(lambda f: client.acknowledged - lost <= f.span_ids(), timeout=30)
     finally:
         client.close()
+
+
+# ---------------------------------------------------------------- 4. the process paused
+
+
+def test_sigstop_for_ten_seconds_then_sigcont_loses_nothing_acknowledged(
+        upstream: FakeCollector, sidecar_factory: SidecarFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The sidecar is frozen (SIGSTOP, as under CPU throttling) for 10 s with clients sending.
+    Clients time out and retry (the SDK by itself; the raw client resends the same request until
+    it is acknowledged); after SIGCONT everything acknowledged arrives."""
+    sidecar = sidecar_factory(upstream.grpc_endpoint, storage=True)
+    assert sidecar.proc is not None
+    raw = RawClient(sidecar)
+    # The SDK retries within its export timeout (10 s by default, as long as the pause: one batch
+    # would be given up at the application); 30 s lets it ride the pause out.
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_TIMEOUT", "30")
+    sdk = SdkTraffic(sidecar, monkeypatch)
+    stopped_at = 0.0
+    try:
+        sdk.send(500)
+        sdk.flush()
+        os.kill(sidecar.proc.pid, signal.SIGSTOP)
+        stopped_at = time.monotonic()
+        timed_out = 0
+        sdk.send(500)  # the SDK's batch processor exports (and retries) on its own thread
+        while time.monotonic() - stopped_at < 10.0:
+            if not raw.export(spans=10, padding=100, timeout=1.0):
+                timed_out += 1  # not acknowledged: resent below, as a client would
+        assert timed_out > 0 and raw.refused[-1][0] is grpc.StatusCode.DEADLINE_EXCEEDED
+        os.kill(sidecar.proc.pid, signal.SIGCONT)
+        stopped_at = 0.0
+        for _ in range(5):
+            assert raw.export(spans=10, padding=100, timeout=10.0), raw.refused[-1:]
+        sdk.flush()
+        acknowledged = raw.acknowledged | sdk.recorder.acknowledged
+        assert len(sdk.recorder.acknowledged) == 1000, len(sdk.recorder.failed)
+        assert upstream.wait_for(lambda f: acknowledged <= f.span_ids(), timeout=30), (
+            f"{len(acknowledged - upstream.span_ids())} acknowledged spans lost\n{sidecar.logs()[-3000:]}")
+        assert sidecar.metric_value("sidecar_dropped_items_total") == 0
+    finally:
+        if stopped_at:
+            os.kill(sidecar.proc.pid, signal.SIGCONT)
+        sdk.shutdown()
+        raw.close()
