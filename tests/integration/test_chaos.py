@@ -18,21 +18,18 @@ import signal
 import subprocess
 import time
 import urllib.request
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import grpc
 import pytest
-from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
 from opentelemetry.proto.trace.v1 import trace_pb2
-from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
-from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
 
 from tests.fakes.collector import FakeCollector
 from tests.integration.conftest import SidecarFactory
+from tests.sdk_app import RecordedTraffic
 from tests.sidecar_process import SidecarProcess
 
 TRACE_EXPORT = "/opentelemetry.proto.collector.trace.v1.TraceService/Export"
@@ -44,51 +41,17 @@ _counter = iter(range(1, 1 << 30))
 # ---------------------------------------------------------------- clients
 
 
-class RecordingExporter(SpanExporter):
-    """The SDK's own OTLP/gRPC exporter; remembers which spans each answer acknowledged."""
-
-    def __init__(self) -> None:
-        self.inner = OTLPSpanExporter()
-        self.acknowledged: set[bytes] = set()
-        self.failed: set[bytes] = set()
-
-    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
-        result = self.inner.export(spans)
-        ids = {span.context.span_id.to_bytes(8, "big") for span in spans if span.context is not None}
-        (self.acknowledged if result is SpanExportResult.SUCCESS else self.failed).update(ids)
-        return result
-
-    def shutdown(self) -> None:
-        self.inner.shutdown()
-
-    def force_flush(self, timeout_millis: int = 30_000) -> bool:
-        return bool(self.inner.force_flush(timeout_millis))
-
-
-class SdkTraffic:
+class SdkTraffic(RecordedTraffic):
     """An application on the real SDK sending spans to the sidecar."""
 
     def __init__(self, sidecar: SidecarProcess, monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", sidecar.grpc_endpoint)
         monkeypatch.setenv("OTEL_EXPORTER_OTLP_INSECURE", "true")
-        self.recorder = RecordingExporter()
-        self.provider = TracerProvider(resource=Resource.create({"service.name": "chaos"}))
-        self.provider.add_span_processor(BatchSpanProcessor(
-            self.recorder, max_export_batch_size=128, schedule_delay_millis=50, max_queue_size=100_000))
-        self.tracer = self.provider.get_tracer("chaos")
-        self.sent = 0
+        super().__init__("chaos")
 
-    def send(self, count: int, padding: int = 200) -> None:
-        for i in range(count):
-            with self.tracer.start_as_current_span(f"GET /items/{i % 11}") as span:
-                span.set_attribute("app.padding", "p" * padding)
-        self.sent += count
-
-    def flush(self) -> None:
-        assert self.provider.force_flush(60_000)
-
-    def shutdown(self) -> None:
-        self.provider.shutdown()
+    def flush(self, timeout_millis: int = 60_000) -> bool:
+        assert super().flush(timeout_millis)
+        return True
 
 
 class RawClient:
