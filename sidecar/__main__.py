@@ -51,6 +51,12 @@ def _admin_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     status.add_argument("--top", type=int, default=10, metavar="N", help="error hotspots to show (default 10)")
     status.add_argument("--window", type=int, default=5, choices=range(1, 16), metavar="MINUTES",
                         help="count the hotspots over the last MINUTES, 1 to 15 (default 5)")
+    status.add_argument("--fleet", action="store_true",
+                        help="list the whole fleet from its Redis (extensions.fleet) instead of one sidecar")
+    status.add_argument("--redis", help="with --fleet: the fleet's Redis URL (default: $SIDECAR_FLEET_ENDPOINT, "
+                                        "or extensions.fleet of --config)")
+    status.add_argument("--key-prefix", help="with --fleet: the fleet's key prefix (default: the config's, "
+                                             "else otlp-sidecar:)")
 
     dead = sub.add_parser("deadletters", help="list or replay dead letters")
     dead_sub = dead.add_subparsers(dest="action", required=True)
@@ -91,6 +97,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(args_list)
     if args.command == "validate":
         return _validate(args.config)
+    if args.command == "status" and args.fleet:
+        from sidecar.fleet.status import run as run_fleet_status
+
+        return run_fleet_status(args)
     if args.command in ADMIN_COMMANDS:
         from sidecar.admin.client import run as run_admin_command
 

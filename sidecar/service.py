@@ -5,12 +5,15 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import os
 import signal as os_signal
+import socket
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import msgspec
 
+from sidecar import __version__
 from sidecar.config import ConfigError, load_config
 from sidecar.config.schema import (
     ClassifyProcessorConfig,
@@ -41,6 +44,7 @@ from sidecar.tls import check_config as check_tls_files
 
 if TYPE_CHECKING:
     from sidecar.admin.server import AdminServer
+    from sidecar.fleet.fleet import Fleet
 
 log = logging.getLogger("sidecar.service")
 
@@ -79,6 +83,7 @@ class Service:
         self.error_stats = ErrorStats(clock)
         self.admin: AdminServer | None = None
         self.watch: Watch | None = None
+        self.fleet: Fleet | None = None
 
     # ------------------------------------------------------------------ building
 
@@ -173,6 +178,13 @@ class Service:
             from sidecar.admin.server import AdminServer  # the generated gRPC code only when used
 
             self.admin = AdminServer(admin, self)
+        fleet = self.config.extensions.fleet
+        if fleet is not None and "fleet" in self.config.service.extensions:
+            from sidecar.fleet.fleet import Fleet  # redis only when fleet mode is on
+
+            self.fleet = Fleet(fleet, self.events, self.clock, self.fleet_snapshot)
+            for exporter_name, exporter in self.exporters.items():
+                self.fleet.attach(exporter_name, exporter.sender)
         self._start_known_series()
         return router
 
@@ -187,6 +199,23 @@ class Service:
                 failures = EXPECTED_HTTP_FAILURES if http else EXPECTED_GRPC_FAILURES
                 classes = [self.classifier_handle.classify_export(failure) for failure in failures]
                 self.events.exporter_route_added(exporter_name, signal, classes)
+
+    def fleet_snapshot(self) -> dict[str, object]:
+        """What this sidecar's fleet heartbeat carries (read by `status --fleet`)."""
+        exporters: dict[str, object] = {}
+        for name, exporter in self.exporters.items():
+            health = exporter.health()
+            endpoints = health.get("endpoints")
+            exporters[name] = {
+                "queue_size": health["queue_size"],
+                "queue_capacity": health["queue_capacity"],
+                "degradation_level": health["degradation_level"],
+                "breakers": {str(ep["endpoint"]): ep["breaker"] for ep in endpoints}
+                if isinstance(endpoints, list) else {},
+            }
+        return {"version": __version__, "pid": os.getpid(), "host": socket.gethostname(),
+                "uptime": round(self.clock.monotonic() - self.started_at, 1),
+                "accepting": self.accepting, "exporters": exporters}
 
     # ------------------------------------------------------------------ reload
 
@@ -282,6 +311,8 @@ class Service:
                 await receiver.start()
             if self.admin is not None:
                 await self.admin.start()
+            if self.fleet is not None:
+                self.fleet.start()
         except OSError as exc:
             await self.shutdown()
             raise StartupError(str(exc)) from None
@@ -301,6 +332,8 @@ class Service:
         await asyncio.gather(*(e.shutdown(timeout) for e in self.exporters.values()))
         if self.watch is not None:
             await self.watch.stop()
+        if self.fleet is not None:
+            await self.fleet.stop()
         for endpoint in self.endpoints:
             await endpoint.stop()
         if self.admin is not None:

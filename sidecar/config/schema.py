@@ -200,7 +200,7 @@ class ExporterConfig(Base):
     balancer: Literal["least_outstanding", "ewma_latency", "round_robin"] = "least_outstanding"
     tls: TLSClientConfig = msgspec.field(default_factory=TLSClientConfig)
     headers: dict[str, str] = msgspec.field(default_factory=dict)
-    compression: Literal["gzip", "none"] = "gzip"
+    compression: Literal["auto", "gzip", "zstd", "none"] = "auto"  # auto: none on loopback, else gzip
     timeout: Duration = Duration(5.0)
     max_request_size_mib: PositiveFloat | None = None
     retry_on_failure: RetryConfig = msgspec.field(default_factory=RetryConfig)
@@ -231,10 +231,24 @@ class AdminConfig(Base):
     token: str | None = None
 
 
+class FleetConfig(Base):
+    """Fleet mode (DESIGN.md §9): sidecars share breaker state, probing and a retry budget in Redis."""
+
+    endpoint: str  # redis://[:password@]host:port/db, or rediss:// for TLS
+    password: str | None = None  # overrides a password in the URL; e.g. ${env:REDIS_PASSWORD}
+    key_prefix: str = "otlp-sidecar:"
+    instance_id: str | None = None  # default: hostname:pid
+    heartbeat_interval: Duration = Duration(2.0)
+    # Every Redis command is bounded by this; Redis is then treated as down and the sidecar goes on
+    # with its local state. Keep it short: it is also the longest a retry waits for the fleet budget.
+    command_timeout: Duration = Duration(0.05)
+
+
 class ExtensionsConfig(Base):
     health_check: HealthCheckConfig | None = None
     file_storage: FileStorageConfig | None = None
     admin: AdminConfig | None = None
+    fleet: FleetConfig | None = None
 
 
 # ---------------------------------------------------------------- service

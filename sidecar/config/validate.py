@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import grpc
 
@@ -185,6 +186,9 @@ def _check_exporters(config: schema.Config, errors: list[str]) -> None:
             # Ignoring it would fail every export at run time with a certificate error instead.
             errors.append(f"{base}.tls.insecure_skip_verify: not supported by otlp_grpc (the gRPC runtime always "
                           "verifies the server's certificate); set tls.ca_file to the CA that signed it")
+        if kind != "otlp_http" and exporter.compression == "zstd":
+            errors.append(f"{base}.compression: zstd is not supported by otlp_grpc (grpcio sends gzip or nothing); "
+                          "use auto, gzip or none, or an otlp_http exporter for zstd")
         queue = exporter.sending_queue
         if queue.storage is not None:
             if queue.storage != "file_storage":
@@ -207,6 +211,8 @@ def _check_extensions(config: schema.Config, errors: list[str]) -> None:
         hp = split_host_port(ext.admin.endpoint)
         if hp is not None and hp[0] not in ("127.0.0.1", "localhost", "::1") and not ext.admin.token:
             errors.append("extensions.admin.token: required when the admin API is bound beyond loopback")
+    if ext.fleet is not None:
+        _check_fleet(ext.fleet, errors)
     for i, name in enumerate(config.service.extensions):
         if name not in ext.__struct_fields__:
             errors.append(f"service.extensions[{i}]: unknown extension {name!r} "
@@ -216,6 +222,43 @@ def _check_extensions(config: schema.Config, errors: list[str]) -> None:
     telemetry = config.service.telemetry.metrics.address
     if telemetry is not None:
         _check_listen(telemetry, "service.telemetry.metrics.address", errors)
+
+
+_REDIS_SCHEMES = ("redis", "rediss")
+_INSTANCE_ID = re.compile(r"^[^\s]{1,200}$")
+
+
+def _check_fleet(fleet: schema.FleetConfig, errors: list[str]) -> None:
+    base = "extensions.fleet"
+    url = urlsplit(fleet.endpoint)
+    if url.scheme not in _REDIS_SCHEMES:
+        errors.append(f"{base}.endpoint: must be redis://host:port/db or rediss://host:port/db "
+                      f"(got {fleet.endpoint!r})")
+    else:
+        try:
+            port = url.port
+        except ValueError:
+            port = -1
+        if not url.hostname:
+            errors.append(f"{base}.endpoint: names no host (got {fleet.endpoint!r})")
+        if port is not None and not 1 <= port <= 65535:
+            errors.append(f"{base}.endpoint: port must be 1..65535 (got {fleet.endpoint!r})")
+        db = url.path.lstrip("/")
+        if db and not db.isdigit():
+            errors.append(f"{base}.endpoint: the database after the / must be a number (got {db!r})")
+        if url.query or url.fragment:
+            errors.append(f"{base}.endpoint: takes no query or fragment (got {fleet.endpoint!r})")
+    if not fleet.key_prefix or any(c.isspace() for c in fleet.key_prefix):
+        errors.append(f"{base}.key_prefix: must be non-empty, without whitespace (got {fleet.key_prefix!r})")
+    if fleet.instance_id is not None and not _INSTANCE_ID.match(fleet.instance_id):
+        errors.append(f"{base}.instance_id: must be 1..200 characters without whitespace "
+                      f"(got {fleet.instance_id!r})")
+    if not 0.1 <= fleet.heartbeat_interval <= 60:
+        errors.append(f"{base}.heartbeat_interval: must be between 100ms and 60s "
+                      f"(got {float(fleet.heartbeat_interval)}s)")
+    if not 0.001 <= fleet.command_timeout <= 0.5:
+        errors.append(f"{base}.command_timeout: must be between 1ms and 500ms, so that the sidecar falls back "
+                      f"to its local state within 1s (got {float(fleet.command_timeout)}s)")
 
 
 def check_pipelines(pipelines: dict[str, schema.PipelineConfig], receivers: set[str], processors: set[str],

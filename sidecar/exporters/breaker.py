@@ -33,7 +33,16 @@ after the breaker opened, or a probe that ends after another probe closed it) is
 in. pybreaker alone would let a late half-open success close an open breaker.
 
 State changes are reported to listeners ``on_transition(old, new)`` with the names
-``closed``, ``half_open``, ``open``, after pybreaker finished the change.
+``closed``, ``half_open``, ``open``, after pybreaker finished the change; observers added with
+`add_observer` also get the source of the change: ``local`` (this sidecar's own calls and timers)
+or ``fleet`` (`follow_open` / `follow_close`, other sidecars' verdict shared through Redis).
+
+Fleet mode (sidecar/fleet) plugs in through two narrow points, and without them nothing changes:
+
+* a `BreakerGate` decides when an open breaker may go half-open (``probe_delay``): while another
+  sidecar holds the fleet's probe lease this one stays open; ``None`` means "no opinion" (Redis
+  down, or the fleet has no verdict) and the local recovery timeout applies as before;
+* `follow_open` / `follow_close` apply the fleet's verdict.
 """
 
 from __future__ import annotations
@@ -44,7 +53,7 @@ import enum
 import logging
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import pybreaker
 
@@ -147,6 +156,19 @@ class _Listener(pybreaker.CircuitBreakerListener):
 
 
 TransitionListener = Callable[[str, str], None]
+TransitionObserver = Callable[[str, str, str], None]  # (old, new, source)
+
+SOURCE_LOCAL = "local"
+SOURCE_FLEET = "fleet"
+TRANSITION_SOURCES = (SOURCE_LOCAL, SOURCE_FLEET)
+
+
+class BreakerGate(Protocol):
+    """Fleet mode's say in when an open breaker may probe (see the module docstring)."""
+
+    def probe_delay(self) -> float | None:
+        """None: decide locally; 0: may go half-open now; > 0: stay open, ask again after that long."""
+        ...
 
 
 class EndpointBreaker:
@@ -183,8 +205,11 @@ class EndpointBreaker:
         self._window = WindowedCounts(clock, float(config.window), width=2)  # (failures, calls)
         self._probes = 0
         self._waiters: set[asyncio.Future[None]] = set()
-        self._pending: list[tuple[BreakerState, BreakerState]] = []
+        self._pending: list[tuple[BreakerState, BreakerState, str]] = []
         self._listeners: list[TransitionListener] = [on_transition] if on_transition else []
+        self._observers: list[TransitionObserver] = []
+        self._source = SOURCE_LOCAL  # the source of the transitions pybreaker is making now
+        self._gate: BreakerGate | None = None
         self.trips = 0  # times it opened, for status
 
     # ------------------------------------------------------------ observation
@@ -216,6 +241,18 @@ class EndpointBreaker:
     def add_listener(self, listener: TransitionListener) -> None:
         self._listeners.append(listener)
 
+    def add_observer(self, observer: TransitionObserver) -> None:
+        """Like `add_listener`, with the source of the change (``local`` or ``fleet``) as third argument."""
+        self._observers.append(observer)
+
+    def set_gate(self, gate: BreakerGate | None) -> None:
+        self._gate = gate
+        self._notify()
+
+    def gate_changed(self) -> None:
+        """The gate's answer changed (a lease won, the fleet's open period over): wake the waiters."""
+        self._notify()
+
     def allow(self) -> bool:
         """Would a call be admitted now? Non-blocking; for the balancer."""
         if not self.enabled:
@@ -231,6 +268,9 @@ class EndpointBreaker:
         """0 when a call may be admitted now (or soon: half-open with its probe slots busy)."""
         if not self.enabled or self.state is not BreakerState.OPEN:
             return 0.0
+        gated = self._gate_delay()
+        if gated is not None:
+            return gated
         return max(0.0, self._opened_at + self._timeout - self._clock.monotonic())
 
     async def wait_until_probe_allowed(self) -> None:
@@ -242,7 +282,7 @@ class EndpointBreaker:
             sleeper: asyncio.Task[None] | None = None
             try:
                 remaining = self.time_until_probe_allowed()
-                if self._state is BreakerState.OPEN and remaining > 0:
+                if self._state is BreakerState.OPEN and remaining > 0:  # a gate's answer is finite too
                     sleeper = asyncio.ensure_future(self._clock.sleep(remaining))
                     await asyncio.wait({changed, sleeper}, return_when=asyncio.FIRST_COMPLETED)
                 else:
@@ -311,6 +351,27 @@ class EndpointBreaker:
             self._cb.half_open()
             self._flush()
 
+    def follow_open(self) -> None:
+        """The fleet found the endpoint failing: open now (source ``fleet``), calls in flight finish."""
+        if not self.enabled or self.state is BreakerState.OPEN:
+            return
+        self._source = SOURCE_FLEET
+        try:
+            self._cb.open()
+        finally:
+            self._source = SOURCE_LOCAL
+        self._flush()
+
+    def follow_close(self) -> None:
+        """The fleet's probe found the endpoint back: close now (source ``fleet``)."""
+        if not self.enabled or self._state is BreakerState.CLOSED:
+            return
+        self._source = SOURCE_FLEET
+        try:
+            self.reset()
+        finally:
+            self._source = SOURCE_LOCAL
+
     def reset(self) -> None:
         """Close the breaker (operator action); the recovery timeout is back to its base."""
         if self._state is not BreakerState.CLOSED:
@@ -333,11 +394,23 @@ class EndpointBreaker:
             self._probes += 1
         return BreakerCall(state=state, probe=probe)
 
+    def _gate_delay(self) -> float | None:
+        if self._gate is None:
+            return None
+        try:
+            delay = self._gate.probe_delay()
+        except Exception:  # the fleet is an accelerator: a bug there must not stop delivery
+            log.exception("breaker gate failed; deciding locally")
+            return None
+        return None if delay is None else max(0.0, delay)
+
     def _refresh(self) -> None:
-        if (
-            self._state is BreakerState.OPEN
-            and self._clock.monotonic() - self._opened_at >= self._timeout
-        ):
+        if self._state is not BreakerState.OPEN:
+            return
+        gated = self._gate_delay()
+        due = (gated <= 0.0) if gated is not None else (
+            self._clock.monotonic() - self._opened_at >= self._timeout)
+        if due:
             self._cb.half_open()
             self._flush()
 
@@ -381,17 +454,22 @@ class EndpointBreaker:
             self._timeout = self._base_timeout
             self._cb.reset_timeout = self._timeout
             self._window.clear()
-        self._pending.append((previous, new))
+        self._pending.append((previous, new, self._source))
         self._notify()
 
     def _flush(self) -> None:
         pending, self._pending = self._pending, []
-        for old, new in pending:
+        for old, new, source in pending:
             for listener in list(self._listeners):
                 try:
                     listener(old.value, new.value)
                 except Exception:
                     log.exception("breaker transition listener failed")
+            for observer in list(self._observers):
+                try:
+                    observer(old.value, new.value, source)
+                except Exception:
+                    log.exception("breaker transition observer failed")
 
     def _notify(self) -> None:
         for waiter in self._waiters:

@@ -19,11 +19,25 @@ from __future__ import annotations
 
 import math
 from collections import deque
+from typing import Protocol
 
 from sidecar.config.schema import RetryBudgetConfig
 from sidecar.core.clock import Clock
 
 _EPSILON = 1e-9
+
+
+class SharedRetryBudget(Protocol):
+    """A retry budget shared with other sidecars (fleet mode), checked on top of the local one."""
+
+    def deposit(self) -> None:
+        """A first attempt was made (never waits: deposits are sent in the background)."""
+        ...
+
+    async def try_spend(self) -> bool | None:
+        """Take a fleet token for one retry: False refused, None unknown (Redis down: decide locally).
+        Waits for Redis at most its short command timeout."""
+        ...
 
 
 class WindowedCounts:

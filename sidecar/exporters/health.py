@@ -13,6 +13,10 @@ It feeds the endpoint's breaker: a successful probe while the breaker is open le
 half-open at once (real traffic then decides), and every failed probe records a failure, except
 that when a classifier is given only transient (retryable/temporary) failures do, as for real
 calls. `state` is what /ready/upstream looks at; `on_change(endpoint, healthy)` is called on every change.
+
+Fleet mode sets `may_probe`: while the fleet has the endpoint open, scheduled probes are skipped and
+only the holder of the fleet's probe lease probes (it calls `probe_once` itself, at the fleet's
+pace). Without it the prober behaves exactly as before.
 """
 
 from __future__ import annotations
@@ -67,6 +71,8 @@ class HealthProber:
         self.last_error: str | None = None
         self.last_probe_at: float | None = None
         self._task: asyncio.Task[None] | None = None
+        self.may_probe: Callable[[], bool] | None = None
+        self.skipped = 0  # scheduled probes left to the fleet's prober
 
     @property
     def healthy(self) -> bool:
@@ -119,12 +125,24 @@ class HealthProber:
         interval = float(self.config.interval)
         while True:
             try:
-                await self.probe_once()
+                if self._probe_allowed():
+                    await self.probe_once()
+                else:
+                    self.skipped += 1
             except asyncio.CancelledError:
                 raise
             except Exception:  # keep probing whatever happens
                 log.exception("health probe of %s failed unexpectedly", self.endpoint)
             await self._clock.sleep(interval)
+
+    def _probe_allowed(self) -> bool:
+        if self.may_probe is None:
+            return True
+        try:
+            return self.may_probe()
+        except Exception:  # fleet mode is an accelerator: a bug there must not stop probing
+            log.exception("probe gate failed; probing anyway")
+            return True
 
     def _succeeded(self) -> None:
         self.consecutive_successes += 1

@@ -70,7 +70,7 @@ from sidecar.core.taxonomy import INTERNAL_ERROR, Category, Classification, Reco
 from sidecar.exporters.backoff import AdaptiveBase, Backoff
 from sidecar.exporters.balancer import Balancer
 from sidecar.exporters.breaker import BreakerOpenError, BreakerState, EndpointBreaker
-from sidecar.exporters.budget import RetryBudget
+from sidecar.exporters.budget import RetryBudget, SharedRetryBudget
 from sidecar.exporters.concurrency import AdaptiveConcurrency, LoadSignal
 from sidecar.exporters.health import EndpointHealth, HealthProber
 from sidecar.exporters.retry import (
@@ -149,6 +149,7 @@ class EndpointChain:
     prober: HealthProber | None = None
     first_failure_at: float | None = None  # for recovery_duration
     delivered_once: bool = False  # the endpoint's health when it is not probed: see Sender.endpoint_health
+    shared_budget: SharedRetryBudget | None = None  # fleet mode: the fleet-wide budget, on top of `budget`
 
 
 @dataclass(slots=True)
@@ -300,7 +301,10 @@ class Sender:
             if attempts == 0:
                 if not resend or ep.first_failure_at is None:
                     ep.budget.deposit()
-                elif ep.budget.try_spend():  # a resend to a failing endpoint is a retry (see `send`)
+                    if ep.shared_budget is not None:
+                        ep.shared_budget.deposit()
+                elif ep.budget.try_spend() and await self._fleet_allows_retry(ep):
+                    # a resend to a failing endpoint is a retry (see `send`)
                     self.events.retry_scheduled(self.exporter_name, name, "resend", 0.0)
                     state.started_at = self.clock.monotonic()
                 else:
@@ -329,14 +333,27 @@ class Sender:
                 return SendReport(verdict=Verdict.DEAD_LETTER, classification=cls, attempts=attempts, endpoint=name,
                                   reason=decision.reason)
             if decision.action is RetryAction.REQUEUE:
-                if decision.reason == Reason.BUDGET_EXHAUSTED:
+                if decision.reason is Reason.BUDGET_EXHAUSTED:
                     self.events.retry_refused(self.exporter_name, name)
                 return SendReport(verdict=Verdict.REQUEUE, classification=cls, attempts=attempts,
                                   retry_after=decision.delay, endpoint=name, reason=decision.reason)
             delay = decision.delay or 0.0
+            if not await self._fleet_allows_retry(ep):  # the same verdict as the local budget's refusal
+                return SendReport(verdict=Verdict.REQUEUE, classification=cls, attempts=attempts, retry_after=delay,
+                                  endpoint=name, reason=Reason.BUDGET_EXHAUSTED)
             self.events.retry_scheduled(self.exporter_name, name, cls.error_type, delay)
             await self.clock.sleep(delay)  # cancellable: the caller requeues
             avoid = {name} if len(self.endpoints) > 1 else set()
+
+    async def _fleet_allows_retry(self, ep: EndpointChain) -> bool:
+        """Fleet mode: the fleet-wide budget must pay for the retry too (unknown when Redis is down:
+        the local budget, already charged, decides alone)."""
+        if ep.shared_budget is None:
+            return True
+        if await ep.shared_budget.try_spend() is False:
+            self.events.fleet_budget_refused(self.exporter_name, ep.name)
+            return False
+        return True
 
     async def _attempt(self, ep: EndpointChain, entry: QueueEntry) -> _Attempt:
         self.balancer.begin(ep.name)
@@ -516,7 +533,7 @@ def build_sender(
     for transport in transports:
         name = transport.endpoint
         breaker = EndpointBreaker(name, config.circuit_breaker, clock)
-        breaker.add_listener(_breaker_events(exporter_name, name, events))
+        breaker.add_observer(_breaker_events(exporter_name, name, events))
         if on_breaker_transition is not None:
             breaker.add_listener(_bind_endpoint(on_breaker_transition, name))
         limiter = AdaptiveConcurrency(config.concurrency, clock,
@@ -544,10 +561,10 @@ def build_sender(
     return Sender(exporter_name, config, chains, balancer, policy, classifier, events, clock, error_stats)
 
 
-def _breaker_events(exporter: str, endpoint: str, events: Events) -> Callable[[str, str], None]:
-    def listener(old: str, new: str) -> None:
-        events.breaker_transition(exporter, endpoint, old, new, BreakerState(new).gauge)
-    return listener
+def _breaker_events(exporter: str, endpoint: str, events: Events) -> Callable[[str, str, str], None]:
+    def observer(old: str, new: str, source: str) -> None:
+        events.breaker_transition(exporter, endpoint, old, new, BreakerState(new).gauge, source)
+    return observer
 
 
 def _bind_endpoint(callback: BreakerCallback, endpoint: str) -> Callable[[str, str], None]:

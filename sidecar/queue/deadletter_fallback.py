@@ -52,7 +52,8 @@ class FallbackDeadLetters:
                  monotonic: Callable[[], float], *, memory_max_bytes: int = MEMORY_MAX_BYTES,
                  retry_interval: float = RETRY_INTERVAL) -> None:
         self.disk = disk
-        self.memory = MemoryDeadLetters(disk.max_entries, memory_max_bytes, disk.max_age, first_id=MEMORY_FIRST_ID)
+        self.memory = MemoryDeadLetters(disk.max_entries, memory_max_bytes, disk.max_age,
+                                        first_id=MEMORY_FIRST_ID)
         self.listener = listener
         self.max_entries = disk.max_entries
         self.max_bytes = disk.max_bytes
@@ -78,6 +79,12 @@ class FallbackDeadLetters:
     @property
     def evicted_items(self) -> int:
         return self.disk.evicted_items + self.memory.evicted_items
+
+    async def expire(self, now: float) -> builtins.list[Evicted]:
+        """Expire by age in both stores (the disk's failure is the caller's to see, as for `add`)."""
+        evicted = [*await self.memory.expire(now), *await self.disk.expire(now)]
+        self._restored_if_empty()  # nothing left in memory: nothing is held outside the disk
+        return evicted
 
     async def add(self, entry: QueueEntry, classification: Classification, message: str,
                   dead_at: float | None = None) -> builtins.list[Evicted]:
@@ -130,11 +137,6 @@ class FallbackDeadLetters:
         if self.degraded is not None:
             self.degraded = None
             self.listener.storage_restored()
-        return evicted
-
-    async def expire(self, now: float) -> builtins.list[Evicted]:
-        evicted = await self.disk.expire(now) + await self.memory.expire(now)
-        self._restored_if_empty()
         return evicted
 
     async def list(self, limit: int = 100, offset: int = 0) -> builtins.list[DeadLetter]:

@@ -163,14 +163,16 @@ class StorageFallbackQueue:
         return len(self._owners)
 
     @property
-    def oldest_accepted_at(self) -> float | None:
-        ages = [t for t in (self.disk.oldest_accepted_at, self.memory.oldest_accepted_at) if t is not None]
-        return min(ages) if ages else None
-
-    @property
     def in_memory(self) -> int:
         """Entries held in memory only (not durable)."""
         return self.memory.count
+
+    @property
+    def oldest_accepted_at(self) -> float | None:
+        """The older of the disk's and the memory's oldest entry (memory holds what arrived while the disk
+        failed, and what is being moved back)."""
+        times = [t for t in (self.disk.oldest_accepted_at, self.memory.oldest_accepted_at) if t is not None]
+        return min(times) if times else None
 
     def __repr__(self) -> str:
         return (f"StorageFallbackQueue({self.disk!r}, memory={self.memory.count}, "

@@ -421,14 +421,14 @@ class SqliteQueue:
         try:
             rows = await self._db.run(
                 lambda conn: conn.execute(
-                    "SELECT id, items, nbytes, signal, accepted_at FROM queue ORDER BY id").fetchall())
+                    "SELECT id, items, nbytes, accepted_at, signal FROM queue ORDER BY id").fetchall())
         except sqlite3.Error as exc:
             await self._db.close()
             raise storage_error(self.path, exc) from exc
         except BaseException:
             await self._db.close()
             raise
-        for row_id, items, nbytes, signal, accepted_at in rows:
+        for row_id, items, nbytes, accepted_at, signal in rows:
             if self.sizer is Sizer.REQUESTS:
                 size = 1
             else:

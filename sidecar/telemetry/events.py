@@ -162,7 +162,7 @@ class Events:
         for outcome in EXPORT_OUTCOMES:
             self.metrics.export_duration.labels(exporter, endpoint, outcome)
         for old, new in BREAKER_TRANSITIONS:
-            self.metrics.breaker_transitions.labels(exporter, endpoint, old, new)
+            self.metrics.breaker_transitions.labels(exporter, endpoint, old, new, "local")
         self.metrics.outages.labels(exporter, endpoint)
         self.metrics.retries_refused.labels(exporter, endpoint)
         self.metrics.exporter_retries.labels(exporter, endpoint)
@@ -223,13 +223,15 @@ class Events:
         log.info("endpoint recovered", extra={"event": "endpoint_recovered", "exporter": exporter,
                                                "endpoint": endpoint, "outage_seconds": round(seconds, 3)})
 
-    def breaker_transition(self, exporter: str, endpoint: str, old: str, new: str, gauge: int) -> None:
+    def breaker_transition(self, exporter: str, endpoint: str, old: str, new: str, gauge: int,
+                           source: str = "local") -> None:
+        """`source`: local (this sidecar's own calls and timers) or fleet (followed from other sidecars)."""
         self.metrics.breaker_state.labels(exporter, endpoint).set(gauge)
-        self.metrics.breaker_transitions.labels(exporter, endpoint, old, new).inc()
+        self.metrics.breaker_transitions.labels(exporter, endpoint, old, new, source).inc()
         level = logging.WARNING if new == "open" else logging.INFO
-        log.log(level, "circuit breaker %s -> %s", old, new, extra={
+        log.log(level, "circuit breaker %s -> %s (%s)", old, new, source, extra={
             "event": "breaker_transition", "exporter": exporter, "endpoint": endpoint,
-            "from_state": old, "to_state": new})
+            "from_state": old, "to_state": new, "source": source})
 
     def endpoint_health_changed(self, exporter: str, endpoint: str, healthy: bool) -> None:
         self.metrics.endpoint_healthy.labels(exporter, endpoint).set(1 if healthy else 0)
@@ -303,3 +305,44 @@ class Events:
         for c in export_classes:
             self.metrics.exporter_send_failed[signal].labels(exporter, c.category.value, c.error_type)
             self.metrics.errors.labels(c.category.value, c.severity.value, c.recoverability.value, c.error_type)
+
+    # -------------------------------------------------------------- fleet mode (extensions.fleet)
+
+    def fleet_connection_changed(self, connected: bool, endpoint: str, reason: str = "") -> None:
+        """Redis answers again (the sidecar resyncs) or stopped answering (it goes on with local state)."""
+        self.metrics.fleet_connected.set(1 if connected else 0)
+        if connected:
+            log.info("fleet store connected; resyncing shared state", extra={
+                "event": "fleet_connection", "connected": True, "redis": endpoint})
+        else:
+            log.warning("fleet store unreachable; going on with local state", extra={
+                "event": "fleet_connection", "connected": False, "redis": endpoint, "reason": reason[:300]})
+
+    def fleet_not_reachable_yet(self, endpoint: str, reason: str) -> None:
+        """Redis did not answer at start-up: the sidecar runs locally until it does."""
+        self.metrics.fleet_connected.set(0)
+        log.warning("fleet store not reachable yet; going on with local state", extra={
+            "event": "fleet_connection", "connected": False, "redis": endpoint, "reason": reason[:300]})
+
+    def fleet_members(self, members: int) -> None:
+        self.metrics.fleet_members.set(members)
+
+    def fleet_lease_won(self, endpoint: str, instance: str) -> None:
+        self.metrics.fleet_leases_won.labels(endpoint).inc()
+        log.info("recovery-probe lease won: this sidecar probes for the fleet", extra={
+            "event": "fleet_lease", "endpoint": endpoint, "instance": instance})
+
+    def fleet_budget_refused(self, exporter: str, endpoint: str) -> None:
+        self.metrics.fleet_budget_refused.labels(exporter, endpoint).inc()
+        total = self._due(("fleet_budget_refused", exporter, endpoint), 1)
+        if total:
+            log.info("retries refused by the fleet's retry budget; the entries stay queued", extra={
+                "event": "fleet_budget_refused", "exporter": exporter, "endpoint": endpoint,
+                "refused_since_last_log": total})
+
+    def fleet_endpoint_added(self, exporter: str, endpoint: str) -> None:
+        """Known label sets start at 0, so they have samples from the first scrape."""
+        self.metrics.fleet_budget_refused.labels(exporter, endpoint)
+        self.metrics.fleet_leases_won.labels(endpoint)
+        for old, new in BREAKER_TRANSITIONS:
+            self.metrics.breaker_transitions.labels(exporter, endpoint, old, new, "fleet")

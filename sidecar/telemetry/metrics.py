@@ -63,8 +63,9 @@ class Metrics:
                                        ["signal"], registry=r)
         self.breaker_state = Gauge("sidecar_breaker_state", "0 closed, 1 half-open, 2 open",
                                    ["exporter", "endpoint"], registry=r)
-        self.breaker_transitions = Counter("sidecar_breaker_transitions", "Circuit breaker transitions",
-                                           ["exporter", "endpoint", "from_state", "to_state"], registry=r)
+        self.breaker_transitions = Counter(
+            "sidecar_breaker_transitions", "Circuit breaker transitions; source: local (own calls) or fleet (shared)",
+            ["exporter", "endpoint", "from_state", "to_state", "source"], registry=r)
         self.degradation_level = Gauge("sidecar_degradation_level", "Degradation ladder level 0..4",
                                        ["exporter"], registry=r)
         self.concurrency_limit = Gauge("sidecar_concurrency_limit", "Adaptive in-flight limit",
@@ -82,6 +83,16 @@ class Metrics:
                                       ["exporter", "endpoint"], registry=r)
         self.config_reloads = Counter("sidecar_config_reloads", "SIGHUP reloads by result (applied, partial, invalid)",
                                       ["result"], registry=r)
+        # Fleet mode (extensions.fleet, DESIGN.md §9)
+        self.fleet_connected = Gauge("sidecar_fleet_connected", "1 while the fleet's Redis answers, else 0",
+                                     registry=r)
+        self.fleet_members = Gauge("sidecar_fleet_members", "Sidecars with a live heartbeat in the fleet",
+                                   registry=r)
+        self.fleet_leases_won = Counter("sidecar_fleet_probe_leases_won", "Recovery-probe leases won",
+                                        ["endpoint"], registry=r)
+        self.fleet_budget_refused = Counter("sidecar_fleet_budget_refused_retries",
+                                            "Retries refused by the fleet-wide retry budget",
+                                            ["exporter", "endpoint"], registry=r)
         self.export_duration = Histogram(
             "sidecar_export_duration_seconds", "Duration of one upstream export attempt",
             ["exporter", "endpoint", "outcome"], registry=r,

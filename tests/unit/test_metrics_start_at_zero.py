@@ -50,4 +50,4 @@ def test_declared_receivers_exporters_and_endpoints_start_at_zero() -> None:
     assert value(metrics, "sidecar_exporter_retries_total", exporter="otlp_grpc/a", endpoint="c:4317") == 0.0
     for old, new in BREAKER_TRANSITIONS:
         assert value(metrics, "sidecar_breaker_transitions_total", exporter="otlp_grpc/a", endpoint="c:4317",
-                     from_state=old, to_state=new) == 0.0
+                     from_state=old, to_state=new, source="local") == 0.0

@@ -249,7 +249,7 @@ async def test_all_breakers_open_requeues_with_retry_after() -> None:
     assert sample(metrics, "sidecar_breaker_state", {"exporter": "otlp_grpc", "endpoint": "a:4317"}) == 2
     assert sample(metrics, "sidecar_breaker_transitions_total",
                   {"exporter": "otlp_grpc", "endpoint": "a:4317", "from_state": "closed",
-                   "to_state": "open"}) == 1
+                   "to_state": "open", "source": "local"}) == 1
     # nothing is attempted while it is open
     again = await clock.run(sender.send(make_entry(2)))
     assert again.verdict is Verdict.REQUEUE and again.attempts == 0 and len(t.calls) == 2

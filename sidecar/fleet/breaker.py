@@ -1,0 +1,309 @@
+"""The fleet's breaker of one endpoint: shared open/closed verdict, one prober elected by a lease.
+
+Each sidecar's `EndpointBreaker`s of the endpoint stay what they were; this object sits beside them:
+
+* their local transitions are published: a local open opens the fleet's record (OPEN script), a
+  failed half-open call or probe of the lease holder starts the next, longer fleet-wide open period,
+  a success closes the record for all (CLOSE script, which also frees the lease);
+* the fleet's changes (pub/sub, and a refresh every `REFRESH_INTERVAL` for missed messages) are
+  applied with source ``fleet``: `follow_open` on a newer open generation, `follow_close` on a newer
+  closed one;
+* it is the breakers' gate and the health probers' `may_probe` (see sidecar/fleet/view.py): while the
+  fleet has the endpoint open, only the lease holder probes, when the fleet's open period is over;
+* while Redis is down everything here answers "decide locally".
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable
+from typing import Any
+
+from sidecar.core.clock import Clock
+from sidecar.exporters.breaker import SOURCE_LOCAL, BreakerState, EndpointBreaker
+from sidecar.exporters.health import HealthProber
+from sidecar.fleet import scripts
+from sidecar.fleet.connection import FleetConnection
+from sidecar.fleet.keys import Keys
+from sidecar.fleet.view import (
+    FleetView,
+    ProbeLease,
+    Record,
+    probe_delay,
+    scheduled_probe_allowed,
+    should_probe,
+    should_try_lease,
+)
+from sidecar.telemetry.events import Events
+
+log = logging.getLogger(__name__)
+
+REFRESH_INTERVAL = 0.5  # missed pub/sub messages are caught up within this
+LEASE_TTL = 3.0  # a dead prober is replaced within about this long
+RECHECK = 0.25  # how often a breaker held open by the fleet asks its gate again
+
+
+class FleetScripts:
+    """The registered Lua scripts (redis-py loads them again after a Redis restart)."""
+
+    def __init__(self, conn: FleetConnection) -> None:
+        client = conn.client
+        self.open = client.register_script(scripts.OPEN)
+        self.close = client.register_script(scripts.CLOSE)
+        self.read = client.register_script(scripts.READ)
+        self.renew = client.register_script(scripts.RENEW)
+        self.release = client.register_script(scripts.RELEASE)
+        self.budget = client.register_script(scripts.BUDGET)
+        self.heartbeat = client.register_script(scripts.HEARTBEAT)
+        self.leave = client.register_script(scripts.LEAVE)
+
+
+def parse_record(reply: Any) -> Record:
+    """OPEN/CLOSE/READ replies and pub/sub messages: state, remaining ms, timeout ms, gen."""
+    state, remaining, timeout, gen = reply[0], reply[1], reply[2], reply[3]
+    return Record(open=str(state) == "open", remaining=float(remaining) / 1000.0,
+                  timeout=float(timeout) / 1000.0, gen=int(gen))
+
+
+def parse_message(data: str) -> tuple[str, Record] | None:
+    """A breaker channel message: ``endpoint\\nstate\\ngen\\nremaining\\ntimeout``."""
+    parts = data.rsplit("\n", 4)
+    if len(parts) != 5:
+        return None
+    endpoint, state, gen, remaining, timeout = parts
+    try:
+        return endpoint, Record(open=state == "open", remaining=float(remaining) / 1000.0,
+                                timeout=float(timeout) / 1000.0, gen=int(gen))
+    except ValueError:
+        return None
+
+
+class SharedBreaker:
+    def __init__(self, endpoint: str, conn: FleetConnection, fleet_scripts: FleetScripts, keys: Keys,
+                 instance: str, events: Events, clock: Clock) -> None:
+        self.endpoint = endpoint
+        self._conn = conn
+        self._scripts = fleet_scripts
+        self._keys = keys
+        self._instance = instance
+        self._events = events
+        self._clock = clock
+        self.view = FleetView()
+        self.lease = ProbeLease(LEASE_TTL)
+        self.holder = ""  # the lease holder as last read
+        self.breakers: list[EndpointBreaker] = []
+        self.probers: list[HealthProber] = []
+        self._base_timeout = 60.0
+        self._max_timeout = 600.0
+        self._probing = False
+        self._wake = asyncio.Event()
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self.probes = 0  # probes made as the fleet's prober, for tests and status
+
+    # ------------------------------------------------------------ wiring (narrow hooks)
+
+    def disconnected(self) -> None:
+        """Cut off from Redis, this sidecar cannot know it still holds the lease (Redis may have restarted
+        and handed it to another): it stops being the fleet's prober at once."""
+        self.lease.lost()
+        self._gate_changed()
+
+    def attach(self, breaker: EndpointBreaker, prober: HealthProber | None) -> None:
+        if not self.breakers:
+            self._base_timeout = float(breaker.config.recovery_timeout)
+            self._max_timeout = max(float(breaker.config.max_recovery_timeout), self._base_timeout)
+        self.breakers.append(breaker)
+        breaker.set_gate(self)
+        breaker.add_observer(self._on_local_transition)
+        if prober is not None:
+            self.probers.append(prober)
+            prober.may_probe = self.may_probe
+
+    # ------------------------------------------------------------ gate answers (sync, local state only)
+
+    def probe_delay(self) -> float | None:
+        return probe_delay(self.view, self.lease, self._conn.connected, self._clock.monotonic(),
+                           active_prober=bool(self.probers), recheck=RECHECK)
+
+    def may_probe(self) -> bool:
+        return scheduled_probe_allowed(self.view, self._conn.connected)
+
+    # ------------------------------------------------------------ local -> fleet
+
+    def _on_local_transition(self, old: str, new: str, source: str) -> None:
+        if source != SOURCE_LOCAL or not self._conn.connected:
+            return  # the fleet's own changes are not echoed; while down, the resync catches up
+        now = self._clock.monotonic()
+        if new == BreakerState.OPEN:
+            reopen = old == BreakerState.HALF_OPEN and self.lease.holds(now)
+            if reopen:  # until the fleet answers, do not let the gate send the next probe at once
+                self.view.until = now + self._base_timeout
+            self._spawn(self._publish_open(reopen))
+        elif new == BreakerState.CLOSED and old == BreakerState.HALF_OPEN:
+            self._spawn(self._publish_close())
+
+    async def _publish_open(self, reopen: bool) -> None:
+        keys = [self._keys.breaker(self.endpoint), self._keys.lease(self.endpoint)]
+        args = [int(self._base_timeout * 1000), int(self._max_timeout * 1000), 1 if reopen else 0,
+                self._instance, self._keys.channel, self.endpoint]
+        reply = await self._conn.call(lambda: self._scripts.open(keys=keys, args=args))
+        if reply is not None:
+            self._apply(parse_record(reply))
+
+    async def _publish_close(self) -> None:
+        # Optimistic: this sidecar saw the endpoint answer; its own breakers must not be re-opened by a
+        # refresh that reads the record before the CLOSE lands.
+        self.view.open = False
+        self.lease.lost()
+        keys = [self._keys.breaker(self.endpoint), self._keys.lease(self.endpoint)]
+        args = [self._instance, self._keys.channel, self.endpoint]
+        reply = await self._conn.call(lambda: self._scripts.close(keys=keys, args=args))
+        if reply is not None:
+            self._apply(parse_record(reply))
+
+    # ------------------------------------------------------------ fleet -> local
+
+    def on_message(self, record: Record) -> None:
+        """A pub/sub message of this endpoint."""
+        self._apply(record)
+
+    def _apply(self, record: Record, force: bool = False) -> None:
+        now = self._clock.monotonic()
+        changed = self.view.apply(record, now)
+        if not (changed or force):
+            return
+        if self.view.open:
+            for breaker in self.breakers:
+                breaker.follow_open()
+        else:
+            self.lease.lost()
+            for breaker in self.breakers:
+                breaker.follow_close()
+        self._gate_changed()
+
+    def _gate_changed(self) -> None:
+        for breaker in self.breakers:
+            breaker.gate_changed()
+        self._wake.set()
+
+    async def resync(self) -> None:
+        """Redis is back (perhaps empty after a restart): push what this sidecar learnt meanwhile, adopt the rest."""
+        self.view.forget()
+        self.lease.lost()
+        record = await self._read()
+        if record is None:
+            return
+        locally_open = any(b.state is BreakerState.OPEN for b in self.breakers)
+        if locally_open and not record.open:
+            await self._publish_open(False)
+        else:
+            self._apply(record, force=True)
+
+    # ------------------------------------------------------------ the loop: refresh, lease, probe
+
+    async def run(self) -> None:
+        while True:
+            try:
+                if self._conn.connected:
+                    await self._tick()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("fleet breaker refresh of %s failed", self.endpoint)
+            await self._sleep_until_due()
+
+    async def _sleep_until_due(self) -> None:
+        wait = REFRESH_INTERVAL
+        now = self._clock.monotonic()
+        if self.view.open and self.lease.holds(now) and not self._probing:
+            wait = min(wait, max(0.01, self.view.until - now))
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(wait):
+                await self._wake.wait()
+        self._wake.clear()
+
+    async def _read(self) -> Record | None:
+        keys = [self._keys.breaker(self.endpoint), self._keys.lease(self.endpoint)]
+        reply = await self._conn.call(lambda: self._scripts.read(keys=keys, args=[]))
+        if reply is None:
+            return None
+        self.holder = str(reply[4])
+        return parse_record(reply)
+
+    async def _tick(self) -> None:
+        record = await self._read()
+        if record is None:
+            return
+        self._apply(record)
+        now = self._clock.monotonic()
+        if self.holder != self._instance and self.lease.holds(now):
+            self.lease.lost()  # Redis says someone else holds it (ours expired): stop at once
+        if not self.view.open:
+            return
+        if self.lease.holds(now):
+            await self._renew()
+        elif should_try_lease(self.view, self.lease, self.holder, now):
+            await self._acquire()
+        if should_probe(self.view, self.lease, self._clock.monotonic(), self._probing) and self.probers:
+            self._probing = True
+            self._spawn(self._probe())
+
+    async def _acquire(self) -> None:
+        sent_at = self._clock.monotonic()
+        key = self._keys.lease(self.endpoint)
+        won = await self._conn.call(lambda: self._conn.client.set(
+            key, self._instance, nx=True, px=int(LEASE_TTL * 1000)))
+        if won:
+            self.lease.granted(sent_at)
+            self.holder = self._instance
+            self._events.fleet_lease_won(self.endpoint, self._instance)
+            self._gate_changed()
+
+    async def _renew(self) -> None:
+        sent_at = self._clock.monotonic()
+        key = self._keys.lease(self.endpoint)
+        kept = await self._conn.call(lambda: self._scripts.renew(
+            keys=[key], args=[self._instance, int(LEASE_TTL * 1000)]))
+        if kept == 1:
+            self.lease.granted(sent_at)
+        else:
+            self.lease.lost()
+            self._gate_changed()
+
+    async def _probe(self) -> None:
+        """One probe as the fleet's prober; its verdict goes to the whole fleet."""
+        try:
+            self.probes += 1
+            healthy = await self.probers[0].probe_once()
+            if healthy:
+                for breaker in self.breakers:  # probe_succeeded made them half-open; the fleet closes all
+                    breaker.follow_close()
+                await self._publish_close()
+            elif self.lease.holds(self._clock.monotonic()):
+                self.view.until = self._clock.monotonic() + self._base_timeout
+                await self._publish_open(True)
+        finally:
+            self._probing = False
+            self._wake.set()
+
+    async def release(self) -> None:
+        """On shutdown: free the lease at once instead of letting the fleet wait for it to expire."""
+        if self.lease.holds(self._clock.monotonic()):
+            key = self._keys.lease(self.endpoint)
+            await self._conn.call(lambda: self._scripts.release(keys=[key], args=[self._instance]))
+            self.lease.lost()
+
+    def _spawn(self, work: Awaitable[None]) -> None:
+        task = asyncio.ensure_future(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def stop(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        for task in list(self._tasks):
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+

@@ -1,0 +1,59 @@
+"""The fleet-wide retry budget of one endpoint (Envoy's retry budget across the fleet), an atomic
+token bucket in Redis (scripts.BUDGET).
+
+First attempts are counted locally and sent in the background (`flush`, a few times a second), so a
+request never waits for a deposit. A retry asks for a token (`try_spend`): that one command waits at
+most the configured command timeout, and an unanswered request (Redis down or slow) lets the local
+budget, already charged, decide alone. Deposits made while Redis is down are not kept: they would
+fund a burst of retries long after the requests that paid for them.
+
+With fleet mode, `min_per_second` of the exporter's retry budget is the floor of the whole fleet
+(retries <= ratio x fleet first attempts + min_per_second), on top of each sidecar's local budget.
+"""
+
+from __future__ import annotations
+
+from sidecar.config.schema import RetryBudgetConfig
+from sidecar.fleet.breaker import FleetScripts
+from sidecar.fleet.connection import FleetConnection
+from sidecar.fleet.keys import Keys
+
+TTL = 10  # seconds a deposit funds retries, as the local budget's
+
+
+class FleetRetryBudget:
+    def __init__(self, endpoint: str, config: RetryBudgetConfig, conn: FleetConnection,
+                 fleet_scripts: FleetScripts, keys: Keys) -> None:
+        self.endpoint = endpoint
+        self.config = config
+        self._conn = conn
+        self._scripts = fleet_scripts
+        self._key = keys.budget(endpoint)
+        self.pending = 0  # first attempts not yet sent
+        self.granted = 0
+        self.refused = 0
+
+    def deposit(self) -> None:
+        if self._conn.connected:
+            self.pending += 1
+
+    async def try_spend(self) -> bool | None:
+        deposits, self.pending = self.pending, 0
+        reply = await self._conn.call_fast(lambda: self._scripts.budget(
+            keys=[self._key], args=self._args(deposits, want=True)))
+        if reply is None:
+            return None
+        if int(reply) > 0:
+            self.granted += 1
+            return True
+        self.refused += 1
+        return False
+
+    async def flush(self) -> None:
+        if not self.pending:
+            return
+        deposits, self.pending = self.pending, 0
+        await self._conn.call(lambda: self._scripts.budget(keys=[self._key], args=self._args(deposits, want=False)))
+
+    def _args(self, deposits: int, want: bool) -> list[str | int | float]:
+        return [deposits, 1 if want else 0, float(self.config.ratio), float(self.config.min_per_second), TTL]

@@ -1,0 +1,191 @@
+"""The fleet's Redis connection: commands bounded by a short timeout, and an up/down state.
+
+While Redis answers, `connected` is True. Background commands (refreshes, leases, heartbeats, the
+supervisor's ping every `PING_INTERVAL`) are bounded by `BACKGROUND_TIMEOUT`; one that fails or times
+out marks Redis down at once (sidecar_fleet_connected 0 and a log event), so a dead or slow Redis is
+noticed within PING_INTERVAL + BACKGROUND_TIMEOUT < 1 s. From then on `call` returns None *without*
+touching the network: nothing ever waits on a dead Redis, and every user of the fleet falls back to
+its local state. The one command on the data path (a retry asking the fleet budget) is bounded by
+the configured `command_timeout` and, when only too slow, returns None (decide locally) without
+marking Redis down. While down the supervisor reconnects with exponential backoff and full jitter;
+when Redis answers again, the `on_connected` callbacks resync the shared state.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+from urllib.parse import urlsplit, urlunsplit
+
+import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import RedisError
+
+from sidecar.config.schema import FleetConfig
+from sidecar.core.clock import Clock
+from sidecar.telemetry.events import Events
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+PING_INTERVAL = 0.25
+BACKGROUND_TIMEOUT = 0.5  # nobody waits on these; PING_INTERVAL + this stays under the promised 1 s
+RECONNECT_MIN = 0.1
+RECONNECT_MAX = 5.0
+
+# What a Redis command may raise when Redis or the link goes away. RuntimeError included: redis-py can
+# write to a transport uvloop already closed ("the handler is closed") while reconnecting.
+FAILURES: tuple[type[Exception], ...] = (RedisError, OSError, TimeoutError, ConnectionError, RuntimeError)
+
+
+def redacted(url: str) -> str:
+    """The endpoint for logs and status, without its password."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = f"{parts.username or ''}:***@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+
+
+def make_client(config: FleetConfig, timeout: float) -> aioredis.Redis:
+    """A redis-py asyncio client that never retries by itself (we decide what a failure means)."""
+    return aioredis.Redis.from_url(
+        config.endpoint,
+        password=config.password,
+        socket_timeout=timeout,
+        socket_connect_timeout=timeout,
+        retry=Retry(NoBackoff(), 0),
+        health_check_interval=0,
+        decode_responses=True,
+    )
+
+
+class FleetConnection:
+    def __init__(self, config: FleetConfig, events: Events, clock: Clock,
+                 rng: random.Random | None = None) -> None:
+        self.config = config
+        self.timeout = float(config.command_timeout)
+        self.endpoint = redacted(config.endpoint)
+        self._events = events
+        self._clock = clock
+        self._rng = rng or random.Random()
+        # Commands on the data path use the short timeout; the supervisor's reconnect a longer one.
+        self.client = make_client(config, BACKGROUND_TIMEOUT)
+        self.connected = False
+        self.ever_connected = False
+        self.on_connected: list[Callable[[], Awaitable[None]]] = []
+        self.on_disconnected: list[Callable[[], None]] = []
+        self._changed = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self.reconnects = 0
+
+    # ------------------------------------------------------------ commands
+
+    async def call(self, command: Callable[[], Awaitable[T]]) -> T | None:
+        """A background command: None when Redis is down, or it failed or was slow (Redis is then down)."""
+        if not self.connected:
+            return None
+        try:
+            async with asyncio.timeout(BACKGROUND_TIMEOUT):
+                return await command()
+        except FAILURES as exc:
+            self.mark_down(f"{type(exc).__name__}: {exc}")
+            return None
+
+    async def call_fast(self, command: Callable[[], Awaitable[T]]) -> T | None:
+        """A command on the data path, bounded by `command_timeout`: None when Redis is down or the command
+        failed (Redis is then down) or was too slow (not a verdict on Redis: the supervisor decides that)."""
+        if not self.connected:
+            return None
+        try:
+            async with asyncio.timeout(self.timeout):
+                return await command()
+        except TimeoutError:
+            return None
+        except FAILURES as exc:
+            self.mark_down(f"{type(exc).__name__}: {exc}")
+            return None
+
+    def mark_down(self, reason: str) -> None:
+        if self.connected:
+            self.connected = False
+            self._events.fleet_connection_changed(False, self.endpoint, reason)
+            self._changed.set()
+            for forget in list(self.on_disconnected):
+                try:
+                    forget()
+                except Exception:
+                    log.exception("fleet disconnect handler failed")
+
+    async def wait_changed(self, timeout: float) -> None:
+        """Wait until the up/down state changes, or `timeout`."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout):
+                await self._changed.wait()
+
+    # ------------------------------------------------------------ supervisor
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._supervise(), name="fleet-connection")
+
+    async def stop(self) -> None:
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        with contextlib.suppress(*FAILURES):
+            await self.client.aclose()
+
+    async def _supervise(self) -> None:
+        while True:
+            try:
+                await self._supervise_until_error()
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # never let the supervisor die: it is what brings the fleet back
+                log.exception("fleet connection supervisor failed; restarting it")
+                self.mark_down("supervisor error")
+                await self._clock.sleep(RECONNECT_MIN)
+
+    async def _supervise_until_error(self) -> None:
+        delay = RECONNECT_MIN
+        while True:
+            if self.connected:
+                await self.call(self.client.ping)
+                await self.wait_changed(PING_INTERVAL)
+                self._changed.clear()
+                continue
+            if await self._try_connect():
+                delay = RECONNECT_MIN
+                continue
+            # Full jitter, so a fleet does not reconnect in lockstep after a Redis restart.
+            await self._clock.sleep(self._rng.uniform(RECONNECT_MIN / 2, delay))
+            delay = min(RECONNECT_MAX, delay * 2)
+
+    async def _try_connect(self) -> bool:
+        try:
+            async with asyncio.timeout(BACKGROUND_TIMEOUT):
+                await self.client.ping()
+        except FAILURES as exc:
+            if not self.ever_connected and self.reconnects == 0:
+                self._events.fleet_not_reachable_yet(self.endpoint, f"{type(exc).__name__}: {exc}")
+            self.reconnects += 1
+            return False
+        self.connected = True
+        self.ever_connected = True
+        self._events.fleet_connection_changed(True, self.endpoint)
+        self._changed.set()
+        for resync in list(self.on_connected):
+            try:
+                await resync()
+            except Exception:
+                log.exception("fleet resync failed")
+        return True

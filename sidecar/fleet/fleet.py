@@ -1,0 +1,171 @@
+"""Fleet mode assembled: one connection, one shared breaker and budget per upstream endpoint, the
+pub/sub listener, the heartbeat. The service attaches its senders and starts/stops it."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+from sidecar.config.schema import FleetConfig
+from sidecar.core.clock import Clock
+from sidecar.exporters.sender import Sender
+from sidecar.fleet.breaker import FleetScripts, SharedBreaker, parse_message
+from sidecar.fleet.budget import FleetRetryBudget
+from sidecar.fleet.connection import BACKGROUND_TIMEOUT, FAILURES, FleetConnection
+from sidecar.fleet.keys import Keys
+from sidecar.fleet.membership import Heartbeat, Snapshot
+from sidecar.telemetry.events import Events
+
+log = logging.getLogger(__name__)
+
+FLUSH_INTERVAL = 0.25  # budget deposits reach the fleet this often
+
+
+def default_instance_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+class Fleet:
+    def __init__(self, config: FleetConfig, events: Events, clock: Clock, snapshot: Snapshot) -> None:
+        self.config = config
+        self.instance = config.instance_id or default_instance_id()
+        self.keys = Keys(config.key_prefix)
+        self.conn = FleetConnection(config, events, clock)
+        self.scripts = FleetScripts(self.conn)
+        self._events = events
+        self._clock = clock
+        self.breakers: dict[str, SharedBreaker] = {}
+        self.budgets: dict[str, FleetRetryBudget] = {}
+        self.heartbeat = Heartbeat(self.instance, float(config.heartbeat_interval), self.conn, self.scripts,
+                                   self.keys, events, snapshot)
+        self._tasks: list[asyncio.Task[None]] = []
+        self.conn.on_connected.append(self._resync)
+        events.fleet_members(0)
+
+    def attach(self, exporter: str, sender: Sender) -> None:
+        """Share the breakers, probing and retry budget of every endpoint of one exporter."""
+        for chain in sender.endpoints.values():
+            shared = self.breakers.get(chain.name)
+            if shared is None:
+                shared = SharedBreaker(chain.name, self.conn, self.scripts, self.keys, self.instance,
+                                       self._events, self._clock)
+                self.breakers[chain.name] = shared
+                self.conn.on_disconnected.append(shared.disconnected)
+            shared.attach(chain.breaker, chain.prober)
+            budget = self.budgets.get(chain.name)
+            if budget is None:
+                budget = FleetRetryBudget(chain.name, sender.config.retry_on_failure.budget, self.conn,
+                                          self.scripts, self.keys)
+                self.budgets[chain.name] = budget
+            chain.shared_budget = budget
+            self._events.fleet_endpoint_added(exporter, chain.name)
+
+    # ------------------------------------------------------------ lifecycle
+
+    def start(self) -> None:
+        self.conn.start()
+        loops: list[tuple[str, Callable[[], Coroutine[Any, Any, None]]]] = [
+            ("fleet-pubsub", self._listen), ("fleet-budget", self._flush_budgets),
+            ("fleet-heartbeat", self._heartbeats)]
+        loops += [(f"fleet-breaker {name}", shared.run) for name, shared in self.breakers.items()]
+        loop = asyncio.get_running_loop()
+        self._tasks = [loop.create_task(run(), name=name) for name, run in loops]
+
+    async def stop(self) -> None:
+        """Leave the fleet (free leases, drop the heartbeat) while Redis answers, then stop everything."""
+        try:
+            for shared in self.breakers.values():
+                await shared.release()
+            await self.heartbeat.leave()
+        except Exception:  # leaving is a courtesy; the TTLs clean up after a sidecar that could not
+            log.exception("leaving the fleet failed")
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        for shared in self.breakers.values():
+            await shared.stop()
+        await self.conn.stop()
+
+    async def _resync(self) -> None:
+        for shared in self.breakers.values():
+            await shared.resync()
+        await self.heartbeat.beat()
+
+    # ------------------------------------------------------------ loops
+
+    async def _listen(self) -> None:
+        """Breaker changes by pub/sub; a fresh subscription after every reconnect."""
+        while True:
+            try:
+                await self._listen_once()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("fleet pub/sub listener failed; restarting it")
+                await self._clock.sleep(0.1)
+
+    async def _listen_once(self) -> None:
+        while True:
+            if not self.conn.connected:
+                await self._clock.sleep(0.05)
+                continue
+            pubsub = self.conn.client.pubsub()
+            try:
+                async with asyncio.timeout(BACKGROUND_TIMEOUT):
+                    await pubsub.subscribe(self.keys.channel)
+                while self.conn.connected:
+                    async with asyncio.timeout(1.0):
+                        message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=0.5)
+                    if message is not None and message.get("type") == "message":
+                        self._dispatch(str(message.get("data", "")))
+            except FAILURES as exc:
+                self.conn.mark_down(f"pub/sub: {type(exc).__name__}: {exc}")
+            finally:
+                with contextlib.suppress(*FAILURES):
+                    await pubsub.aclose()
+
+    def _dispatch(self, data: str) -> None:
+        parsed = parse_message(data)
+        if parsed is None:
+            log.warning("unreadable fleet message %r", data[:200])
+            return
+        endpoint, record = parsed
+        shared = self.breakers.get(endpoint)
+        if shared is not None:
+            shared.on_message(record)
+
+    async def _flush_budgets(self) -> None:
+        while True:
+            await self._clock.sleep(FLUSH_INTERVAL)
+            for budget in self.budgets.values():
+                try:
+                    await budget.flush()
+                except Exception:
+                    log.exception("fleet budget flush failed")
+
+    async def _heartbeats(self) -> None:
+        while True:
+            try:
+                await self.heartbeat.beat()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("fleet heartbeat failed")
+            await self._clock.sleep(float(self.config.heartbeat_interval))
+
+    def status(self) -> dict[str, Any]:
+        """This sidecar's view of the fleet, for its own status."""
+        return {
+            "instance": self.instance,
+            "connected": self.conn.connected,
+            "endpoints": {name: {"fleet_state": "open" if s.view.open else "closed",
+                                 "lease_holder": s.holder, "probes": s.probes}
+                          for name, s in self.breakers.items()},
+        }

@@ -1,0 +1,73 @@
+"""Fleet membership: each sidecar's heartbeat (a hash with a TTL, plus a sorted set to list them), and
+the reader behind `python -m sidecar status --fleet`."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import redis.asyncio as aioredis
+
+from sidecar.fleet.breaker import FleetScripts
+from sidecar.fleet.connection import FleetConnection
+from sidecar.fleet.keys import Keys
+from sidecar.telemetry.events import Events
+
+TTL_HEARTBEATS = 3  # a member is gone after missing this many heartbeats
+
+Snapshot = Callable[[], dict[str, Any]]
+
+
+class Heartbeat:
+    def __init__(self, instance: str, interval: float, conn: FleetConnection, fleet_scripts: FleetScripts,
+                 keys: Keys, events: Events, snapshot: Snapshot) -> None:
+        self.instance = instance
+        self.interval = interval
+        self._conn = conn
+        self._scripts = fleet_scripts
+        self._keys = keys
+        self._events = events
+        self._snapshot = snapshot
+        self.beats = 0
+
+    async def beat(self) -> None:
+        payload = json.dumps({"instance": self.instance, **self._snapshot()}, default=str)
+        ttl_ms = int(self.interval * TTL_HEARTBEATS * 1000)
+        members = await self._conn.call(lambda: self._scripts.heartbeat(
+            keys=[self._keys.member(self.instance), self._keys.members],
+            args=[self.instance, payload, ttl_ms]))
+        if members is not None:
+            self.beats += 1
+            self._events.fleet_members(int(members))
+
+    async def leave(self) -> None:
+        await self._conn.call(lambda: self._scripts.leave(
+            keys=[self._keys.member(self.instance), self._keys.members], args=[self.instance]))
+
+
+@dataclass(frozen=True, slots=True)
+class Member:
+    instance: str
+    age: float  # seconds since its last heartbeat
+    info: dict[str, Any]
+
+
+async def read_members(client: aioredis.Redis, keys: Keys) -> list[Member]:
+    """The live members, by instance id (an expired heartbeat is not listed)."""
+    seconds, micros = await client.time()
+    now_ms = int(seconds) * 1000 + int(micros) // 1000
+    instances = await client.zrangebyscore(keys.members, now_ms, "+inf")
+    members: list[Member] = []
+    for instance in sorted(str(i) for i in instances):
+        fields = await client.hgetall(keys.member(instance))
+        if not fields:
+            continue
+        try:
+            info = json.loads(fields.get("payload", "{}"))
+        except ValueError:
+            info = {}
+        members.append(Member(instance, max(0.0, (now_ms - int(fields.get("at", now_ms))) / 1000.0), info))
+    return members
+

@@ -1,0 +1,284 @@
+"""Fleet mode end to end (issue 13, DESIGN.md §9): several sidecar processes share one real redis-server
+in front of one fake Collector.
+
+Each sidecar sends its own header (x-sidecar), so the fake Collector tells who called. No assertion
+bounds wall-clock time from above beyond generous waits: a slow machine makes a test wait longer.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+import redis
+from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
+from opentelemetry.proto.trace.v1 import trace_pb2
+
+from tests.fakes.collector import FakeCollector, ReceivedRequest
+from tests.fakes.redis_server import RedisServer
+from tests.integration.conftest import SidecarFactory
+from tests.sidecar_process import ROOT, SidecarProcess
+
+TRACE_EXPORT = "/opentelemetry.proto.collector.trace.v1.TraceService/Export"
+SIDECARS = 3
+
+
+def eventually(predicate: Callable[[], bool], timeout: float, interval: float = 0.05) -> bool:
+    deadline = time.monotonic() + timeout
+    while True:
+        if predicate():
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(interval)
+
+
+def request_with_spans(first_id: int, count: int) -> trace_service_pb2.ExportTraceServiceRequest:
+    request = trace_service_pb2.ExportTraceServiceRequest()
+    scope_spans = request.resource_spans.add().scope_spans.add()
+    now = time.time_ns()
+    for n in range(count):
+        ident = first_id + n
+        scope_spans.spans.add(trace_id=ident.to_bytes(16, "big"), span_id=ident.to_bytes(8, "big"),
+                              name=f"op {n}", kind=trace_pb2.Span.SPAN_KIND_SERVER,
+                              start_time_unix_nano=now, end_time_unix_nano=now + 1000)
+    return request
+
+
+class Client:
+    """A raw OTLP/gRPC trace client of one sidecar that remembers the span ids the sidecar acknowledged."""
+
+    def __init__(self, sidecar: SidecarProcess) -> None:
+        self.channel = grpc.insecure_channel(f"127.0.0.1:{sidecar.ports.grpc}")
+        self.export = self.channel.unary_unary(
+            TRACE_EXPORT, request_serializer=trace_service_pb2.ExportTraceServiceRequest.SerializeToString,
+            response_deserializer=trace_service_pb2.ExportTraceServiceResponse.FromString)
+        self.acknowledged: set[bytes] = set()
+
+    def send(self, first_id: int, count: int = 2) -> bool:
+        try:
+            self.export(request_with_spans(first_id, count), timeout=10)
+        except grpc.RpcError:
+            return False
+        self.acknowledged |= {(first_id + n).to_bytes(8, "big") for n in range(count)}
+        return True
+
+    def close(self) -> None:
+        self.channel.close()
+
+
+def caller(request: ReceivedRequest) -> str:
+    return request.metadata.get("x-sidecar", "?")
+
+
+def fleet_edit(redis_url: str, name: str, **fleet: Any) -> Callable[[dict[str, Any]], None]:
+    def edit(config: dict[str, Any]) -> None:
+        config["extensions"]["fleet"] = {"endpoint": redis_url, "instance_id": name,
+                                         "heartbeat_interval": "500ms", "command_timeout": "200ms", **fleet}
+        config["service"]["extensions"].append("fleet")
+    return edit
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    with RedisServer(tmp_path / "redis") as server:
+        yield server
+
+
+FAST_BREAKER = {"failure_threshold": 3, "recovery_timeout": "1s", "max_recovery_timeout": "2s"}
+
+
+def start_fleet(factory: SidecarFactory, upstream: FakeCollector, redis: RedisServer, n: int = SIDECARS,
+                **overrides: Any) -> list[SidecarProcess]:
+    overrides.setdefault("circuit_breaker", FAST_BREAKER)
+    overrides.setdefault("health_probe", {"interval": "1s", "timeout": "1s"})
+    sidecars = []
+    for i in range(n):
+        name = f"s{i}"
+        sidecars.append(factory(upstream.grpc_endpoint, config_edit=fleet_edit(redis.url, name),
+                                headers={"x-sidecar": name}, **overrides))
+    assert eventually(lambda: all(s.metric_value("sidecar_fleet_connected") == 1 for s in sidecars), 15)
+    return sidecars
+
+
+def transitions(sidecar: SidecarProcess, to_state: str, source: str) -> float:
+    return sidecar.metric_value("sidecar_breaker_transitions_total", to_state=to_state, source=source)
+
+
+class Traffic:
+    """Every client sends 2 spans every `period` seconds from a thread until stopped."""
+
+    def __init__(self, clients: list[Client], period: float = 0.1) -> None:
+        self.clients = clients
+        self.period = period
+        self._stop = threading.Event()
+        self._threads = [threading.Thread(target=self._run, args=(i, c), daemon=True) for i, c in enumerate(clients)]
+        self.sent = 0
+
+    def _run(self, index: int, client: Client) -> None:
+        ident = (index + 1) * 10_000_000
+        while not self._stop.is_set():
+            client.send(ident)
+            ident += 2
+            self._stop.wait(self.period)
+
+    def __enter__(self) -> Traffic:
+        for thread in self._threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(15)
+
+
+def acknowledged(clients: list[Client]) -> set[bytes]:
+    return set().union(*(c.acknowledged for c in clients))
+
+
+@contextlib.contextmanager
+def clients_of(sidecars: list[SidecarProcess]) -> Iterator[list[Client]]:
+    clients = [Client(s) for s in sidecars]
+    try:
+        yield clients
+    finally:
+        for client in clients:
+            client.close()
+
+
+def test_the_config_of_the_issue_works_as_written(tmp_path: Path, redis_server: RedisServer) -> None:
+    config = tmp_path / "fleet.yaml"
+    config.write_text(f"""
+receivers:
+  otlp: {{protocols: {{grpc: {{endpoint: "127.0.0.1:0"}}}}}}
+exporters:
+  otlp_grpc: {{endpoint: "127.0.0.1:4317", tls: {{insecure: true}}}}
+extensions:
+  health_check: {{endpoint: "127.0.0.1:0"}}
+  fleet: {{endpoint: "redis://127.0.0.1:{redis_server.port}/0"}}
+service:
+  extensions: [health_check, fleet]
+  pipelines: {{traces: {{receivers: [otlp], exporters: [otlp_grpc]}}}}
+""")
+    result = subprocess.run([sys.executable, "-m", "sidecar", "validate", "--config", str(config)],
+                            capture_output=True, text=True, cwd=ROOT, timeout=60)
+    assert result.returncode == 0, result.stderr
+
+
+def test_one_breaker_opens_the_others_follow_and_exactly_one_probes(
+        sidecar_factory: SidecarFactory, upstream: FakeCollector, redis_server: RedisServer) -> None:
+    sidecars = start_fleet(sidecar_factory, upstream, redis_server)
+    assert eventually(lambda: all(s.metric_value("sidecar_fleet_members") == SIDECARS for s in sidecars), 10)
+    upstream.fail_always(grpc_code=grpc.StatusCode.UNAVAILABLE)
+    with clients_of(sidecars) as clients:
+        # Only s0 has traffic: its breaker opens on its own failures...
+        for n in range(6):
+            clients[0].send(1000 + 2 * n)
+        assert eventually(lambda: transitions(sidecars[0], "open", "local") >= 1, 15), sidecars[0].logs()[-3000:]
+        # ...and the others, which sent nothing, follow the fleet.
+        assert eventually(lambda: all(transitions(s, "open", "fleet") >= 1 for s in sidecars[1:]), 5)
+        opened_at = time.monotonic()
+        # Everyone has traffic now, the upstream still fails: none of those who saw it open sends data,
+        # and the recovery probes come from one sidecar only.
+        with Traffic(clients):
+            time.sleep(4.0)
+        during = [r for r in upstream.attempts() if r.received_at >= opened_at]
+        assert not [r for r in during if not r.is_probe], "ordinary traffic reached the open endpoint"
+        probers = {caller(r) for r in during if r.is_probe}
+        assert len(probers) == 1, f"probes from {probers}"
+        assert sum(s.metric_value("sidecar_fleet_probe_leases_won_total") for s in sidecars) >= 1
+        # Recovery: the prober's success closes every breaker, and every acknowledged span arrives.
+        upstream.clear_faults()
+        assert eventually(lambda: all(transitions(s, "closed", "fleet") >= 1 for s in sidecars
+                                      if caller_name(s) not in probers) and
+                          acknowledged(clients) <= upstream.span_ids(), 20)
+        assert acknowledged(clients) <= upstream.span_ids()
+
+
+def caller_name(sidecar: SidecarProcess) -> str:
+    return str(sidecar.config["exporters"]["otlp_grpc"]["headers"]["x-sidecar"])
+
+
+def test_the_fleet_retry_budget_holds_across_sidecars(
+        sidecar_factory: SidecarFactory, upstream: FakeCollector, redis_server: RedisServer) -> None:
+    # No breaker (it would stop the retries first) and no probes: only the budget limits the retries.
+    budget = {"ratio": 0.1, "min_per_second": 1.0}
+    sidecars = start_fleet(sidecar_factory, upstream, redis_server,
+                           retry_on_failure={"initial_interval": "50ms", "max_interval": "100ms",
+                                             "budget": budget},
+                           circuit_breaker={"enabled": False}, health_probe={"enabled": False})
+    upstream.fail_always(grpc_code=grpc.StatusCode.UNAVAILABLE)
+    started = time.monotonic()
+    with clients_of(sidecars) as clients, Traffic(clients, period=0.1):
+        time.sleep(5.0)
+    elapsed = time.monotonic() - started
+    refused = sum(s.metric_value("sidecar_fleet_budget_refused_retries_total") for s in sidecars)
+    assert refused > 0, "the fleet budget never refused a retry"
+    data = [r for r in upstream.attempts() if not r.is_probe]
+    retries = sum(s.metric_value("sidecar_exporter_retries_total") for s in sidecars)
+    first_attempts = len(data) - retries
+    # retries <= ratio x first attempts + floor x seconds (+ the floor's capacity, + one TTL window of
+    # deposits that a breaker-free sidecar makes while requeued entries come back)
+    bound = budget["ratio"] * first_attempts + budget["min_per_second"] * (elapsed + 2) + 1
+    assert retries <= bound, f"{retries} retries over the fleet, bound {bound:.1f}"
+    upstream.clear_faults()
+
+
+def test_redis_killed_mid_outage_everyone_goes_on_locally_then_resyncs(
+        sidecar_factory: SidecarFactory, upstream: FakeCollector, redis_server: RedisServer) -> None:
+    sidecars = start_fleet(sidecar_factory, upstream, redis_server)
+    upstream.fail_always(grpc_code=grpc.StatusCode.UNAVAILABLE)
+    with clients_of(sidecars) as clients:
+        with Traffic(clients):
+            assert eventually(lambda: any(transitions(s, "open", "local") >= 1 for s in sidecars), 15)
+            redis_server.kill()
+            assert eventually(lambda: all(s.metric_value("sidecar_fleet_connected") == 0 for s in sidecars), 5)
+            time.sleep(2.0)  # the outage goes on without Redis; clients keep sending
+            redis_server.start()
+            assert eventually(lambda: all(s.metric_value("sidecar_fleet_connected") == 1 for s in sidecars), 15)
+            # Resync: the restarted Redis came back empty; the sidecars tell it the endpoint is open.
+            store = redis.Redis(port=redis_server.port, decode_responses=True)
+            key = f"otlp-sidecar:breaker:{upstream.grpc_endpoint}"
+            assert eventually(lambda: store.hget(key, "state") == "open", 10)
+            store.close()
+        assert all(c.acknowledged for c in clients), "a sidecar stopped accepting data"
+        upstream.clear_faults()
+        assert eventually(lambda: acknowledged(clients) <= upstream.span_ids(), 30), (
+            f"{len(acknowledged(clients) - upstream.span_ids())} acknowledged spans lost")
+        assert eventually(lambda: all(s.metric_value("sidecar_fleet_members") == SIDECARS for s in sidecars), 10)
+
+
+def test_status_fleet_lists_the_members(sidecar_factory: SidecarFactory, upstream: FakeCollector,
+                                        redis_server: RedisServer) -> None:
+    sidecars = start_fleet(sidecar_factory, upstream, redis_server)
+    assert eventually(lambda: all(s.metric_value("sidecar_fleet_members") == SIDECARS for s in sidecars), 10)
+    result = subprocess.run([sys.executable, "-m", "sidecar", "status", "--fleet", "--json",
+                             "--config", str(sidecars[0].config_path)],
+                            capture_output=True, text=True, cwd=ROOT, timeout=60)
+    assert result.returncode == 0, result.stderr
+    listing = json.loads(result.stdout)
+    assert [m["instance"] for m in listing["members"]] == ["s0", "s1", "s2"]
+    member = listing["members"][0]
+    assert member["heartbeat_age"] < 5
+    assert member["exporters"]["otlp_grpc"]["breakers"] == {upstream.grpc_endpoint: "closed"}
+    assert "queue_size" in member["exporters"]["otlp_grpc"]
+    table = subprocess.run([sys.executable, "-m", "sidecar", "status", "--fleet",
+                            "--config", str(sidecars[0].config_path)],
+                           capture_output=True, text=True, cwd=ROOT, timeout=60)
+    assert table.returncode == 0, table.stderr
+    assert all(name in table.stdout for name in ("s0", "s1", "s2"))
+    sidecars[2].stop()
+    after = subprocess.run([sys.executable, "-m", "sidecar", "status", "--fleet", "--json",
+                            "--config", str(sidecars[0].config_path)],
+                           capture_output=True, text=True, cwd=ROOT, timeout=60)
+    assert [m["instance"] for m in json.loads(after.stdout)["members"]] == ["s0", "s1"]

@@ -1,0 +1,190 @@
+"""The fleet's Redis side against a real redis-server: the Lua scripts, the connection's up/down
+tracking and resync, the budget bucket, heartbeats, and the options that shape them."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+import redis.asyncio as aioredis
+
+from sidecar.config.schema import FleetConfig, RetryBudgetConfig
+from sidecar.config.units import Duration
+from sidecar.core.clock import SYSTEM_CLOCK
+from sidecar.fleet.breaker import FleetScripts, parse_record
+from sidecar.fleet.budget import FleetRetryBudget
+from sidecar.fleet.connection import FleetConnection
+from sidecar.fleet.keys import Keys
+from sidecar.fleet.membership import Heartbeat, read_members
+from sidecar.telemetry.events import Events
+from sidecar.telemetry.metrics import Metrics
+from tests.fakes.redis_server import RedisServer
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[RedisServer]:
+    with RedisServer(tmp_path / "redis") as s:
+        yield s
+
+
+def fleet_config(server: RedisServer, **kw: object) -> FleetConfig:
+    return FleetConfig(endpoint=server.url, **kw)  # type: ignore[arg-type]
+
+
+async def wait_for(predicate: object, timeout: float = 5.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():  # type: ignore[operator]
+            return True
+        await asyncio.sleep(0.02)
+    return False
+
+
+@pytest.fixture
+async def conn(server: RedisServer) -> AsyncIterator[FleetConnection]:
+    connection = FleetConnection(fleet_config(server), Events(Metrics()), SYSTEM_CLOCK)
+    connection.start()
+    assert await wait_for(lambda: connection.connected)
+    yield connection
+    await connection.stop()
+
+
+BASE_MS, MAX_MS = 1000, 4000
+
+
+async def open_(scripts: FleetScripts, keys: Keys, instance: str, reopen: bool = False) -> tuple[bool, float, int]:
+    reply = await scripts.open(keys=[keys.breaker("c"), keys.lease("c")],
+                               args=[BASE_MS, MAX_MS, 1 if reopen else 0, instance, keys.channel, "c"])
+    record = parse_record(reply)
+    return record.open, record.timeout, record.gen
+
+
+async def test_open_close_and_the_fleet_wide_growing_timeout(conn: FleetConnection) -> None:
+    scripts, keys, client = FleetScripts(conn), Keys("t:"), conn.client
+    pubsub = client.pubsub()
+    await pubsub.subscribe(keys.channel)
+    assert await open_(scripts, keys, "a") == (True, 1.0, 1)
+    assert await open_(scripts, keys, "b") == (True, 1.0, 1)  # already open: a late opener changes nothing
+    assert await open_(scripts, keys, "b", reopen=True) == (True, 1.0, 1)  # not the lease holder
+    assert await client.set(keys.lease("c"), "a", nx=True, px=3000)
+    assert not await client.set(keys.lease("c"), "b", nx=True, px=3000)  # one holder
+    assert await open_(scripts, keys, "a", reopen=True) == (True, 2.0, 2)  # the holder's probe failed
+    assert await open_(scripts, keys, "a", reopen=True) == (True, 4.0, 3)
+    assert await open_(scripts, keys, "a", reopen=True) == (True, 4.0, 4)  # capped
+    reply = await scripts.close(keys=[keys.breaker("c"), keys.lease("c")], args=["a", keys.channel, "c"])
+    assert parse_record(reply).open is False and parse_record(reply).gen == 5
+    assert await client.get(keys.lease("c")) is None  # the close frees the lease
+    read = await scripts.read(keys=[keys.breaker("c"), keys.lease("c")], args=[])
+    assert parse_record(read).open is False and read[4] == ""
+    assert await open_(scripts, keys, "b") == (True, 1.0, 6)  # a new outage starts from the base again
+    messages = []
+    for _ in range(20):
+        message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=0.1)
+        if message is not None:
+            messages.append(message["data"].split("\n")[1:3])
+    assert messages == [["open", "1"], ["open", "2"], ["open", "3"], ["open", "4"], ["closed", "5"], ["open", "6"]]
+    await pubsub.aclose()
+
+
+async def test_lease_renewal_and_release_only_by_the_holder(conn: FleetConnection) -> None:
+    scripts, keys, client = FleetScripts(conn), Keys("t:"), conn.client
+    await client.set(keys.lease("c"), "a", px=200)
+    assert await scripts.renew(keys=[keys.lease("c")], args=["b", 5000]) == 0
+    assert await scripts.renew(keys=[keys.lease("c")], args=["a", 5000]) == 1
+    assert await client.pttl(keys.lease("c")) > 1000
+    assert await scripts.release(keys=[keys.lease("c")], args=["b"]) == 0
+    assert await scripts.release(keys=[keys.lease("c")], args=["a"]) == 1
+
+
+async def test_the_budget_bucket_pays_ratio_of_deposits_plus_the_floor(conn: FleetConnection) -> None:
+    scripts, keys = FleetScripts(conn), Keys("t:")
+    budgets = [FleetRetryBudget("c", RetryBudgetConfig(ratio=0.2, min_per_second=1.0), conn, scripts, keys)
+               for _ in range(3)]  # three sidecars, one bucket
+    for budget in budgets:
+        for _ in range(20):
+            budget.deposit()
+        await budget.flush()
+    granted = 0
+    for _ in range(10):
+        for budget in budgets:
+            granted += bool(await budget.try_spend())
+    # 60 first attempts x 0.2 = 12 tokens, plus the floor's capacity of 1 (and what it refilled meanwhile)
+    assert 12 <= granted <= 14
+    assert sum(b.refused for b in budgets) == 30 - granted
+
+
+async def test_without_redis_nothing_waits_and_everything_says_unknown(server: RedisServer) -> None:
+    metrics = Metrics()
+    conn = FleetConnection(fleet_config(server), Events(metrics), SYSTEM_CLOCK)
+    conn.start()
+    assert await wait_for(lambda: conn.connected)
+    assert metrics.registry.get_sample_value("sidecar_fleet_connected") == 1
+    resyncs: list[float] = []
+
+    async def resync() -> None:
+        resyncs.append(time.monotonic())
+    conn.on_connected.append(resync)
+    server.kill()
+    killed = time.monotonic()
+    assert await wait_for(lambda: not conn.connected, timeout=5)
+    assert time.monotonic() - killed < 1.0  # falls back within 1 s (noticed even while idle)
+    assert metrics.registry.get_sample_value("sidecar_fleet_connected") == 0
+    budget = FleetRetryBudget("c", RetryBudgetConfig(), conn, FleetScripts(conn), Keys("t:"))
+    started = time.monotonic()
+    assert await budget.try_spend() is None
+    assert time.monotonic() - started < 0.01  # no request waits on a dead Redis
+    server.start()
+    assert await wait_for(lambda: conn.connected, timeout=10)
+    assert resyncs and metrics.registry.get_sample_value("sidecar_fleet_connected") == 1
+    await conn.stop()
+
+
+async def test_command_timeout_bounds_the_data_path_without_declaring_redis_down(conn: FleetConnection) -> None:
+    assert conn.timeout == 0.05
+    started = time.monotonic()
+    assert await conn.call_fast(lambda: asyncio.sleep(1.0)) is None
+    assert time.monotonic() - started < 0.5
+    assert conn.connected
+
+
+async def test_a_password_from_the_config(tmp_path: Path) -> None:
+    with RedisServer(tmp_path / "secure", password="s3cret") as server:
+        good = FleetConnection(fleet_config(server, password="s3cret"), Events(Metrics()), SYSTEM_CLOCK)
+        bad = FleetConnection(fleet_config(server), Events(Metrics()), SYSTEM_CLOCK)
+        good.start()
+        bad.start()
+        assert await wait_for(lambda: good.connected)
+        await asyncio.sleep(0.3)
+        assert not bad.connected
+        await good.stop()
+        await bad.stop()
+
+
+async def test_heartbeats_carry_the_snapshot_expire_and_respect_the_prefix(server: RedisServer) -> None:
+    config = fleet_config(server, key_prefix="shop:", heartbeat_interval=Duration(0.2))
+    metrics = Metrics()
+    conn = FleetConnection(config, Events(metrics), SYSTEM_CLOCK)
+    conn.start()
+    assert await wait_for(lambda: conn.connected)
+    keys = Keys(config.key_prefix)
+    beats = [Heartbeat(f"pod-{i}", float(config.heartbeat_interval), conn, FleetScripts(conn), keys,
+                       Events(metrics), lambda: {"version": "9", "exporters": {"otlp": {"queue_size": 3}}})
+             for i in range(2)]
+    for beat in beats:
+        await beat.beat()
+    assert metrics.registry.get_sample_value("sidecar_fleet_members") == 2
+    client = aioredis.Redis(port=server.port, decode_responses=True)
+    members = await read_members(client, keys)
+    assert [m.instance for m in members] == ["pod-0", "pod-1"]
+    assert members[0].info["exporters"]["otlp"]["queue_size"] == 3 and members[0].age < 1
+    assert 0 < await client.pttl(keys.member("pod-0")) <= 600  # 3 heartbeats of 200 ms
+    assert await read_members(client, Keys("otlp-sidecar:")) == []  # another fleet's prefix
+    await beats[1].leave()
+    assert [m.instance for m in await read_members(client, keys)] == ["pod-0"]
+    await asyncio.sleep(0.7)  # pod-0 stops beating: gone after its TTL
+    assert await read_members(client, keys) == []
+    await client.aclose()
+    await conn.stop()
