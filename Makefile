@@ -61,8 +61,9 @@ soak: $(STAMP)
 
 # Faults (bench/faults.py, not part of `make test`; the disk-full row needs root to mount a tmpfs): full
 # disk, black-hole and slow upstreams, a queue WAL cut while running, SIGSTOP, a long outage's backlog
-# (FAULTS_BACKLOG_SECONDS, default 60). The table replaces the "Faults" section of bench/RESULTS.md.
-FAULTS_BACKLOG_SECONDS ?= 60
+# (FAULTS_BACKLOG_SECONDS, default 300 as in issue 16: about 8 minutes in all; 60 for a quicker look).
+# The table replaces the "Faults" section of bench/RESULTS.md.
+FAULTS_BACKLOG_SECONDS ?= 300
 faults: $(STAMP)
 	$(BIN)/python -m bench.faults --backlog-seconds $(FAULTS_BACKLOG_SECONDS) --results bench/RESULTS.md
 
