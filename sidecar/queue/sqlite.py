@@ -572,6 +572,18 @@ class SqliteQueue:
         self._pending_puts.append(pending)
         return done
 
+    def abandon(self) -> None:
+        """Forget every row (the file is being given up after `salvage`): figures drop to zero and
+        `get` finds nothing, whether or not a fresh file can take over. Leases stay valid as
+        objects (they carry their entries) but this queue no longer knows them."""
+        self._index.clear()
+        self._available.clear()
+        self._leases.clear()
+        self._oldest.clear()
+        self._retry_deletes.clear()
+        self._size = self._bytes = 0
+        self._empty_waiters.wake_all()
+
     async def salvage(self) -> tuple[list[QueueEntry], list[tuple[Signal, int]]]:
         """Read every stored row that is not leased, oldest first, for moving the queue to a new file.
 

@@ -253,3 +253,34 @@ async def test_wal_cut_short_behind_sqlites_back_is_quarantined(tmp_path: Path) 
     assert len(got) + lost // 3 == 201 and len(set(got)) == len(got)  # 3 items an entry
     assert got == sorted(got)  # carried-over rows first, then what came after, in order
     await q.close()
+
+
+async def test_no_fresh_file_after_a_quarantine_means_memory_until_one_opens(tmp_path: Path) -> None:
+    path = tmp_path / "q.sqlite"
+    rec = Recorder()
+    disk = await SqliteQueue(path, 1000).open()
+    attempts = {"n": 0}
+
+    async def reopen() -> SqliteQueue:
+        attempts["n"] += 1
+        if attempts["n"] == 1:
+            raise OSError("directory not writable (test)")
+        return await SqliteQueue(path, 1000).open()
+
+    q = StorageFallbackQueue(disk, listener=rec, reopen=reopen, retry_interval=0.01)
+    for n in range(4):
+        await q.put(entry(n))
+    await q.disk._db.run(lambda conn: conn.execute("UPDATE queue SET metadata = 'x' WHERE id = 2").fetchall())
+    first = await q.get()
+    assert num(first.entry) == 0  # leased from the file before the damage was met
+    second = await q.get()  # meets row 2 (entry 1): quarantine; no fresh file opens
+    assert num(second.entry) == 2 and q.disk.closed
+    assert rec.lost_items == {CORRUPT: 3}
+    await q.put(entry(9))  # answered from memory, not an error
+    assert q.degraded == CORRUPT and q.count == 3  # entries 2 (leased), 3, 9; the file's rows are gone
+    await q.nack(first)  # a lease of the quarantined file: its entry comes back, in front
+    await q.ack(second)
+    await wait_until(lambda: not q.disk.closed and q.in_memory == 0 and q.degraded is None)
+    assert attempts["n"] == 2  # the next probe opened a fresh file
+    assert await drain(q) == [0, 3, 9]
+    await q.close()
