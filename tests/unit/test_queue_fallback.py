@@ -14,6 +14,7 @@ import pytest
 
 from sidecar.core.entry import QueueEntry
 from sidecar.core.signals import Signal
+from sidecar.queue import sqlite as sqlite_queue
 from sidecar.queue.base import Lease, QueueFull, QueueStorageError
 from sidecar.queue.fallback import CORRUPT, DISK_FULL, IO_ERROR, StorageFallbackQueue, memory_bound, storage_failure
 from sidecar.queue.sqlite import SqliteQueue
@@ -283,4 +284,26 @@ async def test_no_fresh_file_after_a_quarantine_means_memory_until_one_opens(tmp
     await wait_until(lambda: not q.disk.closed and q.in_memory == 0 and q.degraded is None)
     assert attempts["n"] == 2  # the next probe opened a fresh file
     assert await drain(q) == [0, 3, 9]
+    await q.close()
+
+
+async def test_an_io_error_on_write_is_answered_from_memory_as_io_error(tmp_path: Path) -> None:
+    rec = Recorder()
+    q = await opened(tmp_path / "q.sqlite", recorder=rec)
+    run = q.disk._db.run
+    failing = {"on": True}
+
+    async def eio_on_write(fn: object) -> object:
+        if failing["on"] and getattr(fn, "func", None) is sqlite_queue._write:
+            raise sqlite3.OperationalError("disk I/O error")
+        return await run(fn)  # type: ignore[arg-type]
+
+    q.disk._db.run = eio_on_write  # type: ignore[method-assign,assignment]
+    await q.put(entry(0))
+    await q.put(entry(1))
+    assert q.degraded == IO_ERROR and q.in_memory == 2
+    assert rec.events[:2] == [("error", IO_ERROR), ("degraded", IO_ERROR)]
+    failing["on"] = False
+    await wait_until(lambda: q.degraded is None and q.in_memory == 0)
+    assert q.disk.count == 2 and await drain(q) == [0, 1]
     await q.close()
