@@ -188,3 +188,17 @@ async def test_heartbeats_carry_the_snapshot_expire_and_respect_the_prefix(serve
     assert await read_members(client, keys) == []
     await client.aclose()
     await conn.stop()
+
+
+async def test_a_stalled_redis_counts_as_down_within_a_second(conn: FleetConnection, server: RedisServer) -> None:
+    server.pause()  # connections stay open, nothing answers
+    try:
+        stalled = time.monotonic()
+        assert await wait_for(lambda: not conn.connected, timeout=5)
+        assert time.monotonic() - stalled < 1.0
+        started = time.monotonic()
+        assert await conn.call_fast(conn.client.ping) is None
+        assert time.monotonic() - started < 0.01  # down: nothing is even sent
+    finally:
+        server.resume()
+    assert await wait_for(lambda: conn.connected, timeout=10)
