@@ -45,9 +45,12 @@ def _admin_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     status = sub.add_parser("status", help="queues, breakers, error rates and hotspots of a running sidecar")
     _admin_arguments(status)
     status.add_argument("--watch", nargs="?", type=float, const=2.0, default=None, metavar="SECONDS",
-                        help="refresh every SECONDS (default 2) until Ctrl-C")
+                        help="a live view refreshed every SECONDS (default 2) until Ctrl-C; with --json, "
+                             "one JSON document per refresh")
     status.add_argument("--count", type=int, default=None, metavar="N", help="with --watch: stop after N refreshes")
     status.add_argument("--top", type=int, default=10, metavar="N", help="error hotspots to show (default 10)")
+    status.add_argument("--window", type=int, default=5, choices=range(1, 16), metavar="MINUTES",
+                        help="count the hotspots over the last MINUTES, 1 to 15 (default 5)")
     status.add_argument("--fleet", action="store_true",
                         help="list the whole fleet from its Redis (extensions.fleet) instead of one sidecar")
     status.add_argument("--redis", help="with --fleet: the fleet's Redis URL (default: $SIDECAR_FLEET_ENDPOINT, "

@@ -23,6 +23,7 @@ from sidecar.config.schema import (
     component_kind,
 )
 from sidecar.core.clock import SYSTEM_CLOCK, Clock
+from sidecar.core.errors import ExportFailure
 from sidecar.core.signals import Signal
 from sidecar.exporters.exporter import Exporter, build_exporter
 from sidecar.exporters.sender import Upstream
@@ -32,11 +33,13 @@ from sidecar.pipeline.router import Pipeline, Router
 from sidecar.receivers.otlp_grpc import OtlpGrpcReceiver
 from sidecar.receivers.otlp_http import OtlpHttpReceiver
 from sidecar.reload import ClassifierHandle, plan_reload
+from sidecar.telemetry.anomaly import AnomalySettings
 from sidecar.telemetry.events import Events
 from sidecar.telemetry.http import HttpEndpoint, health_routes, metrics_routes
 from sidecar.telemetry.logs import setup_logging
-from sidecar.telemetry.metrics import Metrics
+from sidecar.telemetry.metrics import Metrics, ReloadResult
 from sidecar.telemetry.stats import ErrorStats
+from sidecar.telemetry.watch import Watch
 from sidecar.tls import check_config as check_tls_files
 
 if TYPE_CHECKING:
@@ -44,6 +47,15 @@ if TYPE_CHECKING:
     from sidecar.fleet.fleet import Fleet
 
 log = logging.getLogger("sidecar.service")
+
+
+# The failures an exporter expects, whose classes start at 0 in sidecar_errors_total and
+# sidecar_exporter_send_failed_*: the OTLP spec's retryable answers and the usual client-side errors.
+_CLIENT_FAILURES = (ExportFailure(client_error="connection_refused"), ExportFailure(client_error="timeout"))
+EXPECTED_GRPC_FAILURES = (*(ExportFailure(grpc_code=code) for code in (
+    "CANCELLED", "DEADLINE_EXCEEDED", "ABORTED", "OUT_OF_RANGE", "UNAVAILABLE", "DATA_LOSS", "RESOURCE_EXHAUSTED")),
+    *_CLIENT_FAILURES)
+EXPECTED_HTTP_FAILURES = (*(ExportFailure(http_status=status) for status in (429, 502, 503, 504)), *_CLIENT_FAILURES)
 
 
 class StartupError(Exception):
@@ -66,9 +78,11 @@ class Service:
         self.pipelines: dict[str, Pipeline] = {}
         self.classifier_handle = ClassifierHandle(self.export_classifier(config))
         self.started_at = clock.monotonic()
-        # Derived figures of the admin API; fed by the router and the senders only when it is on.
+        # Derived figures of the admin API and the recovery ratio gauge: fed by the senders, and by the
+        # router (item errors, hotspots) when the admin API is on, its only reader.
         self.error_stats = ErrorStats(clock)
         self.admin: AdminServer | None = None
+        self.watch: Watch | None = None
         self.fleet: Fleet | None = None
 
     # ------------------------------------------------------------------ building
@@ -117,7 +131,7 @@ class Service:
             self.exporters[name] = build_exporter(
                 name, self.config.exporters[name], storage, classifier, self.events, self.clock,
                 memory_limit_mib=self.config.service.memory_limit_mib, recover=self.recover,
-                error_stats=self.error_stats if admin_on else None, degradation=ladders.get(name))
+                error_stats=self.error_stats, degradation=ladders.get(name))
         pipelines = []
         for pipeline_name, spec in self.config.service.pipelines.items():
             classify_cfg, enrich_cfg, degrade_cfg = processors[pipeline_name]
@@ -132,16 +146,27 @@ class Service:
             ))
         self.pipelines = {p.name: p for p in pipelines}
         router = Router(pipelines, self.events, self.clock, self.error_stats if admin_on else None)
+        anomaly = self.config.service.telemetry.anomaly
+        self.watch = Watch(self.events, self.clock, lambda: self.exporters, self.error_stats,
+                           AnomalySettings(alpha=anomaly.alpha, threshold=anomaly.threshold, clear=anomaly.clear,
+                                           warmup=anomaly.warmup, min_std=anomaly.min_std),
+                           float(anomaly.interval))
         used_receivers = {name for p in self.config.service.pipelines.values() for name in p.receivers}
         for name in sorted(used_receivers):
             receiver = self.config.receivers[name]
             token = receiver.auth.bearer_token if receiver.auth else None
+            signals = {p.signal for p in pipelines if name in p.receivers}
             if receiver.protocols.grpc is not None:
                 self.receivers.append(OtlpGrpcReceiver(name, receiver.protocols.grpc, router,
                                                        receiver.include_metadata, token))
+                self.events.receiver_declared(name, "grpc", signals)
             if receiver.protocols.http is not None:
                 self.receivers.append(OtlpHttpReceiver(name, receiver.protocols.http, router,
                                                        receiver.include_metadata, token))
+                self.events.receiver_declared(name, "http", signals)
+        for name in self.exporters:
+            self.events.exporter_declared(name, {p.signal for p in pipelines
+                                                 if any(e.name == name for e in p.exporters)})
         health = self.config.extensions.health_check
         if health is not None and "health_check" in self.config.service.extensions:
             self.endpoints.append(HttpEndpoint(health.endpoint,
@@ -160,7 +185,20 @@ class Service:
             self.fleet = Fleet(fleet, self.events, self.clock, self.fleet_snapshot)
             for exporter_name, exporter in self.exporters.items():
                 self.fleet.attach(exporter_name, exporter.sender)
+        self._start_known_series()
         return router
+
+    def _start_known_series(self) -> None:
+        """The export failures an exporter expects start at 0 by class, so every family listed in the README
+        has samples from the first scrape (a rate() over a series that appears only with its first increment
+        misses that increment). Receivers, exporters and endpoints declare their own series as they are built."""
+        for spec_name, spec in self.config.service.pipelines.items():
+            signal = Signal(component_kind(spec_name))
+            for exporter_name in spec.exporters:
+                http = component_kind(exporter_name) == "otlp_http"
+                failures = EXPECTED_HTTP_FAILURES if http else EXPECTED_GRPC_FAILURES
+                classes = [self.classifier_handle.classify_export(failure) for failure in failures]
+                self.events.exporter_route_added(exporter_name, signal, classes)
 
     def fleet_snapshot(self) -> dict[str, object]:
         """What this sidecar's fleet heartbeat carries (read by `status --fleet`)."""
@@ -218,7 +256,7 @@ class Service:
             applied = dataclasses.replace(applied, service=msgspec.structs.replace(applied.service,
                                                                                     pipelines=pipelines))
         self.config = applied
-        result = "applied" if not plan.needs_restart else "partial"
+        result: ReloadResult = "applied" if not plan.needs_restart else "partial"
         self.events.config_reloaded(result)
         log.info("config reloaded", extra={
             "event": "config_reload", "result": result, "processors_changed": plan.processors_changed,
@@ -239,7 +277,12 @@ class Service:
         """
         phase = "stopping" if self.stopping_started else ("running" if self.accepting else "starting")
         ready = phase == "running"
-        return ready, {"phase": phase, "accepting": self.accepting, "exporters": self._exporter_health()}
+        # A failing disk does not make the sidecar unready: it still accepts (into memory, within
+        # memory_limit_mib) and pushes back with a retryable status only when that is full too.
+        degraded = {name: reason for name, exporter in self.exporters.items()
+                    if (reason := exporter.storage_degraded()) is not None}
+        return ready, {"phase": phase, "accepting": self.accepting, "storage_degraded": degraded,
+                       "exporters": self._exporter_health()}
 
     def upstream_readiness(self) -> tuple[bool, dict[str, object]]:
         """/ready/upstream: every exporter has at least one endpoint a probe found healthy (an endpoint
@@ -274,6 +317,8 @@ class Service:
             await self.shutdown()
             raise StartupError(str(exc)) from None
         self.accepting = True
+        if self.watch is not None:
+            self.watch.start()
         log.info("sidecar started", extra={"receivers": [r.config.endpoint for r in self.receivers],
                                           "exporters": list(self.exporters)})
 
@@ -285,6 +330,8 @@ class Service:
         for receiver in self.receivers:
             await receiver.stop(grace=min(5.0, timeout))
         await asyncio.gather(*(e.shutdown(timeout) for e in self.exporters.values()))
+        if self.watch is not None:
+            await self.watch.stop()
         if self.fleet is not None:
             await self.fleet.stop()
         for endpoint in self.endpoints:

@@ -93,7 +93,8 @@ def base_config(upstream: str, ports: SidecarPorts, exporter: str = "otlp_grpc",
 
 
 class SidecarProcess:
-    def __init__(self, config: dict[str, Any], workdir: Path, ports: SidecarPorts) -> None:
+    def __init__(self, config: dict[str, Any], workdir: Path, ports: SidecarPorts, module: str = "sidecar") -> None:
+        self.module = module  # `python -m MODULE run --config ...`: tests/fakes/ may wrap the real one
         self.config = config
         self.ports = ports
         self.workdir = workdir
@@ -116,7 +117,7 @@ class SidecarProcess:
         env = dict(os.environ)
         env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
         log = self.log_path.open("ab")
-        self.proc = subprocess.Popen([sys.executable, "-m", "sidecar", "run", "--config", str(self.config_path)],
+        self.proc = subprocess.Popen([sys.executable, "-m", self.module, "run", "--config", str(self.config_path)],
                                      stdout=log, stderr=subprocess.STDOUT, cwd=self.workdir, env=env)
         log.close()
         deadline = time.monotonic() + timeout

@@ -153,20 +153,49 @@ def _emit(out: TextIO, args: argparse.Namespace, message: Any, text: Callable[[]
 
 
 def _status(client: Client, args: argparse.Namespace, out: TextIO, sleep: Callable[[float], None]) -> int:
-    interval = args.watch
+    request = pb.GetStatusRequest(top_hotspots=max(0, args.top), hotspot_window_minutes=max(0, args.window))
+    if args.watch is not None and not args.json:
+        return _watch(client, request, args, out, sleep)
     refreshes = 0
-    clear = interval is not None and not args.json and out.isatty()
     while True:
-        status = client.call("GetStatus", pb.GetStatusRequest(top_hotspots=max(0, args.top)))
-        if clear:
-            out.write("\x1b[H\x1b[2J")
+        status = client.call("GetStatus", request)
         _emit(out, args, status, functools.partial(_status_text, status))
         refreshes += 1
-        if interval is None or (args.count is not None and refreshes >= args.count):
+        if args.watch is None or (args.count is not None and refreshes >= args.count):
             return 0
-        if not args.json and not clear:
-            out.write("\n")
-        sleep(max(0.1, interval))
+        sleep(max(0.1, args.watch))
+
+
+def _watch(client: Client, request: pb.GetStatusRequest, args: argparse.Namespace, out: TextIO,
+           sleep: Callable[[float], None]) -> int:
+    """The live view (sidecar/admin/live.py): redrawn in place on a terminal, printed once per refresh
+    into a pipe or a file."""
+    from rich.console import Console
+    from rich.live import Live
+
+    from sidecar.admin.live import render_live
+
+    console = Console(file=out)
+    refreshes = 0
+    live: Live | None = None
+    try:
+        while True:
+            view = render_live(client.call("GetStatus", request), time.time())
+            if console.is_terminal:
+                if live is None:
+                    live = Live(view, console=console, auto_refresh=False, screen=False)
+                    live.start()
+                live.update(view, refresh=True)
+            else:
+                console.print(view)
+                console.print()
+            refreshes += 1
+            if args.count is not None and refreshes >= args.count:
+                return 0
+            sleep(max(0.1, args.watch))
+    finally:
+        if live is not None:
+            live.stop()
 
 
 def _status_text(status: pb.GetStatusResponse) -> str:

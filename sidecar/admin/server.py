@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import logging
+import math
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -27,6 +28,7 @@ from sidecar.config.schema import AdminConfig
 from sidecar.exporters.sender import Upstream, Verdict
 from sidecar.queue.base import QueueClosed
 from sidecar.queue.deadletter import DeadLetter, replay_dead_letters
+from sidecar.telemetry.watch import HISTORY_STEP, QueueLag, Watch
 
 if TYPE_CHECKING:
     from sidecar.core.clock import Clock
@@ -46,11 +48,14 @@ class AdminView(Protocol):
     started_at: float
     accepting: bool
     error_stats: ErrorStats
+    watch: Watch | None
 
     def readiness(self) -> tuple[bool, dict[str, object]]: ...
 
 
 DEFAULT_HOTSPOTS = 10
+DEFAULT_HOTSPOT_WINDOW = 5
+MAX_HOTSPOT_WINDOW = 15
 DEFAULT_PAGE = 100
 MAX_PAGE = 10_000
 DEFAULT_DRAIN_TIMEOUT = 30.0
@@ -99,7 +104,18 @@ def _endpoint_status(exporter: Exporter) -> list[pb.EndpointStatus]:
     return out
 
 
-def exporter_status(exporter: Exporter) -> pb.ExporterStatus:
+def _lag_status(lag: QueueLag) -> pb.QueueLag:
+    message = pb.QueueLag(size_history=lag.size_history, size_history_step_seconds=HISTORY_STEP)
+    if lag.oldest_age is not None:
+        message.oldest_age_seconds = lag.oldest_age
+    if math.isfinite(lag.time_to_full):
+        message.time_to_full_seconds = lag.time_to_full
+    if lag.net_rate is not None:
+        message.net_fill_rate_per_second = lag.net_rate
+    return message
+
+
+def exporter_status(exporter: Exporter, watch: Watch | None = None) -> pb.ExporterStatus:
     queue = exporter.queue
     queue_cfg = exporter.config.sending_queue
     queue_status = pb.QueueStatus(
@@ -119,7 +135,7 @@ def exporter_status(exporter: Exporter) -> pb.ExporterStatus:
         evicted=dead.evicted if dead is not None else 0,
     )
     ladder = exporter.ladder
-    return pb.ExporterStatus(
+    status = pb.ExporterStatus(
         name=exporter.name,
         queue=queue_status,
         degradation_level=int(ladder.level) if ladder is not None else 0,
@@ -128,16 +144,31 @@ def exporter_status(exporter: Exporter) -> pb.ExporterStatus:
         endpoints=_endpoint_status(exporter),
         dead_letters=dead_summary,
     )
+    lag = watch.lag(exporter.name) if watch is not None and queue is not None else None
+    if lag is not None:
+        status.lag.CopyFrom(_lag_status(lag))
+    return status
 
 
-def build_status(service: AdminView, top_hotspots: int = DEFAULT_HOTSPOTS) -> pb.GetStatusResponse:
+def build_status(service: AdminView, top_hotspots: int = DEFAULT_HOTSPOTS,
+                 hotspot_window_minutes: int = DEFAULT_HOTSPOT_WINDOW) -> pb.GetStatusResponse:
     ready, _ = service.readiness()
+    watch = service.watch
     response = pb.GetStatusResponse(
         uptime_seconds=max(0.0, service.clock.monotonic() - service.started_at),
         accepting=service.accepting,
         ready=ready,
-        exporters=[exporter_status(service.exporters[name]) for name in sorted(service.exporters)],
+        exporters=[exporter_status(service.exporters[name], watch) for name in sorted(service.exporters)],
+        hotspot_window_minutes=hotspot_window_minutes,
     )
+    if watch is not None:
+        for anomaly in watch.anomalies():
+            item = response.anomalies.add(category=anomaly.category, score=anomaly.score, active=anomaly.active,
+                                          errors_per_minute=anomaly.rate_per_minute,
+                                          baseline_per_minute=anomaly.baseline_per_minute)
+            if anomaly.since is not None:
+                item.since = anomaly.since
+        response.error_rate_history.extend(watch.error_rate_history())
     stats = service.error_stats
     response.stats_since = stats.started_wall
     for rate in stats.error_rates():
@@ -156,7 +187,7 @@ def build_status(service: AdminView, top_hotspots: int = DEFAULT_HOTSPOTS) -> pb
         response.recovery.max_recovery_seconds = recovery.max_seconds
     if recovery.last_seconds is not None:
         response.recovery.last_recovery_seconds = recovery.last_seconds
-    for hotspot in stats.top_hotspots(top_hotspots):
+    for hotspot in stats.top_hotspots(top_hotspots, hotspot_window_minutes):
         key = hotspot.key
         response.hotspots.add(service=key.service, name=key.name, signal=key.signal, category=key.category,
                               error_type=key.error_type, count=hotspot.count, last_seen=hotspot.last_seen)
@@ -189,7 +220,11 @@ class AdminServicer(pb_grpc.AdminServicer):  # type: ignore[misc]
         return [exporters[name]]
 
     async def GetStatus(self, request: pb.GetStatusRequest, context: aio.ServicerContext) -> pb.GetStatusResponse:
-        return build_status(self.service, request.top_hotspots or DEFAULT_HOTSPOTS)
+        window = request.hotspot_window_minutes or DEFAULT_HOTSPOT_WINDOW
+        if window > MAX_HOTSPOT_WINDOW:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                                f"hotspot_window_minutes must be 1..{MAX_HOTSPOT_WINDOW} (0 means 5)")
+        return build_status(self.service, request.top_hotspots or DEFAULT_HOTSPOTS, window)
 
     async def ListDeadLetters(self, request: pb.ListDeadLettersRequest,
                               context: aio.ServicerContext) -> pb.ListDeadLettersResponse:

@@ -105,8 +105,14 @@ def render_status(status: pb.GetStatusResponse, now: float) -> str:
         if exporter.degradation_level and exporter.degradation_cause:
             level += f" ({exporter.degradation_cause})"
         dead = exporter.dead_letters
+        lag = exporter.lag
+        if queue.enabled:
+            oldest = duration(lag.oldest_age_seconds) if lag.HasField("oldest_age_seconds") else "empty"
+            full = duration(lag.time_to_full_seconds) if lag.HasField("time_to_full_seconds") else "not filling"
+        else:
+            oldest = full = "-"
         exporter_rows.append([
-            exporter.name, fill, held, str(queue.in_flight) if queue.enabled else "-",
+            exporter.name, fill, held, oldest, full, str(queue.in_flight) if queue.enabled else "-",
             queue.storage if queue.enabled else "-", level,
             f"{dead.count} ({size(dead.bytes)})" if dead.count else "0",
             "yes" if exporter.reachable else "NO",
@@ -119,8 +125,8 @@ def render_status(status: pb.GetStatusResponse, now: float) -> str:
                 str(ep.breaker_trips), str(ep.consecutive_failures), f"{ep.in_flight}/{ep.concurrency_limit}",
                 f"{ep.retry_budget_tokens:.1f}", ep.health, latency,
             ])
-    lines += table(["EXPORTER", "QUEUE", "HELD", "IN FLIGHT", "STORAGE", "DEGRADATION", "DEAD LETTERS",
-                    "REACHABLE"], exporter_rows, right={3})
+    lines += table(["EXPORTER", "QUEUE", "HELD", "OLDEST", "TIME TO FULL", "IN FLIGHT", "STORAGE", "DEGRADATION",
+                    "DEAD LETTERS", "REACHABLE"], exporter_rows, right={5})
     lines.append("")
     lines += table(["EXPORTER", "ENDPOINT", "BREAKER", "TRIPS", "FAILS", "CONCURRENCY", "RETRY TOKENS",
                     "HEALTH", "LATENCY"], endpoint_rows, right={3, 4, 5, 6})
@@ -132,9 +138,11 @@ def render_status(status: pb.GetStatusResponse, now: float) -> str:
                   f"{widest.item_errors} error spans/logs)")
     lines.append(f"ERRORS     {rates}")
     lines.append(f"RECOVERY   {_recovery_text(status.recovery)}")
+    lines.append(f"ANOMALIES  {_anomaly_text(status.anomalies)}")
     lines.append("")
+    window = f"(last {status.hotspot_window_minutes or 5}m)"
     if status.hotspots:
-        lines.append("TOP ERROR HOTSPOTS")
+        lines.append(f"TOP ERROR HOTSPOTS {window}")
         rows = [[str(h.count), h.service, h.name, h.signal, h.category, h.error_type, ago(h.last_seen, now)]
                 for h in status.hotspots]
         lines += table(["COUNT", "SERVICE", "NAME", "SIGNAL", "CATEGORY", "ERROR TYPE", "LAST SEEN"], rows,
@@ -142,8 +150,17 @@ def render_status(status: pb.GetStatusResponse, now: float) -> str:
         if status.hotspot_keys_evicted:
             lines.append(f"({status.hotspot_keys_evicted} rare hotspot keys forgotten to bound memory)")
     else:
-        lines.append("TOP ERROR HOTSPOTS  none (no error spans or error log records seen)")
+        lines.append(f"TOP ERROR HOTSPOTS {window}  none (no error spans or error log records)")
     return "\n".join(lines) + "\n"
+
+
+def _anomaly_text(anomalies: Sequence[pb.Anomaly]) -> str:
+    """Active anomalies, then elevated scores (>= 1); "none" when every rate is usual."""
+    shown = [a for a in anomalies if a.active or a.score >= 1.0]
+    if not shown:
+        return "none"
+    return ", ".join(f"{a.category} {a.score:.1f}" + (" ANOMALY" if a.active else "")
+                     + f" ({rate(a.errors_per_minute)}, usually {rate(a.baseline_per_minute)})" for a in shown)
 
 
 def _recovery_text(recovery: pb.RecoveryStats) -> str:

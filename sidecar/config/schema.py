@@ -106,6 +106,10 @@ class DegradationProcessorConfig(Base):
     reduce_at: Fraction = 0.8
     essential_at: Fraction = 0.95
     hysteresis: Fraction = 0.1
+    # RSS as a fraction of service.memory_limit_mib (less 5 % headroom for requests in flight):
+    # above the first the exporter acts as level 3 (essential), at the second as level 4 (push back).
+    memory_essential_above: Fraction = 0.8
+    memory_backpressure_at: Annotated[float, Meta(gt=0, le=1)] = 1.0
 
 
 ProcessorConfig = ClassifyProcessorConfig | EnrichProcessorConfig | DegradationProcessorConfig
@@ -136,6 +140,9 @@ class RetryConfig(Base):
     randomization_factor: Fraction = 0.5
     jitter: Literal["full", "equal", "decorrelated"] = "full"
     max_elapsed_time: Duration = Duration(300.0)  # 0 means retry without a time limit
+    # Transport attempts of one request (the first one included) before it goes to the dead-letter
+    # store; 0 means no limit (max_elapsed_time then bounds it). Whichever limit comes first applies.
+    max_attempts: Annotated[int, Meta(ge=0)] = 0
     budget: RetryBudgetConfig = msgspec.field(default_factory=RetryBudgetConfig)
 
 
@@ -166,6 +173,10 @@ class CircuitBreakerConfig(Base):
     recovery_timeout: Duration = Duration(60.0)
     max_recovery_timeout: Duration = Duration(600.0)
     half_open_max_calls: PositiveInt = 3
+    # Successful half-open calls in a row that close the breaker. One is not enough: a Collector that
+    # flaps (crash-looping, a memory_limiter letting the odd request through) answers one probe and
+    # then the whole backlog lands on it. 3 = one full wave of the default half_open_max_calls.
+    half_open_success_threshold: PositiveInt = 3
 
 
 class ConcurrencyConfig(Base):
@@ -258,9 +269,21 @@ class TelemetryLogsConfig(Base):
     encoding: Literal["json", "console"] = "json"
 
 
+class TelemetryAnomalyConfig(Base):
+    """The error-rate anomaly detector per category (sidecar/telemetry/anomaly.py)."""
+
+    interval: Duration = Duration(10.0)  # one rate sample (errors per minute over the interval) per interval
+    alpha: Annotated[float, Meta(gt=0, lt=1)] = 0.05  # EWMA weight of a new interval
+    threshold: PositiveFloat = 4.0  # score (standard deviations above the baseline) that raises the event
+    clear: Annotated[float, Meta(ge=0)] = 2.0  # score under which it clears (hysteresis); < threshold
+    warmup: PositiveInt = 30  # intervals learned before the first alarm
+    min_std: PositiveFloat = 1.0  # errors per minute: the smallest deviation a score is measured against
+
+
 class TelemetryConfig(Base):
     metrics: TelemetryMetricsConfig = msgspec.field(default_factory=TelemetryMetricsConfig)
     logs: TelemetryLogsConfig = msgspec.field(default_factory=TelemetryLogsConfig)
+    anomaly: TelemetryAnomalyConfig = msgspec.field(default_factory=TelemetryAnomalyConfig)
 
 
 class ServiceConfig(Base):

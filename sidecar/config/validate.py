@@ -36,7 +36,16 @@ def cross_check(config: schema.Config) -> list[str]:
     check_pipelines(config.service.pipelines, set(config.receivers), set(config.processors),
                     set(config.exporters), errors)
     _check_ports(config, errors)
+    _check_anomaly(config.service.telemetry.anomaly, errors)
     return errors
+
+
+def _check_anomaly(anomaly: schema.TelemetryAnomalyConfig, errors: list[str]) -> None:
+    base = "service.telemetry.anomaly"
+    if anomaly.interval <= 0:
+        errors.append(f"{base}.interval: must be > 0")
+    if anomaly.clear >= anomaly.threshold:
+        errors.append(f"{base}.clear: must be below threshold ({anomaly.threshold}), or the alarm could not clear")
 
 
 def _check_listen(address: str, path: str, errors: list[str]) -> None:
@@ -111,6 +120,8 @@ def _check_processors(config: schema.Config, errors: list[str]) -> None:
                 errors.append(f"{base}: thresholds must satisfy spill_at < reduce_at < essential_at <= 1")
             if processor.latency <= 0:
                 errors.append(f"{base}.latency: must be > 0")
+            if not processor.memory_essential_above < processor.memory_backpressure_at:
+                errors.append(f"{base}: thresholds must satisfy memory_essential_above < memory_backpressure_at")
 
 
 def _check_exporters(config: schema.Config, errors: list[str]) -> None:
@@ -155,6 +166,14 @@ def _check_exporters(config: schema.Config, errors: list[str]) -> None:
             errors.append(f"{base}.health_probe.interval: must be > 0")
         if probe.timeout <= 0:
             errors.append(f"{base}.health_probe.timeout: must be > 0")
+        if probe.health_check_url is not None:
+            url_path = f"{base}.health_probe.health_check_url"
+            if not re.match(r"^https?://[^/\s]+", probe.health_check_url):
+                errors.append(f"{url_path}: must be a URL such as http://collector:13133/ "
+                              f"(got {probe.health_check_url!r})")
+            elif len(endpoints) > 1 and "{host}" not in probe.health_check_url:
+                errors.append(f"{url_path}: with several endpoints, write {{host}} where each endpoint's host "
+                              "goes (e.g. http://{host}:13133/), so each endpoint is judged by its own Collector")
         tls = exporter.tls
         _check_file(tls.ca_file, f"{base}.tls.ca_file", errors)
         _check_file(tls.cert_file, f"{base}.tls.cert_file", errors)

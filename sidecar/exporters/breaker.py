@@ -11,7 +11,9 @@ lacks, all driven by an injected clock:
   ``max_recovery_timeout``, and is back to ``recovery_timeout`` after a successful close;
 * a failure-rate trigger: >= ``failure_rate`` failures over ``window`` once ``minimum_calls``
   calls were made (closed state only);
-* an asyncio gate: half-open admits at most ``half_open_max_calls`` concurrent probes.
+* an asyncio gate: half-open admits at most ``half_open_max_calls`` concurrent probes; it closes
+  after ``half_open_success_threshold`` successes in a row (pybreaker's ``success_threshold``),
+  and any failure in between opens it again.
 
 What counts (see `outcome_for`):
 
@@ -190,7 +192,7 @@ class EndpointBreaker:
         self._cb = pybreaker.CircuitBreaker(
             fail_max=config.failure_threshold,
             reset_timeout=self._base_timeout,
-            success_threshold=1,
+            success_threshold=config.half_open_success_threshold,
             listeners=[_Listener(self)],
             state_storage=self._storage,
             name=endpoint,

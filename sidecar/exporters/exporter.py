@@ -24,6 +24,7 @@ from sidecar.core.entry import QueueEntry
 from sidecar.core.ingest import Backpressure, IngestResult, UpstreamRefused
 from sidecar.core.signals import Signal
 from sidecar.core.taxonomy import INTERNAL_ERROR, Category, Classification
+from sidecar.exporters.retry import Reason
 from sidecar.exporters.sender import Sender, SendReport, Verdict, build_sender
 from sidecar.exporters.transport import Transport
 from sidecar.exporters.transport_grpc import GrpcTransport
@@ -39,7 +40,9 @@ from sidecar.pipeline.degrade import (
 )
 from sidecar.queue.base import Lease, ManagedSendingQueue, QueueFull, QueueStorageError
 from sidecar.queue.deadletter import DeadLetterStore
+from sidecar.queue.deadletter_fallback import FallbackDeadLetters
 from sidecar.queue.factory import open_dead_letters, open_queue
+from sidecar.queue.fallback import STORAGE_REASONS, StorageFallbackQueue
 from sidecar.queue.memory import MemoryQueue
 from sidecar.runtime import release_free_memory
 from sidecar.telemetry.events import Events
@@ -101,16 +104,22 @@ class Exporter:
         # Entries requeued because the retry budget refused their retry: their next send is a retry
         # too (see `Sender.send(resend=...)`). Equal entries compare equal, memory or disk queue alike.
         self._owed_retry: set[QueueEntry] = set()
+        events.exporter_added(name)
 
     # ------------------------------------------------------------------ lifecycle
 
     async def start(self) -> None:
         queue_cfg = self.config.sending_queue
         try:
+            if self.storage_directory is not None:
+                self.events.storage_initialised(self.name, ("queue", "dead_letters"), STORAGE_REASONS)
             if queue_cfg.enabled:
-                self.queue = await open_queue(self.name, queue_cfg, self.storage_directory, recover=self.recover)
-            self.dead_letters = await open_dead_letters(self.name, self.storage_directory,
-                                                        synchronous=queue_cfg.synchronous, recover=self.recover)
+                self.queue = await open_queue(self.name, queue_cfg, self.storage_directory, recover=self.recover,
+                                              memory_limit_bytes=self.memory_limit_bytes,
+                                              listener=StorageEvents(self.events, self.name, "queue"))
+            self.dead_letters = await open_dead_letters(
+                self.name, self.storage_directory, synchronous=queue_cfg.synchronous, recover=self.recover,
+                listener=StorageEvents(self.events, self.name, "dead_letters"), monotonic=self.clock.monotonic)
         except QueueStorageError as exc:
             raise OSError(f"exporters.{self.name}: {exc}") from None
         if self.queue is not None:
@@ -159,7 +168,25 @@ class Exporter:
             "queue_capacity": queue.capacity if queue else 0,
             "degradation_level": int(self.ladder.level) if self.ladder else 0,
             "endpoints": self.sender.status(),
+            **({"storage": self.storage_status()} if self.storage_directory is not None else {}),
         }
+
+    def storage_degraded(self) -> str | None:
+        """Why the queue or the dead letters keep data in memory (disk_full, io_error, corrupt), or None."""
+        queue, dead = self.queue, self.dead_letters
+        if isinstance(queue, StorageFallbackQueue) and queue.degraded:
+            return queue.degraded
+        return dead.degraded if isinstance(dead, FallbackDeadLetters) else None
+
+    def storage_status(self) -> dict[str, object]:
+        queue, dead = self.queue, self.dead_letters
+        status: dict[str, object] = {"state": "degraded" if self.storage_degraded() else "ok"}
+        if isinstance(queue, StorageFallbackQueue):
+            status["queue"] = {"reason": queue.degraded, "in_memory": queue.in_memory,
+                               "quarantined": list(queue.quarantined)}
+        if isinstance(dead, FallbackDeadLetters):
+            status["dead_letters"] = {"reason": dead.degraded, "in_memory": dead.memory.count}
+        return status
 
     # ------------------------------------------------------------------ accepting
 
@@ -181,8 +208,8 @@ class Exporter:
             self._push_back(entry, "memory_limit" if self.ladder and self.ladder.cause == "memory" else "queue_full")
         try:
             await self.queue.put(entry)
-        except QueueFull:
-            self._push_back(entry, "queue_full")
+        except QueueFull as exc:
+            self._push_back(entry, exc.reason)  # queue_full, or the storage's reason (disk_full, ...)
         finally:
             self.update_queue_gauges()
         if shed is not None and shed.shed:
@@ -199,8 +226,9 @@ class Exporter:
     def _push_back(self, entry: QueueEntry, reason: str) -> None:
         self.events.backpressure(self.name, entry.signal.value, entry.items, reason)
         retry_after = max(1.0, min(30.0, self.sender_wait_hint()))
-        raise Backpressure(f"exporter {self.name}: sending queue is full ({reason}); retry later",
-                           retry_after=retry_after)
+        what = ("sending queue is full" if reason in ("queue_full", "memory_limit")
+                else "queue storage is failing and its memory fallback is full")
+        raise Backpressure(f"exporter {self.name}: {what} ({reason}); retry later", retry_after=retry_after)
 
     def sender_wait_hint(self) -> float:
         return 1.0 if self.sender.ready_now() else 5.0
@@ -257,6 +285,7 @@ class Exporter:
             memory_fraction=self._memory_fraction(),
             error_rate=error_rate,
             latency=latency,
+            storage_degraded=self.storage_degraded() is not None,
         )
         if self.ladder is None:
             self.ladder = DegradationLadder(None)
@@ -297,6 +326,7 @@ class Exporter:
     async def _send_synchronously(self, entry: QueueEntry) -> IngestResult:
         report = await self.sender.send(entry)
         if report.verdict is Verdict.DELIVERED:
+            self._delivered([entry])
             return IngestResult(report.rejected, _rejected_message(report))
         classification = report.classification or INTERNAL_ERROR
         if report.verdict is Verdict.REQUEUE or classification.retryable:
@@ -315,8 +345,7 @@ class Exporter:
         while True:
             await self.sender.wait_ready()
             leases = await self._take(await self.queue.get())
-            lease = leases[0]
-            entry = lease.entry if len(leases) == 1 else merge_entries([held.entry for held in leases])
+            entry = leases[0].entry if len(leases) == 1 else merge_entries([held.entry for held in leases])
             self.update_queue_gauges()
             started = self.clock.monotonic()
             try:
@@ -329,13 +358,10 @@ class Exporter:
                 raise
             except Exception:
                 log.exception("sender failed unexpectedly", extra={"exporter": self.name})
-                report = SendReport(Verdict.DEAD_LETTER, INTERNAL_ERROR, 0, 0, None, None)
+                report = SendReport(verdict=Verdict.DEAD_LETTER, classification=INTERNAL_ERROR)
             self._record_outcome(report.verdict is Verdict.DELIVERED, self.clock.monotonic() - started)
             try:
-                if len(leases) == 1:
-                    await self._settle(lease, report)
-                else:
-                    await self._settle_merged(leases, entry, report)
+                await self._settle(leases, entry, report)
             except asyncio.CancelledError:
                 raise
             except Exception:
@@ -350,34 +376,6 @@ class Exporter:
                 self.update_queue_gauges()
             if report.verdict is Verdict.REQUEUE and report.retry_after:
                 await self.clock.sleep(min(report.retry_after, 5.0))
-
-    async def _settle(self, lease: Lease, report: SendReport) -> None:
-        assert self.queue is not None
-        if not report.parts:
-            if report.verdict is Verdict.REQUEUE:
-                if report.reason == "budget_exhausted":
-                    self._owed_retry.add(lease.entry)
-                await self.queue.nack(lease)
-                return
-            if report.verdict is Verdict.DEAD_LETTER:
-                await self._dead_letter(lease.entry, report)
-            self._forget_owed(lease.entry)
-            await self.queue.ack(lease)
-            return
-        requeue = [part for part in report.parts if part.report.verdict is Verdict.REQUEUE]
-        try:
-            for part in requeue:
-                await self.queue.put(part.entry)
-                if part.report.reason == "budget_exhausted":
-                    self._owed_retry.add(part.entry)
-        except QueueFull:
-            await self.queue.nack(lease)  # resend the whole entry later: duplicates, never loss
-            return
-        self._forget_owed(lease.entry)
-        for part in report.parts:
-            if part.report.verdict is Verdict.DEAD_LETTER:
-                await self._dead_letter(part.entry, part.report)
-        await self.queue.ack(lease)
 
     def _forget_owed(self, entry: QueueEntry) -> None:
         if self._owed_retry:  # a lookup hashes the whole payload (once per bytes object): skip it when empty
@@ -419,23 +417,26 @@ class Exporter:
         for lease in leases:
             await self.queue.nack(lease)
 
-    async def _settle_merged(self, leases: list[Lease], entry: QueueEntry, report: SendReport) -> None:
-        """`_settle` for several leases sent as one merged `entry`: they share its fate."""
+    async def _settle(self, leases: list[Lease], entry: QueueEntry, report: SendReport) -> None:
+        """Act on the report for `entry`, sent on behalf of `leases` (one, or several merged by the batch):
+        they share its fate. Split parts are requeued or dead-lettered one by one; when a requeue does not
+        fit, every lease is nacked instead (the whole request is sent again: duplicates, never loss)."""
         assert self.queue is not None
         if not report.parts:
             if report.verdict is Verdict.REQUEUE:
-                if report.reason == "budget_exhausted":
+                if report.reason is Reason.BUDGET_EXHAUSTED:
                     self._owed_retry.update(lease.entry for lease in leases)
                 await self._nack_all(leases)
                 return
             if report.verdict is Verdict.DEAD_LETTER:
                 await self._dead_letter(entry, report)
+            delivered = [lease.entry for lease in leases] if report.verdict is Verdict.DELIVERED else []
         else:
             try:
                 for part in report.parts:
                     if part.report.verdict is Verdict.REQUEUE:
                         await self.queue.put(part.entry)
-                        if part.report.reason == "budget_exhausted":
+                        if part.report.reason is Reason.BUDGET_EXHAUSTED:
                             self._owed_retry.add(part.entry)
             except QueueFull:
                 await self._nack_all(leases)  # resend them all later: duplicates, never loss
@@ -443,9 +444,17 @@ class Exporter:
             for part in report.parts:
                 if part.report.verdict is Verdict.DEAD_LETTER:
                     await self._dead_letter(part.entry, part.report)
+            delivered = [part.entry for part in report.parts if part.report.verdict is Verdict.DELIVERED]
         for lease in leases:
             self._forget_owed(lease.entry)
             await self.queue.ack(lease)
+        self._delivered(delivered)
+
+    def _delivered(self, entries: list[QueueEntry]) -> None:
+        """Upstream acknowledged these: their delivery latency, from the client's acknowledgement."""
+        now = self.clock.wall()
+        for entry in entries:
+            self.events.delivered(self.name, entry.accepted_at, now)
 
     async def _dead_letter(self, entry: QueueEntry, report: SendReport) -> None:
         assert self.dead_letters is not None
@@ -461,6 +470,27 @@ class Exporter:
     def update_queue_gauges(self) -> None:
         if self.queue is not None:
             self.events.queue_changed(self.name, self.queue.size, self.queue.bytes)
+
+
+class StorageEvents:
+    """The StorageListener of one exporter's store: each report becomes a typed event."""
+
+    def __init__(self, events: Events, exporter: str, store: str) -> None:
+        self.events = events
+        self.exporter = exporter
+        self.store = store
+
+    def storage_error(self, reason: str, detail: str) -> None:
+        self.events.storage_error(self.exporter, self.store, reason, detail)
+
+    def storage_degraded(self, reason: str) -> None:
+        self.events.storage_degraded(self.exporter, self.store, reason)
+
+    def storage_restored(self) -> None:
+        self.events.storage_restored(self.exporter, self.store)
+
+    def lost(self, signal: Signal, items: int, reason: str, detail: str) -> None:
+        self.events.dropped(signal.value, reason, items, f"exporter {self.exporter}: {detail}")
 
 
 def merge_entries(entries: list[QueueEntry]) -> QueueEntry:

@@ -1,9 +1,9 @@
 """Active health probing of one endpoint (DESIGN.md §4).
 
-The prober calls ``transport.probe(timeout)`` (an empty Export request, or the Collector's
-health_check URL when the transport was configured with one) once at start-up and then every
-`interval`. The endpoint is `unknown` until its first probe answers, never healthy by assumption:
-an operator gating on /ready/upstream must not be told a Collector that never answered is there.
+The prober calls ``transport.probe(timeout)`` (an empty Export request) or, when
+`health_check_url` is set, GETs the Collector's health_check extension (health_url.py), once at
+start-up and then every `interval`. The endpoint is `unknown` until its first probe answers, never
+healthy by assumption: an operator gating on /ready/upstream must not be told a Collector that never answered is there.
 The first answer decides directly; after that it becomes unhealthy after `unhealthy_threshold`
 consecutive failed probes and healthy again after `healthy_threshold` consecutive successful ones.
 (Readiness of the sidecar itself, /ready, does not look at this: buffering through an upstream
@@ -31,6 +31,7 @@ from sidecar.config.schema import HealthProbeConfig
 from sidecar.core.clock import Clock
 from sidecar.core.errors import ExportError, ExportFailure
 from sidecar.exporters.breaker import EndpointBreaker
+from sidecar.exporters.health_url import HealthCheckUrl, health_url_for
 from sidecar.exporters.retry import ExportClassifier
 from sidecar.exporters.transport import Transport
 
@@ -56,6 +57,9 @@ class HealthProber:
         self.transport = transport
         self.endpoint = transport.endpoint
         self.config = config
+        self.url_check: HealthCheckUrl | None = None
+        if config.health_check_url:
+            self.url_check = HealthCheckUrl(health_url_for(config.health_check_url, self.endpoint))
         self._clock = clock
         self._breaker = breaker
         self._on_change = on_change
@@ -86,7 +90,10 @@ class HealthProber:
         failure: ExportFailure | None = None
         try:
             async with asyncio.timeout(timeout):
-                await self.transport.probe(timeout)
+                if self.url_check is not None:
+                    await self.url_check.check(timeout)
+                else:
+                    await self.transport.probe(timeout)
         except TimeoutError:
             failure = ExportFailure(client_error="timeout", message=f"probe timed out after {timeout}s")
         except ExportError as exc:
@@ -107,11 +114,12 @@ class HealthProber:
 
     async def stop(self) -> None:
         task, self._task = self._task, None
-        if task is None:
-            return
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        if self.url_check is not None:
+            await self.url_check.close()
 
     async def _run(self) -> None:
         interval = float(self.config.interval)

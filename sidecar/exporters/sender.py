@@ -75,6 +75,7 @@ from sidecar.exporters.concurrency import AdaptiveConcurrency, LoadSignal
 from sidecar.exporters.health import EndpointHealth, HealthProber
 from sidecar.exporters.retry import (
     ExportClassifier,
+    Reason,
     RetryAction,
     RetryPolicy,
     RetryState,
@@ -90,6 +91,7 @@ __all__ = [
     "EndpointChain",
     "ExportClassifier",
     "PartReport",
+    "Reason",
     "SendReport",
     "Sender",
     "Upstream",
@@ -112,23 +114,23 @@ class Verdict(enum.StrEnum):
     DEAD_LETTER = "dead_letter"
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class SendReport:
     verdict: Verdict
-    classification: Classification | None  # the last failure's (or the partial success's) class
-    attempts: int  # transport calls made
-    rejected: int  # items upstream rejected in a partial success (already counted as dropped)
-    retry_after: float | None  # REQUEUE: seconds until it is worth trying again (a hint)
-    endpoint: str | None  # the endpoint of the last attempt
+    classification: Classification | None = None  # the last failure's (or the partial success's) class
+    attempts: int = 0  # transport calls made
+    rejected: int = 0  # items upstream rejected in a partial success (already counted as dropped)
+    retry_after: float | None = None  # REQUEUE: seconds until it is worth trying again (a hint)
+    endpoint: str | None = None  # the endpoint of the last attempt
     parts: tuple[PartReport, ...] = ()  # the leaf outcomes when the entry was split
-    reason: str = ""  # why: budget_exhausted, breaker_open, max_elapsed_time, permanent, ...
+    reason: Reason = Reason.NONE
 
     def outcomes(self, entry: QueueEntry) -> list[PartReport]:
         """The leaf outcomes: `[PartReport(entry, self)]` when not split, else `parts`."""
-        return list(self.parts) if self.parts else [PartReport(entry, self)]
+        return list(self.parts) if self.parts else [PartReport(entry=entry, report=self)]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class PartReport:
     entry: QueueEntry  # a part of the original entry (its own payload and item count)
     report: SendReport  # a leaf report: its `parts` is empty
@@ -328,12 +330,17 @@ class Sender:
             if decision.action is RetryAction.DEAD_LETTER:
                 log.debug("%s: dead letter after %d attempts (%s): %s", self.exporter_name, attempts,
                           decision.reason, cls.error_type)
-                return SendReport(Verdict.DEAD_LETTER, cls, attempts, 0, None, name, reason=decision.reason)
+                return SendReport(verdict=Verdict.DEAD_LETTER, classification=cls, attempts=attempts, endpoint=name,
+                                  reason=decision.reason)
             if decision.action is RetryAction.REQUEUE:
-                return SendReport(Verdict.REQUEUE, cls, attempts, 0, decision.delay, name, reason=decision.reason)
+                if decision.reason is Reason.BUDGET_EXHAUSTED:
+                    self.events.retry_refused(self.exporter_name, name)
+                return SendReport(verdict=Verdict.REQUEUE, classification=cls, attempts=attempts,
+                                  retry_after=decision.delay, endpoint=name, reason=decision.reason)
             delay = decision.delay or 0.0
             if not await self._fleet_allows_retry(ep):  # the same verdict as the local budget's refusal
-                return SendReport(Verdict.REQUEUE, cls, attempts, 0, delay, name, reason="budget_exhausted")
+                return SendReport(verdict=Verdict.REQUEUE, classification=cls, attempts=attempts, retry_after=delay,
+                                  endpoint=name, reason=Reason.BUDGET_EXHAUSTED)
             self.events.retry_scheduled(self.exporter_name, name, cls.error_type, delay)
             await self.clock.sleep(delay)  # cancellable: the caller requeues
             avoid = {name} if len(self.endpoints) > 1 else set()
@@ -417,8 +424,8 @@ class Sender:
             if self.error_stats is not None:
                 self.error_stats.recovered(self.exporter_name, ep.name, recovery)
             ep.first_failure_at = None
-        return SendReport(Verdict.DELIVERED, cls, attempts, rejected, None, ep.name,
-                          reason="partial_success" if rejected else "")
+        return SendReport(verdict=Verdict.DELIVERED, classification=cls, attempts=attempts, rejected=rejected,
+                          endpoint=ep.name, reason=Reason.PARTIAL_SUCCESS if rejected else Reason.NONE)
 
     def _count_failure(self, ep: EndpointChain, entry: QueueEntry, cls: Classification) -> None:
         self.events.export_failed(self.exporter_name, ep.name, entry.signal, entry.items, cls)
@@ -428,21 +435,24 @@ class Sender:
             ep.base.record(False)
             if ep.first_failure_at is None:
                 ep.first_failure_at = self.clock.monotonic()
+                self.events.outage_started(self.exporter_name, ep.name)
                 if self.error_stats is not None:
                     self.error_stats.outage_started(self.exporter_name, ep.name)
 
     def _requeue_breakers_open(
         self, last: Classification | None, attempts: int, endpoint: str | None
     ) -> SendReport:
-        return SendReport(Verdict.REQUEUE, last, attempts, 0, self.balancer.time_until_available(), endpoint,
-                          reason="breaker_open")
+        return SendReport(verdict=Verdict.REQUEUE, classification=last, attempts=attempts,
+                          retry_after=self.balancer.time_until_available(), endpoint=endpoint,
+                          reason=Reason.BREAKER_OPEN)
 
     async def _split(
         self, entry: QueueEntry, started: float, attempts: int, cause: Classification, endpoint: str
     ) -> SendReport:
         halves = split_entry(entry)
         if halves is None:
-            return SendReport(Verdict.DEAD_LETTER, cause, attempts, 0, None, endpoint, reason="too_large")
+            return SendReport(verdict=Verdict.DEAD_LETTER, classification=cause, attempts=attempts,
+                              endpoint=endpoint, reason=Reason.TOO_LARGE)
         return await self._send_parts(halves, started, attempts=attempts, cause=cause)
 
     async def _send_parts(
@@ -485,7 +495,7 @@ def _combine(parts: list[PartReport], attempts: int, cause: Classification | Non
         retry_after=max(waits) if waits else None,
         endpoint=endpoint,
         parts=tuple(parts),
-        reason="split",
+        reason=Reason.SPLIT,
     )
 
 

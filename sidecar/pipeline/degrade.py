@@ -10,9 +10,11 @@ Decisions where the design is silent (documented here once, tested in tests/unit
 * Drivers. Each driver has its own level; the ladder's level is the highest of them.
   - queue fill: 1 at `spill_at`, 2 at `reduce_at`, 3 at `essential_at`, 4 at 1.0 or when
     `queue_full` is set (all thresholds inclusive: fill >= threshold enters);
-  - memory (RSS / memory limit): level 3 above 0.8 (held while above 0.7), level 4 at or
-    above 1.0 (held while at or above 0.9);
+  - memory (RSS / memory limit): level 3 above `memory_essential_above` (0.8; held while above
+    0.7), level 4 at or above `memory_backpressure_at` (1.0; held while at or above 0.9);
   - breaker open: level 1 (its queue holds the data; spill to disk when configured);
+  - storage degraded (the disk queue's storage fails, so it accepts into memory, issue 16):
+    level 1. Memory is then what fills; the memory driver sheds and pushes back as it does.
   - error rate >= `error_rate` or latency >= `latency`: level 1. A failing or slow upstream
     means the queue is about to grow, so we start spilling early, but we never shed data only
     because the upstream is slow: shedding waits until the queue (or memory) actually fills.
@@ -68,12 +70,11 @@ from opentelemetry.proto.logs.v1.logs_pb2 import LogRecord
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
 from sidecar.config.schema import DegradationProcessorConfig
+from sidecar.core.drops import DropReason
 
-REASON_SAMPLED = "degradation_sampled"
-REASON_ESSENTIAL = "degradation_essential"
+REASON_SAMPLED = DropReason.DEGRADATION_SAMPLED
+REASON_ESSENTIAL = DropReason.DEGRADATION_ESSENTIAL
 
-MEMORY_ESSENTIAL_ABOVE = 0.8  # memory fraction above which the ladder acts at least as level 3
-MEMORY_BACKPRESSURE_AT = 1.0  # memory fraction at/above which it acts as level 4
 SEVERITY_WARN = 13  # SeverityNumber.SEVERITY_NUMBER_WARN
 
 _WARN_TEXTS = ("WARN", "ERROR", "ERR", "FATAL", "CRIT", "ALERT", "EMERG", "SEVERE", "PANIC")
@@ -119,6 +120,7 @@ class Pressure:
     memory_fraction: float | None = None  # RSS / memory_limit; None when no limit is set
     error_rate: float | None = None  # recent failed / total export attempts; None without data
     latency: float | None = None  # recent export latency in seconds; None without data
+    storage_degraded: bool = False  # the disk queue accepts into memory because its storage fails
 
 
 @dataclass(frozen=True, slots=True)
@@ -171,8 +173,8 @@ class DegradationLadder:
             (Level.BACKPRESSURE, 1.0, False),
         )
         self._memory_bands: tuple[_Band, ...] = (
-            (Level.ESSENTIAL, MEMORY_ESSENTIAL_ABOVE, True),
-            (Level.BACKPRESSURE, MEMORY_BACKPRESSURE_AT, False),
+            (Level.ESSENTIAL, float(cfg.memory_essential_above), True),
+            (Level.BACKPRESSURE, float(cfg.memory_backpressure_at), False),
         )
         self._error_bands: tuple[_Band, ...] = ((Level.SPILL, float(cfg.error_rate), False),)
         self._latency_bands: tuple[_Band, ...] = ((Level.SPILL, float(cfg.latency), False),)
@@ -231,6 +233,7 @@ class DegradationLadder:
                                         pressure.memory_fraction, self._memory_bands, hysteresis)
 
         drivers["breaker_open"] = Level.SPILL if pressure.breaker_open else Level.NORMAL
+        drivers["storage_degraded"] = Level.SPILL if pressure.storage_degraded else Level.NORMAL
 
         if pressure.error_rate is not None:
             drivers["error_rate"] = _sticky(previous_drivers.get("error_rate", Level.NORMAL),
@@ -251,7 +254,7 @@ class DegradationLadder:
         return level
 
 
-_CAUSE_ORDER = ("queue_full", "memory", "queue", "breaker_open", "error_rate", "latency")
+_CAUSE_ORDER = ("queue_full", "memory", "queue", "storage_degraded", "breaker_open", "error_rate", "latency")
 
 
 def _cause(drivers: Mapping[str, Level], level: Level) -> str:
@@ -453,8 +456,8 @@ def shed_metrics(request: ExportMetricsServiceRequest, level: Level) -> ShedResu
 
 # ---------------------------------------------------------------- reporting
 
-_REASON_LEVEL = {REASON_SAMPLED: Level.REDUCE, REASON_ESSENTIAL: Level.ESSENTIAL}
-_REASON_TEXT = {REASON_SAMPLED: "sampled out", REASON_ESSENTIAL: "shed as non-essential"}
+_REASON_LEVEL: dict[str, Level] = {REASON_SAMPLED: Level.REDUCE, REASON_ESSENTIAL: Level.ESSENTIAL}
+_REASON_TEXT: dict[str, str] = {REASON_SAMPLED: "sampled out", REASON_ESSENTIAL: "shed as non-essential"}
 
 
 def partial_success_message(shed_by_reason: Mapping[str, int], level: Level | None = None,

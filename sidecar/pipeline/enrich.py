@@ -1,39 +1,26 @@
 """Enrichment of error spans and log records with their classification (DESIGN.md §3).
 
-`enrich_traces` / `enrich_logs` mutate a decoded request in place. They only ever append
-attributes that are absent (per key): nothing the application set is overwritten or removed,
-and no id, timestamp or other field changes. An item that already carries every attribute is
-left alone, so enrichment is idempotent, and `stats.enriched == 0` means the request is
-byte-identical to what came in: the pipeline then forwards the original bytes.
+`enrich_traces_payload` enriches a serialized traces request on its bytes (see its docstring and
+`sidecar.pipeline.wire`); `enrich_logs` mutates a decoded logs request in place. Both only ever append
+attributes that are absent (per key): nothing the application set is overwritten or removed, and no id,
+timestamp or other field changes. An item that already carries every attribute is left alone, so enrichment
+is idempotent, and `stats.enriched == 0` means the request is unchanged: the pipeline then forwards the
+original bytes. The in-place model of traces enrichment that the byte-level path must agree with exactly
+(`enrich_traces`) lives in tests/fakes/enrich_model.py, where the property tests compare the two.
 
-The hot path is a 512-span request without errors. Reading one field of one span through the
-upb bindings costs about half a microsecond and reading its attributes several, so the error test
-works on the request's serialized bytes first and touches as few spans as possible:
+A classifier that raises is not papered over here: the exception reaches the caller, whose job
+is to fail open (pipeline/router.py forwards the request as received and counts it), rather than
+writing a made-up class onto the item.
 
-1. `status.code` is read for every span (the one per-span read that cannot be avoided); ERROR spans
-   are classified and enriched (their attributes and events are scanned anyway).
-2. Over the serialized request, every occurrence of `status_code` is checked: an
-   `http.response.status_code` / `http.status_code` whose value is an int < 400, an
-   `rpc.response.status_code` / `rpc.grpc.status_code` whose value is 0, "OK" or "0", or a
-   `db.response.status_code` (an error only with status ERROR, already covered) cannot make a
-   span an error; every other occurrence is a suspect. Exception events are counted by their
-   encoded name (`\\x12\\x09exception`).
-   Suspects that are http status ints in [400, 500) are counted apart: they only make CLIENT
-   spans errors.
-3. If the suspects and exception events found in the ERROR spans of step 1 account for all of
-   them, no other span can be an error and no other span is read. If the suspects left are all
-   http 4xx, only CLIENT spans are read. Otherwise the remaining spans are scanned one by one (the
-   slow path, still correct), with a cheap look at the status attributes before a full scan.
+The hot path is a request without errors, and reading one field of one item through the upb bindings costs
+about half a microsecond, so the error test works on the serialized bytes first and touches as few items as
+possible. For logs: `severity_number` is read for every record (records at ERROR or above are classified and
+enriched), and the encoded `exception.type` key is counted over the bytes; only when the ERROR records do not
+account for every such key are the other records scanned.
 
-Measured on a 512-span request of HTTP server spans (10 attributes each, 200 KB; a noisy 2-core
-box, parse time excluded): no errors ~0.5 ms with `raw`, ~1.1 ms without (the serialization);
-10% ERROR spans with an exception event ~1.5 ms; a per-span `classify_span` loop ~4.2 ms.
-
-The byte test assumes a canonical encoding (each field once, KeyValue key before value, as every
-OTLP SDK and the protobuf runtimes write). `raw`, when given, must be a protobuf serialization of
-`request` (the receiver's bytes for OTLP/protobuf); without it the request is serialized here,
-which is canonical by construction. Logs work the same way with `severity_number` and the encoded
-`exception.type` key.
+The byte test assumes a canonical encoding (each field once, KeyValue key before value, as every OTLP SDK and
+the protobuf runtimes write). `raw`, when given, must be a protobuf serialization of `request` (the receiver's
+bytes for OTLP/protobuf); without it the request is serialized here, which is canonical by construction.
 """
 
 from __future__ import annotations
@@ -54,7 +41,7 @@ from opentelemetry.proto.logs.v1 import logs_pb2
 from opentelemetry.proto.trace.v1 import trace_pb2
 
 from sidecar.config.schema import EnrichProcessorConfig
-from sidecar.core.taxonomy import Category, Classification, Recoverability, Recovery, default_severity
+from sidecar.core.taxonomy import Classification
 from sidecar.pipeline.classify import Classifier
 from sidecar.pipeline.evidence import (
     DB_STATUS_KEY,
@@ -62,10 +49,7 @@ from sidecar.pipeline.evidence import (
     RPC_STATUS_KEYS,
     SEVERITY_ERROR,
     LogFacts,
-    SpanFacts,
     log_facts,
-    span_attributes_may_error,
-    span_facts,
 )
 from sidecar.pipeline.vocabulary import OTHER
 from sidecar.pipeline.wire import (
@@ -79,33 +63,40 @@ from sidecar.pipeline.wire import (
     spans_containing,
 )
 
-__all__ = ["ATTRIBUTE_NAMES", "ERROR_TYPE_KEY", "EnrichStats", "enrich_logs", "enrich_traces", "enrich_traces_payload"]
+__all__ = [
+    "ATTRIBUTE_NAMES",
+    "ERROR_TYPE_KEY",
+    "EnrichStats",
+    "enrich_logs",
+    "enrich_traces_payload",
+    "writer_for",
+]
 
 ERROR_TYPE_KEY = "error.type"
 # Under the configured prefix; `retryable` and `transient` are bools, the rest strings.
 ATTRIBUTE_NAMES = ("category", "severity", "recoverability", "retryable", "transient", "recovery", "classified_by")
 
 _STATUS_ERROR = trace_pb2.Status.STATUS_CODE_ERROR
-_KIND_CLIENT = trace_pb2.Span.SPAN_KIND_CLIENT
 
 
 @dataclass(slots=True)
 class EnrichStats:
-    """What one enrichment pass did. `by_class` counts enriched items by (category, severity, recoverability).
+    """What one enrichment pass did. `by_class` counts enriched items by (category, severity, recoverability,
+    error_type): the labels of `sidecar_errors_total`.
 
     `hits` is filled only when the caller asks (`collect=True`): one `((resource index, scope
     index), item, classification)` per enriched item, for the admin API's error hotspots.
     """
 
     enriched: int = 0
-    by_class: Counter[tuple[str, str, str]] = field(default_factory=Counter)
+    by_class: Counter[tuple[str, str, str, str]] = field(default_factory=Counter)
     hits: list[tuple[tuple[int, int], trace_pb2.Span | logs_pb2.LogRecord, Classification]] | None = None
     where: tuple[int, int] = (0, 0)  # (resource, scope) of the item being enriched, when collecting
 
     @property
     def by_category(self) -> Counter[str]:
         out: Counter[str] = Counter()
-        for (category, _, _), n in self.by_class.items():
+        for (category, _, _, _), n in self.by_class.items():
             out[category] += n
         return out
 
@@ -114,8 +105,8 @@ class EnrichStats:
         self.by_class[_class_key(classification)] += 1
 
 
-def _class_key(c: Classification) -> tuple[str, str, str]:
-    return (c.category.value, c.severity.value, c.recoverability.value)
+def _class_key(c: Classification) -> tuple[str, str, str, str]:
+    return (c.category.value, c.severity.value, c.recoverability.value, c.error_type or OTHER)
 
 
 # ------------------------------------------------------------------ what gets written
@@ -127,7 +118,7 @@ class _Plan:
 
     fragments: tuple[tuple[str, bytes], ...]
     everything: bytes
-    class_key: tuple[str, str, str]
+    class_key: tuple[str, str, str, str]
 
 
 class _Writer:
@@ -228,24 +219,13 @@ _COMMON_NEEDLE = b"error."  # in every key we write with the default prefix: one
 
 
 @functools.lru_cache(maxsize=64)
-def _writer(prefix: str, set_error_type: bool, for_logs: bool) -> _Writer:
+def writer_for(prefix: str, set_error_type: bool, for_logs: bool) -> _Writer:
     return _Writer(prefix, set_error_type, for_logs)
-
-
-_FALLBACK = Classification(
-    Category.PROCESSING,
-    default_severity(Recoverability.PERMANENT),
-    Recoverability.PERMANENT,
-    Recovery.MANUAL_INTERVENTION,
-    OTHER,
-    "default:fallback",
-)
 
 
 # ------------------------------------------------------------------ byte-level pre-scan
 
 _STATUS_CODE = b"status_code"
-_EXCEPTION_EVENT = b"\x12\x09exception"  # Span.Event.name (field 2) == "exception"
 _EXCEPTION_TYPE_KEY = b"\x0a\x0eexception.type"  # KeyValue.key (field 1) == "exception.type"
 
 
@@ -313,19 +293,6 @@ def _status_code_suspects(raw: bytes) -> tuple[int, int]:
 _HTTP_200 = (b"\x0a\x19http.response.status_code\x12\x03\x18\xc8\x01", b"\x0a\x10http.status_code\x12\x03\x18\xc8\x01")
 
 
-def _attribute_suspects(raw: bytes) -> tuple[int, int]:
-    """`_status_code_suspects`, answered by two or three `count`s when every occurrence is an HTTP 200."""
-    total = raw.count(_STATUS_CODE)
-    if total == 0:
-        return 0, 0
-    ok = raw.count(_HTTP_200[0])
-    if ok != total:
-        ok += raw.count(_HTTP_200[1])
-    if ok == total:
-        return 0, 0
-    return _status_code_suspects(raw)
-
-
 def _serialized(request: ExportTraceServiceRequest | ExportLogsServiceRequest, raw: bytes | None) -> bytes | None:
     if raw is not None:
         return bytes(raw)
@@ -336,83 +303,6 @@ def _serialized(request: ExportTraceServiceRequest | ExportLogsServiceRequest, r
 
 
 # ------------------------------------------------------------------ traces
-
-
-def _enrich_span(
-    span: trace_pb2.Span,
-    facts: SpanFacts,
-    classifier: Classifier,
-    writer: _Writer,
-    stats: EnrichStats,
-) -> None:
-    if writer.complete(facts.keys):
-        return
-    try:
-        classification = classifier.classify_span_facts(facts)
-    except Exception:  # odd input must not break the pipeline
-        classification = _FALLBACK
-    writer.write(span, facts.keys, classification, stats)
-
-
-def enrich_traces(
-    request: ExportTraceServiceRequest,
-    classifier: Classifier,
-    config: EnrichProcessorConfig,
-    *,
-    raw: bytes | None = None,
-    collect: bool = False,
-) -> EnrichStats:
-    """Add classification attributes to every error span of `request`, in place.
-
-    `raw`: the protobuf serialization of `request` when the caller has it (saves serializing here).
-    `collect`: fill `stats.hits` with each enriched span and where it is.
-    """
-    stats = EnrichStats(hits=[] if collect else None)
-    writer = _writer(config.attribute_prefix, config.set_error_type, False)
-    data = _serialized(request, raw)
-    if data is None:
-        suspects = suspects_4xx = exception_events = -1  # unknown: scan every span
-    else:
-        suspects, suspects_4xx = _attribute_suspects(data)
-        exception_events = data.count(_EXCEPTION_EVENT)
-    found_suspects = found_4xx = found_exceptions = 0
-    need_rest = suspects != 0 or exception_events != 0
-    rest: list[trace_pb2.Span] = []
-    starts: list[int] = []  # when collecting: where each (resource, scope) begins in `rest`
-    places: list[tuple[int, int]] = []
-    for ri, resource_spans in enumerate(request.resource_spans):
-        for si, scope_spans in enumerate(resource_spans.scope_spans):
-            if collect:
-                stats.where = (ri, si)
-                starts.append(len(rest))
-                places.append(stats.where)
-            for span in scope_spans.spans:
-                if span.status.code == _STATUS_ERROR:
-                    facts = span_facts(span)
-                    found_suspects += facts.suspects
-                    found_4xx += facts.suspects_4xx
-                    found_exceptions += facts.exception_events
-                    _enrich_span(span, facts, classifier, writer, stats)
-                elif need_rest:
-                    rest.append(span)
-    if not rest:
-        return stats
-    remaining = suspects - found_suspects
-    check_events = found_exceptions != exception_events
-    if remaining == 0 and not check_events:
-        return stats
-    # Suspects left that are all http 4xx can only make CLIENT spans errors: skip reading the others.
-    clients_only = 0 < remaining == suspects_4xx - found_4xx
-    for index, span in enumerate(rest):
-        scan_attributes = remaining != 0 and (not clients_only or span.kind == _KIND_CLIENT)
-        if (scan_attributes and span_attributes_may_error(span)) or (check_events and len(span.events) > 0):
-            facts = span_facts(span)
-            if facts.is_error:
-                if collect:
-                    stats.where = places[bisect.bisect_right(starts, index) - 1]
-                _enrich_span(span, facts, classifier, writer, stats)
-    return stats
-
 
 _Outcome = tuple[bool, int, Classification | None]  # status ERROR, exception events, class if an error
 # At most 1024 keys of spans up to 16 KiB: 16 MiB however hostile the input.
@@ -438,10 +328,7 @@ def _span_outcome(view: Any, classifier: Classifier) -> _Outcome:
     facts = facts_of_view(view)
     classification: Classification | None = None
     if facts.is_error:
-        try:
-            classification = classifier.classify_span_facts(facts)
-        except Exception:  # odd input must not break the pipeline
-            classification = _FALLBACK
+        classification = classifier.classify_span_facts(facts)
     return facts.status_code == _STATUS_ERROR, facts.exception_events, classification
 
 
@@ -462,10 +349,11 @@ def enrich_traces_payload(
     *,
     collect: bool = False,
 ) -> tuple[EnrichStats, bytes | None]:
-    """`enrich_traces` on the serialized request: (stats, the enriched request's bytes or None).
+    """Enrich the error spans of a serialized traces request: (stats, the enriched request's bytes or None).
 
     None means nothing was enriched: `raw` is to be forwarded as is. Otherwise the result parses to
-    exactly what `enrich_traces` leaves in a request decoded from `raw` (the same attributes
+    exactly what the in-place model (`enrich_traces` in tests/fakes/enrich_model.py) leaves in a request
+    decoded from `raw` (the same attributes
     appended to the same spans), but only the error spans are decoded (see `sidecar.pipeline.wire`)
     and the enrichment is appended to their bytes instead of serializing the request again. With
     `collect`, `stats.hits` holds span views (their `.name` is the span's name).
@@ -492,7 +380,7 @@ def enrich_traces_payload(
         unproven = _not_http_200(raw, deprecated_key)
     if not (errors or exceptions or unproven):
         return stats, None
-    writer = _writer(config.attribute_prefix, config.set_error_type, False)
+    writer = writer_for(config.attribute_prefix, config.set_error_type, False)
     outcomes = _outcomes(classifier)
     view = SpliceView()
     view.ParseFromString(raw)
@@ -587,10 +475,7 @@ def _enrich_record(
 ) -> None:
     if writer.complete(facts.keys):
         return
-    try:
-        classification = classifier.classify_log_facts(facts, record)
-    except Exception:
-        classification = _FALLBACK
+    classification = classifier.classify_log_facts(facts, record)
     writer.write(record, facts.keys, classification, stats)
 
 
@@ -604,7 +489,7 @@ def enrich_logs(
 ) -> EnrichStats:
     """Add classification attributes to every error log record of `request`, in place (`collect`: as traces)."""
     stats = EnrichStats(hits=[] if collect else None)
-    writer = _writer(config.attribute_prefix, config.set_error_type, True)
+    writer = writer_for(config.attribute_prefix, config.set_error_type, True)
     data = _serialized(request, raw)
     exception_types = data.count(_EXCEPTION_TYPE_KEY) if data is not None else -1
     found = 0

@@ -153,6 +153,8 @@ def span_facts(span: trace_pb2.Span) -> SpanFacts:
                     facts.db_code = value.string_value
                 elif which == "int_value":
                     facts.db_code = str(value.int_value)
+                else:  # a repeated key: the last occurrence decides, as in the byte-level view
+                    facts.db_code = None
             elif key == "exception.type":
                 exc_type = string_of(value) or ""
             elif key == "exception.message":
@@ -188,27 +190,6 @@ def span_facts(span: trace_pb2.Span) -> SpanFacts:
 _KEY = operator.attrgetter("key")
 
 
-def span_attributes_may_error(span: trace_pb2.Span) -> bool:
-    """A cheap pre-filter: could the span's http/rpc status attributes make it an error span?
-
-    True whenever `span_facts(span).is_error` would be True because of those attributes (it may
-    also be True when the preferred attribute overrides a deprecated one that looks like an error).
-    """
-    attributes = span.attributes
-    key_list = list(map(_KEY, attributes))
-    if STATUS_CODE_KEYS.isdisjoint(key_list):
-        return False
-    threshold = 400 if span.kind == _KIND_CLIENT else 500
-    for index, key in enumerate(key_list):
-        if key in STATUS_CODE_KEYS:
-            value = attributes[index].value
-            if key.startswith("http"):
-                status = http_value(value)
-                if status is not None and status >= threshold:
-                    return True
-            elif rpc_value(value)[1]:
-                return True
-    return False
 _SPAN_INTERESTING = frozenset((*STATUS_CODE_KEYS, DB_STATUS_KEY, "exception.type", "exception.message"))
 
 

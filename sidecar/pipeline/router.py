@@ -17,7 +17,7 @@ from sidecar.core.ingest import IngestResult, Metadata
 from sidecar.core.signals import Signal, count_items
 from sidecar.core.taxonomy import Classification
 from sidecar.pipeline.classify import Classifier
-from sidecar.pipeline.enrich import EnrichStats, enrich_logs, enrich_traces, enrich_traces_payload
+from sidecar.pipeline.enrich import EnrichStats, enrich_logs, enrich_traces_payload
 from sidecar.telemetry.events import Events
 from sidecar.telemetry.stats import UNKNOWN_SERVICE, ErrorStats
 
@@ -47,38 +47,24 @@ class Pipeline:
     degradation: DegradationProcessorConfig | None = None
     stats: dict[str, int] = field(default_factory=dict)
 
-    def enrich_in_place(self, message: Message, raw: bytes, collect: bool = False) -> EnrichStats | None:
-        """Classify and enrich error spans/log records; None when this pipeline does not enrich.
-
-        `raw` is the protobuf encoding of `message`: enrichment rules out error-free requests by
-        scanning it, which is much cheaper than walking every span in Python. `collect`: fill
-        `stats.hits` (for the error hotspots).
-        """
-        if self.enrich is None or self.classifier is None:
-            return None
-        if self.signal is Signal.TRACES:
-            return enrich_traces(message, self.classifier, self.enrich,  # type: ignore[arg-type]
-                                 raw=raw, collect=collect)
-        if self.signal is Signal.LOGS:
-            return enrich_logs(message, self.classifier, self.enrich,  # type: ignore[arg-type]
-                               raw=raw, collect=collect)
-        return None
-
     def enrich_payload(self, message: Message, raw: bytes, collect: bool = False) -> tuple[EnrichStats | None, bytes]:
         """Enrich and return the bytes to queue: `raw` itself when nothing changed (the fast path).
 
         Traces are enriched on the bytes (`enrich_traces_payload`: no full serialization, and
-        `message` is left as received); logs in place on `message`, then serialized.
+        `message` is left as received); logs in place on `message`, then serialized; metrics are not
+        enriched. `raw` is the protobuf encoding of `message`: enrichment rules out error-free requests
+        by scanning it. `collect`: fill `stats.hits` (for the error hotspots).
         """
         if self.enrich is None or self.classifier is None:
             return None, raw
         if self.signal is Signal.TRACES:
             stats, enriched = enrich_traces_payload(raw, self.classifier, self.enrich, collect=collect)
             return stats, raw if enriched is None else enriched
-        in_place = self.enrich_in_place(message, raw, collect)
-        if in_place is not None and in_place.enriched:
-            return in_place, message.SerializeToString()
-        return in_place, raw
+        if self.signal is not Signal.LOGS:
+            return None, raw
+        in_place = enrich_logs(message, self.classifier, self.enrich,  # type: ignore[arg-type]
+                               raw=raw, collect=collect)
+        return in_place, message.SerializeToString() if in_place.enriched else raw
 
 
 class Router:
@@ -107,11 +93,7 @@ class Router:
             # Log enrichment edits in place; a second pipeline on the same receiver starts from the original.
             last = index == len(pipelines) - 1 or pipeline.signal is Signal.TRACES
             own = message if last else _copy(message)
-            stats, own_payload = pipeline.enrich_payload(own, payload, collect=self.error_stats is not None)
-            if stats is not None and stats.enriched:
-                self._count_enrichment(signal, stats)
-                if self.error_stats is not None and stats.hits:
-                    _record_hotspots(self.error_stats, signal, own, stats.hits)
+            own, own_payload = self._enrich(pipeline, signal, own, payload, items)
             entry = QueueEntry(signal, own_payload, items, metadata, self.clock.wall())
             try:
                 for exporter in pipeline.exporters:
@@ -125,9 +107,32 @@ class Router:
         self.events.received(signal, receiver, transport, items)
         return IngestResult(rejected, "; ".join(messages))
 
+    def _enrich(self, pipeline: Pipeline, signal: Signal, own: Message, payload: bytes,
+                items: int) -> tuple[Message, bytes]:
+        """The pipeline's enrichment, failing open: whatever classification or enrichment raises (a
+        bug, a request shaped like nothing seen before), the request goes on as received, counted
+        in sidecar_enrich_failures_total and logged once a minute per cause, and the client is
+        never failed for it. Enrichment is a bonus; the data is the job."""
+        try:
+            stats, own_payload = pipeline.enrich_payload(own, payload, collect=self.error_stats is not None)
+        except Exception as exc:
+            self.events.enrich_failed(signal, items, exc)
+            # Logs are enriched in place: a half-enriched message must not travel with the original bytes.
+            fresh = type(own)()
+            fresh.ParseFromString(payload)
+            return fresh, payload
+        if stats is not None and stats.enriched:
+            try:
+                self._count_enrichment(signal, stats)
+                if self.error_stats is not None and stats.hits:
+                    _record_hotspots(self.error_stats, signal, own, stats.hits)
+            except Exception as exc:  # the enrichment itself is good: keep it, report the accounting bug
+                self.events.enrich_failed(signal, items, exc)
+        return own, own_payload
+
     def _count_enrichment(self, signal: Signal, stats: EnrichStats) -> None:
-        for (category, severity, recoverability), n in stats.by_class.items():
-            self.events.classified(signal, category, severity, recoverability, n)
+        for (category, severity, recoverability, error_type), n in stats.by_class.items():
+            self.events.classified(signal, category, severity, recoverability, error_type, n)
 
 
 def _record_hotspots(error_stats: ErrorStats, signal: Signal, message: Any,

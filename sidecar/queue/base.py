@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from sidecar.core.entry import QueueEntry
+from sidecar.core.signals import Signal
 
 
 class Sizer(enum.StrEnum):
@@ -31,7 +32,22 @@ class Lease:
 
 
 class QueueFull(Exception):
-    """The entry does not fit; the caller decides between shedding and backpressure."""
+    """The entry does not fit; the caller decides between shedding and backpressure.
+
+    `reason` is what the client's push-back is counted and logged under: `queue_full` for the
+    queue's own bound, or the storage reason (`disk_full`, ...) when the storage is what is full.
+    """
+
+    def __init__(self, message: str, *, reason: str = "queue_full") -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+class StorageFull(QueueFull):
+    """The disk under a durable queue is full (SQLITE_FULL / ENOSPC): nothing was stored."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, reason="disk_full")
 
 
 class SendingQueue(Protocol):
@@ -79,10 +95,12 @@ class QueueStorageError(Exception):
     `path` names the database file; `corrupt` says whether moving it aside (`--recover`) would help.
     """
 
-    def __init__(self, message: str, *, path: str | None = None, corrupt: bool = False) -> None:
+    def __init__(self, message: str, *, path: str | None = None, corrupt: bool = False,
+                 lost: tuple[Signal, int] | None = None) -> None:
         super().__init__(message)
         self.path = path
         self.corrupt = corrupt
+        self.lost = lost  # (signal, items) of an entry that became unreadable, when one did
 
 
 class ManagedSendingQueue(SendingQueue, Protocol):
@@ -97,6 +115,10 @@ class ManagedSendingQueue(SendingQueue, Protocol):
     @property
     def leased(self) -> int:
         """Entries handed to consumers and neither acked nor nacked yet."""
+
+    @property
+    def oldest_accepted_at(self) -> float | None:
+        """`accepted_at` (wall clock) of the oldest entry held, leased ones included; None when empty."""
 
     async def wait_empty(self, timeout: float | None = None) -> bool:
         """Wait until nothing is held (leased entries included); False when the timeout expired."""

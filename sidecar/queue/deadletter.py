@@ -5,11 +5,13 @@ Two stores with one interface: `MemoryDeadLetters` (no storage configured) and
 `<exporter>.deadletter.sqlite`, same WAL/exclusive/corruption rules as the queue; a separate
 file so dead-letter writes never contend with the queue's group commits).
 
-Bounded: at most `max_entries` (default 10000) and, when set, `max_bytes` of payload. Adding
-beyond the bound evicts the oldest dead letters; `add` returns what it evicted (signal and item
-count, so the caller can count the items as dropped with reason `dead_letter_evicted`) and the
+Bounded: at most `max_entries` (default 10000) and, when set, `max_bytes` of payload and
+`max_age` seconds of age. Adding beyond the bound evicts the oldest dead letters; `add` returns
+what it evicted (signal and item count, so the caller can count the items as dropped with reason
+`dead_letter_evicted`, or `dead_letter_expired` for those past `max_age`) and the
 `evicted`/`evicted_items` counters keep the totals since open. A single dead letter larger than
-`max_bytes` is still kept (alone).
+`max_bytes` is still kept (alone). `expire(now)` evicts what is past `max_age` without an add (the
+exporter calls it periodically, so retention holds when nothing new fails).
 
 `list` pages oldest first; `take` removes and returns; `replay_dead_letters` puts them back into
 the queue (put first, remove after, so a crash duplicates rather than loses).
@@ -25,13 +27,21 @@ from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
+from sidecar.core.drops import DropReason
 from sidecar.core.entry import QueueEntry
 from sidecar.core.signals import Signal
 from sidecar.core.taxonomy import Category, Classification, Recoverability, Recovery, Severity
 from sidecar.queue.base import QueueClosed, QueueFull, SendingQueue
-from sidecar.queue.sqlite import SqliteFile, Synchronous, entry_columns, entry_from_columns, storage_error
+from sidecar.queue.sqlite import (
+    SqliteFile,
+    Synchronous,
+    entry_columns,
+    entry_from_columns,
+    keep_wal_small,
+    storage_error,
+)
 
 DEFAULT_MAX_ENTRIES = 10_000
 MAX_MESSAGE_CHARS = 4096  # error messages can carry whole upstream responses; keep the head
@@ -64,11 +74,27 @@ class Evicted:
     signal: Signal
     items: int
     nbytes: int
+    expired: bool = False  # past max_age (else pushed out by the count or size bound)
+
+    @property
+    def reason(self) -> DropReason:
+        """The `sidecar_dropped_items_total` reason its items are counted under."""
+        return DropReason.DEAD_LETTER_EXPIRED if self.expired else DropReason.DEAD_LETTER_EVICTED
+
+
+class _Indexed(NamedTuple):
+    """What a store keeps in memory per dead letter, oldest first."""
+
+    signal: Signal
+    items: int
+    nbytes: int
+    dead_at: float
 
 
 class DeadLetterStore(Protocol):
     max_entries: int
     max_bytes: int | None
+    max_age: float | None
 
     @property
     def count(self) -> int: ...
@@ -87,6 +113,9 @@ class DeadLetterStore(Protocol):
     async def add(self, entry: QueueEntry, classification: Classification, message: str,
                   dead_at: float | None = None) -> builtins.list[Evicted]:
         """Store one dead letter; return the ones evicted to make room (oldest first)."""
+
+    async def expire(self, now: float) -> builtins.list[Evicted]:
+        """Evict the dead letters older than `max_age` at wall time `now`; return them."""
 
     async def list(self, limit: int = 100, offset: int = 0) -> builtins.list[DeadLetter]:
         """A page of dead letters, oldest first."""
@@ -108,32 +137,42 @@ def _clip(message: str) -> str:
     return message if len(message) <= MAX_MESSAGE_CHARS else message[: MAX_MESSAGE_CHARS - 1] + "…"
 
 
-def _check_bounds(max_entries: int, max_bytes: int | None) -> None:
+def _check_bounds(max_entries: int, max_bytes: int | None, max_age: float | None) -> None:
     if max_entries < 1:
         raise ValueError(f"max_entries must be >= 1, got {max_entries}")
     if max_bytes is not None and max_bytes < 1:
         raise ValueError(f"max_bytes must be >= 1 or None, got {max_bytes}")
+    if max_age is not None and max_age <= 0:
+        raise ValueError(f"max_age must be > 0 or None, got {max_age}")
 
 
-def _to_evict(candidates: Iterable[tuple[int, tuple[Signal, int, int]]], count: int, total_bytes: int,
-              max_entries: int, max_bytes: int | None) -> builtins.list[Evicted]:
+def _to_evict(candidates: Iterable[tuple[int, _Indexed]], count: int, total_bytes: int,
+              max_entries: int, max_bytes: int | None, expire_before: float | None,
+              keep_one: bool = True) -> builtins.list[Evicted]:
     """The oldest ids to drop so the bound holds.
 
-    `candidates` are (id, (signal, items, nbytes)) oldest first; `count` and `total_bytes` include
-    the dead letter being added, which is never evicted (it is not among the candidates, and the
-    loop stops when it would be the only one left).
+    `candidates` are (id, _Indexed) oldest first; `count` and `total_bytes` include the dead letter
+    being added (`keep_one`), which is never evicted (it is not among the candidates, and the loop
+    stops when it would be the only one left). Dead letters older than `expire_before` (wall time)
+    go whatever the other bounds say.
     """
     out: builtins.list[Evicted] = []
-    for dl_id, (signal, items, nbytes) in candidates:
-        if count <= 1:
+    floor = 1 if keep_one else 0
+    for dl_id, indexed in candidates:
+        if count <= floor:
             break
+        expired = expire_before is not None and indexed.dead_at < expire_before
         over_bytes = max_bytes is not None and total_bytes > max_bytes
-        if count <= max_entries and not over_bytes:
+        if not expired and count <= max_entries and not over_bytes:
             break
-        out.append(Evicted(dl_id, signal, items, nbytes))
+        out.append(Evicted(dl_id, indexed.signal, indexed.items, indexed.nbytes, expired))
         count -= 1
-        total_bytes -= nbytes
+        total_bytes -= indexed.nbytes
     return out
+
+
+def _expire_before(max_age: float | None, now: float) -> float | None:
+    return None if max_age is None else now - max_age
 
 
 class MemoryDeadLetters:
@@ -141,13 +180,15 @@ class MemoryDeadLetters:
 
     durable = False
 
-    def __init__(self, max_entries: int = DEFAULT_MAX_ENTRIES, max_bytes: int | None = None) -> None:
-        _check_bounds(max_entries, max_bytes)
+    def __init__(self, max_entries: int = DEFAULT_MAX_ENTRIES, max_bytes: int | None = None,
+                 max_age: float | None = None, first_id: int = 1) -> None:
+        _check_bounds(max_entries, max_bytes, max_age)
         self.max_entries = max_entries
         self.max_bytes = max_bytes
+        self.max_age = max_age
         self._items: OrderedDict[int, DeadLetter] = OrderedDict()
-        self._index: OrderedDict[int, tuple[Signal, int, int]] = OrderedDict()
-        self._next_id = 1
+        self._index: OrderedDict[int, _Indexed] = OrderedDict()
+        self._next_id = first_id  # the fallback store numbers its own far from the disk's
         self._bytes = 0
         self._evicted = 0
         self._evicted_items = 0
@@ -177,17 +218,28 @@ class MemoryDeadLetters:
         self._next_id += 1
         nbytes = len(entry.payload)
         evicted = _to_evict(self._index.items(), len(self._index) + 1, self._bytes + nbytes,
-                            self.max_entries, self.max_bytes)
+                            self.max_entries, self.max_bytes, _expire_before(self.max_age, dl.dead_at))
         self._items[dl.id] = dl
-        self._index[dl.id] = (entry.signal, entry.items, nbytes)
+        self._index[dl.id] = _Indexed(entry.signal, entry.items, nbytes, dl.dead_at)
         self._bytes += nbytes
+        self._forget(evicted)
+        return evicted
+
+    async def expire(self, now: float) -> builtins.list[Evicted]:
+        if self.max_age is None:
+            return []
+        evicted = _to_evict(self._index.items(), len(self._index), self._bytes, self.max_entries,
+                            self.max_bytes, _expire_before(self.max_age, now), keep_one=False)
+        self._forget(evicted)
+        return evicted
+
+    def _forget(self, evicted: builtins.list[Evicted]) -> None:
         for ev in evicted:
             del self._items[ev.id]
             del self._index[ev.id]
             self._bytes -= ev.nbytes
             self._evicted += 1
             self._evicted_items += ev.items
-        return evicted
 
     async def list(self, limit: int = 100, offset: int = 0) -> builtins.list[DeadLetter]:
         if limit <= 0 or offset >= len(self._items):
@@ -272,14 +324,14 @@ class SqliteDeadLetters:
     durable = True
 
     def __init__(self, path: Path, max_entries: int = DEFAULT_MAX_ENTRIES, max_bytes: int | None = None,
-                 synchronous: Synchronous = "FULL") -> None:
-        _check_bounds(max_entries, max_bytes)
+                 synchronous: Synchronous = "FULL", max_age: float | None = None) -> None:
+        _check_bounds(max_entries, max_bytes, max_age)
         self.path = Path(path)
         self.max_entries = max_entries
         self.max_bytes = max_bytes
+        self.max_age = max_age
         self._db = SqliteFile(self.path, synchronous)
-        # id -> (signal, items, nbytes), oldest first
-        self._index: OrderedDict[int, tuple[Signal, int, int]] = OrderedDict()
+        self._index: OrderedDict[int, _Indexed] = OrderedDict()  # oldest first
         self._bytes = 0
         self._evicted = 0
         self._evicted_items = 0
@@ -292,9 +344,9 @@ class SqliteDeadLetters:
         await self._db.open(DEAD_LETTER_SCHEMA, "dead_letters", DEAD_LETTER_COLUMNS)
         try:
             rows = await self._db.run(lambda conn: conn.execute(
-                "SELECT id, signal, items, nbytes FROM dead_letters ORDER BY id").fetchall())
-            for dl_id, signal, items, nbytes in rows:
-                self._index[int(dl_id)] = (Signal(signal), int(items), int(nbytes))
+                "SELECT id, signal, items, nbytes, dead_at FROM dead_letters ORDER BY id").fetchall())
+            for dl_id, signal, items, nbytes, dead_at in rows:
+                self._index[int(dl_id)] = _Indexed(Signal(signal), int(items), int(nbytes), float(dead_at))
                 self._bytes += int(nbytes)
         except (sqlite3.Error, ValueError) as exc:
             await self._db.close()
@@ -327,14 +379,14 @@ class SqliteDeadLetters:
     async def add(self, entry: QueueEntry, classification: Classification, message: str,
                   dead_at: float | None = None) -> builtins.list[Evicted]:
         self._require_open()
+        when = time.time() if dead_at is None else dead_at
         columns = (*entry_columns(entry), classification.category.value, classification.severity.value,
                    classification.recoverability.value, classification.recovery.value,
-                   classification.error_type, classification.classified_by, _clip(message),
-                   time.time() if dead_at is None else dead_at)
+                   classification.error_type, classification.classified_by, _clip(message), when)
         async with self._lock:
             nbytes = len(entry.payload)
             evicted = _to_evict(self._index.items(), len(self._index) + 1, self._bytes + nbytes,
-                                self.max_entries, self.max_bytes)
+                                self.max_entries, self.max_bytes, _expire_before(self.max_age, when))
             evict_ids = [ev.id for ev in evicted]
 
             def write(conn: sqlite3.Connection) -> int:
@@ -354,18 +406,54 @@ class SqliteDeadLetters:
                 assert cursor.lastrowid is not None
                 return cursor.lastrowid
 
+            def write_and_keep_wal_small(conn: sqlite3.Connection) -> int:
+                written = write(conn)
+                keep_wal_small(conn, self.path)  # a small volume is shared with the queue
+                return written
+
             try:
-                new_id = await self._db.run(write)
+                new_id = await self._db.run(write_and_keep_wal_small)
             except sqlite3.Error as exc:
                 raise storage_error(self.path, exc) from exc
-            self._index[new_id] = (entry.signal, entry.items, nbytes)
+            self._index[new_id] = _Indexed(entry.signal, entry.items, nbytes, when)
             self._bytes += nbytes
-            for ev in evicted:
-                del self._index[ev.id]
-                self._bytes -= ev.nbytes
-                self._evicted += 1
-                self._evicted_items += ev.items
+            self._forget(evicted)
             return evicted
+
+    async def expire(self, now: float) -> builtins.list[Evicted]:
+        self._require_open()
+        if self.max_age is None:
+            return []
+        async with self._lock:
+            evicted = _to_evict(self._index.items(), len(self._index), self._bytes, self.max_entries,
+                                self.max_bytes, _expire_before(self.max_age, now), keep_one=False)
+            if not evicted:
+                return []
+            ids = [ev.id for ev in evicted]
+
+            def delete(conn: sqlite3.Connection) -> None:
+                conn.execute("BEGIN IMMEDIATE")
+                try:
+                    conn.executemany("DELETE FROM dead_letters WHERE id = ?", [(i,) for i in ids])
+                    conn.execute("COMMIT")
+                except BaseException:
+                    if conn.in_transaction:
+                        conn.execute("ROLLBACK")
+                    raise
+
+            try:
+                await self._db.run(delete)
+            except sqlite3.Error as exc:
+                raise storage_error(self.path, exc) from exc
+            self._forget(evicted)
+            return evicted
+
+    def _forget(self, evicted: builtins.list[Evicted]) -> None:
+        for ev in evicted:
+            del self._index[ev.id]
+            self._bytes -= ev.nbytes
+            self._evicted += 1
+            self._evicted_items += ev.items
 
     async def list(self, limit: int = 100, offset: int = 0) -> builtins.list[DeadLetter]:
         self._require_open()
@@ -412,8 +500,7 @@ class SqliteDeadLetters:
             except (sqlite3.Error, ValueError) as exc:
                 raise storage_error(self.path, exc) from exc
             for dl_id in chosen:
-                _, _, nbytes = self._index.pop(dl_id)
-                self._bytes -= nbytes
+                self._bytes -= self._index.pop(dl_id).nbytes
             return out
 
     async def get(self, ids: Sequence[int]) -> builtins.list[DeadLetter]:
@@ -458,8 +545,7 @@ class SqliteDeadLetters:
             except sqlite3.Error as exc:
                 raise storage_error(self.path, exc) from exc
             for dl_id in chosen:
-                _, _, nbytes = self._index.pop(dl_id)
-                self._bytes -= nbytes
+                self._bytes -= self._index.pop(dl_id).nbytes
             return len(chosen)
 
     async def close(self) -> None:

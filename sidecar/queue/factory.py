@@ -10,6 +10,8 @@ from __future__ import annotations
 import hashlib
 import logging
 import re
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 from sidecar.config.schema import SendingQueueConfig
@@ -20,6 +22,8 @@ from sidecar.queue.deadletter import (
     MemoryDeadLetters,
     SqliteDeadLetters,
 )
+from sidecar.queue.deadletter_fallback import FallbackDeadLetters
+from sidecar.queue.fallback import StorageFallbackQueue, StorageListener, memory_bound
 from sidecar.queue.memory import MemoryQueue
 from sidecar.queue.sqlite import SqliteQueue, Synchronous, recover_database
 
@@ -60,8 +64,12 @@ def dead_letter_path(storage_directory: Path, exporter_name: str) -> Path:
 
 
 async def open_queue(exporter_name: str, config: SendingQueueConfig, storage_directory: Path | None,
-                     *, recover: bool = False) -> ManagedSendingQueue:
+                     *, recover: bool = False, memory_limit_bytes: int | None = None,
+                     listener: StorageListener | None = None) -> ManagedSendingQueue:
     """The exporter's queue: SQLite when `config.storage` is set, memory otherwise.
+
+    The SQLite queue comes wrapped in a StorageFallbackQueue: while its disk fails it accepts
+    into memory, up to `memory_bound(memory_limit_bytes)` of payload, and tells `listener`.
 
     `storage_directory` is `extensions.file_storage.directory`; it must be given when
     `config.storage` is set. With `recover=True` a corrupt database is moved aside
@@ -76,37 +84,45 @@ async def open_queue(exporter_name: str, config: SendingQueueConfig, storage_dir
                          f"needs a storage directory (extensions.file_storage.directory)")
     path = queue_path(_ensure_directory(storage_directory), exporter_name)
     try:
-        return await SqliteQueue(path, config.queue_size, sizer, config.synchronous).open()
+        disk = await SqliteQueue(path, config.queue_size, sizer, config.synchronous).open()
     except QueueStorageError as exc:
         if not (recover and exc.corrupt):
             raise
         moved = recover_database(path)
         log.warning("exporter %s: queue database %s was corrupt (%s); moved aside to %s, starting empty",
                     exporter_name, path, exc, moved)
-        return await SqliteQueue(path, config.queue_size, sizer, config.synchronous).open()
+        disk = await SqliteQueue(path, config.queue_size, sizer, config.synchronous).open()
+    return StorageFallbackQueue(disk, memory_bytes=memory_bound(memory_limit_bytes), listener=listener)
 
 
 async def open_dead_letters(exporter_name: str, storage_directory: Path | None, *,
                             max_entries: int = DEFAULT_MAX_ENTRIES, max_bytes: int | None = None,
-                            synchronous: Synchronous = "FULL", recover: bool = False) -> DeadLetterStore:
+                            max_age: float | None = None, synchronous: Synchronous = "FULL",
+                            recover: bool = False, listener: StorageListener | None = None,
+                            monotonic: Callable[[], float] = time.monotonic) -> DeadLetterStore:
     """The exporter's dead letters: a SQLite file next to its queue, or memory when no directory.
 
     In memory, `max_bytes` defaults to MEMORY_DEAD_LETTER_MAX_BYTES; on disk it is unbounded
-    unless given (only `max_entries` bounds it).
+    unless given (only `max_entries` bounds it). `max_age` (seconds, None: no limit) applies to both.
+    With a `listener`, the SQLite store comes wrapped in FallbackDeadLetters: it keeps taking dead
+    letters in memory while its disk fails.
     """
     if storage_directory is None:
         memory_bytes = MEMORY_DEAD_LETTER_MAX_BYTES if max_bytes is None else max_bytes
-        return MemoryDeadLetters(max_entries, memory_bytes)
+        return MemoryDeadLetters(max_entries, memory_bytes, max_age)
     path = dead_letter_path(_ensure_directory(storage_directory), exporter_name)
     try:
-        return await SqliteDeadLetters(path, max_entries, max_bytes, synchronous).open()
+        disk = await SqliteDeadLetters(path, max_entries, max_bytes, synchronous, max_age).open()
     except QueueStorageError as exc:
         if not (recover and exc.corrupt):
             raise
         moved = recover_database(path)
         log.warning("exporter %s: dead-letter database %s was corrupt (%s); moved aside to %s, "
                     "starting empty", exporter_name, path, exc, moved)
-        return await SqliteDeadLetters(path, max_entries, max_bytes, synchronous).open()
+        disk = await SqliteDeadLetters(path, max_entries, max_bytes, synchronous, max_age).open()
+    if listener is None:
+        return disk
+    return FallbackDeadLetters(disk, listener, monotonic)
 
 
 def _ensure_directory(directory: Path) -> Path:

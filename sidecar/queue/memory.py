@@ -26,6 +26,7 @@ from collections import deque
 
 from sidecar.core.entry import QueueEntry
 from sidecar.queue.base import Lease, QueueClosed, QueueFull, Sizer
+from sidecar.queue.oldest import OldestTracker
 
 _lease_ids = itertools.count(1)
 
@@ -102,6 +103,7 @@ class MemoryQueue:
         self.capacity = capacity
         self.sizer = Sizer(sizer)
         self._seq = itertools.count()
+        self._front_seq = itertools.count(-1, -1)  # for put_front_nowait: before every seq handed out
         self._entries: dict[int, QueueEntry] = {}  # seq -> entry, everything held (leased or not)
         self._available: list[int] = []  # heap of seqs
         self._leases: dict[int, int] = {}  # lease id -> seq
@@ -110,6 +112,7 @@ class MemoryQueue:
         self._getters = Waiters()
         self._empty_waiters = Waiters()
         self._closed = False
+        self._oldest = OldestTracker()
 
     # ------------------------------------------------------------ figures
 
@@ -137,6 +140,11 @@ class MemoryQueue:
     def closed(self) -> bool:
         return self._closed
 
+    @property
+    def oldest_accepted_at(self) -> float | None:
+        """`accepted_at` of the oldest entry held (leased ones included); None when empty."""
+        return self._oldest.oldest()
+
     def __repr__(self) -> str:
         return (f"MemoryQueue(capacity={self.capacity}, sizer={self.sizer.value}, size={self._size}, "
                 f"count={self.count}, leased={self.leased})")
@@ -155,6 +163,7 @@ class MemoryQueue:
             raise QueueFull(f"queue full: {self._size}+{entry_size} > {self.capacity} {self.sizer.value}")
         seq = next(self._seq)
         self._entries[seq] = entry
+        self._oldest.add(seq, entry.accepted_at)
         self._size += entry_size
         self._bytes += len(entry.payload)
         heapq.heappush(self._available, seq)
@@ -162,6 +171,21 @@ class MemoryQueue:
 
     async def put(self, entry: QueueEntry) -> None:
         self.put_nowait(entry)
+
+    def put_front_nowait(self, entry: QueueEntry) -> None:
+        """Hold `entry` before every entry put so far, whatever the capacity.
+
+        For entries that were already accepted elsewhere and come back older than everything
+        here (rows carried over from a quarantined disk file): refusing them would lose them.
+        """
+        if self._closed:
+            raise QueueClosed("queue is closed")
+        seq = next(self._front_seq)
+        self._entries[seq] = entry
+        self._size += self.sizer.size_of(entry)
+        self._bytes += len(entry.payload)
+        heapq.heappush(self._available, seq)
+        self._getters.wake_one()
 
     def get_nowait(self) -> Lease:
         """Lease the oldest available entry; IndexError when none is available."""
@@ -187,6 +211,7 @@ class MemoryQueue:
         if seq is None:
             return
         entry = self._entries.pop(seq)
+        self._oldest.discard(seq)
         self._size -= self.sizer.size_of(entry)
         self._bytes -= len(entry.payload)
         if not self._entries:
@@ -225,6 +250,7 @@ class MemoryQueue:
         """
         drained = [self._entries[seq] for seq in sorted(self._entries)]
         self._entries.clear()
+        self._oldest.clear()
         self._available.clear()
         self._leases.clear()
         self._size = 0

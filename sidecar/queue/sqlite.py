@@ -29,6 +29,8 @@ it (and its -wal/-shm) aside. Nothing is ever reset silently.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import errno
 import functools
 import heapq
 import logging
@@ -46,8 +48,9 @@ import orjson
 
 from sidecar.core.entry import QueueEntry
 from sidecar.core.signals import Signal
-from sidecar.queue.base import Lease, QueueClosed, QueueFull, QueueStorageError, Sizer
+from sidecar.queue.base import Lease, QueueClosed, QueueFull, QueueStorageError, Sizer, StorageFull
 from sidecar.queue.memory import Waiters, fits, next_lease_id
+from sidecar.queue.oldest import OldestTracker
 
 log = logging.getLogger("sidecar.queue")
 
@@ -62,6 +65,19 @@ PAGE_SIZE = 16384
 WAL_AUTOCHECKPOINT_PAGES = 1024
 
 _CORRUPT_CODES = {sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB}
+
+# Small volumes. Below LOW_SPACE_BYTES free on the volume, the WAL is checkpointed and truncated
+# after a commit whenever it holds more than a quarter of the free space (or WAL_SMALL_BYTES):
+# otherwise the WAL alone (up to WAL_AUTOCHECKPOINT_PAGES) fills a small disk, and then neither a
+# checkpoint (the database file must grow) nor a delete (it needs WAL space) can ever succeed.
+# Inserts stop at RESERVE_PAGES pages free, so acks (deletes) always find room to commit. A new
+# file on a volume smaller than SMALL_VOLUME_BYTES gets SMALL_PAGE_SIZE pages: every page a
+# transaction touches is a whole WAL frame, and 16 KiB frames waste a small volume.
+LOW_SPACE_BYTES = 4 * WAL_AUTOCHECKPOINT_PAGES * PAGE_SIZE
+WAL_SMALL_PAGES = 4
+RESERVE_PAGES = 8
+SMALL_VOLUME_BYTES = 256 * 1024 * 1024
+SMALL_PAGE_SIZE = 4096
 
 QUEUE_SCHEMA = """
 CREATE TABLE IF NOT EXISTS queue (
@@ -115,7 +131,47 @@ def _primary_code(exc: sqlite3.Error) -> int | None:
 
 
 def is_disk_full(exc: BaseException) -> bool:
+    if isinstance(exc, OSError):
+        return exc.errno == errno.ENOSPC
     return isinstance(exc, sqlite3.Error) and _primary_code(exc) == sqlite3.SQLITE_FULL
+
+
+def page_size_for(directory: Path) -> int:
+    """The page size of a new database file in `directory` (see SMALL_VOLUME_BYTES)."""
+    try:
+        st = os.statvfs(directory)
+    except OSError:
+        return PAGE_SIZE
+    return SMALL_PAGE_SIZE if st.f_blocks * st.f_frsize < SMALL_VOLUME_BYTES else PAGE_SIZE
+
+
+def keep_wal_small(conn: sqlite3.Connection, path: Path, free: int | None = None) -> None:
+    """After a commit on a low-space volume: checkpoint and truncate a WAL grown past its share.
+
+    Worker thread. Failures are logged only: the commit stands and the next one tries again.
+    """
+    free = free_bytes(path.parent) if free is None else free
+    if free is None or free >= LOW_SPACE_BYTES:
+        return
+    try:
+        wal = os.path.getsize(f"{path}-wal")
+    except OSError:
+        return
+    try:
+        page_size = int(conn.execute("PRAGMA page_size").fetchone()[0])
+        if wal > max(WAL_SMALL_PAGES * page_size, free // 4):
+            conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+    except sqlite3.Error as exc:
+        log.warning("%s: checkpoint on a low-space volume failed: %s", path, exc)
+
+
+def free_bytes(directory: Path) -> int | None:
+    """Bytes an unprivileged writer may still use on the volume holding `directory`."""
+    try:
+        st = os.statvfs(directory)
+    except OSError:
+        return None
+    return st.f_bavail * st.f_frsize
 
 
 def corrupt_error(path: Path, detail: str) -> QueueStorageError:
@@ -222,7 +278,7 @@ class SqliteFile:
             # Before anything touches the file: EXCLUSIVE keeps the WAL index in process memory and
             # the lock for the connection's lifetime; INCREMENTAL only matters for a new file.
             conn.execute("PRAGMA locking_mode=EXCLUSIVE")
-            conn.execute(f"PRAGMA page_size={PAGE_SIZE}")  # before auto_vacuum, or it is ignored
+            conn.execute(f"PRAGMA page_size={page_size_for(self.path.parent)}")  # before auto_vacuum, or it is ignored
             conn.execute("PRAGMA auto_vacuum=INCREMENTAL")
             mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
             if str(mode).lower() != "wal":
@@ -292,6 +348,8 @@ class _PendingPut:
     columns: tuple[str, bytes, int, str, float, int]
     size: int
     nbytes: int
+    signal: Signal
+    items: int
     done: asyncio.Future[None]
 
 
@@ -329,7 +387,9 @@ class SqliteQueue:
         self.replayed = 0  # rows found at open: what a restart replays
         self._db = SqliteFile(self.path, synchronous)
         self._state: Literal["new", "open", "closing", "closed"] = "new"
-        self._index: dict[int, tuple[int, int]] = {}  # committed row id -> (size in sizer unit, nbytes)
+        # committed row id -> (size in sizer unit, nbytes, signal, items); signal and items say what
+        # is lost should the row become unreadable
+        self._index: dict[int, tuple[int, int, Signal, int]] = {}
         self._available: list[int] = []  # heap of row ids
         self._leases: dict[int, int] = {}  # lease id -> row id
         self._size = 0
@@ -344,6 +404,7 @@ class SqliteQueue:
         self._getters = Waiters()
         self._empty_waiters = Waiters()
         self._closed_event = asyncio.Event()
+        self._oldest = OldestTracker()  # committed rows' accepted_at
         self.commits = 0  # transactions written (a put batch is one)
 
     # ------------------------------------------------------------ lifecycle
@@ -355,19 +416,26 @@ class SqliteQueue:
         await self._db.open(QUEUE_SCHEMA, "queue", QUEUE_COLUMNS)
         try:
             rows = await self._db.run(
-                lambda conn: conn.execute("SELECT id, items, nbytes FROM queue ORDER BY id").fetchall())
+                lambda conn: conn.execute(
+                    "SELECT id, items, nbytes, accepted_at, signal FROM queue ORDER BY id").fetchall())
         except sqlite3.Error as exc:
             await self._db.close()
             raise storage_error(self.path, exc) from exc
         except BaseException:
             await self._db.close()
             raise
-        for row_id, items, nbytes in rows:
+        for row_id, items, nbytes, accepted_at, signal in rows:
             if self.sizer is Sizer.REQUESTS:
                 size = 1
             else:
                 size = int(items) if self.sizer is Sizer.ITEMS else int(nbytes)
-            self._index[int(row_id)] = (size, int(nbytes))
+            try:
+                kind = Signal(signal)
+            except ValueError:
+                await self._db.close()
+                raise corrupt_error(self.path, f"row {row_id} has an unknown signal {signal!r}") from None
+            self._index[int(row_id)] = (size, int(nbytes), kind, int(items))
+            self._oldest.add(int(row_id), float(accepted_at))
             self._size += size
             self._bytes += int(nbytes)
         self._available = [int(row[0]) for row in rows]  # sorted ascending: already a heap
@@ -430,6 +498,16 @@ class SqliteQueue:
         return len(self._available)
 
     @property
+    def oldest_accepted_at(self) -> float | None:
+        """`accepted_at` of the oldest entry held (leased rows included, and puts not yet
+        handed to a transaction; those are the newest anyway)."""
+        oldest = self._oldest.oldest()
+        for pending in self._pending_puts:
+            accepted_at = pending.columns[4]
+            oldest = accepted_at if oldest is None else min(oldest, accepted_at)
+        return oldest
+
+    @property
     def leased(self) -> int:
         return len(self._leases)
 
@@ -456,15 +534,63 @@ class SqliteQueue:
         size = self.sizer.size_of(entry)
         if not fits(self.size, self.count, size, self.capacity):
             raise QueueFull(f"queue full: {self.size}+{size} > {self.capacity} {self.sizer.value}")
+        done = self._enqueue_put(entry, size)
+        self._kick()
+        # If the caller is cancelled here the row is still committed (and delivered): at-least-once.
+        await done
+
+    async def put_many(self, entries: Sequence[QueueEntry]) -> None:
+        """Store all of `entries` in ONE transaction, in order: all are committed or none is.
+
+        The capacity check is the same as for `put`, for the whole group (a group into an empty
+        queue is admitted like one oversized entry). Raises like `put`.
+        """
+        self._require_open()
+        if not entries:
+            return
+        sizes = [self.sizer.size_of(entry) for entry in entries]
+        if not fits(self.size, self.count, sum(sizes), self.capacity):
+            raise QueueFull(f"queue full: {self.size}+{sum(sizes)} > {self.capacity} {self.sizer.value}")
+        # Appended without an await in between, so the flusher takes them into the same batch.
+        done = [self._enqueue_put(entry, size) for entry, size in zip(entries, sizes, strict=True)]
+        self._kick()
+        results = await asyncio.gather(*done, return_exceptions=True)
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result
+
+    def _enqueue_put(self, entry: QueueEntry, size: int) -> asyncio.Future[None]:
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        pending = _PendingPut(entry_columns(entry), size, len(entry.payload), done)
+        pending = _PendingPut(entry_columns(entry), size, len(entry.payload), entry.signal, entry.items, done)
         self._pending_size += size
         self._pending_bytes += pending.nbytes
         self._pending_count += 1
         self._pending_puts.append(pending)
-        self._kick()
-        # If the caller is cancelled here the row is still committed (and delivered): at-least-once.
-        await done
+        return done
+
+    async def salvage(self) -> tuple[list[QueueEntry], list[tuple[Signal, int]]]:
+        """Read every stored row that is not leased, oldest first, for moving the queue to a new file.
+
+        Returns (the entries that could be read, (signal, items) of those that could not). The
+        rows stay in the file and in the index; the caller abandons the whole file afterwards.
+        """
+        leased = set(self._leases.values())
+        wanted = sorted(row_id for row_id in self._index if row_id not in leased)
+        readable: list[QueueEntry] = []
+        unreadable: list[tuple[Signal, int]] = []
+        for row_id in wanted:
+            try:
+                entry = await self._db.run(functools.partial(self._read_row, row_id=row_id))
+            except (sqlite3.Error, ValueError, TypeError):
+                entry = None
+            except QueueClosed:
+                break
+            if entry is None:
+                _, _, signal, items = self._index[row_id]
+                unreadable.append((signal, items))
+            else:
+                readable.append(entry)
+        return readable, unreadable
 
     async def get(self) -> Lease:
         while True:
@@ -478,17 +604,18 @@ class SqliteQueue:
             try:
                 entry = await self._db.run(functools.partial(self._read_row, row_id=row_id))
             except BaseException as exc:
+                lost: tuple[Signal, int] | None = None
                 if self._leases.pop(lease_id, None) is not None:
                     if isinstance(exc, (asyncio.CancelledError, QueueClosed)):
                         heapq.heappush(self._available, row_id)  # untouched: offer it again
                         self._getters.wake_one()
                     else:
-                        self._forget(row_id)  # unreadable row: stays in the file, leaves the index
+                        lost = self._forget(row_id)  # unreadable row: stays in the file, leaves the index
                 if isinstance(exc, (sqlite3.Error, ValueError, TypeError)):
                     raise QueueStorageError(
                         f"{self.path}: row {row_id} cannot be read ({exc}); it stays in the file but is "
                         f"skipped until restart; check the database with --recover if this repeats",
-                        path=str(self.path), corrupt=True) from exc
+                        path=str(self.path), corrupt=True, lost=lost) from exc
                 raise
             if entry is None:  # the row vanished: the index was wrong; skip it
                 self._leases.pop(lease_id, None)
@@ -538,12 +665,16 @@ class SqliteQueue:
 
     # ------------------------------------------------------------ group commit
 
-    def _forget(self, row_id: int) -> None:
-        size, nbytes = self._index.pop(row_id, (0, 0))
-        self._size -= size
-        self._bytes -= nbytes
+    def _forget(self, row_id: int) -> tuple[Signal, int] | None:
+        """Drop a row from the index; its (signal, items), or None when it was not indexed."""
+        known = self._index.pop(row_id, None)
+        self._oldest.discard(row_id)
+        if known is not None:
+            self._size -= known[0]
+            self._bytes -= known[1]
         if not self.count:
             self._empty_waiters.wake_all()
+        return None if known is None else (known[2], known[3])
 
     def _kick(self) -> None:
         if self._flusher is None or self._flusher.done():
@@ -556,8 +687,12 @@ class SqliteQueue:
             rows = [p.columns for p in batch.puts]
             deletes = [a.row_id for a in batch.acks] + batch.retry_deletes
             try:
-                ids = await self._db.run(functools.partial(_write, rows=rows, deletes=deletes))
+                ids = await self._db.run(functools.partial(_write, rows=rows, deletes=deletes, path=self.path))
             except BaseException as exc:
+                if is_disk_full(exc) and batch.puts and deletes:
+                    # Acks must not wait for space behind puts that cannot fit: commit them alone
+                    # (a delete needs far less room, and RESERVE_PAGES are kept for it).
+                    batch = await self._commit_deletes_alone(batch, deletes)
                 self._fail(batch, exc)
                 if isinstance(exc, asyncio.CancelledError):
                     raise
@@ -567,12 +702,23 @@ class SqliteQueue:
             self.commits += 1
             self._apply(batch, ids)
 
+    async def _commit_deletes_alone(self, batch: _Batch, deletes: list[int]) -> _Batch:
+        """Try the deletes of a failed batch on their own; the batch of what is still to fail."""
+        try:
+            await self._db.run(functools.partial(_write, rows=[], deletes=deletes, path=self.path))
+        except Exception:
+            return batch
+        self.commits += 1
+        self._apply(_Batch([], batch.acks, batch.retry_deletes), [])
+        return _Batch(batch.puts)
+
     def _apply(self, batch: _Batch, ids: list[int]) -> None:
         for put, row_id in zip(batch.puts, ids, strict=True):
             self._pending_size -= put.size
             self._pending_bytes -= put.nbytes
             self._pending_count -= 1
-            self._index[row_id] = (put.size, put.nbytes)
+            self._index[row_id] = (put.size, put.nbytes, put.signal, put.items)
+            self._oldest.add(row_id, put.columns[4])
             self._size += put.size
             self._bytes += put.nbytes
             heapq.heappush(self._available, row_id)
@@ -588,7 +734,7 @@ class SqliteQueue:
 
     def _fail(self, batch: _Batch, exc: BaseException) -> None:
         if is_disk_full(exc):
-            put_error: BaseException = QueueFull(f"{self.path}: disk full ({exc})")
+            put_error: BaseException = StorageFull(f"{self.path}: disk full ({exc})")
         elif isinstance(exc, asyncio.CancelledError):
             put_error = QueueClosed(f"{self.path}: queue closed while committing")
         else:
@@ -614,8 +760,86 @@ class SqliteQueue:
 
 
 def _write(conn: sqlite3.Connection, rows: list[tuple[str, bytes, int, str, float, int]],
-           deletes: list[int]) -> list[int]:
-    """One transaction: insert `rows`, delete `deletes`; the new row ids in order. Worker thread."""
+           deletes: list[int], path: Path | None = None) -> list[int]:
+    """One transaction: insert `rows`, delete `deletes`; the new row ids in order. Worker thread.
+
+    On a full disk, the WAL is checkpointed and truncated and the transaction tried once more:
+    the WAL only grows until a checkpoint (up to WAL_AUTOCHECKPOINT_PAGES), so on a small
+    volume it is often the WAL, not the rows, that fills the disk, and acks (deletes) need WAL
+    space too. What the checkpoint frees is what keeps a full disk from becoming a stuck one.
+    With `path`, the small-volume rules above apply (LOW_SPACE_BYTES, RESERVE_PAGES).
+    """
+    free = None if path is None else free_bytes(path.parent)
+    if rows and free is not None and path is not None:
+        _check_room(conn, path, free, sum(row[5] for row in rows))
+    try:
+        ids = _write_once(conn, rows, deletes)
+    except sqlite3.Error as exc:
+        if not is_disk_full(exc):
+            raise
+        try:
+            conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+        except sqlite3.Error:
+            raise exc from None
+        if rows or len(deletes) < 2:
+            ids = _write_once(conn, rows, deletes)
+        else:
+            # Acks on a full volume: one row per transaction needs the least WAL. A DELETE of a row
+            # already gone is a no-op, so if one fails the caller retries the whole list safely.
+            for row_id in deletes:
+                _write_once(conn, [], [row_id])
+                conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()  # each delete reuses the room
+            ids = []
+    if path is not None and free is not None and free < LOW_SPACE_BYTES:
+        keep_wal_small(conn, path, free)
+        if deletes and not rows:
+            _give_back_free_pages(conn, path)
+    return ids
+
+
+def _give_back_free_pages(conn: sqlite3.Connection, path: Path) -> None:
+    """On a low-space volume, return the pages acked rows freed to the file system.
+
+    The volume is shared (the dead-letter file lives next to the queue): free pages kept inside
+    the queue's file would leave the dead letters no room long after the queue drained.
+    """
+    try:
+        if int(conn.execute("PRAGMA freelist_count").fetchone()[0]) < 4:
+            return
+        conn.execute("PRAGMA incremental_vacuum").fetchall()
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+    except sqlite3.Error as exc:
+        log.warning("%s: giving free pages back on a low-space volume failed: %s", path, exc)
+
+
+def _check_room(conn: sqlite3.Connection, path: Path, free: int, need: int) -> None:
+    """Raise ENOSPC when inserting `need` payload bytes would eat into the reserve (RESERVE_PAGES).
+
+    Room is what the volume has free plus the free pages inside the database (acked rows leave
+    those behind, and SQLite reuses them); a checkpoint that truncates the WAL is tried first.
+    """
+    # Every page an insert touches is written to the WAL first (`need`, plus a page per row of
+    # slack), and the checkpoint then grows the database by what its free pages cannot hold.
+    page_size = int(conn.execute("PRAGMA page_size").fetchone()[0])
+    wal_need = need + 2 * page_size
+    reserve = RESERVE_PAGES * page_size
+
+    def enough(free: int) -> bool:
+        reusable = int(conn.execute("PRAGMA freelist_count").fetchone()[0]) * page_size
+        return free >= reserve + wal_need + max(0, wal_need - reusable)
+
+    if free >= reserve + 2 * wal_need or enough(free):
+        return
+    with contextlib.suppress(sqlite3.Error):
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+    free = free_bytes(path.parent) or 0
+    if not enough(free):
+        raise OSError(errno.ENOSPC, f"{free} bytes free on the volume, {reserve} kept in reserve for "
+                                    f"acks; {need} bytes to insert")
+
+
+def _write_once(conn: sqlite3.Connection, rows: list[tuple[str, bytes, int, str, float, int]],
+                deletes: list[int]) -> list[int]:
     conn.execute("BEGIN IMMEDIATE")
     try:
         ids: list[int] = []

@@ -7,16 +7,25 @@ count accumulated since the last line), never in the metrics.
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Literal, get_args
 
 from sidecar.core.clock import SYSTEM_CLOCK, Clock
+from sidecar.core.drops import DropReason
 from sidecar.core.signals import Signal
-from sidecar.core.taxonomy import Classification
-from sidecar.telemetry.metrics import Metrics
+from sidecar.core.taxonomy import Category, Classification
+from sidecar.telemetry.metrics import Metrics, ReloadResult
 
 log = logging.getLogger("sidecar.events")
 
 LOG_INTERVAL = 60.0
+RefusalReason = Literal["refused"]  # the `reason` of sidecar_receiver_refused_*_total
+REFUSAL_REASONS: tuple[RefusalReason, ...] = get_args(RefusalReason)
+# Every (from, to) a breaker can take (an operator's reset closes an open one); the names are BreakerState's.
+BREAKER_TRANSITIONS = (("closed", "open"), ("open", "half_open"), ("half_open", "closed"), ("half_open", "open"),
+                       ("open", "closed"))
+EXPORT_OUTCOMES = ("success", "partial_success", "failure")  # the `outcome` of sidecar_export_duration_seconds
 
 
 @dataclass
@@ -62,6 +71,7 @@ class Events:
 
     def degradation_changed(self, exporter: str, old: int, new: int, cause: str) -> None:
         self.metrics.degradation_level.labels(exporter).set(new)
+        self.metrics.degradation_transitions.labels(exporter, str(old), str(new)).inc()
         level = logging.WARNING if new > old else logging.INFO
         log.log(level, "degradation level changed", extra={
             "event": "degradation_level", "exporter": exporter, "from_level": old, "to_level": new,
@@ -72,15 +82,27 @@ class Events:
     def received(self, signal: Signal, receiver: str, transport: str, items: int) -> None:
         self.metrics.receiver_accepted[signal].labels(receiver, transport).inc(items)
 
-    def refused(self, signal: Signal, receiver: str, transport: str, items: int, reason: str) -> None:
+    def refused(self, signal: Signal, receiver: str, transport: str, items: int, reason: RefusalReason) -> None:
         self.metrics.receiver_refused[signal].labels(receiver, transport, reason).inc(items)
 
-    def classified(self, signal: Signal, category: str, severity: str, recoverability: str, items: int) -> None:
+    def classified(self, signal: Signal, category: str, severity: str, recoverability: str, error_type: str,
+                   items: int) -> None:
         """Error spans / log records classified and enriched on their way through."""
-        self.metrics.errors.labels(category, severity, recoverability).inc(items)
+        self.metrics.errors.labels(category, severity, recoverability, error_type).inc(items)
         self.metrics.enriched.labels(signal.value, category).inc(items)
 
-    def config_reloaded(self, result: str) -> None:
+    def enrich_failed(self, signal: Signal, items: int, error: BaseException) -> None:
+        """Classification or enrichment raised: the request goes on unenriched (fail open).
+        Logged once per minute per cause (the exception's type), with the traceback of that one."""
+        self.metrics.enrich_failures.labels(signal.value).inc()
+        cause = type(error).__name__
+        total = self._due(("enrich_failed", cause), 1)
+        if total:
+            log.error("enrichment failed; the request is forwarded unenriched", exc_info=error, extra={
+                "event": "enrich_failed", "signal": signal.value, "cause": cause, "items": items,
+                "requests_since_last_log": total})
+
+    def config_reloaded(self, result: ReloadResult) -> None:
         self.metrics.config_reloads.labels(result).inc()
 
     # -------------------------------------------------------------- queues
@@ -91,6 +113,33 @@ class Events:
     def queue_changed(self, exporter: str, size: int, held_bytes: int) -> None:
         self.metrics.queue_size.labels(exporter).set(size)
         self.metrics.queue_bytes.labels(exporter).set(held_bytes)
+
+    # -------------------------------------------------------------- queue storage (issue 16)
+
+    def storage_initialised(self, exporter: str, stores: tuple[str, ...], reasons: tuple[str, ...]) -> None:
+        """Start the storage error counters and the degraded gauge at 0 for an exporter with storage."""
+        for store in stores:
+            self.metrics.queue_storage_degraded.labels(exporter, store).set(0)
+            for reason in reasons:
+                self.metrics.queue_storage_errors.labels(exporter, store, reason)
+
+    def storage_error(self, exporter: str, store: str, reason: str, detail: str) -> None:
+        self.metrics.queue_storage_errors.labels(exporter, store, reason).inc()
+        total = self._due(("storage_error", exporter, store, reason), 1)
+        if total:
+            log.error("queue storage error", extra={
+                "event": "storage_error", "exporter": exporter, "store": store, "reason": reason,
+                "errors_since_last_log": total, "detail": detail[:300]})
+
+    def storage_degraded(self, exporter: str, store: str, reason: str) -> None:
+        self.metrics.queue_storage_degraded.labels(exporter, store).set(1)
+        log.warning("queue storage degraded: accepting into memory until the disk takes writes again", extra={
+            "event": "storage_degraded", "exporter": exporter, "store": store, "reason": reason})
+
+    def storage_restored(self, exporter: str, store: str) -> None:
+        self.metrics.queue_storage_degraded.labels(exporter, store).set(0)
+        log.info("queue storage restored: writing to the disk again", extra={
+            "event": "storage_restored", "exporter": exporter, "store": store})
 
     def backpressure(self, exporter: str, signal: str, items: int, reason: str) -> None:
         total = self._due(("backpressure", exporter, signal, reason), items)
@@ -103,11 +152,35 @@ class Events:
 
     def endpoint_added(self, exporter: str, endpoint: str, closed_gauge: int, concurrency_limit: int,
                        probed: bool) -> None:
-        """Gauges an endpoint has from the first scrape: breaker closed, the initial limit, health unknown (0)."""
+        """Gauges an endpoint has from the first scrape: breaker closed, the initial limit, health unknown (0);
+        and its counters at 0: retries and every breaker transition there can be."""
         self.metrics.breaker_state.labels(exporter, endpoint).set(closed_gauge)
         self.metrics.concurrency_limit.labels(endpoint).set(concurrency_limit)
         if probed:
             self.metrics.endpoint_healthy.labels(exporter, endpoint).set(0)
+        # Counters and histograms whose label sets are known now: samples from the first scrape.
+        for outcome in EXPORT_OUTCOMES:
+            self.metrics.export_duration.labels(exporter, endpoint, outcome)
+        for old, new in BREAKER_TRANSITIONS:
+            self.metrics.breaker_transitions.labels(exporter, endpoint, old, new, "local")
+        self.metrics.outages.labels(exporter, endpoint)
+        self.metrics.retries_refused.labels(exporter, endpoint)
+        self.metrics.exporter_retries.labels(exporter, endpoint)
+        self.metrics.recovery_duration.labels(exporter, endpoint)
+
+    def receiver_declared(self, receiver: str, transport: str, signals: Iterable[Signal]) -> None:
+        """A receiver listening on `transport` for `signals`: its accepted and refused counters start at 0."""
+        for signal in signals:
+            self.metrics.receiver_accepted[signal].labels(receiver, transport)
+            for reason in REFUSAL_REASONS:
+                self.metrics.receiver_refused[signal].labels(receiver, transport, reason)
+
+    def exporter_declared(self, exporter: str, signals: Iterable[Signal]) -> None:
+        """An exporter carrying `signals`: sent items and dead letters (by category) start at 0."""
+        for signal in signals:
+            self.metrics.exporter_sent[signal].labels(exporter)
+        for category in Category:
+            self.metrics.dead_letters.labels(exporter, category.value)
 
     def concurrency_limit_changed(self, endpoint: str, limit: int) -> None:
         self.metrics.concurrency_limit.labels(endpoint).set(limit)
@@ -121,7 +194,7 @@ class Events:
         category, error_type = classification.category.value, classification.error_type
         self.metrics.exporter_send_failed[signal].labels(exporter, category, error_type).inc(items)
         self.metrics.errors.labels(category, classification.severity.value,
-                                   classification.recoverability.value).inc()
+                                   classification.recoverability.value, error_type).inc()
         total = self._due(("export_failed", exporter, endpoint, error_type), 1)
         if total:
             log.warning("export attempt failed", extra={
@@ -140,10 +213,10 @@ class Events:
     def partial_success(self, exporter: str, endpoint: str, signal: Signal, rejected: int,
                         classification: Classification | None) -> None:
         """The upstream accepted a request but rejected some items: dropped, never retried."""
-        self.dropped(signal.value, "upstream_rejected", rejected, f"exporter {exporter}, endpoint {endpoint}")
+        self.dropped(signal.value, DropReason.UPSTREAM_REJECTED, rejected, f"exporter {exporter}, endpoint {endpoint}")
         if classification is not None:
             self.metrics.errors.labels(classification.category.value, classification.severity.value,
-                                       classification.recoverability.value).inc()
+                                       classification.recoverability.value, classification.error_type).inc()
 
     def endpoint_recovered(self, exporter: str, endpoint: str, seconds: float) -> None:
         self.metrics.recovery_duration.labels(exporter, endpoint).observe(seconds)
@@ -164,6 +237,74 @@ class Events:
         self.metrics.endpoint_healthy.labels(exporter, endpoint).set(1 if healthy else 0)
         log.log(logging.INFO if healthy else logging.WARNING, "endpoint health changed", extra={
             "event": "endpoint_health", "exporter": exporter, "endpoint": endpoint, "healthy": healthy})
+
+    def outage_started(self, exporter: str, endpoint: str) -> None:
+        """An endpoint failed (retryably) with no failure pending: an outage episode begins. It ends at the
+        endpoint's next success (`endpoint_recovered`, whose duration is the outage's)."""
+        self.metrics.outages.labels(exporter, endpoint).inc()
+        log.warning("outage started", extra={"event": "outage", "exporter": exporter, "endpoint": endpoint})
+
+    def retry_refused(self, exporter: str, endpoint: str) -> None:
+        """The retry budget refused a retry; the request goes back to the queue (not dropped)."""
+        self.metrics.retries_refused.labels(exporter, endpoint).inc()
+        total = self._due(("retry_refused", exporter, endpoint), 1)
+        if total:
+            log.warning("retry budget exhausted: request requeued", extra={
+                "event": "retry_refused", "exporter": exporter, "endpoint": endpoint,
+                "refusals_since_last_log": total})
+
+    # -------------------------------------------------------------- lag, foresight and anomalies
+
+    def exporter_added(self, exporter: str) -> None:
+        """One exporter's families with known label sets, from the first scrape (every pair of the
+        degradation ladder's levels 0..4; an empty queue; nothing delivered yet)."""
+        self.metrics.queue_oldest_age.labels(exporter).set(0)
+        self.metrics.queue_time_to_full.labels(exporter).set(float("inf"))
+        self.metrics.delivery_latency.labels(exporter)
+        self.metrics.degradation_level.labels(exporter).set(0)
+        for category in Category:
+            self.metrics.dead_letters.labels(exporter, category.value)
+        for old in range(5):
+            for new in range(5):
+                if old != new:
+                    self.metrics.degradation_transitions.labels(exporter, str(old), str(new))
+
+    def queue_lag(self, exporter: str, oldest_age: float, time_to_full: float) -> None:
+        self.metrics.queue_oldest_age.labels(exporter).set(oldest_age)
+        self.metrics.queue_time_to_full.labels(exporter).set(time_to_full)
+
+    def delivered(self, exporter: str, accepted_at: float, now: float) -> None:
+        """Upstream acknowledged an entry whose client was acknowledged at `accepted_at` (wall clock)."""
+        self.metrics.delivery_latency.labels(exporter).observe(max(0.0, now - accepted_at))
+
+    def recovery_ratio(self, ratio: float | None) -> None:
+        self.metrics.recovery_success_ratio.set(1.0 if ratio is None else ratio)
+
+    def anomaly_score(self, category: str, score: float) -> None:
+        self.metrics.error_rate_anomaly.labels(category).set(score)
+        self.metrics.error_rate_anomalies.labels(category)  # a sample from the first scrape
+
+    def anomaly_changed(self, category: str, active: bool, score: float, rate_per_minute: float,
+                        baseline_per_minute: float, threshold: float) -> None:
+        """The error rate of `category` became unusual (its score reached the threshold) or normal again."""
+        detail = {"event": "error_rate_anomaly", "category": category, "score": round(score, 2),
+                  "errors_per_minute": round(rate_per_minute, 2),
+                  "baseline_per_minute": round(baseline_per_minute, 2)}
+        if active:
+            self.metrics.error_rate_anomalies.labels(category).inc()
+            log.warning("error rate anomaly", extra={**detail, "state": "raised", "threshold": threshold})
+        else:
+            log.info("error rate back to normal", extra={**detail, "state": "cleared"})
+
+    # -------------------------------------------------------------- label sets known from the config
+
+    def exporter_route_added(self, exporter: str, signal: Signal, export_classes: list[Classification]) -> None:
+        """`exporter` sends `signal`; `export_classes` are the classes of the failures an exporter expects
+        (the OTLP spec's retryable answers and the usual client errors, classified by the running rules)."""
+        self.metrics.exporter_sent[signal].labels(exporter)
+        for c in export_classes:
+            self.metrics.exporter_send_failed[signal].labels(exporter, c.category.value, c.error_type)
+            self.metrics.errors.labels(c.category.value, c.severity.value, c.recoverability.value, c.error_type)
 
     # -------------------------------------------------------------- fleet mode (extensions.fleet)
 
@@ -203,3 +344,5 @@ class Events:
         """Known label sets start at 0, so they have samples from the first scrape."""
         self.metrics.fleet_budget_refused.labels(exporter, endpoint)
         self.metrics.fleet_leases_won.labels(endpoint)
+        for old, new in BREAKER_TRANSITIONS:
+            self.metrics.breaker_transitions.labels(exporter, endpoint, old, new, "fleet")

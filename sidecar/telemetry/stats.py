@@ -20,9 +20,13 @@ Figures:
   `sidecar_recovery_duration_seconds`). Success rate = recovered / started (an ongoing outage
   counts against it until it recovers); mean = the mean recovery time of the recovered episodes.
   Counted since start.
-* `top_hotspots(n)`: error items counted by (service.name, span name or log name, signal,
-  category, error_type) since start. Memory is bounded: at most `max_hotspots` distinct keys are
-  kept; when a new key would exceed that, the quarter with the smallest counts (ties: least
+* `top_hotspots(n, window_minutes)`: error items counted by (service.name, span name or log name,
+  signal, category, error_type) over a sliding window of 1, 5 (the default) or 15 minutes, not
+  since start: where errors are happening now. Each key keeps its counts in 10-second buckets for
+  the last 15 minutes (a bucket is in a window when it ends after now - window, as for the error
+  rates); a key with nothing left in 15 minutes is forgotten. Memory is bounded: at most
+  `max_hotspots` distinct keys are kept; when a new key would exceed that, keys with nothing in
+  the last 15 minutes go first, then the quarter with the smallest 15-minute counts (ties: least
   recently seen) is forgotten at once (amortised O(1) per item) and counted in
   `hotspot_keys_evicted`. A key that keeps recurring survives the pruning of one-off keys; a
   forgotten key starts again from zero. Long names are cut to `MAX_NAME_CHARS`.
@@ -79,13 +83,39 @@ class Hotspot:
     last_seen: float  # wall clock
 
 
+HOTSPOT_BUCKET_SECONDS = 10
+DEFAULT_HOTSPOT_WINDOW = 5
+
+
 class _Count:
-    __slots__ = ("count", "last_seen", "last_seen_mono")
+    """One hotspot key: its counts per 10-second bucket over the last 15 minutes, oldest first."""
+
+    __slots__ = ("buckets", "count", "last_seen", "last_seen_mono")
 
     def __init__(self) -> None:
-        self.count = 0
+        self.buckets: deque[list[int]] = deque()  # [bucket index, count]
+        self.count = 0  # the sum of `buckets`
         self.last_seen = 0.0
         self.last_seen_mono = 0.0
+
+    def add(self, bucket: int, n: int) -> None:
+        if self.buckets and self.buckets[-1][0] == bucket:
+            self.buckets[-1][1] += n
+        else:
+            self.buckets.append([bucket, n])
+        self.count += n
+
+    def expire(self, oldest_bucket: int) -> None:
+        while self.buckets and self.buckets[0][0] < oldest_bucket:
+            self.count -= self.buckets.popleft()[1]
+
+    def within(self, oldest_bucket: int) -> int:
+        total = 0
+        for bucket, n in reversed(self.buckets):
+            if bucket < oldest_bucket:
+                break
+            total += n
+        return total
 
 
 def _clip(text: str) -> str:
@@ -146,13 +176,14 @@ class ErrorStats:
         self._add(0, count)
         key = HotspotKey(_clip(service or UNKNOWN_SERVICE), _clip(name), signal, category, error_type)
         entry = self._hotspots.get(key)
+        now = self._clock.monotonic()
         if entry is None:
             if len(self._hotspots) >= self.max_hotspots:
-                self._prune()
+                self._prune(now)
             entry = self._hotspots[key] = _Count()
-        entry.count += count
+        entry.add(math.floor(now / HOTSPOT_BUCKET_SECONDS), count)
         entry.last_seen = self._clock.wall()
-        entry.last_seen_mono = self._clock.monotonic()
+        entry.last_seen_mono = now
 
     # ------------------------------------------------------------ derived figures
 
@@ -185,9 +216,16 @@ class ErrorStats:
             last_seconds=self._recovery_last,
         )
 
-    def top_hotspots(self, n: int = 10) -> list[Hotspot]:
-        ranked = sorted(self._hotspots.items(), key=lambda kv: (-kv[1].count, -kv[1].last_seen_mono))
-        return [Hotspot(key, entry.count, entry.last_seen) for key, entry in ranked[: max(n, 0)]]
+    def top_hotspots(self, n: int = 10, window_minutes: int = DEFAULT_HOTSPOT_WINDOW) -> list[Hotspot]:
+        """The `n` keys with the most error items in the last `window_minutes` (at most 15)."""
+        if not 0 < window_minutes <= max(WINDOWS_MINUTES):
+            raise ValueError(f"window_minutes must be in 1..{max(WINDOWS_MINUTES)}")
+        now = self._clock.monotonic()
+        self._expire_hotspots(now)
+        oldest = self._oldest_bucket(now, window_minutes)
+        counted = [(key, entry, entry.within(oldest)) for key, entry in self._hotspots.items()]
+        ranked = sorted((c for c in counted if c[2] > 0), key=lambda c: (-c[2], -c[1].last_seen_mono))
+        return [Hotspot(key, count, entry.last_seen) for key, entry, count in ranked[: max(n, 0)]]
 
     @property
     def hotspot_keys(self) -> int:
@@ -210,8 +248,27 @@ class ErrorStats:
         while self._buckets and self._buckets[0][0] <= now - self._horizon - 1:
             self._buckets.popleft()
 
-    def _prune(self) -> None:
-        """Forget the smallest quarter (at least one key) so the next keys fit."""
+    @staticmethod
+    def _oldest_bucket(now: float, window_minutes: int) -> int:
+        """The first bucket [b, b+10) that ends after now - window."""
+        return math.floor((now - window_minutes * 60) / HOTSPOT_BUCKET_SECONDS)
+
+    def _expire_hotspots(self, now: float) -> None:
+        oldest = self._oldest_bucket(now, max(WINDOWS_MINUTES))
+        stale = []
+        for key, entry in self._hotspots.items():
+            entry.expire(oldest)
+            if not entry.count:
+                stale.append(key)
+        for key in stale:
+            del self._hotspots[key]
+
+    def _prune(self, now: float) -> None:
+        """Forget what is older than 15 minutes, then, if still full, the smallest quarter (at least
+        one key) so the next keys fit."""
+        self._expire_hotspots(now)
+        if len(self._hotspots) < self.max_hotspots:
+            return
         keep = self.max_hotspots - max(1, self.max_hotspots // 4)
         ranked = sorted(self._hotspots.items(), key=lambda kv: (-kv[1].count, -kv[1].last_seen_mono))
         self.hotspot_keys_evicted += len(ranked) - keep

@@ -341,9 +341,10 @@ class _Fault:
     retry_after_s: float | None = None
     delay_s: float = 0.0
     rejected: int = 0
+    data_only: bool = False  # skip requests with no items (the sidecar's health probes)
 
-    def matches(self, signal: str) -> bool:
-        return self.signal is None or self.signal == signal
+    def matches(self, signal: str, empty: bool = False) -> bool:
+        return (self.signal is None or self.signal == signal) and not (self.data_only and empty)
 
     def effective_grpc_code(self) -> grpc.StatusCode:
         if self.grpc_code is not None:
@@ -426,6 +427,8 @@ class _ProxySide(asyncio.Protocol):
             self._proxy.client_connected(self)
 
     def data_received(self, data: bytes) -> None:
+        if self.is_client and self._proxy.black_hole:
+            return  # accepted, read, never forwarded, never answered
         peer = self.peer
         if peer is None or peer.transport is None:
             self._pending.append(data)
@@ -497,6 +500,7 @@ class _TcpProxy:
         self._clients: set[_ProxySide] = set()
         self._by_upstream_port: dict[int, _ProxySide] = {}
         self._tasks: set[asyncio.Task[None]] = set()
+        self.black_hole = False  # accept connections and swallow their bytes (see FakeCollector.black_hole)
 
     @property
     def listening(self) -> bool:
@@ -528,6 +532,8 @@ class _TcpProxy:
 
     def client_connected(self, side: _ProxySide) -> None:
         self._clients.add(side)
+        if self.black_hole:
+            return  # never connected to the server: nothing the client sends gets an answer
         task = asyncio.get_running_loop().create_task(self._connect_upstream(side))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -639,6 +645,8 @@ class FakeCollector:
         self._always: _Fault | None = None
         self._delay_s = 0.0
         self._max_message_bytes: int | None = None
+        self._open_data_calls = 0  # data (non-empty) requests received and not answered yet
+        self._max_open_data_calls = 0
 
         self._lifecycle = threading.RLock()
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -708,6 +716,13 @@ class FakeCollector:
     def __exit__(self, *exc_info: object) -> None:
         self.stop()
 
+    def black_hole(self, on: bool = True) -> None:
+        """TCP black hole: connections are accepted and their bytes read, but nothing ever reaches
+        the servers and nothing is ever answered (not even the HTTP/2 handshake). Open connections
+        are reset when it starts, so clients reconnect into it. `black_hole(False)` ends it for new
+        connections and resets the swallowed ones."""
+        self._call(self._ablack_hole(on))
+
     def go_down(self) -> None:
         """Stop listening on both public ports and reset every open connection."""
         self._call(self._ago_down())
@@ -726,8 +741,10 @@ class FakeCollector:
         message: str = "injected",
         retry_after_s: float | None = None,
         signal: str | None = None,
+        data_only: bool = False,
     ) -> None:
-        """The next n Export calls (optionally of one signal) fail.
+        """The next n Export calls (optionally of one signal; with `data_only`, only those carrying
+        items, so an empty health-probe request does not take the fault) fail.
 
         gRPC: abort with grpc_code (default UNAVAILABLE, or mapped from http_status) and message;
         with retry_after_s, a google.rpc.Status carrying RetryInfo in grpc-status-details-bin.
@@ -743,6 +760,7 @@ class FakeCollector:
                 http_status=http_status,
                 message=message,
                 retry_after_s=retry_after_s,
+                data_only=data_only,
             )
         )
 
@@ -787,10 +805,13 @@ class FakeCollector:
             self._delay_s = max(0.0, float(seconds))
 
     def partial_success_next(
-        self, n: int, rejected: int, message: str = "rejected by fake", *, signal: str | None = None
+        self, n: int, rejected: int, message: str = "rejected by fake", *, signal: str | None = None,
+        data_only: bool = False,
     ) -> None:
-        """The next n Export calls are accepted with partial_success.rejected_* = rejected."""
-        self._add(_Fault("partial", self._count(n), signal, rejected=rejected, message=message))
+        """The next n Export calls are accepted with partial_success.rejected_* = rejected
+        (with `data_only`, only calls carrying items take it)."""
+        self._add(_Fault("partial", self._count(n), signal, rejected=rejected, message=message,
+                         data_only=data_only))
 
     def reset_next(self, n: int, *, signal: str | None = None) -> None:
         """The next n Export calls: their TCP connection is reset (RST) and never answered."""
@@ -871,6 +892,17 @@ class FakeCollector:
     def wait_for_attempts(self, n: int, signal: str | None = None, timeout: float = 10.0) -> bool:
         return self.wait_for(lambda c: len(c.attempts(signal)) >= n, timeout)
 
+    @property
+    def max_concurrent_data_calls(self) -> int:
+        """The most data requests (with items: not health probes) ever open at once, i.e.
+        received and not yet answered (or abandoned by the client); see reset_concurrency."""
+        with self._lock:
+            return self._max_open_data_calls
+
+    def reset_concurrency(self) -> None:
+        with self._lock:
+            self._max_open_data_calls = self._open_data_calls
+
     def reset_records(self) -> None:
         with self._lock:
             self._records.clear()
@@ -889,15 +921,15 @@ class FakeCollector:
         with self._lock:
             self._script.append(fault)
 
-    def _take(self, signal: str) -> _Fault | None:
+    def _take(self, signal: str, empty: bool = False) -> _Fault | None:
         with self._lock:
             for i, fault in enumerate(self._script):
-                if fault.matches(signal):
+                if fault.matches(signal, empty):
                     fault.remaining -= 1
                     if fault.remaining <= 0:
                         del self._script[i]
                     return replace(fault)
-            if self._always is not None and self._always.matches(signal):
+            if self._always is not None and self._always.matches(signal, empty):
                 return self._always
             return None
 
@@ -997,6 +1029,11 @@ class FakeCollector:
         if self._http_runner is not None:
             await self._http_runner.cleanup()
 
+    async def _ablack_hole(self, on: bool) -> None:
+        for proxy in self._proxies.values():
+            proxy.black_hole = on
+            proxy.reset_all()
+
     async def _ago_down(self) -> None:
         for proxy in self._proxies.values():
             await proxy.close()
@@ -1084,14 +1121,24 @@ class FakeCollector:
                 message=f"cannot decode request: {exc}",
             )
 
-        fault = self._take(info.signal)
+        empty = request_item_count(info.signal, message) == 0
+        fault = self._take(info.signal, empty=empty)
         kind = fault.kind if fault is not None else None
         rejected = fault.rejected if fault is not None and kind == "partial" else 0
         record(message, kind in (None, "delay", "partial"), kind, rejected)
 
         if fault is not None and kind == "delay":
             delay += fault.delay_s
-        await self._sleep(delay)
+        if not empty:
+            with self._lock:
+                self._open_data_calls += 1
+                self._max_open_data_calls = max(self._max_open_data_calls, self._open_data_calls)
+        try:
+            await self._sleep(delay)  # a client that gives up cancels this: the call is closed then
+        finally:
+            if not empty:
+                with self._lock:
+                    self._open_data_calls -= 1
 
         response = info.response_type()
         if fault is None or kind == "delay":

@@ -28,7 +28,7 @@ def sidecar_factory(tmp_path: Path) -> Iterator[SidecarFactory]:
 
     def start(upstream_endpoint: str, exporter: str = "otlp_grpc", *, storage: bool = False,
               config_edit: Callable[[dict[str, Any]], None] | None = None, wait_ready: bool = True,
-              **overrides: Any) -> SidecarProcess:
+              module: str = "sidecar", **overrides: Any) -> SidecarProcess:
         ports = SidecarPorts()
         workdir = tmp_path / f"sidecar{len(started)}"
         workdir.mkdir()
@@ -36,7 +36,7 @@ def sidecar_factory(tmp_path: Path) -> Iterator[SidecarFactory]:
                              storage_dir=workdir / "queue" if storage else None, **overrides)
         if config_edit is not None:
             config_edit(config)
-        process = SidecarProcess(config, workdir, ports)
+        process = SidecarProcess(config, workdir, ports, module)
         started.append(process)
         return process.start(wait_ready=wait_ready)
 

@@ -21,6 +21,7 @@ from sidecar.admin.v1 import admin_pb2 as pb
 from sidecar.admin.v1 import admin_pb2_grpc as pb_grpc
 from tests.fakes.collector import FakeCollector
 from tests.integration.conftest import SidecarFactory
+from tests.polling import wait_until
 from tests.sidecar_process import ROOT, SidecarProcess, free_port
 
 EXPORTER = "otlp_grpc"
@@ -86,17 +87,6 @@ def cli(*args: str, env: dict[str, str] | None = None, timeout: float = 60) -> s
     full_env.update(env or {})
     return subprocess.run([sys.executable, "-m", "sidecar", *args], capture_output=True, text=True,
                           timeout=timeout, env=full_env, cwd=ROOT)
-
-
-def wait_until(predicate: Callable[[], Any], timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.1)
 
 
 def test_status_dead_letters_replay_reset_and_drain(upstream: FakeCollector,

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 import grpc
@@ -24,6 +24,7 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, Spa
 
 from tests.fakes.collector import FakeCollector
 from tests.integration.conftest import SidecarFactory
+from tests.polling import eventually, holds_for
 from tests.sdk_app import SdkApp
 from tests.sidecar_process import SidecarProcess
 
@@ -36,17 +37,6 @@ PATIENT = "15s"
 
 
 # ---------------------------------------------------------------------------------------------- helpers
-
-
-def eventually(predicate: Callable[[], bool], timeout: float, interval: float = 0.05) -> bool:
-    """Poll until the predicate holds (True) or `timeout` seconds passed (False)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        if predicate():
-            return True
-        if time.monotonic() >= deadline:
-            return False
-        time.sleep(interval)
 
 
 def span_id_bytes(ids: Sequence[int]) -> set[bytes]:
@@ -356,10 +346,11 @@ def test_partial_success_is_counted_and_never_retried(upstream: FakeCollector,
         export(make_request(20_000, 10), timeout=10)
     assert eventually(lambda: metric(sidecar, "sidecar_dropped_items_total", reason="upstream_rejected") == 3,
                       timeout=20), sidecar.logs()[-3000:]
-    time.sleep(1.0)  # several initial retry intervals (100ms): a retry would have happened by now
+    # For several initial retry intervals (100 ms) no retry happens.
+    assert holds_for(lambda: len(upstream.attempts("traces")) == 1
+                     and metric(sidecar, "sidecar_exporter_retries_total") == 0, seconds=1.0), upstream.attempts()
     attempts = upstream.attempts("traces")
     assert len(attempts) == 1 and attempts[0].fault == "partial"
-    assert metric(sidecar, "sidecar_exporter_retries_total") == 0
     assert metric(sidecar, "sidecar_exporter_sent_spans_total") == 7
     assert metric(sidecar, "sidecar_dead_letters_total") == 0
 
@@ -378,8 +369,9 @@ def test_permanent_error_is_dead_lettered_without_retry_or_breaker(upstream: Fak
             export(make_request(30_000 + 10 * n, 2), timeout=10)
     assert eventually(lambda: metric(sidecar, "sidecar_dead_letters_total") == requests, timeout=20), (
         sidecar.logs()[-3000:])
-    time.sleep(1.0)  # several initial retry intervals: a retry would have happened by now
-    assert len(upstream.attempts("traces")) == requests, "each request tried exactly once"
+    # For several initial retry intervals no request is tried again.
+    assert holds_for(lambda: len(upstream.attempts("traces")) == requests, seconds=1.0), (
+        "each request tried exactly once")
     assert metric(sidecar, "sidecar_dead_letters_total", category="serialization") == requests
     assert metric(sidecar, "sidecar_exporter_retries_total") == 0
     assert metric(sidecar, "sidecar_breaker_state") == 0

@@ -39,6 +39,7 @@ from sidecar.config import ConfigError, load_config_text
 from sidecar.tls import check_config
 from tests.fakes.collector import FakeCollector, FakeTLS
 from tests.integration.conftest import SidecarFactory
+from tests.polling import eventually
 from tests.sdk_app import SdkApp
 from tests.sidecar_process import ROOT, SidecarPorts, SidecarProcess, base_config
 
@@ -438,19 +439,11 @@ def test_exporter_mtls_to_an_upstream_that_requires_client_certificates(exporter
         refused = _send(without, 3)
         # With TLS 1.3 the server checks the client's certificate after the client considers the handshake
         # done, so the client only sees the connection closed: a transport failure, retried, data kept queued.
-        assert _wait(lambda: without.metric_value("sidecar_exporter_send_failed_spans_total",
-                                                  category="transport") >= 3), without.metrics_text()[-3000:]
+        assert eventually(lambda: without.metric_value("sidecar_exporter_send_failed_spans_total",
+                                                  category="transport") >= 3, timeout=15), (
+            without.metrics_text()[-3000:])
         assert not set(refused) & upstream.span_ids()
         assert without.metric_value("sidecar_dead_letters_total") == 0
-
-
-def _wait(predicate: Callable[[], bool], timeout: float = 15.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return False
 
 
 @pytest.mark.parametrize("exporter", ["otlp_grpc", "otlp_http"])
@@ -463,7 +456,7 @@ def test_exporter_refuses_an_untrusted_upstream(exporter: str, tls: dict[str, An
     with FakeCollector(tls=FakeTLS(str(pki.server.cert), str(pki.server.key))) as upstream:
         sidecar = sidecar_factory(_target(upstream, exporter), exporter, tls=tls)
         refused = _send(sidecar, 2)
-        assert _wait(lambda: _tls_failures(sidecar) >= 2), sidecar.metrics_text()[-3000:]
+        assert eventually(lambda: _tls_failures(sidecar) >= 2, timeout=15), sidecar.metrics_text()[-3000:]
         assert not set(refused) & upstream.span_ids()
         assert sidecar.metric_value("sidecar_dead_letters_total", category="configuration") >= 1
 
@@ -484,7 +477,7 @@ def test_grpc_exporter_server_name_override(pki: Pki, sidecar_factory: SidecarFa
         assert upstream.wait_for(lambda f: set(ids) <= f.span_ids(), timeout=15), sidecar.logs()[-2000:]
         wrong = sidecar_factory(_target(upstream, "otlp_grpc"), "otlp_grpc", tls={"ca_file": str(pki.ca)})
         refused = _send(wrong, 1)
-        assert _wait(lambda: _tls_failures(wrong) >= 1), wrong.metrics_text()[-3000:]
+        assert eventually(lambda: _tls_failures(wrong) >= 1, timeout=15), wrong.metrics_text()[-3000:]
         assert not set(refused) & upstream.span_ids()
 
 

@@ -15,9 +15,10 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 from opentelemetry.proto.trace.v1 import trace_pb2
 
 from sidecar.config.schema import EnrichProcessorConfig
-from sidecar.pipeline.enrich import enrich_traces, enrich_traces_payload
+from sidecar.pipeline.enrich import enrich_traces_payload
 from sidecar.pipeline.wire import facts_of_view, span_view
-from tests.property.test_enrich_props import (
+from tests.fakes.enrich_model import enrich_traces
+from tests.fakes.otlp_strategies import (
     CLASSIFIER,
     MANY,
     SETTINGS,

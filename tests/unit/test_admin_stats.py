@@ -18,11 +18,11 @@ from sidecar.core.taxonomy import Category, Classification, Recoverability, Reco
 from sidecar.exporters.sender import Verdict
 from sidecar.exporters.transport import SendOutcome
 from sidecar.pipeline.classify import Classifier
-from sidecar.pipeline.enrich import enrich_traces
 from sidecar.pipeline.router import Pipeline, Router
 from sidecar.telemetry.events import Events
 from sidecar.telemetry.metrics import Metrics
 from sidecar.telemetry.stats import MAX_NAME_CHARS, UNKNOWN_SERVICE, ErrorStats, HotspotKey
+from tests.fakes.enrich_model import enrich_traces
 from tests.fakes.sender import INVALID, UNAVAILABLE, FakeTransport, build, make_config, make_entry, sender_clock
 
 TRANSPORT = Classification(Category.TRANSPORT, Severity.MEDIUM, Recoverability.RETRYABLE,
@@ -294,3 +294,26 @@ async def test_sender_reports_failures_outages_and_recoveries() -> None:
                        for s in m.samples if s.name == "sidecar_errors_total")
     rates = {r.window_minutes: r for r in stats.error_rates()}
     assert rates[15].export_errors == errors_total == 4  # 2 UNAVAILABLE + 1 INVALID + 1 partial success
+
+
+def test_hotspots_are_counted_over_sliding_windows() -> None:
+    clock = Clock()
+    stats = ErrorStats(clock)
+    stats.item_error("cart", "GET /cart", "traces", "transport", "connection_refused", 100)  # long ago
+    clock.now += 10 * 60
+    stats.item_error("pay", "charge", "traces", "timeout", "timeout", 7)  # 10 minutes later
+    clock.now += 4 * 60
+    stats.item_error("db", "query", "traces", "processing", "deadlock", 2)  # just now
+
+    def top(window: int) -> list[tuple[str, int]]:
+        return [(h.key.name, h.count) for h in stats.top_hotspots(10, window_minutes=window)]
+
+    assert top(1) == [("query", 2)]
+    assert top(5) == [("charge", 7), ("query", 2)]
+    assert top(15) == [("GET /cart", 100), ("charge", 7), ("query", 2)]
+    assert top(5) == [(h.key.name, h.count) for h in stats.top_hotspots(10)], "5 minutes is the default"
+    clock.now += 2 * 60  # the cart errors are more than 15 minutes old now: forgotten
+    assert top(15) == [("charge", 7), ("query", 2)]
+    assert stats.hotspot_keys == 2 and stats.hotspot_keys_evicted == 0, "aged out, not evicted"
+    with pytest.raises(ValueError):
+        stats.top_hotspots(10, window_minutes=16)

@@ -9,36 +9,9 @@ import pytest
 from sidecar.__main__ import main
 from sidecar.admin import status as render
 from sidecar.admin.v1 import admin_pb2 as pb
+from tests.fakes.admin_status import NOW
+from tests.fakes.admin_status import recorded_status as _status
 from tests.sidecar_process import free_port
-
-NOW = 1_700_000_000.0
-
-
-def _status() -> pb.GetStatusResponse:
-    status = pb.GetStatusResponse(uptime_seconds=3725, accepting=True, ready=False, stats_since=NOW - 3725)
-    exporter = status.exporters.add(name="otlp_grpc/primary", degradation_level=1, degradation_cause="breaker_open",
-                                    reachable=False)
-    exporter.queue.CopyFrom(pb.QueueStatus(enabled=True, storage="file_storage", sizer="requests", size=12,
-                                           capacity=1000, requests=12, bytes=3 * 1024 * 1024, in_flight=4))
-    exporter.dead_letters.CopyFrom(pb.DeadLetterSummary(count=2, bytes=2048))
-    exporter.endpoints.add(endpoint="collector-a:4317", breaker_state="open", breaker_seconds_in_state=12.5,
-                           breaker_trips=3, consecutive_failures=7, concurrency_limit=4, in_flight=0,
-                           retry_budget_tokens=2.75, health="unhealthy")
-    exporter.endpoints.add(endpoint="collector-b:4317", breaker_state="half_open", breaker_seconds_in_state=0.25,
-                           concurrency_limit=16, in_flight=9, retry_budget_tokens=13.0, health="healthy",
-                           ewma_latency_seconds=0.012)
-    sync = status.exporters.add(name="otlp_http", reachable=True)
-    sync.queue.CopyFrom(pb.QueueStatus(enabled=False, sizer="requests"))
-    for minutes, per_minute, export, items in ((1, 12.0, 10, 2), (5, 4.4, 20, 2), (15, 1.6, 22, 2)):
-        status.error_rates.add(window_minutes=minutes, per_minute=per_minute, errors=export + items,
-                               export_errors=export, item_errors=items)
-    status.recovery.CopyFrom(pb.RecoveryStats(outages=3, recovered=2, ongoing=1, success_rate=2 / 3,
-                                              mean_recovery_seconds=4.25, max_recovery_seconds=7.0))
-    status.hotspots.add(service="checkout", name="POST /pay", signal="traces", category="transport",
-                        error_type="connection_refused", count=1234, last_seen=NOW - 3)
-    status.hotspots.add(service="cart", name="payments.db", signal="logs", category="processing",
-                        error_type="deadlock", count=7, last_seen=NOW - 125)
-    return status
 
 
 def _columns(header: str, names: list[str]) -> list[int]:
@@ -80,6 +53,8 @@ def test_status_table() -> None:
     primary, http = lines[header + 1], lines[header + 2]
     cells = ["otlp_grpc/primary", "12/1000 requests", "12 req, 3.0 MiB", "file_storage", "1 spill (breaker_open)",
              "2 (2.0 KiB)", "NO"]
+    assert primary.index("1m05s") == lines[header].index("OLDEST")
+    assert primary.index("7m30s") == lines[header].index("TIME TO FULL")
     assert [primary.index(cell) for cell in cells] == positions  # every cell starts under its header
     assert http.startswith("otlp_http") and "synchronous" in http and http.endswith("yes")
 
@@ -92,8 +67,10 @@ def test_status_table() -> None:
     assert "1m 12.0/min   5m 4.4/min   15m 1.6/min" in text
     assert "(last 15m: 22 export errors, 2 error spans/logs)" in text
     assert "3 outages: 2 recovered (67%), 1 ongoing; mean recovery 4.2s, max 7.0s" in text
+    assert ("ANOMALIES  timeout 9.5 ANOMALY (300/min, usually 2.0/min), transport 1.5 (14.0/min, usually 10.0/min)"
+            in text)
     header = lines.index(next(line for line in lines if line.startswith("COUNT")))
-    assert lines[header - 1] == "TOP ERROR HOTSPOTS"
+    assert lines[header - 1] == "TOP ERROR HOTSPOTS (last 5m)"
     assert lines[header + 1].split() == ["1234", "checkout", "POST", "/pay", "traces", "transport",
                                          "connection_refused", "3.0s", "ago"]
     assert lines[header + 2].endswith("2m05s ago")
@@ -105,7 +82,8 @@ def test_status_without_errors() -> None:
     status.error_rates.add(window_minutes=1)
     text = render.render_status(status, NOW)
     assert "RECOVERY   no outages" in text
-    assert "TOP ERROR HOTSPOTS  none" in text
+    assert "TOP ERROR HOTSPOTS (last 5m)  none" in text
+    assert "ANOMALIES  none" in text
 
 
 def test_to_plain_keeps_numbers_and_marks_unset_optionals() -> None:

@@ -35,7 +35,7 @@ TOO_LARGE = c(Recoverability.TEMPORARY, Category.RESOURCE_EXHAUSTED, Recovery.SP
 def config(**kw: object) -> CircuitBreakerConfig:
     base: dict[str, object] = dict(failure_threshold=3, failure_rate=0.5, minimum_calls=10, window=Duration(60.0),
                                    recovery_timeout=Duration(10.0), max_recovery_timeout=Duration(35.0),
-                                   half_open_max_calls=2)
+                                   half_open_max_calls=2, half_open_success_threshold=1)
     base.update(kw)
     return CircuitBreakerConfig(**base)  # type: ignore[arg-type]
 
@@ -329,3 +329,29 @@ async def test_listener_errors_do_not_break_the_breaker() -> None:
     b = EndpointBreaker("a", config(), clock, on_transition=broken)
     await fail(b, 3)
     assert b.state is BreakerState.OPEN
+
+
+async def test_half_open_closes_only_after_success_threshold_successes_in_a_row() -> None:
+    clock = FakeClock(500.0)
+    seen: list[tuple[str, str]] = []
+    b = EndpointBreaker("a", config(half_open_success_threshold=3), clock,
+                        on_transition=lambda o, n: seen.append((o, n)))
+    await fail(b, 3)
+    clock.advance(10.0)
+    await call(b)
+    await call(b)
+    assert b.state is BreakerState.HALF_OPEN  # two successes from a flapping upstream are not enough
+    await fail(b)  # the third probe fails: open again, and the successes so far count for nothing
+    assert b.state is BreakerState.OPEN
+    clock.advance(20.0)
+    for _ in range(2):
+        await call(b)
+    assert b.state is BreakerState.HALF_OPEN
+    await call(b)
+    assert b.state is BreakerState.CLOSED
+    assert seen[-1] == ("half_open", "closed")
+
+
+def test_half_open_success_threshold_default_is_one_wave_of_probes() -> None:
+    default = CircuitBreakerConfig()
+    assert default.half_open_success_threshold == default.half_open_max_calls == 3

@@ -10,7 +10,7 @@ from sidecar.config.schema import ClassifyProcessorConfig, EnrichProcessorConfig
 from sidecar.pipeline.classify import Classifier
 from sidecar.pipeline.enrich import enrich_traces_payload
 from sidecar.reload import ClassifierHandle
-from tests.unit.test_enrich_outcomes import enriched_spans, error_request
+from tests.fakes.spans import enriched_spans, error_request
 
 
 def test_every_public_classifier_method_is_delegated() -> None:

@@ -240,6 +240,17 @@ def test_breaker_open_spills_and_leaves_immediately() -> None:
     assert ladder.update(Pressure(queue_fill=0.0, breaker_open=False)) is Level.NORMAL
 
 
+def test_storage_degraded_counts_as_spill_and_memory_still_pushes_back() -> None:
+    ladder = DegradationLadder()
+    assert ladder.update(Pressure(queue_fill=0.0, storage_degraded=True)) is Level.SPILL
+    assert ladder.cause == "storage_degraded"
+    assert ladder.drivers == {"storage_degraded": Level.SPILL}
+    # The memory fallback fills: the memory driver takes over, as for a memory queue.
+    assert ladder.update(Pressure(queue_fill=0.0, storage_degraded=True, memory_fraction=1.0)) is Level.BACKPRESSURE
+    assert ladder.cause == "memory"
+    assert ladder.update(Pressure(queue_fill=0.0, storage_degraded=False)) is Level.NORMAL
+
+
 def test_breaker_open_does_not_lower_a_higher_queue_level() -> None:
     ladder = DegradationLadder()
     assert ladder.update(Pressure(queue_fill=0.9, breaker_open=True)) is Level.REDUCE

@@ -394,6 +394,17 @@ def test_alert_rules_cover_the_required_conditions() -> None:
     rules = {rule["alert"]: rule for group in _yaml(CONFIG_DIR / "alerts.yml")["groups"] for rule in group["rules"]}
     assert {"SidecarCircuitBreakerOpen", "SidecarDegraded", "SidecarDroppingItems", "SidecarQueueNearlyFull",
             "SidecarErrorRateSpike", "SidecarMemoryNearLimit"} <= set(rules)
+    # What is about to happen (issue 17): each on the metric that says it.
+    foresight = {"SidecarQueueFullSoon": "sidecar_exporter_queue_time_to_full_seconds < 600",
+                 "SidecarDeliveryLagging": "sidecar_exporter_queue_oldest_age_seconds > 300",
+                 "SidecarErrorRateAnomaly": "increase(sidecar_error_rate_anomalies_total[10m])",
+                 "SidecarExportLatencyHigh": "histogram_quantile(0.99,",
+                 "SidecarEndpointUnhealthy": "sidecar_endpoint_healthy == 0",
+                 "SidecarRetryBudgetExhausted": "increase(sidecar_exporter_retries_refused_total[5m])",
+                 "SidecarReceiverRefusing": "sidecar_receiver_refused_log_records_total",
+                 "SidecarConfigReloadFailed": 'sidecar_config_reloads_total{result="invalid"}'}
+    for name, needle in foresight.items():
+        assert needle in rules[name]["expr"], name
     assert rules["SidecarCircuitBreakerOpen"]["expr"] == "sidecar_breaker_state == 2"
     assert rules["SidecarCircuitBreakerOpen"]["for"] == "1m"
     assert rules["SidecarDegraded"]["expr"] == "sidecar_degradation_level >= 2"
@@ -433,7 +444,10 @@ def test_dashboard_shows_what_an_operator_needs() -> None:
                    "sidecar_exporter_send_failed_spans_total", "sidecar_dropped_items_total",
                    "sidecar_errors_total", "sidecar_exporter_retries_total", "sidecar_enriched_items_total",
                    "histogram_quantile(0.5, sum by (le, endpoint) (rate(sidecar_export_duration_seconds_bucket",
-                   "histogram_quantile(0.99, sum by (le, endpoint) (rate(sidecar_export_duration_seconds_bucket"):
+                   "histogram_quantile(0.99, sum by (le, endpoint) (rate(sidecar_export_duration_seconds_bucket",
+                   "sidecar_exporter_queue_oldest_age_seconds", "sidecar_exporter_queue_time_to_full_seconds",
+                   "sidecar_exporter_delivery_latency_seconds_bucket", "sidecar_error_rate_anomaly{",
+                   "sidecar_error_rate_anomalies_total"):
         assert needed in exprs, needed
     ids = [p["id"] for p in dashboard["panels"]]
     assert len(ids) == len(set(ids))

@@ -10,58 +10,11 @@ from opentelemetry.proto.trace.v1 import trace_pb2
 
 from sidecar.config.schema import EnrichProcessorConfig
 from sidecar.pipeline.classify import Classifier
-from sidecar.pipeline.enrich import ATTRIBUTE_NAMES, EnrichStats, enrich_logs, enrich_traces
+from sidecar.pipeline.enrich import ATTRIBUTE_NAMES, EnrichStats, enrich_logs
+from tests.fakes.enrich_model import enrich_traces
+from tests.fakes.spans import CLIENT, ERROR, INTERNAL, PREFIX, SERVER, add_attr, attrs_of, new_span
 
-Kind = trace_pb2.Span
-SERVER, CLIENT, INTERNAL = Kind.SPAN_KIND_SERVER, Kind.SPAN_KIND_CLIENT, Kind.SPAN_KIND_INTERNAL
-ERROR = trace_pb2.Status.STATUS_CODE_ERROR
-PREFIX = "sidecar.error."
 CONFIG = EnrichProcessorConfig()
-
-
-def attrs_of(item: trace_pb2.Span | logs_pb2.LogRecord) -> dict[str, object]:
-    out: dict[str, object] = {}
-    for kv in item.attributes:
-        which = kv.value.WhichOneof("value")
-        out[kv.key] = getattr(kv.value, which) if which else None
-    return out
-
-
-def add_attr(attrs: object, key: str, value: object) -> None:
-    kv = attrs.add(key=key)  # type: ignore[attr-defined]
-    if isinstance(value, bool):
-        kv.value.bool_value = value
-    elif isinstance(value, int):
-        kv.value.int_value = value
-    else:
-        kv.value.string_value = value
-
-
-def new_span(
-    request: ExportTraceServiceRequest,
-    *,
-    kind: int = INTERNAL,
-    status: int = 0,
-    attrs: dict[str, object] | None = None,
-    exception: str | None = None,
-    resource: int = 0,
-) -> trace_pb2.Span:
-    while len(request.resource_spans) <= resource:
-        rs = request.resource_spans.add()
-        rs.resource.attributes.add(key="service.name").value.string_value = f"svc{len(request.resource_spans)}"
-        rs.scope_spans.add().scope.name = "lib"
-    scope = request.resource_spans[resource].scope_spans[0]
-    n = len(scope.spans)
-    s = scope.spans.add(name=f"op{n}", kind=kind, trace_id=bytes([n + 1]) * 16, span_id=bytes([n + 1]) * 8)  # type: ignore[arg-type]
-    s.start_time_unix_nano, s.end_time_unix_nano = 1000 + n, 2000 + n
-    if status:
-        s.status.code = status  # type: ignore[assignment]
-    for key, value in (attrs or {}).items():
-        add_attr(s.attributes, key, value)
-    if exception is not None:
-        event = s.events.add(name="exception", time_unix_nano=1500)
-        event.attributes.add(key="exception.type").value.string_value = exception
-    return s
 
 
 def run(request: ExportTraceServiceRequest, *, with_raw: bool = True, config: EnrichProcessorConfig = CONFIG,
@@ -81,7 +34,7 @@ def test_error_span_gets_every_attribute(with_raw: bool) -> None:
                    attrs={"http.request.method": "GET"})
     stats = run(request, with_raw=with_raw)
     assert stats.enriched == 1
-    assert stats.by_class == {("transport", "low", "retryable"): 1}
+    assert stats.by_class == {("transport", "low", "retryable", "connection_refused"): 1}
     assert stats.by_category == {"transport": 1}
     got = attrs_of(err)
     assert got == {
@@ -252,16 +205,16 @@ def test_a_string_value_that_looks_like_a_status_attribute_is_harmless() -> None
     assert PREFIX + "category" in attrs_of(target)
 
 
-def test_classifier_failure_falls_back_and_never_raises() -> None:
+def test_classifier_failure_reaches_the_caller_instead_of_a_made_up_class() -> None:
+    """The router fails open on it (tests/unit/test_enrich_fail_open.py): no invented attributes."""
     class Broken(Classifier):
         def classify_span_facts(self, facts: object) -> object:  # type: ignore[override]
             raise RuntimeError("bug")
 
     request = ExportTraceServiceRequest()
-    s = new_span(request, status=ERROR)
-    stats = run(request, classifier=Broken())
-    assert stats.enriched == 1
-    assert attrs_of(s)[PREFIX + "classified_by"] == "default:fallback"
+    new_span(request, status=ERROR)
+    with pytest.raises(RuntimeError, match="bug"):
+        run(request, classifier=Broken())
 
 
 def test_weird_input_never_raises() -> None:
@@ -345,7 +298,7 @@ def test_logs_keep_existing_attributes() -> None:
 def test_enrich_stats_by_category() -> None:
     stats = EnrichStats()
     assert stats.enriched == 0 and stats.by_category == {}
-    stats.by_class[("transport", "low", "retryable")] += 2
-    stats.by_class[("transport", "medium", "temporary")] += 1
-    stats.by_class[("timeout", "low", "retryable")] += 1
+    stats.by_class[("transport", "low", "retryable", "UNAVAILABLE")] += 2
+    stats.by_class[("transport", "medium", "temporary", "UNAVAILABLE")] += 1
+    stats.by_class[("timeout", "low", "retryable", "DEADLINE_EXCEEDED")] += 1
     assert stats.by_category == {"transport": 3, "timeout": 1}

@@ -12,7 +12,7 @@ from sidecar.pipeline import enrich
 from sidecar.pipeline.classify import Classifier
 from sidecar.pipeline.enrich import enrich_traces_payload
 from sidecar.pipeline.wire import span_evidence
-from tests.unit.test_enrich import CLIENT, ERROR, PREFIX, SERVER, attrs_of, new_span
+from tests.fakes.spans import CLIENT, ERROR, PREFIX, SERVER, enriched_spans, error_request, new_span
 
 CONFIG = EnrichProcessorConfig()
 
@@ -25,20 +25,6 @@ class CountingClassifier(Classifier):
     def classify_span_facts(self, facts: Any) -> Any:
         self.calls += 1
         return super().classify_span_facts(facts)
-
-
-def enriched_spans(payload: bytes) -> list[dict[str, object]]:
-    request = ExportTraceServiceRequest()
-    request.ParseFromString(payload)
-    return [attrs_of(span) for rs in request.resource_spans for ss in rs.scope_spans for span in ss.spans]
-
-
-def error_request(n: int, *, exception: str = "ConnectionRefusedError", status: int = 500) -> bytes:
-    request = ExportTraceServiceRequest()
-    for i in range(n):
-        new_span(request, kind=SERVER, status=ERROR, exception=exception,
-                 attrs={"http.response.status_code": status, "url.path": f"/orders/{i}"})
-    return request.SerializeToString()
 
 
 def test_spans_with_the_same_evidence_are_classified_once_per_classifier() -> None:

@@ -655,3 +655,41 @@ def test_argument_validation(collector: FakeCollector) -> None:
         collector.attempts("spans")
     collector.fail_next(0)
     assert collector.pending_faults() == 0
+
+
+# ---------------------------------------------------------------------------------------------------
+# black hole and open-call gauge (issue 16)
+# ---------------------------------------------------------------------------------------------------
+
+
+def test_black_hole_accepts_connections_and_never_answers(collector: FakeCollector) -> None:
+    collector.black_hole()
+    host, port = collector.grpc_endpoint.rsplit(":", 1)
+    with socket.create_connection((host, int(port)), timeout=2) as sock:  # accepted
+        sock.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + b"\x00" * 64)
+        sock.settimeout(0.5)
+        with pytest.raises(TimeoutError):
+            sock.recv(1)  # not even the server's HTTP/2 settings frame
+    with grpc.insecure_channel(collector.grpc_endpoint) as channel:
+        stub = trace_service_pb2_grpc.TraceServiceStub(channel)
+        with pytest.raises(grpc.RpcError) as info:
+            stub.Export(trace_request(), timeout=1.0)
+        assert info.value.code() is grpc.StatusCode.DEADLINE_EXCEEDED  # type: ignore[attr-defined]
+    assert collector.attempts() == []  # nothing reached the server
+    collector.black_hole(False)
+    with grpc.insecure_channel(collector.grpc_endpoint) as channel:
+        trace_service_pb2_grpc.TraceServiceStub(channel).Export(trace_request(), timeout=5.0)
+    assert len(collector.accepted("traces")) == 1
+
+
+def test_open_data_calls_are_counted_probes_are_not(collector: FakeCollector) -> None:
+    collector.set_delay(0.5)
+    with grpc.insecure_channel(collector.grpc_endpoint) as channel:
+        stub = trace_service_pb2_grpc.TraceServiceStub(channel)
+        calls = [stub.Export.future(trace_request(seed=i), timeout=5.0) for i in range(3)]
+        probe = stub.Export.future(trace_service_pb2.ExportTraceServiceRequest(), timeout=5.0)
+        for call in [*calls, probe]:
+            call.result()
+    assert collector.max_concurrent_data_calls == 3
+    collector.reset_concurrency()
+    assert collector.max_concurrent_data_calls == 0

@@ -187,3 +187,47 @@ def test_bounds_are_validated() -> None:
         MemoryDeadLetters(0)
     with pytest.raises(ValueError):
         MemoryDeadLetters(10, 0)
+
+
+async def test_bounded_by_age_on_add_and_on_expire(tmp_path: Path) -> None:
+    for store in (MemoryDeadLetters(100, None, max_age=60.0),
+                  await SqliteDeadLetters(tmp_path / "age.deadletter.sqlite", 100, None, max_age=60.0).open()):
+        for n in range(3):
+            assert await store.add(entry(n), BAD_DATA, "x", dead_at=1000.0 + 10 * n) == []
+        evicted = await store.add(entry(3), BAD_DATA, "x", dead_at=1065.0)  # 0 (at 1000) is now 65 s old
+        assert [(e.expired, e.reason) for e in evicted] == [(True, "dead_letter_expired")]
+        assert await store.expire(1070.0) == []  # 1 (at 1010) is exactly 60 s old: kept
+        expired = await store.expire(1100.0)
+        assert [e.items for e in expired] == [2, 2] and all(e.expired for e in expired)
+        assert [num(d.entry) for d in await store.list()] == [3]
+        assert store.evicted == 3 and store.evicted_items == 6 and store.bytes == 16
+        assert len(await store.expire(2000.0)) == 1 and store.count == 0  # expire keeps nothing back
+        await store.close()
+
+
+async def test_count_bound_evictions_are_not_expiries(open_store: Opener) -> None:
+    store = await open_store(max_entries=1)
+    await store.add(entry(0), BAD_DATA, "x")
+    (evicted,) = await store.add(entry(1), BAD_DATA, "x")
+    assert not evicted.expired and evicted.reason == "dead_letter_evicted"
+
+
+async def test_without_max_age_nothing_expires(open_store: Opener) -> None:
+    store = await open_store()
+    await store.add(entry(0), BAD_DATA, "x", dead_at=0.0)
+    assert await store.expire(1e12) == [] and store.count == 1
+
+
+async def test_sqlite_age_survives_reopen(tmp_path: Path) -> None:
+    path = tmp_path / "reopen.deadletter.sqlite"
+    store = await SqliteDeadLetters(path, max_age=60.0).open()
+    await store.add(entry(0), BAD_DATA, "x", dead_at=1000.0)
+    await store.close()
+    store = await SqliteDeadLetters(path, max_age=60.0).open()
+    assert [e.expired for e in await store.expire(1061.0)] == [True] and store.count == 0
+    await store.close()
+
+
+def test_max_age_is_validated() -> None:
+    with pytest.raises(ValueError):
+        MemoryDeadLetters(10, None, max_age=0.0)

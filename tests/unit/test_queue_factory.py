@@ -17,6 +17,7 @@ from sidecar.queue.factory import (
     queue_path,
     sanitize_name,
 )
+from sidecar.queue.fallback import StorageFallbackQueue
 from sidecar.queue.memory import MemoryQueue
 from sidecar.queue.sqlite import SqliteQueue
 
@@ -59,13 +60,18 @@ async def test_memory_queue_without_storage(tmp_path: Path) -> None:
 async def test_sqlite_queue_with_storage(tmp_path: Path) -> None:
     directory = tmp_path / "state" / "queues"  # created on demand
     config = SendingQueueConfig(queue_size=5, sizer="bytes", storage="file_storage", synchronous="NORMAL")
-    q = await open_queue("otlp_grpc/primary", config, directory)
-    assert isinstance(q, SqliteQueue)
-    assert q.path == directory / "otlp_grpc_primary.sqlite" == queue_path(directory, "otlp_grpc/primary")
-    assert (q.capacity, q.sizer, q.synchronous, q.durable) == (5, Sizer.BYTES, "NORMAL", True)
+    q = await open_queue("otlp_grpc/primary", config, directory, memory_limit_bytes=1000)
+    assert isinstance(q, StorageFallbackQueue)  # accepts into memory while the disk fails
+    assert q.memory_bytes == 500  # half the memory limit
+    disk = q.disk
+    assert isinstance(disk, SqliteQueue)
+    assert disk.path == directory / "otlp_grpc_primary.sqlite" == queue_path(directory, "otlp_grpc/primary")
+    assert (disk.capacity, disk.sizer, disk.synchronous, q.durable) == (5, Sizer.BYTES, "NORMAL", True)
+    assert (q.capacity, q.sizer) == (5, Sizer.BYTES)
     await q.put(QueueEntry(Signal.TRACES, b"abc", 1, (), 1.0))
+    assert disk.count == 1 and q.in_memory == 0
     await q.close()
-    assert q.path.exists()
+    assert disk.path.exists()
 
 
 async def test_storage_without_directory_is_an_error() -> None:

@@ -205,3 +205,30 @@ async def test_close_releases_getters_and_refuses_puts() -> None:
 def test_capacity_must_be_positive() -> None:
     with pytest.raises(ValueError):
         MemoryQueue(0)
+
+
+# ------------------------------------------------------------------ the oldest entry's age
+
+
+async def test_oldest_accepted_at_follows_what_is_held() -> None:
+    queue = MemoryQueue(10)
+    assert queue.oldest_accepted_at is None
+
+    def entry(accepted_at: float) -> QueueEntry:
+        return QueueEntry(Signal.TRACES, b"x", 1, (), accepted_at)
+
+    await queue.put(entry(100.0))
+    await queue.put(entry(200.0))
+    await queue.put(entry(50.0))  # a requeued part keeps its (older) acceptance time
+    assert queue.oldest_accepted_at == 50.0
+    first = await queue.get()  # the 100.0 entry, leased: still held
+    assert queue.oldest_accepted_at == 50.0
+    await queue.ack(first)
+    second = await queue.get()
+    await queue.nack(second)  # back in the queue: still held
+    assert queue.oldest_accepted_at == 50.0
+    for _ in range(2):
+        await queue.ack(await queue.get())
+    assert queue.oldest_accepted_at is None
+    await queue.put(entry(300.0))
+    assert queue.drain_nowait() and queue.oldest_accepted_at is None

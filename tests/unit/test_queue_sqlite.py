@@ -416,3 +416,27 @@ async def test_unwritable_directory(tmp_path: Path) -> None:
     with pytest.raises(QueueStorageError) as info:
         await opened(tmp_path / "missing" / "q.sqlite")
     assert not info.value.corrupt
+
+
+async def test_oldest_accepted_at_survives_a_reopen(tmp_path: Path) -> None:
+    path = tmp_path / "q.sqlite"
+
+    def entry(accepted_at: float) -> QueueEntry:
+        return QueueEntry(Signal.LOGS, b"payload", 1, (), accepted_at)
+
+    async with SqliteQueue(path, 10) as queue:
+        assert queue.oldest_accepted_at is None
+        await queue.put(entry(100.0))
+        await queue.put(entry(40.0))
+        await queue.put(entry(200.0))
+        assert queue.oldest_accepted_at == 40.0
+        first = await queue.get()  # 100.0
+        await queue.ack(first)
+        assert queue.oldest_accepted_at == 40.0
+    async with SqliteQueue(path, 10) as reopened:  # replayed rows keep their acceptance times
+        assert reopened.oldest_accepted_at == 40.0
+        leases = [await reopened.get(), await reopened.get()]
+        assert reopened.oldest_accepted_at == 40.0, "leased rows are still held"
+        for lease in leases:
+            await reopened.ack(lease)
+        assert reopened.oldest_accepted_at is None

@@ -19,7 +19,7 @@ from sidecar.core.entry import QueueEntry
 from sidecar.core.errors import ExportError, ExportFailure
 from sidecar.core.taxonomy import Category
 from sidecar.exporters.health import EndpointHealth
-from sidecar.exporters.sender import SendReport, Upstream, Verdict, build_sender
+from sidecar.exporters.sender import Reason, SendReport, Upstream, Verdict, build_sender
 from sidecar.exporters.transport import SendOutcome
 from sidecar.telemetry.events import Events
 from sidecar.telemetry.metrics import Metrics
@@ -45,7 +45,7 @@ async def test_delivered_counts_sent_items() -> None:
     t = FakeTransport("a:4317", clock)
     sender = build(make_config(["a:4317"]), [t], clock, metrics)
     report = await clock.run(sender.send(make_entry(5)))
-    assert report == SendReport(Verdict.DELIVERED, None, 1, 0, None, "a:4317")
+    assert report == SendReport(verdict=Verdict.DELIVERED, attempts=1, endpoint="a:4317")
     assert sample(metrics, "sidecar_exporter_sent_spans_total", {"exporter": "otlp_grpc"}) == 5
     assert len(t.calls) == 1 and t.calls[0][1].metadata == (("k", "v"),)
 
@@ -64,7 +64,9 @@ async def test_retry_then_success_waits_at_least_the_server_hint() -> None:
                   {"exporter": "otlp_grpc", "category": "resource_exhausted",
                    "error_type": "RESOURCE_EXHAUSTED"}) == 6
     assert sample(metrics, "sidecar_errors_total", {"category": "resource_exhausted", "severity": "medium",
-                                                    "recoverability": "temporary"}) == 2
+                                                    "recoverability": "temporary",
+                                                    "error_type": "RESOURCE_EXHAUSTED"}) == 2
+    assert sample(metrics, "sidecar_outages_total", {"exporter": "otlp_grpc", "endpoint": "a:4317"}) == 1
     assert sample(metrics, "sidecar_recovery_duration_seconds_count",
                   {"exporter": "otlp_grpc", "endpoint": "a:4317"}) == 1
     assert sample(metrics, "sidecar_recovery_duration_seconds_sum",
@@ -87,7 +89,7 @@ async def test_budget_exhaustion_requeues_and_bounds_retries() -> None:
     assert retries == 20  # exactly ratio x first attempts: 5 failures fund one retry
     assert len(t.calls) == 100 + retries
     assert all(r.verdict is Verdict.REQUEUE for r in reports)  # refused retries go back to the queue
-    assert {r.reason for r in reports} == {"budget_exhausted"}
+    assert {r.reason for r in reports} == {Reason.BUDGET_EXHAUSTED}
     assert all(r.classification is not None and r.classification.error_type == "UNAVAILABLE" for r in reports)
     assert all(r.retry_after is not None and r.retry_after >= 0 for r in reports)
 
@@ -137,7 +139,7 @@ async def test_fatal_goes_to_dead_letter() -> None:
     t = FakeTransport("a:4317", clock, default=ExportFailure(grpc_code="UNAUTHENTICATED"))
     sender = build(make_config(["a:4317"]), [t], clock, metrics)
     report = await clock.run(sender.send(make_entry(2)))
-    assert report.verdict is Verdict.DEAD_LETTER and report.reason == "fatal"
+    assert report.verdict is Verdict.DEAD_LETTER and report.reason is Reason.FATAL
 
 
 async def test_split_on_too_large_then_delivered() -> None:
@@ -169,7 +171,7 @@ async def test_single_item_too_large_is_dead_lettered() -> None:
     t = FakeTransport("a:4317", clock, default=TOO_LARGE)
     sender = build(make_config(["a:4317"]), [t], clock, metrics)
     report = await clock.run(sender.send(make_entry(1)))
-    assert report.verdict is Verdict.DEAD_LETTER and report.reason == "too_large"
+    assert report.verdict is Verdict.DEAD_LETTER and report.reason is Reason.TOO_LARGE
     assert report.classification is not None and report.classification.error_type == "payload_too_large"
 
 
@@ -229,7 +231,7 @@ async def test_max_elapsed_time_dead_letters_with_last_class() -> None:
     sender = build(config, [t], clock, metrics)
     start = clock.now
     report = await clock.run(sender.send(make_entry(2)))
-    assert report.verdict is Verdict.DEAD_LETTER and report.reason == "max_elapsed_time"
+    assert report.verdict is Verdict.DEAD_LETTER and report.reason is Reason.MAX_ELAPSED_TIME
     assert report.classification is not None and report.classification.error_type == "UNAVAILABLE"
     assert clock.now - start <= 6.0
     assert [round(when - start, 6) for when, _ in t.calls] == [0.0, 1.0, 3.0, 5.0]
@@ -239,10 +241,10 @@ async def test_all_breakers_open_requeues_with_retry_after() -> None:
     clock, metrics = sender_clock(), Metrics()
     t = FakeTransport("a:4317", clock, default=UNAVAILABLE)
     config = make_config(["a:4317"], circuit_breaker=CircuitBreakerConfig(
-        failure_threshold=2, recovery_timeout=Duration(30.0)))
+        failure_threshold=2, recovery_timeout=Duration(30.0), half_open_success_threshold=1))
     sender = build(config, [t], clock, metrics)
     report = await clock.run(sender.send(make_entry(2)))
-    assert report.verdict is Verdict.REQUEUE and report.reason == "breaker_open"
+    assert report.verdict is Verdict.REQUEUE and report.reason is Reason.BREAKER_OPEN
     assert report.attempts == 2 and report.retry_after is not None and 0 < report.retry_after <= 30.0
     assert sample(metrics, "sidecar_breaker_state", {"exporter": "otlp_grpc", "endpoint": "a:4317"}) == 2
     assert sample(metrics, "sidecar_breaker_transitions_total",
@@ -334,7 +336,7 @@ async def test_retry_disabled_dead_letters_retryable_failure() -> None:
     t = FakeTransport("a:4317", clock, default=UNAVAILABLE)
     sender = build(make_config(["a:4317"], retry=RetryConfig(enabled=False)), [t], clock, metrics)
     report = await clock.run(sender.send(make_entry(2)))
-    assert report.verdict is Verdict.DEAD_LETTER and report.reason == "retry_disabled" and report.attempts == 1
+    assert report.verdict is Verdict.DEAD_LETTER and report.reason is Reason.RETRY_DISABLED and report.attempts == 1
 
 
 async def test_build_sender_wires_gauges_and_probers() -> None:

@@ -7,13 +7,15 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class GetStatusRequest(_message.Message):
-    __slots__ = ("top_hotspots",)
+    __slots__ = ("top_hotspots", "hotspot_window_minutes")
     TOP_HOTSPOTS_FIELD_NUMBER: _ClassVar[int]
+    HOTSPOT_WINDOW_MINUTES_FIELD_NUMBER: _ClassVar[int]
     top_hotspots: int
-    def __init__(self, top_hotspots: _Optional[int] = ...) -> None: ...
+    hotspot_window_minutes: int
+    def __init__(self, top_hotspots: _Optional[int] = ..., hotspot_window_minutes: _Optional[int] = ...) -> None: ...
 
 class GetStatusResponse(_message.Message):
-    __slots__ = ("uptime_seconds", "accepting", "ready", "exporters", "error_rates", "recovery", "hotspots", "hotspot_keys_evicted", "stats_since")
+    __slots__ = ("uptime_seconds", "accepting", "ready", "exporters", "error_rates", "recovery", "hotspots", "hotspot_keys_evicted", "stats_since", "hotspot_window_minutes", "anomalies", "error_rate_history")
     UPTIME_SECONDS_FIELD_NUMBER: _ClassVar[int]
     ACCEPTING_FIELD_NUMBER: _ClassVar[int]
     READY_FIELD_NUMBER: _ClassVar[int]
@@ -23,6 +25,9 @@ class GetStatusResponse(_message.Message):
     HOTSPOTS_FIELD_NUMBER: _ClassVar[int]
     HOTSPOT_KEYS_EVICTED_FIELD_NUMBER: _ClassVar[int]
     STATS_SINCE_FIELD_NUMBER: _ClassVar[int]
+    HOTSPOT_WINDOW_MINUTES_FIELD_NUMBER: _ClassVar[int]
+    ANOMALIES_FIELD_NUMBER: _ClassVar[int]
+    ERROR_RATE_HISTORY_FIELD_NUMBER: _ClassVar[int]
     uptime_seconds: float
     accepting: bool
     ready: bool
@@ -32,10 +37,29 @@ class GetStatusResponse(_message.Message):
     hotspots: _containers.RepeatedCompositeFieldContainer[Hotspot]
     hotspot_keys_evicted: int
     stats_since: float
-    def __init__(self, uptime_seconds: _Optional[float] = ..., accepting: _Optional[bool] = ..., ready: _Optional[bool] = ..., exporters: _Optional[_Iterable[_Union[ExporterStatus, _Mapping]]] = ..., error_rates: _Optional[_Iterable[_Union[ErrorRate, _Mapping]]] = ..., recovery: _Optional[_Union[RecoveryStats, _Mapping]] = ..., hotspots: _Optional[_Iterable[_Union[Hotspot, _Mapping]]] = ..., hotspot_keys_evicted: _Optional[int] = ..., stats_since: _Optional[float] = ...) -> None: ...
+    hotspot_window_minutes: int
+    anomalies: _containers.RepeatedCompositeFieldContainer[Anomaly]
+    error_rate_history: _containers.RepeatedScalarFieldContainer[float]
+    def __init__(self, uptime_seconds: _Optional[float] = ..., accepting: _Optional[bool] = ..., ready: _Optional[bool] = ..., exporters: _Optional[_Iterable[_Union[ExporterStatus, _Mapping]]] = ..., error_rates: _Optional[_Iterable[_Union[ErrorRate, _Mapping]]] = ..., recovery: _Optional[_Union[RecoveryStats, _Mapping]] = ..., hotspots: _Optional[_Iterable[_Union[Hotspot, _Mapping]]] = ..., hotspot_keys_evicted: _Optional[int] = ..., stats_since: _Optional[float] = ..., hotspot_window_minutes: _Optional[int] = ..., anomalies: _Optional[_Iterable[_Union[Anomaly, _Mapping]]] = ..., error_rate_history: _Optional[_Iterable[float]] = ...) -> None: ...
+
+class Anomaly(_message.Message):
+    __slots__ = ("category", "score", "active", "errors_per_minute", "baseline_per_minute", "since")
+    CATEGORY_FIELD_NUMBER: _ClassVar[int]
+    SCORE_FIELD_NUMBER: _ClassVar[int]
+    ACTIVE_FIELD_NUMBER: _ClassVar[int]
+    ERRORS_PER_MINUTE_FIELD_NUMBER: _ClassVar[int]
+    BASELINE_PER_MINUTE_FIELD_NUMBER: _ClassVar[int]
+    SINCE_FIELD_NUMBER: _ClassVar[int]
+    category: str
+    score: float
+    active: bool
+    errors_per_minute: float
+    baseline_per_minute: float
+    since: float
+    def __init__(self, category: _Optional[str] = ..., score: _Optional[float] = ..., active: _Optional[bool] = ..., errors_per_minute: _Optional[float] = ..., baseline_per_minute: _Optional[float] = ..., since: _Optional[float] = ...) -> None: ...
 
 class ExporterStatus(_message.Message):
-    __slots__ = ("name", "queue", "degradation_level", "degradation_cause", "reachable", "endpoints", "dead_letters")
+    __slots__ = ("name", "queue", "degradation_level", "degradation_cause", "reachable", "endpoints", "dead_letters", "lag")
     NAME_FIELD_NUMBER: _ClassVar[int]
     QUEUE_FIELD_NUMBER: _ClassVar[int]
     DEGRADATION_LEVEL_FIELD_NUMBER: _ClassVar[int]
@@ -43,6 +67,7 @@ class ExporterStatus(_message.Message):
     REACHABLE_FIELD_NUMBER: _ClassVar[int]
     ENDPOINTS_FIELD_NUMBER: _ClassVar[int]
     DEAD_LETTERS_FIELD_NUMBER: _ClassVar[int]
+    LAG_FIELD_NUMBER: _ClassVar[int]
     name: str
     queue: QueueStatus
     degradation_level: int
@@ -50,7 +75,22 @@ class ExporterStatus(_message.Message):
     reachable: bool
     endpoints: _containers.RepeatedCompositeFieldContainer[EndpointStatus]
     dead_letters: DeadLetterSummary
-    def __init__(self, name: _Optional[str] = ..., queue: _Optional[_Union[QueueStatus, _Mapping]] = ..., degradation_level: _Optional[int] = ..., degradation_cause: _Optional[str] = ..., reachable: _Optional[bool] = ..., endpoints: _Optional[_Iterable[_Union[EndpointStatus, _Mapping]]] = ..., dead_letters: _Optional[_Union[DeadLetterSummary, _Mapping]] = ...) -> None: ...
+    lag: QueueLag
+    def __init__(self, name: _Optional[str] = ..., queue: _Optional[_Union[QueueStatus, _Mapping]] = ..., degradation_level: _Optional[int] = ..., degradation_cause: _Optional[str] = ..., reachable: _Optional[bool] = ..., endpoints: _Optional[_Iterable[_Union[EndpointStatus, _Mapping]]] = ..., dead_letters: _Optional[_Union[DeadLetterSummary, _Mapping]] = ..., lag: _Optional[_Union[QueueLag, _Mapping]] = ...) -> None: ...
+
+class QueueLag(_message.Message):
+    __slots__ = ("oldest_age_seconds", "time_to_full_seconds", "net_fill_rate_per_second", "size_history", "size_history_step_seconds")
+    OLDEST_AGE_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    TIME_TO_FULL_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    NET_FILL_RATE_PER_SECOND_FIELD_NUMBER: _ClassVar[int]
+    SIZE_HISTORY_FIELD_NUMBER: _ClassVar[int]
+    SIZE_HISTORY_STEP_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    oldest_age_seconds: float
+    time_to_full_seconds: float
+    net_fill_rate_per_second: float
+    size_history: _containers.RepeatedScalarFieldContainer[float]
+    size_history_step_seconds: float
+    def __init__(self, oldest_age_seconds: _Optional[float] = ..., time_to_full_seconds: _Optional[float] = ..., net_fill_rate_per_second: _Optional[float] = ..., size_history: _Optional[_Iterable[float]] = ..., size_history_step_seconds: _Optional[float] = ...) -> None: ...
 
 class QueueStatus(_message.Message):
     __slots__ = ("enabled", "storage", "sizer", "size", "capacity", "requests", "bytes", "in_flight")

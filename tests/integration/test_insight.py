@@ -1,0 +1,250 @@
+"""What is coming (issue 17), end to end: the sidecar as its own process, the real OpenTelemetry SDK as the
+client, the fake Collector as the upstream.
+
+* An outage under steady SDK traffic: the oldest entry's age grows, the predicted time to full becomes
+  finite and is right within 30 % of the time the queue then takes to fill, both return to normal
+  after recovery, and the delivery latency histogram holds the backlog's requests.
+* A burst of a new error class raises its anomaly score and the anomaly event; a steady error rate
+  does not.
+* Every metric family the README lists has samples from the first scrape of a fresh sidecar.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.fakes.collector import FakeCollector
+from tests.integration.conftest import SidecarFactory
+from tests.polling import wait_until
+from tests.sdk_app import SdkApp
+from tests.sidecar_process import SidecarProcess
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _without_degradation(config: dict[str, Any]) -> None:
+    """The ladder would shed non-error spans from 80 % on, which changes the fill rate on purpose; the
+    prediction is checked against a queue filled at a known rate."""
+    config["processors"].pop("degradation")
+    for pipeline in config["service"]["pipelines"].values():
+        pipeline["processors"] = [p for p in pipeline["processors"] if p != "degradation"]
+
+
+def _samples(sidecar: SidecarProcess) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+    out = {}
+    for line in sidecar.metrics_text().splitlines():
+        if not line or line.startswith("#"):
+            continue
+        head, _, value = line.rpartition(" ")
+        name, _, labels = head.partition("{")
+        pairs = frozenset(re.findall(r'(\w+)="([^"]*)"', labels))
+        out[(name, pairs)] = float(value)
+    return out
+
+
+def _value(samples: dict[tuple[str, frozenset[tuple[str, str]]], float], name: str, **labels: str) -> float:
+    wanted = set(labels.items())
+    found = [v for (n, pairs), v in samples.items() if n == name and wanted <= pairs]
+    assert found, f"no sample {name}{labels}"
+    return sum(found)
+
+
+def _log_events(sidecar: SidecarProcess) -> list[dict[str, Any]]:
+    events = []
+    for line in sidecar.logs().splitlines():
+        if line.startswith("{"):
+            try:
+                events.append(json.loads(line))
+            except ValueError:
+                continue
+    return events
+
+
+class _SteadyTraffic:
+    """Spans from the SDK at a fixed rate (paced to a schedule, so a slow moment catches up)."""
+
+    def __init__(self, app: SdkApp, spans_per_tick: int, tick: float, error_every: int = 0) -> None:
+        self.app, self.spans_per_tick, self.tick, self.error_every = app, spans_per_tick, tick, error_every
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self.sent = 0
+
+    def _run(self) -> None:
+        next_at = time.monotonic()
+        while not self._stop.is_set():
+            self.app.send_traces(self.spans_per_tick, error_every=self.error_every)
+            self.sent += self.spans_per_tick
+            next_at += self.tick
+            self._stop.wait(max(0.0, next_at - time.monotonic()))
+
+    def __enter__(self) -> _SteadyTraffic:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(10)
+
+
+# ---------------------------------------------------------------- lag and time to full
+
+
+SPANS_PER_SECOND = 100
+CAPACITY = 2400  # items: 24 s to fill at that rate
+
+
+def test_outage_lag_time_to_full_and_delivery_latency(upstream: FakeCollector, sidecar_factory: SidecarFactory,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    upstream.go_down()
+    sidecar = sidecar_factory(upstream.grpc_endpoint, config_edit=_without_degradation,
+                              sending_queue={"queue_size": CAPACITY, "sizer": "items", "num_consumers": 2})
+    exporter = {"exporter": "otlp_grpc"}
+
+    def queue_size() -> float:
+        return sidecar.metric_value("sidecar_exporter_queue_size", **exporter)
+
+    first = _samples(sidecar)
+    assert _value(first, "sidecar_exporter_queue_oldest_age_seconds", **exporter) == 0
+    assert _value(first, "sidecar_exporter_queue_time_to_full_seconds", **exporter) == math.inf
+
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", sidecar.grpc_endpoint)
+    app = SdkApp("grpc")
+    try:
+        with _SteadyTraffic(app, SPANS_PER_SECOND // 10, 0.1):
+            started = time.monotonic()
+            # At about 40 % full the prediction has a dozen seconds of fill behind it.
+            wait_until(lambda: queue_size() >= 0.4 * CAPACITY, 30, "the queue did not reach 40 %")
+            at_40 = _samples(sidecar)
+            predicted_at = time.monotonic()
+            predicted = _value(at_40, "sidecar_exporter_queue_time_to_full_seconds", **exporter)
+            age_at_40 = _value(at_40, "sidecar_exporter_queue_oldest_age_seconds", **exporter)
+            assert math.isfinite(predicted), at_40
+            assert 0.7 * (predicted_at - started) <= age_at_40 <= predicted_at - started + 2, "age of the first spans"
+            wait_until(lambda: queue_size() >= CAPACITY - 20, 60, "the queue did not fill")
+            actual = time.monotonic() - predicted_at
+            full = _samples(sidecar)
+        print(f"time to full predicted at 40 %: {predicted:.1f}s, actual {actual:.1f}s")
+        assert abs(predicted - actual) <= 0.3 * actual, f"predicted {predicted:.1f}s, took {actual:.1f}s"
+        assert _value(full, "sidecar_exporter_queue_oldest_age_seconds", **exporter) > age_at_40 + 0.7 * actual
+        assert _value(full, "sidecar_exporter_queue_time_to_full_seconds", **exporter) <= 5
+        assert _value(full, "sidecar_exporter_delivery_latency_seconds_count", **exporter) == 0
+
+        upstream.come_up()
+        wait_until(lambda: queue_size() == 0, 60, "the backlog was not delivered")
+        time.sleep(1.5)  # one more sample of the watch
+        after = _samples(sidecar)
+        delivered_requests = sum(1 for request in upstream.requests
+                                 if not request.is_probe and request.signal == "traces")
+    finally:
+        app.shutdown()
+    assert _value(after, "sidecar_exporter_queue_oldest_age_seconds", **exporter) == 0
+    assert _value(after, "sidecar_exporter_queue_time_to_full_seconds", **exporter) == math.inf
+    # Every request of the backlog was observed, from its client's acknowledgement to upstream's: the
+    # first of them waited for the whole fill (at least the time from 40 % to full).
+    count = _value(after, "sidecar_exporter_delivery_latency_seconds_count", **exporter)
+    assert count >= delivered_requests * 0.9 and count > 0
+    waited_long = count - _value(after, "sidecar_exporter_delivery_latency_seconds_bucket", le="10.0", **exporter)
+    assert waited_long > 0, "no backlog sample over 10 s"
+    assert _value(after, "sidecar_exporter_delivery_latency_seconds_sum", **exporter) >= actual * count / 4
+    assert _value(after, "sidecar_outages_total", **exporter) >= 1
+    assert _value(after, "sidecar_recovery_success_ratio") == 1.0
+
+
+# ---------------------------------------------------------------- anomalies
+
+
+def _anomaly_settings(config: dict[str, Any]) -> None:
+    # One rate sample a second; min_std at about the steady rate, so the SDK's batching jitter (an
+    # export landing in the next second doubles one sample) stays well under the threshold while a
+    # burst of a class that was quiet scores tens of standard deviations.
+    config["service"]["telemetry"]["anomaly"] = {"interval": "1s", "alpha": 0.1, "threshold": 4, "clear": 2,
+                                                 "warmup": 5, "min_std": 2000}
+
+
+def test_a_burst_of_a_new_error_class_is_an_anomaly_and_a_steady_rate_is_not(
+        upstream: FakeCollector, sidecar_factory: SidecarFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    sidecar = sidecar_factory(upstream.grpc_endpoint, config_edit=_anomaly_settings)
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", sidecar.grpc_endpoint)
+    app = SdkApp("grpc")
+    transport, timeout = {"category": "transport"}, {"category": "timeout"}
+    peak: dict[str, float] = {"transport": 0.0, "timeout": 0.0}
+
+    def observe() -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+        samples = _samples(sidecar)
+        for category in peak:
+            peak[category] = max(peak[category], _value(samples, "sidecar_error_rate_anomaly", category=category))
+        return samples
+
+    try:
+        # Steady: 40 connection-refused error spans a second (category transport) from the start.
+        with _SteadyTraffic(app, 4, 0.1, error_every=1):
+            deadline = time.monotonic() + 12
+            while time.monotonic() < deadline:
+                observe()
+                time.sleep(0.2)
+            steady = observe()
+            assert _value(steady, "sidecar_errors_total", **transport) > 300, "the steady errors arrived"
+            assert peak["transport"] < 4, peak
+            assert _value(steady, "sidecar_error_rate_anomalies_total", **transport) == 0
+
+            # A burst of a class quiet until now: 600 error log records (TimeoutError: category timeout).
+            app.emit_logs(600, error_every=1)
+            app.logger_provider.force_flush(10_000)
+            wait_until(lambda: sidecar.metric_value("sidecar_error_rate_anomalies_total", **timeout) >= 1, 10,
+                       "no anomaly event for the burst")
+            for _ in range(15):
+                observe()
+                time.sleep(0.2)
+            after = observe()
+    finally:
+        app.shutdown()
+    print(f"peak anomaly scores: {peak}")
+    assert peak["timeout"] >= 4, peak
+    assert _value(after, "sidecar_error_rate_anomalies_total", **timeout) == 1
+    assert peak["transport"] < 4 and _value(after, "sidecar_error_rate_anomalies_total", **transport) == 0
+    raised = [e for e in _log_events(sidecar) if e.get("event") == "error_rate_anomaly" and e.get("state") == "raised"]
+    assert [e["category"] for e in raised] == ["timeout"], raised
+    assert raised[0]["score"] >= 4 and raised[0]["errors_per_minute"] > raised[0]["baseline_per_minute"]
+
+
+# ---------------------------------------------------------------- every family from the first scrape
+
+
+def _readme_families() -> set[str]:
+    readme = (ROOT / "README.md").read_text()
+    section = readme[readme.index("\n## Metrics\n"):]
+    section = section[: section.index("\nAlert rules")]
+    families: set[str] = set()
+    for row in section.splitlines():
+        if not row.startswith("| `sidecar_"):
+            continue
+        first_cell = row.split("|")[1]
+        names = re.findall(r"`([a-z_.]+)`", first_cell)
+        base = names[0]
+        families.add(base)
+        for variant in names[1:]:  # `..._metric_points_total` beside `sidecar_x_spans_total`
+            if variant.startswith("..._"):
+                families.add(base.rsplit("_spans_total", 1)[0] + variant[3:])
+    return families
+
+
+def test_every_metric_family_in_the_readme_has_samples_from_the_first_scrape(
+        upstream: FakeCollector, sidecar_factory: SidecarFactory) -> None:
+    families = _readme_families()
+    assert len(families) >= 35 and "sidecar_exporter_send_failed_log_records_total" in families
+    sidecar = sidecar_factory(upstream.grpc_endpoint)
+    exposed = {name for name, _ in _samples(sidecar)}
+    missing = []
+    for family in sorted(families):
+        candidates = {family, family + "_count", family + "_bucket"}
+        if not candidates & exposed:
+            missing.append(family)
+    assert not missing, f"no samples on the first scrape for {missing}"

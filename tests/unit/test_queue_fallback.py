@@ -1,0 +1,228 @@
+"""StorageFallbackQueue: a full or failing disk under the SQLite queue (issue 16).
+
+A full disk is simulated with `PRAGMA max_page_count` on the queue's own connection: SQLite
+then answers SQLITE_FULL exactly as on ENOSPC. The tmpfs version is in tests/integration/test_chaos.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from sidecar.core.entry import QueueEntry
+from sidecar.core.signals import Signal
+from sidecar.queue.base import Lease, QueueFull, QueueStorageError
+from sidecar.queue.fallback import CORRUPT, DISK_FULL, IO_ERROR, StorageFallbackQueue, memory_bound, storage_failure
+from sidecar.queue.sqlite import SqliteQueue
+
+
+def entry(n: int, nbytes: int = 2000, items: int = 3) -> QueueEntry:
+    return QueueEntry(Signal.TRACES, f"{n:08d}".encode().ljust(nbytes, b"."), items, (("k", "v"),), 1000.0 + n)
+
+
+def exists(path: str | Path) -> bool:
+    return Path(path).exists()
+
+
+def num(e: QueueEntry) -> int:
+    return int(e.payload[:8])
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.events: list[tuple[str, ...]] = []
+        self.lost_items: dict[str, int] = {}
+
+    def storage_error(self, reason: str, detail: str) -> None:
+        self.events.append(("error", reason))
+
+    def storage_degraded(self, reason: str) -> None:
+        self.events.append(("degraded", reason))
+
+    def storage_restored(self) -> None:
+        self.events.append(("restored",))
+
+    def lost(self, signal: Signal, items: int, reason: str, detail: str) -> None:
+        self.lost_items[reason] = self.lost_items.get(reason, 0) + items
+
+
+async def opened(path: Path, capacity: int = 1000, memory_bytes: int = 1 << 20,
+                 recorder: Recorder | None = None) -> StorageFallbackQueue:
+    disk = await SqliteQueue(path, capacity).open()
+    return StorageFallbackQueue(disk, memory_bytes=memory_bytes, listener=recorder, retry_interval=0.01)
+
+
+async def fill_disk(q: StorageFallbackQueue) -> None:
+    """Cap the file at its current size: the next write that needs a page fails with SQLITE_FULL."""
+    def cap(conn: sqlite3.Connection) -> None:
+        pages = conn.execute("PRAGMA page_count").fetchone()[0]
+        conn.execute(f"PRAGMA max_page_count={pages}").fetchall()
+    await q.disk._db.run(cap)
+
+
+async def free_disk(q: StorageFallbackQueue) -> None:
+    await q.disk._db.run(lambda conn: conn.execute("PRAGMA max_page_count=1073741823").fetchall())
+
+
+async def drain(q: StorageFallbackQueue) -> list[int]:
+    out = []
+    while q.count:  # not `available`: entries being moved back to the disk are briefly neither
+        lease = await asyncio.wait_for(q.get(), 5)
+        out.append(num(lease.entry))
+        await q.ack(lease)
+    return out
+
+
+async def wait_until(predicate: object, timeout: float = 5.0) -> None:
+    assert callable(predicate)
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not predicate():
+        assert asyncio.get_running_loop().time() < deadline, "condition not reached"
+        await asyncio.sleep(0.01)
+
+
+def test_storage_failure_reasons() -> None:
+    from sidecar.queue.base import StorageFull
+
+    assert storage_failure(StorageFull("x")) == DISK_FULL
+    assert storage_failure(QueueStorageError("x", corrupt=True)) == CORRUPT
+    assert storage_failure(QueueStorageError("x")) == IO_ERROR
+    assert storage_failure(QueueFull("x")) is None
+    assert storage_failure(ValueError("x")) is None
+    assert memory_bound(None) == 64 * 1024 * 1024
+    assert memory_bound(100 * 1024 * 1024) == 50 * 1024 * 1024
+
+
+async def test_disk_full_accepts_into_memory_in_order_then_returns_to_disk(tmp_path: Path) -> None:
+    rec = Recorder()
+    q = await opened(tmp_path / "q.sqlite", recorder=rec)
+    for n in range(5):
+        await q.put(entry(n))
+    await fill_disk(q)
+    for n in range(5, 40):
+        await q.put(entry(n))  # acknowledged: held in memory
+    assert q.degraded == DISK_FULL
+    assert rec.events[:2] == [("error", DISK_FULL), ("degraded", DISK_FULL)]
+    assert q.in_memory > 0 and q.count == 40
+    assert q.disk.count + q.in_memory == 40
+
+    await free_disk(q)
+    await wait_until(lambda: q.in_memory == 0 and q.degraded is None)
+    assert rec.events[-1] == ("restored",)
+    assert q.disk.count == 40  # back on the disk, durable again
+    await q.put(entry(40))
+    assert q.disk.count == 41
+    assert await drain(q) == list(range(41))  # acceptance order, nothing twice
+    await q.close()
+
+
+async def test_memory_bound_pushes_back_with_the_true_reason(tmp_path: Path) -> None:
+    q = await opened(tmp_path / "q.sqlite", memory_bytes=50_000)
+    await q.put(entry(0, nbytes=20_000))
+    await fill_disk(q)
+    await q.put(entry(1, nbytes=20_000))  # larger than a page: never fits a capped file
+    await q.put(entry(2, nbytes=20_000))
+    assert q.in_memory == 2
+    with pytest.raises(QueueFull) as info:
+        await q.put(entry(3, nbytes=20_000))
+    assert info.value.reason == DISK_FULL  # not queue_full: the queue is far from its capacity
+    assert q.count == 3
+    await q.close()
+
+
+async def test_capacity_still_says_queue_full(tmp_path: Path) -> None:
+    q = await opened(tmp_path / "q.sqlite", capacity=2)
+    await q.put(entry(0))
+    await q.put(entry(1))
+    with pytest.raises(QueueFull) as info:
+        await q.put(entry(2))
+    assert info.value.reason == "queue_full"
+    await q.close()
+
+
+async def test_leased_memory_entry_blocks_the_move_back_until_settled(tmp_path: Path) -> None:
+    q = await opened(tmp_path / "q.sqlite")
+    await fill_disk(q)
+    for n in range(3):
+        await q.put(entry(n, nbytes=20_000))
+    lease = await q.get()
+    assert num(lease.entry) == 0
+    await free_disk(q)
+    assert await q.move_back() is None  # entry 0 is in flight and older than 1, 2
+    await q.nack(lease)
+    await wait_until(lambda: q.in_memory == 0)
+    assert await drain(q) == [0, 1, 2]
+    await q.close()
+
+
+async def test_acks_and_nacks_while_degraded_lose_nothing(tmp_path: Path) -> None:
+    q = await opened(tmp_path / "q.sqlite")
+    for n in range(10):
+        await q.put(entry(n))
+    await fill_disk(q)
+    for n in range(10, 30):
+        await q.put(entry(n, nbytes=20_000))
+    assert q.in_memory == 20
+    delivered: list[int] = []
+    leases: list[Lease] = [await q.get() for _ in range(15)]
+    for i, lease in enumerate(leases):
+        if i % 3 == 0:
+            await q.nack(lease)  # upstream refused: comes back
+        else:
+            delivered.append(num(lease.entry))
+            await q.ack(lease)
+    await free_disk(q)
+    delivered += await drain(q)
+    assert sorted(delivered) == list(range(30))
+    await wait_until(lambda: q.count == 0)
+    await q.close()
+
+
+async def test_close_puts_memory_on_the_disk_when_it_takes_it(tmp_path: Path) -> None:
+    path = tmp_path / "q.sqlite"
+    rec = Recorder()
+    q = await opened(path, recorder=rec)
+    await fill_disk(q)
+    for n in range(4):
+        await q.put(entry(n, nbytes=20_000))
+    await free_disk(q)
+    q.retry_interval = 3600  # the mover would not run before close
+    await q.close()
+    assert rec.lost_items == {}
+    again = await SqliteQueue(path, 100).open()
+    assert again.count == 4
+    await again.close()
+
+
+async def test_close_with_the_disk_still_full_reports_memory_lost(tmp_path: Path) -> None:
+    rec = Recorder()
+    q = await opened(tmp_path / "q.sqlite", recorder=rec)
+    await q.put(entry(0))
+    await fill_disk(q)
+    for n in range(1, 4):
+        await q.put(entry(n, nbytes=20_000, items=5))
+    await q.close()
+    assert rec.lost_items == {"shutdown": 15}
+
+
+async def test_corrupt_row_quarantines_the_file_and_keeps_the_rest(tmp_path: Path) -> None:
+    path = tmp_path / "q.sqlite"
+    rec = Recorder()
+    q = await opened(path, recorder=rec)
+    for n in range(6):
+        await q.put(entry(n, items=2))
+    # Damage one row the way a bad sector would: its metadata no longer decodes.
+    await q.disk._db.run(lambda conn: conn.execute(
+        "UPDATE queue SET metadata = 'not json' WHERE id = 3").fetchall())
+    got = await drain(q)
+    assert got == [0, 1, 3, 4, 5]  # row id 3 holds entry 2
+    assert rec.lost_items == {CORRUPT: 2}
+    assert ("degraded", CORRUPT) in rec.events
+    assert len(q.quarantined) == 1 and exists(q.quarantined[0])
+    assert exists(path)  # a fresh file took over
+    await q.put(entry(9))
+    assert q.disk.count == 1 and q.degraded is None
+    await q.close()
