@@ -26,20 +26,11 @@ from opentelemetry.proto.trace.v1 import trace_pb2
 from tests.fakes.collector import FakeCollector, ReceivedRequest
 from tests.fakes.redis_server import RedisServer
 from tests.integration.conftest import SidecarFactory
+from tests.polling import eventually, holds_for
 from tests.sidecar_process import ROOT, SidecarProcess
 
 TRACE_EXPORT = "/opentelemetry.proto.collector.trace.v1.TraceService/Export"
 SIDECARS = 3
-
-
-def eventually(predicate: Callable[[], bool], timeout: float, interval: float = 0.05) -> bool:
-    deadline = time.monotonic() + timeout
-    while True:
-        if predicate():
-            return True
-        if time.monotonic() >= deadline:
-            return False
-        time.sleep(interval)
 
 
 def request_with_spans(first_id: int, count: int) -> trace_service_pb2.ExportTraceServiceRequest:
@@ -191,9 +182,10 @@ def test_one_breaker_opens_the_others_follow_and_exactly_one_probes(
         # Everyone has traffic now, the upstream still fails: none of those who saw it open sends data,
         # and the recovery probes come from one sidecar only.
         with Traffic(clients):
-            time.sleep(4.0)
+            assert holds_for(lambda: not any(not r.is_probe for r in upstream.attempts()
+                                             if r.received_at >= opened_at), 4.0), \
+                "ordinary traffic reached the open endpoint"
         during = [r for r in upstream.attempts() if r.received_at >= opened_at]
-        assert not [r for r in during if not r.is_probe], "ordinary traffic reached the open endpoint"
         probers = {caller(r) for r in during if r.is_probe}
         assert len(probers) == 1, f"probes from {probers}"
         assert sum(s.metric_value("sidecar_fleet_probe_leases_won_total") for s in sidecars) >= 1
