@@ -163,6 +163,13 @@ async def test_a_password_from_the_config(tmp_path: Path) -> None:
         await bad.stop()
 
 
+async def test_an_empty_password_means_none(server: RedisServer) -> None:
+    conn = FleetConnection(fleet_config(server, password=""), Events(Metrics()), SYSTEM_CLOCK)
+    conn.start()
+    assert await wait_for(lambda: conn.connected)
+    await conn.stop()
+
+
 async def test_heartbeats_carry_the_snapshot_expire_and_respect_the_prefix(server: RedisServer) -> None:
     config = fleet_config(server, key_prefix="shop:", heartbeat_interval=Duration(0.2))
     metrics = Metrics()
