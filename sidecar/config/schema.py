@@ -200,7 +200,7 @@ class ExporterConfig(Base):
     balancer: Literal["least_outstanding", "ewma_latency", "round_robin"] = "least_outstanding"
     tls: TLSClientConfig = msgspec.field(default_factory=TLSClientConfig)
     headers: dict[str, str] = msgspec.field(default_factory=dict)
-    compression: Literal["gzip", "none"] = "gzip"
+    compression: Literal["auto", "gzip", "zstd", "none"] = "auto"  # auto: none on loopback, else gzip
     timeout: Duration = Duration(5.0)
     max_request_size_mib: PositiveFloat | None = None
     retry_on_failure: RetryConfig = msgspec.field(default_factory=RetryConfig)

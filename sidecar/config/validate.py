@@ -186,6 +186,9 @@ def _check_exporters(config: schema.Config, errors: list[str]) -> None:
             # Ignoring it would fail every export at run time with a certificate error instead.
             errors.append(f"{base}.tls.insecure_skip_verify: not supported by otlp_grpc (the gRPC runtime always "
                           "verifies the server's certificate); set tls.ca_file to the CA that signed it")
+        if kind != "otlp_http" and exporter.compression == "zstd":
+            errors.append(f"{base}.compression: zstd is not supported by otlp_grpc (grpcio sends gzip or nothing); "
+                          "use auto, gzip or none, or an otlp_http exporter for zstd")
         queue = exporter.sending_queue
         if queue.storage is not None:
             if queue.storage != "file_storage":

@@ -14,6 +14,7 @@ from sidecar.config.units import mib_to_bytes
 from sidecar.core.entry import QueueEntry
 from sidecar.core.errors import ExportError, ExportFailure
 from sidecar.core.signals import SPECS, Signal, rejected_count
+from sidecar.exporters.compression import Compression, resolve_compression
 from sidecar.exporters.hints import retry_info_from_status_details
 from sidecar.exporters.transport import SendOutcome
 
@@ -89,7 +90,9 @@ class GrpcTransport:
             self.channel = aio.insecure_channel(target, options=options)
         else:
             self.channel = aio.secure_channel(target, channel_credentials(config), options=options)
-        self.compression = grpc.Compression.Gzip if config.compression == "gzip" else grpc.Compression.NoCompression
+        # zstd is refused for otlp_grpc by config validation: grpcio cannot send it.
+        wire = resolve_compression(config.compression, endpoint)
+        self.compression = grpc.Compression.Gzip if wire is Compression.GZIP else grpc.Compression.NoCompression
         self.headers = tuple((k.lower(), v) for k, v in config.headers.items())
         self.max_request_bytes = mib_to_bytes(config.max_request_size_mib) if config.max_request_size_mib else None
         self.calls = {

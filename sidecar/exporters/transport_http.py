@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import gzip
 import ssl
 import time
 
@@ -14,6 +13,7 @@ from sidecar.config.schema import ExporterConfig
 from sidecar.core.entry import QueueEntry
 from sidecar.core.errors import ExportError, ExportFailure
 from sidecar.core.signals import SPECS, Signal, rejected_count
+from sidecar.exporters.compression import Compression, compress, resolve_compression
 from sidecar.exporters.hints import parse_retry_after
 from sidecar.exporters.transport import SendOutcome
 
@@ -60,7 +60,7 @@ class HttpTransport:
         self.endpoint = endpoint
         base = endpoint.rstrip("/")
         self.urls = {signal: base + SPECS[signal].http_path for signal in Signal}
-        self.gzip = config.compression == "gzip"
+        self.compression = resolve_compression(config.compression, endpoint)
         self.headers = dict(config.headers)
         self.ssl = client_ssl_context(config)
         self._session: aiohttp.ClientSession | None = None
@@ -78,9 +78,9 @@ class HttpTransport:
         for key, value in metadata:
             headers[key] = value
         body = payload
-        if self.gzip and payload:
-            body = gzip.compress(payload, compresslevel=1)
-            headers["Content-Encoding"] = "gzip"
+        if payload and self.compression is not Compression.NONE:
+            body = compress(payload, self.compression)
+            headers["Content-Encoding"] = self.compression.value
         try:
             async with self.session.post(self.urls[signal], data=body, headers=headers,
                                          timeout=aiohttp.ClientTimeout(total=timeout)) as response:

@@ -51,6 +51,7 @@ from typing import Any, TypeVar, cast
 
 import grpc
 import grpc.aio
+import zstandard
 from aiohttp import web
 from google.protobuf import duration_pb2, json_format
 from google.protobuf.any_pb2 import Any as AnyProto
@@ -1245,7 +1246,9 @@ def _inflate(body: bytes, encoding: str) -> bytes:
             return gzip.decompress(body)
         if encoding == "deflate":
             return zlib.decompress(body)
-    except (OSError, EOFError, zlib.error) as exc:
+        if encoding == "zstd":  # the Collector's otlphttp exporter can send it
+            return zstandard.ZstdDecompressor().decompressobj().decompress(body)
+    except (OSError, EOFError, zlib.error, zstandard.ZstdError) as exc:
         raise ValueError(f"cannot decode {encoding} body: {exc}") from exc
     raise ValueError(f"unsupported Content-Encoding {encoding!r}")
 

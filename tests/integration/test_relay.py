@@ -113,14 +113,21 @@ def test_json_in_protobuf_out_equal_content(upstream: FakeCollector, sidecar_fac
     assert upstream.accepted("traces")[0].message == expected
 
 
-def test_gzip_in_and_compression_out(upstream: FakeCollector, sidecar_factory: SidecarFactory) -> None:
-    sidecar = sidecar_factory(upstream.http_endpoint, "otlp_http", compression="gzip")
+# compression setting -> Content-Encoding the Collector sees from a loopback sidecar (None: the default, auto)
+COMPRESSIONS = [(None, None), ("auto", None), ("none", None), ("gzip", "gzip"), ("zstd", "zstd")]
+
+
+@pytest.mark.parametrize(("compression", "encoding"), COMPRESSIONS)
+def test_gzip_in_and_compression_out(upstream: FakeCollector, sidecar_factory: SidecarFactory,
+                                     compression: str | None, encoding: str | None) -> None:
+    overrides = {} if compression is None else {"compression": compression}
+    sidecar = sidecar_factory(upstream.http_endpoint, "otlp_http", **overrides)
     body = gzip.compress(json.dumps(JSON_REQUEST).encode())
     status, _, _ = _post(f"{sidecar.http_endpoint}/v1/traces", body, "application/json", "gzip")
     assert status == 200
     assert upstream.wait_for_spans(1, timeout=10)
     request = upstream.accepted("traces")[0]
-    assert request.metadata.get("content-encoding") == "gzip"
+    assert request.metadata.get("content-encoding") == encoding
     assert request.message == otlp_json_to_message(json.dumps(JSON_REQUEST),
                                                     trace_service_pb2.ExportTraceServiceRequest)
 
