@@ -177,7 +177,7 @@ def test_one_breaker_opens_the_others_follow_and_exactly_one_probes(
             clients[0].send(1000 + 2 * n)
         assert eventually(lambda: transitions(sidecars[0], "open", "local") >= 1, 15), sidecars[0].logs()[-3000:]
         # ...and the others, which sent nothing, follow the fleet.
-        assert eventually(lambda: all(transitions(s, "open", "fleet") >= 1 for s in sidecars[1:]), 5)
+        assert eventually(lambda: all(transitions(s, "open", "fleet") >= 1 for s in sidecars[1:]), 15)
         opened_at = time.monotonic()
         # Everyone has traffic now, the upstream still fails: none of those who saw it open sends data,
         # and the recovery probes come from one sidecar only.
@@ -234,7 +234,7 @@ def test_redis_killed_mid_outage_everyone_goes_on_locally_then_resyncs(
         with Traffic(clients):
             assert eventually(lambda: any(transitions(s, "open", "local") >= 1 for s in sidecars), 15)
             redis_server.kill()
-            assert eventually(lambda: all(s.metric_value("sidecar_fleet_connected") == 0 for s in sidecars), 5)
+            assert eventually(lambda: all(s.metric_value("sidecar_fleet_connected") == 0 for s in sidecars), 15)
             time.sleep(2.0)  # the outage goes on without Redis; clients keep sending
             redis_server.start()
             assert eventually(lambda: all(s.metric_value("sidecar_fleet_connected") == 1 for s in sidecars), 15)
