@@ -254,6 +254,11 @@ def test_status_fleet_lists_the_members(sidecar_factory: SidecarFactory, upstrea
                                         redis_server: RedisServer) -> None:
     sidecars = start_fleet(sidecar_factory, upstream, redis_server)
     assert eventually(lambda: all(s.metric_value("sidecar_fleet_members") == SIDECARS for s in sidecars), 10)
+    # The fleet's labelled counters are there from the first scrape, at 0.
+    scrape = sidecars[0].metrics_text()
+    assert f'sidecar_fleet_probe_leases_won_total{{endpoint="{upstream.grpc_endpoint}"}} 0.0' in scrape
+    endpoint = upstream.grpc_endpoint
+    assert f'sidecar_fleet_budget_refused_retries_total{{endpoint="{endpoint}",exporter="otlp_grpc"}} 0.0' in scrape
     result = subprocess.run([sys.executable, "-m", "sidecar", "status", "--fleet", "--json",
                              "--config", str(sidecars[0].config_path)],
                             capture_output=True, text=True, cwd=ROOT, timeout=60)
