@@ -279,3 +279,18 @@ def test_status_fleet_lists_the_members(sidecar_factory: SidecarFactory, upstrea
                             "--config", str(sidecars[0].config_path)],
                            capture_output=True, text=True, cwd=ROOT, timeout=60)
     assert [m["instance"] for m in json.loads(after.stdout)["members"]] == ["s0", "s1"]
+
+
+def test_a_sidecar_starts_and_delivers_without_redis_and_joins_when_it_comes(
+        sidecar_factory: SidecarFactory, upstream: FakeCollector, tmp_path: Path) -> None:
+    absent = RedisServer(tmp_path / "late-redis")  # its port is free: nothing listens yet
+    sidecar = sidecar_factory(upstream.grpc_endpoint, config_edit=fleet_edit(absent.url, "alone"),
+                              headers={"x-sidecar": "alone"})
+    with clients_of([sidecar]) as (client,):
+        assert client.send(5000, 3)
+        assert eventually(lambda: client.acknowledged <= upstream.span_ids(), 15)
+    assert sidecar.metric_value("sidecar_fleet_connected") == 0
+    assert '"event":"fleet_connection"' in sidecar.logs()  # "fleet store not reachable yet"
+    with absent.start():
+        assert eventually(lambda: sidecar.metric_value("sidecar_fleet_connected") == 1, 15)
+        assert eventually(lambda: sidecar.metric_value("sidecar_fleet_members") == 1, 10)
