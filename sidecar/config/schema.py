@@ -253,8 +253,9 @@ class FleetConfig(Base):
     key_prefix: str = "otlp-sidecar:"
     instance_id: str | None = None  # default: hostname:pid
     heartbeat_interval: Duration = Duration(2.0)
-    # Every Redis command is bounded by this; Redis is then treated as down and the sidecar goes on
-    # with its local state. Keep it short: it is also the longest a retry waits for the fleet budget.
+    # The longest a retry waits for the fleet budget's answer beyond its own backoff (the question is asked
+    # while the backoff runs); unanswered by then, the local budget decides alone. Background commands
+    # have their own bound (sidecar/fleet/connection.py).
     command_timeout: Duration = Duration(0.05)
 
 
