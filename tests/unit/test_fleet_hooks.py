@@ -268,3 +268,4 @@ async def test_a_resend_the_fleet_refuses_waits_before_asking_again() -> None:
     again = await clock.run(sender.send(make_entry(2), resend=True))
     assert again.verdict is Verdict.DELIVERED and shared.asked == 3
     assert FLEET_REFUSED_WAIT in clock.sleeps
+
