@@ -291,7 +291,7 @@ def test_a_sidecar_starts_and_delivers_without_redis_and_joins_when_it_comes(
         assert eventually(lambda: client.acknowledged <= upstream.span_ids(), 15)
     assert sidecar.metric_value("sidecar_fleet_connected") == 0
     assert '"event":"fleet_connection"' in sidecar.logs()  # "fleet store not reachable yet"
-    with absent.start():
+    with absent:  # starts it now, on the port the sidecar was given
         assert eventually(lambda: sidecar.metric_value("sidecar_fleet_connected") == 1, 15)
         assert eventually(lambda: sidecar.metric_value("sidecar_fleet_members") == 1, 10)
 
