@@ -1,6 +1,6 @@
 """Benchmark scenarios, side by side with a direct baseline, written into bench/RESULTS.md.
 
-    python -m bench.run [all|throughput|latency|outage|crash|memory] [--quick] [--duration S] [--repeats N]
+    python -m bench.run [all|throughput|latency|outage|crash|memory|fleet] [--quick] [--duration S] [--repeats N]
 
 1. throughput  loadgen -> sink (direct) vs loadgen -> sidecar -> sink, 0 % and 10 % error spans;
                spans/s delivered (counted by the sink), ratio to direct, CPU per request of each process;
@@ -11,6 +11,9 @@
                memory queue, with the disk queue; time to drain after recovery; a timeline (outage.png).
 4. crash       SIGKILL of the sidecar during the outage with the disk queue; spans lost.
 5. memory      RSS over time with the upstream down and service.memory_limit_mib set (memory.png).
+6. fleet       4 sidecars in front of an upstream failing for 20 s, local vs fleet mode (extensions.fleet,
+               a real redis-server): calls hitting the failing upstream, recovery to the first delivered
+               export, spans lost (bench/fleet.py). Not part of `all` (3-4 minutes): run it by name.
 
 Every process is its own: the sink (bench/sink.py), the sidecar (`python -m sidecar`, as a user
 starts it), the load generator (bench/loadgen.py); the fake Collector and the SDK application run
@@ -55,7 +58,8 @@ BENCH = ROOT / "bench"
 PYTHON = sys.executable
 SPANS = 512
 ERROR_FRACTION = 0.1
-SECTIONS = ("throughput", "latency", "outage", "crash", "memory")
+SECTIONS = ("throughput", "latency", "outage", "crash", "memory", "fleet")
+IN_ALL = ("throughput", "latency", "outage", "crash", "memory")
 # Same glibc tuning for the bench's own processes (sink, load generator) as the sidecar gives itself.
 TOOL_ENV = dict(MALLOC_ENV)
 
@@ -817,6 +821,9 @@ TARGETS = [
     ("spans lost in the outage, sidecar rows", "0"),
     ("spans lost after SIGKILL (disk queue)", "0"),
     ("RSS within memory_limit_mib", "peak <= limit"),
+    ("fleet mode: calls hitting the upstream failing 20 s (4 sidecars)", "<= 21 (local: 56 in issue 13)"),
+    ("fleet mode: recovery -> first delivered export", "<= 2 s (local: 6.8 s in issue 13)"),
+    ("fleet mode: spans lost, Redis killed mid-failure or not", "0"),
 ]
 
 
@@ -849,6 +856,17 @@ def summary(results: dict[str, Any]) -> str:
     mem = results.get("memory")
     rows.append([*TARGETS[5], f"peak {mem['peak_mib']:.0f} MiB, limit {mem['limit_mib']:g} MiB" if mem else "-",
                  verdict(mem["peak_mib"] <= mem["limit_mib"] if mem else None)])
+    fleet = results.get("fleet", {}).get("modes", {})
+    fleet_runs = {name: r for name, r in fleet.items() if name.startswith("fleet")}
+    plain = next((r for name, r in fleet_runs.items() if "killed" not in name), None)
+    rows.append([*TARGETS[6], f"{plain['calls_during_failure']}" if plain else "-",
+                 verdict(plain["calls_during_failure"] <= 21 if plain else None)])
+    first = plain.get("recovery_to_first_export") if plain else None
+    rows.append([*TARGETS[7], f"{first:.2f} s" if first is not None else "-",
+                 verdict(first <= 2.0 if first is not None else None)])
+    lost = [r["lost"] for r in fleet_runs.values()]
+    rows.append([*TARGETS[8], ", ".join(str(v) for v in lost) if lost else "-",
+                 verdict(sum(lost) == 0 if lost else None)])
     return table(["target", "goal", "result", ""], rows)
 
 
@@ -913,7 +931,7 @@ def main(argv: list[str] | None = None) -> int:
         write_results([], command.strip(), settings.results)
         print(f"rewrote {settings.results}")
         return 0
-    wanted = SECTIONS if args.scenario == "all" else (args.scenario,)
+    wanted = IN_ALL if args.scenario == "all" else (args.scenario,)
     started = time.monotonic()
     sections: list[Section] = []
     try:
@@ -929,6 +947,10 @@ def main(argv: list[str] | None = None) -> int:
             sections.append(scenario_crash(settings))
         if "memory" in wanted:
             sections.append(scenario_memory(settings))
+        if "fleet" in wanted:
+            from bench.fleet import scenario_fleet  # bench.fleet imports this module
+
+            sections.append(scenario_fleet(settings))
     finally:
         if sections:
             write_results(sections, command.strip(), settings.results)

@@ -143,11 +143,19 @@ def exporter_status(exporter: Exporter, watch: Watch | None = None) -> pb.Export
         reachable=exporter.sender.upstream() is Upstream.REACHABLE,
         endpoints=_endpoint_status(exporter),
         dead_letters=dead_summary,
+        worsening=_worsening(exporter),
     )
     lag = watch.lag(exporter.name) if watch is not None and queue is not None else None
     if lag is not None:
         status.lag.CopyFrom(_lag_status(lag))
     return status
+
+
+def _worsening(exporter: Exporter) -> list[pb.Worsening]:
+    escalation = exporter.sender.escalation
+    return [pb.Worsening(category=w.category, error_type=w.error_type, base_severity=w.base_severity,
+                         severity=w.severity, occurrences=w.occurrences, window_seconds=escalation.window)
+            for w in escalation.worsening(exporter.clock.monotonic())]
 
 
 def build_status(service: AdminView, top_hotspots: int = DEFAULT_HOTSPOTS,
@@ -163,12 +171,12 @@ def build_status(service: AdminView, top_hotspots: int = DEFAULT_HOTSPOTS,
     )
     if watch is not None:
         for anomaly in watch.anomalies():
-            item = response.anomalies.add(category=anomaly.category, score=anomaly.score, active=anomaly.active,
-                                          errors_per_minute=anomaly.rate_per_minute,
+            item = response.anomalies.add(category=anomaly.category, service=anomaly.service, score=anomaly.score,
+                                          active=anomaly.active, errors_per_minute=anomaly.rate_per_minute,
                                           baseline_per_minute=anomaly.baseline_per_minute)
             if anomaly.since is not None:
                 item.since = anomaly.since
-        response.error_rate_history.extend(watch.error_rate_history())
+    response.error_rate_history.extend(service.error_stats.minute_history())
     stats = service.error_stats
     response.stats_since = stats.started_wall
     for rate in stats.error_rates():

@@ -137,6 +137,13 @@ def render_status(status: pb.GetStatusResponse, now: float) -> str:
         rates += (f"   (last {widest.window_minutes}m: {widest.export_errors} export errors, "
                   f"{widest.item_errors} error spans/logs)")
     lines.append(f"ERRORS     {rates}")
+    worsening = [[exporter.name, w.category, w.error_type, f"{w.base_severity} -> {w.severity}",
+                  f"{w.occurrences} in {duration(w.window_seconds)}"]
+                 for exporter in status.exporters for w in exporter.worsening]
+    if worsening:
+        lines.append("")
+        lines.append("WORSENING (export errors recurring enough to be reported above their own severity)")
+        lines += table(["EXPORTER", "CATEGORY", "ERROR TYPE", "SEVERITY", "RECENT"], worsening)
     lines.append(f"RECOVERY   {_recovery_text(status.recovery)}")
     lines.append(f"ANOMALIES  {_anomaly_text(status.anomalies)}")
     lines.append("")
@@ -159,8 +166,13 @@ def _anomaly_text(anomalies: Sequence[pb.Anomaly]) -> str:
     shown = [a for a in anomalies if a.active or a.score >= 1.0]
     if not shown:
         return "none"
-    return ", ".join(f"{a.category} {a.score:.1f}" + (" ANOMALY" if a.active else "")
+    return ", ".join(f"{anomaly_subject(a)} {a.score:.1f}" + (" ANOMALY" if a.active else "")
                      + f" ({rate(a.errors_per_minute)}, usually {rate(a.baseline_per_minute)})" for a in shown)
+
+
+def anomaly_subject(anomaly: pb.Anomaly) -> str:
+    """What an anomaly is about: its category, or `service NAME`."""
+    return f"service {anomaly.service}" if anomaly.service else anomaly.category
 
 
 def _recovery_text(recovery: pb.RecoveryStats) -> str:

@@ -161,6 +161,10 @@ class SendingQueueConfig(Base):
     queue_size: PositiveInt = 1000
     storage: str | None = None  # name of a storage extension, e.g. file_storage
     synchronous: Literal["FULL", "NORMAL"] = "FULL"
+    # With storage: `always` commits every request to disk before answering the client (survives
+    # kill -9); `spill` keeps requests in memory while the exporter is healthy and commits them to
+    # disk from degradation level 1 on (a crash loses what was in memory, not what was spilled).
+    storage_mode: Literal["always", "spill"] = "always"
     batch: QueueBatchConfig | None = None  # absent: one upstream request per queue entry
 
 
@@ -194,6 +198,15 @@ class HealthProbeConfig(Base):
     health_check_url: str | None = None
 
 
+class DeadLetterConfig(Base):
+    """Bounds of an exporter's dead-letter store; past any of them the oldest dead letters go (counted)."""
+
+    max_items: PositiveInt = 10_000  # dead letters kept (each one is one failed request, not one span)
+    # Payload bytes kept; absent: 64 MiB for the in-memory store, no limit on disk (max_items bounds it).
+    max_size_mib: PositiveFloat | None = None
+    max_age: Duration = Duration(0.0)  # older dead letters are dropped; 0: kept until the other bounds push them out
+
+
 class ExporterConfig(Base):
     endpoint: str | None = None
     endpoints: list[str] | None = None
@@ -208,6 +221,7 @@ class ExporterConfig(Base):
     circuit_breaker: CircuitBreakerConfig = msgspec.field(default_factory=CircuitBreakerConfig)
     concurrency: ConcurrencyConfig = msgspec.field(default_factory=ConcurrencyConfig)
     health_probe: HealthProbeConfig = msgspec.field(default_factory=HealthProbeConfig)
+    dead_letter: DeadLetterConfig = msgspec.field(default_factory=DeadLetterConfig)
 
     def endpoint_list(self) -> list[str]:
         if self.endpoints:
@@ -239,8 +253,9 @@ class FleetConfig(Base):
     key_prefix: str = "otlp-sidecar:"
     instance_id: str | None = None  # default: hostname:pid
     heartbeat_interval: Duration = Duration(2.0)
-    # Every Redis command is bounded by this; Redis is then treated as down and the sidecar goes on
-    # with its local state. Keep it short: it is also the longest a retry waits for the fleet budget.
+    # The longest a retry waits for the fleet budget's answer beyond its own backoff (the question is asked
+    # while the backoff runs); unanswered by then, the local budget decides alone. Background commands
+    # have their own bound (sidecar/fleet/connection.py).
     command_timeout: Duration = Duration(0.05)
 
 
@@ -278,6 +293,9 @@ class TelemetryAnomalyConfig(Base):
     clear: Annotated[float, Meta(ge=0)] = 2.0  # score under which it clears (hysteresis); < threshold
     warmup: PositiveInt = 30  # intervals learned before the first alarm
     min_std: PositiveFloat = 1.0  # errors per minute: the smallest deviation a score is measured against
+    # Also score the error spans / log records per service.name; the gauge is exported for the `top_services`
+    # services with the most errors (bounded cardinality). 0: per category only.
+    top_services: Annotated[int, Meta(ge=0)] = 10
 
 
 class TelemetryConfig(Base):

@@ -58,6 +58,11 @@ class Metrics:
                               ["category", "severity", "recoverability", "error_type"], registry=r)
         self.enriched = Counter("sidecar_enriched_items", "Spans and log records enriched",
                                 ["signal", "category"], registry=r)
+        self.spilled = Counter("sidecar_exporter_spilled_requests",
+                               "Requests committed to disk because the exporter was at degradation level >= 1 "
+                               "(storage_mode: spill)", ["exporter"], registry=r)
+        self.spill_drained = Counter("sidecar_exporter_spill_drained_requests",
+                                     "Spilled requests taken back from disk by a consumer", ["exporter"], registry=r)
         self.enrich_failures = Counter("sidecar_enrich_failures",
                                        "Requests forwarded unenriched because classification or enrichment raised",
                                        ["signal"], registry=r)
@@ -121,6 +126,10 @@ class Metrics:
         self.error_rate_anomaly = Gauge("sidecar_error_rate_anomaly",
                                         "Deviation of the error rate from its EWMA baseline, in standard deviations",
                                         ["category"], registry=r)
+        self.service_error_rate_anomaly = Gauge(
+            "sidecar_service_error_rate_anomaly",
+            "The same score for the error spans / log records of a service (the top services by errors only)",
+            ["service"], registry=r)
         self.error_rate_anomalies = Counter("sidecar_error_rate_anomalies",
                                             "Times the anomaly score crossed its threshold", ["category"], registry=r)
         self.recovery_duration = Histogram(
