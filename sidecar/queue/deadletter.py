@@ -355,6 +355,14 @@ class SqliteDeadLetters:
         return self
 
     @property
+    def synchronous(self) -> Synchronous:
+        return self._db.synchronous
+
+    def known(self) -> builtins.list[tuple[int, Signal, int]]:
+        """(id, signal, items) of every dead letter held, oldest first: what a lost file would lose."""
+        return [(dl_id, known.signal, known.items) for dl_id, known in self._index.items()]
+
+    @property
     def count(self) -> int:
         return len(self._index)
 

@@ -313,11 +313,15 @@ def test_black_hole_upstream_times_out_trips_the_breaker_and_loses_nothing(
 def test_slow_upstream_keeps_client_answers_fast_and_the_latency_trigger_reacts(
         upstream: FakeCollector, sidecar_factory: SidecarFactory) -> None:
     """Every upstream answer takes 3 s (slow, not failing): clients are acknowledged once queued, so
-    their 1 s deadline never expires; the ladder's latency trigger (1 s here) raises the level."""
+    their 1 s deadline never expires; the ladder's latency trigger (1 s here) raises the level and
+    the adaptive concurrency limit, grown while the upstream was fast, is cut."""
     def latency_trigger(config: dict[str, Any]) -> None:
         config["processors"]["degradation"] = {"latency": "1s"}
 
+    # No health probes: a probe timing out on the slow upstream would mark the endpoint unhealthy and
+    # raise the level with the cause `breaker_open` first; the latency driver is what is tested here.
     sidecar = sidecar_factory(upstream.grpc_endpoint, timeout="10s", config_edit=latency_trigger,
+                              health_probe={"enabled": False},
                               sending_queue={"num_consumers": 4, "queue_size": 1000})
     client = RawClient(sidecar)
     try:
@@ -331,6 +335,17 @@ def test_slow_upstream_keeps_client_answers_fast_and_the_latency_trigger_reacts(
         assert not client.refused
         assert any(e.get("event") == "degradation_level" and e.get("cause") == "latency"
                    for e in log_events(sidecar))
+        # Fast again: the adaptive limit grows while the consumers keep the upstream busy; then slow
+        # again: the latency breach (3 s against an EWMA of milliseconds) cuts it.
+        upstream.set_delay(0)
+        wait_for_requests_ok(client, 60, spans=50)
+        assert upstream.wait_for(lambda f: client.acknowledged <= f.span_ids(), timeout=30)
+        grown = sidecar.metric_value("sidecar_concurrency_limit")
+        assert grown >= 2, grown
+        upstream.set_delay(3.0)
+        wait_for_requests_ok(client, 8, timeout=1.0)
+        assert wait(lambda: sidecar.metric_value("sidecar_concurrency_limit") < grown, timeout=15), (
+            grown, sidecar.metrics_text())
         upstream.set_delay(0)
         assert upstream.wait_for(lambda f: client.acknowledged <= f.span_ids(), timeout=30)
         assert sidecar.metric_value("sidecar_exporter_send_failed_spans_total", exporter=EXPORTER) == 0

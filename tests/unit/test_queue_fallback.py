@@ -307,3 +307,35 @@ async def test_an_io_error_on_write_is_answered_from_memory_as_io_error(tmp_path
     await wait_until(lambda: q.degraded is None and q.in_memory == 0)
     assert q.disk.count == 2 and await drain(q) == [0, 1]
     await q.close()
+
+
+def overwrite(path: Path, offset: int, data: bytes) -> None:
+    with path.open("r+b") as f:
+        f.seek(offset)
+        f.write(data)
+
+
+async def test_pages_overwritten_while_running_are_detected_and_quarantined(tmp_path: Path) -> None:
+    path = tmp_path / "q.sqlite"
+    rec = Recorder()
+    q = await opened(path, recorder=rec)
+    for n in range(60):
+        await q.put(entry(n, nbytes=20_000))
+
+    def to_main_file_and_small_cache(conn: sqlite3.Connection) -> int:
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()  # the rows now live in the main file
+        conn.execute("PRAGMA cache_size=4").fetchall()  # and are read from it, not from the page cache
+        conn.execute("PRAGMA shrink_memory").fetchall()
+        return int(conn.execute("PRAGMA page_size").fetchone()[0])
+
+    page = await q.disk._db.run(to_main_file_and_small_cache)
+    size = path.stat().st_size
+    overwrite(path, (size // 2) // page * page, b"\xa5" * (4 * page))  # four pages of garbage mid-file
+    got = await drain(q)
+    lost = rec.lost_items.get(CORRUPT, 0)
+    assert ("degraded", CORRUPT) in rec.events and len(q.quarantined) == 1
+    assert lost > 0 and len(got) + lost // 3 == 60  # every entry delivered or counted lost (3 items each)
+    assert len(set(got)) == len(got)
+    await q.put(entry(99))
+    assert q.count == 1
+    await q.close()
