@@ -37,7 +37,7 @@ import logging
 import os
 import sqlite3
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -928,10 +928,23 @@ def _check_room(conn: sqlite3.Connection, path: Path, free: int, need: int) -> N
                                     f"acks; {need} bytes to insert")
 
 
-def _write_once(conn: sqlite3.Connection, rows: list[tuple[str, bytes, int, str, float, int]],
-                deletes: list[int]) -> list[int]:
+
+@contextlib.contextmanager
+def write_transaction(conn: sqlite3.Connection) -> Iterator[None]:
+    """BEGIN IMMEDIATE (the write lock up front, so a conflict fails here and not at COMMIT) ... COMMIT;
+    rolled back on any exception, cancellation included, and the exception goes on."""
     conn.execute("BEGIN IMMEDIATE")
     try:
+        yield
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+
+def _write_once(conn: sqlite3.Connection, rows: list[tuple[str, bytes, int, str, float, int]],
+                deletes: list[int]) -> list[int]:
+    with write_transaction(conn):
         ids: list[int] = []
         for row in rows:
             cursor = conn.execute(
@@ -941,9 +954,4 @@ def _write_once(conn: sqlite3.Connection, rows: list[tuple[str, bytes, int, str,
             ids.append(cursor.lastrowid)
         if deletes:
             conn.executemany("DELETE FROM queue WHERE id = ?", [(row_id,) for row_id in deletes])
-        conn.execute("COMMIT")
-    except BaseException:
-        if conn.in_transaction:
-            conn.execute("ROLLBACK")
-        raise
     return ids

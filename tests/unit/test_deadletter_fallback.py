@@ -18,39 +18,14 @@ from sidecar.queue.deadletter import SqliteDeadLetters, replay_dead_letters
 from sidecar.queue.deadletter_fallback import MEMORY_FIRST_ID, FallbackDeadLetters, dead_letter_failure
 from sidecar.queue.memory import MemoryQueue
 from tests.fakes.clock import FakeClock
+from tests.fakes.storage import Recorder, exists, num, numbered_entry
 
 BAD_DATA = Classification(Category.SERIALIZATION, Severity.HIGH, Recoverability.PERMANENT,
                           Recovery.DROP, "INVALID_ARGUMENT", "default")
 
 
 def entry(n: int, nbytes: int = 20_000) -> QueueEntry:
-    return QueueEntry(Signal.LOGS, f"{n:08d}".encode().ljust(nbytes, b"."), 4, (), 100.0 + n)
-
-
-def exists(path: str | Path) -> bool:
-    return Path(path).exists()
-
-
-def num(e: QueueEntry) -> int:
-    return int(e.payload[:8])
-
-
-class Recorder:
-    def __init__(self) -> None:
-        self.events: list[tuple[str, ...]] = []
-        self.lost_items: dict[str, int] = {}
-
-    def storage_error(self, reason: str, detail: str) -> None:
-        self.events.append(("error", reason))
-
-    def storage_degraded(self, reason: str) -> None:
-        self.events.append(("degraded", reason))
-
-    def storage_restored(self) -> None:
-        self.events.append(("restored",))
-
-    def lost(self, signal: Signal, items: int, reason: str, detail: str) -> None:
-        self.lost_items[reason] = self.lost_items.get(reason, 0) + items
+    return numbered_entry(n, nbytes, signal=Signal.LOGS, items=4, accepted_at=100.0)
 
 
 async def set_max_pages(store: SqliteDeadLetters, pages: int | None) -> None:

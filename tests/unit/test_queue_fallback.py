@@ -13,41 +13,15 @@ from pathlib import Path
 import pytest
 
 from sidecar.core.entry import QueueEntry
-from sidecar.core.signals import Signal
 from sidecar.queue import sqlite as sqlite_queue
 from sidecar.queue.base import Lease, QueueFull, QueueStorageError
 from sidecar.queue.fallback import CORRUPT, DISK_FULL, IO_ERROR, StorageFallbackQueue, memory_bound, storage_failure
 from sidecar.queue.sqlite import SqliteQueue
+from tests.fakes.storage import Recorder, exists, num, numbered_entry
 
 
 def entry(n: int, nbytes: int = 2000, items: int = 3) -> QueueEntry:
-    return QueueEntry(Signal.TRACES, f"{n:08d}".encode().ljust(nbytes, b"."), items, (("k", "v"),), 1000.0 + n)
-
-
-def exists(path: str | Path) -> bool:
-    return Path(path).exists()
-
-
-def num(e: QueueEntry) -> int:
-    return int(e.payload[:8])
-
-
-class Recorder:
-    def __init__(self) -> None:
-        self.events: list[tuple[str, ...]] = []
-        self.lost_items: dict[str, int] = {}
-
-    def storage_error(self, reason: str, detail: str) -> None:
-        self.events.append(("error", reason))
-
-    def storage_degraded(self, reason: str) -> None:
-        self.events.append(("degraded", reason))
-
-    def storage_restored(self) -> None:
-        self.events.append(("restored",))
-
-    def lost(self, signal: Signal, items: int, reason: str, detail: str) -> None:
-        self.lost_items[reason] = self.lost_items.get(reason, 0) + items
+    return numbered_entry(n, nbytes, items=items, metadata=(("k", "v"),), accepted_at=1000.0)
 
 
 async def opened(path: Path, capacity: int = 1000, memory_bytes: int = 1 << 20,
