@@ -112,6 +112,7 @@ class SidecarProcess:
         self.config_path.write_text(yaml.safe_dump(config))
         self.log_path = workdir / "sidecar.log"
         self.proc: subprocess.Popen[bytes] | None = None
+        self.terminated = False  # SIGTERM sent to the current run
 
     @property
     def grpc_endpoint(self) -> str:
@@ -127,6 +128,7 @@ class SidecarProcess:
         env = dict(os.environ)
         env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
         log = self.log_path.open("ab")
+        self.terminated = False
         self.proc = subprocess.Popen([sys.executable, "-m", self.module, "run", "--config", str(self.config_path)],
                                      stdout=log, stderr=subprocess.STDOUT, cwd=self.workdir, env=env)
         log.close()
@@ -155,10 +157,17 @@ class SidecarProcess:
                     events.append(json.loads(line))
         return events
 
+    def terminate(self) -> None:
+        """SIGTERM without waiting, once per run (to stop several at once; `stop` then only waits). Once the
+        sidecar's loop has closed, a second SIGTERM would meet the default handler and kill it."""
+        if self.proc is not None and self.proc.poll() is None and not self.terminated:
+            self.proc.send_signal(signal.SIGTERM)
+            self.terminated = True
+
     def stop(self, timeout: float = 30.0) -> int:
         if self.proc is None or self.proc.poll() is not None:
             return self.proc.returncode if self.proc else 0
-        self.proc.send_signal(signal.SIGTERM)
+        self.terminate()
         try:
             return self.proc.wait(timeout)
         except subprocess.TimeoutExpired:
