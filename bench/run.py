@@ -1,16 +1,20 @@
 """Benchmark scenarios, side by side with a direct baseline, written into bench/RESULTS.md.
 
-    python -m bench.run [all|throughput|latency|outage|crash|memory] [--quick] [--duration S] [--repeats N]
+    python -m bench.run [all|throughput|latency|outage|crash|memory|cpu] [--quick] [--duration S] [--repeats N]
 
 1. throughput  loadgen -> sink (direct) vs loadgen -> sidecar -> sink, 0 % and 10 % error spans;
                spans/s delivered (counted by the sink), ratio to direct, CPU per request of each process;
-               and the floor: the same through a null proxy (bench/null_proxy.py), with and without a parse.
+               the floor: the same through a null proxy (bench/null_proxy.py), with and without a parse;
+               and a peer: the same through rotel, a collector written in Rust (PyPI `rotel`).
 2. latency     added latency (p50/p99) at concurrency 1 and 16, sidecar vs direct.
 3. outage      a real OpenTelemetry SDK application sends at a fixed rate while the Collector (the
                fake one) is down: spans lost SDK -> Collector directly, through the sidecar with the
                memory queue, with the disk queue; time to drain after recovery; a timeline (outage.png).
 4. crash       SIGKILL of the sidecar during the outage with the disk queue; spans lost.
 5. memory      RSS over time with the upstream down and service.memory_limit_mib set (memory.png).
+6. cpu         CPU at a steady rate: 10,000 spans/s in 100- and 512-span requests through the sidecar
+               (defaults, compression none) and through rotel (a Rust collector); CPU % of one core,
+               us of CPU per span and RSS of each relay, against the Collector testbed's 20 % budget.
 
 Every process is its own: the sink (bench/sink.py), the sidecar (`python -m sidecar`, as a user
 starts it), the load generator (bench/loadgen.py); the fake Collector and the SDK application run
@@ -33,6 +37,7 @@ import resource
 import shlex
 import shutil
 import signal
+import socket
 import statistics
 import subprocess
 import sys
@@ -55,7 +60,7 @@ BENCH = ROOT / "bench"
 PYTHON = sys.executable
 SPANS = 512
 ERROR_FRACTION = 0.1
-SECTIONS = ("throughput", "latency", "outage", "crash", "memory")
+SECTIONS = ("throughput", "latency", "outage", "crash", "memory", "cpu")
 # Same glibc tuning for the bench's own processes (sink, load generator) as the sidecar gives itself.
 TOOL_ENV = dict(MALLOC_ENV)
 
@@ -79,6 +84,9 @@ class Settings:
     rate: int  # spans/s of the SDK application
     memory_duration: float
     memory_limit_mib: float
+    cpu_window: float  # measured seconds per steady-rate run
+    cpu_warmup: float
+    cpu_repeats: int
     results: Path
     workdir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="sidecar-bench-")))
 
@@ -102,6 +110,9 @@ class Settings:
             rate=1000,
             memory_duration=6.0 if quick else 25.0,
             memory_limit_mib=args.memory_limit,
+            cpu_window=2.0 if quick else 8.0,
+            cpu_warmup=1.0 if quick else 2.0,
+            cpu_repeats=1 if quick else 2,
             results=args.results or BENCH / ("RESULTS-quick.md" if quick else "RESULTS.md"),
         )
         if args.duration is not None:
@@ -110,6 +121,10 @@ class Settings:
             settings.repeats = args.repeats
         if args.outage is not None:
             settings.outage = args.outage
+        if args.cpu_window is not None:
+            settings.cpu_window = args.cpu_window
+        if args.cpu_repeats is not None:
+            settings.cpu_repeats = args.cpu_repeats
         return settings
 
 
@@ -278,6 +293,70 @@ class NullProxy:
         terminate(self.proc)
 
 
+def rotel_binary() -> Path:
+    """The rotel collector's executable, as the PyPI package `rotel` ships it (bench extra)."""
+    import rotel
+
+    return Path(rotel.__file__).resolve().parent / "rotel-agent"
+
+
+def wait_listening(target: str, proc: subprocess.Popen[Any], what: str, timeout: float = 20.0) -> None:
+    host, _, port = target.rpartition(":")
+    deadline = time.monotonic() + timeout
+    while True:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{what} exited with {proc.returncode} before listening on {target}")
+        with contextlib.suppress(OSError), socket.create_connection((host, int(port)), timeout=0.5):
+            return
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{what} is not listening on {target} after {timeout:g}s")
+        time.sleep(0.05)
+
+
+class Rotel:
+    """rotel (an OpenTelemetry collector written in Rust) as an OTLP/gRPC receiver -> OTLP/gRPC exporter relay.
+
+    Its own defaults except the ports and, when given, `--otlp-exporter-compression` (its default is gzip).
+    Like the sidecar, it answers a client once the request is buffered; by default it batches spans
+    into upstream requests of up to 8192 spans or 200 ms.
+    """
+
+    def __init__(self, upstream: str, workdir: Path, compression: str | None = None) -> None:
+        self.port = free_port()
+        self.target = f"127.0.0.1:{self.port}"
+        workdir.mkdir(parents=True, exist_ok=True)
+        command = [str(rotel_binary()), "start", "--otlp-grpc-endpoint", self.target,
+                   "--otlp-http-endpoint", f"127.0.0.1:{free_port()}", "--exporter", "otlp",
+                   "--otlp-exporter-endpoint", f"http://{upstream}",
+                   "--pid-file", str(workdir / f"rotel-{self.port}.pid"),
+                   "--log-file", str(workdir / f"rotel-{self.port}.log")]
+        if compression is not None:
+            command += ["--otlp-exporter-compression", compression]
+        with open(workdir / f"rotel-{self.port}.out", "wb") as out:
+            self.proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
+        wait_listening(self.target, self.proc, "rotel")
+
+    def stop(self) -> None:
+        terminate(self.proc)
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """utime + stime of `pid` and of its live descendants, plus what its waited-for children used."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            with contextlib.suppress(OSError, IndexError, ValueError), open(f"/proc/{entry}/stat") as stat:
+                children.setdefault(int(stat.read().rsplit(")", 1)[1].split()[1]), []).append(int(entry))
+    total, todo = 0.0, [pid]
+    while todo:
+        current = todo.pop()
+        with contextlib.suppress(OSError), open(f"/proc/{current}/stat") as stat:
+            fields = stat.read().rsplit(")", 1)[1].split()
+            total += sum(int(f) for f in fields[11:15]) / os.sysconf("SC_CLK_TCK")  # utime stime cutime cstime
+        todo.extend(children.get(current, ()))
+    return total
+
+
 def measure(sink: Sink, target: str, proxy_pid: int | None, concurrency: int, duration: float,
             error_fraction: float) -> dict[str, Any]:
     """One loadgen run against `target`; CPU per request of the proxy in between (`proxy_pid`), sink and loadgen."""
@@ -303,11 +382,12 @@ FAST = "sidecar, fast path (0 % error spans)"
 ENRICHED = "sidecar, 10 % error spans enriched"
 FLOOR = "floor: null proxy (receive + forward, no work)"
 FLOOR_PARSED = "floor: null proxy + upb parse"
+ROTEL = "peer: rotel relay (Rust; compression none, its batching), 0 %"
 
 
 def scenario_throughput(settings: Settings, pair: tuple[Sink, SidecarProcess] | None = None) -> Section:
     log(f"throughput: {settings.repeats} x (direct, sidecar 0 %, sidecar 10 % errors, null-proxy floors "
-        f"at 0 % and 10 %), {settings.duration:g}s each at concurrency {settings.concurrency}")
+        f"at 0 % and 10 %, rotel), {settings.duration:g}s each at concurrency {settings.concurrency}")
     with contextlib.ExitStack() as stack:
         sink, sidecar = pair if pair is not None else stack.enter_context(sink_and_sidecar(settings))
         floors = {}
@@ -315,6 +395,8 @@ def scenario_throughput(settings: Settings, pair: tuple[Sink, SidecarProcess] | 
             proxy = NullProxy(sink.target, parse)
             stack.callback(proxy.stop)
             floors[parse] = (proxy.target, proxy.proc.pid)
+        rotel = Rotel(sink.target, settings.workdir / "rotel", compression="none")
+        stack.callback(rotel.stop)
         direct_target: tuple[str, int | None] = (sink.target, None)
         modes: list[tuple[str, tuple[str, int | None], float, bool]] = [  # name, (target, pid), errors, sidecar
             (DIRECT, direct_target, 0.0, False),
@@ -323,6 +405,7 @@ def scenario_throughput(settings: Settings, pair: tuple[Sink, SidecarProcess] | 
             (f"{FLOOR}, 0 %", floors[False], 0.0, False),
             (f"{FLOOR_PARSED}, 0 %", floors[True], 0.0, False),
             (f"{FLOOR_PARSED}, 10 %", floors[True], ERROR_FRACTION, False),
+            (ROTEL, (rotel.target, rotel.proc.pid), 0.0, False),
         ]
         runs: dict[str, list[dict[str, Any]]] = {name: [] for name, *_ in modes}
         dropped_before = metric(sidecar, "sidecar_dropped_items_total")
@@ -369,7 +452,11 @@ def scenario_throughput(settings: Settings, pair: tuple[Sink, SidecarProcess] | 
              "The two floors are `bench/null_proxy.py`: a grpc.aio server that forwards each request's bytes "
              "on one grpc.aio channel and answers with the upstream's answer, without (and with) parsing "
              "it: no queue, no classification, no retry, no metrics. No Python proxy on grpc.aio can be "
-             "faster than the first; every sidecar has to do at least what the second does.")
+             "faster than the first; every sidecar has to do at least what the second does. The peer is "
+             "rotel (PyPI `rotel`, an OpenTelemetry collector in Rust) as an OTLP/gRPC -> OTLP/gRPC relay to "
+             "the same sink, with its defaults (it batches up to 8192 spans or 200 ms per upstream request) "
+             "except `--otlp-exporter-compression none`, as the sidecar's `auto` picks on loopback; its CPU "
+             "per request is per request received.")
     return Section("throughput", "1. Throughput", body, data)
 
 
@@ -404,6 +491,133 @@ def scenario_latency(settings: Settings, pair: tuple[Sink, SidecarProcess] | Non
              "At concurrency 16 the calls queue behind each other, so that row measures saturation as much "
              "as the sidecar's own cost.")
     return Section("latency", "2. Added latency", body, data)
+
+
+# --------------------------------------------------------------------------- 6: CPU at a steady rate
+
+CPU_RATE = 10_000  # spans/s: the OpenTelemetry Collector testbed's steady-rate load test
+CPU_SIZES = (100, 512)  # spans per request: the testbed's batches, the SDK's default batch
+CPU_BUDGET = 20.0  # % of one core: what the Collector testbed budgets for that test
+SIDECAR_DEFAULTS = "sidecar, defaults"
+SIDECAR_NONE = "sidecar, compression none"
+ROTEL_DEFAULTS = "rotel, defaults"
+ROTEL_NONE = "rotel, compression none"
+
+
+def default_sidecar_config(upstream: str, ports: SidecarPorts, **exporter: Any) -> dict[str, Any]:
+    """The sidecar as a user would start it: every exporter setting at its default (DESIGN.md), the
+    classify/enrich/degradation pipeline of the README, warn-level logs."""
+    config = base_config(upstream, ports)
+    config["exporters"]["otlp_grpc"] = {"endpoint": upstream, "tls": {"insecure": True}, **exporter}
+    config["service"]["telemetry"]["logs"]["level"] = "warn"
+    return config
+
+
+def run_at_rate(target: str, relay_pid: int, sink: Sink, *, spans: int, rate: float, duration: float,
+                warmup: float) -> dict[str, Any]:
+    """One open-loop loadgen run at `rate` spans/s; the relay's CPU (its process tree) and RSS over exactly
+    the loadgen's measured window (it announces the window's start and end)."""
+    command = [PYTHON, "-m", "bench.loadgen", "--target", target, "--json", "--announce", "--rate", str(rate),
+               "--spans", str(spans), "--concurrency", "64", "--duration", str(duration), "--warmup", str(warmup),
+               "--sink", sink.target]
+    proc = subprocess.Popen(command, cwd=ROOT, env=tool_env(), stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    lines: list[str] = []
+    cpu: dict[str, float] = {}
+    try:
+        for line in proc.stdout:
+            lines.append(line)
+            if line.strip() == "window-start":
+                cpu["start"], cpu["t0"] = tree_cpu_seconds(relay_pid), time.monotonic()
+            elif line.strip() == "window-end":
+                cpu["end"], cpu["t1"] = tree_cpu_seconds(relay_pid), time.monotonic()
+                cpu["rss"] = rss_mib(relay_pid)
+        code = proc.wait(timeout=duration + warmup + 60)
+    finally:
+        terminate(proc)
+    if code != 0 or "end" not in cpu:
+        raise RuntimeError(f"loadgen at a steady rate failed ({code}): {''.join(lines)[-2000:]}")
+    result: dict[str, Any] = json.loads(lines[-1])
+    wall = cpu["t1"] - cpu["t0"]
+    used = cpu["end"] - cpu["start"]
+    # Per span the relay acknowledged in the window (what it received): rotel forwards in 200 ms batches,
+    # so what the sink counted in a short window is off by up to a batch.
+    acknowledged = result["requests"] * spans * wall / result["duration"]
+    result.update(cpu_percent=100 * used / wall, rss_mib=cpu["rss"], cpu_seconds=used, wall=wall,
+                  us_per_span=1e6 * used / acknowledged if acknowledged else float("nan"))
+    return result
+
+
+def scenario_cpu(settings: Settings) -> Section:
+    log(f"cpu: {CPU_RATE} spans/s in {' and '.join(map(str, CPU_SIZES))}-span requests, {settings.cpu_repeats} x "
+        f"{settings.cpu_window:g}s per relay (after {settings.cpu_warmup:g}s warm-up)")
+    relays: dict[str, tuple[str, int]] = {}
+    with contextlib.ExitStack() as stack:
+        sink = Sink()
+        stack.callback(sink.stop)
+        for name, extra in ((SIDECAR_DEFAULTS, {}), (SIDECAR_NONE, {"compression": "none"})):
+            ports = SidecarPorts()
+            sidecar = start_sidecar(default_sidecar_config(sink.target, ports, **extra),
+                                    name.replace(", ", "-").replace(" ", "-"), ports, settings.workdir)
+            stack.callback(sidecar.stop)
+            relays[name] = sidecar_target(sidecar)
+        for name, compression in ((ROTEL_DEFAULTS, None), (ROTEL_NONE, "none")):
+            rotel = Rotel(sink.target, settings.workdir / "rotel", compression=compression)
+            stack.callback(rotel.stop)
+            relays[name] = (rotel.target, rotel.proc.pid)
+        runs: dict[tuple[int, str], list[dict[str, Any]]] = {(n, r): [] for n in CPU_SIZES for r in relays}
+        for repeat in range(settings.cpu_repeats):
+            for spans in CPU_SIZES:
+                for name, (target, pid) in relays.items():
+                    result = run_at_rate(target, pid, sink, spans=spans, rate=CPU_RATE,
+                                         duration=settings.cpu_window, warmup=settings.cpu_warmup)
+                    runs[(spans, name)].append(result)
+                    log(f"  [{repeat + 1}/{settings.cpu_repeats}] {spans} spans/request, {name}: "
+                        f"{result['cpu_percent']:.1f} % of a core, {result['us_per_span']:.2f} us/span, "
+                        f"{result['delivered_spans_per_second']:,.0f} spans/s delivered, "
+                        f"RSS {result['rss_mib']:.0f} MiB")
+    data: dict[str, Any] = {"rate": CPU_RATE, "budget_percent": CPU_BUDGET, "sizes": {}}
+    rows: list[list[Any]] = []
+    for spans in CPU_SIZES:
+        sized: dict[str, Any] = {}
+        for name in relays:
+            results = runs[(spans, name)]
+            sized[name] = {
+                "cpu_percent": median([r["cpu_percent"] for r in results]),
+                "cpu_range": [min(r["cpu_percent"] for r in results), max(r["cpu_percent"] for r in results)],
+                "us_per_span": median([r["us_per_span"] for r in results]),
+                "us_per_request": median([r["us_per_span"] for r in results]) * spans,
+                "rss_mib": median([r["rss_mib"] for r in results]),
+                "delivered": median([r["delivered_spans_per_second"] or 0.0 for r in results]),
+                "failed": sum(r["failed"] for r in results),
+                "skipped": sum(r["skipped"] for r in results),
+            }
+        for name, row in sized.items():
+            row["ratio_to_rotel"] = row["cpu_percent"] / sized[ROTEL_DEFAULTS]["cpu_percent"]
+            row["ratio_to_rotel_none"] = row["cpu_percent"] / sized[ROTEL_NONE]["cpu_percent"]
+            rows.append([spans, name, row["cpu_percent"],
+                         f"{row['cpu_range'][0]:.1f} - {row['cpu_range'][1]:.1f}", row["us_per_span"],
+                         row["us_per_request"], f"{row['ratio_to_rotel']:.2f}", f"{row['ratio_to_rotel_none']:.2f}",
+                         row["rss_mib"], row["delivered"], row["failed"]])
+        data["sizes"][str(spans)] = sized
+        rows.append([spans, f"reference: the Collector testbed's budget{'' if spans == 100 else ' (set for 100)'}",
+                     CPU_BUDGET, "", 1e6 * CPU_BUDGET / 100 / CPU_RATE, "", "", "", "", "", ""])
+    body = table(["spans/request", "relay", "CPU % of one core (median)", "range", "us CPU/span",
+                  "us CPU/request", "x rotel defaults", "x rotel none", "RSS MiB", "spans/s delivered",
+                  "failed calls"], rows)
+    body += (f"\n\n{CPU_RATE:,} spans/s offered at a steady pace (bench/loadgen.py `--rate`: one Export call every "
+             "10 ms with 100 spans, every 51 ms with 512) through each relay to the same sink, "
+             f"{settings.cpu_repeats} run(s) of {settings.cpu_window:g}s per relay and size (after "
+             f"{settings.cpu_warmup:g}s of warm-up), interleaved; medians. CPU: utime + stime of the relay's "
+             "process and its children from /proc over exactly the load generator's measured window, as a share "
+             "of one core; us/span divides it by the spans the relay acknowledged in the window. RSS at the window's "
+             "end. Sidecar, defaults: every exporter setting at its default (`compression: auto`, which is none "
+             "on this loopback hop, so the two sidecar rows run the same configuration: they show the noise), "
+             "the classify/enrich/degradation pipeline. rotel, defaults: gzip on its exporter and its batching "
+             "(up to 8192 spans or 200 ms per upstream request). The Collector's own testbed runs this load "
+             f"(OTLP/gRPC in, OTLP out, 10,000 spans/s in 100-span batches) with a budget of {CPU_BUDGET:g} % "
+             "of one core: the reference line.")
+    return Section("cpu", "6. CPU at a steady rate", body, data)
 
 
 # ----------------------------------------------------------------------------------- 3 + 4: outages
@@ -902,6 +1116,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--duration", type=float, default=None, help="seconds per throughput/latency run")
     parser.add_argument("--repeats", type=int, default=None, help="runs per throughput/latency mode")
     parser.add_argument("--outage", type=float, default=None, help="seconds the Collector is down")
+    parser.add_argument("--cpu-window", type=float, default=None, help="measured seconds per steady-rate run")
+    parser.add_argument("--cpu-repeats", type=int, default=None, help="steady-rate runs per relay and size")
     parser.add_argument("--memory-limit", type=float, default=256.0, help="service.memory_limit_mib (scenario 5)")
     parser.add_argument("--results", type=Path, default=None,
                         help="results file (default bench/RESULTS.md; with --quick bench/RESULTS-quick.md)")
@@ -929,6 +1145,8 @@ def main(argv: list[str] | None = None) -> int:
             sections.append(scenario_crash(settings))
         if "memory" in wanted:
             sections.append(scenario_memory(settings))
+        if "cpu" in wanted:
+            sections.append(scenario_cpu(settings))
     finally:
         if sections:
             write_results(sections, command.strip(), settings.results)
