@@ -193,6 +193,7 @@ def bench_exporter(upstream: str, ports: SidecarPorts, storage: Path | None = No
         "sending_queue": {"num_consumers": 10, "queue_size": 1000},
         **overrides,
     })
+    config["exporters"]["otlp_grpc"]["sending_queue"].pop("batch", None)  # the default (tests turn it off)
     config["service"]["telemetry"]["logs"]["level"] = "warn"
     return config
 
