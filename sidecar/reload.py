@@ -1,8 +1,11 @@
 """What a SIGHUP reload may change in place, and what needs a restart.
 
-Breakers, queues and connections survive a reload, so only the pure parts are
-swapped: the classification rules, the enrichment settings, the degradation
-thresholds and the log level. Any other difference is reported, not applied.
+Queues, connections and the state of breakers, limiters and budgets survive a reload. Swapped or
+reconfigured in place: the classification rules, the enrichment settings, the degradation
+thresholds, the log level, and of each exporter the keys in EXPORTER_KEYS_IN_PLACE (retry,
+breaker, concurrency, timeout, headers, health probe but turning it on or off). Any other difference (endpoints, TLS,
+queue and storage, receivers, extensions, pipelines' components) is reported as needing a
+restart, by dotted path, and not applied.
 """
 
 from __future__ import annotations
@@ -14,12 +17,16 @@ import msgspec
 from opentelemetry.proto.logs.v1 import logs_pb2
 from opentelemetry.proto.trace.v1 import trace_pb2
 
-from sidecar.config.schema import Config
+from sidecar.config.schema import Config, ExporterConfig
 from sidecar.config.units import encode_hook
 from sidecar.core.errors import ExportFailure
 from sidecar.core.taxonomy import Classification
 from sidecar.pipeline.classify import Classifier
 from sidecar.pipeline.evidence import LogFacts, SpanFacts
+
+# Exporter keys a running exporter takes in place (Exporter.reconfigure); any other needs a restart.
+EXPORTER_KEYS_IN_PLACE = frozenset({"retry_on_failure", "circuit_breaker", "concurrency", "timeout", "headers",
+                                    "health_probe"})
 
 
 @dataclass(frozen=True)
@@ -27,10 +34,12 @@ class ReloadPlan:
     processors_changed: bool
     log_level_changed: bool
     needs_restart: list[str] = field(default_factory=list)
+    # exporter name -> its new configuration, for those whose in-place keys changed
+    exporters_changed: dict[str, ExporterConfig] = field(default_factory=dict)
 
     @property
     def applies_anything(self) -> bool:
-        return self.processors_changed or self.log_level_changed
+        return self.processors_changed or self.log_level_changed or bool(self.exporters_changed)
 
 
 def _plain(value: Any) -> Any:
@@ -39,12 +48,24 @@ def _plain(value: Any) -> Any:
 
 def plan_reload(old: Config, new: Config) -> ReloadPlan:
     needs_restart: list[str] = []
-    for section in ("receivers", "exporters"):
-        old_section, new_section = getattr(old, section), getattr(new, section)
-        for name in sorted(set(old_section) | set(new_section)):
-            if name not in old_section or name not in new_section or \
-                    _plain(old_section[name]) != _plain(new_section[name]):
-                needs_restart.append(f"{section}.{name}")
+    for name in sorted(set(old.receivers) | set(new.receivers)):
+        if name not in old.receivers or name not in new.receivers or \
+                _plain(old.receivers[name]) != _plain(new.receivers[name]):
+            needs_restart.append(f"receivers.{name}")
+    exporters_changed: dict[str, ExporterConfig] = {}
+    for name in sorted(set(old.exporters) | set(new.exporters)):
+        if name not in old.exporters or name not in new.exporters:
+            needs_restart.append(f"exporters.{name}")
+            continue
+        before, after = _plain(old.exporters[name]), _plain(new.exporters[name])
+        changed = sorted(key for key in set(before) | set(after) if before.get(key) != after.get(key))
+        needs_restart.extend(f"exporters.{name}.{key}" for key in changed if key not in EXPORTER_KEYS_IN_PLACE)
+        if old.exporters[name].health_probe.enabled != new.exporters[name].health_probe.enabled:
+            needs_restart.append(f"exporters.{name}.health_probe.enabled")
+        if any(key in EXPORTER_KEYS_IN_PLACE for key in changed):
+            applied = _in_place_only(old.exporters[name], new.exporters[name])
+            if applied != old.exporters[name]:
+                exporters_changed[name] = applied
     if _plain(old.extensions) != _plain(new.extensions):
         needs_restart.append("extensions")
     old_service, new_service = _plain(old.service), _plain(new.service)
@@ -68,7 +89,16 @@ def plan_reload(old: Config, new: Config) -> ReloadPlan:
         processors_changed=processors_changed,
         log_level_changed=old.service.telemetry.logs != new.service.telemetry.logs,
         needs_restart=needs_restart,
+        exporters_changed=exporters_changed,
     )
+
+
+def _in_place_only(old: ExporterConfig, new: ExporterConfig) -> ExporterConfig:
+    """The running exporter's configuration with only the keys it can take in place replaced, so
+    what runs (and what `status` and the next reload compare with) is what was applied."""
+    probe = msgspec.structs.replace(new.health_probe, enabled=old.health_probe.enabled)  # on/off: a restart
+    replaced = {key: getattr(new, key) for key in EXPORTER_KEYS_IN_PLACE} | {"health_probe": probe}
+    return msgspec.structs.replace(old, **replaced)
 
 
 class ClassifierHandle(Classifier):

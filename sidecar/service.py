@@ -82,6 +82,7 @@ class Service:
         # router (item errors, hotspots) when the admin API is on, its only reader.
         self.error_stats = ErrorStats(clock)
         self.admin: AdminServer | None = None
+        self._reloading: asyncio.Task[bool] | None = None
         self.watch: Watch | None = None
         self.fleet: Fleet | None = None
 
@@ -219,8 +220,21 @@ class Service:
 
     # ------------------------------------------------------------------ reload
 
-    def reload(self, path: str) -> bool:
-        """SIGHUP: validate first; apply processors and log level in place; keep the old config on error."""
+    def reload(self, path: str) -> asyncio.Task[bool]:
+        """SIGHUP (a signal handler, so synchronous): run `reload_config` as a task, one reload at a time."""
+        previous = self._reloading
+
+        async def run() -> bool:
+            if previous is not None:
+                await asyncio.gather(previous, return_exceptions=True)
+            return await self.reload_config(path)
+
+        self._reloading = asyncio.get_running_loop().create_task(run(), name="config-reload")
+        return self._reloading
+
+    async def reload_config(self, path: str) -> bool:
+        """Validate first; apply processors, the log level and exporters' retry, breaker, concurrency,
+        timeout, headers and health-probe settings in place; keep the old config on error."""
         try:
             new = load_config(path)
         except ConfigError as exc:
@@ -245,8 +259,19 @@ class Service:
         if plan.log_level_changed:
             logs = new.service.telemetry.logs
             setup_logging(logs.level, logs.encoding)
+        exporters = dict(self.config.exporters)
+        not_applied: list[str] = []
+        for name, exporter_config in plan.exporters_changed.items():
+            try:
+                if name in self.exporters:
+                    await self.exporters[name].reconfigure(exporter_config)
+            except Exception:  # a bug must not take the reload (or the process) down; say what is not applied
+                log.exception("reconfiguring an exporter failed", extra={"exporter": name})
+                not_applied.append(f"exporters.{name}")
+                continue
+            exporters[name] = exporter_config
         applied = dataclasses.replace(
-            self.config, processors=new.processors,
+            self.config, processors=new.processors, exporters=exporters,
             service=msgspec.structs.replace(self.config.service, telemetry=msgspec.structs.replace(
                 self.config.service.telemetry, logs=new.service.telemetry.logs)))
         if plan.processors_changed:
@@ -256,11 +281,14 @@ class Service:
             applied = dataclasses.replace(applied, service=msgspec.structs.replace(applied.service,
                                                                                     pipelines=pipelines))
         self.config = applied
-        result: ReloadResult = "applied" if not plan.needs_restart else "partial"
+        needs_restart = plan.needs_restart + not_applied
+        result: ReloadResult = "applied" if not needs_restart else "partial"
         self.events.config_reloaded(result)
         log.info("config reloaded", extra={
             "event": "config_reload", "result": result, "processors_changed": plan.processors_changed,
-            "log_level_changed": plan.log_level_changed, "not_applied_need_restart": plan.needs_restart})
+            "log_level_changed": plan.log_level_changed, "exporters_reconfigured": sorted(
+                name for name in plan.exporters_changed if f"exporters.{name}" not in not_applied),
+            "not_applied_need_restart": needs_restart})
         return True
 
     # ------------------------------------------------------------------ lifecycle

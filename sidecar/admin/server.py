@@ -143,11 +143,19 @@ def exporter_status(exporter: Exporter, watch: Watch | None = None) -> pb.Export
         reachable=exporter.sender.upstream() is Upstream.REACHABLE,
         endpoints=_endpoint_status(exporter),
         dead_letters=dead_summary,
+        worsening=_worsening(exporter),
     )
     lag = watch.lag(exporter.name) if watch is not None and queue is not None else None
     if lag is not None:
         status.lag.CopyFrom(_lag_status(lag))
     return status
+
+
+def _worsening(exporter: Exporter) -> list[pb.Worsening]:
+    escalation = exporter.sender.escalation
+    return [pb.Worsening(category=w.category, error_type=w.error_type, base_severity=w.base_severity,
+                         severity=w.severity, occurrences=w.occurrences, window_seconds=escalation.window)
+            for w in escalation.worsening(exporter.clock.monotonic())]
 
 
 def build_status(service: AdminView, top_hotspots: int = DEFAULT_HOTSPOTS,

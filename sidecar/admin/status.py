@@ -137,6 +137,13 @@ def render_status(status: pb.GetStatusResponse, now: float) -> str:
         rates += (f"   (last {widest.window_minutes}m: {widest.export_errors} export errors, "
                   f"{widest.item_errors} error spans/logs)")
     lines.append(f"ERRORS     {rates}")
+    worsening = [[exporter.name, w.category, w.error_type, f"{w.base_severity} -> {w.severity}",
+                  f"{w.occurrences} in {duration(w.window_seconds)}"]
+                 for exporter in status.exporters for w in exporter.worsening]
+    if worsening:
+        lines.append("")
+        lines.append("WORSENING (export errors recurring enough to be reported above their own severity)")
+        lines += table(["EXPORTER", "CATEGORY", "ERROR TYPE", "SEVERITY", "RECENT"], worsening)
     lines.append(f"RECOVERY   {_recovery_text(status.recovery)}")
     lines.append(f"ANOMALIES  {_anomaly_text(status.anomalies)}")
     lines.append("")

@@ -166,6 +166,10 @@ class SendingQueueConfig(Base):
     queue_size: PositiveInt = 1000
     storage: str | None = None  # name of a storage extension, e.g. file_storage
     synchronous: Literal["FULL", "NORMAL"] = "FULL"
+    # With storage: `always` commits every request to disk before answering the client (survives
+    # kill -9); `spill` keeps requests in memory while the exporter is healthy and commits them to
+    # disk from degradation level 1 on (a crash loses what was in memory, not what was spilled).
+    storage_mode: Literal["always", "spill"] = "always"
     # `enabled: false` (or None, programmatically): one upstream request per queue entry
     batch: QueueBatchConfig | None = msgspec.field(default_factory=QueueBatchConfig)
 
@@ -200,6 +204,15 @@ class HealthProbeConfig(Base):
     health_check_url: str | None = None
 
 
+class DeadLetterConfig(Base):
+    """Bounds of an exporter's dead-letter store; past any of them the oldest dead letters go (counted)."""
+
+    max_items: PositiveInt = 10_000  # dead letters kept (each one is one failed request, not one span)
+    # Payload bytes kept; absent: 64 MiB for the in-memory store, no limit on disk (max_items bounds it).
+    max_size_mib: PositiveFloat | None = None
+    max_age: Duration = Duration(0.0)  # older dead letters are dropped; 0: kept until the other bounds push them out
+
+
 class ExporterConfig(Base):
     endpoint: str | None = None
     endpoints: list[str] | None = None
@@ -214,6 +227,7 @@ class ExporterConfig(Base):
     circuit_breaker: CircuitBreakerConfig = msgspec.field(default_factory=CircuitBreakerConfig)
     concurrency: ConcurrencyConfig = msgspec.field(default_factory=ConcurrencyConfig)
     health_probe: HealthProbeConfig = msgspec.field(default_factory=HealthProbeConfig)
+    dead_letter: DeadLetterConfig = msgspec.field(default_factory=DeadLetterConfig)
 
     def endpoint_list(self) -> list[str]:
         if self.endpoints:

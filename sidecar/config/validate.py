@@ -190,6 +190,8 @@ def _check_exporters(config: schema.Config, errors: list[str]) -> None:
             errors.append(f"{base}.compression: zstd is not supported by otlp_grpc (grpcio sends gzip or nothing); "
                           "use auto, gzip or none, or an otlp_http exporter for zstd")
         queue = exporter.sending_queue
+        if queue.storage_mode == "spill" and queue.storage is None:
+            errors.append(f"{base}.sending_queue.storage_mode: spill needs sending_queue.storage (a disk to spill to)")
         if queue.storage is not None:
             if queue.storage != "file_storage":
                 errors.append(f"{base}.sending_queue.storage: unknown storage extension {queue.storage!r} "

@@ -17,3 +17,4 @@ class DropReason(enum.StrEnum):
     DEAD_LETTER_EVICTED = "dead_letter_evicted"  # pushed out of the full dead-letter store
     DEAD_LETTER_EXPIRED = "dead_letter_expired"  # older than dead_letter.max_age
     SHUTDOWN = "shutdown"  # a memory queue not drained within shutdown_timeout
+    CORRUPT = "corrupt"  # an unreadable row of the disk queue

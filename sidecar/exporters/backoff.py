@@ -165,6 +165,12 @@ class AdaptiveBase:
     def base(self) -> float:
         return self._base
 
+    def reconfigure(self, initial_interval: float, max_interval: float) -> None:
+        """New bounds in place (a SIGHUP reload); the learnt base is kept within them."""
+        self.initial_interval = float(initial_interval)
+        self.max_interval = max(float(max_interval), self.initial_interval)
+        self._base = min(self.max_interval, max(self.initial_interval, self._base))
+
     @property
     def success_rate(self) -> float | None:
         successes, total = self._outcomes.totals()

@@ -351,6 +351,25 @@ class EndpointBreaker:
             self._cb.half_open()
             self._flush()
 
+    def reconfigure(self, config: CircuitBreakerConfig) -> None:
+        """New settings in place (a SIGHUP reload): the state, its counters and the calls in flight
+        stay; thresholds apply from the next outcome, timeouts from now (an open breaker's current
+        timeout is kept within the new bounds), and callers waiting for a probe slot look again."""
+        self.config = config
+        self.enabled = config.enabled
+        self._base_timeout = float(config.recovery_timeout)
+        self._max_timeout = max(float(config.max_recovery_timeout), self._base_timeout)
+        if self._state is BreakerState.CLOSED:
+            self._timeout = self._base_timeout
+        else:
+            self._timeout = min(self._max_timeout, max(self._base_timeout, self._timeout))
+        self._cb.reset_timeout = self._timeout
+        self._cb.fail_max = config.failure_threshold
+        self._cb.success_threshold = config.half_open_success_threshold
+        if float(config.window) != self._window.window:
+            self._window = WindowedCounts(self._clock, float(config.window), width=2)
+        self._notify()
+
     def follow_open(self) -> None:
         """The fleet found the endpoint failing: open now (source ``fleet``), calls in flight finish."""
         if not self.enabled or self.state is BreakerState.OPEN:

@@ -39,6 +39,10 @@ class SharedRetryBudget(Protocol):
         Waits for Redis at most its short command timeout."""
         ...
 
+    def reconfigure(self, config: RetryBudgetConfig) -> None:
+        """A reload's new ratio and floor, used from the next exchange with the other sidecars."""
+        ...
+
 
 class WindowedCounts:
     """Sums of a few named counters over a sliding time window, kept in small time buckets.
@@ -113,6 +117,14 @@ class RetryBudget:
     @classmethod
     def from_config(cls, config: RetryBudgetConfig, clock: Clock, ttl: float = 10.0) -> RetryBudget:
         return cls(clock, ratio=config.ratio, min_per_second=config.min_per_second, ttl=ttl)
+
+    def reconfigure(self, config: RetryBudgetConfig) -> None:
+        """New ratio and floor in place (a SIGHUP reload); tokens already funded stay."""
+        self._refill()
+        self.ratio = float(config.ratio)
+        self.min_per_second = float(config.min_per_second)
+        self._floor_capacity = max(1.0, self.min_per_second) if self.min_per_second > 0 else 0.0
+        self._floor_tokens = min(self._floor_tokens, self._floor_capacity)
 
     @property
     def balance(self) -> float:

@@ -81,6 +81,15 @@ class AdaptiveConcurrency:
     def limit(self) -> int:
         return self._limit
 
+    def reconfigure(self, config: ConcurrencyConfig) -> None:
+        """New bounds in place (a SIGHUP reload): calls in flight keep their slots; the limit moves
+        into [min, max] (to max when not adaptive) and waiting callers are admitted up to it."""
+        if config.min > config.max:
+            raise ValueError("concurrency.min must be <= concurrency.max")
+        self.adaptive, self.min, self.max = config.adaptive, config.min, config.max
+        self._set_limit(min(self.max, max(self.min, self._limit)) if self.adaptive else self.max)
+        self._wake()
+
     @property
     def in_flight(self) -> int:
         return self._in_flight

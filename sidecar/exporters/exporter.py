@@ -9,21 +9,24 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import random
-from collections import deque
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
 from google.protobuf.message import Message
 
 from sidecar.config.schema import DegradationProcessorConfig, ExporterConfig, component_kind
-from sidecar.config.units import MIB
+from sidecar.config.units import MIB, mib_to_bytes
 from sidecar.core.clock import SYSTEM_CLOCK, Clock
+from sidecar.core.drops import DropReason
 from sidecar.core.entry import QueueEntry
 from sidecar.core.ingest import Backpressure, IngestResult, UpstreamRefused
 from sidecar.core.signals import Signal
 from sidecar.core.taxonomy import INTERNAL_ERROR, Category, Classification
+from sidecar.exporters.outcomes import OutcomeWindow
 from sidecar.exporters.retry import Reason
 from sidecar.exporters.sender import Sender, SendReport, Verdict, build_sender
 from sidecar.exporters.transport import Transport
@@ -39,11 +42,12 @@ from sidecar.pipeline.degrade import (
     shed_traces,
 )
 from sidecar.queue.base import Lease, ManagedSendingQueue, QueueFull, QueueStorageError
-from sidecar.queue.deadletter import DeadLetterStore
+from sidecar.queue.deadletter import DeadLetterStore, Evicted
 from sidecar.queue.deadletter_fallback import FallbackDeadLetters
 from sidecar.queue.factory import open_dead_letters, open_queue
 from sidecar.queue.fallback import STORAGE_REASONS, StorageFallbackQueue
 from sidecar.queue.memory import MemoryQueue
+from sidecar.queue.tiered import TieredQueue
 from sidecar.runtime import release_free_memory
 from sidecar.telemetry.events import Events
 from sidecar.telemetry.stats import ErrorStats
@@ -54,8 +58,6 @@ _HTTP_FOR_GRPC = {"INVALID_ARGUMENT": 400, "UNAUTHENTICATED": 401, "PERMISSION_D
                   "UNIMPLEMENTED": 404, "FAILED_PRECONDITION": 400, "RESOURCE_EXHAUSTED": 413}
 _GRPC_FOR_HTTP = {400: "INVALID_ARGUMENT", 401: "UNAUTHENTICATED", 403: "PERMISSION_DENIED", 404: "UNIMPLEMENTED",
                   405: "UNIMPLEMENTED", 413: "RESOURCE_EXHAUSTED", 415: "INVALID_ARGUMENT"}
-STATS_WINDOW = 60.0
-STATS_REFRESH = 1.0  # seconds between recomputations of the median export latency
 RELEASE_AT = 0.7  # fraction of the memory limit from which free heap memory is returned before RSS is judged
 MEMORY_HEADROOM = 0.05  # the ladder's memory thresholds apply to the limit less this fraction (requests in flight)
 
@@ -94,10 +96,9 @@ class Exporter:
         self.dead_letters: DeadLetterStore | None = None
         self.ladder = DegradationLadder(degradation) if degradation is not None else None
         self.consumers: list[asyncio.Task[None]] = []
+        self._housekeeping: list[asyncio.Task[None]] = []  # background chores (dead-letter expiry)
         self.accepting = False
-        self._outcomes: deque[tuple[float, bool, float]] = deque()
-        self._outcome_failures = 0  # failures in `_outcomes`, kept as entries come and go
-        self._median_latency: tuple[float, float | None] = (float("-inf"), None)  # (computed at, value)
+        self.outcomes = OutcomeWindow()  # the error-rate and latency (p99) triggers of the ladder
         self._memory_sample: tuple[float, int | None] = (float("-inf"), None)
         self._released_at = float("-inf")  # last `release_free_memory` call
         self._rng = random.Random()
@@ -121,11 +122,17 @@ class Exporter:
                 self.queue = await open_queue(self.name, queue_cfg, self.storage_directory, recover=self.recover,
                                               memory_limit_bytes=self.memory_limit_bytes,
                                               listener=StorageEvents(self.events, self.name, "queue"))
+            bounds = self.config.dead_letter
             self.dead_letters = await open_dead_letters(
-                self.name, self.storage_directory, synchronous=queue_cfg.synchronous, recover=self.recover,
+                self.name, self.storage_directory, max_entries=bounds.max_items,
+                max_bytes=mib_to_bytes(bounds.max_size_mib) if bounds.max_size_mib is not None else None,
+                max_age=float(bounds.max_age) or None, synchronous=queue_cfg.synchronous, recover=self.recover,
                 listener=StorageEvents(self.events, self.name, "dead_letters"), monotonic=self.clock.monotonic)
         except QueueStorageError as exc:
             raise OSError(f"exporters.{self.name}: {exc}") from None
+        if isinstance(self.queue, TieredQueue):
+            self.queue.on_spill = functools.partial(self._spill_event, self.events.spilled)
+            self.queue.on_drain = functools.partial(self._spill_event, self.events.spill_drained)
         if self.queue is not None:
             self.events.queue_opened(self.name, self.queue.capacity)
             if self.queue.count:
@@ -134,6 +141,9 @@ class Exporter:
             self.update_queue_gauges()
             self.consumers = [asyncio.create_task(self._consume(), name=f"{self.name}-consumer-{i}")
                               for i in range(queue_cfg.num_consumers)]
+        if self.dead_letters.max_age is not None:
+            self._housekeeping.append(asyncio.create_task(self._expire_dead_letters(self.dead_letters.max_age),
+                                                          name=f"{self.name}-dead-letter-expiry"))
         self.sender.start()
         self.accepting = True
 
@@ -145,7 +155,12 @@ class Exporter:
             for task in self.consumers:
                 task.cancel()
             await asyncio.gather(*self.consumers, return_exceptions=True)
-            if not drained:
+            if not drained and isinstance(self.queue, TieredQueue):
+                persisted = await self.queue.persist_memory()  # storage is there: keep what memory held
+                log.warning("shutdown: requests left in the queue kept on disk, replayed on next start",
+                            extra={"exporter": self.name, "requests": self.queue.count,
+                                   "moved_from_memory": persisted})
+            elif not drained:
                 if self.queue.durable:
                     log.warning("shutdown: requests left in the disk queue, replayed on next start",
                                 extra={"exporter": self.name, "requests": self.queue.count})
@@ -156,13 +171,25 @@ class Exporter:
                     for entry in self.queue.drain_nowait():
                         left[entry.signal.value] = left.get(entry.signal.value, 0) + entry.items
                     for signal_name, items in left.items():
-                        self.events.dropped(signal_name, "shutdown", items,
+                        self.events.dropped(signal_name, DropReason.SHUTDOWN, items,
                                             f"exporter {self.name}: not delivered within shutdown_timeout")
             await self.queue.close()
         await self.sender.stop()
         await self.sender.close()
+        for task in self._housekeeping:
+            task.cancel()
+        await asyncio.gather(*self._housekeeping, return_exceptions=True)
         if self.dead_letters is not None:
             await self.dead_letters.close()
+
+    def _spill_event(self, event: Callable[[str, str, int], None], entry: QueueEntry) -> None:
+        event(self.name, entry.signal.value, entry.items)
+
+    async def reconfigure(self, config: ExporterConfig) -> None:
+        """A reload's settings that a running exporter takes in place (sidecar/reload.py decides which):
+        the sender chain's; the queue, its consumers and what they hold are untouched."""
+        await self.sender.reconfigure(config)
+        self.config = config
 
     def health(self) -> dict[str, object]:
         queue = self.queue
@@ -177,13 +204,17 @@ class Exporter:
 
     def storage_degraded(self) -> str | None:
         """Why the queue or the dead letters keep data in memory (disk_full, io_error, corrupt), or None."""
-        queue, dead = self.queue, self.dead_letters
+        queue, dead = self._disk_queue(), self.dead_letters
         if isinstance(queue, StorageFallbackQueue) and queue.degraded:
             return queue.degraded
         return dead.degraded if isinstance(dead, FallbackDeadLetters) else None
 
+    def _disk_queue(self) -> ManagedSendingQueue | None:
+        """The queue that writes to disk: the queue itself, or the disk tier of a spilling one."""
+        return self.queue.disk if isinstance(self.queue, TieredQueue) else self.queue
+
     def storage_status(self) -> dict[str, object]:
-        queue, dead = self.queue, self.dead_letters
+        queue, dead = self._disk_queue(), self.dead_letters
         status: dict[str, object] = {"state": "degraded" if self.storage_degraded() else "ok"}
         if isinstance(queue, StorageFallbackQueue):
             status["queue"] = {"reason": queue.degraded, "in_memory": queue.in_memory,
@@ -201,12 +232,20 @@ class Exporter:
         if self.queue is None:
             return await self._send_synchronously(entry)
         level = self._current_level()
+        if isinstance(self.queue, TieredQueue):
+            self.queue.spilling = level.spills  # level 1 (spill) and up: new requests go to disk
         shed: ShedResult | None = None
         if degradation is not None and level.sheds:
-            entry, shed = self._shed(entry, message, level, degradation.sample_ratio)
-            if entry.items == 0:
-                self._count_shed(entry, shed, level)
-                return IngestResult(shed.shed, shed.message())
+            try:
+                entry, shed = self._shed(entry, message, level, degradation.sample_ratio)
+            except Exception as exc:
+                # Classification raised while telling error items from the rest: shed nothing rather
+                # than risk shedding an error span; the queue (and then backpressure) takes the load.
+                self.events.enrich_failed(entry.signal, entry.items, exc)
+                shed = None
+        if shed is not None and entry.items == 0:
+            self._count_shed(entry, shed, level)
+            return IngestResult(shed.shed, shed.message())
         if level.rejects and self.queue.count > 0:
             # The ladder's cause, not `_memory_fraction()`: that is a (truthy) fraction whenever a limit is set.
             self._push_back(entry, "memory_limit" if self.ladder and self.ladder.cause == "memory" else "queue_full")
@@ -281,7 +320,7 @@ class Exporter:
     def _current_level(self) -> Level:
         queue = self.queue
         assert queue is not None
-        error_rate, latency = self._recent_stats()
+        error_rate, latency = self.outcomes.stats(self.clock.monotonic())
         pressure = Pressure(
             queue_fill=queue.size / queue.capacity if queue.capacity else 0.0,
             queue_full=queue.size >= queue.capacity,
@@ -298,32 +337,6 @@ class Exporter:
         if level != previous:
             self.events.degradation_changed(self.name, int(previous), int(level), self.ladder.cause)
         return level
-
-    def _recent_stats(self) -> tuple[float | None, float | None]:
-        """(error rate, median latency of successes) over the last STATS_WINDOW seconds.
-
-        Called for every accepted request, so it is O(1) amortized: the failure count is kept as
-        outcomes come and go, and the median (a sort of up to a window of outcomes) is recomputed
-        at most every STATS_REFRESH seconds; the latency trigger is a slow signal (seconds).
-        """
-        now = self.clock.monotonic()
-        outcomes = self._outcomes
-        while outcomes and now - outcomes[0][0] > STATS_WINDOW:
-            if not outcomes.popleft()[1]:
-                self._outcome_failures -= 1
-        if not outcomes:
-            return None, None
-        computed_at, median = self._median_latency
-        if now - computed_at >= STATS_REFRESH:
-            latencies = sorted(latency for _, ok, latency in outcomes if ok)
-            median = latencies[len(latencies) // 2] if latencies else None
-            self._median_latency = (now, median)
-        return self._outcome_failures / len(outcomes), median
-
-    def _record_outcome(self, ok: bool, latency: float) -> None:
-        self._outcomes.append((self.clock.monotonic(), ok, latency))
-        if not ok:
-            self._outcome_failures += 1
 
     # ------------------------------------------------------------------ synchronous mode
 
@@ -363,7 +376,8 @@ class Exporter:
             except Exception:
                 log.exception("sender failed unexpectedly", extra={"exporter": self.name})
                 report = SendReport(verdict=Verdict.DEAD_LETTER, classification=INTERNAL_ERROR)
-            self._record_outcome(report.verdict is Verdict.DELIVERED, self.clock.monotonic() - started)
+            now = self.clock.monotonic()
+            self.outcomes.record(now, report.verdict is Verdict.DELIVERED, now - started)
             try:
                 await self._settle(leases, entry, report)
             except asyncio.CancelledError:
@@ -493,9 +507,26 @@ class Exporter:
         evicted = await self.dead_letters.add(entry, classification, message, self.clock.wall())
         self.events.dead_lettered(self.name, entry.signal.value, entry.items, classification.category.value,
                                   classification.error_type, message)
+        self._count_evicted(evicted)
+
+    def _count_evicted(self, evicted: list[Evicted]) -> None:
         for old in evicted:
-            self.events.dropped(old.signal.value, "dead_letter_evicted", old.items,
-                                f"exporter {self.name}: dead-letter store full")
+            why = "older than dead_letter.max_age" if old.expired else "dead-letter store full"
+            self.events.dropped(old.signal.value, old.reason, old.items, f"exporter {self.name}: {why}")
+
+    async def _expire_dead_letters(self, max_age: float) -> None:
+        """Retention holds when nothing new fails: dead letters past max_age go, looked at a few
+        times per max_age (at most every minute), and their items are counted as dropped."""
+        assert self.dead_letters is not None
+        interval = min(60.0, max(0.05, max_age / 4))
+        while True:
+            await self.clock.sleep(interval)
+            try:
+                self._count_evicted(await self.dead_letters.expire(self.clock.wall()))
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("expiring dead letters failed", extra={"exporter": self.name})
 
     def update_queue_gauges(self) -> None:
         if self.queue is not None:
@@ -519,7 +550,7 @@ class StorageEvents:
     def storage_restored(self) -> None:
         self.events.storage_restored(self.exporter, self.store)
 
-    def lost(self, signal: Signal, items: int, reason: str, detail: str) -> None:
+    def lost(self, signal: Signal, items: int, reason: DropReason, detail: str) -> None:
         self.events.dropped(signal.value, reason, items, f"exporter {self.exporter}: {detail}")
 
 

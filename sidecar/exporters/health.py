@@ -57,9 +57,7 @@ class HealthProber:
         self.transport = transport
         self.endpoint = transport.endpoint
         self.config = config
-        self.url_check: HealthCheckUrl | None = None
-        if config.health_check_url:
-            self.url_check = HealthCheckUrl(health_url_for(config.health_check_url, self.endpoint))
+        self.url_check = self._url_check(config)
         self._clock = clock
         self._breaker = breaker
         self._on_change = on_change
@@ -106,6 +104,23 @@ class HealthProber:
             return True
         self._failed(failure)
         return False
+
+    def _url_check(self, config: HealthProbeConfig) -> HealthCheckUrl | None:
+        if not config.health_check_url:
+            return None
+        return HealthCheckUrl(health_url_for(config.health_check_url, self.endpoint))
+
+    async def reconfigure(self, config: HealthProbeConfig) -> None:
+        """New settings in place (a SIGHUP reload). The health found so far stays; a running loop
+        restarts on the new settings (probing at once), or stays stopped when `enabled` turned false."""
+        if config == self.config:
+            return
+        was_running = self.running
+        await self.stop()  # also closes the old URL check's session
+        self.config = config
+        self.url_check = self._url_check(config)
+        if was_running:
+            self.start()
 
     def start(self) -> None:
         if not self.config.enabled or self.running:

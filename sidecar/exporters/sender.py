@@ -82,6 +82,7 @@ from sidecar.exporters.retry import (
 )
 from sidecar.exporters.split import split_entry, split_entry_to_limit
 from sidecar.exporters.transport import SendOutcome, Transport
+from sidecar.pipeline.escalation import Escalation
 from sidecar.telemetry.events import Events
 from sidecar.telemetry.stats import ErrorStats
 
@@ -182,6 +183,7 @@ class Sender:
         events: Events,
         clock: Clock,
         error_stats: ErrorStats | None = None,
+        rng: random.Random | None = None,
     ) -> None:
         self.exporter_name = exporter_name
         self.config = config
@@ -195,8 +197,57 @@ class Sender:
         self.max_request_bytes = mib_to_bytes(config.max_request_size_mib) if config.max_request_size_mib else None
         # The admin API's derived figures (error rate, outages and recoveries), when the admin API is on.
         self.error_stats = error_stats
+        # Recurring export errors are reported with a raised severity (metrics, events, status); the
+        # decisions below keep the base classification.
+        self.escalation = Escalation()
+        self._rng = rng
+        self._reconfigured = asyncio.Event()  # set (and replaced) by each `reconfigure`
 
     # ------------------------------------------------------------ lifecycle and status
+
+    async def reconfigure(self, config: ExporterConfig) -> None:
+        """A SIGHUP reload's new retry, breaker, concurrency, timeout, headers and health-probe settings,
+        applied to the running links: their state (breaker state and counts, limits, budgets, health)
+        stays, and requests in flight take the new settings at their next step (next attempt, next retry
+        decision) instead of finishing on objects nobody else uses any more. Endpoints, TLS and the
+        queue are not reconfigurable (the reload reports them as needing a restart)."""
+        retry_cfg = config.retry_on_failure
+        for ep in self.endpoints.values():
+            ep.breaker.reconfigure(config.circuit_breaker)
+            ep.limiter.reconfigure(config.concurrency)
+            ep.budget.reconfigure(retry_cfg.budget)
+            if ep.shared_budget is not None:
+                ep.shared_budget.reconfigure(retry_cfg.budget)
+            ep.base.reconfigure(retry_cfg.initial_interval, retry_cfg.max_interval)
+            if config.headers != self.config.headers:
+                ep.transport.set_headers(config.headers)
+            await self._reconfigure_prober(ep, config)
+        self.retry = RetryPolicy(retry_cfg, Backoff.from_config(retry_cfg, self._rng),
+                                 {ep.name: ep.budget for ep in self.endpoints.values()},
+                                 {ep.name: ep.base for ep in self.endpoints.values()})
+        self.timeout = float(config.timeout)
+        self.config = config
+        self._reconfigured.set()  # retries waiting out an old backoff go on now
+        self._reconfigured = asyncio.Event()
+
+    async def _backoff(self, delay: float) -> None:
+        """Wait `delay` before a retry, or until a reload changed the settings the delay came from:
+        a request must not sleep out a 30 s backoff an operator has just turned down to 1 s."""
+        reconfigured = self._reconfigured
+        sleep = asyncio.ensure_future(self.clock.sleep(delay))
+        woken = asyncio.ensure_future(reconfigured.wait())
+        try:
+            await asyncio.wait({sleep, woken}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (sleep, woken):
+                if not task.done():
+                    task.cancel()
+
+    async def _reconfigure_prober(self, ep: EndpointChain, config: ExporterConfig) -> None:
+        # Turning probing on or off needs a restart (sidecar/reload.py keeps `enabled` as it runs): a
+        # prober made here would miss the hooks others attach at start-up, such as the fleet's lease.
+        if ep.prober is not None:
+            await ep.prober.reconfigure(config.health_probe)
 
     def start(self) -> None:
         """Start the health probers (needs a running event loop)."""
@@ -256,6 +307,7 @@ class Sender:
                 "recovery_timeout": ep.breaker.recovery_timeout,
                 "health": self.endpoint_health(ep).value,
                 "probed": ep.prober is not None,
+                "probe_error": ep.prober.last_error if ep.prober is not None else None,  # why it is unhealthy
                 "concurrency_limit": ep.limiter.limit,
                 "in_flight": ep.limiter.in_flight,
                 "outstanding": stats.outstanding,
@@ -342,7 +394,7 @@ class Sender:
                 return SendReport(verdict=Verdict.REQUEUE, classification=cls, attempts=attempts, retry_after=delay,
                                   endpoint=name, reason=Reason.BUDGET_EXHAUSTED)
             self.events.retry_scheduled(self.exporter_name, name, cls.error_type, delay)
-            await self.clock.sleep(delay)  # cancellable: the caller requeues
+            await self._backoff(delay)  # cancellable: the caller requeues
             avoid = {name} if len(self.endpoints) > 1 else set()
 
     async def _fleet_allows_retry(self, ep: EndpointChain) -> bool:
@@ -428,9 +480,11 @@ class Sender:
                           endpoint=ep.name, reason=Reason.PARTIAL_SUCCESS if rejected else Reason.NONE)
 
     def _count_failure(self, ep: EndpointChain, entry: QueueEntry, cls: Classification) -> None:
-        self.events.export_failed(self.exporter_name, ep.name, entry.signal, entry.items, cls)
+        reported = self.escalation.observe(cls, self.clock.monotonic())
+        self.events.export_failed(self.exporter_name, ep.name, entry.signal, entry.items, reported,
+                                  base_severity=cls.severity)
         if self.error_stats is not None:
-            self.error_stats.export_error(self.exporter_name, ep.name, cls)
+            self.error_stats.export_error(self.exporter_name, ep.name, reported)
         if cls.retryable and cls.recovery is not Recovery.SPLIT_AND_RETRY:
             ep.base.record(False)
             if ep.first_failure_at is None:
@@ -558,7 +612,7 @@ def build_sender(
         ))
     balancer = Balancer([c.name for c in chains], {c.name: c.breaker for c in chains}, config.balancer)
     policy = RetryPolicy(retry_cfg, backoff, {c.name: c.budget for c in chains}, {c.name: c.base for c in chains})
-    return Sender(exporter_name, config, chains, balancer, policy, classifier, events, clock, error_stats)
+    return Sender(exporter_name, config, chains, balancer, policy, classifier, events, clock, error_stats, rng=rng)
 
 
 def _breaker_events(exporter: str, endpoint: str, events: Events) -> Callable[[str, str, str], None]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -25,5 +26,8 @@ class Transport(Protocol):
 
     async def probe(self, timeout: float) -> None:
         """An empty Export request of the cheapest signal: proves the endpoint answers."""
+
+    def set_headers(self, headers: Mapping[str, str]) -> None:
+        """Headers (gRPC metadata) sent with every later request, in place of the configured ones (a reload)."""
 
     async def close(self) -> None: ...

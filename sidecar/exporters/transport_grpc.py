@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -93,7 +94,8 @@ class GrpcTransport:
         # zstd is refused for otlp_grpc by config validation: grpcio cannot send it.
         wire = resolve_compression(config.compression, endpoint)
         self.compression = grpc.Compression.Gzip if wire is Compression.GZIP else grpc.Compression.NoCompression
-        self.headers = tuple((k.lower(), v) for k, v in config.headers.items())
+        self.headers: tuple[tuple[str, str], ...] = ()
+        self.set_headers(config.headers)
         self.max_request_bytes = mib_to_bytes(config.max_request_size_mib) if config.max_request_size_mib else None
         self.calls = {
             signal: self.channel.unary_unary(SPECS[signal].grpc_method, request_serializer=None,
@@ -121,6 +123,9 @@ class GrpcTransport:
             await self.calls[Signal.TRACES](b"", timeout=timeout, metadata=self.headers or None)
         except aio.AioRpcError as exc:
             raise ExportError(observe_rpc_error(exc)) from None
+
+    def set_headers(self, headers: Mapping[str, str]) -> None:
+        self.headers = tuple((k.lower(), v) for k, v in headers.items())
 
     async def close(self) -> None:
         await self.channel.close(grace=None)

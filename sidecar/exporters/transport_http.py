@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import ssl
 import time
+from collections.abc import Mapping
 
 import aiohttp
 from google.rpc import status_pb2
@@ -108,6 +109,9 @@ class HttpTransport:
 
     async def probe(self, timeout: float) -> None:
         await self._post(Signal.TRACES, b"", (), timeout)
+
+    def set_headers(self, headers: Mapping[str, str]) -> None:
+        self.headers = dict(headers)
 
     async def close(self) -> None:
         if self._session is not None:

@@ -95,14 +95,24 @@ class SharedBreaker:
         self.holder = ""  # the lease holder as last read
         self.breakers: list[EndpointBreaker] = []
         self.probers: list[HealthProber] = []
-        self._base_timeout = 60.0
-        self._max_timeout = 600.0
         self._probing = False
         self._wake = asyncio.Event()
         self._tasks: set[asyncio.Task[Any]] = set()
         self.probes = 0  # probes made as the fleet's prober, for tests and status
 
     # ------------------------------------------------------------ wiring (narrow hooks)
+
+    @property
+    def _base_timeout(self) -> float:
+        """The fleet-wide open period starts here: the first attached breaker's current setting (a reload
+        that changes `recovery_timeout` reaches the fleet's next trip)."""
+        return float(self.breakers[0].config.recovery_timeout) if self.breakers else 60.0
+
+    @property
+    def _max_timeout(self) -> float:
+        if not self.breakers:
+            return 600.0
+        return max(float(self.breakers[0].config.max_recovery_timeout), self._base_timeout)
 
     def disconnected(self) -> None:
         """Cut off from Redis, this sidecar cannot know it still holds the lease (Redis may have restarted
@@ -111,9 +121,6 @@ class SharedBreaker:
         self._gate_changed()
 
     def attach(self, breaker: EndpointBreaker, prober: HealthProber | None) -> None:
-        if not self.breakers:
-            self._base_timeout = float(breaker.config.recovery_timeout)
-            self._max_timeout = max(float(breaker.config.max_recovery_timeout), self._base_timeout)
         self.breakers.append(breaker)
         breaker.set_gate(self)
         breaker.add_observer(self._on_local_transition)

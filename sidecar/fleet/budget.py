@@ -33,6 +33,9 @@ class FleetRetryBudget:
         self.granted = 0
         self.refused = 0
 
+
+    def reconfigure(self, config: RetryBudgetConfig) -> None:
+        self.config = config
     def deposit(self) -> None:
         if self._conn.connected:
             self.pending += 1

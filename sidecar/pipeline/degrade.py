@@ -275,7 +275,7 @@ class ShedResult:
 
     kept: int
     shed: int
-    shed_by_reason: dict[str, int] = field(default_factory=dict)
+    shed_by_reason: dict[DropReason, int] = field(default_factory=dict)
     level: Level = Level.NORMAL
     item_name: str = "items"
 
@@ -456,11 +456,11 @@ def shed_metrics(request: ExportMetricsServiceRequest, level: Level) -> ShedResu
 
 # ---------------------------------------------------------------- reporting
 
-_REASON_LEVEL: dict[str, Level] = {REASON_SAMPLED: Level.REDUCE, REASON_ESSENTIAL: Level.ESSENTIAL}
-_REASON_TEXT: dict[str, str] = {REASON_SAMPLED: "sampled out", REASON_ESSENTIAL: "shed as non-essential"}
+_REASON_LEVEL: dict[DropReason, Level] = {REASON_SAMPLED: Level.REDUCE, REASON_ESSENTIAL: Level.ESSENTIAL}
+_REASON_TEXT: dict[DropReason, str] = {REASON_SAMPLED: "sampled out", REASON_ESSENTIAL: "shed as non-essential"}
 
 
-def partial_success_message(shed_by_reason: Mapping[str, int], level: Level | None = None,
+def partial_success_message(shed_by_reason: Mapping[DropReason, int], level: Level | None = None,
                             item_name: str = "items") -> str:
     """The OTLP partial-success error_message, e.g.
     "sidecar degraded to level 2 (reduce): 460 spans sampled out". "" when nothing was shed."""

@@ -19,6 +19,7 @@ import logging
 import sqlite3
 from collections.abc import Callable, Sequence
 
+from sidecar.core.drops import DropReason
 from sidecar.core.entry import QueueEntry
 from sidecar.core.signals import Signal
 from sidecar.core.taxonomy import Classification
@@ -109,8 +110,8 @@ class FallbackDeadLetters:
         while self.degraded is not None and self.memory.count:
             await asyncio.sleep(self.retry_interval)
             for evicted in await self._move_to_disk():
-                self.listener.lost(evicted.signal, evicted.items, "dead_letter_evicted",
-                                   f"{self.disk.path}: dead-letter store full")
+                self.listener.lost(evicted.signal, evicted.items, evicted.reason,
+                                   f"{self.disk.path}: dead-letter store full or past max_age")
 
     def _failed(self, reason: str, exc: BaseException) -> None:
         self._failed_at = self._monotonic()
@@ -195,6 +196,6 @@ class FallbackDeadLetters:
         for dl in left:
             lost[dl.entry.signal] = lost.get(dl.entry.signal, 0) + dl.entry.items
         for signal, items in lost.items():
-            self.listener.lost(signal, items, "shutdown",
+            self.listener.lost(signal, items, DropReason.SHUTDOWN,
                                f"{self.disk.path}: dead letters held in memory while the storage failed")
         await self.disk.close()

@@ -26,6 +26,7 @@ from sidecar.queue.deadletter_fallback import FallbackDeadLetters
 from sidecar.queue.fallback import StorageFallbackQueue, StorageListener, memory_bound
 from sidecar.queue.memory import MemoryQueue
 from sidecar.queue.sqlite import SqliteQueue, Synchronous, recover_database
+from sidecar.queue.tiered import TieredQueue
 
 log = logging.getLogger("sidecar.queue")
 
@@ -66,7 +67,8 @@ def dead_letter_path(storage_directory: Path, exporter_name: str) -> Path:
 async def open_queue(exporter_name: str, config: SendingQueueConfig, storage_directory: Path | None,
                      *, recover: bool = False, memory_limit_bytes: int | None = None,
                      listener: StorageListener | None = None) -> ManagedSendingQueue:
-    """The exporter's queue: SQLite when `config.storage` is set, memory otherwise.
+    """The exporter's queue: SQLite when `config.storage` is set, memory otherwise; with
+    `storage_mode: spill`, memory and SQLite behind a TieredQueue (the exporter sets `spilling`).
 
     The SQLite queue comes wrapped in a StorageFallbackQueue: while its disk fails it accepts
     into memory, up to `memory_bound(memory_limit_bytes)` of payload, and tells `listener`.
@@ -92,7 +94,10 @@ async def open_queue(exporter_name: str, config: SendingQueueConfig, storage_dir
         log.warning("exporter %s: queue database %s was corrupt (%s); moved aside to %s, starting empty",
                     exporter_name, path, exc, moved)
         disk = await SqliteQueue(path, config.queue_size, sizer, config.synchronous).open()
-    return StorageFallbackQueue(disk, memory_bytes=memory_bound(memory_limit_bytes), listener=listener)
+    durable = StorageFallbackQueue(disk, memory_bytes=memory_bound(memory_limit_bytes), listener=listener)
+    if config.storage_mode == "spill":
+        return TieredQueue(MemoryQueue(config.queue_size, sizer), durable, config.queue_size, sizer)
+    return durable
 
 
 async def open_dead_letters(exporter_name: str, storage_directory: Path | None, *,

@@ -38,6 +38,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Protocol
 
+from sidecar.core.drops import DropReason
 from sidecar.core.entry import QueueEntry
 from sidecar.core.signals import Signal
 from sidecar.queue.base import Lease, QueueClosed, QueueFull, QueueStorageError, Sizer, StorageFull
@@ -48,7 +49,7 @@ log = logging.getLogger("sidecar.queue")
 
 DISK_FULL = "disk_full"
 IO_ERROR = "io_error"
-CORRUPT = "corrupt"
+CORRUPT = DropReason.CORRUPT
 STORAGE_REASONS = (DISK_FULL, IO_ERROR, CORRUPT)
 
 RETRY_INTERVAL = 1.0  # seconds between attempts to move memory entries back to the disk
@@ -85,7 +86,7 @@ class StorageListener(Protocol):
     def storage_restored(self) -> None:
         """Everything is on the disk again and writes succeed."""
 
-    def lost(self, signal: Signal, items: int, reason: str, detail: str) -> None:
+    def lost(self, signal: Signal, items: int, reason: DropReason, detail: str) -> None:
         """Items that could not be kept (unreadable rows: `corrupt`; memory left at close: `shutdown`)."""
 
 
@@ -99,7 +100,7 @@ class _NoListener:
     def storage_restored(self) -> None:
         log.info("queue storage restored")
 
-    def lost(self, signal: Signal, items: int, reason: str, detail: str) -> None:
+    def lost(self, signal: Signal, items: int, reason: DropReason, detail: str) -> None:
         log.error("queue entries lost", extra={"signal": signal.value, "items": items, "reason": reason,
                                                "detail": detail})
 
@@ -420,7 +421,7 @@ class StorageFallbackQueue:
         for entry in self.memory.drain_nowait():
             left[entry.signal] = left.get(entry.signal, 0) + entry.items
         for signal, items in left.items():
-            self.listener.lost(signal, items, "shutdown",
+            self.listener.lost(signal, items, DropReason.SHUTDOWN,
                                f"{self.disk.path}: held in memory while the storage failed ({self.degraded})")
         self._empty_waiters.wake_all()
         await self.disk.close()

@@ -14,7 +14,7 @@ from typing import Literal, get_args
 from sidecar.core.clock import SYSTEM_CLOCK, Clock
 from sidecar.core.drops import DropReason
 from sidecar.core.signals import Signal
-from sidecar.core.taxonomy import Category, Classification
+from sidecar.core.taxonomy import SEVERITY_ORDER, Category, Classification, Severity
 from sidecar.telemetry.metrics import Metrics, ReloadResult
 
 log = logging.getLogger("sidecar.events")
@@ -39,6 +39,8 @@ class Events:
     metrics: Metrics
     clock: Clock = SYSTEM_CLOCK
     _throttles: dict[tuple[str, ...], _Throttle] = field(default_factory=dict)
+    # (exporter, category, error_type) -> the severity last reported for failed exports of that class
+    _severities: dict[tuple[str, str, str], Severity] = field(default_factory=dict)
 
     def _due(self, key: tuple[str, ...], amount: int) -> int:
         """Accumulate `amount`; return the total to log now, or 0 when this key logged recently."""
@@ -51,7 +53,7 @@ class Events:
         total, throttle.pending = throttle.pending, 0
         return total
 
-    def dropped(self, signal: str, reason: str, items: int, detail: str = "") -> None:
+    def dropped(self, signal: str, reason: DropReason, items: int, detail: str = "") -> None:
         if items <= 0:
             return
         self.metrics.dropped.labels(signal, reason).inc(items)
@@ -109,6 +111,18 @@ class Events:
 
     def queue_opened(self, exporter: str, capacity: int) -> None:
         self.metrics.queue_capacity.labels(exporter).set(capacity)
+
+    def spilled(self, exporter: str, signal: str, items: int) -> None:
+        """A request committed to disk because the exporter is at degradation level 1 or more."""
+        self.metrics.spilled.labels(exporter).inc()
+        total = self._due(("spilled", exporter), 1)
+        if total:
+            log.info("requests spilled to disk", extra={"event": "spill", "exporter": exporter, "signal": signal,
+                                                        "requests_since_last_log": total})
+
+    def spill_drained(self, exporter: str, signal: str, items: int) -> None:
+        """A spilled request taken from disk by a consumer, on its way upstream."""
+        self.metrics.spill_drained.labels(exporter).inc()
 
     def queue_changed(self, exporter: str, size: int, held_bytes: int) -> None:
         self.metrics.queue_size.labels(exporter).set(size)
@@ -176,11 +190,13 @@ class Events:
                 self.metrics.receiver_refused[signal].labels(receiver, transport, reason)
 
     def exporter_declared(self, exporter: str, signals: Iterable[Signal]) -> None:
-        """An exporter carrying `signals`: sent items and dead letters (by category) start at 0."""
+        """An exporter carrying `signals`: sent items, dead letters (by category) and spills start at 0."""
         for signal in signals:
             self.metrics.exporter_sent[signal].labels(exporter)
         for category in Category:
             self.metrics.dead_letters.labels(exporter, category.value)
+        self.metrics.spilled.labels(exporter)  # 0 for good without storage_mode: spill
+        self.metrics.spill_drained.labels(exporter)
 
     def concurrency_limit_changed(self, endpoint: str, limit: int) -> None:
         self.metrics.concurrency_limit.labels(endpoint).set(limit)
@@ -189,18 +205,34 @@ class Events:
         self.metrics.export_duration.labels(exporter, endpoint, outcome).observe(max(0.0, seconds))
 
     def export_failed(self, exporter: str, endpoint: str, signal: Signal, items: int,
-                      classification: Classification) -> None:
-        """One failed attempt: its items and its class (each attempt counts, retries included)."""
+                      classification: Classification, base_severity: Severity | None = None) -> None:
+        """One failed attempt: its items and its class (each attempt counts, retries included).
+
+        `classification.severity` is the reported one, raised when the class keeps recurring
+        (pipeline/escalation.py); `base_severity` the class's own. A change of the reported severity
+        of a class is logged at once (worsening as a warning, easing as info)."""
         category, error_type = classification.category.value, classification.error_type
+        severity = classification.severity
         self.metrics.exporter_send_failed[signal].labels(exporter, category, error_type).inc(items)
-        self.metrics.errors.labels(category, classification.severity.value,
-                                   classification.recoverability.value, error_type).inc()
+        self.metrics.errors.labels(category, severity.value, classification.recoverability.value, error_type).inc()
+        base = base_severity or severity
+        key = (exporter, category, error_type)
+        previous = self._severities.get(key, base)
+        self._severities[key] = severity
+        if severity is not previous:
+            worse = SEVERITY_ORDER.index(severity) > SEVERITY_ORDER.index(previous)
+            log.log(logging.WARNING if worse else logging.INFO,
+                    "export errors worsening" if worse else "export errors easing", extra={
+                        "event": "error_escalation", "exporter": exporter, "category": category,
+                        "error_type": error_type, "from_severity": previous.value, "to_severity": severity.value,
+                        "base_severity": base.value})
         total = self._due(("export_failed", exporter, endpoint, error_type), 1)
         if total:
             log.warning("export attempt failed", extra={
                 "event": "export_failed", "exporter": exporter, "endpoint": endpoint, "signal": signal.value,
-                "category": category, "error_type": error_type,
-                "recoverability": classification.recoverability.value, "attempts_since_last_log": total})
+                "category": category, "error_type": error_type, "severity": severity.value,
+                "base_severity": base.value, "recoverability": classification.recoverability.value,
+                "attempts_since_last_log": total})
 
     def retry_scheduled(self, exporter: str, endpoint: str, error_type: str, delay: float) -> None:
         self.metrics.exporter_retries.labels(exporter, endpoint).inc()
@@ -264,6 +296,8 @@ class Events:
         self.metrics.degradation_level.labels(exporter).set(0)
         for category in Category:
             self.metrics.dead_letters.labels(exporter, category.value)
+        self.metrics.spilled.labels(exporter)  # 0 for good without storage_mode: spill
+        self.metrics.spill_drained.labels(exporter)
         for old in range(5):
             for new in range(5):
                 if old != new:

@@ -58,6 +58,11 @@ class Metrics:
                               ["category", "severity", "recoverability", "error_type"], registry=r)
         self.enriched = Counter("sidecar_enriched_items", "Spans and log records enriched",
                                 ["signal", "category"], registry=r)
+        self.spilled = Counter("sidecar_exporter_spilled_requests",
+                               "Requests committed to disk because the exporter was at degradation level >= 1 "
+                               "(storage_mode: spill)", ["exporter"], registry=r)
+        self.spill_drained = Counter("sidecar_exporter_spill_drained_requests",
+                                     "Spilled requests taken back from disk by a consumer", ["exporter"], registry=r)
         self.enrich_failures = Counter("sidecar_enrich_failures",
                                        "Requests forwarded unenriched because classification or enrichment raised",
                                        ["signal"], registry=r)

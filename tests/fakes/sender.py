@@ -4,7 +4,7 @@ a fake classifier, entry and config builders, and a sender built on them."""
 from __future__ import annotations
 
 import random
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
@@ -82,6 +82,7 @@ class FakeTransport:
         self.default: Action = default if default is not None else SendOutcome()
         self.calls: list[tuple[float, QueueEntry]] = []
         self.probes = 0
+        self.headers: dict[str, str] = {}
 
     async def send(self, entry: QueueEntry, timeout: float) -> SendOutcome:
         self.calls.append((self.clock.now, entry))
@@ -94,6 +95,9 @@ class FakeTransport:
 
     async def probe(self, timeout: float) -> None:
         self.probes += 1
+
+    def set_headers(self, headers: Mapping[str, str]) -> None:
+        self.headers = dict(headers)
 
     async def close(self) -> None:
         pass

@@ -40,6 +40,7 @@ def test_health_check_url_moves_ready_upstream_from_503_to_200(sidecar_factory: 
         exporter = body["exporters"]["otlp_grpc"]  # type: ignore[index]
         assert exporter["upstream"] == "unreachable", body
         assert exporter["endpoints"][0]["health"] == "unhealthy", body
+        assert "http_503" in exporter["endpoints"][0]["probe_error"], body  # the health_check URL's answer
         assert get(f"{base}/ready")[0] == 200  # the sidecar itself accepts data all the while
         assert not collector.probes()  # no empty Export probes went to the OTLP port
 
@@ -49,3 +50,4 @@ def test_health_check_url_moves_ready_upstream_from_503_to_200(sidecar_factory: 
             time.sleep(0.05)
         code, body = get(f"{base}/ready/upstream")
         assert code == 200 and body["exporters"]["otlp_grpc"]["upstream"] == "reachable", body  # type: ignore[index]
+        assert body["exporters"]["otlp_grpc"]["endpoints"][0]["probe_error"] is None  # type: ignore[index]

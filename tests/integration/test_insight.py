@@ -22,6 +22,7 @@ from typing import Any
 import pytest
 
 from tests.fakes.collector import FakeCollector
+from tests.fakes.redis_server import RedisServer
 from tests.integration.conftest import SidecarFactory
 from tests.polling import wait_until
 from tests.sdk_app import SdkApp
@@ -237,11 +238,18 @@ def _readme_families() -> set[str]:
 
 
 def test_every_metric_family_in_the_readme_has_samples_from_the_first_scrape(
-        upstream: FakeCollector, sidecar_factory: SidecarFactory) -> None:
+        upstream: FakeCollector, sidecar_factory: SidecarFactory, tmp_path: Path) -> None:
     families = _readme_families()
     assert len(families) >= 35 and "sidecar_exporter_send_failed_log_records_total" in families
-    sidecar = sidecar_factory(upstream.grpc_endpoint)
-    exposed = {name for name, _ in _samples(sidecar)}
+
+    def fleet_mode(config: dict[str, Any]) -> None:  # the fleet's families exist only in fleet mode
+        config["extensions"]["fleet"] = {"endpoint": redis.url}
+        config["service"]["extensions"].append("fleet")
+
+    # Every optional part on (the disk queue's storage families, fleet mode's), so every family applies.
+    with RedisServer(tmp_path / "redis") as redis:
+        sidecar = sidecar_factory(upstream.grpc_endpoint, storage=True, config_edit=fleet_mode)
+        exposed = {name for name, _ in _samples(sidecar)}
     missing = []
     for family in sorted(families):
         candidates = {family, family + "_count", family + "_bucket"}

@@ -42,6 +42,6 @@ def test_first_scrape_has_every_known_counter_at_zero(upstream: FakeCollector,
     endpoint = upstream.grpc_endpoint
     assert at_zero("sidecar_exporter_retries_total", exporter="otlp_grpc", endpoint=endpoint)
     assert at_zero("sidecar_breaker_transitions_total", exporter="otlp_grpc", endpoint=endpoint,
-                   from_state="closed", to_state="open")
+                   from_state="closed", to_state="open", source="local")
     for result in ("applied", "partial", "invalid"):
         assert at_zero("sidecar_config_reloads_total", result=result)

@@ -11,18 +11,28 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 from opentelemetry.proto.logs.v1.logs_pb2 import LogRecord
 from opentelemetry.proto.trace.v1 import trace_pb2
 
-from sidecar.config.schema import ClassifyProcessorConfig, DegradationProcessorConfig, EnrichProcessorConfig
+from sidecar.config.schema import (
+    ClassifyProcessorConfig,
+    DegradationProcessorConfig,
+    EnrichProcessorConfig,
+    SendingQueueConfig,
+)
 from sidecar.core.entry import QueueEntry
 from sidecar.core.ingest import IngestResult
 from sidecar.core.signals import Signal
 from sidecar.core.taxonomy import Classification
+from sidecar.exporters.exporter import Exporter
 from sidecar.pipeline.classify import Classifier
+from sidecar.pipeline.degrade import Level
 from sidecar.pipeline.evidence import LogFacts, SpanFacts
 from sidecar.pipeline.router import Pipeline, Router
+from sidecar.queue.memory import MemoryQueue
 from sidecar.telemetry.events import Events
 from sidecar.telemetry.metrics import Metrics
 from sidecar.telemetry.stats import ErrorStats
 from tests.fakes.clock import FakeClock
+from tests.fakes.sender import FakeTransport, make_config, make_entry, sender_clock
+from tests.fakes.sender import build as build_sender
 
 
 class ExplodingClassifier(Classifier):
@@ -122,3 +132,29 @@ async def test_a_working_classifier_still_enriches() -> None:
     await route.ingest("otlp", Signal.TRACES, payload, ExportTraceServiceRequest.FromString(payload), (), "grpc")
     assert sink.entries[0][0].payload != payload and b"sidecar.error.category" in sink.entries[0][0].payload
     assert failures(metrics, "traces") == 0
+
+
+class SpanClassifierBug(Classifier):
+    """Raises where the exporter's shedding asks which spans are errors."""
+
+    def classify_span(self, span: trace_pb2.Span) -> Classification | None:
+        raise RuntimeError("a bug in span classification")
+
+
+async def test_shedding_fails_open_and_keeps_the_whole_request() -> None:
+    clock, metrics = sender_clock(), Metrics()
+    transport = FakeTransport("a:4317", clock)
+    config = make_config(["a:4317"], sending_queue=SendingQueueConfig(num_consumers=1, queue_size=10))
+    ladder = DegradationProcessorConfig(spill_at=0.01, reduce_at=0.02, essential_at=0.05)
+    exporter = Exporter("otlp_grpc", config, build_sender(config, [transport], clock, metrics),
+                        SpanClassifierBug(ClassifyProcessorConfig()), Events(metrics, clock), clock, None, None,
+                        degradation=ladder)
+    exporter.accepting = True
+    exporter.queue = MemoryQueue(10)  # not started: no consumer takes anything away
+    await exporter.queue.put(make_entry(1))  # 10 % full: level 3 (essential), which sheds non-error spans
+    entry = make_entry(5)
+    result = await exporter.accept(entry, ExportTraceServiceRequest.FromString(entry.payload), ladder)
+    assert exporter.ladder is not None and exporter.ladder.level is Level.ESSENTIAL
+    assert result == IngestResult()  # nothing shed, nothing refused
+    assert [e.items for e in exporter.queue.drain_nowait()] == [1, 5]  # the request kept whole
+    assert failures(metrics, "traces") == 1

@@ -59,7 +59,7 @@ class Anomaly(_message.Message):
     def __init__(self, category: _Optional[str] = ..., score: _Optional[float] = ..., active: _Optional[bool] = ..., errors_per_minute: _Optional[float] = ..., baseline_per_minute: _Optional[float] = ..., since: _Optional[float] = ...) -> None: ...
 
 class ExporterStatus(_message.Message):
-    __slots__ = ("name", "queue", "degradation_level", "degradation_cause", "reachable", "endpoints", "dead_letters", "lag")
+    __slots__ = ("name", "queue", "degradation_level", "degradation_cause", "reachable", "endpoints", "dead_letters", "lag", "worsening")
     NAME_FIELD_NUMBER: _ClassVar[int]
     QUEUE_FIELD_NUMBER: _ClassVar[int]
     DEGRADATION_LEVEL_FIELD_NUMBER: _ClassVar[int]
@@ -68,6 +68,7 @@ class ExporterStatus(_message.Message):
     ENDPOINTS_FIELD_NUMBER: _ClassVar[int]
     DEAD_LETTERS_FIELD_NUMBER: _ClassVar[int]
     LAG_FIELD_NUMBER: _ClassVar[int]
+    WORSENING_FIELD_NUMBER: _ClassVar[int]
     name: str
     queue: QueueStatus
     degradation_level: int
@@ -76,7 +77,8 @@ class ExporterStatus(_message.Message):
     endpoints: _containers.RepeatedCompositeFieldContainer[EndpointStatus]
     dead_letters: DeadLetterSummary
     lag: QueueLag
-    def __init__(self, name: _Optional[str] = ..., queue: _Optional[_Union[QueueStatus, _Mapping]] = ..., degradation_level: _Optional[int] = ..., degradation_cause: _Optional[str] = ..., reachable: _Optional[bool] = ..., endpoints: _Optional[_Iterable[_Union[EndpointStatus, _Mapping]]] = ..., dead_letters: _Optional[_Union[DeadLetterSummary, _Mapping]] = ..., lag: _Optional[_Union[QueueLag, _Mapping]] = ...) -> None: ...
+    worsening: _containers.RepeatedCompositeFieldContainer[Worsening]
+    def __init__(self, name: _Optional[str] = ..., queue: _Optional[_Union[QueueStatus, _Mapping]] = ..., degradation_level: _Optional[int] = ..., degradation_cause: _Optional[str] = ..., reachable: _Optional[bool] = ..., endpoints: _Optional[_Iterable[_Union[EndpointStatus, _Mapping]]] = ..., dead_letters: _Optional[_Union[DeadLetterSummary, _Mapping]] = ..., lag: _Optional[_Union[QueueLag, _Mapping]] = ..., worsening: _Optional[_Iterable[_Union[Worsening, _Mapping]]] = ...) -> None: ...
 
 class QueueLag(_message.Message):
     __slots__ = ("oldest_age_seconds", "time_to_full_seconds", "net_fill_rate_per_second", "size_history", "size_history_step_seconds")
@@ -91,6 +93,22 @@ class QueueLag(_message.Message):
     size_history: _containers.RepeatedScalarFieldContainer[float]
     size_history_step_seconds: float
     def __init__(self, oldest_age_seconds: _Optional[float] = ..., time_to_full_seconds: _Optional[float] = ..., net_fill_rate_per_second: _Optional[float] = ..., size_history: _Optional[_Iterable[float]] = ..., size_history_step_seconds: _Optional[float] = ...) -> None: ...
+
+class Worsening(_message.Message):
+    __slots__ = ("category", "error_type", "base_severity", "severity", "occurrences", "window_seconds")
+    CATEGORY_FIELD_NUMBER: _ClassVar[int]
+    ERROR_TYPE_FIELD_NUMBER: _ClassVar[int]
+    BASE_SEVERITY_FIELD_NUMBER: _ClassVar[int]
+    SEVERITY_FIELD_NUMBER: _ClassVar[int]
+    OCCURRENCES_FIELD_NUMBER: _ClassVar[int]
+    WINDOW_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    category: str
+    error_type: str
+    base_severity: str
+    severity: str
+    occurrences: int
+    window_seconds: float
+    def __init__(self, category: _Optional[str] = ..., error_type: _Optional[str] = ..., base_severity: _Optional[str] = ..., severity: _Optional[str] = ..., occurrences: _Optional[int] = ..., window_seconds: _Optional[float] = ...) -> None: ...
 
 class QueueStatus(_message.Message):
     __slots__ = ("enabled", "storage", "sizer", "size", "capacity", "requests", "bytes", "in_flight")
