@@ -552,24 +552,29 @@ def run_at_rate(target: str, relay_pid: int, sink: Sink, *, spans: int, rate: fl
 def scenario_cpu(settings: Settings) -> Section:
     log(f"cpu: {CPU_RATE} spans/s in {' and '.join(map(str, CPU_SIZES))}-span requests, {settings.cpu_repeats} x "
         f"{settings.cpu_window:g}s per relay (after {settings.cpu_warmup:g}s warm-up)")
-    relays: dict[str, tuple[str, int]] = {}
+    relays: dict[str, tuple[str, int, Sink]] = {}
     with contextlib.ExitStack() as stack:
-        sink = Sink()
-        stack.callback(sink.stop)
+
+        def own_sink() -> Sink:  # one sink per relay: what it counts came through that relay alone
+            sink = Sink()
+            stack.callback(sink.stop)
+            return sink
+
         for name, extra in ((SIDECAR_DEFAULTS, {}), (SIDECAR_NONE, {"compression": "none"})):
-            ports = SidecarPorts()
+            ports, sink = SidecarPorts(), own_sink()
             sidecar = start_sidecar(default_sidecar_config(sink.target, ports, **extra),
                                     name.replace(", ", "-").replace(" ", "-"), ports, settings.workdir)
             stack.callback(sidecar.stop)
-            relays[name] = sidecar_target(sidecar)
+            relays[name] = (*sidecar_target(sidecar), sink)
         for name, compression in ((ROTEL_DEFAULTS, None), (ROTEL_NONE, "none")):
+            sink = own_sink()
             rotel = Rotel(sink.target, settings.workdir / "rotel", compression=compression)
             stack.callback(rotel.stop)
-            relays[name] = (rotel.target, rotel.proc.pid)
+            relays[name] = (rotel.target, rotel.proc.pid, sink)
         runs: dict[tuple[int, str], list[dict[str, Any]]] = {(n, r): [] for n in CPU_SIZES for r in relays}
         for repeat in range(settings.cpu_repeats):
             for spans in CPU_SIZES:
-                for name, (target, pid) in relays.items():
+                for name, (target, pid, sink) in relays.items():
                     result = run_at_rate(target, pid, sink, spans=spans, rate=CPU_RATE,
                                          duration=settings.cpu_window, warmup=settings.cpu_warmup)
                     runs[(spans, name)].append(result)
@@ -607,7 +612,7 @@ def scenario_cpu(settings: Settings) -> Section:
                   "us CPU/request", "x rotel defaults", "x rotel none", "RSS MiB", "spans/s delivered",
                   "failed calls"], rows)
     body += (f"\n\n{CPU_RATE:,} spans/s offered at a steady pace (bench/loadgen.py `--rate`: one Export call every "
-             "10 ms with 100 spans, every 51 ms with 512) through each relay to the same sink, "
+             "10 ms with 100 spans, every 51 ms with 512) through each relay to a sink of its own, "
              f"{settings.cpu_repeats} run(s) of {settings.cpu_window:g}s per relay and size (after "
              f"{settings.cpu_warmup:g}s of warm-up), interleaved; medians. CPU: utime + stime of the relay's "
              "process and its children from /proc over exactly the load generator's measured window, as a share "
