@@ -431,6 +431,8 @@ def scenario_throughput(settings: Settings, pair: tuple[Sink, SidecarProcess] | 
             "spans_per_second": median(rates),
             "min": min(rates), "max": max(rates),
             "ratio": median(ratios),
+            "ratio_to_rotel": median([r["delivered_spans_per_second"] / p["delivered_spans_per_second"]
+                                      for r, p in zip(results, runs[ROTEL], strict=True)]),
             "sidecar_ms": median([r["sidecar_ms_per_request"] for r in results]),
             "sink_ms": median([r["sink_ms_per_request"] for r in results]),
             "loadgen_ms": median([r["loadgen_ms_per_request"] for r in results]),
@@ -599,8 +601,10 @@ def scenario_cpu(settings: Settings) -> Section:
                 "skipped": sum(r["skipped"] for r in results),
             }
         for name, row in sized.items():
-            row["ratio_to_rotel"] = row["cpu_percent"] / sized[ROTEL_DEFAULTS]["cpu_percent"]
-            row["ratio_to_rotel_none"] = row["cpu_percent"] / sized[ROTEL_NONE]["cpu_percent"]
+            # Each repetition against rotel's run of the same repetition, then the median.
+            for key, peer in (("ratio_to_rotel", ROTEL_DEFAULTS), ("ratio_to_rotel_none", ROTEL_NONE)):
+                row[key] = median([r["cpu_percent"] / p["cpu_percent"]
+                                   for r, p in zip(runs[(spans, name)], runs[(spans, peer)], strict=True)])
             rows.append([spans, name, row["cpu_percent"],
                          f"{row['cpu_range'][0]:.1f} - {row['cpu_range'][1]:.1f}", row["us_per_span"],
                          row["us_per_request"], f"{row['ratio_to_rotel']:.2f}", f"{row['ratio_to_rotel_none']:.2f}",
@@ -1037,6 +1041,11 @@ TARGETS = [
     ("spans lost in the outage, sidecar rows", "0"),
     ("spans lost after SIGKILL (disk queue)", "0"),
     ("RSS within memory_limit_mib", "peak <= limit"),
+    ("issue 15: fast path (0 % error spans) vs direct", ">= 0.35 of direct"),
+    ("issue 15: fast path vs rotel relaying the same load", ">= 1.25x rotel's spans/s"),
+    ("issue 15: 10 % error spans enriched vs direct", ">= 0.25 of direct"),
+    ("issue 15: CPU at 10k spans/s, 100-span requests (defaults)", "<= 1.5x rotel's"),
+    ("issue 15: CPU at 10k spans/s, 512-span requests (defaults)", "<= 1.2x rotel's"),
 ]
 
 
@@ -1069,6 +1078,18 @@ def summary(results: dict[str, Any]) -> str:
     mem = results.get("memory")
     rows.append([*TARGETS[5], f"peak {mem['peak_mib']:.0f} MiB, limit {mem['limit_mib']:g} MiB" if mem else "-",
                  verdict(mem["peak_mib"] <= mem["limit_mib"] if mem else None)])
+    rows.append([*TARGETS[6], f"{fast['ratio']:.2f}" if fast else "-",
+                 verdict(fast["ratio"] >= 0.35 if fast else None)])
+    versus = fast.get("ratio_to_rotel") if fast else None
+    rows.append([*TARGETS[7], f"{versus:.2f}x" if versus else "-", verdict(versus >= 1.25 if versus else None)])
+    rows.append([*TARGETS[8], f"{errors['ratio']:.2f}" if errors else "-",
+                 verdict(errors["ratio"] >= 0.25 if errors else None)])
+    cpu = results.get("cpu", {}).get("sizes", {})
+    for index, (size, goal) in enumerate((("100", 1.5), ("512", 1.2)), start=9):
+        row = cpu.get(size, {}).get(SIDECAR_DEFAULTS)
+        rows.append([*TARGETS[index], f"{row['ratio_to_rotel']:.2f}x ({row['cpu_percent']:.1f} % of a core vs "
+                     f"{cpu[size][ROTEL_DEFAULTS]['cpu_percent']:.1f} %)" if row else "-",
+                     verdict(row["ratio_to_rotel"] <= goal if row else None)])
     return table(["target", "goal", "result", ""], rows)
 
 
