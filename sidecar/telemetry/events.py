@@ -101,8 +101,8 @@ class Events:
     def classified(self, signal: Signal, category: str, severity: str, recoverability: str, error_type: str,
                    items: int) -> None:
         """Error spans / log records classified and enriched on their way through."""
-        self.metrics.errors.labels(category, severity, recoverability, error_type).inc(items)
-        self.metrics.enriched.labels(signal.value, category).inc(items)
+        self._child(self.metrics.errors, category, severity, recoverability, error_type).inc(items)
+        self._child(self.metrics.enriched, signal.value, category).inc(items)
 
     def enrich_failed(self, signal: Signal, items: int, error: BaseException) -> None:
         """Classification or enrichment raised: the request goes on unenriched (fail open).
