@@ -1,6 +1,6 @@
 """Benchmark scenarios, side by side with a direct baseline, written into bench/RESULTS.md.
 
-    python -m bench.run [all|throughput|latency|outage|crash|memory|cpu] [--quick] [--duration S] [--repeats N]
+    python -m bench.run [all|throughput|latency|outage|crash|memory|fleet|cpu] [--quick] [--duration S] [--repeats N]
 
 1. throughput  loadgen -> sink (direct) vs loadgen -> sidecar -> sink, 0 % and 10 % error spans;
                spans/s delivered (counted by the sink), ratio to direct, CPU per request of each process;
@@ -12,7 +12,10 @@
                memory queue, with the disk queue; time to drain after recovery; a timeline (outage.png).
 4. crash       SIGKILL of the sidecar during the outage with the disk queue; spans lost.
 5. memory      RSS over time with the upstream down and service.memory_limit_mib set (memory.png).
-6. cpu         CPU at a steady rate: 10,000 spans/s in 100- and 512-span requests through the sidecar
+6. fleet       4 sidecars in front of an upstream failing for 20 s, local vs fleet mode (extensions.fleet,
+               a real redis-server): calls hitting the failing upstream, recovery to the first delivered
+               export, spans lost (bench/fleet.py). Not part of `all` (3-4 minutes): run it by name.
+7. cpu         CPU at a steady rate: 10,000 spans/s in 100- and 512-span requests through the sidecar
                (defaults, compression none) and through rotel (a Rust collector); CPU % of one core,
                us of CPU per span and RSS of each relay, against the Collector testbed's 20 % budget.
 
@@ -60,7 +63,8 @@ BENCH = ROOT / "bench"
 PYTHON = sys.executable
 SPANS = 512
 ERROR_FRACTION = 0.1
-SECTIONS = ("throughput", "latency", "outage", "crash", "memory", "cpu")
+SECTIONS = ("throughput", "latency", "outage", "crash", "memory", "fleet", "cpu")
+IN_ALL = ("throughput", "latency", "outage", "crash", "memory", "cpu")
 # Same glibc tuning for the bench's own processes (sink, load generator) as the sidecar gives itself.
 TOOL_ENV = dict(MALLOC_ENV)
 
@@ -627,7 +631,7 @@ def scenario_cpu(settings: Settings) -> Section:
              "(up to 8192 spans or 200 ms per upstream request). The Collector's own testbed runs this load "
              f"(OTLP/gRPC in, OTLP out, 10,000 spans/s in 100-span batches) with a budget of {CPU_BUDGET:g} % "
              "of one core: the reference line.")
-    return Section("cpu", "6. CPU at a steady rate", body, data)
+    return Section("cpu", "7. CPU at a steady rate", body, data)
 
 
 # ----------------------------------------------------------------------------------- 3 + 4: outages
@@ -1041,6 +1045,9 @@ TARGETS = [
     ("spans lost in the outage, sidecar rows", "0"),
     ("spans lost after SIGKILL (disk queue)", "0"),
     ("RSS within memory_limit_mib", "peak <= limit"),
+    ("fleet mode: calls hitting the upstream failing 20 s (4 sidecars)", "<= 21 (local: 56 in issue 13)"),
+    ("fleet mode: recovery -> first delivered export", "<= 2 s (local: 6.8 s in issue 13)"),
+    ("fleet mode: spans lost, Redis killed mid-failure or not", "0"),
     ("issue 15: fast path (0 % error spans) vs direct", ">= 0.35 of direct"),
     ("issue 15: fast path vs rotel relaying the same load", ">= 1.25x rotel's spans/s"),
     ("issue 15: 10 % error spans enriched vs direct", ">= 0.25 of direct"),
@@ -1078,14 +1085,25 @@ def summary(results: dict[str, Any]) -> str:
     mem = results.get("memory")
     rows.append([*TARGETS[5], f"peak {mem['peak_mib']:.0f} MiB, limit {mem['limit_mib']:g} MiB" if mem else "-",
                  verdict(mem["peak_mib"] <= mem["limit_mib"] if mem else None)])
-    rows.append([*TARGETS[6], f"{fast['ratio']:.2f}" if fast else "-",
+    fleet = results.get("fleet", {}).get("modes", {})
+    fleet_runs = {name: r for name, r in fleet.items() if name.startswith("fleet")}
+    plain = next((r for name, r in fleet_runs.items() if "killed" not in name), None)
+    rows.append([*TARGETS[6], f"{plain['calls_during_failure']}" if plain else "-",
+                 verdict(plain["calls_during_failure"] <= 21 if plain else None)])
+    first = plain.get("recovery_to_first_export") if plain else None
+    rows.append([*TARGETS[7], f"{first:.2f} s" if first is not None else "-",
+                 verdict(first <= 2.0 if first is not None else None)])
+    lost = [r["lost"] for r in fleet_runs.values()]
+    rows.append([*TARGETS[8], ", ".join(str(v) for v in lost) if lost else "-",
+                 verdict(sum(lost) == 0 if lost else None)])
+    rows.append([*TARGETS[9], f"{fast['ratio']:.2f}" if fast else "-",
                  verdict(fast["ratio"] >= 0.35 if fast else None)])
     versus = fast.get("ratio_to_rotel") if fast else None
-    rows.append([*TARGETS[7], f"{versus:.2f}x" if versus else "-", verdict(versus >= 1.25 if versus else None)])
-    rows.append([*TARGETS[8], f"{errors['ratio']:.2f}" if errors else "-",
+    rows.append([*TARGETS[10], f"{versus:.2f}x" if versus else "-", verdict(versus >= 1.25 if versus else None)])
+    rows.append([*TARGETS[11], f"{errors['ratio']:.2f}" if errors else "-",
                  verdict(errors["ratio"] >= 0.25 if errors else None)])
     cpu = results.get("cpu", {}).get("sizes", {})
-    for index, (size, goal) in enumerate((("100", 1.5), ("512", 1.2)), start=9):
+    for index, (size, goal) in enumerate((("100", 1.5), ("512", 1.2)), start=12):
         row = cpu.get(size, {}).get(SIDECAR_DEFAULTS)
         rows.append([*TARGETS[index], f"{row['ratio_to_rotel']:.2f}x ({row['cpu_percent']:.1f} % of a core vs "
                      f"{cpu[size][ROTEL_DEFAULTS]['cpu_percent']:.1f} %)" if row else "-",
@@ -1156,7 +1174,7 @@ def main(argv: list[str] | None = None) -> int:
         write_results([], command.strip(), settings.results)
         print(f"rewrote {settings.results}")
         return 0
-    wanted = SECTIONS if args.scenario == "all" else (args.scenario,)
+    wanted = IN_ALL if args.scenario == "all" else (args.scenario,)
     started = time.monotonic()
     sections: list[Section] = []
     try:
@@ -1174,6 +1192,10 @@ def main(argv: list[str] | None = None) -> int:
             sections.append(scenario_memory(settings))
         if "cpu" in wanted:
             sections.append(scenario_cpu(settings))
+        if "fleet" in wanted:
+            from bench.fleet import scenario_fleet  # bench.fleet imports this module
+
+            sections.append(scenario_fleet(settings))
     finally:
         if sections:
             write_results(sections, command.strip(), settings.results)

@@ -2,7 +2,8 @@
 
 Queues, connections and the state of breakers, limiters and budgets survive a reload. Swapped or
 reconfigured in place: the classification rules, the enrichment settings, the degradation
-thresholds, the log level, and of each exporter the keys in EXPORTER_KEYS_IN_PLACE (retry,
+thresholds, the log level, the anomaly detector's settings (its baselines
+are kept), and of each exporter the keys in EXPORTER_KEYS_IN_PLACE (retry,
 breaker, concurrency, timeout, headers, health probe but turning it on or off). Any other difference (endpoints, TLS,
 queue and storage, receivers, extensions, pipelines' components) is reported as needing a
 restart, by dotted path, and not applied.
@@ -36,10 +37,12 @@ class ReloadPlan:
     needs_restart: list[str] = field(default_factory=list)
     # exporter name -> its new configuration, for those whose in-place keys changed
     exporters_changed: dict[str, ExporterConfig] = field(default_factory=dict)
+    anomaly_changed: bool = False
 
     @property
     def applies_anything(self) -> bool:
-        return self.processors_changed or self.log_level_changed or bool(self.exporters_changed)
+        return (self.processors_changed or self.log_level_changed or bool(self.exporters_changed)
+                or self.anomaly_changed)
 
 
 def _plain(value: Any) -> Any:
@@ -90,6 +93,7 @@ def plan_reload(old: Config, new: Config) -> ReloadPlan:
         log_level_changed=old.service.telemetry.logs != new.service.telemetry.logs,
         needs_restart=needs_restart,
         exporters_changed=exporters_changed,
+        anomaly_changed=_plain(old.service.telemetry.anomaly) != _plain(new.service.telemetry.anomaly),
     )
 
 

@@ -78,12 +78,14 @@ class Service:
         self.pipelines: dict[str, Pipeline] = {}
         self.classifier_handle = ClassifierHandle(self.export_classifier(config))
         self.started_at = clock.monotonic()
-        # Derived figures of the admin API and the recovery ratio gauge: fed by the senders, and by the
-        # router (item errors, hotspots) when the admin API is on, its only reader.
+        # Derived figures of the admin API, the recovery ratio gauge and the per-service anomaly scores: fed
+        # by the senders, and by the router (item errors, hotspots) when the admin API or the per-service
+        # scores read them.
         self.error_stats = ErrorStats(clock)
         self.admin: AdminServer | None = None
         self._reloading: asyncio.Task[bool] | None = None
         self.watch: Watch | None = None
+        self.router: Router | None = None
         self.fleet: Fleet | None = None
 
     # ------------------------------------------------------------------ building
@@ -109,6 +111,13 @@ class Service:
             elif isinstance(processor, DegradationProcessorConfig):
                 degrade_cfg = processor
         return classify_cfg, enrich_cfg, degrade_cfg
+
+    @staticmethod
+    def anomaly_settings(config: Config) -> tuple[AnomalySettings, float]:
+        """The detector's settings and its interval in seconds, from `service.telemetry.anomaly`."""
+        anomaly = config.service.telemetry.anomaly
+        return (AnomalySettings(alpha=anomaly.alpha, threshold=anomaly.threshold, clear=anomaly.clear,
+                                warmup=anomaly.warmup, min_std=anomaly.min_std), float(anomaly.interval))
 
     def _storage_directory(self) -> Path | None:
         file_storage = self.config.extensions.file_storage
@@ -146,12 +155,13 @@ class Service:
                 degradation=degrade_cfg,
             ))
         self.pipelines = {p.name: p for p in pipelines}
-        router = Router(pipelines, self.events, self.clock, self.error_stats if admin_on else None)
-        anomaly = self.config.service.telemetry.anomaly
+        # The router's item errors (hotspots, per-service totals) feed the admin API and the per-service
+        # anomaly scores; without either, nothing reads them and they are not collected.
+        top_services = self.config.service.telemetry.anomaly.top_services
+        router = self.router = Router(pipelines, self.events, self.clock,
+                                      self.error_stats if admin_on or top_services else None)
         self.watch = Watch(self.events, self.clock, lambda: self.exporters, self.error_stats,
-                           AnomalySettings(alpha=anomaly.alpha, threshold=anomaly.threshold, clear=anomaly.clear,
-                                           warmup=anomaly.warmup, min_std=anomaly.min_std),
-                           float(anomaly.interval))
+                           *self.anomaly_settings(self.config), top_services=top_services)
         used_receivers = {name for p in self.config.service.pipelines.values() for name in p.receivers}
         for name in sorted(used_receivers):
             receiver = self.config.receivers[name]
@@ -270,10 +280,18 @@ class Service:
                 not_applied.append(f"exporters.{name}")
                 continue
             exporters[name] = exporter_config
+        if plan.anomaly_changed and self.watch is not None:
+            settings, interval = self.anomaly_settings(new)
+            top_services = new.service.telemetry.anomaly.top_services
+            self.watch.reconfigure(settings, interval, top_services)
+            if self.router is not None:
+                admin_on = self.admin is not None
+                self.router.error_stats = self.error_stats if admin_on or top_services else None
         applied = dataclasses.replace(
             self.config, processors=new.processors, exporters=exporters,
             service=msgspec.structs.replace(self.config.service, telemetry=msgspec.structs.replace(
-                self.config.service.telemetry, logs=new.service.telemetry.logs)))
+                self.config.service.telemetry, logs=new.service.telemetry.logs,
+                anomaly=new.service.telemetry.anomaly)))
         if plan.processors_changed:
             pipelines = {name: msgspec.structs.replace(p, processors=new.service.pipelines[name].processors)
                          if name in new.service.pipelines else p
@@ -286,7 +304,8 @@ class Service:
         self.events.config_reloaded(result)
         log.info("config reloaded", extra={
             "event": "config_reload", "result": result, "processors_changed": plan.processors_changed,
-            "log_level_changed": plan.log_level_changed, "exporters_reconfigured": sorted(
+            "log_level_changed": plan.log_level_changed, "anomaly_changed": plan.anomaly_changed,
+            "exporters_reconfigured": sorted(
                 name for name in plan.exporters_changed if f"exporters.{name}" not in not_applied),
             "not_applied_need_restart": needs_restart})
         return True

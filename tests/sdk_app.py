@@ -8,6 +8,7 @@ Used by the integration tests and by the demo.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from typing import Literal
 
 from opentelemetry import trace
@@ -17,8 +18,8 @@ from opentelemetry.sdk._logs.export import BatchLogRecordProcessor
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
 from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import BatchSpanProcessor
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
 Protocol = Literal["grpc", "http"]
@@ -105,9 +106,57 @@ class SdkApp:
         self.logger_provider.shutdown()
 
 
+class RecordingExporter(SpanExporter):
+    """The SDK's own OTLP/gRPC span exporter; remembers which spans each answer acknowledged,
+    so a test or benchmark knows exactly what the application was told was delivered."""
+
+    def __init__(self) -> None:
+        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+
+        self.inner = OTLPSpanExporter()
+        self.acknowledged: set[bytes] = set()
+        self.failed: set[bytes] = set()
+
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        result = self.inner.export(spans)
+        ids = {span.context.span_id.to_bytes(8, "big") for span in spans if span.context is not None}
+        (self.acknowledged if result is SpanExportResult.SUCCESS else self.failed).update(ids)
+        return result
+
+    def shutdown(self) -> None:
+        self.inner.shutdown()
+
+    def force_flush(self, timeout_millis: int = 30_000) -> bool:
+        return bool(self.inner.force_flush(timeout_millis))
+
+
+class RecordedTraffic:
+    """An application sending spans through a RecordingExporter (OTEL_EXPORTER_OTLP_ENDPOINT)."""
+
+    def __init__(self, service_name: str = "chaos", max_queue_size: int = 100_000) -> None:
+        self.recorder = RecordingExporter()
+        self.provider = TracerProvider(resource=Resource.create({"service.name": service_name}))
+        self.provider.add_span_processor(BatchSpanProcessor(
+            self.recorder, max_export_batch_size=128, schedule_delay_millis=50, max_queue_size=max_queue_size))
+        self.tracer = self.provider.get_tracer("chaos")
+        self.sent = 0
+
+    def send(self, count: int, padding: int = 200) -> None:
+        for i in range(count):
+            with self.tracer.start_as_current_span(f"GET /items/{i % 11}") as span:
+                span.set_attribute("app.padding", "p" * padding)
+        self.sent += count
+
+    def flush(self, timeout_millis: int = 60_000) -> bool:
+        return bool(self.provider.force_flush(timeout_millis))
+
+    def shutdown(self) -> None:
+        self.provider.shutdown()
+
+
 def quiet_sdk_logs() -> None:
     """The SDK logs every transient export failure; the demo reports them itself."""
     logging.getLogger("opentelemetry").setLevel(logging.CRITICAL)
 
 
-__all__ = ["SdkApp", "quiet_sdk_logs", "trace"]
+__all__ = ["RecordedTraffic", "RecordingExporter", "SdkApp", "quiet_sdk_logs", "trace"]

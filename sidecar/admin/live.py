@@ -18,7 +18,7 @@ from rich.console import Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
-from sidecar.admin.status import ago, duration, level_name, rate
+from sidecar.admin.status import ago, anomaly_subject, duration, level_name, rate
 from sidecar.admin.v1 import admin_pb2 as pb
 
 SPARK = "▁▂▃▄▅▆▇█"
@@ -99,13 +99,13 @@ def _anomalies(status: pb.GetStatusResponse, now: float) -> RenderableType:
     if not shown:
         return Text("Anomalies  none (every error rate is within its usual range)", style="green")
     table = Table(title="Anomalies", title_justify="left", pad_edge=False)
-    for column in ("CATEGORY", "SCORE", "NOW", "USUAL", "STATE"):
+    for column in ("ERRORS OF", "SCORE", "NOW", "USUAL", "STATE"):
         table.add_column(column, no_wrap=True, justify="right" if column in ("SCORE", "NOW", "USUAL") else "left")
     for anomaly in shown:
         state = Text("ANOMALY", style="bold red") if anomaly.active else Text("elevated", style="yellow")
         if anomaly.active and anomaly.HasField("since"):
             state.append(f" for {duration(max(0.0, now - anomaly.since))}")
-        table.add_row(anomaly.category, f"{anomaly.score:.1f}", rate(anomaly.errors_per_minute),
+        table.add_row(anomaly_subject(anomaly), f"{anomaly.score:.1f}", rate(anomaly.errors_per_minute),
                       rate(anomaly.baseline_per_minute), state)
     return table
 

@@ -171,12 +171,12 @@ def build_status(service: AdminView, top_hotspots: int = DEFAULT_HOTSPOTS,
     )
     if watch is not None:
         for anomaly in watch.anomalies():
-            item = response.anomalies.add(category=anomaly.category, score=anomaly.score, active=anomaly.active,
-                                          errors_per_minute=anomaly.rate_per_minute,
+            item = response.anomalies.add(category=anomaly.category, service=anomaly.service, score=anomaly.score,
+                                          active=anomaly.active, errors_per_minute=anomaly.rate_per_minute,
                                           baseline_per_minute=anomaly.baseline_per_minute)
             if anomaly.since is not None:
                 item.since = anomaly.since
-        response.error_rate_history.extend(watch.error_rate_history())
+    response.error_rate_history.extend(service.error_stats.minute_history())
     stats = service.error_stats
     response.stats_since = stats.started_wall
     for rate in stats.error_rates():

@@ -166,8 +166,13 @@ def _anomaly_text(anomalies: Sequence[pb.Anomaly]) -> str:
     shown = [a for a in anomalies if a.active or a.score >= 1.0]
     if not shown:
         return "none"
-    return ", ".join(f"{a.category} {a.score:.1f}" + (" ANOMALY" if a.active else "")
+    return ", ".join(f"{anomaly_subject(a)} {a.score:.1f}" + (" ANOMALY" if a.active else "")
                      + f" ({rate(a.errors_per_minute)}, usually {rate(a.baseline_per_minute)})" for a in shown)
+
+
+def anomaly_subject(anomaly: pb.Anomaly) -> str:
+    """What an anomaly is about: its category, or `service NAME`."""
+    return f"service {anomaly.service}" if anomaly.service else anomaly.category
 
 
 def _recovery_text(recovery: pb.RecoveryStats) -> str:

@@ -259,8 +259,9 @@ class FleetConfig(Base):
     key_prefix: str = "otlp-sidecar:"
     instance_id: str | None = None  # default: hostname:pid
     heartbeat_interval: Duration = Duration(2.0)
-    # Every Redis command is bounded by this; Redis is then treated as down and the sidecar goes on
-    # with its local state. Keep it short: it is also the longest a retry waits for the fleet budget.
+    # The longest a retry waits for the fleet budget's answer beyond its own backoff (the question is asked
+    # while the backoff runs); unanswered by then, the local budget decides alone. Background commands
+    # have their own bound (sidecar/fleet/connection.py).
     command_timeout: Duration = Duration(0.05)
 
 
@@ -298,6 +299,9 @@ class TelemetryAnomalyConfig(Base):
     clear: Annotated[float, Meta(ge=0)] = 2.0  # score under which it clears (hysteresis); < threshold
     warmup: PositiveInt = 30  # intervals learned before the first alarm
     min_std: PositiveFloat = 1.0  # errors per minute: the smallest deviation a score is measured against
+    # Also score the error spans / log records per service.name; the gauge is exported for the `top_services`
+    # services with the most errors (bounded cardinality). 0: per category only.
+    top_services: Annotated[int, Meta(ge=0)] = 10
 
 
 class TelemetryConfig(Base):

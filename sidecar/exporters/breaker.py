@@ -160,7 +160,6 @@ TransitionObserver = Callable[[str, str, str], None]  # (old, new, source)
 
 SOURCE_LOCAL = "local"
 SOURCE_FLEET = "fleet"
-TRANSITION_SOURCES = (SOURCE_LOCAL, SOURCE_FLEET)
 
 
 class BreakerGate(Protocol):

@@ -88,6 +88,10 @@ from sidecar.telemetry.stats import ErrorStats
 
 log = logging.getLogger(__name__)
 
+# A resend the fleet's retry budget refused waits this long before asking again: the fleet's floor refills
+# at min_per_second for all sidecars together, so asking faster only loads Redis.
+FLEET_REFUSED_WAIT = 1.0
+
 __all__ = [
     "EndpointChain",
     "ExportClassifier",
@@ -355,14 +359,16 @@ class Sender:
                     ep.budget.deposit()
                     if ep.shared_budget is not None:
                         ep.shared_budget.deposit()
-                elif ep.budget.try_spend() and await self._fleet_allows_retry(ep):
-                    # a resend to a failing endpoint is a retry (see `send`)
-                    self.events.retry_scheduled(self.exporter_name, name, "resend", 0.0)
-                    state.started_at = self.clock.monotonic()
-                else:
+                elif not ep.budget.try_spend():
                     wait = ep.budget.time_until_token()
                     await self.clock.sleep(1.0 if wait is None else min(1.0, max(0.01, wait)))
                     continue  # pick again: the endpoint may have recovered, or another one be free
+                elif not await self._fleet_allows_retry(ep):
+                    await self.clock.sleep(FLEET_REFUSED_WAIT)
+                    continue
+                else:  # a resend to a failing endpoint is a retry (see `send`)
+                    self.events.retry_scheduled(self.exporter_name, name, "resend", 0.0)
+                    state.started_at = self.clock.monotonic()
             try:
                 result = await self._attempt(ep, entry)
             except BreakerOpenError:  # refused between pick and call; not expected, handled anyway
@@ -390,15 +396,33 @@ class Sender:
                 return SendReport(verdict=Verdict.REQUEUE, classification=cls, attempts=attempts,
                                   retry_after=decision.delay, endpoint=name, reason=decision.reason)
             delay = decision.delay or 0.0
-            if not await self._fleet_allows_retry(ep):  # the same verdict as the local budget's refusal
-                return SendReport(verdict=Verdict.REQUEUE, classification=cls, attempts=attempts, retry_after=delay,
+            if ep.shared_budget is None:
+                self.events.retry_scheduled(self.exporter_name, name, cls.error_type, delay)
+                await self._backoff(delay)  # cancellable: the caller requeues
+            elif not await self._backoff_paid_by_fleet(ep, delay):  # the same verdict as the local budget's
+                return SendReport(verdict=Verdict.REQUEUE, classification=cls, attempts=attempts,
                                   endpoint=name, reason=Reason.BUDGET_EXHAUSTED)
-            self.events.retry_scheduled(self.exporter_name, name, cls.error_type, delay)
-            await self._backoff(delay)  # cancellable: the caller requeues
+            else:
+                self.events.retry_scheduled(self.exporter_name, name, cls.error_type, delay)
             avoid = {name} if len(self.endpoints) > 1 else set()
 
+    async def _backoff_paid_by_fleet(self, ep: EndpointChain, delay: float) -> bool:
+        """Fleet mode: wait the backoff while the fleet budget's answer is fetched, so a retry waits on Redis
+        only when Redis answers slower than the backoff (and then at most the command timeout)."""
+        assert ep.shared_budget is not None
+        answer = asyncio.ensure_future(ep.shared_budget.try_spend())
+        try:
+            await self._backoff(delay)  # cancellable: the caller requeues
+            paid = await answer
+        finally:
+            answer.cancel()
+        if paid is False:
+            self.events.fleet_budget_refused(self.exporter_name, ep.name)
+            return False
+        return True
+
     async def _fleet_allows_retry(self, ep: EndpointChain) -> bool:
-        """Fleet mode: the fleet-wide budget must pay for the retry too (unknown when Redis is down:
+        """Fleet mode: the fleet-wide budget must pay for the retry too (unknown when Redis is down or slow:
         the local budget, already charged, decides alone)."""
         if ep.shared_budget is None:
             return True

@@ -98,7 +98,6 @@ class SharedBreaker:
         self._probing = False
         self._wake = asyncio.Event()
         self._tasks: set[asyncio.Task[Any]] = set()
-        self.probes = 0  # probes made as the fleet's prober, for tests and status
 
     # ------------------------------------------------------------ wiring (narrow hooks)
 
@@ -282,7 +281,6 @@ class SharedBreaker:
     async def _probe(self) -> None:
         """One probe as the fleet's prober; its verdict goes to the whole fleet."""
         try:
-            self.probes += 1
             healthy = await self.probers[0].probe_once()
             if healthy:
                 for breaker in self.breakers:  # probe_succeeded made them half-open; the fleet closes all

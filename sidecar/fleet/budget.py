@@ -2,10 +2,11 @@
 token bucket in Redis (scripts.BUDGET).
 
 First attempts are counted locally and sent in the background (`flush`, a few times a second), so a
-request never waits for a deposit. A retry asks for a token (`try_spend`): that one command waits at
-most the configured command timeout, and an unanswered request (Redis down or slow) lets the local
-budget, already charged, decide alone. Deposits made while Redis is down are not kept: they would
-fund a burst of retries long after the requests that paid for them.
+request never waits for a deposit. A retry asks for a token (`try_spend`) while it waits its backoff
+(sidecar/exporters/sender.py); the command is bounded by the configured command timeout, and an
+unanswered request (Redis down or slow) lets the local budget, already charged, decide alone.
+Deposits made while Redis is down are not kept: they would fund a burst of retries long after the
+requests that paid for them.
 
 With fleet mode, `min_per_second` of the exporter's retry budget is the floor of the whole fleet
 (retries <= ratio x fleet first attempts + min_per_second), on top of each sidecar's local budget.

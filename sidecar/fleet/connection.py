@@ -57,7 +57,7 @@ def make_client(config: FleetConfig, timeout: float) -> aioredis.Redis:
     """A redis-py asyncio client that never retries by itself (we decide what a failure means)."""
     return aioredis.Redis.from_url(
         config.endpoint,
-        password=config.password,
+        password=config.password or None,  # "" (an unset ${env:X:-}) means no AUTH, not AUTH ""
         socket_timeout=timeout,
         socket_connect_timeout=timeout,
         retry=Retry(NoBackoff(), 0),

@@ -159,13 +159,3 @@ class Fleet:
             except Exception:
                 log.exception("fleet heartbeat failed")
             await self._clock.sleep(float(self.config.heartbeat_interval))
-
-    def status(self) -> dict[str, Any]:
-        """This sidecar's view of the fleet, for its own status."""
-        return {
-            "instance": self.instance,
-            "connected": self.conn.connected,
-            "endpoints": {name: {"fleet_state": "open" if s.view.open else "closed",
-                                 "lease_holder": s.holder, "probes": s.probes}
-                          for name, s in self.breakers.items()},
-        }

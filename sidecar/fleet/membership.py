@@ -30,7 +30,6 @@ class Heartbeat:
         self._keys = keys
         self._events = events
         self._snapshot = snapshot
-        self.beats = 0
 
     async def beat(self) -> None:
         payload = json.dumps({"instance": self.instance, **self._snapshot()}, default=str)
@@ -39,7 +38,6 @@ class Heartbeat:
             keys=[self._keys.member(self.instance), self._keys.members],
             args=[self.instance, payload, ttl_ms]))
         if members is not None:
-            self.beats += 1
             self._events.fleet_members(int(members))
 
     async def leave(self) -> None:

@@ -83,7 +83,9 @@ class FallbackDeadLetters:
 
     async def expire(self, now: float) -> builtins.list[Evicted]:
         """Expire by age in both stores (the disk's failure is the caller's to see, as for `add`)."""
-        return [*await self.memory.expire(now), *await self.disk.expire(now)]
+        evicted = [*await self.memory.expire(now), *await self.disk.expire(now)]
+        self._restored_if_empty()  # nothing left in memory: nothing is held outside the disk
+        return evicted
 
     async def add(self, entry: QueueEntry, classification: Classification, message: str,
                   dead_at: float | None = None) -> builtins.list[Evicted]:

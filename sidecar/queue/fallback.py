@@ -190,19 +190,23 @@ class StorageFallbackQueue:
         if not self.fits(entry):
             raise QueueFull(f"queue full: {self.size}+{self.sizer.size_of(entry)} > {self.capacity} "
                             f"{self.sizer.value}")
-        if self._quarantining is not None:
-            await asyncio.shield(self._quarantining)
+        await self._quarantine_if_damaged()
         if self.memory.count == 0 and (self.degraded is None
                                        or self._monotonic() - self._last_probe >= self.retry_interval):
             self._last_probe = self._monotonic()
+            await self._try_reopen()
             try:
                 await self.disk.put(entry)
             except (StorageFull, QueueStorageError) as exc:
                 await self._storage_failed(exc)
             except QueueClosed:
-                if self._closed or self._quarantining is None:
+                if self._closed:
                     raise
-                await asyncio.shield(self._quarantining)  # the file was swapped under us: memory takes it
+                if self._quarantining is not None:  # quarantined under us (a get met the damage)
+                    await asyncio.shield(self._quarantining)
+                else:  # no fresh file could be opened after a quarantine: memory takes it
+                    await self._storage_failed(QueueStorageError(
+                        f"{self.disk.path}: the queue database is not open", path=str(self.disk.path)))
             else:
                 if self.degraded is not None:
                     self._restored()
@@ -258,6 +262,7 @@ class StorageFallbackQueue:
         """
         if self.memory.leased or not self.memory.available or self._quarantining is not None:
             return None
+        await self._try_reopen()
         leases = [self.memory.get_nowait() for _ in range(min(limit, self.memory.available))]
         try:
             await self.disk.put_many([lease.entry for lease in leases])
@@ -279,6 +284,15 @@ class StorageFallbackQueue:
 
     # ------------------------------------------------------------ quarantine (runtime corruption)
 
+    async def _quarantine_if_damaged(self) -> None:
+        """Wait for a quarantine under way, or start one when the disk reported damage itself."""
+        if self._quarantining is not None:
+            await asyncio.shield(self._quarantining)
+        damaged = self.disk.damaged
+        if damaged is not None and not self._closed:
+            self.disk.damaged = None
+            await self._storage_failed(damaged)
+
     async def _quarantine(self, detail: str) -> None:
         """Move a corrupt file aside, carry over what it still reads, continue on a fresh file."""
         if self._quarantining is None:
@@ -293,6 +307,7 @@ class StorageFallbackQueue:
     async def _swap_file(self, detail: str) -> None:
         old = self.disk
         readable, unreadable = await old.salvage()
+        old.abandon()
         with contextlib.suppress(Exception):
             await old.close()
         try:
@@ -304,11 +319,7 @@ class StorageFallbackQueue:
             self.quarantined.append(str(moved))
         for signal, items in unreadable:
             self.listener.lost(signal, items, CORRUPT, f"{old.path}: unreadable queue row ({detail})")
-        try:
-            self.disk = await self._reopen()
-        except Exception as exc:  # a fresh file cannot even be created: stay in memory, closed disk
-            log.error("cannot open a fresh queue database: %s", exc)
-            self.disk = old
+        await self._try_reopen()  # when even a fresh file fails, memory takes over until it opens
         log.warning("corrupt queue database quarantined", extra={
             "path": str(old.path), "moved_to": str(moved), "carried_over": len(readable),
             "lost_entries": len(unreadable), "detail": detail})
@@ -326,14 +337,23 @@ class StorageFallbackQueue:
         if not self.count:
             self._empty_waiters.wake_all()
 
+    async def _try_reopen(self) -> None:
+        """Open a fresh file in place of a closed (quarantined) one; on failure keep the closed one:
+        `put` then answers from memory and the next probe tries again."""
+        if not self.disk.closed or self._closed:
+            return
+        try:
+            self.disk = await self._reopen()
+        except Exception as exc:
+            log.error("cannot open a fresh queue database: %s", exc)
+
     # ------------------------------------------------------------ get / ack / nack
 
     async def get(self) -> Lease:
         while True:
-            if self._quarantining is not None:
-                await asyncio.shield(self._quarantining)
+            await self._quarantine_if_damaged()
             disk = self.disk
-            if disk.available:
+            if disk.available and not disk.closed:
                 try:
                     lease = await disk.get()
                 except QueueStorageError as exc:
@@ -362,12 +382,13 @@ class StorageFallbackQueue:
         await owner.ack(lease)
         if not self.count:
             self._empty_waiters.wake_all()
+        await self._quarantine_if_damaged()  # a DELETE is often the first write to meet the damage
 
     async def nack(self, lease: Lease) -> None:
         owner = self._owners.pop(lease.lease_id, None)
         if owner is None:
             return
-        if owner is self.memory or owner is self.disk:
+        if owner is self.memory or (owner is self.disk and not self.disk.closed):
             await owner.nack(lease)
         else:
             # From a quarantined file: the entry lives on only in the lease. Older than anything

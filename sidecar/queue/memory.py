@@ -182,6 +182,7 @@ class MemoryQueue:
             raise QueueClosed("queue is closed")
         seq = next(self._front_seq)
         self._entries[seq] = entry
+        self._oldest.add(seq, entry.accepted_at)
         self._size += self.sizer.size_of(entry)
         self._bytes += len(entry.payload)
         heapq.heappush(self._available, seq)

@@ -406,6 +406,10 @@ class SqliteQueue:
         self._closed_event = asyncio.Event()
         self._oldest = OldestTracker()  # committed rows' accepted_at
         self.commits = 0  # transactions written (a put batch is one)
+        # Set when a write or delete found the file damaged (SQLITE_CORRUPT, a WAL cut short by
+        # someone else): the owner quarantines the file (see StorageFallbackQueue).
+        self.damaged: QueueStorageError | None = None
+        self._wal = WalWatch(self.path)
 
     # ------------------------------------------------------------ lifecycle
 
@@ -568,14 +572,28 @@ class SqliteQueue:
         self._pending_puts.append(pending)
         return done
 
+    def abandon(self) -> None:
+        """Forget every row (the file is being given up after `salvage`): figures drop to zero and
+        `get` finds nothing, whether or not a fresh file can take over. Leases stay valid as
+        objects (they carry their entries) but this queue no longer knows them."""
+        self._index.clear()
+        self._available.clear()
+        self._leases.clear()
+        self._oldest.clear()
+        self._retry_deletes.clear()
+        self._size = self._bytes = 0
+        self._empty_waiters.wake_all()
+
     async def salvage(self) -> tuple[list[QueueEntry], list[tuple[Signal, int]]]:
         """Read every stored row that is not leased, oldest first, for moving the queue to a new file.
 
         Returns (the entries that could be read, (signal, items) of those that could not). The
         rows stay in the file and in the index; the caller abandons the whole file afterwards.
         """
-        leased = set(self._leases.values())
-        wanted = sorted(row_id for row_id in self._index if row_id not in leased)
+        # Leased rows are in flight (their lease keeps the entry); acked rows whose DELETE has not
+        # committed yet are delivered: carrying them over would only send them again.
+        skip = set(self._leases.values()) | set(self._retry_deletes) | {ack.row_id for ack in self._pending_acks}
+        wanted = sorted(row_id for row_id in self._index if row_id not in skip)
         readable: list[QueueEntry] = []
         unreadable: list[tuple[Signal, int]] = []
         for row_id in wanted:
@@ -687,7 +705,8 @@ class SqliteQueue:
             rows = [p.columns for p in batch.puts]
             deletes = [a.row_id for a in batch.acks] + batch.retry_deletes
             try:
-                ids = await self._db.run(functools.partial(_write, rows=rows, deletes=deletes, path=self.path))
+                ids = await self._db.run(functools.partial(_write, rows=rows, deletes=deletes, path=self.path,
+                                                           wal=self._wal))
             except BaseException as exc:
                 if is_disk_full(exc) and batch.puts and deletes:
                     # Acks must not wait for space behind puts that cannot fit: commit them alone
@@ -705,7 +724,7 @@ class SqliteQueue:
     async def _commit_deletes_alone(self, batch: _Batch, deletes: list[int]) -> _Batch:
         """Try the deletes of a failed batch on their own; the batch of what is still to fail."""
         try:
-            await self._db.run(functools.partial(_write, rows=[], deletes=deletes, path=self.path))
+            await self._db.run(functools.partial(_write, rows=[], deletes=deletes, path=self.path, wal=self._wal))
         except Exception:
             return batch
         self.commits += 1
@@ -739,6 +758,8 @@ class SqliteQueue:
             put_error = QueueClosed(f"{self.path}: queue closed while committing")
         else:
             put_error = storage_error(self.path, exc)
+            if isinstance(put_error, QueueStorageError) and put_error.corrupt and self.damaged is None:
+                self.damaged = put_error
         for put in batch.puts:
             self._pending_size -= put.size
             self._pending_bytes -= put.nbytes
@@ -759,8 +780,40 @@ class SqliteQueue:
             self._empty_waiters.wake_all()
 
 
+class WalWatch:
+    """Notices a WAL file cut short behind SQLite's back (worker thread only).
+
+    With locking_mode=EXCLUSIVE the WAL index lives in process memory and points at frames by
+    offset; if the file is truncated by someone else, those frames are gone and the next
+    restart would lose every commit after the cut. The WAL only shrinks when this process
+    truncates it (checkpoint TRUNCATE, or journal_size_limit on a reset), so a WAL found
+    smaller than after the last commit, and below the limit, was damaged from outside.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.wal_path = f"{path}-wal"
+        self.size_after_commit: int | None = None
+
+    def _size(self) -> int:
+        try:
+            return os.path.getsize(self.wal_path)
+        except OSError:
+            return 0
+
+    def check(self, path: Path) -> None:
+        if self.size_after_commit is None:
+            return
+        size, before = self._size(), self.size_after_commit
+        if size < min(before, JOURNAL_SIZE_LIMIT):
+            self.size_after_commit = None
+            raise corrupt_error(path, f"the WAL was cut from {before} to {size} bytes while in use")
+
+    def committed(self) -> None:
+        self.size_after_commit = self._size()
+
+
 def _write(conn: sqlite3.Connection, rows: list[tuple[str, bytes, int, str, float, int]],
-           deletes: list[int], path: Path | None = None) -> list[int]:
+           deletes: list[int], path: Path | None = None, wal: WalWatch | None = None) -> list[int]:
     """One transaction: insert `rows`, delete `deletes`; the new row ids in order. Worker thread.
 
     On a full disk, the WAL is checkpointed and truncated and the transaction tried once more:
@@ -769,6 +822,17 @@ def _write(conn: sqlite3.Connection, rows: list[tuple[str, bytes, int, str, floa
     space too. What the checkpoint frees is what keeps a full disk from becoming a stuck one.
     With `path`, the small-volume rules above apply (LOW_SPACE_BYTES, RESERVE_PAGES).
     """
+    if wal is not None and path is not None:
+        wal.check(path)
+    try:
+        return _write_checked(conn, rows, deletes, path)
+    finally:
+        if wal is not None:
+            wal.committed()  # also after a failure: a rollback or a checkpoint may have resized it
+
+
+def _write_checked(conn: sqlite3.Connection, rows: list[tuple[str, bytes, int, str, float, int]],
+                   deletes: list[int], path: Path | None) -> list[int]:
     free = None if path is None else free_bytes(path.parent)
     if rows and free is not None and path is not None:
         _check_room(conn, path, free, sum(row[5] for row in rows))
@@ -777,6 +841,8 @@ def _write(conn: sqlite3.Connection, rows: list[tuple[str, bytes, int, str, floa
     except sqlite3.Error as exc:
         if not is_disk_full(exc):
             raise
+        if path is not None and free is not None and free >= LOW_SPACE_BYTES:
+            _diagnose_full(conn, path, exc)
         try:
             conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
         except sqlite3.Error:
@@ -810,6 +876,17 @@ def _give_back_free_pages(conn: sqlite3.Connection, path: Path) -> None:
         conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
     except sqlite3.Error as exc:
         log.warning("%s: giving free pages back on a low-space volume failed: %s", path, exc)
+
+
+def _diagnose_full(conn: sqlite3.Connection, path: Path, exc: sqlite3.Error) -> None:
+    """SQLITE_FULL with plenty of room on the volume: a damaged file (garbage page numbers) says
+    that too. Raise the corruption if `quick_check` finds one; return (a real limit) otherwise."""
+    try:
+        problems = [str(row[0]) for row in conn.execute("PRAGMA quick_check(3)").fetchall()]
+    except sqlite3.Error as check_exc:
+        raise corrupt_error(path, f"{exc}; quick_check failed: {check_exc}") from exc
+    if problems != ["ok"]:
+        raise corrupt_error(path, f"{exc}; quick_check: {'; '.join(problems)}") from exc
 
 
 def _check_room(conn: sqlite3.Connection, path: Path, free: int, need: int) -> None:

@@ -8,9 +8,10 @@ client once it is in the tier it went to: what was in memory is lost if the proc
 what was spilled is not. At shutdown what is left in memory is written to disk (`persist_memory`).
 
 Both tiers drain in the order the requests were accepted: every `put` appends its tier to one
-FIFO of labels and `get` takes from the tier at the head. Each tier is FIFO itself, and a nacked
-entry goes back to the front of its tier, so its label goes back to the front of the FIFO too.
-Disk rows found at start-up (a previous run's spill) come first.
+FIFO of turns and `get` takes from the tier at the head. Each tier is FIFO itself, and a nacked
+entry goes back to the front of its tier, so its turn goes back to the front of the FIFO too.
+Disk rows found at start-up (a previous run's spill) come first. A turn whose tier has nothing
+available (an unreadable row the disk queue dropped) is skipped.
 
 Capacity (`queue_size` in the sizer's unit) bounds both tiers together.
 """
@@ -70,7 +71,7 @@ class TieredQueue:
 
     @property
     def available(self) -> int:
-        return len(self._order)
+        return self.memory.available + self.disk.available
 
     @property
     def leased(self) -> int:
@@ -113,11 +114,16 @@ class TieredQueue:
         self._getters.wake_one()
 
     async def get(self) -> Lease:
-        while not self._order:
-            if self._closed:
-                raise QueueClosed("queue is closed")
-            await self._getters.wait()
-        tier = self._order.popleft()
+        while True:
+            while not self._order:
+                if self._closed:
+                    raise QueueClosed("queue is closed")
+                await self._getters.wait()
+            tier = self._order.popleft()
+            if (self.disk if tier is Tier.DISK else self.memory).available:
+                break
+            # A stale turn: its tier lost the entry (the disk queue drops a row it cannot read, and
+            # reports it). Waiting on that tier would hold up everything behind it.
         try:
             lease = await (self.disk.get() if tier is Tier.DISK else self.memory.get())
         except BaseException:

@@ -305,8 +305,6 @@ class Events:
         self.metrics.queue_time_to_full.labels(exporter).set(float("inf"))
         self.metrics.delivery_latency.labels(exporter)
         self.metrics.degradation_level.labels(exporter).set(0)
-        for category in Category:
-            self.metrics.dead_letters.labels(exporter, category.value)
         self.metrics.spilled.labels(exporter)  # 0 for good without storage_mode: spill
         self.metrics.spill_drained.labels(exporter)
         for old in range(5):
@@ -328,6 +326,27 @@ class Events:
     def anomaly_score(self, category: str, score: float) -> None:
         self.metrics.error_rate_anomaly.labels(category).set(score)
         self.metrics.error_rate_anomalies.labels(category)  # a sample from the first scrape
+
+    def service_anomaly_score(self, service: str, score: float | None) -> None:
+        """A top service's score; None: it left the top services, its series goes (bounded cardinality)."""
+        if score is None:
+            try:
+                self.metrics.service_error_rate_anomaly.remove(service)
+            except KeyError:
+                pass
+        else:
+            self.metrics.service_error_rate_anomaly.labels(service).set(score)
+
+    def service_anomaly_changed(self, service: str, active: bool, score: float, rate_per_minute: float,
+                                baseline_per_minute: float, threshold: float) -> None:
+        """The error rate of a service's spans and log records became unusual, or normal again (logged)."""
+        detail = {"event": "error_rate_anomaly", "service": service, "score": round(score, 2),
+                  "errors_per_minute": round(rate_per_minute, 2),
+                  "baseline_per_minute": round(baseline_per_minute, 2)}
+        if active:
+            log.warning("error rate anomaly", extra={**detail, "state": "raised", "threshold": threshold})
+        else:
+            log.info("error rate back to normal", extra={**detail, "state": "cleared"})
 
     def anomaly_changed(self, category: str, active: bool, score: float, rate_per_minute: float,
                         baseline_per_minute: float, threshold: float) -> None:

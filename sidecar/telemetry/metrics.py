@@ -126,6 +126,10 @@ class Metrics:
         self.error_rate_anomaly = Gauge("sidecar_error_rate_anomaly",
                                         "Deviation of the error rate from its EWMA baseline, in standard deviations",
                                         ["category"], registry=r)
+        self.service_error_rate_anomaly = Gauge(
+            "sidecar_service_error_rate_anomaly",
+            "The same score for the error spans / log records of a service (the top services by errors only)",
+            ["service"], registry=r)
         self.error_rate_anomalies = Counter("sidecar_error_rate_anomalies",
                                             "Times the anomaly score crossed its threshold", ["category"], registry=r)
         self.recovery_duration = Histogram(

@@ -143,6 +143,9 @@ class ErrorStats:
         self._recovery_last: float | None = None
         self._hotspots: dict[HotspotKey, _Count] = {}
         self.hotspot_keys_evicted = 0
+        # Error items per service since start, for the per-service anomaly scores; at most `max_hotspots`
+        # services (the smallest quarter is forgotten when a new one would exceed that).
+        self._service_totals: dict[str, int] = {}
 
     # ------------------------------------------------------------ observations (the sender)
 
@@ -184,6 +187,15 @@ class ErrorStats:
         entry.add(math.floor(now / HOTSPOT_BUCKET_SECONDS), count)
         entry.last_seen = self._clock.wall()
         entry.last_seen_mono = now
+        totals = self._service_totals
+        if key.service not in totals and len(totals) >= self.max_hotspots:
+            keep = sorted(totals.items(), key=lambda kv: -kv[1])[: self.max_hotspots - max(1, self.max_hotspots // 4)]
+            self._service_totals = totals = dict(keep)
+        totals[key.service] = totals.get(key.service, 0) + count
+
+    def service_totals(self) -> dict[str, int]:
+        """Error spans and log records per service.name since start (a forgotten service restarts at 0)."""
+        return dict(self._service_totals)
 
     # ------------------------------------------------------------ derived figures
 
@@ -203,6 +215,21 @@ class ErrorStats:
             span = min(minutes * 60.0, elapsed) / 60.0
             out.append(ErrorRate(minutes, (export + items) / span, export + items, export, items))
         return out
+
+    def minute_history(self, minutes: int = max(WINDOWS_MINUTES)) -> list[int]:
+        """Errors in each of the last `minutes` minutes (at most 15, and no more than the aggregator has
+        existed), oldest first; the last is the 60 s up to now. The error rate's sparkline in `status`."""
+        now = self._clock.monotonic()
+        self._expire(now)
+        minutes = max(1, min(minutes, max(WINDOWS_MINUTES), math.ceil(max(1e-9, now - self.started_at) / 60)))
+        counts = [0] * minutes
+        for second, export, items in self._buckets:
+            ago = int((now - (second + 1)) // 60)  # whole minutes between the bucket's end and now
+            if 0 <= ago < minutes:
+                counts[minutes - 1 - ago] += export + items
+            elif ago < 0:  # the current second's bucket
+                counts[-1] += export + items
+        return counts
 
     def recovery(self) -> RecoverySummary:
         outages = self.outages_started

@@ -10,6 +10,9 @@ through typed events (gauges, the anomaly log line and counter).
   the counter itself, so the detector sees exactly what Prometheus sees), in errors per minute,
   scored against its EWMA baseline. Every category of the taxonomy is watched from the start, so a
   category that appears for the first time is scored against the quiet it had until then.
+* The same per service.name of the error spans and log records (from the admin figures' per-service
+  totals), for every service those keep (bounded); the score is exported for the `top_services` with
+  the most errors, and a service seen for the first time starts from the quiet it had until then.
 * The recovery success ratio gauge, from the admin figures' outage bookkeeping.
 """
 
@@ -64,12 +67,13 @@ class QueueLag:
 
 @dataclass(frozen=True, slots=True)
 class Anomaly:
-    category: str
+    category: str  # "" for a service's
     score: float
     active: bool
     rate_per_minute: float  # the last interval's
     baseline_per_minute: float  # the EWMA mean before it
     since: float | None  # wall clock when the alarm was raised; None when not active
+    service: str = ""  # set for a service's (category is "" then)
 
 
 @dataclass(slots=True)
@@ -83,7 +87,8 @@ class _Series:
 
 class Watch:
     def __init__(self, events: Events, clock: Clock, exporters: Callable[[], Mapping[str, WatchedExporter]],
-                 error_stats: ErrorStats | None, anomaly: AnomalySettings, anomaly_interval: float) -> None:
+                 error_stats: ErrorStats | None, anomaly: AnomalySettings, anomaly_interval: float,
+                 top_services: int = 0) -> None:
         if anomaly_interval <= 0:
             raise ValueError("anomaly_interval must be > 0")
         self.events = events
@@ -93,11 +98,14 @@ class Watch:
         self.error_stats = error_stats
         self.anomaly_settings = anomaly
         self.anomaly_interval = anomaly_interval
+        self.top_services = top_services
+        self._services: dict[str, _Series] = {}
+        self._exported_services: set[str] = set()
+        self._intervals_scored = 0
         self._predictors: dict[str, FillPredictor] = {}
         self._histories: dict[str, History] = {}
         self._lag: dict[str, QueueLag] = {}
         self._series: dict[str, _Series] = {}
-        self._error_rate_history = History(step=60.0, length=15)
         self._last_anomaly_at: float | None = None
         self._task: asyncio.Task[None] | None = None
         totals = self._errors_by_category()
@@ -120,12 +128,15 @@ class Watch:
 
     async def _run(self) -> None:
         self._last_anomaly_at = self.clock.monotonic()
+        logged_failure_at = float("-inf")
         while True:
             await self.clock.sleep(LAG_INTERVAL)
             try:
                 self.tick()
-            except Exception:  # a bug here must not stop the sampling for good
-                log.exception("sampling queues and error rates failed")
+            except Exception:  # a bug here must not stop the sampling for good, nor flood the log
+                if self.clock.monotonic() - logged_failure_at >= 60.0:
+                    logged_failure_at = self.clock.monotonic()
+                    log.exception("sampling queues and error rates failed (logged once a minute)")
 
     def tick(self) -> None:
         """Sample the queues; score the error rates when an anomaly interval has passed."""
@@ -177,7 +188,6 @@ class Watch:
         if elapsed <= 0:
             return
         totals = self._errors_by_category()
-        overall = 0.0
         wall = self.clock.wall()
         for category in sorted(set(self._series) | set(totals)):
             series = self._series.get(category)
@@ -186,7 +196,6 @@ class Watch:
             total = totals.get(category, 0.0)
             rate = max(0.0, total - series.last_total) * 60.0 / elapsed
             series.last_total = total
-            overall += rate
             baseline = series.detector.mean
             verdict = series.detector.update(rate)
             series.last_rate, series.last_baseline = rate, baseline
@@ -195,15 +204,58 @@ class Watch:
                 series.raised_at = wall if verdict.active else None
                 self.events.anomaly_changed(category, verdict.active, verdict.score, rate, baseline,
                                             self.anomaly_settings.threshold)
-        self._error_rate_history.observe(self.clock.monotonic(), overall)
+        self._intervals_scored += 1
+        if self.top_services and self.error_stats is not None:
+            self._score_services(self.error_stats.service_totals(), elapsed, wall)
+
+    def _score_services(self, totals: dict[str, int], elapsed: float, wall: float) -> None:
+        for service in set(self._services) - set(totals):  # forgotten by the bounded totals
+            del self._services[service]
+        for service, total in totals.items():
+            series = self._services.get(service)
+            if series is None:
+                # New: quiet (no error at all) in every interval scored before this one, so a first burst
+                # is scored against that quiet, as a category's is.
+                series = self._services[service] = _Series(EwmaDetector(self.anomaly_settings))
+                for _ in range(min(self._intervals_scored - 1, self.anomaly_settings.warmup)):
+                    series.detector.update(0.0)
+            rate = max(0.0, total - series.last_total) * 60.0 / elapsed
+            series.last_total = total
+            baseline = series.detector.mean
+            verdict = series.detector.update(rate)
+            series.last_rate, series.last_baseline = rate, baseline
+            if verdict.changed:
+                series.raised_at = wall if verdict.active else None
+                self.events.service_anomaly_changed(service, verdict.active, verdict.score, rate, baseline,
+                                                    self.anomaly_settings.threshold)
+        top = set(sorted(totals, key=lambda s: (-totals[s], s))[: self.top_services])
+        for service in self._exported_services - top:
+            self.events.service_anomaly_score(service, None)
+        for service in top:
+            self.events.service_anomaly_score(service, self._services[service].detector.score)
+        self._exported_services = top
+
+    def reconfigure(self, settings: AnomalySettings, interval: float, top_services: int | None = None) -> None:
+        """New detector settings (a reload): every baseline learned so far is kept."""
+        if interval <= 0:
+            raise ValueError("interval must be > 0")
+        self.anomaly_settings = settings
+        self.anomaly_interval = interval
+        if top_services is not None:
+            self.top_services = top_services
+            if not top_services:
+                for service in self._exported_services:
+                    self.events.service_anomaly_score(service, None)
+                self._exported_services = set()
+        for series in (*self._series.values(), *self._services.values()):
+            series.detector.settings = settings
 
     def anomalies(self) -> list[Anomaly]:
         """Every category scored so far, highest score first (active ones first)."""
         out = [Anomaly(category, s.detector.score, s.detector.active, s.last_rate, s.last_baseline, s.raised_at)
                for category, s in self._series.items()]
-        out.sort(key=lambda a: (not a.active, -a.score if math.isfinite(a.score) else 0.0, a.category))
+        out += [Anomaly("", s.detector.score, s.detector.active, s.last_rate, s.last_baseline, s.raised_at, service)
+                for service, s in self._services.items()
+                if service in self._exported_services or s.detector.active]
+        out.sort(key=lambda a: (not a.active, -a.score if math.isfinite(a.score) else 0.0, a.category, a.service))
         return out
-
-    def error_rate_history(self) -> list[float]:
-        """Errors per minute, one point per minute (the last interval of each), oldest first."""
-        return self._error_rate_history.values()

@@ -32,6 +32,8 @@ def recorded_status() -> pb.GetStatusResponse:
     status.anomalies.add(category="timeout", score=9.5, active=True, errors_per_minute=300, baseline_per_minute=2,
                          since=NOW - 40)
     status.anomalies.add(category="transport", score=1.5, errors_per_minute=14, baseline_per_minute=10)
+    status.anomalies.add(service="checkout", score=6.0, active=True, errors_per_minute=900, baseline_per_minute=10,
+                         since=NOW - 20)
     status.anomalies.add(category="internal", score=0.0)
     status.error_rate_history.extend([1, 2, 2, 40, 300])
     status.hotspot_window_minutes = 5

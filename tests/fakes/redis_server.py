@@ -7,6 +7,7 @@ its memory would, which is exactly what the sidecars must survive.
 from __future__ import annotations
 
 import shutil
+import signal
 import socket
 import subprocess
 import time
@@ -62,8 +63,18 @@ class RedisServer:
     def kill(self) -> None:
         """SIGKILL: the server vanishes mid-conversation, as in a crash."""
         if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGCONT)  # a paused server must die too
             self.proc.kill()
             self.proc.wait(10)
+
+    def pause(self) -> None:
+        """SIGSTOP: the server keeps its connections open and answers nothing, as a stalled Redis would."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGCONT)
 
     def restart(self) -> RedisServer:
         self.kill()

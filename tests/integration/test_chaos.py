@@ -14,24 +14,22 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import signal
 import subprocess
 import time
 import urllib.request
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import grpc
 import pytest
-from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
 from opentelemetry.proto.trace.v1 import trace_pb2
-from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
-from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
 
 from tests.fakes.collector import FakeCollector
 from tests.integration.conftest import SidecarFactory
+from tests.sdk_app import RecordedTraffic
 from tests.sidecar_process import SidecarProcess
 
 TRACE_EXPORT = "/opentelemetry.proto.collector.trace.v1.TraceService/Export"
@@ -43,51 +41,17 @@ _counter = iter(range(1, 1 << 30))
 # ---------------------------------------------------------------- clients
 
 
-class RecordingExporter(SpanExporter):
-    """The SDK's own OTLP/gRPC exporter; remembers which spans each answer acknowledged."""
-
-    def __init__(self) -> None:
-        self.inner = OTLPSpanExporter()
-        self.acknowledged: set[bytes] = set()
-        self.failed: set[bytes] = set()
-
-    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
-        result = self.inner.export(spans)
-        ids = {span.context.span_id.to_bytes(8, "big") for span in spans if span.context is not None}
-        (self.acknowledged if result is SpanExportResult.SUCCESS else self.failed).update(ids)
-        return result
-
-    def shutdown(self) -> None:
-        self.inner.shutdown()
-
-    def force_flush(self, timeout_millis: int = 30_000) -> bool:
-        return bool(self.inner.force_flush(timeout_millis))
-
-
-class SdkTraffic:
+class SdkTraffic(RecordedTraffic):
     """An application on the real SDK sending spans to the sidecar."""
 
     def __init__(self, sidecar: SidecarProcess, monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", sidecar.grpc_endpoint)
         monkeypatch.setenv("OTEL_EXPORTER_OTLP_INSECURE", "true")
-        self.recorder = RecordingExporter()
-        self.provider = TracerProvider(resource=Resource.create({"service.name": "chaos"}))
-        self.provider.add_span_processor(BatchSpanProcessor(
-            self.recorder, max_export_batch_size=128, schedule_delay_millis=50, max_queue_size=100_000))
-        self.tracer = self.provider.get_tracer("chaos")
-        self.sent = 0
+        super().__init__("chaos")
 
-    def send(self, count: int, padding: int = 200) -> None:
-        for i in range(count):
-            with self.tracer.start_as_current_span(f"GET /items/{i % 11}") as span:
-                span.set_attribute("app.padding", "p" * padding)
-        self.sent += count
-
-    def flush(self) -> None:
-        assert self.provider.force_flush(60_000)
-
-    def shutdown(self) -> None:
-        self.provider.shutdown()
+    def flush(self, timeout_millis: int = 60_000) -> bool:
+        assert super().flush(timeout_millis)
+        return True
 
 
 class RawClient:
@@ -372,3 +336,96 @@ def test_slow_upstream_keeps_client_answers_fast_and_the_latency_trigger_reacts(
         assert sidecar.metric_value("sidecar_exporter_send_failed_spans_total", exporter=EXPORTER) == 0
     finally:
         client.close()
+
+
+# ---------------------------------------------------------------- 3. the queue file damaged while running
+
+
+def test_wal_cut_short_while_running_is_quarantined_and_losses_are_counted(
+        upstream: FakeCollector, sidecar_factory: SidecarFactory, tmp_path: Path) -> None:
+    """Someone truncates the queue's WAL under the running sidecar. The next write notices, the
+    file is moved aside (as --recover does at start-up), what still reads is carried over to a
+    fresh file, and exactly what could not be read is counted lost with reason `corrupt`."""
+    upstream.go_down()
+    sidecar = sidecar_factory(upstream.grpc_endpoint, storage=True, sending_queue={"queue_size": 100_000})
+    queue_dir = Path(sidecar.config["extensions"]["file_storage"]["directory"])
+    wal = queue_dir / f"{EXPORTER}.sqlite-wal"
+    client = RawClient(sidecar)
+    try:
+        for _ in range(150):  # ~3.5 MB, all of it still in the WAL (no checkpoint before 16 MiB)
+            assert client.export(spans=20, padding=1000)
+        size = wal.stat().st_size
+        os.truncate(wal, size // 2)
+        for _ in range(5):
+            assert client.export(spans=20, padding=1000)  # the first write meets the damage
+        assert wait(lambda: bool(ready_body(sidecar)[1]["exporters"][EXPORTER]["storage"]["queue"]["quarantined"]),
+                    timeout=10), sidecar.logs()[-3000:]
+        moved = ready_body(sidecar)[1]["exporters"][EXPORTER]["storage"]["queue"]["quarantined"]
+        assert Path(moved[0]).exists() and Path(moved[0]).parent == queue_dir
+
+        upstream.come_up()
+
+        def settled() -> bool:
+            return (sidecar.metric_value("sidecar_exporter_queue_size", exporter=EXPORTER) == 0
+                    and len(client.acknowledged - upstream.span_ids())
+                    == sidecar.metric_value("sidecar_dropped_items_total", reason="corrupt"))
+
+        assert wait(settled, timeout=60, interval=0.5), (
+            len(client.acknowledged - upstream.span_ids()),
+            sidecar.metric_value("sidecar_dropped_items_total", reason="corrupt"), sidecar.logs()[-3000:])
+        lost = client.acknowledged - upstream.span_ids()
+        assert sidecar.metric_value("sidecar_exporter_queue_storage_errors_total", exporter=EXPORTER,
+                                    store="queue", reason="corrupt") >= 1
+        assert any(e.get("msg") == "corrupt queue database quarantined" for e in log_events(sidecar))
+        # Every other loss reason stays at zero: what was not delivered is exactly what is counted.
+        assert sidecar.metric_value("sidecar_dropped_items_total") == len(lost)
+        # Writes go on to the fresh file.
+        assert wait(lambda: client.export(spans=2, padding=10) and
+                    ready_body(sidecar)[1]["storage_degraded"] == {}, timeout=20, interval=0.5)
+        assert upstream.wait_for(lambda f: client.acknowledged - lost <= f.span_ids(), timeout=30)
+    finally:
+        client.close()
+
+
+# ---------------------------------------------------------------- 4. the process paused
+
+
+def test_sigstop_for_ten_seconds_then_sigcont_loses_nothing_acknowledged(
+        upstream: FakeCollector, sidecar_factory: SidecarFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The sidecar is frozen (SIGSTOP, as under CPU throttling) for 10 s with clients sending.
+    Clients time out and retry (the SDK by itself; the raw client resends the same request until
+    it is acknowledged); after SIGCONT everything acknowledged arrives."""
+    sidecar = sidecar_factory(upstream.grpc_endpoint, storage=True)
+    assert sidecar.proc is not None
+    raw = RawClient(sidecar)
+    # The SDK retries within its export timeout (10 s by default, as long as the pause: one batch
+    # would be given up at the application); 30 s lets it ride the pause out.
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_TIMEOUT", "30")
+    sdk = SdkTraffic(sidecar, monkeypatch)
+    stopped_at = 0.0
+    try:
+        sdk.send(500)
+        sdk.flush()
+        os.kill(sidecar.proc.pid, signal.SIGSTOP)
+        stopped_at = time.monotonic()
+        timed_out = 0
+        sdk.send(500)  # the SDK's batch processor exports (and retries) on its own thread
+        while time.monotonic() - stopped_at < 10.0:
+            if not raw.export(spans=10, padding=100, timeout=1.0):
+                timed_out += 1  # not acknowledged: resent below, as a client would
+        assert timed_out > 0 and raw.refused[-1][0] is grpc.StatusCode.DEADLINE_EXCEEDED
+        os.kill(sidecar.proc.pid, signal.SIGCONT)
+        stopped_at = 0.0
+        for _ in range(5):
+            assert raw.export(spans=10, padding=100, timeout=10.0), raw.refused[-1:]
+        sdk.flush()
+        acknowledged = raw.acknowledged | sdk.recorder.acknowledged
+        assert len(sdk.recorder.acknowledged) == 1000, len(sdk.recorder.failed)
+        assert upstream.wait_for(lambda f: acknowledged <= f.span_ids(), timeout=30), (
+            f"{len(acknowledged - upstream.span_ids())} acknowledged spans lost\n{sidecar.logs()[-3000:]}")
+        assert sidecar.metric_value("sidecar_dropped_items_total") == 0
+    finally:
+        if stopped_at:
+            os.kill(sidecar.proc.pid, signal.SIGCONT)
+        sdk.shutdown()
+        raw.close()

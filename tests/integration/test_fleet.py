@@ -26,20 +26,11 @@ from opentelemetry.proto.trace.v1 import trace_pb2
 from tests.fakes.collector import FakeCollector, ReceivedRequest
 from tests.fakes.redis_server import RedisServer
 from tests.integration.conftest import SidecarFactory
+from tests.polling import eventually, holds_for
 from tests.sidecar_process import ROOT, SidecarProcess
 
 TRACE_EXPORT = "/opentelemetry.proto.collector.trace.v1.TraceService/Export"
 SIDECARS = 3
-
-
-def eventually(predicate: Callable[[], bool], timeout: float, interval: float = 0.05) -> bool:
-    deadline = time.monotonic() + timeout
-    while True:
-        if predicate():
-            return True
-        if time.monotonic() >= deadline:
-            return False
-        time.sleep(interval)
 
 
 def request_with_spans(first_id: int, count: int) -> trace_service_pb2.ExportTraceServiceRequest:
@@ -186,14 +177,15 @@ def test_one_breaker_opens_the_others_follow_and_exactly_one_probes(
             clients[0].send(1000 + 2 * n)
         assert eventually(lambda: transitions(sidecars[0], "open", "local") >= 1, 15), sidecars[0].logs()[-3000:]
         # ...and the others, which sent nothing, follow the fleet.
-        assert eventually(lambda: all(transitions(s, "open", "fleet") >= 1 for s in sidecars[1:]), 5)
+        assert eventually(lambda: all(transitions(s, "open", "fleet") >= 1 for s in sidecars[1:]), 15)
         opened_at = time.monotonic()
         # Everyone has traffic now, the upstream still fails: none of those who saw it open sends data,
         # and the recovery probes come from one sidecar only.
         with Traffic(clients):
-            time.sleep(4.0)
+            assert holds_for(lambda: not any(not r.is_probe for r in upstream.attempts()
+                                             if r.received_at >= opened_at), 4.0), \
+                "ordinary traffic reached the open endpoint"
         during = [r for r in upstream.attempts() if r.received_at >= opened_at]
-        assert not [r for r in during if not r.is_probe], "ordinary traffic reached the open endpoint"
         probers = {caller(r) for r in during if r.is_probe}
         assert len(probers) == 1, f"probes from {probers}"
         assert sum(s.metric_value("sidecar_fleet_probe_leases_won_total") for s in sidecars) >= 1
@@ -242,7 +234,7 @@ def test_redis_killed_mid_outage_everyone_goes_on_locally_then_resyncs(
         with Traffic(clients):
             assert eventually(lambda: any(transitions(s, "open", "local") >= 1 for s in sidecars), 15)
             redis_server.kill()
-            assert eventually(lambda: all(s.metric_value("sidecar_fleet_connected") == 0 for s in sidecars), 5)
+            assert eventually(lambda: all(s.metric_value("sidecar_fleet_connected") == 0 for s in sidecars), 15)
             time.sleep(2.0)  # the outage goes on without Redis; clients keep sending
             redis_server.start()
             assert eventually(lambda: all(s.metric_value("sidecar_fleet_connected") == 1 for s in sidecars), 15)
@@ -262,6 +254,11 @@ def test_status_fleet_lists_the_members(sidecar_factory: SidecarFactory, upstrea
                                         redis_server: RedisServer) -> None:
     sidecars = start_fleet(sidecar_factory, upstream, redis_server)
     assert eventually(lambda: all(s.metric_value("sidecar_fleet_members") == SIDECARS for s in sidecars), 10)
+    # The fleet's labelled counters are there from the first scrape, at 0.
+    scrape = sidecars[0].metrics_text()
+    assert f'sidecar_fleet_probe_leases_won_total{{endpoint="{upstream.grpc_endpoint}"}} 0.0' in scrape
+    endpoint = upstream.grpc_endpoint
+    assert f'sidecar_fleet_budget_refused_retries_total{{endpoint="{endpoint}",exporter="otlp_grpc"}} 0.0' in scrape
     result = subprocess.run([sys.executable, "-m", "sidecar", "status", "--fleet", "--json",
                              "--config", str(sidecars[0].config_path)],
                             capture_output=True, text=True, cwd=ROOT, timeout=60)
@@ -282,3 +279,18 @@ def test_status_fleet_lists_the_members(sidecar_factory: SidecarFactory, upstrea
                             "--config", str(sidecars[0].config_path)],
                            capture_output=True, text=True, cwd=ROOT, timeout=60)
     assert [m["instance"] for m in json.loads(after.stdout)["members"]] == ["s0", "s1"]
+
+
+def test_a_sidecar_starts_and_delivers_without_redis_and_joins_when_it_comes(
+        sidecar_factory: SidecarFactory, upstream: FakeCollector, tmp_path: Path) -> None:
+    absent = RedisServer(tmp_path / "late-redis")  # its port is free: nothing listens yet
+    sidecar = sidecar_factory(upstream.grpc_endpoint, config_edit=fleet_edit(absent.url, "alone"),
+                              headers={"x-sidecar": "alone"})
+    with clients_of([sidecar]) as (client,):
+        assert client.send(5000, 3)
+        assert eventually(lambda: client.acknowledged <= upstream.span_ids(), 15)
+    assert sidecar.metric_value("sidecar_fleet_connected") == 0
+    assert '"event":"fleet_connection"' in sidecar.logs()  # "fleet store not reachable yet"
+    with absent.start():
+        assert eventually(lambda: sidecar.metric_value("sidecar_fleet_connected") == 1, 15)
+        assert eventually(lambda: sidecar.metric_value("sidecar_fleet_members") == 1, 10)

@@ -1,17 +1,18 @@
 """Model-based test of fleet mode's shared breaker and probe lease (DESIGN.md §9).
 
-Three sidecars, each with a real `EndpointBreaker` gated by the real pure decisions of
-sidecar/fleet/view.py, share one store. The store below has the semantics of the Lua scripts and of
-SET NX PX in sidecar/fleet/scripts.py (tests/unit/test_fleet_redis.py checks the scripts themselves
-against a real redis-server). Hypothesis interleaves time passing, ordinary traffic, pub/sub
-messages (delivered late, or lost with a disconnect), refreshes with request latency, lease
-acquisition and renewal, probes that succeed or fail, sidecars dying, sidecars cut off from Redis,
-and Redis restarting empty.
+Three sidecars, each the real `SharedBreaker` with a real `EndpointBreaker` and `HealthProber`, share
+one store. The store stands in for Redis with the semantics of the Lua scripts and of SET NX PX in
+sidecar/fleet/scripts.py (tests/unit/test_fleet_redis.py checks the scripts themselves against a real
+redis-server); a command may take time to reach it (the store then acts later than the request was
+sent). Hypothesis interleaves time passing, ordinary traffic, pub/sub messages (delivered late, or
+lost with a connection), refreshes (which renew or win the lease and start probes), the upstream
+failing or recovering, sidecars dying, sidecars cut off from Redis and coming back, and Redis
+restarting empty.
 
 Invariants:
 
-* never more than one prober: at no time do two sidecars (alive or dead) hold the lease as far as
-  they themselves know, which is when they would probe;
+* never more than one prober: every probe that reaches the upstream comes from the sidecar the store
+  names as lease holder at that moment, and no two sidecars ever believe they hold the lease;
 * an open endpoint never receives ordinary traffic from a sidecar that has seen it open: a sidecar
   connected to Redis whose view is open never admits a call. (Cut off from Redis, a sidecar goes on
   with its own breaker, by design: Redis never gates delivery.)
@@ -19,27 +20,30 @@ Invariants:
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import Any, TypeVar
 
 from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
-from sidecar.config.schema import CircuitBreakerConfig
+from sidecar.config.schema import CircuitBreakerConfig, HealthProbeConfig
 from sidecar.config.units import Duration
-from sidecar.exporters.breaker import SOURCE_LOCAL, BreakerState, EndpointBreaker
-from sidecar.fleet.breaker import LEASE_TTL, RECHECK
-from sidecar.fleet.view import (
-    FleetView,
-    ProbeLease,
-    Record,
-    probe_delay,
-    should_probe,
-    should_try_lease,
-)
+from sidecar.core.errors import ExportError, ExportFailure
+from sidecar.exporters.breaker import CallOutcome, EndpointBreaker
+from sidecar.exporters.health import HealthProber
+from sidecar.fleet.breaker import LEASE_TTL, SharedBreaker
+from sidecar.fleet.keys import Keys
+from sidecar.fleet.view import Record
+from sidecar.telemetry.events import Events
+from sidecar.telemetry.metrics import Metrics
 from tests.fakes.clock import FakeClock
 
+T = TypeVar("T")
 N = 3
+ENDPOINT = "collector:4317"
 BASE, MAX = 1.0, 4.0
 CONFIG = CircuitBreakerConfig(failure_threshold=1, recovery_timeout=Duration(BASE),
                               max_recovery_timeout=Duration(MAX))
@@ -48,8 +52,10 @@ SIDECAR = st.integers(0, N - 1)
 
 @dataclass
 class Store:
-    """Redis as the scripts use it: the breaker record, the lease with its expiry, the message order."""
+    """Redis as the fleet uses it: the breaker record and the lease, with its expiry."""
 
+    clock: FakeClock
+    publish: Callable[[Record], None]
     open: bool = False
     timeout: float = 0.0
     until: float = 0.0
@@ -57,94 +63,180 @@ class Store:
     holder: str | None = None
     lease_expires: float = 0.0
 
-    def lease_holder(self, now: float) -> str | None:
-        if self.holder is not None and now >= self.lease_expires:
+    @property
+    def now(self) -> float:
+        return self.clock.monotonic()
+
+    def lease_holder(self) -> str | None:
+        if self.holder is not None and self.now >= self.lease_expires:
             self.holder = None  # PX expired
         return self.holder
 
-    def record(self, now: float) -> Record:
-        return Record(self.open, max(0.0, self.until - now) if self.open else 0.0, self.timeout, self.gen)
+    def reply(self) -> list[Any]:
+        remaining = max(0.0, self.until - self.now) if self.open else 0.0
+        return ["open" if self.open else "closed", int(remaining * 1000), int(self.timeout * 1000), self.gen]
 
-    def do_open(self, instance: str, reopen: bool, now: float) -> tuple[Record, bool]:
-        reopen = reopen and self.lease_holder(now) == instance
-        if self.open and not reopen:
-            return self.record(now), False
+    def do_open(self, reopen: bool, instance: str) -> list[Any]:
+        if self.open and not (reopen and self.lease_holder() == instance):
+            return self.reply()
         self.timeout = min(MAX, max(BASE, self.timeout * 2)) if self.open else BASE
-        self.open, self.until, self.gen = True, now + self.timeout, self.gen + 1
-        return self.record(now), True
+        self.open, self.until, self.gen = True, self.now + self.timeout, self.gen + 1
+        self.publish(Record(True, self.timeout, self.timeout, self.gen))
+        return self.reply()
 
-    def do_close(self, now: float) -> tuple[Record, bool]:
-        if not self.open:
-            return self.record(now), False
-        self.open, self.until, self.gen, self.holder = False, now, self.gen + 1, None
-        return self.record(now), True
+    def do_close(self) -> list[Any]:
+        if self.open:
+            self.open, self.until, self.gen, self.holder = False, self.now, self.gen + 1, None
+            self.publish(Record(False, 0.0, self.timeout, self.gen))
+        return self.reply()
 
-    def set_nx_px(self, instance: str, ttl: float, now: float) -> bool:
-        if self.lease_holder(now) is not None:
+
+class FakeScripts:
+    """FleetScripts' interface over the store; each call reaches the store `latency` after it was sent."""
+
+    def __init__(self, machine: FleetMachine, sidecar: Sidecar) -> None:
+        self.machine, self.sidecar = machine, sidecar
+
+    def _arrive(self) -> Store:
+        self.machine.clock.advance(self.sidecar.latency)
+        self.sidecar.latency = 0.0
+        return self.machine.store
+
+    async def open(self, keys: list[str], args: list[Any]) -> list[Any]:
+        return self._arrive().do_open(args[2] == 1, str(args[3]))
+
+    async def close(self, keys: list[str], args: list[Any]) -> list[Any]:
+        return self._arrive().do_close()
+
+    async def read(self, keys: list[str], args: list[Any]) -> list[Any]:
+        store = self._arrive()
+        holder = store.lease_holder()
+        return [*store.reply(), holder or "", int((store.lease_expires - store.now) * 1000) if holder else -2]
+
+    async def renew(self, keys: list[str], args: list[Any]) -> int:
+        store = self._arrive()
+        if store.lease_holder() != args[0]:
+            return 0
+        store.lease_expires = store.now + int(args[1]) / 1000
+        return 1
+
+    async def release(self, keys: list[str], args: list[Any]) -> int:
+        store = self._arrive()
+        if store.lease_holder() != args[0]:
+            return 0
+        store.holder = None
+        return 1
+
+
+class FakeClient:
+    def __init__(self, scripts: FakeScripts) -> None:
+        self.scripts = scripts
+
+    async def set(self, key: str, value: str, nx: bool, px: int) -> bool:
+        store = self.scripts._arrive()
+        if not nx or store.lease_holder() is not None:
             return False
-        self.holder, self.lease_expires = instance, now + ttl
+        store.holder, store.lease_expires = value, store.now + px / 1000
         return True
 
-    def renew(self, instance: str, ttl: float, now: float) -> bool:
-        if self.lease_holder(now) != instance:
-            return False
-        self.lease_expires = now + ttl
-        return True
+
+class FakeConnection:
+    """FleetConnection's interface: commands run only while connected."""
+
+    def __init__(self, client: FakeClient) -> None:
+        self.client = client
+        self.connected = True
+
+    async def call(self, command: Callable[[], Awaitable[T]]) -> T | None:
+        return await command() if self.connected else None
+
+
+class ProbeTransport:
+    endpoint = ENDPOINT
+
+    def __init__(self, machine: FleetMachine, name: str) -> None:
+        self.machine, self.name = machine, name
+
+    async def probe(self, timeout: float) -> None:
+        holder = self.machine.store.lease_holder()
+        assert holder == self.name, f"{self.name} probes while the lease is {holder!r}'s"
+        self.machine.probes += 1
+        if not self.machine.upstream_healthy:
+            raise ExportError(ExportFailure(grpc_code="UNAVAILABLE", message="down"))
+
+    async def send(self, entry: object, timeout: float) -> None:
+        raise NotImplementedError
+
+    async def close(self) -> None:
+        pass
 
 
 @dataclass
 class Sidecar:
     name: str
     breaker: EndpointBreaker
-    view: FleetView = field(default_factory=FleetView)
-    lease: ProbeLease = field(default_factory=lambda: ProbeLease(LEASE_TTL))
-    connected: bool = True
+    shared: SharedBreaker
+    conn: FakeConnection
     alive: bool = True
+    latency: float = 0.0  # how late the next command reaches the store
     inbox: list[Record] = field(default_factory=list)
-    local_opens: list[bool] = field(default_factory=list)  # reopen flags of local opens to publish
 
 
 class FleetMachine(RuleBasedStateMachine):
     def __init__(self) -> None:
         super().__init__()
+        self.loop = asyncio.new_event_loop()
         self.clock = FakeClock(1000.0)
-        self.store = Store()
+        self.upstream_healthy = False
+        self.probes = 0
+        self.store = Store(self.clock, self.broadcast)
         self.sidecars: list[Sidecar] = []
         for i in range(N):
-            breaker = EndpointBreaker("collector:4317", CONFIG, self.clock)
-            sidecar = Sidecar(f"s{i}", breaker)
-            breaker.set_gate(_Gate(self, sidecar))
-            breaker.add_observer(_observer(self, sidecar))
+            name = f"s{i}"
+            breaker = EndpointBreaker(ENDPOINT, CONFIG, self.clock)
+            sidecar = Sidecar(name, breaker, None, None)  # type: ignore[arg-type]
+            scripts = FakeScripts(self, sidecar)
+            sidecar.conn = FakeConnection(FakeClient(scripts))
+            sidecar.shared = SharedBreaker(ENDPOINT, sidecar.conn, scripts, Keys("m:"), name,  # type: ignore[arg-type]
+                                           Events(Metrics()), self.clock)
+            prober = HealthProber(ProbeTransport(self, name), HealthProbeConfig(), self.clock,  # type: ignore[arg-type]
+                                  breaker)
+            sidecar.shared.attach(breaker, prober)
             self.sidecars.append(sidecar)
+
+    def teardown(self) -> None:
+        for sidecar in self.sidecars:
+            self.run(sidecar.shared.stop())
+        self.loop.close()
 
     @property
     def now(self) -> float:
         return self.clock.monotonic()
 
-    # ------------------------------------------------------------ how SharedBreaker reacts
+    def run(self, work: Awaitable[T]) -> T:
+        """Run `work`, then everything it spawned (publishes, probes) until nothing is left."""
+        result = self.loop.run_until_complete(work)
+        self.loop.run_until_complete(self._settle())
+        return result
 
-    def apply(self, sidecar: Sidecar, record: Record, force: bool = False) -> None:
-        if not (sidecar.view.apply(record, self.now) or force):
-            return
-        if sidecar.view.open:
-            sidecar.breaker.follow_open()
-        else:
-            sidecar.lease.lost()
-            sidecar.breaker.follow_close()
+    async def _settle(self) -> None:
+        for _ in range(20):
+            pending = [t for s in self.sidecars for t in s.shared._tasks if not t.done()]
+            if not pending:
+                return
+            await asyncio.gather(*pending, return_exceptions=True)
+            for task in pending:
+                if not task.cancelled() and task.exception() is not None:
+                    raise task.exception()  # type: ignore[misc]
 
     def broadcast(self, record: Record) -> None:
         for sidecar in self.sidecars:
-            if sidecar.alive and sidecar.connected:
+            if sidecar.alive and sidecar.conn.connected:
                 sidecar.inbox.append(record)
 
-    def publish_local_opens(self, sidecar: Sidecar) -> None:
-        opens, sidecar.local_opens = sidecar.local_opens, []
-        for reopen in opens:
-            if sidecar.connected:
-                record, changed = self.store.do_open(sidecar.name, reopen, self.now)
-                if changed:
-                    self.broadcast(record)
-                self.apply(sidecar, record)
+    def live(self, i: int) -> Sidecar | None:
+        sidecar = self.sidecars[i]
+        return sidecar if sidecar.alive else None
 
     # ------------------------------------------------------------ rules
 
@@ -158,137 +250,84 @@ class FleetMachine(RuleBasedStateMachine):
     def time_passes(self, seconds: float) -> None:
         self.clock.advance(seconds)
 
+    @rule(healthy=st.booleans())
+    def upstream_changes(self, healthy: bool) -> None:
+        self.upstream_healthy = healthy
+
     @rule(i=SIDECAR, fails=st.booleans())
     def ordinary_call(self, i: int, fails: bool) -> None:
-        sidecar = self.sidecars[i]
-        if not sidecar.alive or not sidecar.breaker.allow():
+        sidecar = self.live(i)
+        if sidecar is None or not sidecar.breaker.allow():
             return
-        assert not (sidecar.connected and sidecar.view.open), f"{sidecar.name} sends to an endpoint it saw open"
-        if fails:
-            sidecar.breaker.record_failure()
-        elif sidecar.breaker.state is BreakerState.HALF_OPEN:
-            sidecar.breaker.follow_close()  # a successful probe call closes it (and would publish)
-            if sidecar.connected:
-                record, changed = self.store.do_close(self.now)
-                if changed:
-                    self.broadcast(record)
-                self.apply(sidecar, record)
-        self.publish_local_opens(sidecar)
+        assert not (sidecar.conn.connected and sidecar.shared.view.open), \
+            f"{sidecar.name} sends to an endpoint it saw open"
+
+        async def call() -> None:
+            async with sidecar.breaker.calling() as attempt:
+                if fails:
+                    attempt.outcome = CallOutcome.FAILURE
+        self.run(call())
 
     @rule(i=SIDECAR, count=st.integers(1, 3))
     def messages_arrive(self, i: int, count: int) -> None:
-        sidecar = self.sidecars[i]
-        if not sidecar.alive:
+        sidecar = self.live(i)
+        if sidecar is None:
             return
         arrived, sidecar.inbox = sidecar.inbox[:count], sidecar.inbox[count:]
         for record in arrived:
-            self.apply(sidecar, record)
+            sidecar.shared.on_message(record)
+        self.run(asyncio.sleep(0))
 
     @rule(i=SIDECAR, latency=st.floats(0.0, 0.5))
     def refresh(self, i: int, latency: float) -> None:
-        """SharedBreaker._tick: read, then renew or try to win the lease; requests were sent `latency` ago."""
-        sidecar = self.sidecars[i]
-        if not (sidecar.alive and sidecar.connected):
+        """SharedBreaker's periodic tick: read, renew or win the lease, probe when due."""
+        sidecar = self.live(i)
+        if sidecar is None or not sidecar.conn.connected:
             return
-        sent_at = self.now - latency
-        self.apply(sidecar, self.store.record(self.now))
-        holder = self.store.lease_holder(self.now) or ""
-        if holder != sidecar.name and sidecar.lease.holds(self.now):
-            sidecar.lease.lost()
-        if not sidecar.view.open:
-            return
-        if sidecar.lease.holds(self.now):
-            if self.store.renew(sidecar.name, LEASE_TTL, self.now):
-                sidecar.lease.granted(sent_at)
-            else:
-                sidecar.lease.lost()
-        elif should_try_lease(sidecar.view, sidecar.lease, holder, self.now) and self.store.set_nx_px(
-                sidecar.name, LEASE_TTL, self.now):
-            sidecar.lease.granted(sent_at)
-
-    @rule(i=SIDECAR, healthy=st.booleans())
-    def probe(self, i: int, healthy: bool) -> None:
-        """SharedBreaker._probe: only the lease holder, when the fleet's open period is over."""
-        sidecar = self.sidecars[i]
-        if not (sidecar.alive and sidecar.connected and should_probe(sidecar.view, sidecar.lease, self.now, False)):
-            return
-        assert self.store.lease_holder(self.now) == sidecar.name, "a sidecar probes without holding the lease"
-        if healthy:
-            sidecar.breaker.follow_close()
-            sidecar.view.open = False
-            sidecar.lease.lost()
-            record, changed = self.store.do_close(self.now)
-        else:
-            sidecar.view.until = self.now + BASE
-            record, changed = self.store.do_open(sidecar.name, True, self.now)
-        if changed:
-            self.broadcast(record)
-        self.apply(sidecar, record)
+        sidecar.latency = latency
+        self.run(sidecar.shared._tick())
 
     @precondition(lambda self: sum(s.alive for s in self.sidecars) > 1)
     @rule(i=SIDECAR)
     def dies(self, i: int) -> None:
-        self.sidecars[i].alive = False
+        sidecar = self.sidecars[i]
+        sidecar.alive = False
+        self.run(sidecar.shared.stop())
 
     @rule(i=SIDECAR)
     def cut_off(self, i: int) -> None:
         sidecar = self.sidecars[i]
-        sidecar.connected = False
-        sidecar.inbox.clear()  # pub/sub messages are lost with the connection
-        sidecar.lease.lost()  # SharedBreaker.disconnected
+        if sidecar.conn.connected:
+            sidecar.conn.connected = False
+            sidecar.inbox.clear()  # pub/sub messages are lost with the connection
+            sidecar.shared.disconnected()  # what FleetConnection.mark_down calls
 
     @rule(i=SIDECAR)
     def reconnects(self, i: int) -> None:
-        """SharedBreaker.resync."""
-        sidecar = self.sidecars[i]
-        if not sidecar.alive or sidecar.connected:
+        sidecar = self.live(i)
+        if sidecar is None or sidecar.conn.connected:
             return
-        sidecar.connected = True
-        sidecar.local_opens.clear()
-        sidecar.view.forget()
-        sidecar.lease.lost()
-        record = self.store.record(self.now)
-        if sidecar.breaker.state is BreakerState.OPEN and not record.open:
-            sidecar.local_opens.append(False)
-            self.publish_local_opens(sidecar)
-        else:
-            self.apply(sidecar, record, force=True)
+        sidecar.conn.connected = True
+        self.run(sidecar.shared.resync())
 
     @rule()
     def redis_restarts_empty(self) -> None:
-        self.store = Store()
-        for i, sidecar in enumerate(self.sidecars):
-            if sidecar.connected:
-                self.cut_off(i)
+        self.store = Store(self.clock, self.broadcast)
+        for i in range(N):
+            self.cut_off(i)
 
     # ------------------------------------------------------------ invariants
 
     @invariant()
     def at_most_one_prober(self) -> None:
-        holders = [s.name for s in self.sidecars if s.lease.holds(self.now)]
+        holders = [s.name for s in self.sidecars if s.shared.lease.holds(self.now)]
         assert len(holders) <= 1, f"several sidecars hold the probe lease: {holders}"
 
     @invariant()
     def no_traffic_from_those_who_saw_it_open(self) -> None:
         for sidecar in self.sidecars:
-            if sidecar.alive and sidecar.connected and sidecar.view.open:
+            if sidecar.alive and sidecar.conn.connected and sidecar.shared.view.open:
                 assert not sidecar.breaker.allow(), f"{sidecar.name} would send to an endpoint it saw open"
-
-
-class _Gate:
-    def __init__(self, machine: FleetMachine, sidecar: Sidecar) -> None:
-        self.machine, self.sidecar = machine, sidecar
-
-    def probe_delay(self) -> float | None:
-        s = self.sidecar
-        return probe_delay(s.view, s.lease, s.connected, self.machine.now, active_prober=True, recheck=RECHECK)
-
-
-def _observer(machine: FleetMachine, sidecar: Sidecar):  # type: ignore[no-untyped-def]
-    def observe(old: str, new: str, source: str) -> None:
-        if source == SOURCE_LOCAL and new == BreakerState.OPEN and sidecar.connected:
-            sidecar.local_opens.append(old == BreakerState.HALF_OPEN and sidecar.lease.holds(machine.now))
-    return observe
 
 
 TestFleetModel = FleetMachine.TestCase

@@ -10,6 +10,7 @@ included) available again in put order; memory instead has a "drain" rule.
 from __future__ import annotations
 
 import asyncio
+import errno
 import shutil
 import tempfile
 from collections.abc import Coroutine
@@ -23,7 +24,9 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, pr
 
 from sidecar.core.entry import QueueEntry
 from sidecar.core.signals import Signal
+from sidecar.queue import sqlite as sqlite_queue
 from sidecar.queue.base import Lease, QueueFull, Sizer
+from sidecar.queue.fallback import StorageFallbackQueue
 from sidecar.queue.memory import MemoryQueue
 from sidecar.queue.sqlite import SqliteQueue
 
@@ -225,6 +228,74 @@ class SqliteQueueMachine(QueueMachine):
         self.model.leased.clear()
 
 
+class FallbackQueueMachine(SqliteQueueMachine):
+    """StorageFallbackQueue (issue 16): the same model holds while the disk fills up and frees again.
+
+    A full disk: every transaction of the queue's worker thread that inserts fails with ENOSPC
+    (reads, and deletes, which the queue keeps a reserve for, still work). Moving memory entries back to the disk,
+    which the queue does on its own every second, is a rule here (the background mover is
+    switched off), so every step is deterministic; the probe interval runs on a fake clock.
+    """
+
+    full = False
+
+    def open_queue(self, capacity: int, sizer: Sizer) -> Any:
+        disk = self.run(SqliteQueue(self.path, capacity, sizer, "FULL").open())
+        run = disk._db.run
+
+        async def run_unless_full(fn: Any) -> Any:
+            # Inserts fail; deletes (acks) still commit, as the queue keeps a reserve for them.
+            if self.full and getattr(fn, "func", None) is sqlite_queue._write and fn.keywords.get("rows"):
+                raise OSError(errno.ENOSPC, "No space left on device (test)")
+            return await run(fn)
+
+        disk._db.run = run_unless_full  # type: ignore[method-assign]
+        self.now = 0.0
+        queue = StorageFallbackQueue(disk, memory_bytes=1 << 30, retry_interval=1.0, monotonic=lambda: self.now)
+        queue._start_mover = lambda: None  # type: ignore[method-assign]
+        return queue
+
+    @property
+    def fq(self) -> StorageFallbackQueue:
+        assert isinstance(self.queue, StorageFallbackQueue)
+        return self.queue
+
+    @rule(full=st.booleans())
+    def disk_fills_or_frees(self, full: bool) -> None:
+        self.full = full
+
+    @rule()
+    def time_passes(self) -> None:
+        self.now += 1.0
+
+    @rule()
+    def move_back(self) -> None:
+        before = self.fq.in_memory
+        moved = self.run(self.fq.move_back())
+        assert moved is None or self.fq.in_memory == before - moved
+
+    @rule()
+    def crash_and_reopen(self) -> None:
+        """Entries held in memory are not durable: a crash loses them, so only close cleanly here
+        (close puts memory on the disk when it takes it, else reports it lost)."""
+        self.run(self.disk_frees_then_close())
+        self.queue = self.open_queue(self.model.capacity, self.model.sizer)
+        assert self.fq.disk.replayed == len(self.model.held), "an acknowledged entry was lost (or resurrected)"
+        self.stale.extend(self.leases.values())
+        self.leases.clear()
+        self.model.available |= set(self.model.leased.values())
+        self.model.leased.clear()
+
+    async def disk_frees_then_close(self) -> None:
+        self.full = False
+        await self.fq.close()
+
+    @invariant()
+    def memory_holds_entries_only_while_degraded(self) -> None:
+        if self.queue is not None and self.fq.degraded is None:
+            assert self.fq.in_memory == 0, "normal again while entries are still only in memory"
+
+
 MEMORY_SETTINGS = settings(max_examples=100, stateful_step_count=40, deadline=None,
                            suppress_health_check=[HealthCheck.too_slow])
 SQLITE_SETTINGS = settings(max_examples=80, stateful_step_count=40, deadline=None,
@@ -234,4 +305,6 @@ TestMemoryQueueModel = MemoryQueueMachine.TestCase
 TestMemoryQueueModel.settings = MEMORY_SETTINGS
 TestSqliteQueueModel = SqliteQueueMachine.TestCase
 TestSqliteQueueModel.settings = SQLITE_SETTINGS
+TestFallbackQueueModel = FallbackQueueMachine.TestCase
+TestFallbackQueueModel.settings = SQLITE_SETTINGS
 

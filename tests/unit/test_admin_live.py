@@ -48,6 +48,7 @@ def test_live_view_of_a_recorded_status() -> None:
     timeout = _line(text, "timeout", "ANOMALY")
     assert "9.5" in timeout and "300/min" in timeout and "2.0/min" in timeout and "for 40s" in timeout
     assert "elevated" in _line(text, "transport", "1.5")
+    assert "for 20s" in _line(text, "service checkout", "ANOMALY")
     assert "internal" not in text.split("Anomalies", 1)[1].split("Top error hotspots", 1)[0], \
         "a category at its usual rate is not listed"
 

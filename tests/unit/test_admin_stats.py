@@ -317,3 +317,32 @@ def test_hotspots_are_counted_over_sliding_windows() -> None:
     assert stats.hotspot_keys == 2 and stats.hotspot_keys_evicted == 0, "aged out, not evicted"
     with pytest.raises(ValueError):
         stats.top_hotspots(10, window_minutes=16)
+
+
+def test_service_totals_are_kept_per_service_and_bounded() -> None:
+    clock = Clock()
+    stats = ErrorStats(clock, max_hotspots=8)
+    stats.item_error("cart", "a", "traces", "transport", "x", 5)
+    stats.item_error("cart", "b", "logs", "timeout", "y", 2)
+    stats.item_error("", "c", "traces", "transport", "x")
+    assert stats.service_totals() == {"cart": 7, UNKNOWN_SERVICE: 1}
+    for i in range(50):
+        stats.item_error(f"svc-{i}", "op", "traces", "transport", "x")
+        assert len(stats.service_totals()) <= 8
+    assert stats.service_totals()["cart"] == 7, "the service with the most errors is kept"
+
+
+def test_minute_history_counts_each_of_the_last_minutes() -> None:
+    clock = Clock()
+    stats = ErrorStats(clock)
+    assert stats.minute_history() == [0], "a young aggregator has one minute"
+    stats.item_error("cart", "a", "traces", "transport", "x", 3)  # 190 s before the end: 3 minutes ago
+    clock.now += 90
+    stats.export_error("otlp", "a:4317", TRANSPORT)  # 100 s before: the minute before last
+    clock.now += 100
+    stats.item_error("cart", "a", "traces", "transport", "x", 2)  # now: the last minute
+    assert stats.minute_history() == [3, 0, 1, 2], "minutes counted back from now, oldest first"
+    clock.now += 20 * 60
+    stats.item_error("cart", "a", "traces", "transport", "x")
+    history = stats.minute_history()
+    assert len(history) == 15 and history[-1] == 1 and sum(history) == 1, "older minutes are out of the 15"

@@ -67,8 +67,8 @@ def test_status_table() -> None:
     assert "1m 12.0/min   5m 4.4/min   15m 1.6/min" in text
     assert "(last 15m: 22 export errors, 2 error spans/logs)" in text
     assert "3 outages: 2 recovered (67%), 1 ongoing; mean recovery 4.2s, max 7.0s" in text
-    assert ("ANOMALIES  timeout 9.5 ANOMALY (300/min, usually 2.0/min), transport 1.5 (14.0/min, usually 10.0/min)"
-            in text)
+    assert ("ANOMALIES  timeout 9.5 ANOMALY (300/min, usually 2.0/min), transport 1.5 (14.0/min, usually 10.0/min), "
+            "service checkout 6.0 ANOMALY (900/min, usually 10.0/min)" in text)
     header = lines.index(next(line for line in lines if line.startswith("COUNT")))
     assert lines[header - 1] == "TOP ERROR HOTSPOTS (last 5m)"
     assert lines[header + 1].split() == ["1234", "checkout", "POST", "/pay", "traces", "transport",

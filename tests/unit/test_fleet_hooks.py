@@ -10,7 +10,7 @@ from sidecar.config.schema import CircuitBreakerConfig, HealthProbeConfig
 from sidecar.config.units import Duration
 from sidecar.exporters.breaker import BreakerOpenError, BreakerState, EndpointBreaker
 from sidecar.exporters.health import HealthProber
-from sidecar.exporters.sender import Verdict
+from sidecar.exporters.sender import FLEET_REFUSED_WAIT, Verdict
 from sidecar.exporters.transport import SendOutcome
 from sidecar.fleet.breaker import parse_message
 from sidecar.fleet.view import (
@@ -205,24 +205,30 @@ def test_messages_parse_with_endpoints_that_contain_separators() -> None:
 
 
 class SharedBudget:
-    def __init__(self, answer: bool | None) -> None:
-        self.answer = answer
+    def __init__(self, answer: bool | None, clock: FakeClock | None = None, latency: float = 0.0) -> None:
+        self.answers = [answer]
         self.deposits = 0
         self.asked = 0
+        self.clock = clock
+        self.latency = latency  # how long Redis takes to answer, in the fake clock's time
 
     def deposit(self) -> None:
         self.deposits += 1
 
     async def try_spend(self) -> bool | None:
         self.asked += 1
-        return self.answer
+        if self.clock is not None and self.latency:
+            await self.clock.sleep(self.latency)
+        return self.answers.pop(0) if len(self.answers) > 1 else self.answers[0]
 
 
-def fleet_sender(answer: bool | None) -> tuple[Any, FakeTransport, SharedBudget, Metrics, FakeClock]:
+def fleet_sender(answer: bool | None, latency: float = 0.0,
+                 script: list[Any] | None = None) -> tuple[Any, FakeTransport, SharedBudget, Metrics, FakeClock]:
     clock, metrics = sender_clock(), Metrics()
-    transport = FakeTransport("a:4317", clock, script=[UNAVAILABLE], default=SendOutcome())
+    transport = FakeTransport("a:4317", clock, script=script if script is not None else [UNAVAILABLE],
+                              default=SendOutcome())
     sender = build(make_config(["a:4317"]), [transport], clock, metrics)
-    shared = SharedBudget(answer)
+    shared = SharedBudget(answer, clock, latency)
     sender.endpoints["a:4317"].shared_budget = shared
     return sender, transport, shared, metrics, clock
 
@@ -243,3 +249,22 @@ async def test_without_an_answer_from_the_fleet_the_local_budget_decides() -> No
         assert report.verdict is Verdict.DELIVERED and len(transport.calls) == 2 and shared.asked == 1
         assert sample(metrics, "sidecar_fleet_budget_refused_retries_total",
                       {"exporter": "otlp_grpc", "endpoint": "a:4317"}) == 0
+
+
+async def test_the_fleet_answers_during_the_backoff_not_after_it() -> None:
+    sender, transport, shared, _, clock = fleet_sender(True, latency=0.03)
+    report = await clock.run(sender.send(make_entry(2)))
+    assert report.verdict is Verdict.DELIVERED and shared.asked == 1
+    backoff = next(d for d in clock.sleeps if d != 0.03)
+    gap = transport.calls[1][0] - transport.calls[0][0]
+    assert abs(gap - max(backoff, 0.03)) < 1e-9  # Redis's 30 ms overlapped the backoff
+
+
+async def test_a_resend_the_fleet_refuses_waits_before_asking_again() -> None:
+    sender, _, shared, _, clock = fleet_sender(False, script=[UNAVAILABLE])
+    first = await clock.run(sender.send(make_entry(2)))
+    assert first.verdict is Verdict.REQUEUE and first.reason == "budget_exhausted"
+    shared.answers = [False, True]  # the fleet refuses the resend once, then pays
+    again = await clock.run(sender.send(make_entry(2), resend=True))
+    assert again.verdict is Verdict.DELIVERED and shared.asked == 3
+    assert FLEET_REFUSED_WAIT in clock.sleeps

@@ -16,7 +16,7 @@ from sidecar.config.units import Duration
 from sidecar.core.clock import SYSTEM_CLOCK
 from sidecar.fleet.breaker import FleetScripts, parse_record
 from sidecar.fleet.budget import FleetRetryBudget
-from sidecar.fleet.connection import FleetConnection
+from sidecar.fleet.connection import BACKGROUND_TIMEOUT, PING_INTERVAL, FleetConnection
 from sidecar.fleet.keys import Keys
 from sidecar.fleet.membership import Heartbeat, read_members
 from sidecar.telemetry.events import Events
@@ -128,14 +128,20 @@ async def test_without_redis_nothing_waits_and_everything_says_unknown(server: R
         resyncs.append(time.monotonic())
     conn.on_connected.append(resync)
     server.kill()
-    killed = time.monotonic()
+    # Noticed while idle, by the ping; within PING_INTERVAL + BACKGROUND_TIMEOUT < 1 s on an idle machine
+    # (a loaded one only makes this wait longer, hence the generous bound).
+    assert PING_INTERVAL + BACKGROUND_TIMEOUT < 1.0
     assert await wait_for(lambda: not conn.connected, timeout=5)
-    assert time.monotonic() - killed < 1.0  # falls back within 1 s (noticed even while idle)
     assert metrics.registry.get_sample_value("sidecar_fleet_connected") == 0
     budget = FleetRetryBudget("c", RetryBudgetConfig(), conn, FleetScripts(conn), Keys("t:"))
-    started = time.monotonic()
     assert await budget.try_spend() is None
-    assert time.monotonic() - started < 0.01  # no request waits on a dead Redis
+    sent: list[str] = []
+
+    async def command() -> str:
+        sent.append("sent")
+        return "reply"
+    assert await conn.call_fast(command) is None and await conn.call(command) is None
+    assert sent == []  # while down, nothing is even tried: no request waits on a dead Redis
     server.start()
     assert await wait_for(lambda: conn.connected, timeout=10)
     assert resyncs and metrics.registry.get_sample_value("sidecar_fleet_connected") == 1
@@ -144,9 +150,8 @@ async def test_without_redis_nothing_waits_and_everything_says_unknown(server: R
 
 async def test_command_timeout_bounds_the_data_path_without_declaring_redis_down(conn: FleetConnection) -> None:
     assert conn.timeout == 0.05
-    started = time.monotonic()
-    assert await conn.call_fast(lambda: asyncio.sleep(1.0)) is None
-    assert time.monotonic() - started < 0.5
+    async with asyncio.timeout(30):  # only a guard against a hang: the command itself would take 60 s
+        assert await conn.call_fast(lambda: asyncio.sleep(60.0)) is None
     assert conn.connected
 
 
@@ -161,6 +166,13 @@ async def test_a_password_from_the_config(tmp_path: Path) -> None:
         assert not bad.connected
         await good.stop()
         await bad.stop()
+
+
+async def test_an_empty_password_means_none(server: RedisServer) -> None:
+    conn = FleetConnection(fleet_config(server, password=""), Events(Metrics()), SYSTEM_CLOCK)
+    conn.start()
+    assert await wait_for(lambda: conn.connected)
+    await conn.stop()
 
 
 async def test_heartbeats_carry_the_snapshot_expire_and_respect_the_prefix(server: RedisServer) -> None:
@@ -188,3 +200,13 @@ async def test_heartbeats_carry_the_snapshot_expire_and_respect_the_prefix(serve
     assert await read_members(client, keys) == []
     await client.aclose()
     await conn.stop()
+
+
+async def test_a_stalled_redis_counts_as_down_within_a_second(conn: FleetConnection, server: RedisServer) -> None:
+    server.pause()  # connections stay open, nothing answers
+    try:
+        assert await wait_for(lambda: not conn.connected, timeout=5)
+        assert await conn.call_fast(conn.client.ping) is None
+    finally:
+        server.resume()
+    assert await wait_for(lambda: conn.connected, timeout=10)

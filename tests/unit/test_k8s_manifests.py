@@ -155,12 +155,18 @@ def test_sidecar_pod_matches_its_config(file_name: str, tmp_path: Path) -> None:
     assert container["args"] == ["--config", f"{config_dir}/config.yaml"]
     assert volumes[next(n for n in mounts if "configMap" in volumes[n])]["configMap"]["name"] == "otlp-sidecar-config"
 
-    # Probes: /health for liveness (and start-up), /ready for readiness, on the health_check port.
+    # Probes: /health for liveness, /ready for readiness, on the health_check port. The start-up probe of a
+    # native sidecar gates the application's start, so it asks /ready (accepting data); a regular one only
+    # holds off the liveness probe during a replay, so /health.
     assert config.extensions.health_check is not None
     health_port = _port(config.extensions.health_check.endpoint)
     assert _probe_port(container, "livenessProbe") == ("/health", health_port)
-    assert _probe_port(container, "startupProbe") == ("/health", health_port)
     assert _probe_port(container, "readinessProbe") == ("/ready", health_port)
+    startup = "/ready" if DEPLOYMENTS[file_name] == "native" else "/health"
+    assert _probe_port(container, "startupProbe") == (startup, health_port)
+    startup_seconds = container["startupProbe"]["periodSeconds"] * container["startupProbe"]["failureThreshold"]
+    assert startup_seconds >= 120, "a large disk queue replays before the probe gives up"
+
 
     # Ports: the receivers and /metrics, as configured; the admin API stays on loopback.
     otlp = config.receivers["otlp"].protocols

@@ -14,6 +14,7 @@ import pytest
 
 from sidecar.core.entry import QueueEntry
 from sidecar.core.signals import Signal
+from sidecar.queue import sqlite as sqlite_queue
 from sidecar.queue.base import Lease, QueueFull, QueueStorageError
 from sidecar.queue.fallback import CORRUPT, DISK_FULL, IO_ERROR, StorageFallbackQueue, memory_bound, storage_failure
 from sidecar.queue.sqlite import SqliteQueue
@@ -225,4 +226,84 @@ async def test_corrupt_row_quarantines_the_file_and_keeps_the_rest(tmp_path: Pat
     assert exists(path)  # a fresh file took over
     await q.put(entry(9))
     assert q.disk.count == 1 and q.degraded is None
+    await q.close()
+
+
+def wal_size(path: Path) -> int:
+    return path.stat().st_size
+
+
+def cut(path: Path, size: int) -> None:
+    with path.open("r+b") as f:
+        f.truncate(size)
+
+
+async def test_wal_cut_short_behind_sqlites_back_is_quarantined(tmp_path: Path) -> None:
+    path = tmp_path / "q.sqlite"
+    rec = Recorder()
+    q = await opened(path, recorder=rec)
+    for n in range(200):
+        await q.put(entry(n, nbytes=20_000))
+    wal = tmp_path / "q.sqlite-wal"
+    cut(wal, wal_size(wal) // 2)
+    await q.put(entry(200, nbytes=20_000))  # the next write notices
+    assert len(q.quarantined) == 1
+    assert ("degraded", CORRUPT) in rec.events
+    got = await drain(q)
+    lost = rec.lost_items.get(CORRUPT, 0)
+    assert len(got) + lost // 3 == 201 and len(set(got)) == len(got)  # 3 items an entry
+    assert got == sorted(got)  # carried-over rows first, then what came after, in order
+    await q.close()
+
+
+async def test_no_fresh_file_after_a_quarantine_means_memory_until_one_opens(tmp_path: Path) -> None:
+    path = tmp_path / "q.sqlite"
+    rec = Recorder()
+    disk = await SqliteQueue(path, 1000).open()
+    attempts = {"n": 0}
+
+    async def reopen() -> SqliteQueue:
+        attempts["n"] += 1
+        if attempts["n"] == 1:
+            raise OSError("directory not writable (test)")
+        return await SqliteQueue(path, 1000).open()
+
+    q = StorageFallbackQueue(disk, listener=rec, reopen=reopen, retry_interval=0.01)
+    for n in range(4):
+        await q.put(entry(n))
+    await q.disk._db.run(lambda conn: conn.execute("UPDATE queue SET metadata = 'x' WHERE id = 2").fetchall())
+    first = await q.get()
+    assert num(first.entry) == 0  # leased from the file before the damage was met
+    second = await q.get()  # meets row 2 (entry 1): quarantine; no fresh file opens
+    assert num(second.entry) == 2 and q.disk.closed
+    assert rec.lost_items == {CORRUPT: 3}
+    await q.put(entry(9))  # answered from memory, not an error
+    assert q.degraded == CORRUPT and q.count == 3  # entries 2 (leased), 3, 9; the file's rows are gone
+    await q.nack(first)  # a lease of the quarantined file: its entry comes back, in front
+    await q.ack(second)
+    await wait_until(lambda: not q.disk.closed and q.in_memory == 0 and q.degraded is None)
+    assert attempts["n"] == 2  # the next probe opened a fresh file
+    assert await drain(q) == [0, 3, 9]
+    await q.close()
+
+
+async def test_an_io_error_on_write_is_answered_from_memory_as_io_error(tmp_path: Path) -> None:
+    rec = Recorder()
+    q = await opened(tmp_path / "q.sqlite", recorder=rec)
+    run = q.disk._db.run
+    failing = {"on": True}
+
+    async def eio_on_write(fn: object) -> object:
+        if failing["on"] and getattr(fn, "func", None) is sqlite_queue._write:
+            raise sqlite3.OperationalError("disk I/O error")
+        return await run(fn)  # type: ignore[arg-type]
+
+    q.disk._db.run = eio_on_write  # type: ignore[method-assign,assignment]
+    await q.put(entry(0))
+    await q.put(entry(1))
+    assert q.degraded == IO_ERROR and q.in_memory == 2
+    assert rec.events[:2] == [("error", IO_ERROR), ("degraded", IO_ERROR)]
+    failing["on"] = False
+    await wait_until(lambda: q.degraded is None and q.in_memory == 0)
+    assert q.disk.count == 2 and await drain(q) == [0, 1]
     await q.close()

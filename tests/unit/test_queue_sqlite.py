@@ -12,7 +12,7 @@ import pytest
 from sidecar.core.entry import QueueEntry
 from sidecar.core.signals import Signal
 from sidecar.queue.base import QueueClosed, QueueFull, QueueStorageError, Sizer
-from sidecar.queue.sqlite import SqliteQueue, recover_database
+from sidecar.queue.sqlite import SqliteQueue, page_size_for, recover_database
 
 
 def entry(n: int, items: int = 1, nbytes: int = 10, signal: Signal = Signal.TRACES) -> QueueEntry:
@@ -131,7 +131,25 @@ async def test_new_database_settings(tmp_path: Path) -> None:
                     for name in ("journal_mode", "page_size", "auto_vacuum", "user_version")]
     finally:
         conn.close()
-    assert settings == ["wal", 16384, 2, 1]
+    # 16 KiB pages, or 4 KiB on a small volume (where tmp_path may live on a CI machine).
+    assert settings == ["wal", page_size_for(tmp_path), 2, 1]
+    assert page_size_for(tmp_path) in (16384, 4096)
+
+
+def test_small_volumes_get_small_pages(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    real = os.statvfs
+
+    def volume_of(total_bytes: int) -> Any:
+        def statvfs(path: Any) -> Any:
+            st = real(path)
+            return type("StatVfs", (), {"f_blocks": total_bytes // st.f_frsize, "f_frsize": st.f_frsize,
+                                        "f_bavail": st.f_bavail})()
+        return statvfs
+
+    monkeypatch.setattr(os, "statvfs", volume_of(1024 * 1024))
+    assert page_size_for(tmp_path) == 4096
+    monkeypatch.setattr(os, "statvfs", volume_of(10 * 1024**3))
+    assert page_size_for(tmp_path) == 16384
 
 
 async def test_replay_after_reopen_in_order_with_leased_rows_back(tmp_path: Path) -> None:

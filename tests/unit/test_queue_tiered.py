@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import pytest
@@ -105,3 +106,17 @@ async def test_persist_memory_at_shutdown(tmp_path: Path) -> None:
     reopened, _ = await tiered(path)
     assert await take_all(reopened) == ["0001", "0002"]
     await reopened.close()
+
+
+async def test_a_turn_whose_entry_the_tier_lost_is_skipped(tmp_path: Path) -> None:
+    queue, _ = await tiered(tmp_path / "q.sqlite")
+    queue.spilling = True
+    await queue.put(entry(1))
+    lost = await queue.disk.get()  # the disk tier loses the row behind the queue's back
+    await queue.disk.ack(lost)
+    queue.spilling = False
+    await queue.put(entry(2))
+    assert queue.available == 1
+    lease = await asyncio.wait_for(queue.get(), 1.0)  # not stuck waiting on the disk
+    assert lease.entry == entry(2)
+    await queue.close()

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
+import yaml
 
 from sidecar.core.clock import Clock
 from sidecar.core.entry import QueueEntry
@@ -133,13 +135,15 @@ async def test_the_loop_samples_every_second_and_scores_every_interval() -> None
     watch.start()
     try:
         await queue.put(_entry(clock.wall()))
+        _errors(metrics, "transport", 5)
         for _ in range(7):
             clock.advance(1.0)
             for _ in range(5):
                 await asyncio_sleep0()
         assert _sample(metrics, "sidecar_exporter_queue_oldest_age_seconds", {"exporter": "otlp"}) == \
             pytest.approx(clock.wall() - 0.0, abs=1.0)
-        assert watch.error_rate_history(), "an anomaly interval was scored"
+        transport = next(a for a in watch.anomalies() if a.category == "transport")
+        assert transport.rate_per_minute == pytest.approx(60.0), "one 5 s interval was scored: 5 errors"
         assert _sample(metrics, "sidecar_recovery_success_ratio", {}) == 1.0
         stats.outage_started("otlp", "a:4317")
         clock.advance(1.0)
@@ -154,3 +158,78 @@ async def asyncio_sleep0() -> None:
     import asyncio
 
     await asyncio.sleep(0)
+
+
+def test_reconfigure_keeps_the_baselines() -> None:
+    clock, metrics = FakeClock(), Metrics()
+    watch = _watch(clock, metrics, {}, interval=10.0)
+    for _ in range(10):
+        _errors(metrics, "transport", 10)
+        watch.score_error_rates(10.0)
+    before = next(a for a in watch.anomalies() if a.category == "transport")
+    strict = AnomalySettings(alpha=0.1, threshold=3.0, clear=1.0, warmup=5, min_std=0.5)
+    watch.reconfigure(strict, 2.0)
+    assert watch.anomaly_interval == 2.0 and watch.anomaly_settings is strict
+    _errors(metrics, "transport", 10)
+    watch.score_error_rates(10.0)
+    after = next(a for a in watch.anomalies() if a.category == "transport")
+    assert after.baseline_per_minute == pytest.approx(before.rate_per_minute, rel=0.01), "the baseline was kept"
+    with pytest.raises(ValueError):
+        watch.reconfigure(strict, 0)
+
+
+async def test_a_reload_applies_new_anomaly_settings_in_place(tmp_path: Path) -> None:
+    from sidecar.config import load_config
+    from sidecar.service import Service
+    from tests.sidecar_process import SidecarPorts, base_config
+
+    config = base_config("127.0.0.1:1", SidecarPorts())
+    path = tmp_path / "sidecar.yaml"
+    path.write_text(yaml.safe_dump(config))
+    service = Service(load_config(path))
+    service.build()
+    assert service.watch is not None and service.watch.anomaly_settings.threshold == 4.0
+    config["service"]["telemetry"]["anomaly"] = {"threshold": 6, "clear": 3, "interval": "30s"}
+    path.write_text(yaml.safe_dump(config))
+    assert await service.reload_config(str(path))
+    assert service.watch.anomaly_settings.threshold == 6.0 and service.watch.anomaly_settings.clear == 3.0
+    assert service.watch.anomaly_interval == 30.0
+    assert service.config.service.telemetry.anomaly.threshold == 6.0
+    applied = service.metrics.registry.get_sample_value("sidecar_config_reloads_total", {"result": "applied"})
+    assert applied == 1, "applied in place: nothing needs a restart"
+
+
+def test_services_are_scored_and_only_the_top_ones_exported(caplog: pytest.LogCaptureFixture) -> None:
+    clock, metrics = FakeClock(), Metrics()
+    stats = ErrorStats(clock)
+    settings = AnomalySettings(alpha=0.1, threshold=4.0, clear=2.0, warmup=5, min_std=1.0)
+    watch = Watch(Events(metrics, clock), clock, lambda: {}, stats, settings, 10.0, top_services=2)
+
+    def service_score(service: str) -> float | None:
+        return metrics.registry.get_sample_value("sidecar_service_error_rate_anomaly", {"service": service})
+
+    for i in range(20):
+        stats.item_error("cart", "GET /cart", "traces", "transport", "connection_refused", 30 + i % 2)
+        stats.item_error("pay", "charge", "traces", "timeout", "timeout", 20)
+        stats.item_error("search", "query", "traces", "timeout", "timeout", 1)
+        clock.now += 10
+        watch.score_error_rates(10.0)
+    assert service_score("cart") is not None and service_score("pay") is not None
+    assert service_score("search") is None, "only the top 2 services are exported"
+    assert not any(a.active for a in watch.anomalies())
+
+    # A service quiet until now bursts: scored against the quiet it had, alarmed, exported (top 2 by
+    # errors now) while `pay` leaves the exported set.
+    stats.item_error("checkout", "POST /pay", "logs", "timeout", "timeout", 2000)
+    clock.now += 10
+    with caplog.at_level("WARNING", logger="sidecar.events"):
+        watch.score_error_rates(10.0)
+    assert (service_score("checkout") or 0) >= 4
+    assert service_score("pay") is None, "left the top services: its series is removed"
+    raised = [r for r in caplog.records if getattr(r, "event", "") == "error_rate_anomaly"]
+    assert [getattr(r, "service", "") for r in raised] == ["checkout"]
+    (top, *_) = watch.anomalies()
+    assert top.service == "checkout" and top.category == "" and top.active
+
+    watch.reconfigure(settings, 10.0, top_services=0)
+    assert service_score("checkout") is None and service_score("cart") is None

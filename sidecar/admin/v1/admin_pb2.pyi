@@ -43,20 +43,22 @@ class GetStatusResponse(_message.Message):
     def __init__(self, uptime_seconds: _Optional[float] = ..., accepting: _Optional[bool] = ..., ready: _Optional[bool] = ..., exporters: _Optional[_Iterable[_Union[ExporterStatus, _Mapping]]] = ..., error_rates: _Optional[_Iterable[_Union[ErrorRate, _Mapping]]] = ..., recovery: _Optional[_Union[RecoveryStats, _Mapping]] = ..., hotspots: _Optional[_Iterable[_Union[Hotspot, _Mapping]]] = ..., hotspot_keys_evicted: _Optional[int] = ..., stats_since: _Optional[float] = ..., hotspot_window_minutes: _Optional[int] = ..., anomalies: _Optional[_Iterable[_Union[Anomaly, _Mapping]]] = ..., error_rate_history: _Optional[_Iterable[float]] = ...) -> None: ...
 
 class Anomaly(_message.Message):
-    __slots__ = ("category", "score", "active", "errors_per_minute", "baseline_per_minute", "since")
+    __slots__ = ("category", "score", "active", "errors_per_minute", "baseline_per_minute", "since", "service")
     CATEGORY_FIELD_NUMBER: _ClassVar[int]
     SCORE_FIELD_NUMBER: _ClassVar[int]
     ACTIVE_FIELD_NUMBER: _ClassVar[int]
     ERRORS_PER_MINUTE_FIELD_NUMBER: _ClassVar[int]
     BASELINE_PER_MINUTE_FIELD_NUMBER: _ClassVar[int]
     SINCE_FIELD_NUMBER: _ClassVar[int]
+    SERVICE_FIELD_NUMBER: _ClassVar[int]
     category: str
     score: float
     active: bool
     errors_per_minute: float
     baseline_per_minute: float
     since: float
-    def __init__(self, category: _Optional[str] = ..., score: _Optional[float] = ..., active: _Optional[bool] = ..., errors_per_minute: _Optional[float] = ..., baseline_per_minute: _Optional[float] = ..., since: _Optional[float] = ...) -> None: ...
+    service: str
+    def __init__(self, category: _Optional[str] = ..., score: _Optional[float] = ..., active: _Optional[bool] = ..., errors_per_minute: _Optional[float] = ..., baseline_per_minute: _Optional[float] = ..., since: _Optional[float] = ..., service: _Optional[str] = ...) -> None: ...
 
 class ExporterStatus(_message.Message):
     __slots__ = ("name", "queue", "degradation_level", "degradation_cause", "reachable", "endpoints", "dead_letters", "lag", "worsening")
