@@ -507,6 +507,8 @@ CPU_SIZES = (100, 512)  # spans per request: the testbed's batches, the SDK's de
 CPU_BUDGET = 20.0  # % of one core: what the Collector testbed budgets for that test
 SIDECAR_DEFAULTS = "sidecar, defaults"
 SIDECAR_NONE = "sidecar, compression none"
+SIDECAR_UNBATCHED = "sidecar, defaults but batch off (one upstream call per request)"
+FLOOR_AT_RATE = "floor: null proxy + upb parse"
 ROTEL_DEFAULTS = "rotel, defaults"
 ROTEL_NONE = "rotel, compression none"
 
@@ -566,10 +568,11 @@ def scenario_cpu(settings: Settings) -> Section:
             stack.callback(sink.stop)
             return sink
 
-        for name, extra in ((SIDECAR_DEFAULTS, {}), (SIDECAR_NONE, {"compression": "none"})):
+        for name, extra in ((SIDECAR_DEFAULTS, {}), (SIDECAR_NONE, {"compression": "none"}),
+                            (SIDECAR_UNBATCHED, {"sending_queue": {"batch": {"enabled": False}}})):
             ports, sink = SidecarPorts(), own_sink()
             sidecar = start_sidecar(default_sidecar_config(sink.target, ports, **extra),
-                                    name.replace(", ", "-").replace(" ", "-"), ports, settings.workdir)
+                                    f"cpu-{len(relays)}", ports, settings.workdir)
             stack.callback(sidecar.stop)
             relays[name] = (*sidecar_target(sidecar), sink)
         for name, compression in ((ROTEL_DEFAULTS, None), (ROTEL_NONE, "none")):
@@ -577,6 +580,10 @@ def scenario_cpu(settings: Settings) -> Section:
             rotel = Rotel(sink.target, settings.workdir / "rotel", compression=compression)
             stack.callback(rotel.stop)
             relays[name] = (rotel.target, rotel.proc.pid, sink)
+        sink = own_sink()
+        floor = NullProxy(sink.target, parse=True)
+        stack.callback(floor.stop)
+        relays[FLOOR_AT_RATE] = (floor.target, floor.proc.pid, sink)
         runs: dict[tuple[int, str], list[dict[str, Any]]] = {(n, r): [] for n in CPU_SIZES for r in relays}
         for repeat in range(settings.cpu_repeats):
             for spans in CPU_SIZES:
@@ -627,8 +634,11 @@ def scenario_cpu(settings: Settings) -> Section:
              "of one core; us/span divides it by the spans the relay acknowledged in the window. RSS at the window's "
              "end. Sidecar, defaults: every exporter setting at its default (`compression: auto`, which is none "
              "on this loopback hop, so the two sidecar rows run the same configuration: they show the noise), "
-             "the classify/enrich/degradation pipeline. rotel, defaults: gzip on its exporter and its batching "
-             "(up to 8192 spans or 200 ms per upstream request). The Collector's own testbed runs this load "
+             "the classify/enrich/degradation pipeline; batch off: the same with `sending_queue.batch.enabled: false`, "
+             "as before batching became the default. The floor is bench/null_proxy.py --parse (receive, parse, "
+             "forward each request on one grpc.aio channel, nothing else). rotel, defaults: gzip on its "
+             "exporter and its batching (up to 8192 spans or 200 ms per upstream request). The Collector's own "
+             "testbed runs this load "
              f"(OTLP/gRPC in, OTLP out, 10,000 spans/s in 100-span batches) with a budget of {CPU_BUDGET:g} % "
              "of one core: the reference line.")
     return Section("cpu", "7. CPU at a steady rate", body, data)

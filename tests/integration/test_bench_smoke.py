@@ -56,14 +56,15 @@ def test_quick_cpu_scenario_measures_every_relay_at_both_sizes(tmp_path: Path) -
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
 
     text = results.read_text()
-    assert "## 6. CPU at a steady rate" in text
+    assert "## 7. CPU at a steady rate" in text
     assert "| 100 | reference: the Collector testbed's budget | 20.00 |" in text
 
     data = json.loads((tmp_path / "results.json").read_text())["cpu"]
     assert data["rate"] == 10_000 and set(data["sizes"]) == {"100", "512"}
     for size, relays in data["sizes"].items():
-        assert set(relays) == {"sidecar, defaults", "sidecar, compression none", "rotel, defaults",
-                               "rotel, compression none"}, size
+        assert set(relays) == {"sidecar, defaults", "sidecar, compression none",
+                               "sidecar, defaults but batch off (one upstream call per request)",
+                               "rotel, defaults", "rotel, compression none", "floor: null proxy + upb parse"}, size
         for name, row in relays.items():
             # Every relay carried the load and its process was measured (CPU used, memory resident).
             assert row["delivered"] > 0 and row["failed"] == 0, (size, name)
