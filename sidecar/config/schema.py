@@ -150,7 +150,8 @@ class QueueBatchConfig(Base):
     """A consumer merges entries waiting in the queue into one upstream request (waiting up to flush_timeout).
 
     On by default: at a steady rate most of a request's cost in the sidecar is per gRPC call, not per
-    span, and merging upstream calls halves it (bench/RESULTS.md, "CPU at a steady rate").
+    span; merging upstream calls saves about 28 % of the sidecar's CPU at 10,000 spans/s in 100-span
+    requests (bench/RESULTS.md, "CPU at a steady rate").
     """
 
     enabled: bool = True
