@@ -492,6 +492,8 @@ class Exporter:
         for lease in leases:
             self._forget_owed(lease.entry)
             await self.queue.ack(lease)
+        if self._send_alone and not self.queue.count:  # nothing left to send alone (e.g. expired meanwhile)
+            self._send_alone.clear()
         self._delivered(delivered)
 
     def _delivered(self, entries: list[QueueEntry]) -> None:
