@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import socket
@@ -44,6 +45,15 @@ class SidecarPorts:
     http: int = field(default_factory=free_port)
     health: int = field(default_factory=free_port)
     metrics: int = field(default_factory=free_port)
+
+
+def get_json(url: str) -> tuple[int, dict[str, object]]:
+    """GET a JSON endpoint of the sidecar (health, readiness): (status, body), error statuses included."""
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
 
 
 def base_config(upstream: str, ports: SidecarPorts, exporter: str = "otlp_grpc",
@@ -137,6 +147,15 @@ class SidecarProcess:
 
     def logs(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def log_events(self) -> list[dict[str, Any]]:
+        """The sidecar's JSON log lines (every run, when it was restarted on the same workdir)."""
+        events = []
+        for line in self.logs().splitlines():
+            if line.startswith("{"):
+                with contextlib.suppress(ValueError):
+                    events.append(json.loads(line))
+        return events
 
     def stop(self, timeout: float = 30.0) -> int:
         if self.proc is None or self.proc.poll() is not None:

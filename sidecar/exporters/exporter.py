@@ -25,6 +25,7 @@ from sidecar.core.drops import DropReason
 from sidecar.core.entry import QueueEntry
 from sidecar.core.ingest import Backpressure, IngestResult, UpstreamRefused
 from sidecar.core.signals import Signal
+from sidecar.core.tasks import cancel_and_wait
 from sidecar.core.taxonomy import INTERNAL_ERROR, Category, Classification
 from sidecar.exporters.outcomes import OutcomeWindow
 from sidecar.exporters.retry import Reason
@@ -152,9 +153,7 @@ class Exporter:
         self.accepting = False
         if self.queue is not None:
             drained = await self.queue.wait_empty(timeout)
-            for task in self.consumers:
-                task.cancel()
-            await asyncio.gather(*self.consumers, return_exceptions=True)
+            await cancel_and_wait(self.consumers)
             if not drained and isinstance(self.queue, TieredQueue):
                 persisted = await self.queue.persist_memory()  # storage is there: keep what memory held
                 log.warning("shutdown: requests left in the queue kept on disk, replayed on next start",
@@ -176,9 +175,7 @@ class Exporter:
             await self.queue.close()
         await self.sender.stop()
         await self.sender.close()
-        for task in self._housekeeping:
-            task.cancel()
-        await asyncio.gather(*self._housekeeping, return_exceptions=True)
+        await cancel_and_wait(self._housekeeping)
         if self.dead_letters is not None:
             await self.dead_letters.close()
 

@@ -22,7 +22,6 @@ pace). Without it the prober behaves exactly as before.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import enum
 import logging
 from collections.abc import Callable
@@ -30,6 +29,7 @@ from collections.abc import Callable
 from sidecar.config.schema import HealthProbeConfig
 from sidecar.core.clock import Clock
 from sidecar.core.errors import ExportError, ExportFailure
+from sidecar.core.tasks import cancel_and_wait
 from sidecar.exporters.breaker import EndpointBreaker
 from sidecar.exporters.health_url import HealthCheckUrl, health_url_for
 from sidecar.exporters.retry import ExportClassifier
@@ -129,10 +129,7 @@ class HealthProber:
 
     async def stop(self) -> None:
         task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait([task])
         if self.url_check is not None:
             await self.url_check.close()
 

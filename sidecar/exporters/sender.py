@@ -417,9 +417,13 @@ class Sender:
         finally:
             answer.cancel()
         if paid is False:
-            self.events.fleet_budget_refused(self.exporter_name, ep.name)
+            self._fleet_refused(ep)
             return False
         return True
+
+    def _fleet_refused(self, ep: EndpointChain) -> None:
+        self.events.retry_refused(self.exporter_name, ep.name)  # a budget's refusal, as the local one's
+        self.events.fleet_budget_refused(self.exporter_name, ep.name)
 
     async def _fleet_allows_retry(self, ep: EndpointChain) -> bool:
         """Fleet mode: the fleet-wide budget must pay for the retry too (unknown when Redis is down or slow:
@@ -427,7 +431,7 @@ class Sender:
         if ep.shared_budget is None:
             return True
         if await ep.shared_budget.try_spend() is False:
-            self.events.fleet_budget_refused(self.exporter_name, ep.name)
+            self._fleet_refused(ep)
             return False
         return True
 

@@ -22,6 +22,7 @@ from collections.abc import Awaitable
 from typing import Any
 
 from sidecar.core.clock import Clock
+from sidecar.core.tasks import cancel_and_wait
 from sidecar.exporters.breaker import SOURCE_LOCAL, BreakerState, EndpointBreaker
 from sidecar.exporters.health import HealthProber
 from sidecar.fleet import scripts
@@ -306,9 +307,5 @@ class SharedBreaker:
         task.add_done_callback(self._tasks.discard)
 
     async def stop(self) -> None:
-        for task in list(self._tasks):
-            task.cancel()
-        for task in list(self._tasks):
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        await cancel_and_wait(list(self._tasks))
 

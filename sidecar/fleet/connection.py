@@ -28,6 +28,7 @@ from redis.exceptions import RedisError
 
 from sidecar.config.schema import FleetConfig
 from sidecar.core.clock import Clock
+from sidecar.core.tasks import cancel_and_wait
 from sidecar.telemetry.events import Events
 
 log = logging.getLogger(__name__)
@@ -137,10 +138,7 @@ class FleetConnection:
 
     async def stop(self) -> None:
         task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait([task])
         with contextlib.suppress(*FAILURES):
             await self.client.aclose()
 

@@ -13,6 +13,7 @@ from typing import Any
 
 from sidecar.config.schema import FleetConfig
 from sidecar.core.clock import Clock
+from sidecar.core.tasks import cancel_and_wait
 from sidecar.exporters.sender import Sender
 from sidecar.fleet.breaker import FleetScripts, SharedBreaker, parse_message
 from sidecar.fleet.budget import FleetRetryBudget
@@ -84,11 +85,7 @@ class Fleet:
             await self.heartbeat.leave()
         except Exception:  # leaving is a courtesy; the TTLs clean up after a sidecar that could not
             log.exception("leaving the fleet failed")
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(self._tasks)
         for shared in self.breakers.values():
             await shared.stop()
         await self.conn.stop()

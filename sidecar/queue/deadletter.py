@@ -41,6 +41,7 @@ from sidecar.queue.sqlite import (
     entry_from_columns,
     keep_wal_small,
     storage_error,
+    write_transaction,
 )
 
 DEFAULT_MAX_ENTRIES = 10_000
@@ -355,6 +356,14 @@ class SqliteDeadLetters:
         return self
 
     @property
+    def synchronous(self) -> Synchronous:
+        return self._db.synchronous
+
+    def known(self) -> builtins.list[tuple[int, Signal, int]]:
+        """(id, signal, items) of every dead letter held, oldest first: what a lost file would lose."""
+        return [(dl_id, known.signal, known.items) for dl_id, known in self._index.items()]
+
+    @property
     def count(self) -> int:
         return len(self._index)
 
@@ -390,19 +399,13 @@ class SqliteDeadLetters:
             evict_ids = [ev.id for ev in evicted]
 
             def write(conn: sqlite3.Connection) -> int:
-                conn.execute("BEGIN IMMEDIATE")
-                try:
+                with write_transaction(conn):
                     cursor = conn.execute(
                         "INSERT INTO dead_letters (signal, payload, items, metadata, accepted_at, nbytes, "
                         "category, severity, recoverability, recovery, error_type, classified_by, message, "
                         "dead_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", columns)
                     if evict_ids:
                         conn.executemany("DELETE FROM dead_letters WHERE id = ?", [(i,) for i in evict_ids])
-                    conn.execute("COMMIT")
-                except BaseException:
-                    if conn.in_transaction:
-                        conn.execute("ROLLBACK")
-                    raise
                 assert cursor.lastrowid is not None
                 return cursor.lastrowid
 
@@ -432,14 +435,8 @@ class SqliteDeadLetters:
             ids = [ev.id for ev in evicted]
 
             def delete(conn: sqlite3.Connection) -> None:
-                conn.execute("BEGIN IMMEDIATE")
-                try:
+                with write_transaction(conn):
                     conn.executemany("DELETE FROM dead_letters WHERE id = ?", [(i,) for i in ids])
-                    conn.execute("COMMIT")
-                except BaseException:
-                    if conn.in_transaction:
-                        conn.execute("ROLLBACK")
-                    raise
 
             try:
                 await self._db.run(delete)
@@ -478,8 +475,7 @@ class SqliteDeadLetters:
                 return []
 
             def read_and_delete(conn: sqlite3.Connection) -> builtins.list[DeadLetter]:
-                conn.execute("BEGIN IMMEDIATE")
-                try:
+                with write_transaction(conn):
                     out: builtins.list[DeadLetter] = []
                     for start in range(0, len(chosen), 500):
                         part = chosen[start:start + 500]
@@ -488,11 +484,6 @@ class SqliteDeadLetters:
                         out.extend(_from_row(row) for row in conn.execute(
                             f"{_SELECT} WHERE id IN ({marks}) ORDER BY id", part))
                         conn.execute(f"DELETE FROM dead_letters WHERE id IN ({marks})", part)
-                    conn.execute("COMMIT")
-                except BaseException:
-                    if conn.in_transaction:
-                        conn.execute("ROLLBACK")
-                    raise
                 return out
 
             try:
@@ -529,16 +520,10 @@ class SqliteDeadLetters:
                 return 0
 
             def delete(conn: sqlite3.Connection) -> None:
-                conn.execute("BEGIN IMMEDIATE")
-                try:
+                with write_transaction(conn):
                     for start in range(0, len(chosen), 500):
                         part = chosen[start:start + 500]
                         conn.execute(f"DELETE FROM dead_letters WHERE id IN ({','.join('?' * len(part))})", part)
-                    conn.execute("COMMIT")
-                except BaseException:
-                    if conn.in_transaction:
-                        conn.execute("ROLLBACK")
-                    raise
 
             try:
                 await self._db.run(delete)

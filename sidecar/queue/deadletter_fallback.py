@@ -26,7 +26,7 @@ from sidecar.core.taxonomy import Classification
 from sidecar.queue.base import QueueStorageError
 from sidecar.queue.deadletter import DeadLetter, Evicted, MemoryDeadLetters, SqliteDeadLetters
 from sidecar.queue.fallback import CORRUPT, DISK_FULL, IO_ERROR, RETRY_INTERVAL, StorageListener
-from sidecar.queue.sqlite import is_disk_full
+from sidecar.queue.sqlite import is_disk_full, recover_database
 
 log = logging.getLogger("sidecar.queue")
 
@@ -62,6 +62,7 @@ class FallbackDeadLetters:
         self.retry_interval = retry_interval
         self._monotonic = monotonic
         self.degraded: str | None = None
+        self.quarantined: list[str] = []  # where corrupt files were moved, oldest first
         self._failed_at = float("-inf")
         self._mover: asyncio.Task[None] | None = None
 
@@ -98,6 +99,8 @@ class FallbackDeadLetters:
                 if reason is None:
                     raise
                 self._failed(reason, exc)
+                if reason == CORRUPT:
+                    await self._quarantine(str(exc))
             else:
                 if self.degraded is not None:
                     evicted += await self._move_to_disk()
@@ -121,6 +124,36 @@ class FallbackDeadLetters:
         if self.degraded is None:
             self.listener.storage_degraded(reason)
         self.degraded = reason
+
+    async def _quarantine(self, detail: str) -> None:
+        """The file is damaged: carry what still reads into memory, move the file aside as
+        --recover does, and continue on a fresh one; what cannot be read is lost as `corrupt`."""
+        old = self.disk
+        for dl_id, signal, items in old.known():
+            try:
+                letters = await old.get([dl_id])
+            except Exception:
+                letters = []
+            if letters:
+                dl = letters[0]
+                for ev in await self.memory.add(dl.entry, dl.classification, dl.message, dl.dead_at):
+                    self.listener.lost(ev.signal, ev.items, ev.reason, f"{old.path}: carried over past the bound")
+            else:
+                self.listener.lost(signal, items, CORRUPT, f"{old.path}: unreadable dead letter")
+        with contextlib.suppress(Exception):
+            await old.close()
+        try:
+            moved = recover_database(old.path)
+            self.disk = await SqliteDeadLetters(old.path, old.max_entries, old.max_bytes, old.synchronous,
+                                                old.max_age).open()
+        except Exception as exc:  # the memory store keeps them; the next probe fails on the closed file again
+            log.error("cannot replace the corrupt dead-letter database %s: %s", old.path, exc)
+            return
+        self.quarantined.append(str(moved))
+        log.warning("corrupt dead-letter database quarantined", extra={
+            "path": str(old.path), "moved_to": str(moved), "detail": detail})
+        if self._mover is None or self._mover.done():
+            self._mover = asyncio.get_running_loop().create_task(self._move_back_loop())
 
     async def _move_to_disk(self) -> builtins.list[Evicted]:
         """Put the memory dead letters on the disk (oldest first); restored once all moved."""

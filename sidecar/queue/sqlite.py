@@ -37,7 +37,7 @@ import logging
 import os
 import sqlite3
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -163,6 +163,29 @@ def keep_wal_small(conn: sqlite3.Connection, path: Path, free: int | None = None
             conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
     except sqlite3.Error as exc:
         log.warning("%s: checkpoint on a low-space volume failed: %s", path, exc)
+
+
+_SIGNALS = {signal.value: signal for signal in Signal}
+
+
+def _load_index(conn: sqlite3.Connection, sizer: Sizer) -> tuple[
+        dict[int, tuple[int, int, Signal, int]], list[int], OldestTracker, int, int]:
+    """(index, available heap, oldest tracker, size, bytes) of every stored row. Worker thread;
+    ValueError on a row whose signal is unknown (a damaged or foreign file)."""
+    index: dict[int, tuple[int, int, Signal, int]] = {}
+    oldest = OldestTracker()
+    total_size = total_bytes = 0
+    for row_id, items, nbytes, accepted_at, signal in conn.execute(
+            "SELECT id, items, nbytes, accepted_at, signal FROM queue ORDER BY id"):
+        kind = _SIGNALS.get(signal)
+        if kind is None:
+            raise ValueError(f"row {row_id} has an unknown signal {signal!r}")
+        size = 1 if sizer is Sizer.REQUESTS else (int(items) if sizer is Sizer.ITEMS else int(nbytes))
+        index[int(row_id)] = (size, int(nbytes), kind, int(items))
+        oldest.add(int(row_id), float(accepted_at))
+        total_size += size
+        total_bytes += int(nbytes)
+    return index, list(index), oldest, total_size, total_bytes  # ids ascending: already a heap
 
 
 def free_bytes(directory: Path) -> int | None:
@@ -419,30 +442,20 @@ class SqliteQueue:
             raise RuntimeError(f"{self.path}: queue already opened")
         await self._db.open(QUEUE_SCHEMA, "queue", QUEUE_COLUMNS)
         try:
-            rows = await self._db.run(
-                lambda conn: conn.execute(
-                    "SELECT id, items, nbytes, accepted_at, signal FROM queue ORDER BY id").fetchall())
+            # Built on the worker thread: a replay of 10^5-10^6 rows must not hold the event loop
+            # (/ready and /health answer meanwhile).
+            loaded = await self._db.run(functools.partial(_load_index, sizer=self.sizer))
         except sqlite3.Error as exc:
             await self._db.close()
             raise storage_error(self.path, exc) from exc
+        except ValueError as exc:
+            await self._db.close()
+            raise corrupt_error(self.path, str(exc)) from None
         except BaseException:
             await self._db.close()
             raise
-        for row_id, items, nbytes, accepted_at, signal in rows:
-            if self.sizer is Sizer.REQUESTS:
-                size = 1
-            else:
-                size = int(items) if self.sizer is Sizer.ITEMS else int(nbytes)
-            try:
-                kind = Signal(signal)
-            except ValueError:
-                await self._db.close()
-                raise corrupt_error(self.path, f"row {row_id} has an unknown signal {signal!r}") from None
-            self._index[int(row_id)] = (size, int(nbytes), kind, int(items))
-            self._oldest.add(int(row_id), float(accepted_at))
-            self._size += size
-            self._bytes += int(nbytes)
-        self._available = [int(row[0]) for row in rows]  # sorted ascending: already a heap
+        self._index, self._available, self._oldest, self._size, self._bytes = loaded
+        rows = self._available
         self.replayed = len(rows)
         self._state = "open"
         if rows:
@@ -915,10 +928,23 @@ def _check_room(conn: sqlite3.Connection, path: Path, free: int, need: int) -> N
                                     f"acks; {need} bytes to insert")
 
 
-def _write_once(conn: sqlite3.Connection, rows: list[tuple[str, bytes, int, str, float, int]],
-                deletes: list[int]) -> list[int]:
+
+@contextlib.contextmanager
+def write_transaction(conn: sqlite3.Connection) -> Iterator[None]:
+    """BEGIN IMMEDIATE (the write lock up front, so a conflict fails here and not at COMMIT) ... COMMIT;
+    rolled back on any exception, cancellation included, and the exception goes on."""
     conn.execute("BEGIN IMMEDIATE")
     try:
+        yield
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+
+def _write_once(conn: sqlite3.Connection, rows: list[tuple[str, bytes, int, str, float, int]],
+                deletes: list[int]) -> list[int]:
+    with write_transaction(conn):
         ids: list[int] = []
         for row in rows:
             cursor = conn.execute(
@@ -928,9 +954,4 @@ def _write_once(conn: sqlite3.Connection, rows: list[tuple[str, bytes, int, str,
             ids.append(cursor.lastrowid)
         if deletes:
             conn.executemany("DELETE FROM queue WHERE id = ?", [(row_id,) for row_id in deletes])
-        conn.execute("COMMIT")
-    except BaseException:
-        if conn.in_transaction:
-            conn.execute("ROLLBACK")
-        raise
     return ids

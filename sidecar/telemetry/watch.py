@@ -19,7 +19,6 @@ through typed events (gauges, the anomaly log line and counter).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import math
 from collections.abc import Callable, Mapping
@@ -27,6 +26,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from sidecar.core.clock import Clock
+from sidecar.core.tasks import cancel_and_wait
 from sidecar.core.taxonomy import Category
 from sidecar.telemetry.anomaly import AnomalySettings, EwmaDetector
 from sidecar.telemetry.events import Events
@@ -121,10 +121,7 @@ class Watch:
 
     async def stop(self) -> None:
         task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait([task])
 
     async def _run(self) -> None:
         self._last_anomaly_at = self.clock.monotonic()

@@ -35,6 +35,10 @@ class RedisServer:
         return f"redis://127.0.0.1:{self.port}/0"
 
     def start(self, timeout: float = 10.0) -> RedisServer:
+        if self.proc is not None and self.proc.poll() is None:
+            # A second server on the same port would fail to bind while the first answered its PING, and
+            # the first would outlive the test.
+            raise RuntimeError(f"redis-server on port {self.port} is already running")
         args = [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
                 "--appendonly", "no", "--dir", str(self.workdir), "--daemonize", "no",
                 "--protected-mode", "no", "--logfile", str(self.log_path)]

@@ -8,7 +8,6 @@ POSTs, or the real OpenTelemetry SDK.
 from __future__ import annotations
 
 import itertools
-import json
 import os
 import threading
 import time
@@ -198,18 +197,6 @@ def degradation_drops(sidecar: SidecarProcess) -> float:
                for reason in DEGRADATION_REASONS)
 
 
-def log_events(sidecar: SidecarProcess) -> list[dict[str, Any]]:
-    """The sidecar's JSON log lines (both runs when it was restarted)."""
-    events = []
-    for line in sidecar.logs().splitlines():
-        if line.startswith("{"):
-            try:
-                events.append(json.loads(line))
-            except ValueError:
-                continue
-    return events
-
-
 def restart(sidecar: SidecarProcess) -> SidecarProcess:
     """A new process on the same config file, workdir (storage) and ports; the old one must be gone."""
     assert sidecar.proc is not None and sidecar.proc.poll() is not None, "stop or kill the sidecar first"
@@ -250,7 +237,7 @@ def test_sigkill_then_restart_delivers_everything_acknowledged(
     upstream.come_up()
     assert upstream.wait_for(lambda f: acknowledged <= f.span_ids(), timeout=30), (
         f"{len(acknowledged - upstream.span_ids())} acknowledged spans lost\n{sidecar.logs()[-3000:]}")
-    assert any(e.get("msg") == "replaying queued requests from disk" for e in log_events(sidecar))
+    assert any(e.get("msg") == "replaying queued requests from disk" for e in sidecar.log_events())
 
 
 
@@ -305,7 +292,7 @@ def test_overload_sheds_non_errors_first_reports_it_and_pushes_back_retryably(
     # Shedding is reported honestly: what the answers say was shed is what the counters count.
     reported = sum(answer.rejected for _, answer in accepted)
     assert reported == degradation_drops(sidecar), sidecar.metrics_text()
-    pushbacks = [e for e in log_events(sidecar) if e.get("event") == "backpressure"]
+    pushbacks = [e for e in sidecar.log_events() if e.get("event") == "backpressure"]
     assert pushbacks and all(e["reason"] == "queue_full" for e in pushbacks), pushbacks
     refused_before_sdk = sidecar.metric_value("sidecar_receiver_refused_spans_total")
 
@@ -465,7 +452,7 @@ def test_memory_limit_bounds_rss_and_pushes_back(upstream: FakeCollector,
     assert http.status == 503, http
     assert int(http.headers["Retry-After"]) >= 1
     assert peak <= limit + MEMORY_OVERSHOOT_MIB, figures
-    pushbacks = [e for e in log_events(sidecar) if e.get("event") == "backpressure"]
+    pushbacks = [e for e in sidecar.log_events() if e.get("event") == "backpressure"]
     assert pushbacks and pushbacks[0]["reason"] == "memory_limit", pushbacks
 
 
@@ -546,7 +533,7 @@ def test_sigterm_with_memory_queue_counts_what_is_left_as_dropped(
     assert sidecar.metric_value("sidecar_exporter_queue_size") == 10
 
     assert sidecar.stop(timeout=SHUTDOWN_TIMEOUT + SHUTDOWN_SLACK) == 0
-    drops = [e for e in log_events(sidecar) if e.get("event") == "drop" and e.get("reason") == "shutdown"]
+    drops = [e for e in sidecar.log_events() if e.get("event") == "drop" and e.get("reason") == "shutdown"]
     assert drops, sidecar.logs()[-3000:]
     assert all(e["signal"] == "traces" for e in drops)
     assert sum(e["items_since_last_log"] for e in drops) == len(queued)  # all of it, in the log
@@ -561,7 +548,7 @@ def test_sigterm_with_disk_queue_persists_and_the_next_start_delivers(
     queued = queue_traffic(sidecar)
 
     assert sidecar.stop(timeout=SHUTDOWN_TIMEOUT + SHUTDOWN_SLACK) == 0
-    events = log_events(sidecar)
+    events = sidecar.log_events()
     assert not [e for e in events if e.get("event") == "drop"], "the disk queue keeps what is left"
     assert any(e.get("msg", "").startswith("shutdown: requests left in the disk queue") for e in events)
 

@@ -12,12 +12,10 @@ reason, except under CI (`CI` set in the environment), where it fails instead: C
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import signal
 import subprocess
 import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -29,8 +27,9 @@ from opentelemetry.proto.trace.v1 import trace_pb2
 
 from tests.fakes.collector import FakeCollector
 from tests.integration.conftest import SidecarFactory
+from tests.polling import eventually
 from tests.sdk_app import RecordedTraffic
-from tests.sidecar_process import SidecarProcess
+from tests.sidecar_process import SidecarProcess, get_json
 
 TRACE_EXPORT = "/opentelemetry.proto.collector.trace.v1.TraceService/Export"
 EXPORTER = "otlp_grpc"
@@ -91,30 +90,8 @@ class RawClient:
         self.channel.close()
 
 
-def ready_body(sidecar: SidecarProcess) -> tuple[int, dict[str, Any]]:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{sidecar.ports.health}/ready", timeout=5) as r:
-            return r.status, json.loads(r.read())
-    except urllib.error.HTTPError as exc:
-        return exc.code, json.loads(exc.read())
-
-
-def log_events(sidecar: SidecarProcess) -> list[dict[str, Any]]:
-    events = []
-    for line in sidecar.logs().splitlines():
-        with contextlib.suppress(ValueError):
-            if line.startswith("{"):
-                events.append(json.loads(line))
-    return events
-
-
-def wait(predicate: Any, timeout: float, interval: float = 0.1) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(interval)
-    return bool(predicate())
+def ready_body(sidecar: SidecarProcess) -> tuple[int, Any]:
+    return get_json(f"http://127.0.0.1:{sidecar.ports.health}/ready")
 
 
 # ---------------------------------------------------------------- a small volume
@@ -218,7 +195,7 @@ def test_full_disk_keeps_accepting_into_memory_and_loses_nothing(
                                     store="queue") == 1
         assert sidecar.metric_value("sidecar_degradation_level", exporter=EXPORTER) >= 1
         assert any(e.get("event") == "storage_degraded" and e.get("reason") == "disk_full"
-                   for e in log_events(sidecar))
+                   for e in sidecar.log_events())
 
         # Another writer takes the last free bytes (the queue keeps a reserve for its acks), and
         # upstream refuses one request for good: its dead letter meets a completely full disk.
@@ -231,7 +208,7 @@ def test_full_disk_keeps_accepting_into_memory_and_loses_nothing(
         assert upstream.wait_for(lambda f: acknowledged <= f.span_ids(), timeout=60), (
             f"{len(acknowledged - upstream.span_ids())} of {len(acknowledged)} acknowledged spans lost\n"
             f"{sidecar.logs()[-3000:]}")
-        assert wait(lambda: sidecar.metric_value("sidecar_dead_letters_total", exporter=EXPORTER) == 1, 10)
+        assert eventually(lambda: sidecar.metric_value("sidecar_dead_letters_total", exporter=EXPORTER) == 1, 10)
         assert sidecar.metric_value("sidecar_exporter_queue_storage_errors_total", exporter=EXPORTER,
                                     store="dead_letters", reason="disk_full") > 0
         assert ready_body(sidecar)[1]["exporters"][EXPORTER]["storage"]["dead_letters"]["in_memory"] == 1
@@ -239,10 +216,10 @@ def test_full_disk_keeps_accepting_into_memory_and_loses_nothing(
         # Back to the disk once writes succeed: space is freed, the queue drained, the next put
         # lands on the disk and the dead letter moves there too.
         filler.unlink()
-        assert wait(lambda: raw.export(spans=5, padding=10) and
+        assert eventually(lambda: raw.export(spans=5, padding=10) and
                     ready_body(sidecar)[1]["storage_degraded"] == {}, timeout=30, interval=0.5), (
             ready_body(sidecar), volume_listing(small_volume), sidecar.logs()[-3000:])
-        assert any(e.get("event") == "storage_restored" for e in log_events(sidecar))
+        assert any(e.get("event") == "storage_restored" for e in sidecar.log_events())
         assert sidecar.metric_value("sidecar_exporter_queue_storage_degraded", exporter=EXPORTER,
                                     store="queue") == 0
         storage = ready_body(sidecar)[1]["exporters"][EXPORTER]["storage"]
@@ -285,7 +262,7 @@ def test_black_hole_upstream_times_out_trips_the_breaker_and_loses_nothing(
         else:
             upstream.set_delay(3600)
         wait_for_requests_ok(client, 40)  # acknowledged from the queue, whatever the upstream does
-        assert wait(lambda: sidecar.metric_value("sidecar_breaker_transitions_total", exporter=EXPORTER,
+        assert eventually(lambda: sidecar.metric_value("sidecar_breaker_transitions_total", exporter=EXPORTER,
                                                  to_state="open") >= 1, timeout=20), sidecar.logs()[-3000:]
         timeouts = sidecar.metric_value("sidecar_exporter_send_failed_spans_total", exporter=EXPORTER,
                                         category="timeout")
@@ -313,11 +290,15 @@ def test_black_hole_upstream_times_out_trips_the_breaker_and_loses_nothing(
 def test_slow_upstream_keeps_client_answers_fast_and_the_latency_trigger_reacts(
         upstream: FakeCollector, sidecar_factory: SidecarFactory) -> None:
     """Every upstream answer takes 3 s (slow, not failing): clients are acknowledged once queued, so
-    their 1 s deadline never expires; the ladder's latency trigger (1 s here) raises the level."""
+    their 1 s deadline never expires; the ladder's latency trigger (1 s here) raises the level and
+    the adaptive concurrency limit, grown while the upstream was fast, is cut."""
     def latency_trigger(config: dict[str, Any]) -> None:
         config["processors"]["degradation"] = {"latency": "1s"}
 
+    # No health probes: a probe timing out on the slow upstream would mark the endpoint unhealthy and
+    # raise the level with the cause `breaker_open` first; the latency driver is what is tested here.
     sidecar = sidecar_factory(upstream.grpc_endpoint, timeout="10s", config_edit=latency_trigger,
+                              health_probe={"enabled": False},
                               sending_queue={"num_consumers": 4, "queue_size": 1000})
     client = RawClient(sidecar)
     try:
@@ -325,12 +306,23 @@ def test_slow_upstream_keeps_client_answers_fast_and_the_latency_trigger_reacts(
         wait_for_requests_ok(client, 8, timeout=1.0)
         assert upstream.wait_for(lambda f: client.acknowledged <= f.span_ids(), timeout=30)
         # The latency driver needs a measured (slow) success, then a request to read it.
-        assert wait(lambda: client.export(spans=2, padding=10, timeout=1.0) and sidecar.metric_value(
+        assert eventually(lambda: client.export(spans=2, padding=10, timeout=1.0) and sidecar.metric_value(
             "sidecar_degradation_level", exporter=EXPORTER) >= 1, timeout=20, interval=0.5), (
             sidecar.logs()[-3000:])
         assert not client.refused
         assert any(e.get("event") == "degradation_level" and e.get("cause") == "latency"
-                   for e in log_events(sidecar))
+                   for e in sidecar.log_events())
+        # Fast again: the adaptive limit grows while the consumers keep the upstream busy; then slow
+        # again: the latency breach (3 s against an EWMA of milliseconds) cuts it.
+        upstream.set_delay(0)
+        wait_for_requests_ok(client, 60, spans=50)
+        assert upstream.wait_for(lambda f: client.acknowledged <= f.span_ids(), timeout=30)
+        grown = sidecar.metric_value("sidecar_concurrency_limit")
+        assert grown >= 2, grown
+        upstream.set_delay(3.0)
+        wait_for_requests_ok(client, 8, timeout=1.0)
+        assert eventually(lambda: sidecar.metric_value("sidecar_concurrency_limit") < grown, timeout=15), (
+            grown, sidecar.metrics_text())
         upstream.set_delay(0)
         assert upstream.wait_for(lambda f: client.acknowledged <= f.span_ids(), timeout=30)
         assert sidecar.metric_value("sidecar_exporter_send_failed_spans_total", exporter=EXPORTER) == 0
@@ -358,8 +350,9 @@ def test_wal_cut_short_while_running_is_quarantined_and_losses_are_counted(
         os.truncate(wal, size // 2)
         for _ in range(5):
             assert client.export(spans=20, padding=1000)  # the first write meets the damage
-        assert wait(lambda: bool(ready_body(sidecar)[1]["exporters"][EXPORTER]["storage"]["queue"]["quarantined"]),
-                    timeout=10), sidecar.logs()[-3000:]
+        assert eventually(
+            lambda: bool(ready_body(sidecar)[1]["exporters"][EXPORTER]["storage"]["queue"]["quarantined"]),
+            timeout=10), sidecar.logs()[-3000:]
         moved = ready_body(sidecar)[1]["exporters"][EXPORTER]["storage"]["queue"]["quarantined"]
         assert Path(moved[0]).exists() and Path(moved[0]).parent == queue_dir
 
@@ -370,17 +363,17 @@ def test_wal_cut_short_while_running_is_quarantined_and_losses_are_counted(
                     and len(client.acknowledged - upstream.span_ids())
                     == sidecar.metric_value("sidecar_dropped_items_total", reason="corrupt"))
 
-        assert wait(settled, timeout=60, interval=0.5), (
+        assert eventually(settled, timeout=60, interval=0.5), (
             len(client.acknowledged - upstream.span_ids()),
             sidecar.metric_value("sidecar_dropped_items_total", reason="corrupt"), sidecar.logs()[-3000:])
         lost = client.acknowledged - upstream.span_ids()
         assert sidecar.metric_value("sidecar_exporter_queue_storage_errors_total", exporter=EXPORTER,
                                     store="queue", reason="corrupt") >= 1
-        assert any(e.get("msg") == "corrupt queue database quarantined" for e in log_events(sidecar))
+        assert any(e.get("msg") == "corrupt queue database quarantined" for e in sidecar.log_events())
         # Every other loss reason stays at zero: what was not delivered is exactly what is counted.
         assert sidecar.metric_value("sidecar_dropped_items_total") == len(lost)
         # Writes go on to the fresh file.
-        assert wait(lambda: client.export(spans=2, padding=10) and
+        assert eventually(lambda: client.export(spans=2, padding=10) and
                     ready_body(sidecar)[1]["storage_degraded"] == {}, timeout=20, interval=0.5)
         assert upstream.wait_for(lambda f: client.acknowledged - lost <= f.span_ids(), timeout=30)
     finally:

@@ -26,7 +26,7 @@ from opentelemetry.proto.trace.v1 import trace_pb2
 from tests.fakes.collector import FakeCollector, ReceivedRequest
 from tests.fakes.redis_server import RedisServer
 from tests.integration.conftest import SidecarFactory
-from tests.polling import eventually, holds_for
+from tests.polling import eventually, holds_for, wait_until
 from tests.sidecar_process import ROOT, SidecarProcess
 
 TRACE_EXPORT = "/opentelemetry.proto.collector.trace.v1.TraceService/Export"
@@ -291,6 +291,27 @@ def test_a_sidecar_starts_and_delivers_without_redis_and_joins_when_it_comes(
         assert eventually(lambda: client.acknowledged <= upstream.span_ids(), 15)
     assert sidecar.metric_value("sidecar_fleet_connected") == 0
     assert '"event":"fleet_connection"' in sidecar.logs()  # "fleet store not reachable yet"
-    with absent.start():
+    with absent:  # starts it now, on the port the sidecar was given
         assert eventually(lambda: sidecar.metric_value("sidecar_fleet_connected") == 1, 15)
         assert eventually(lambda: sidecar.metric_value("sidecar_fleet_members") == 1, 10)
+
+
+def test_when_the_prober_dies_another_sidecar_takes_the_lease_over(
+        sidecar_factory: SidecarFactory, upstream: FakeCollector, redis_server: RedisServer) -> None:
+    sidecars = start_fleet(sidecar_factory, upstream, redis_server)
+    upstream.fail_always(grpc_code=grpc.StatusCode.UNAVAILABLE)
+    with clients_of(sidecars) as clients:
+        for n in range(6):
+            clients[0].send(2000 + 2 * n)
+    leases = "sidecar_fleet_probe_leases_won_total"
+    holder = wait_until(lambda: next((s for s in sidecars if s.metric_value(leases) >= 1), None), 20,
+                        "a sidecar to win the probe lease")
+    holder.kill()
+    killed_at = time.monotonic()
+    others = [s for s in sidecars if s is not holder]
+    successor = wait_until(lambda: next((s for s in others if s.metric_value(leases) >= 1), None), 20,
+                           "another sidecar to take the lease over")
+    assert eventually(lambda: any(r.is_probe and r.received_at > killed_at and caller(r) == caller_name(successor)
+                                  for r in upstream.attempts()), 10)
+    upstream.clear_faults()
+    assert eventually(lambda: all(s.metric_value("sidecar_breaker_state") == 0 for s in others), 20)

@@ -7,22 +7,12 @@ throughout; /ready/upstream follows the URL, not the OTLP port.
 
 from __future__ import annotations
 
-import json
 import time
-import urllib.error
-import urllib.request
 
 from tests.fakes.collector import FakeCollector
 from tests.fakes.health_check import FakeHealthCheck
 from tests.integration.conftest import SidecarFactory
-
-
-def get(url: str) -> tuple[int, dict[str, object]]:
-    try:
-        with urllib.request.urlopen(url, timeout=5) as response:
-            return response.status, json.loads(response.read())
-    except urllib.error.HTTPError as exc:
-        return exc.code, json.loads(exc.read())
+from tests.sidecar_process import get_json
 
 
 def test_health_check_url_moves_ready_upstream_from_503_to_200(sidecar_factory: SidecarFactory) -> None:
@@ -35,19 +25,19 @@ def test_health_check_url_moves_ready_upstream_from_503_to_200(sidecar_factory: 
         while time.monotonic() < deadline and len(health.requests) < 3:
             time.sleep(0.05)
         assert len(health.requests) >= 3, "the sidecar never asked the health_check URL"
-        code, body = get(f"{base}/ready/upstream")
+        code, body = get_json(f"{base}/ready/upstream")
         assert code == 503, body
         exporter = body["exporters"]["otlp_grpc"]  # type: ignore[index]
         assert exporter["upstream"] == "unreachable", body
         assert exporter["endpoints"][0]["health"] == "unhealthy", body
         assert "http_503" in exporter["endpoints"][0]["probe_error"], body  # the health_check URL's answer
-        assert get(f"{base}/ready")[0] == 200  # the sidecar itself accepts data all the while
+        assert get_json(f"{base}/ready")[0] == 200  # the sidecar itself accepts data all the while
         assert not collector.probes()  # no empty Export probes went to the OTLP port
 
         health.status = 200
         deadline = time.monotonic() + 10
-        while time.monotonic() < deadline and get(f"{base}/ready/upstream")[0] != 200:
+        while time.monotonic() < deadline and get_json(f"{base}/ready/upstream")[0] != 200:
             time.sleep(0.05)
-        code, body = get(f"{base}/ready/upstream")
+        code, body = get_json(f"{base}/ready/upstream")
         assert code == 200 and body["exporters"]["otlp_grpc"]["upstream"] == "reachable", body  # type: ignore[index]
         assert body["exporters"]["otlp_grpc"]["endpoints"][0]["probe_error"] is None  # type: ignore[index]

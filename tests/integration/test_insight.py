@@ -76,17 +76,6 @@ def _value(samples: dict[tuple[str, frozenset[tuple[str, str]]], float], name: s
     return sum(found)
 
 
-def _log_events(sidecar: SidecarProcess) -> list[dict[str, Any]]:
-    events = []
-    for line in sidecar.logs().splitlines():
-        if line.startswith("{"):
-            try:
-                events.append(json.loads(line))
-            except ValueError:
-                continue
-    return events
-
-
 class _SteadyTraffic:
     """Spans from the SDK at a fixed rate (paced to a schedule, so a slow moment catches up)."""
 
@@ -255,7 +244,7 @@ def test_a_burst_of_a_new_error_class_is_an_anomaly_and_a_steady_rate_is_not(
     assert peak["timeout"] >= 2, peak
     assert _value(after, "sidecar_error_rate_anomalies_total", **timeout) == 1
     assert peak["transport"] < 4 and _value(after, "sidecar_error_rate_anomalies_total", **transport) == 0
-    raised = [e for e in _log_events(sidecar) if e.get("event") == "error_rate_anomaly" and e.get("state") == "raised"]
+    raised = [e for e in sidecar.log_events() if e.get("event") == "error_rate_anomaly" and e.get("state") == "raised"]
     by_category = [e for e in raised if "category" in e]
     assert [e["category"] for e in by_category] == ["timeout"], raised
     assert by_category[0]["score"] >= 4

@@ -9,7 +9,6 @@ reachability, `unknown` until a probe has answered.
 from __future__ import annotations
 
 import asyncio
-import json
 import socket
 import sqlite3
 import time
@@ -28,20 +27,12 @@ from sidecar.queue.factory import queue_path
 from sidecar.queue.sqlite import QUEUE_COLUMNS, SqliteQueue, entry_columns
 from tests.fakes.collector import FakeCollector
 from tests.integration.conftest import SidecarFactory
-from tests.sidecar_process import free_port
+from tests.sidecar_process import free_port, get_json
 
 PROBE_INTERVAL = 0.5
 UNHEALTHY_THRESHOLD = 2
 PROBE = {"interval": f"{int(PROBE_INTERVAL * 1000)}ms", "timeout": "1s",
          "unhealthy_threshold": UNHEALTHY_THRESHOLD, "healthy_threshold": 1}
-
-
-def get(url: str) -> tuple[int, dict[str, object]]:
-    try:
-        with urllib.request.urlopen(url, timeout=5) as response:
-            return response.status, json.loads(response.read())
-    except urllib.error.HTTPError as exc:
-        return exc.code, json.loads(exc.read())
 
 
 def upstream_state(body: dict[str, object]) -> object:
@@ -69,25 +60,25 @@ def test_ready_ignores_the_upstream_and_ready_upstream_follows_it(
     sidecar = sidecar_factory(f"127.0.0.1:{port}", health_probe=PROBE)
     base = f"http://127.0.0.1:{sidecar.ports.health}"
 
-    code, body = get(f"{base}/ready")
+    code, body = get_json(f"{base}/ready")
     assert code == 200 and body["phase"] == "running", body  # at once, with nothing answering upstream
     assert upstream_state(body) == "unknown"  # reported in the detail, never healthy by assumption
-    code, body = get(f"{base}/ready/upstream")
+    code, body = get_json(f"{base}/ready/upstream")
     assert code == 503 and upstream_state(body) == "unknown", body
 
     # Nothing is listening any more: probes fail, the endpoint is unreachable; /ready does not care.
     silent_listener.close()
     deadline = time.monotonic() + 15
-    while time.monotonic() < deadline and upstream_state(get(f"{base}/ready/upstream")[1]) != "unreachable":
+    while time.monotonic() < deadline and upstream_state(get_json(f"{base}/ready/upstream")[1]) != "unreachable":
         time.sleep(0.05)
-    code, body = get(f"{base}/ready/upstream")
+    code, body = get_json(f"{base}/ready/upstream")
     assert code == 503 and upstream_state(body) == "unreachable", body
     endpoints = body["exporters"]["otlp_grpc"]["endpoints"]  # type: ignore[index]
     assert [ep["health"] for ep in endpoints] == ["unhealthy"]
 
     stays_until = time.monotonic() + PROBE_INTERVAL * UNHEALTHY_THRESHOLD * 2
     while time.monotonic() < stays_until:
-        code, body = get(f"{base}/ready")
+        code, body = get_json(f"{base}/ready")
         assert code == 200, body
         time.sleep(0.05)
 
@@ -95,10 +86,10 @@ def test_ready_ignores_the_upstream_and_ready_upstream_follows_it(
     # channel's reconnect backoff (capped at 2 s by the transport) after the refused connections.
     with FakeCollector(grpc_port=port) as collector:
         started = time.monotonic()
-        while time.monotonic() - started < 10 and get(f"{base}/ready/upstream")[0] != 200:
+        while time.monotonic() - started < 10 and get_json(f"{base}/ready/upstream")[0] != 200:
             time.sleep(0.02)
         took = time.monotonic() - started
-        code, body = get(f"{base}/ready/upstream")
+        code, body = get_json(f"{base}/ready/upstream")
         assert code == 200 and upstream_state(body) == "reachable", body
         assert took <= PROBE_INTERVAL + 2.5, f"/ready/upstream took {took:.2f}s after the Collector came up"
         assert collector.attempts  # the probes reached it
@@ -121,7 +112,7 @@ def test_ready_is_200_under_backpressure(sidecar_factory: SidecarFactory) -> Non
             codes.append(exc.code())
     channel.close()
     assert grpc.StatusCode.UNAVAILABLE in codes, codes  # pushed back...
-    code, body = get(f"http://127.0.0.1:{sidecar.ports.health}/ready")
+    code, body = get_json(f"http://127.0.0.1:{sidecar.ports.health}/ready")
     assert code == 200, body  # ...and still ready
 
 
@@ -155,12 +146,12 @@ def test_ready_is_503_while_starting_and_after_sigterm(tmp_path: Path, sidecar_f
     sidecar = sidecar_factory(f"127.0.0.1:{free_port()}", config_edit=use_storage, wait_ready=False,
                               health_probe=PROBE, sending_queue={"queue_size": 1_000_000})
     base = f"http://127.0.0.1:{sidecar.ports.health}"
-    code, body = get(f"{base}/ready")  # /health answers from the start; the queue is still being replayed
+    code, body = get_json(f"{base}/ready")  # /health answers from the start; the queue is still being replayed
     assert code == 503 and body["phase"] == "starting", body
     deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and get(f"{base}/ready")[0] != 200:
+    while time.monotonic() < deadline and get_json(f"{base}/ready")[0] != 200:
         time.sleep(0.05)
-    code, body = get(f"{base}/ready")
+    code, body = get_json(f"{base}/ready")
     assert code == 200 and body["exporters"]["otlp_grpc"]["queue_size"] == 600_000, body  # type: ignore[index]
 
     assert sidecar.proc is not None
@@ -169,7 +160,7 @@ def test_ready_is_503_while_starting_and_after_sigterm(tmp_path: Path, sidecar_f
     seen: tuple[int, dict[str, object]] | None = None
     while time.monotonic() < deadline:
         try:
-            seen = get(f"{base}/ready")
+            seen = get_json(f"{base}/ready")
         except (urllib.error.URLError, ConnectionError):
             break  # stopped listening: the drain is over
         if seen[0] == 503:

@@ -5,8 +5,10 @@ A full disk is simulated with `PRAGMA max_page_count`, which makes SQLite answer
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 from pathlib import Path
+from typing import Any
 
 from sidecar.core.entry import QueueEntry
 from sidecar.core.signals import Signal
@@ -16,35 +18,14 @@ from sidecar.queue.deadletter import SqliteDeadLetters, replay_dead_letters
 from sidecar.queue.deadletter_fallback import MEMORY_FIRST_ID, FallbackDeadLetters, dead_letter_failure
 from sidecar.queue.memory import MemoryQueue
 from tests.fakes.clock import FakeClock
+from tests.fakes.storage import Recorder, exists, num, numbered_entry
 
 BAD_DATA = Classification(Category.SERIALIZATION, Severity.HIGH, Recoverability.PERMANENT,
                           Recovery.DROP, "INVALID_ARGUMENT", "default")
 
 
 def entry(n: int, nbytes: int = 20_000) -> QueueEntry:
-    return QueueEntry(Signal.LOGS, f"{n:08d}".encode().ljust(nbytes, b"."), 4, (), 100.0 + n)
-
-
-def num(e: QueueEntry) -> int:
-    return int(e.payload[:8])
-
-
-class Recorder:
-    def __init__(self) -> None:
-        self.events: list[tuple[str, ...]] = []
-        self.lost_items: dict[str, int] = {}
-
-    def storage_error(self, reason: str, detail: str) -> None:
-        self.events.append(("error", reason))
-
-    def storage_degraded(self, reason: str) -> None:
-        self.events.append(("degraded", reason))
-
-    def storage_restored(self) -> None:
-        self.events.append(("restored",))
-
-    def lost(self, signal: Signal, items: int, reason: str, detail: str) -> None:
-        self.lost_items[reason] = self.lost_items.get(reason, 0) + items
+    return numbered_entry(n, nbytes, signal=Signal.LOGS, items=4, accepted_at=100.0)
 
 
 async def set_max_pages(store: SqliteDeadLetters, pages: int | None) -> None:
@@ -120,3 +101,32 @@ async def test_close_reports_what_the_disk_still_refuses(tmp_path: Path) -> None
     await store.add(entry(2), BAD_DATA, "bad")
     await store.close()
     assert rec.lost_items == {"shutdown": 8}
+
+
+async def test_a_dead_letter_file_damaged_while_running_is_quarantined(tmp_path: Path) -> None:
+    rec, clock = Recorder(), FakeClock()
+    disk = await SqliteDeadLetters(tmp_path / "dl.sqlite").open()
+    store = FallbackDeadLetters(disk, rec, clock.monotonic, retry_interval=0.01)
+    for n in range(3):
+        await store.add(entry(n), BAD_DATA, "bad")
+    await disk._db.run(lambda conn: conn.execute("UPDATE dead_letters SET category = 'bogus' WHERE id = 2"))
+    run = disk._db.run
+
+    async def malformed_on_write(fn: Any) -> Any:
+        if getattr(fn, "__name__", "") == "write_and_keep_wal_small":
+            raise sqlite3.DatabaseError("database disk image is malformed")
+        return await run(fn)
+
+    disk._db.run = malformed_on_write  # type: ignore[method-assign]
+    await store.add(entry(3), BAD_DATA, "bad")
+    assert ("degraded", "corrupt") in rec.events
+    assert rec.lost_items == {"corrupt": 4}  # entry 1: its row no longer decodes
+    assert len(store.quarantined) == 1 and exists(store.quarantined[0])
+    assert store.disk is not disk and exists(tmp_path / "dl.sqlite")
+    for _ in range(200):
+        if store.degraded is None:
+            break
+        await asyncio.sleep(0.01)
+    assert store.degraded is None and store.memory.count == 0
+    assert sorted(num(dl.entry) for dl in await store.list()) == [0, 2, 3]
+    await store.close()

@@ -240,6 +240,8 @@ async def test_a_retry_the_fleet_budget_refuses_stays_queued() -> None:
     assert len(transport.calls) == 1 and shared.deposits == 1 and shared.asked == 1
     assert sample(metrics, "sidecar_fleet_budget_refused_retries_total",
                   {"exporter": "otlp_grpc", "endpoint": "a:4317"}) == 1
+    assert sample(metrics, "sidecar_exporter_retries_refused_total",  # a budget's refusal, as the local one's
+                  {"exporter": "otlp_grpc", "endpoint": "a:4317"}) == 1
 
 
 async def test_without_an_answer_from_the_fleet_the_local_budget_decides() -> None:
@@ -268,3 +270,4 @@ async def test_a_resend_the_fleet_refuses_waits_before_asking_again() -> None:
     again = await clock.run(sender.send(make_entry(2), resend=True))
     assert again.verdict is Verdict.DELIVERED and shared.asked == 3
     assert FLEET_REFUSED_WAIT in clock.sleeps
+

@@ -13,41 +13,15 @@ from pathlib import Path
 import pytest
 
 from sidecar.core.entry import QueueEntry
-from sidecar.core.signals import Signal
 from sidecar.queue import sqlite as sqlite_queue
 from sidecar.queue.base import Lease, QueueFull, QueueStorageError
 from sidecar.queue.fallback import CORRUPT, DISK_FULL, IO_ERROR, StorageFallbackQueue, memory_bound, storage_failure
 from sidecar.queue.sqlite import SqliteQueue
+from tests.fakes.storage import Recorder, exists, num, numbered_entry
 
 
 def entry(n: int, nbytes: int = 2000, items: int = 3) -> QueueEntry:
-    return QueueEntry(Signal.TRACES, f"{n:08d}".encode().ljust(nbytes, b"."), items, (("k", "v"),), 1000.0 + n)
-
-
-def exists(path: str | Path) -> bool:
-    return Path(path).exists()
-
-
-def num(e: QueueEntry) -> int:
-    return int(e.payload[:8])
-
-
-class Recorder:
-    def __init__(self) -> None:
-        self.events: list[tuple[str, ...]] = []
-        self.lost_items: dict[str, int] = {}
-
-    def storage_error(self, reason: str, detail: str) -> None:
-        self.events.append(("error", reason))
-
-    def storage_degraded(self, reason: str) -> None:
-        self.events.append(("degraded", reason))
-
-    def storage_restored(self) -> None:
-        self.events.append(("restored",))
-
-    def lost(self, signal: Signal, items: int, reason: str, detail: str) -> None:
-        self.lost_items[reason] = self.lost_items.get(reason, 0) + items
+    return numbered_entry(n, nbytes, items=items, metadata=(("k", "v"),), accepted_at=1000.0)
 
 
 async def opened(path: Path, capacity: int = 1000, memory_bytes: int = 1 << 20,
@@ -306,4 +280,36 @@ async def test_an_io_error_on_write_is_answered_from_memory_as_io_error(tmp_path
     failing["on"] = False
     await wait_until(lambda: q.degraded is None and q.in_memory == 0)
     assert q.disk.count == 2 and await drain(q) == [0, 1]
+    await q.close()
+
+
+def overwrite(path: Path, offset: int, data: bytes) -> None:
+    with path.open("r+b") as f:
+        f.seek(offset)
+        f.write(data)
+
+
+async def test_pages_overwritten_while_running_are_detected_and_quarantined(tmp_path: Path) -> None:
+    path = tmp_path / "q.sqlite"
+    rec = Recorder()
+    q = await opened(path, recorder=rec)
+    for n in range(60):
+        await q.put(entry(n, nbytes=20_000))
+
+    def to_main_file_and_small_cache(conn: sqlite3.Connection) -> int:
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()  # the rows now live in the main file
+        conn.execute("PRAGMA cache_size=4").fetchall()  # and are read from it, not from the page cache
+        conn.execute("PRAGMA shrink_memory").fetchall()
+        return int(conn.execute("PRAGMA page_size").fetchone()[0])
+
+    page = await q.disk._db.run(to_main_file_and_small_cache)
+    size = path.stat().st_size
+    overwrite(path, (size // 2) // page * page, b"\xa5" * (4 * page))  # four pages of garbage mid-file
+    got = await drain(q)
+    lost = rec.lost_items.get(CORRUPT, 0)
+    assert ("degraded", CORRUPT) in rec.events and len(q.quarantined) == 1
+    assert lost > 0 and len(got) + lost // 3 == 60  # every entry delivered or counted lost (3 items each)
+    assert len(set(got)) == len(got)
+    await q.put(entry(99))
+    assert q.count == 1
     await q.close()
