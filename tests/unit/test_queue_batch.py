@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
+import msgspec
 import pytest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
@@ -189,7 +190,10 @@ async def test_batching_is_on_by_default_and_enabled_false_turns_it_off() -> Non
                                                           flush_timeout=Duration(0.1))
     entries = [make_entry(1, tag=f"e{i}-") for i in range(4)]
     transport = FakeTransport("a:4317", sender_clock())
-    await trickle(entries, SendingQueueConfig().batch, transport)
+    default = SendingQueueConfig().batch
+    assert default is not None
+    # The default batch, with a wait long enough that a loaded machine cannot stretch the trickle past it.
+    await trickle(entries, msgspec.structs.replace(default, flush_timeout=Duration(0.5)), transport)
     assert [entry.items for _, entry in transport.calls] == [4]
     transport = FakeTransport("a:4317", sender_clock())
     await trickle(entries, QueueBatchConfig(enabled=False, flush_timeout=Duration(0.3)), transport)
