@@ -70,9 +70,10 @@ faults: $(STAMP)
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis
 
-# Benchmarks (bench/run.py): throughput, added latency, Collector outage, SIGKILL and memory scenarios, side
-# by side with a direct baseline measured in the same run. `bench` (under 10 minutes on a 2-core machine)
-# writes bench/RESULTS.md, results.json, outage.png and memory.png; `bench-quick` (under 2 minutes) writes
+# Benchmarks (bench/run.py): throughput (with a rotel peer row), added latency, Collector outage, SIGKILL,
+# memory and CPU-at-a-steady-rate (sidecar vs rotel at 10,000 spans/s) scenarios, side by side with a
+# baseline measured in the same run. `bench` (about 10 minutes on a 2-core machine)
+# writes bench/RESULTS.md, results.json, outage.png and memory.png; `bench-quick` (about 3 minutes) writes
 # bench/RESULTS-quick.md and friends (git-ignored). One scenario: python -m bench.run throughput [--quick].
 bench: $(STAMP)
 	$(BIN)/python -m bench.run all

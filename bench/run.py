@@ -1,10 +1,11 @@
 """Benchmark scenarios, side by side with a direct baseline, written into bench/RESULTS.md.
 
-    python -m bench.run [all|throughput|latency|outage|crash|memory|fleet] [--quick] [--duration S] [--repeats N]
+    python -m bench.run [all|throughput|latency|outage|crash|memory|fleet|cpu] [--quick] [--duration S] [--repeats N]
 
 1. throughput  loadgen -> sink (direct) vs loadgen -> sidecar -> sink, 0 % and 10 % error spans;
                spans/s delivered (counted by the sink), ratio to direct, CPU per request of each process;
-               and the floor: the same through a null proxy (bench/null_proxy.py), with and without a parse.
+               the floor: the same through a null proxy (bench/null_proxy.py), with and without a parse;
+               and a peer: the same through rotel, a collector written in Rust (PyPI `rotel`).
 2. latency     added latency (p50/p99) at concurrency 1 and 16, sidecar vs direct.
 3. outage      a real OpenTelemetry SDK application sends at a fixed rate while the Collector (the
                fake one) is down: spans lost SDK -> Collector directly, through the sidecar with the
@@ -14,6 +15,9 @@
 6. fleet       4 sidecars in front of an upstream failing for 20 s, local vs fleet mode (extensions.fleet,
                a real redis-server): calls hitting the failing upstream, recovery to the first delivered
                export, spans lost (bench/fleet.py). Not part of `all` (3-4 minutes): run it by name.
+7. cpu         CPU at a steady rate: 10,000 spans/s in 100- and 512-span requests through the sidecar
+               (defaults, compression none) and through rotel (a Rust collector); CPU % of one core,
+               us of CPU per span and RSS of each relay, against the Collector testbed's 20 % budget.
 
 Every process is its own: the sink (bench/sink.py), the sidecar (`python -m sidecar`, as a user
 starts it), the load generator (bench/loadgen.py); the fake Collector and the SDK application run
@@ -36,6 +40,7 @@ import resource
 import shlex
 import shutil
 import signal
+import socket
 import statistics
 import subprocess
 import sys
@@ -58,8 +63,8 @@ BENCH = ROOT / "bench"
 PYTHON = sys.executable
 SPANS = 512
 ERROR_FRACTION = 0.1
-SECTIONS = ("throughput", "latency", "outage", "crash", "memory", "fleet")
-IN_ALL = ("throughput", "latency", "outage", "crash", "memory")
+SECTIONS = ("throughput", "latency", "outage", "crash", "memory", "fleet", "cpu")
+IN_ALL = ("throughput", "latency", "outage", "crash", "memory", "cpu")
 # Same glibc tuning for the bench's own processes (sink, load generator) as the sidecar gives itself.
 TOOL_ENV = dict(MALLOC_ENV)
 
@@ -83,6 +88,9 @@ class Settings:
     rate: int  # spans/s of the SDK application
     memory_duration: float
     memory_limit_mib: float
+    cpu_window: float  # measured seconds per steady-rate run
+    cpu_warmup: float
+    cpu_repeats: int
     results: Path
     workdir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="sidecar-bench-")))
 
@@ -106,6 +114,9 @@ class Settings:
             rate=1000,
             memory_duration=6.0 if quick else 25.0,
             memory_limit_mib=args.memory_limit,
+            cpu_window=2.0 if quick else 8.0,
+            cpu_warmup=1.0 if quick else 2.0,
+            cpu_repeats=1 if quick else 2,
             results=args.results or BENCH / ("RESULTS-quick.md" if quick else "RESULTS.md"),
         )
         if args.duration is not None:
@@ -114,6 +125,10 @@ class Settings:
             settings.repeats = args.repeats
         if args.outage is not None:
             settings.outage = args.outage
+        if args.cpu_window is not None:
+            settings.cpu_window = args.cpu_window
+        if args.cpu_repeats is not None:
+            settings.cpu_repeats = args.cpu_repeats
         return settings
 
 
@@ -182,6 +197,7 @@ def bench_exporter(upstream: str, ports: SidecarPorts, storage: Path | None = No
         "sending_queue": {"num_consumers": 10, "queue_size": 1000},
         **overrides,
     })
+    config["exporters"]["otlp_grpc"]["sending_queue"].pop("batch", None)  # the default (tests turn it off)
     config["service"]["telemetry"]["logs"]["level"] = "warn"
     return config
 
@@ -282,6 +298,70 @@ class NullProxy:
         terminate(self.proc)
 
 
+def rotel_binary() -> Path:
+    """The rotel collector's executable, as the PyPI package `rotel` ships it (bench extra)."""
+    import rotel
+
+    return Path(rotel.__file__).resolve().parent / "rotel-agent"
+
+
+def wait_listening(target: str, proc: subprocess.Popen[Any], what: str, timeout: float = 20.0) -> None:
+    host, _, port = target.rpartition(":")
+    deadline = time.monotonic() + timeout
+    while True:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{what} exited with {proc.returncode} before listening on {target}")
+        with contextlib.suppress(OSError), socket.create_connection((host, int(port)), timeout=0.5):
+            return
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{what} is not listening on {target} after {timeout:g}s")
+        time.sleep(0.05)
+
+
+class Rotel:
+    """rotel (an OpenTelemetry collector written in Rust) as an OTLP/gRPC receiver -> OTLP/gRPC exporter relay.
+
+    Its own defaults except the ports and, when given, `--otlp-exporter-compression` (its default is gzip).
+    Like the sidecar, it answers a client once the request is buffered; by default it batches spans
+    into upstream requests of up to 8192 spans or 200 ms.
+    """
+
+    def __init__(self, upstream: str, workdir: Path, compression: str | None = None) -> None:
+        self.port = free_port()
+        self.target = f"127.0.0.1:{self.port}"
+        workdir.mkdir(parents=True, exist_ok=True)
+        command = [str(rotel_binary()), "start", "--otlp-grpc-endpoint", self.target,
+                   "--otlp-http-endpoint", f"127.0.0.1:{free_port()}", "--exporter", "otlp",
+                   "--otlp-exporter-endpoint", f"http://{upstream}",
+                   "--pid-file", str(workdir / f"rotel-{self.port}.pid"),
+                   "--log-file", str(workdir / f"rotel-{self.port}.log")]
+        if compression is not None:
+            command += ["--otlp-exporter-compression", compression]
+        with open(workdir / f"rotel-{self.port}.out", "wb") as out:
+            self.proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
+        wait_listening(self.target, self.proc, "rotel")
+
+    def stop(self) -> None:
+        terminate(self.proc)
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """utime + stime of `pid` and of its live descendants, plus what its waited-for children used."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            with contextlib.suppress(OSError, IndexError, ValueError), open(f"/proc/{entry}/stat") as stat:
+                children.setdefault(int(stat.read().rsplit(")", 1)[1].split()[1]), []).append(int(entry))
+    total, todo = 0.0, [pid]
+    while todo:
+        current = todo.pop()
+        with contextlib.suppress(OSError), open(f"/proc/{current}/stat") as stat:
+            fields = stat.read().rsplit(")", 1)[1].split()
+            total += sum(int(f) for f in fields[11:15]) / os.sysconf("SC_CLK_TCK")  # utime stime cutime cstime
+        todo.extend(children.get(current, ()))
+    return total
+
+
 def measure(sink: Sink, target: str, proxy_pid: int | None, concurrency: int, duration: float,
             error_fraction: float) -> dict[str, Any]:
     """One loadgen run against `target`; CPU per request of the proxy in between (`proxy_pid`), sink and loadgen."""
@@ -307,11 +387,12 @@ FAST = "sidecar, fast path (0 % error spans)"
 ENRICHED = "sidecar, 10 % error spans enriched"
 FLOOR = "floor: null proxy (receive + forward, no work)"
 FLOOR_PARSED = "floor: null proxy + upb parse"
+ROTEL = "peer: rotel relay (Rust; compression none, its batching), 0 %"
 
 
 def scenario_throughput(settings: Settings, pair: tuple[Sink, SidecarProcess] | None = None) -> Section:
     log(f"throughput: {settings.repeats} x (direct, sidecar 0 %, sidecar 10 % errors, null-proxy floors "
-        f"at 0 % and 10 %), {settings.duration:g}s each at concurrency {settings.concurrency}")
+        f"at 0 % and 10 %, rotel), {settings.duration:g}s each at concurrency {settings.concurrency}")
     with contextlib.ExitStack() as stack:
         sink, sidecar = pair if pair is not None else stack.enter_context(sink_and_sidecar(settings))
         floors = {}
@@ -319,6 +400,8 @@ def scenario_throughput(settings: Settings, pair: tuple[Sink, SidecarProcess] | 
             proxy = NullProxy(sink.target, parse)
             stack.callback(proxy.stop)
             floors[parse] = (proxy.target, proxy.proc.pid)
+        rotel = Rotel(sink.target, settings.workdir / "rotel", compression="none")
+        stack.callback(rotel.stop)
         direct_target: tuple[str, int | None] = (sink.target, None)
         modes: list[tuple[str, tuple[str, int | None], float, bool]] = [  # name, (target, pid), errors, sidecar
             (DIRECT, direct_target, 0.0, False),
@@ -327,6 +410,7 @@ def scenario_throughput(settings: Settings, pair: tuple[Sink, SidecarProcess] | 
             (f"{FLOOR}, 0 %", floors[False], 0.0, False),
             (f"{FLOOR_PARSED}, 0 %", floors[True], 0.0, False),
             (f"{FLOOR_PARSED}, 10 %", floors[True], ERROR_FRACTION, False),
+            (ROTEL, (rotel.target, rotel.proc.pid), 0.0, False),
         ]
         runs: dict[str, list[dict[str, Any]]] = {name: [] for name, *_ in modes}
         dropped_before = metric(sidecar, "sidecar_dropped_items_total")
@@ -351,6 +435,8 @@ def scenario_throughput(settings: Settings, pair: tuple[Sink, SidecarProcess] | 
             "spans_per_second": median(rates),
             "min": min(rates), "max": max(rates),
             "ratio": median(ratios),
+            "ratio_to_rotel": median([r["delivered_spans_per_second"] / p["delivered_spans_per_second"]
+                                      for r, p in zip(results, runs[ROTEL], strict=True)]),
             "sidecar_ms": median([r["sidecar_ms_per_request"] for r in results]),
             "sink_ms": median([r["sink_ms_per_request"] for r in results]),
             "loadgen_ms": median([r["loadgen_ms_per_request"] for r in results]),
@@ -373,7 +459,11 @@ def scenario_throughput(settings: Settings, pair: tuple[Sink, SidecarProcess] | 
              "The two floors are `bench/null_proxy.py`: a grpc.aio server that forwards each request's bytes "
              "on one grpc.aio channel and answers with the upstream's answer, without (and with) parsing "
              "it: no queue, no classification, no retry, no metrics. No Python proxy on grpc.aio can be "
-             "faster than the first; every sidecar has to do at least what the second does.")
+             "faster than the first; every sidecar has to do at least what the second does. The peer is "
+             "rotel (PyPI `rotel`, an OpenTelemetry collector in Rust) as an OTLP/gRPC -> OTLP/gRPC relay to "
+             "the same sink, with its defaults (it batches up to 8192 spans or 200 ms per upstream request) "
+             "except `--otlp-exporter-compression none`, as the sidecar's `auto` picks on loopback; its CPU "
+             "per request is per request received.")
     return Section("throughput", "1. Throughput", body, data)
 
 
@@ -408,6 +498,150 @@ def scenario_latency(settings: Settings, pair: tuple[Sink, SidecarProcess] | Non
              "At concurrency 16 the calls queue behind each other, so that row measures saturation as much "
              "as the sidecar's own cost.")
     return Section("latency", "2. Added latency", body, data)
+
+
+# --------------------------------------------------------------------------- 6: CPU at a steady rate
+
+CPU_RATE = 10_000  # spans/s: the OpenTelemetry Collector testbed's steady-rate load test
+CPU_SIZES = (100, 512)  # spans per request: the testbed's batches, the SDK's default batch
+CPU_BUDGET = 20.0  # % of one core: what the Collector testbed budgets for that test
+SIDECAR_DEFAULTS = "sidecar, defaults"
+SIDECAR_NONE = "sidecar, compression none"
+SIDECAR_UNBATCHED = "sidecar, defaults but batch off (one upstream call per request)"
+FLOOR_AT_RATE = "floor: null proxy + upb parse"
+ROTEL_DEFAULTS = "rotel, defaults"
+ROTEL_NONE = "rotel, compression none"
+
+
+def default_sidecar_config(upstream: str, ports: SidecarPorts, **exporter: Any) -> dict[str, Any]:
+    """The sidecar as a user would start it: every exporter setting at its default (DESIGN.md), the
+    classify/enrich/degradation pipeline of the README, warn-level logs."""
+    config = base_config(upstream, ports)
+    config["exporters"]["otlp_grpc"] = {"endpoint": upstream, "tls": {"insecure": True}, **exporter}
+    config["service"]["telemetry"]["logs"]["level"] = "warn"
+    return config
+
+
+def run_at_rate(target: str, relay_pid: int, sink: Sink, *, spans: int, rate: float, duration: float,
+                warmup: float) -> dict[str, Any]:
+    """One open-loop loadgen run at `rate` spans/s; the relay's CPU (its process tree) and RSS over exactly
+    the loadgen's measured window (it announces the window's start and end)."""
+    command = [PYTHON, "-m", "bench.loadgen", "--target", target, "--json", "--announce", "--rate", str(rate),
+               "--spans", str(spans), "--concurrency", "64", "--duration", str(duration), "--warmup", str(warmup),
+               "--sink", sink.target]
+    proc = subprocess.Popen(command, cwd=ROOT, env=tool_env(), stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    lines: list[str] = []
+    cpu: dict[str, float] = {}
+    try:
+        for line in proc.stdout:
+            lines.append(line)
+            if line.strip() == "window-start":
+                cpu["start"], cpu["t0"] = tree_cpu_seconds(relay_pid), time.monotonic()
+            elif line.strip() == "window-end":
+                cpu["end"], cpu["t1"] = tree_cpu_seconds(relay_pid), time.monotonic()
+                cpu["rss"] = rss_mib(relay_pid)
+        code = proc.wait(timeout=duration + warmup + 60)
+    finally:
+        terminate(proc)
+    if code != 0 or "end" not in cpu:
+        raise RuntimeError(f"loadgen at a steady rate failed ({code}): {''.join(lines)[-2000:]}")
+    result: dict[str, Any] = json.loads(lines[-1])
+    wall = cpu["t1"] - cpu["t0"]
+    used = cpu["end"] - cpu["start"]
+    # Per span the relay acknowledged in the window (what it received): rotel forwards in 200 ms batches,
+    # so what the sink counted in a short window is off by up to a batch.
+    acknowledged = result["requests"] * spans * wall / result["duration"]
+    result.update(cpu_percent=100 * used / wall, rss_mib=cpu["rss"], cpu_seconds=used, wall=wall,
+                  us_per_span=1e6 * used / acknowledged if acknowledged else float("nan"))
+    return result
+
+
+def scenario_cpu(settings: Settings) -> Section:
+    log(f"cpu: {CPU_RATE} spans/s in {' and '.join(map(str, CPU_SIZES))}-span requests, {settings.cpu_repeats} x "
+        f"{settings.cpu_window:g}s per relay (after {settings.cpu_warmup:g}s warm-up)")
+    relays: dict[str, tuple[str, int, Sink]] = {}
+    with contextlib.ExitStack() as stack:
+
+        def own_sink() -> Sink:  # one sink per relay: what it counts came through that relay alone
+            sink = Sink()
+            stack.callback(sink.stop)
+            return sink
+
+        for name, extra in ((SIDECAR_DEFAULTS, {}), (SIDECAR_NONE, {"compression": "none"}),
+                            (SIDECAR_UNBATCHED, {"sending_queue": {"batch": {"enabled": False}}})):
+            ports, sink = SidecarPorts(), own_sink()
+            sidecar = start_sidecar(default_sidecar_config(sink.target, ports, **extra),
+                                    f"cpu-{len(relays)}", ports, settings.workdir)
+            stack.callback(sidecar.stop)
+            relays[name] = (*sidecar_target(sidecar), sink)
+        for name, compression in ((ROTEL_DEFAULTS, None), (ROTEL_NONE, "none")):
+            sink = own_sink()
+            rotel = Rotel(sink.target, settings.workdir / "rotel", compression=compression)
+            stack.callback(rotel.stop)
+            relays[name] = (rotel.target, rotel.proc.pid, sink)
+        sink = own_sink()
+        floor = NullProxy(sink.target, parse=True)
+        stack.callback(floor.stop)
+        relays[FLOOR_AT_RATE] = (floor.target, floor.proc.pid, sink)
+        runs: dict[tuple[int, str], list[dict[str, Any]]] = {(n, r): [] for n in CPU_SIZES for r in relays}
+        for repeat in range(settings.cpu_repeats):
+            for spans in CPU_SIZES:
+                for name, (target, pid, sink) in relays.items():
+                    result = run_at_rate(target, pid, sink, spans=spans, rate=CPU_RATE,
+                                         duration=settings.cpu_window, warmup=settings.cpu_warmup)
+                    runs[(spans, name)].append(result)
+                    log(f"  [{repeat + 1}/{settings.cpu_repeats}] {spans} spans/request, {name}: "
+                        f"{result['cpu_percent']:.1f} % of a core, {result['us_per_span']:.2f} us/span, "
+                        f"{result['delivered_spans_per_second']:,.0f} spans/s delivered, "
+                        f"RSS {result['rss_mib']:.0f} MiB")
+    data: dict[str, Any] = {"rate": CPU_RATE, "budget_percent": CPU_BUDGET, "sizes": {}}
+    rows: list[list[Any]] = []
+    for spans in CPU_SIZES:
+        sized: dict[str, Any] = {}
+        for name in relays:
+            results = runs[(spans, name)]
+            sized[name] = {
+                "cpu_percent": median([r["cpu_percent"] for r in results]),
+                "cpu_range": [min(r["cpu_percent"] for r in results), max(r["cpu_percent"] for r in results)],
+                "us_per_span": median([r["us_per_span"] for r in results]),
+                "us_per_request": median([r["us_per_span"] for r in results]) * spans,
+                "rss_mib": median([r["rss_mib"] for r in results]),
+                "delivered": median([r["delivered_spans_per_second"] or 0.0 for r in results]),
+                "failed": sum(r["failed"] for r in results),
+                "skipped": sum(r["skipped"] for r in results),
+            }
+        for name, row in sized.items():
+            # Each repetition against rotel's run of the same repetition, then the median.
+            for key, peer in (("ratio_to_rotel", ROTEL_DEFAULTS), ("ratio_to_rotel_none", ROTEL_NONE)):
+                row[key] = median([r["cpu_percent"] / p["cpu_percent"]
+                                   for r, p in zip(runs[(spans, name)], runs[(spans, peer)], strict=True)])
+            rows.append([spans, name, row["cpu_percent"],
+                         f"{row['cpu_range'][0]:.1f} - {row['cpu_range'][1]:.1f}", row["us_per_span"],
+                         row["us_per_request"], f"{row['ratio_to_rotel']:.2f}", f"{row['ratio_to_rotel_none']:.2f}",
+                         row["rss_mib"], row["delivered"], row["failed"]])
+        data["sizes"][str(spans)] = sized
+        rows.append([spans, f"reference: the Collector testbed's budget{'' if spans == 100 else ' (set for 100)'}",
+                     CPU_BUDGET, "", 1e6 * CPU_BUDGET / 100 / CPU_RATE, "", "", "", "", "", ""])
+    body = table(["spans/request", "relay", "CPU % of one core (median)", "range", "us CPU/span",
+                  "us CPU/request", "x rotel defaults", "x rotel none", "RSS MiB", "spans/s delivered",
+                  "failed calls"], rows)
+    body += (f"\n\n{CPU_RATE:,} spans/s offered at a steady pace (bench/loadgen.py `--rate`: one Export call every "
+             "10 ms with 100 spans, every 51 ms with 512) through each relay to a sink of its own, "
+             f"{settings.cpu_repeats} run(s) of {settings.cpu_window:g}s per relay and size (after "
+             f"{settings.cpu_warmup:g}s of warm-up), interleaved; medians. CPU: utime + stime of the relay's "
+             "process and its children from /proc over exactly the load generator's measured window, as a share "
+             "of one core; us/span divides it by the spans the relay acknowledged in the window. RSS at the window's "
+             "end. Sidecar, defaults: every exporter setting at its default (`compression: auto`, which is none "
+             "on this loopback hop, so the two sidecar rows run the same configuration: they show the noise), "
+             "the classify/enrich/degradation pipeline; batch off: the same with `sending_queue.batch.enabled: false`, "
+             "as before batching became the default. The floor is bench/null_proxy.py --parse (receive, parse, "
+             "forward each request on one grpc.aio channel, nothing else). rotel, defaults: gzip on its "
+             "exporter and its batching (up to 8192 spans or 200 ms per upstream request). The Collector's own "
+             "testbed runs this load "
+             f"(OTLP/gRPC in, OTLP out, 10,000 spans/s in 100-span batches) with a budget of {CPU_BUDGET:g} % "
+             "of one core: the reference line.")
+    return Section("cpu", "7. CPU at a steady rate", body, data)
 
 
 # ----------------------------------------------------------------------------------- 3 + 4: outages
@@ -824,6 +1058,11 @@ TARGETS = [
     ("fleet mode: calls hitting the upstream failing 20 s (4 sidecars)", "<= 21 (local: 56 in issue 13)"),
     ("fleet mode: recovery -> first delivered export", "<= 2 s (local: 6.8 s in issue 13)"),
     ("fleet mode: spans lost, Redis killed mid-failure or not", "0"),
+    ("issue 15: fast path (0 % error spans) vs direct", ">= 0.35 of direct"),
+    ("issue 15: fast path vs rotel relaying the same load", ">= 1.25x rotel's spans/s"),
+    ("issue 15: 10 % error spans enriched vs direct", ">= 0.25 of direct"),
+    ("issue 15: CPU at 10k spans/s, 100-span requests (defaults)", "<= 1.5x rotel's"),
+    ("issue 15: CPU at 10k spans/s, 512-span requests (defaults)", "<= 1.2x rotel's"),
 ]
 
 
@@ -867,6 +1106,18 @@ def summary(results: dict[str, Any]) -> str:
     lost = [r["lost"] for r in fleet_runs.values()]
     rows.append([*TARGETS[8], ", ".join(str(v) for v in lost) if lost else "-",
                  verdict(sum(lost) == 0 if lost else None)])
+    rows.append([*TARGETS[9], f"{fast['ratio']:.2f}" if fast else "-",
+                 verdict(fast["ratio"] >= 0.35 if fast else None)])
+    versus = fast.get("ratio_to_rotel") if fast else None
+    rows.append([*TARGETS[10], f"{versus:.2f}x" if versus else "-", verdict(versus >= 1.25 if versus else None)])
+    rows.append([*TARGETS[11], f"{errors['ratio']:.2f}" if errors else "-",
+                 verdict(errors["ratio"] >= 0.25 if errors else None)])
+    cpu = results.get("cpu", {}).get("sizes", {})
+    for index, (size, goal) in enumerate((("100", 1.5), ("512", 1.2)), start=12):
+        row = cpu.get(size, {}).get(SIDECAR_DEFAULTS)
+        rows.append([*TARGETS[index], f"{row['ratio_to_rotel']:.2f}x ({row['cpu_percent']:.1f} % of a core vs "
+                     f"{cpu[size][ROTEL_DEFAULTS]['cpu_percent']:.1f} %)" if row else "-",
+                     verdict(row["ratio_to_rotel"] <= goal if row else None)])
     return table(["target", "goal", "result", ""], rows)
 
 
@@ -920,6 +1171,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--duration", type=float, default=None, help="seconds per throughput/latency run")
     parser.add_argument("--repeats", type=int, default=None, help="runs per throughput/latency mode")
     parser.add_argument("--outage", type=float, default=None, help="seconds the Collector is down")
+    parser.add_argument("--cpu-window", type=float, default=None, help="measured seconds per steady-rate run")
+    parser.add_argument("--cpu-repeats", type=int, default=None, help="steady-rate runs per relay and size")
     parser.add_argument("--memory-limit", type=float, default=256.0, help="service.memory_limit_mib (scenario 5)")
     parser.add_argument("--results", type=Path, default=None,
                         help="results file (default bench/RESULTS.md; with --quick bench/RESULTS-quick.md)")
@@ -947,6 +1200,8 @@ def main(argv: list[str] | None = None) -> int:
             sections.append(scenario_crash(settings))
         if "memory" in wanted:
             sections.append(scenario_memory(settings))
+        if "cpu" in wanted:
+            sections.append(scenario_cpu(settings))
         if "fleet" in wanted:
             from bench.fleet import scenario_fleet  # bench.fleet imports this module
 

@@ -66,7 +66,9 @@ def base_config(upstream: str, ports: SidecarPorts, exporter: str = "otlp_grpc",
         "retry_on_failure": {"initial_interval": "100ms", "max_interval": "1s", "max_elapsed_time": "60s"},
         "circuit_breaker": {"recovery_timeout": "1s", "max_recovery_timeout": "2s"},
         "health_probe": {"interval": "1s", "timeout": "1s"},
-        "sending_queue": {"num_consumers": 4, "queue_size": 1000},
+        # One upstream request per client request, so tests can count and script them one by one;
+        # the default batching is covered by tests/unit/test_queue_batch.py and test_default_batching.
+        "sending_queue": {"num_consumers": 4, "queue_size": 1000, "batch": {"enabled": False}},
     }
     for key, value in exporter_overrides.items():
         if isinstance(value, dict) and isinstance(exporter_cfg.get(key), dict):

@@ -106,6 +106,10 @@ class Exporter:
         # Entries requeued because the retry budget refused their retry: their next send is a retry
         # too (see `Sender.send(resend=...)`). Equal entries compare equal, memory or disk queue alike.
         self._owed_retry: set[QueueEntry] = set()
+        # With a batch that waits (`flush_timeout`), one consumer gathers at a time (see `_next_leases`).
+        self._gathering = asyncio.Lock()
+        # Entries of a merged request that failed permanently: each goes again on its own (see `_settle`).
+        self._send_alone: set[QueueEntry] = set()
         events.exporter_added(name)
 
     # ------------------------------------------------------------------ lifecycle
@@ -354,7 +358,7 @@ class Exporter:
         assert self.queue is not None
         while True:
             await self.sender.wait_ready()
-            leases = await self._take(await self.queue.get())
+            leases = await self._next_leases()
             entry = leases[0].entry if len(leases) == 1 else merge_entries([held.entry for held in leases])
             self.update_queue_gauges()
             started = self.clock.monotonic()
@@ -391,14 +395,31 @@ class Exporter:
     def _forget_owed(self, entry: QueueEntry) -> None:
         if self._owed_retry:  # a lookup hashes the whole payload (once per bytes object): skip it when empty
             self._owed_retry.discard(entry)
+        if self._send_alone:
+            self._send_alone.discard(entry)
+
+    async def _next_leases(self) -> list[Lease]:
+        """The leases of the next upstream request: one entry, or (with `sending_queue.batch`) a batch."""
+        assert self.queue is not None
+        batch = self.config.sending_queue.batch
+        if batch is None or not batch.enabled or batch.flush_timeout <= 0:
+            return await self._take(await self.queue.get())
+        # One consumer gathers at a time: while it waits `flush_timeout` for more entries, the other
+        # consumers wait here rather than at the queue, where each would take one of the entries the
+        # wait is for (with 10 consumers and a steady rate, the batch would almost never grow).
+        async with self._gathering:
+            return await self._take(await self.queue.get())
 
     async def _take(self, first: Lease) -> list[Lease]:
         """`first`, plus (with `sending_queue.batch`) the entries waiting that can share its upstream
         request: same signal and metadata, within the batch's count and size. Waits up to
-        `flush_timeout` for more when fewer than `max_requests` are there (by default it never waits)."""
+        `flush_timeout` for more when fewer than `max_requests` are there. An entry owed a send on its own
+        (`_send_alone`) is never merged."""
         batch = self.config.sending_queue.batch
         queue = self.queue
-        if batch is None or queue is None:
+        if batch is None or not batch.enabled or queue is None:
+            return [first]
+        if self._send_alone and first.entry in self._send_alone:  # (a lookup hashes the payload: only when owed)
             return [first]
         limit = int(batch.max_size_mib * MIB)
         if self.sender.max_request_bytes is not None:
@@ -412,7 +433,8 @@ class Exporter:
                 lease = await queue.get()  # does not wait: an entry is available (no await before this)
                 entry = lease.entry
                 if (entry.signal is not first.entry.signal or entry.metadata != first.entry.metadata
-                        or size + len(entry.payload) > limit):
+                        or size + len(entry.payload) > limit
+                        or (self._send_alone and entry in self._send_alone)):
                     await queue.nack(lease)  # back to its place, for the next request
                     break
                 leases.append(lease)
@@ -434,6 +456,14 @@ class Exporter:
         fit, every lease is nacked instead (the whole request is sent again: duplicates, never loss)."""
         assert self.queue is not None
         if not report.parts:
+            if (report.verdict is Verdict.DEAD_LETTER and len(leases) > 1
+                    and report.reason in (Reason.PERMANENT, Reason.FATAL)):
+                # A permanent answer to a merged request may be one entry's fault (one client's malformed
+                # data): each entry goes again on its own and gets the verdict it would have had unbatched,
+                # never dead-lettered for a neighbour.
+                self._send_alone.update(lease.entry for lease in leases)
+                await self._nack_all(leases)
+                return
             if report.verdict is Verdict.REQUEUE:
                 if report.reason is Reason.BUDGET_EXHAUSTED:
                     self._owed_retry.update(lease.entry for lease in leases)
@@ -459,6 +489,8 @@ class Exporter:
         for lease in leases:
             self._forget_owed(lease.entry)
             await self.queue.ack(lease)
+        if self._send_alone and not self.queue.count:  # nothing left to send alone (e.g. expired meanwhile)
+            self._send_alone.clear()
         self._delivered(delivered)
 
     def _delivered(self, entries: list[QueueEntry]) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Literal, get_args
+from typing import Any, Literal, get_args
 
 from sidecar.core.clock import SYSTEM_CLOCK, Clock
 from sidecar.core.drops import DropReason
@@ -41,6 +41,17 @@ class Events:
     _throttles: dict[tuple[str, ...], _Throttle] = field(default_factory=dict)
     # (exporter, category, error_type) -> the severity last reported for failed exports of that class
     _severities: dict[tuple[str, str, str], Severity] = field(default_factory=dict)
+    # The labelled children of the metrics updated for every request, by (metric, labels): `.labels()`
+    # validates and stringifies its labels and takes a lock on every call (2-4 us a call, ~20 us a request).
+    _children: dict[tuple[int, tuple[str, ...]], Any] = field(default_factory=dict)
+
+    def _child(self, metric: Any, *labels: str) -> Any:
+        """`metric.labels(*labels)`, looked up once (no metric here ever removes a child)."""
+        key = (id(metric), labels)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*labels)
+        return child
 
     def _due(self, key: tuple[str, ...], amount: int) -> int:
         """Accumulate `amount`; return the total to log now, or 0 when this key logged recently."""
@@ -82,7 +93,7 @@ class Events:
     # -------------------------------------------------------------- receivers and the pipeline
 
     def received(self, signal: Signal, receiver: str, transport: str, items: int) -> None:
-        self.metrics.receiver_accepted[signal].labels(receiver, transport).inc(items)
+        self._child(self.metrics.receiver_accepted[signal], receiver, transport).inc(items)
 
     def refused(self, signal: Signal, receiver: str, transport: str, items: int, reason: RefusalReason) -> None:
         self.metrics.receiver_refused[signal].labels(receiver, transport, reason).inc(items)
@@ -90,8 +101,8 @@ class Events:
     def classified(self, signal: Signal, category: str, severity: str, recoverability: str, error_type: str,
                    items: int) -> None:
         """Error spans / log records classified and enriched on their way through."""
-        self.metrics.errors.labels(category, severity, recoverability, error_type).inc(items)
-        self.metrics.enriched.labels(signal.value, category).inc(items)
+        self._child(self.metrics.errors, category, severity, recoverability, error_type).inc(items)
+        self._child(self.metrics.enriched, signal.value, category).inc(items)
 
     def enrich_failed(self, signal: Signal, items: int, error: BaseException) -> None:
         """Classification or enrichment raised: the request goes on unenriched (fail open).
@@ -125,8 +136,8 @@ class Events:
         self.metrics.spill_drained.labels(exporter).inc()
 
     def queue_changed(self, exporter: str, size: int, held_bytes: int) -> None:
-        self.metrics.queue_size.labels(exporter).set(size)
-        self.metrics.queue_bytes.labels(exporter).set(held_bytes)
+        self._child(self.metrics.queue_size, exporter).set(size)
+        self._child(self.metrics.queue_bytes, exporter).set(held_bytes)
 
     # -------------------------------------------------------------- queue storage (issue 16)
 
@@ -202,7 +213,7 @@ class Events:
         self.metrics.concurrency_limit.labels(endpoint).set(limit)
 
     def export_attempted(self, exporter: str, endpoint: str, outcome: str, seconds: float) -> None:
-        self.metrics.export_duration.labels(exporter, endpoint, outcome).observe(max(0.0, seconds))
+        self._child(self.metrics.export_duration, exporter, endpoint, outcome).observe(max(0.0, seconds))
 
     def export_failed(self, exporter: str, endpoint: str, signal: Signal, items: int,
                       classification: Classification, base_severity: Severity | None = None) -> None:
@@ -240,7 +251,7 @@ class Events:
 
     def exported(self, exporter: str, signal: Signal, items: int) -> None:
         """Items the upstream accepted (a partial success's rejected items excluded)."""
-        self.metrics.exporter_sent[signal].labels(exporter).inc(items)
+        self._child(self.metrics.exporter_sent[signal], exporter).inc(items)
 
     def partial_success(self, exporter: str, endpoint: str, signal: Signal, rejected: int,
                         classification: Classification | None) -> None:
@@ -307,7 +318,7 @@ class Events:
 
     def delivered(self, exporter: str, accepted_at: float, now: float) -> None:
         """Upstream acknowledged an entry whose client was acknowledged at `accepted_at` (wall clock)."""
-        self.metrics.delivery_latency.labels(exporter).observe(max(0.0, now - accepted_at))
+        self._child(self.metrics.delivery_latency, exporter).observe(max(0.0, now - accepted_at))
 
     def recovery_ratio(self, ratio: float | None) -> None:
         self.metrics.recovery_success_ratio.set(1.0 if ratio is None else ratio)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
+import msgspec
 import pytest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
@@ -12,12 +13,21 @@ from sidecar.config.schema import QueueBatchConfig, SendingQueueConfig
 from sidecar.config.units import Duration
 from sidecar.core.clock import SYSTEM_CLOCK
 from sidecar.core.entry import QueueEntry
+from sidecar.core.errors import ExportError
 from sidecar.exporters.exporter import Exporter, merge_entries
 from sidecar.exporters.transport import SendOutcome
 from sidecar.pipeline.classify import Classifier
 from sidecar.telemetry.events import Events
 from sidecar.telemetry.metrics import Metrics
-from tests.fakes.sender import UNAVAILABLE, FakeClassifier, FakeTransport, make_config, make_entry, sender_clock
+from tests.fakes.sender import (
+    INVALID,
+    UNAVAILABLE,
+    FakeClassifier,
+    FakeTransport,
+    make_config,
+    make_entry,
+    sender_clock,
+)
 from tests.fakes.sender import build as build_sender
 
 
@@ -133,3 +143,79 @@ async def test_flush_timeout_waits_for_entries_that_arrive_soon() -> None:
     assert await exporter.queue.wait_empty(5.0)
     await exporter.shutdown(1.0)
     assert [entry.items for _, entry in transport.calls] == [3]
+
+
+async def test_flush_timeout_batches_a_steady_trickle_with_many_consumers() -> None:
+    """Ten idle consumers: while one waits `flush_timeout` with the first entry, the others must not
+    take the entries that arrive meanwhile one by one (one consumer gathers at a time)."""
+    transport = FakeTransport("a:4317", sender_clock())
+    queue_config = SendingQueueConfig(num_consumers=10, queue_size=100,
+                                      batch=QueueBatchConfig(max_requests=8, flush_timeout=Duration(0.3)))
+    config = make_config([transport.endpoint], sending_queue=queue_config)
+    metrics = Metrics()
+    exporter = Exporter("otlp_grpc", config, build_sender(config, [transport], transport.clock, metrics),
+                        Classifier(), Events(metrics), SYSTEM_CLOCK, None, None)
+    await exporter.start()
+    assert exporter.queue is not None
+    entries = [make_entry(1, tag=f"e{i}-") for i in range(4)]
+    for entry in entries:
+        await exporter.queue.put(entry)
+        await asyncio.sleep(0.02)  # a steady trickle, well inside the first entry's wait
+    assert await exporter.queue.wait_empty(5.0)
+    await exporter.shutdown(1.0)
+    assert [entry.items for _, entry in transport.calls] == [4]
+    assert [n for _, e in transport.calls for n in names(e)] == [n for e in entries for n in names(e)]
+
+
+async def trickle(entries: list[QueueEntry], batch: QueueBatchConfig | None,
+                  transport: FakeTransport) -> tuple[Exporter, Metrics]:
+    """Ten consumers; `entries` put 20 ms apart; returns once every entry left the queue."""
+    queue_config = SendingQueueConfig(num_consumers=10, queue_size=100, batch=batch)
+    config = make_config([transport.endpoint], sending_queue=queue_config)
+    metrics = Metrics()
+    exporter = Exporter("otlp_grpc", config, build_sender(config, [transport], transport.clock, metrics),
+                        Classifier(), Events(metrics), SYSTEM_CLOCK, None, None)
+    await exporter.start()
+    assert exporter.queue is not None
+    for entry in entries:
+        await exporter.queue.put(entry)
+        await asyncio.sleep(0.02)
+    assert await exporter.queue.wait_empty(5.0)
+    await exporter.shutdown(1.0)
+    return exporter, metrics
+
+
+async def test_batching_is_on_by_default_and_enabled_false_turns_it_off() -> None:
+    assert SendingQueueConfig().batch == QueueBatchConfig(enabled=True, max_requests=8, max_size_mib=4.0,
+                                                          flush_timeout=Duration(0.1))
+    entries = [make_entry(1, tag=f"e{i}-") for i in range(4)]
+    transport = FakeTransport("a:4317", sender_clock())
+    default = SendingQueueConfig().batch
+    assert default is not None
+    # The default batch, with a wait long enough that a loaded machine cannot stretch the trickle past it.
+    await trickle(entries, msgspec.structs.replace(default, flush_timeout=Duration(0.5)), transport)
+    assert [entry.items for _, entry in transport.calls] == [4]
+    transport = FakeTransport("a:4317", sender_clock())
+    await trickle(entries, QueueBatchConfig(enabled=False, flush_timeout=Duration(0.3)), transport)
+    assert [entry.items for _, entry in transport.calls] == [1, 1, 1, 1]
+
+
+async def test_a_permanent_failure_of_a_merged_request_sends_each_entry_alone() -> None:
+    """One client's malformed request must not dead-letter the requests it was merged with."""
+    entries = [make_entry(1, tag=f"e{i}-") for i in range(4)]
+    bad = names(entries[2])[0]
+
+    async def refuse_the_bad_one(entry: QueueEntry) -> SendOutcome:
+        if bad in names(entry):
+            raise ExportError(INVALID)
+        return SendOutcome()
+
+    transport = FakeTransport("a:4317", sender_clock(), default=refuse_the_bad_one)
+    exporter, metrics = await trickle(entries, QueueBatchConfig(max_requests=8, flush_timeout=Duration(0.3)),
+                                      transport)
+    sent = [names(entry) for _, entry in transport.calls]
+    assert sent[0] == [n for e in entries for n in names(e)]  # merged, refused as a whole
+    assert sorted(sent[1:]) == sorted(names(e) for e in entries)  # then each on its own
+    assert metrics.registry.get_sample_value("sidecar_dead_letters_total", {
+        "exporter": "otlp_grpc", "category": "serialization"}) == 1  # only the bad one
+    assert not exporter._send_alone
