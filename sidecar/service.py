@@ -404,4 +404,9 @@ async def run_service(config: Config, recover: bool = False, config_path: str | 
     await service.stopping.wait()
     log.info("shutdown requested")
     await service.shutdown()
+    # Everything is drained or persisted: a further SIGTERM/SIGINT (a supervisor asking again) must not meet
+    # the default handler once the loop has closed, and turn a clean exit into "killed by signal".
+    for sig in (os_signal.SIGTERM, os_signal.SIGINT):
+        loop.remove_signal_handler(sig)
+        os_signal.signal(sig, os_signal.SIG_IGN)
     return 0

@@ -26,7 +26,8 @@ TIMEOUT = 5.0
 
 
 class FleetStatusError(Exception):
-    pass
+    """`status --fleet` was not told where the fleet is (no --redis, no extensions.fleet, an invalid config):
+    one line on stderr, exit 2."""
 
 
 def fleet_config(args: argparse.Namespace) -> FleetConfig:

@@ -6,6 +6,7 @@ count accumulated since the last line), never in the metrics.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -330,10 +331,8 @@ class Events:
     def service_anomaly_score(self, service: str, score: float | None) -> None:
         """A top service's score; None: it left the top services, its series goes (bounded cardinality)."""
         if score is None:
-            try:
+            with contextlib.suppress(KeyError):  # it never had a series
                 self.metrics.service_error_rate_anomaly.remove(service)
-            except KeyError:
-                pass
         else:
             self.metrics.service_error_rate_anomaly.labels(service).set(score)
 

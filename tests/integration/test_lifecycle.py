@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import yaml
@@ -72,3 +74,17 @@ def test_sigterm_drains_and_exits_zero(upstream: FakeCollector, sidecar_factory:
     assert sidecar.stop() == 0
     # What was acknowledged before SIGTERM was delivered during the drain.
     assert len(upstream.span_ids()) == 20
+
+
+def test_sigterm_repeated_during_and_after_the_drain_still_exits_zero(
+        upstream: FakeCollector, sidecar_factory: SidecarFactory) -> None:
+    """A supervisor may ask twice. Once drained, the sidecar ignores further SIGTERMs instead of meeting the
+    default handler after its event loop closed (which turned a clean stop into exit -15)."""
+    sidecar = sidecar_factory(upstream.grpc_endpoint)
+    assert sidecar.proc is not None
+    sidecar.terminate()
+    deadline = time.monotonic() + 30
+    while sidecar.proc.poll() is None and time.monotonic() < deadline:
+        sidecar.proc.send_signal(signal.SIGTERM)  # again and again, through the drain and the exit
+        time.sleep(0.005)
+    assert sidecar.proc.wait(5) == 0, sidecar.logs()[-2000:]
