@@ -20,6 +20,7 @@ Leases. Lease ids are unique in the process (across queues and reopenings), so a
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import heapq
 import itertools
 from collections import deque
@@ -73,10 +74,8 @@ class Waiters:
     def _discard(self, fut: asyncio.Future[None]) -> None:
         if not fut.done():
             fut.cancel()
-        try:
+        with contextlib.suppress(ValueError):  # already woken and removed
             self._waiters.remove(fut)
-        except ValueError:
-            pass
 
     def wake_one(self) -> None:
         while self._waiters:

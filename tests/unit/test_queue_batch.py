@@ -22,7 +22,6 @@ from sidecar.telemetry.metrics import Metrics
 from tests.fakes.sender import (
     INVALID,
     UNAVAILABLE,
-    FakeClassifier,
     FakeTransport,
     make_config,
     make_entry,
@@ -122,19 +121,23 @@ async def test_a_failed_merged_request_is_retried_whole() -> None:
     assert names(sent[1]) == names(sent[2])  # the failed merged request went again as it was
 
 
-def test_fake_classifier_is_shared() -> None:
-    assert FakeClassifier  # the sender fakes come from test_sender
-
-
-async def test_flush_timeout_waits_for_entries_that_arrive_soon() -> None:
-    transport = FakeTransport("a:4317", sender_clock())
-    queue_config = SendingQueueConfig(num_consumers=1, queue_size=100,
-                                      batch=QueueBatchConfig(max_requests=4, flush_timeout=Duration(0.2)))
+async def waiting_batch_exporter(transport: FakeTransport, *, consumers: int, max_requests: int,
+                                 flush_timeout: float) -> Exporter:
+    """A started exporter on a memory queue whose batch waits `flush_timeout` for more entries."""
+    queue_config = SendingQueueConfig(num_consumers=consumers, queue_size=100,
+                                      batch=QueueBatchConfig(max_requests=max_requests,
+                                                             flush_timeout=Duration(flush_timeout)))
     config = make_config([transport.endpoint], sending_queue=queue_config)
     metrics = Metrics()
     exporter = Exporter("otlp_grpc", config, build_sender(config, [transport], transport.clock, metrics),
                         Classifier(), Events(metrics), SYSTEM_CLOCK, None, None)
     await exporter.start()
+    return exporter
+
+
+async def test_flush_timeout_waits_for_entries_that_arrive_soon() -> None:
+    transport = FakeTransport("a:4317", sender_clock())
+    exporter = await waiting_batch_exporter(transport, consumers=1, max_requests=4, flush_timeout=0.2)
     assert exporter.queue is not None
     entries = [make_entry(1, tag=f"e{i}-") for i in range(3)]
     for entry in entries:
@@ -149,13 +152,7 @@ async def test_flush_timeout_batches_a_steady_trickle_with_many_consumers() -> N
     """Ten idle consumers: while one waits `flush_timeout` with the first entry, the others must not
     take the entries that arrive meanwhile one by one (one consumer gathers at a time)."""
     transport = FakeTransport("a:4317", sender_clock())
-    queue_config = SendingQueueConfig(num_consumers=10, queue_size=100,
-                                      batch=QueueBatchConfig(max_requests=8, flush_timeout=Duration(0.3)))
-    config = make_config([transport.endpoint], sending_queue=queue_config)
-    metrics = Metrics()
-    exporter = Exporter("otlp_grpc", config, build_sender(config, [transport], transport.clock, metrics),
-                        Classifier(), Events(metrics), SYSTEM_CLOCK, None, None)
-    await exporter.start()
+    exporter = await waiting_batch_exporter(transport, consumers=10, max_requests=8, flush_timeout=0.3)
     assert exporter.queue is not None
     entries = [make_entry(1, tag=f"e{i}-") for i in range(4)]
     for entry in entries:
