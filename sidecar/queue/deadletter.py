@@ -13,8 +13,15 @@ what it evicted (signal and item count, so the caller can count the items as dro
 `max_bytes` is still kept (alone). `expire(now)` evicts what is past `max_age` without an add (the
 exporter calls it periodically, so retention holds when nothing new fails).
 
+Partial successes. The upstream accepted a request but rejected `rejected_items` of its items
+(OTLP does not say which). The whole request is kept, so an operator can inspect it, with
+`rejected_items` set: the dead letter stands for those items only. Eviction and expiry count
+them, never the items the upstream accepted. A dead letter with `rejected_items` 0 is a whole
+request that failed.
+
 `list` pages oldest first; `take` removes and returns; `replay_dead_letters` puts them back into
-the queue (put first, remove after, so a crash duplicates rather than loses).
+the queue (put first, remove after, so a crash duplicates rather than loses). It skips partial
+successes unless asked to include them: resending one would deliver its accepted items again.
 """
 
 from __future__ import annotations
@@ -60,6 +67,17 @@ class DeadLetter:
     classified_by: str
     message: str
     dead_at: float  # wall-clock seconds when it was dead-lettered
+    rejected_items: int = 0  # a partial success: the items the upstream rejected (0: the whole request failed)
+
+    @property
+    def partial(self) -> bool:
+        """A partial success: the upstream accepted the rest of `entry`'s items."""
+        return self.rejected_items > 0
+
+    @property
+    def items(self) -> int:
+        """The items this dead letter stands for: the rejected ones of a partial success, else all."""
+        return self.rejected_items if self.partial else self.entry.items
 
     @property
     def classification(self) -> Classification:
@@ -87,9 +105,18 @@ class _Indexed(NamedTuple):
     """What a store keeps in memory per dead letter, oldest first."""
 
     signal: Signal
-    items: int
+    items: int  # what it stands for: a partial success's rejected items, else the entry's
     nbytes: int
     dead_at: float
+
+
+def _dead_items(entry: QueueEntry, rejected_items: int) -> int:
+    return rejected_items if rejected_items > 0 else entry.items
+
+
+def _check_rejected(entry: QueueEntry, rejected_items: int) -> None:
+    if not 0 <= rejected_items <= entry.items:
+        raise ValueError(f"rejected_items must be 0..{entry.items} (the entry's items), got {rejected_items}")
 
 
 class DeadLetterStore(Protocol):
@@ -112,8 +139,10 @@ class DeadLetterStore(Protocol):
         """Items in the evicted dead letters since open."""
 
     async def add(self, entry: QueueEntry, classification: Classification, message: str,
-                  dead_at: float | None = None) -> builtins.list[Evicted]:
-        """Store one dead letter; return the ones evicted to make room (oldest first)."""
+                  dead_at: float | None = None, rejected_items: int = 0) -> builtins.list[Evicted]:
+        """Store one dead letter; return the ones evicted to make room (oldest first).
+
+        `rejected_items` > 0: a partial success, standing for that many of `entry`'s items."""
 
     async def expire(self, now: float) -> builtins.list[Evicted]:
         """Evict the dead letters older than `max_age` at wall time `now`; return them."""
@@ -211,17 +240,18 @@ class MemoryDeadLetters:
         return self._evicted_items
 
     async def add(self, entry: QueueEntry, classification: Classification, message: str,
-                  dead_at: float | None = None) -> builtins.list[Evicted]:
+                  dead_at: float | None = None, rejected_items: int = 0) -> builtins.list[Evicted]:
+        _check_rejected(entry, rejected_items)
         dl = DeadLetter(self._next_id, entry, classification.category, classification.severity,
                         classification.recoverability, classification.recovery, classification.error_type,
                         classification.classified_by, _clip(message),
-                        time.time() if dead_at is None else dead_at)
+                        time.time() if dead_at is None else dead_at, rejected_items)
         self._next_id += 1
         nbytes = len(entry.payload)
         evicted = _to_evict(self._index.items(), len(self._index) + 1, self._bytes + nbytes,
                             self.max_entries, self.max_bytes, _expire_before(self.max_age, dl.dead_at))
         self._items[dl.id] = dl
-        self._index[dl.id] = _Indexed(entry.signal, entry.items, nbytes, dl.dead_at)
+        self._index[dl.id] = _Indexed(entry.signal, dl.items, nbytes, dl.dead_at)
         self._bytes += nbytes
         self._forget(evicted)
         return evicted
@@ -290,21 +320,27 @@ CREATE TABLE IF NOT EXISTS dead_letters (
     error_type     TEXT    NOT NULL,
     classified_by  TEXT    NOT NULL,
     message        TEXT    NOT NULL,
-    dead_at        REAL    NOT NULL
+    dead_at        REAL    NOT NULL,
+    rejected_items INTEGER NOT NULL DEFAULT 0
 )
 """
 DEAD_LETTER_COLUMNS = ("id", "signal", "payload", "items", "metadata", "accepted_at", "nbytes", "category",
                        "severity", "recoverability", "recovery", "error_type", "classified_by", "message",
-                       "dead_at")
+                       "dead_at", "rejected_items")
+# Columns added after the first release, with the default that old rows get (SqliteFile.open adds them).
+DEAD_LETTER_ADDED_COLUMNS = {"rejected_items": "INTEGER NOT NULL DEFAULT 0"}
+# user_version of a dead-letter file: 2 since `rejected_items` (a sidecar knowing only 1 refuses the file
+# as written by a newer one, instead of taking the unknown column for damage).
+DEAD_LETTER_SCHEMA_VERSION = 2
 _SELECT = ("SELECT id, signal, payload, items, metadata, accepted_at, category, severity, recoverability, "
-           "recovery, error_type, classified_by, message, dead_at FROM dead_letters")
+           "recovery, error_type, classified_by, message, dead_at, rejected_items FROM dead_letters")
 
-_Row = tuple[int, str, bytes, int, str, float, str, str, str, str, str, str, str, float]
+_Row = tuple[int, str, bytes, int, str, float, str, str, str, str, str, str, str, float, int]
 
 
 def _from_row(row: _Row) -> DeadLetter:
     (dl_id, signal, payload, items, metadata, accepted_at, category, severity, recoverability, recovery,
-     error_type, classified_by, message, dead_at) = row
+     error_type, classified_by, message, dead_at, rejected_items) = row
     return DeadLetter(
         id=int(dl_id),
         entry=entry_from_columns(signal, payload, items, metadata, accepted_at),
@@ -316,6 +352,7 @@ def _from_row(row: _Row) -> DeadLetter:
         classified_by=str(classified_by),
         message=str(message),
         dead_at=float(dead_at),
+        rejected_items=int(rejected_items),
     )
 
 
@@ -342,10 +379,12 @@ class SqliteDeadLetters:
     async def open(self) -> SqliteDeadLetters:
         if self._opened:
             raise RuntimeError(f"{self.path}: already opened")
-        await self._db.open(DEAD_LETTER_SCHEMA, "dead_letters", DEAD_LETTER_COLUMNS)
+        await self._db.open(DEAD_LETTER_SCHEMA, "dead_letters", DEAD_LETTER_COLUMNS, DEAD_LETTER_ADDED_COLUMNS,
+                            DEAD_LETTER_SCHEMA_VERSION)
         try:
             rows = await self._db.run(lambda conn: conn.execute(
-                "SELECT id, signal, items, nbytes, dead_at FROM dead_letters ORDER BY id").fetchall())
+                "SELECT id, signal, CASE WHEN rejected_items > 0 THEN rejected_items ELSE items END, nbytes, "
+                "dead_at FROM dead_letters ORDER BY id").fetchall())
             for dl_id, signal, items, nbytes, dead_at in rows:
                 self._index[int(dl_id)] = _Indexed(Signal(signal), int(items), int(nbytes), float(dead_at))
                 self._bytes += int(nbytes)
@@ -360,7 +399,8 @@ class SqliteDeadLetters:
         return self._db.synchronous
 
     def known(self) -> builtins.list[tuple[int, Signal, int]]:
-        """(id, signal, items) of every dead letter held, oldest first: what a lost file would lose."""
+        """(id, signal, items it stands for) of every dead letter held, oldest first: what a lost file
+        would lose."""
         return [(dl_id, known.signal, known.items) for dl_id, known in self._index.items()]
 
     @property
@@ -386,12 +426,13 @@ class SqliteDeadLetters:
             raise QueueClosed(f"{self.path}: dead-letter store is closed")
 
     async def add(self, entry: QueueEntry, classification: Classification, message: str,
-                  dead_at: float | None = None) -> builtins.list[Evicted]:
+                  dead_at: float | None = None, rejected_items: int = 0) -> builtins.list[Evicted]:
         self._require_open()
+        _check_rejected(entry, rejected_items)
         when = time.time() if dead_at is None else dead_at
         columns = (*entry_columns(entry), classification.category.value, classification.severity.value,
                    classification.recoverability.value, classification.recovery.value,
-                   classification.error_type, classification.classified_by, _clip(message), when)
+                   classification.error_type, classification.classified_by, _clip(message), when, rejected_items)
         async with self._lock:
             nbytes = len(entry.payload)
             evicted = _to_evict(self._index.items(), len(self._index) + 1, self._bytes + nbytes,
@@ -403,7 +444,7 @@ class SqliteDeadLetters:
                     cursor = conn.execute(
                         "INSERT INTO dead_letters (signal, payload, items, metadata, accepted_at, nbytes, "
                         "category, severity, recoverability, recovery, error_type, classified_by, message, "
-                        "dead_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", columns)
+                        "dead_at, rejected_items) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", columns)
                     if evict_ids:
                         conn.executemany("DELETE FROM dead_letters WHERE id = ?", [(i,) for i in evict_ids])
                 assert cursor.lastrowid is not None
@@ -418,7 +459,7 @@ class SqliteDeadLetters:
                 new_id = await self._db.run(write_and_keep_wal_small)
             except sqlite3.Error as exc:
                 raise storage_error(self.path, exc) from exc
-            self._index[new_id] = _Indexed(entry.signal, entry.items, nbytes, when)
+            self._index[new_id] = _Indexed(entry.signal, _dead_items(entry, rejected_items), nbytes, when)
             self._bytes += nbytes
             self._forget(evicted)
             return evicted
@@ -545,37 +586,55 @@ class SqliteDeadLetters:
 class ReplayResult:
     replayed: int  # dead letters put back into the queue (and removed from the store)
     items: int  # items in them
-    remaining: int  # of those asked for, still dead letters (the queue was full)
+    remaining: int  # of those asked for and not skipped, still dead letters (the queue was full)
+    skipped_partial: int = 0  # partial successes left in the store (not asked to include them)
+    skipped_partial_items: int = 0  # the rejected items they stand for
 
 
 async def replay_dead_letters(store: DeadLetterStore, queue: SendingQueue,
-                              ids: Sequence[int] | None = None, batch: int = 100) -> ReplayResult:
+                              ids: Sequence[int] | None = None, batch: int = 100,
+                              include_partial: bool = False) -> ReplayResult:
     """Put dead letters back into the queue, oldest first (all when `ids` is None).
 
     Each one is put first and removed from the store only after `put` returned, so a crash in
     between duplicates it rather than losing it. A full queue (QueueFull) stops the replay; what
     was not replayed stays a dead letter and is counted in `remaining`.
+
+    Partial successes stay where they are unless `include_partial`: the upstream already accepted
+    the rest of their items, which a resend would deliver a second time. They are counted in
+    `skipped_partial` (and their rejected items in `skipped_partial_items`).
     """
-    replayed = items = 0
+    replayed = items = remaining = skipped = skipped_items = 0
     wanted = None if ids is None else sorted(set(ids))
     position = 0
+    kept = 0  # walked past and left in the store: with ids None, the next page starts after them
+    full = False
     while True:
         if wanted is None:
-            page = await store.list(limit=batch)
+            page = await store.list(limit=batch, offset=kept)
+            if not page:
+                break
         else:
+            if position >= len(wanted):
+                break
             page = await store.get(wanted[position:position + batch])
             position += batch
-            if not page and position >= len(wanted):
-                break
-        if not page and wanted is None:
-            break
         for dl in page:
-            try:
-                await queue.put(dl.entry)
-            except QueueFull:
-                left = store.count if wanted is None else len(await store.get(wanted))
-                return ReplayResult(replayed, items, left)
-            await store.remove([dl.id])
-            replayed += 1
-            items += dl.entry.items
-    return ReplayResult(replayed, items, 0)
+            if dl.partial and not include_partial:
+                skipped += 1
+                skipped_items += dl.items
+                kept += 1
+                continue
+            if not full:
+                try:
+                    await queue.put(dl.entry)
+                except QueueFull:
+                    full = True  # keep walking: what is left is counted, skipped or remaining
+                else:
+                    await store.remove([dl.id])
+                    replayed += 1
+                    items += dl.entry.items
+                    continue
+            remaining += 1
+            kept += 1
+    return ReplayResult(replayed, items, remaining, skipped, skipped_items)

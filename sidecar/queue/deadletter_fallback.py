@@ -89,11 +89,11 @@ class FallbackDeadLetters:
         return evicted
 
     async def add(self, entry: QueueEntry, classification: Classification, message: str,
-                  dead_at: float | None = None) -> builtins.list[Evicted]:
+                  dead_at: float | None = None, rejected_items: int = 0) -> builtins.list[Evicted]:
         probe_due = self._monotonic() - self._failed_at >= self.retry_interval
         if self.degraded is None or probe_due:
             try:
-                evicted = await self.disk.add(entry, classification, message, dead_at)
+                evicted = await self.disk.add(entry, classification, message, dead_at, rejected_items)
             except Exception as exc:
                 reason = dead_letter_failure(exc)
                 if reason is None:
@@ -105,7 +105,7 @@ class FallbackDeadLetters:
                 if self.degraded is not None:
                     evicted += await self._move_to_disk()
                 return evicted
-        evicted = await self.memory.add(entry, classification, message, dead_at)
+        evicted = await self.memory.add(entry, classification, message, dead_at, rejected_items)
         if self._mover is None or self._mover.done():
             self._mover = asyncio.get_running_loop().create_task(self._move_back_loop())
         return evicted
@@ -136,7 +136,8 @@ class FallbackDeadLetters:
                 letters = []
             if letters:
                 dl = letters[0]
-                for ev in await self.memory.add(dl.entry, dl.classification, dl.message, dl.dead_at):
+                for ev in await self.memory.add(dl.entry, dl.classification, dl.message, dl.dead_at,
+                                                dl.rejected_items):
                     self.listener.lost(ev.signal, ev.items, ev.reason, f"{old.path}: carried over past the bound")
             else:
                 self.listener.lost(signal, items, CORRUPT, f"{old.path}: unreadable dead letter")
@@ -160,7 +161,8 @@ class FallbackDeadLetters:
         evicted: builtins.list[Evicted] = []
         for dl in await self.memory.list(limit=max(1, self.memory.count)):
             try:
-                evicted += await self.disk.add(dl.entry, dl.classification, dl.message, dl.dead_at)
+                evicted += await self.disk.add(dl.entry, dl.classification, dl.message, dl.dead_at,
+                                               dl.rejected_items)
             except Exception as exc:
                 reason = dead_letter_failure(exc)
                 if reason is None:
@@ -229,7 +231,7 @@ class FallbackDeadLetters:
                       extra={"dead_letters": len(left)})
         lost: dict[Signal, int] = {}
         for dl in left:
-            lost[dl.entry.signal] = lost.get(dl.entry.signal, 0) + dl.entry.items
+            lost[dl.entry.signal] = lost.get(dl.entry.signal, 0) + dl.items
         for signal, items in lost.items():
             self.listener.lost(signal, items, DropReason.SHUTDOWN,
                                f"{self.disk.path}: dead letters held in memory while the storage failed")

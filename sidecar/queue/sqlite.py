@@ -37,7 +37,7 @@ import logging
 import os
 import sqlite3
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -281,20 +281,29 @@ class SqliteFile:
             raise QueueClosed(f"{self.path}: database is closed")
         return fn(self._conn)
 
-    async def open(self, schema: str, table: str, columns: Sequence[str]) -> None:
-        """Open (creating if missing), check and lock the database; raise QueueStorageError."""
+    async def open(self, schema: str, table: str, columns: Sequence[str],
+                   added_columns: Mapping[str, str] | None = None, schema_version: int = SCHEMA_VERSION) -> None:
+        """Open (creating if missing), check and lock the database; raise QueueStorageError.
+
+        `added_columns` (name -> column definition with its DEFAULT) are the trailing `columns` a
+        later version added: a table that has all the columns but those gets them with ALTER TABLE
+        (their default fills the existing rows), so a file written by an older sidecar still opens.
+        `schema_version` is written to `user_version`; a file with a higher one is refused.
+        """
         if self._executor is not None:
             raise RuntimeError(f"{self.path}: already open")
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"sqlite:{self.path.name}")
         try:
             await asyncio.get_running_loop().run_in_executor(
-                self._executor, self._open_sync, schema, table, tuple(columns))
+                self._executor, self._open_sync, schema, table, tuple(columns), dict(added_columns or {}),
+                schema_version)
         except BaseException:
             self._executor.shutdown(wait=False)
             self._executor = None
             raise
 
-    def _open_sync(self, schema: str, table: str, columns: tuple[str, ...]) -> None:
+    def _open_sync(self, schema: str, table: str, columns: tuple[str, ...], added_columns: dict[str, str],
+                   schema_version: int) -> None:
         conn: sqlite3.Connection | None = None
         try:
             conn = sqlite3.connect(str(self.path), timeout=1.0, isolation_level=None)
@@ -311,10 +320,10 @@ class SqliteFile:
             conn.execute(f"PRAGMA journal_size_limit={JOURNAL_SIZE_LIMIT}")
             conn.execute(f"PRAGMA wal_autocheckpoint={WAL_AUTOCHECKPOINT_PAGES}")
             version = int(conn.execute("PRAGMA user_version").fetchone()[0])
-            if version > SCHEMA_VERSION:
+            if version > schema_version:
                 raise QueueStorageError(
                     f"{self.path}: written by a newer sidecar (schema version {version}, this one "
-                    f"knows {SCHEMA_VERSION}); not touching it", path=str(self.path))
+                    f"knows {schema_version}); not touching it", path=str(self.path))
             problems = [str(row[0]) for row in conn.execute("PRAGMA quick_check").fetchall()]
             if problems != ["ok"]:
                 raise corrupt_error(self.path, "quick_check: " + "; ".join(problems[:3]))
@@ -322,11 +331,17 @@ class SqliteFile:
             try:
                 conn.execute(schema)
                 found = tuple(str(row[1]) for row in conn.execute(f"PRAGMA table_info({table})"))
+                missing = columns[len(found):]
+                if found == columns[:len(found)] and missing and all(name in added_columns for name in missing):
+                    for name in missing:  # written by an older sidecar: add what it did not have
+                        conn.execute(f"ALTER TABLE {table} ADD COLUMN {name} {added_columns[name]}")
+                    log.info("%s: added columns %s to table %s", self.path, list(missing), table)
+                    found = columns
                 if found != columns:
                     raise corrupt_error(
                         self.path, f"table {table} has columns {list(found)}, expected {list(columns)}; "
                         f"not a sidecar database of this kind")
-                conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+                conn.execute(f"PRAGMA user_version={schema_version}")
                 conn.execute("COMMIT")
             except BaseException:
                 if conn.in_transaction:
