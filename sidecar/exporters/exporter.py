@@ -471,6 +471,8 @@ class Exporter:
                 return
             if report.verdict is Verdict.DEAD_LETTER:
                 await self._dead_letter(entry, report)
+            elif report.verdict is Verdict.DELIVERED and report.rejected:
+                await self._dead_letter_partial(entry, report)
             delivered = [lease.entry for lease in leases] if report.verdict is Verdict.DELIVERED else []
         else:
             try:
@@ -485,6 +487,8 @@ class Exporter:
             for part in report.parts:
                 if part.report.verdict is Verdict.DEAD_LETTER:
                     await self._dead_letter(part.entry, part.report)
+                elif part.report.verdict is Verdict.DELIVERED and part.report.rejected:
+                    await self._dead_letter_partial(part.entry, part.report)
             delivered = [part.entry for part in report.parts if part.report.verdict is Verdict.DELIVERED]
         for lease in leases:
             self._forget_owed(lease.entry)
@@ -505,6 +509,27 @@ class Exporter:
         message = report.reason or classification.error_type
         evicted = await self.dead_letters.add(entry, classification, message, self.clock.wall())
         self.events.dead_lettered(self.name, entry.signal.value, entry.items, classification.category.value,
+                                  classification.error_type, message)
+        self._count_evicted(evicted)
+
+    async def _dead_letter_partial(self, entry: QueueEntry, report: SendReport) -> None:
+        """A partial success: the whole request is kept for inspection, standing for its rejected items
+        (already counted as dropped by the sender). Never a reason to send it again: a failure to store
+        it is logged and the entry is acked all the same."""
+        assert self.dead_letters is not None
+        message = report.rejected_message or f"upstream rejected {report.rejected} of {entry.items} items"
+        try:
+            classification = report.classification or self.classifier.classify_partial_success(
+                report.rejected, report.rejected_message)
+            evicted = await self.dead_letters.add(entry, classification, message, self.clock.wall(),
+                                                  rejected_items=report.rejected)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("writing a partial-success dead letter failed; its rejected items stay counted as "
+                          "upstream_rejected", extra={"exporter": self.name, "rejected_items": report.rejected})
+            return
+        self.events.dead_lettered(self.name, entry.signal.value, report.rejected, classification.category.value,
                                   classification.error_type, message)
         self._count_evicted(evicted)
 

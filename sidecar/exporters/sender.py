@@ -16,7 +16,8 @@ Built in ONE place, `build_sender`, like the Collector's exporterhelper or a Vec
 whose verdict tells the caller (the queue consumer) what to do with the entry:
 
 * DELIVERED: upstream accepted it (partial success included: the `rejected` items are counted as
-  dropped with reason ``upstream_rejected`` and never retried). Ack the lease.
+  dropped with reason ``upstream_rejected`` and never retried; the queue consumer keeps the request
+  as a partial-success dead letter). Ack the lease.
 * REQUEUE: not now; every breaker is open, or the retry budget refused a retry. Nack the lease;
   `retry_after` is a hint, and `await sender.wait_ready()` waits until some endpoint takes calls.
 * DEAD_LETTER: permanent/fatal answer, `max_elapsed_time` exceeded, or a single item too large.
@@ -125,6 +126,7 @@ class SendReport:
     classification: Classification | None = None  # the last failure's (or the partial success's) class
     attempts: int = 0  # transport calls made
     rejected: int = 0  # items upstream rejected in a partial success (already counted as dropped)
+    rejected_message: str = ""  # the upstream's error_message of that partial success
     retry_after: float | None = None  # REQUEUE: seconds until it is worth trying again (a hint)
     endpoint: str | None = None  # the endpoint of the last attempt
     parts: tuple[PartReport, ...] = ()  # the leaf outcomes when the entry was split
@@ -505,7 +507,8 @@ class Sender:
                 self.error_stats.recovered(self.exporter_name, ep.name, recovery)
             ep.first_failure_at = None
         return SendReport(verdict=Verdict.DELIVERED, classification=cls, attempts=attempts, rejected=rejected,
-                          endpoint=ep.name, reason=Reason.PARTIAL_SUCCESS if rejected else Reason.NONE)
+                          rejected_message=outcome.rejected_message if rejected else "", endpoint=ep.name,
+                          reason=Reason.PARTIAL_SUCCESS if rejected else Reason.NONE)
 
     def _count_failure(self, ep: EndpointChain, entry: QueueEntry, cls: Classification) -> None:
         reported = self.escalation.observe(cls, self.clock.monotonic())
