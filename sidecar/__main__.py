@@ -70,6 +70,9 @@ def _admin_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     replay.add_argument("--exporter", default="",
                         help="one exporter (default: all; required with --ids when there are several)")
     replay.add_argument("--ids", type=int, nargs="+", default=[], help="dead-letter ids (default: all)")
+    replay.add_argument("--include-partial", action="store_true",
+                        help="replay partial successes too (skipped by default: the upstream already accepted "
+                             "their other items, which a replay delivers again)")
 
     breaker = sub.add_parser("breaker", help="circuit breaker actions")
     breaker_sub = breaker.add_subparsers(dest="action", required=True)

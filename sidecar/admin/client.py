@@ -127,8 +127,8 @@ def _dispatch(client: Client, args: argparse.Namespace, out: TextIO, sleep: Call
         _emit(out, args, listed, lambda: render.render_dead_letters(listed, time.time(), max(0, args.offset)))
         return 0
     if command == "deadletters" and args.action == "replay":
-        replayed = client.call("ReplayDeadLetters", pb.ReplayDeadLettersRequest(exporter=args.exporter,
-                                                                                ids=args.ids))
+        replayed = client.call("ReplayDeadLetters", pb.ReplayDeadLettersRequest(
+            exporter=args.exporter, ids=args.ids, include_partial=args.include_partial))
         _emit(out, args, replayed, lambda: render.render_replay(replayed))
         return 0
     if command == "breaker":

@@ -27,7 +27,7 @@ from sidecar.admin.v1 import admin_pb2_grpc as pb_grpc
 from sidecar.config.schema import AdminConfig
 from sidecar.exporters.sender import Upstream, Verdict
 from sidecar.queue.base import QueueClosed
-from sidecar.queue.deadletter import DeadLetter, replay_dead_letters
+from sidecar.queue.deadletter import DeadLetter, ReplayResult, replay_dead_letters
 from sidecar.telemetry.watch import HISTORY_STEP, QueueLag, Watch
 
 if TYPE_CHECKING:
@@ -60,6 +60,8 @@ DEFAULT_PAGE = 100
 MAX_PAGE = 10_000
 DEFAULT_DRAIN_TIMEOUT = 30.0
 MAX_DRAIN_TIMEOUT = 3600.0
+SKIPPED_PARTIAL_REASON = ("partial successes: the upstream already accepted their other items, so a replay would "
+                          "deliver those a second time; set include_partial to replay them anyway")
 
 
 class _Refused(Exception):
@@ -208,7 +210,8 @@ def _dead_letter_message(exporter: str, dl: DeadLetter) -> pb.DeadLetter:
         exporter=exporter, id=dl.id, signal=dl.entry.signal.value, items=dl.entry.items,
         bytes=len(dl.entry.payload), category=dl.category.value, severity=dl.severity.value,
         recoverability=dl.recoverability.value, recovery=dl.recovery.value, error_type=dl.error_type,
-        message=dl.message, dead_at=dl.dead_at, accepted_at=dl.entry.accepted_at)
+        message=dl.message, dead_at=dl.dead_at, accepted_at=dl.entry.accepted_at,
+        rejected_items=dl.rejected_items, partial_success=dl.partial)
 
 
 # ------------------------------------------------------------------ the servicer
@@ -280,20 +283,25 @@ class AdminServicer(pb_grpc.AdminServicer):  # type: ignore[misc]
                     continue
             if exporter.queue is not None:
                 try:
-                    result = await replay_dead_letters(store, exporter.queue, wanted)
+                    result = await replay_dead_letters(store, exporter.queue, wanted,
+                                                       include_partial=request.include_partial)
                 except QueueClosed:
                     raise _Refused(grpc.StatusCode.FAILED_PRECONDITION,
                                    f"exporter {exporter.name} is shutting down") from None
-                replayed, items, remaining = result.replayed, result.items, result.remaining
                 exporter.update_queue_gauges()
             else:
-                replayed, items, remaining = await _replay_synchronously(exporter, wanted)
-            response.replayed += replayed
-            response.replayed_items += items
-            response.remaining += remaining
+                result = await _replay_synchronously(exporter, wanted, request.include_partial)
+            response.replayed += result.replayed
+            response.replayed_items += result.items
+            response.remaining += result.remaining
+            response.skipped_partial += result.skipped_partial
+            response.skipped_partial_items += result.skipped_partial_items
             log.info("dead letters replayed", extra={
                 "event": "admin_action", "action": "replay_dead_letters", "exporter": exporter.name,
-                "replayed": replayed, "items": items, "remaining": remaining})
+                "replayed": result.replayed, "items": result.items, "remaining": result.remaining,
+                "skipped_partial": result.skipped_partial, "include_partial": request.include_partial})
+        if response.skipped_partial:
+            response.skipped_reason = SKIPPED_PARTIAL_REASON
         return response
 
     async def ResetBreaker(self, request: pb.ResetBreakerRequest,
@@ -337,12 +345,16 @@ class AdminServicer(pb_grpc.AdminServicer):  # type: ignore[misc]
         return response
 
 
-async def _replay_synchronously(exporter: Exporter, ids: Sequence[int] | None) -> tuple[int, int, int]:
+async def _replay_synchronously(exporter: Exporter, ids: Sequence[int] | None,
+                                include_partial: bool) -> ReplayResult:
     """Without a sending queue: send each dead letter now; delivered ones are removed, the first
-    failure stops (it and the rest stay dead letters)."""
+    failure stops (it and the rest stay dead letters). Partial successes are skipped unless included,
+    as `replay_dead_letters` does."""
     store = exporter.dead_letters
     assert store is not None
     letters = await store.get(ids) if ids is not None else await store.list(limit=max(store.count, 1))
+    skipped = [dl for dl in letters if dl.partial and not include_partial]
+    letters = [dl for dl in letters if include_partial or not dl.partial]
     replayed = items = 0
     for dl in letters:
         report = await exporter.sender.send(dl.entry)
@@ -351,7 +363,7 @@ async def _replay_synchronously(exporter: Exporter, ids: Sequence[int] | None) -
         await store.remove([dl.id])
         replayed += 1
         items += dl.entry.items
-    return replayed, items, len(letters) - replayed
+    return ReplayResult(replayed, items, len(letters) - replayed, len(skipped), sum(dl.items for dl in skipped))
 
 
 async def _guard(context: aio.ServicerContext, work: Awaitable[Any]) -> Any:

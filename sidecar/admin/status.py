@@ -195,13 +195,22 @@ def _recovery_text(recovery: pb.RecoveryStats) -> str:
 def render_dead_letters(response: pb.ListDeadLettersResponse, now: float, offset: int = 0) -> str:
     if not response.dead_letters:
         return f"no dead letters shown ({response.total} held)\n"
-    rows = [[dl.exporter, str(dl.id), dl.signal, str(dl.items), size(dl.bytes), dl.category, dl.recoverability,
-             dl.error_type, ago(dl.dead_at, now), clip(dl.message)] for dl in response.dead_letters]
-    lines = table(["EXPORTER", "ID", "SIGNAL", "ITEMS", "SIZE", "CATEGORY", "RECOVERABILITY", "ERROR TYPE",
-                   "DEAD", "MESSAGE"], rows, right={1, 3, 4})
+    rows = [[dl.exporter, str(dl.id), dl.signal, str(dl.items), rejected_text(dl), size(dl.bytes), dl.category,
+             dl.recoverability, dl.error_type, ago(dl.dead_at, now), clip(dl.message)]
+            for dl in response.dead_letters]
+    lines = table(["EXPORTER", "ID", "SIGNAL", "ITEMS", "REJECTED", "SIZE", "CATEGORY", "RECOVERABILITY",
+                   "ERROR TYPE", "DEAD", "MESSAGE"], rows, right={1, 3, 5})
     first = offset + 1
     lines.append(f"({first}-{offset + len(response.dead_letters)} of {response.total})")
+    if any(dl.partial_success for dl in response.dead_letters):
+        lines.append("partial: a partial success; the upstream accepted the other items, so `replay` skips it "
+                     "unless --include-partial")
     return "\n".join(lines) + "\n"
+
+
+def rejected_text(dl: pb.DeadLetter) -> str:
+    """How many of the dead letter's items were refused: all of a failed request, some of a partial success."""
+    return f"{dl.rejected_items} (partial)" if dl.partial_success else "all"
 
 
 def render_replay(response: pb.ReplayDeadLettersResponse) -> str:
@@ -209,6 +218,10 @@ def render_replay(response: pb.ReplayDeadLettersResponse) -> str:
             f"({response.replayed_items} items); {response.remaining} not replayed")
     if response.missing_ids:
         text += f"; not found: {', '.join(str(i) for i in response.missing_ids)}"
+    if response.skipped_partial:
+        text += (f"\nskipped {response.skipped_partial} partial success{'es' if response.skipped_partial != 1 else ''}"
+                 f" ({response.skipped_partial_items} rejected items): {response.skipped_reason} "
+                 f"(--include-partial)")
     return text + "\n"
 
 

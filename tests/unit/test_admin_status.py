@@ -105,12 +105,33 @@ def test_dead_letter_table() -> None:
                               message="bad\nspan " + "x" * 200, dead_at=NOW - 61)
     text = render.render_dead_letters(response, NOW, offset=3)
     lines = text.splitlines()
-    assert lines[0].split() == ["EXPORTER", "ID", "SIGNAL", "ITEMS", "SIZE", "CATEGORY", "RECOVERABILITY",
-                                "ERROR", "TYPE", "DEAD", "MESSAGE"]
+    assert lines[0].split() == ["EXPORTER", "ID", "SIGNAL", "ITEMS", "REJECTED", "SIZE", "CATEGORY",
+                                "RECOVERABILITY", "ERROR", "TYPE", "DEAD", "MESSAGE"]
+    assert lines[1].split()[3:5] == ["12", "all"]
     assert "INVALID_ARGUMENT" in lines[1] and "1m01s ago" in lines[1] and "bad span xx" in lines[1]
     assert lines[1].endswith("…") and "\n" not in lines[1]
-    assert lines[-1] == "(4-4 of 7)"
+    assert lines[-1] == "(4-4 of 7)"  # no partial success listed: no note about them
     assert render.render_dead_letters(pb.ListDeadLettersResponse(total=7), NOW) == "no dead letters shown (7 held)\n"
+
+
+def test_dead_letter_table_shows_a_partial_success_and_why_replay_skips_it() -> None:
+    response = pb.ListDeadLettersResponse(total=1)
+    response.dead_letters.add(exporter="otlp_grpc", id=5, signal="traces", items=40, bytes=4096,
+                              category="processing", recoverability="permanent", error_type="partial_success",
+                              message="3 spans rejected", dead_at=NOW - 5, rejected_items=3, partial_success=True)
+    lines = render.render_dead_letters(response, NOW).splitlines()
+    assert lines[1].split()[3:6] == ["40", "3", "(partial)"]
+    assert lines[-2] == "(1-1 of 1)"
+    assert lines[-1].startswith("partial: a partial success; the upstream accepted the other items, so `replay` "
+                                "skips it unless --include-partial")
+
+
+def test_replay_text_says_how_many_partial_successes_were_skipped_and_why() -> None:
+    replay = pb.ReplayDeadLettersResponse(replayed=1, replayed_items=10, skipped_partial=2, skipped_partial_items=7,
+                                          skipped_reason="they were accepted in part")
+    assert render.render_replay(replay) == (
+        "replayed 1 dead letter (10 items); 0 not replayed\n"
+        "skipped 2 partial successes (7 rejected items): they were accepted in part (--include-partial)\n")
 
 
 def test_action_texts() -> None:

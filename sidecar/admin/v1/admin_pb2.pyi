@@ -245,7 +245,7 @@ class ListDeadLettersResponse(_message.Message):
     def __init__(self, dead_letters: _Optional[_Iterable[_Union[DeadLetter, _Mapping]]] = ..., total: _Optional[int] = ...) -> None: ...
 
 class DeadLetter(_message.Message):
-    __slots__ = ("exporter", "id", "signal", "items", "bytes", "category", "severity", "recoverability", "recovery", "error_type", "message", "dead_at", "accepted_at")
+    __slots__ = ("exporter", "id", "signal", "items", "bytes", "category", "severity", "recoverability", "recovery", "error_type", "message", "dead_at", "accepted_at", "rejected_items", "partial_success")
     EXPORTER_FIELD_NUMBER: _ClassVar[int]
     ID_FIELD_NUMBER: _ClassVar[int]
     SIGNAL_FIELD_NUMBER: _ClassVar[int]
@@ -259,6 +259,8 @@ class DeadLetter(_message.Message):
     MESSAGE_FIELD_NUMBER: _ClassVar[int]
     DEAD_AT_FIELD_NUMBER: _ClassVar[int]
     ACCEPTED_AT_FIELD_NUMBER: _ClassVar[int]
+    REJECTED_ITEMS_FIELD_NUMBER: _ClassVar[int]
+    PARTIAL_SUCCESS_FIELD_NUMBER: _ClassVar[int]
     exporter: str
     id: int
     signal: str
@@ -272,27 +274,37 @@ class DeadLetter(_message.Message):
     message: str
     dead_at: float
     accepted_at: float
-    def __init__(self, exporter: _Optional[str] = ..., id: _Optional[int] = ..., signal: _Optional[str] = ..., items: _Optional[int] = ..., bytes: _Optional[int] = ..., category: _Optional[str] = ..., severity: _Optional[str] = ..., recoverability: _Optional[str] = ..., recovery: _Optional[str] = ..., error_type: _Optional[str] = ..., message: _Optional[str] = ..., dead_at: _Optional[float] = ..., accepted_at: _Optional[float] = ...) -> None: ...
+    rejected_items: int
+    partial_success: bool
+    def __init__(self, exporter: _Optional[str] = ..., id: _Optional[int] = ..., signal: _Optional[str] = ..., items: _Optional[int] = ..., bytes: _Optional[int] = ..., category: _Optional[str] = ..., severity: _Optional[str] = ..., recoverability: _Optional[str] = ..., recovery: _Optional[str] = ..., error_type: _Optional[str] = ..., message: _Optional[str] = ..., dead_at: _Optional[float] = ..., accepted_at: _Optional[float] = ..., rejected_items: _Optional[int] = ..., partial_success: _Optional[bool] = ...) -> None: ...
 
 class ReplayDeadLettersRequest(_message.Message):
-    __slots__ = ("exporter", "ids")
+    __slots__ = ("exporter", "ids", "include_partial")
     EXPORTER_FIELD_NUMBER: _ClassVar[int]
     IDS_FIELD_NUMBER: _ClassVar[int]
+    INCLUDE_PARTIAL_FIELD_NUMBER: _ClassVar[int]
     exporter: str
     ids: _containers.RepeatedScalarFieldContainer[int]
-    def __init__(self, exporter: _Optional[str] = ..., ids: _Optional[_Iterable[int]] = ...) -> None: ...
+    include_partial: bool
+    def __init__(self, exporter: _Optional[str] = ..., ids: _Optional[_Iterable[int]] = ..., include_partial: _Optional[bool] = ...) -> None: ...
 
 class ReplayDeadLettersResponse(_message.Message):
-    __slots__ = ("replayed", "replayed_items", "remaining", "missing_ids")
+    __slots__ = ("replayed", "replayed_items", "remaining", "missing_ids", "skipped_partial", "skipped_partial_items", "skipped_reason")
     REPLAYED_FIELD_NUMBER: _ClassVar[int]
     REPLAYED_ITEMS_FIELD_NUMBER: _ClassVar[int]
     REMAINING_FIELD_NUMBER: _ClassVar[int]
     MISSING_IDS_FIELD_NUMBER: _ClassVar[int]
+    SKIPPED_PARTIAL_FIELD_NUMBER: _ClassVar[int]
+    SKIPPED_PARTIAL_ITEMS_FIELD_NUMBER: _ClassVar[int]
+    SKIPPED_REASON_FIELD_NUMBER: _ClassVar[int]
     replayed: int
     replayed_items: int
     remaining: int
     missing_ids: _containers.RepeatedScalarFieldContainer[int]
-    def __init__(self, replayed: _Optional[int] = ..., replayed_items: _Optional[int] = ..., remaining: _Optional[int] = ..., missing_ids: _Optional[_Iterable[int]] = ...) -> None: ...
+    skipped_partial: int
+    skipped_partial_items: int
+    skipped_reason: str
+    def __init__(self, replayed: _Optional[int] = ..., replayed_items: _Optional[int] = ..., remaining: _Optional[int] = ..., missing_ids: _Optional[_Iterable[int]] = ..., skipped_partial: _Optional[int] = ..., skipped_partial_items: _Optional[int] = ..., skipped_reason: _Optional[str] = ...) -> None: ...
 
 class ResetBreakerRequest(_message.Message):
     __slots__ = ("exporter", "endpoint")
