@@ -11,10 +11,8 @@ reason, except under CI (`CI` set in the environment), where it fails instead: C
 
 from __future__ import annotations
 
-import contextlib
 import os
 import signal
-import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,6 +24,7 @@ from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
 from opentelemetry.proto.trace.v1 import trace_pb2
 
 from tests.fakes.collector import FakeCollector
+from tests.fakes.volume import fill_up, mounted_tmpfs
 from tests.integration.conftest import SidecarFactory
 from tests.polling import eventually
 from tests.sdk_app import RecordedTraffic
@@ -97,52 +96,15 @@ def ready_body(sidecar: SidecarProcess) -> tuple[int, Any]:
 # ---------------------------------------------------------------- a small volume
 
 
-def _can_mount() -> str | None:
-    if os.geteuid() != 0:
-        return "not root"
-    return None
-
-
 @pytest.fixture
 def small_volume(tmp_path: Path) -> Iterator[Path]:
     """A 1 MiB tmpfs, unmounted afterwards."""
-    mountpoint = tmp_path / "small"
-    mountpoint.mkdir()
-    reason = _can_mount()
-    if reason is None:
-        result = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mountpoint)],
-                                capture_output=True, text=True, timeout=30, check=False)
-        if result.returncode != 0:
-            reason = f"mount -t tmpfs failed: {result.stderr.strip() or result.returncode}"
-    if reason is not None:
-        message = f"disk-full test needs a 1 MiB tmpfs and cannot mount one here ({reason})"
-        if os.environ.get("CI"):
-            pytest.fail(message + "; CI must run it (run the tests as root)")
-        pytest.skip(message)
-    try:
+    with mounted_tmpfs(tmp_path / "small", "1m") as mountpoint:
         yield mountpoint
-    finally:
-        subprocess.run(["umount", "-l", str(mountpoint)], capture_output=True, timeout=30, check=False)
 
 
 def volume_listing(directory: Path) -> dict[str, int]:
     return {path.name: path.stat().st_size for path in directory.iterdir()}
-
-
-def fill_up(directory: Path) -> Path:
-    """Write a file until the volume has no byte left; returns it (unlink it to free the space)."""
-    filler = directory / "filler"
-    fd = os.open(filler, os.O_WRONLY | os.O_CREAT, 0o600)
-    try:
-        with contextlib.suppress(OSError):
-            while True:
-                os.write(fd, b"\0" * 4096)
-        with contextlib.suppress(OSError):
-            while True:
-                os.write(fd, b"\0")
-    finally:
-        os.close(fd)
-    return filler
 
 
 def refused_span_ids(fake: FakeCollector) -> set[bytes]:
