@@ -14,15 +14,18 @@ import os
 import subprocess
 import sys
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import grpc
 import pytest
+from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
 
 from sidecar.admin.v1 import admin_pb2 as pb
 from sidecar.admin.v1 import admin_pb2_grpc as pb_grpc
 from tests.fakes.collector import FakeCollector, ReceivedRequest
+from tests.fakes.storage import write_old_dead_letter_file
 from tests.integration.conftest import SidecarFactory
 from tests.polling import eventually
 from tests.sdk_app import RecordedTraffic
@@ -52,15 +55,19 @@ def cli(*args: str) -> subprocess.CompletedProcess[str]:
                           env=env, cwd=ROOT)
 
 
+def with_admin(port: int, storage: Path | None = None) -> Callable[[dict[str, Any]], None]:
+    def edit(config: dict[str, Any]) -> None:
+        config["extensions"]["admin"] = {"endpoint": f"127.0.0.1:{port}"}
+        config["service"]["extensions"].append("admin")
+        if storage is not None:
+            config["extensions"]["file_storage"]["directory"] = str(storage)
+    return edit
+
+
 def test_partial_success_is_counted_dead_lettered_once_per_request_and_never_retried(
         upstream: FakeCollector, sidecar_factory: SidecarFactory, monkeypatch: pytest.MonkeyPatch) -> None:
     port = free_port()
-
-    def with_admin(config: dict[str, Any]) -> None:
-        config["extensions"]["admin"] = {"endpoint": f"127.0.0.1:{port}"}
-        config["service"]["extensions"].append("admin")
-
-    sidecar = sidecar_factory(upstream.grpc_endpoint, storage=True, config_edit=with_admin)
+    sidecar = sidecar_factory(upstream.grpc_endpoint, storage=True, config_edit=with_admin(port))
     upstream.partial_success_next(PARTIAL_CALLS, rejected=REJECTED, message=MESSAGE, signal="traces",
                                   data_only=True)
     monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", sidecar.grpc_endpoint)
@@ -128,3 +135,24 @@ def test_partial_success_is_counted_dead_lettered_once_per_request_and_never_ret
     finally:
         sdk.shutdown()
 
+
+
+def test_a_dead_letter_file_of_an_older_sidecar_opens_lists_and_replays(
+        upstream: FakeCollector, sidecar_factory: SidecarFactory, tmp_path: Path) -> None:
+    """A dead-letter file written before `rejected_items` existed: the sidecar adds the column at start-up,
+    lists the old dead letter as a whole failed request, and replays it by default."""
+    storage = tmp_path / "old-storage"
+    storage.mkdir()
+    request = trace_service_pb2.ExportTraceServiceRequest()
+    scope = request.resource_spans.add().scope_spans.add()
+    for n in range(3):
+        scope.spans.add(trace_id=os.urandom(16), span_id=os.urandom(8), name=f"old {n}")
+    write_old_dead_letter_file(storage / f"{EXPORTER}.deadletter.sqlite", request.SerializeToString(), 3)
+    port = free_port()
+    sidecar_factory(upstream.grpc_endpoint, storage=True, config_edit=with_admin(port, storage))
+    with admin_stub(port) as admin:
+        (old,) = admin.ListDeadLetters(pb.ListDeadLettersRequest(), timeout=10).dead_letters
+        assert (old.items, old.rejected_items, old.partial_success, old.message) == (3, 0, False, "old one")
+        replayed = admin.ReplayDeadLetters(pb.ReplayDeadLettersRequest(), timeout=10)
+        assert (replayed.replayed, replayed.replayed_items, replayed.skipped_partial) == (1, 3, 0)
+    assert upstream.wait_for(lambda f: {s.name for s in f.spans()} >= {"old 0", "old 1", "old 2"}, timeout=20)

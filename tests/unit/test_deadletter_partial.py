@@ -27,33 +27,12 @@ from sidecar.queue.deadletter import (
 from sidecar.queue.deadletter_fallback import MEMORY_FIRST_ID, FallbackDeadLetters
 from sidecar.queue.memory import MemoryQueue
 from tests.fakes.clock import FakeClock
-from tests.fakes.storage import Recorder, num, numbered_entry
+from tests.fakes.storage import OLD_DEAD_LETTER_SCHEMA, Recorder, num, numbered_entry, write_old_dead_letter_file
 
 PARTIAL = Classification(Category.PROCESSING, Severity.MEDIUM, Recoverability.PERMANENT, Recovery.DROP,
                          "partial_success", "default:partial_success")
 BAD_DATA = Classification(Category.SERIALIZATION, Severity.HIGH, Recoverability.PERMANENT, Recovery.DROP,
                           "INVALID_ARGUMENT", "default")
-
-# The dead-letter table as the first release created it (no rejected_items), user_version 1.
-OLD_SCHEMA = """
-CREATE TABLE dead_letters (
-    id             INTEGER PRIMARY KEY AUTOINCREMENT,
-    signal         TEXT    NOT NULL,
-    payload        BLOB    NOT NULL,
-    items          INTEGER NOT NULL,
-    metadata       TEXT    NOT NULL,
-    accepted_at    REAL    NOT NULL,
-    nbytes         INTEGER NOT NULL,
-    category       TEXT    NOT NULL,
-    severity       TEXT    NOT NULL,
-    recoverability TEXT    NOT NULL,
-    recovery       TEXT    NOT NULL,
-    error_type     TEXT    NOT NULL,
-    classified_by  TEXT    NOT NULL,
-    message        TEXT    NOT NULL,
-    dead_at        REAL    NOT NULL
-)
-"""
 
 
 def entry(n: int, items: int = 10, nbytes: int = 32) -> QueueEntry:
@@ -182,22 +161,9 @@ async def test_fallback_close_counts_only_rejected_items_lost(tmp_path: Path) ->
 # ---------------------------------------------------------------- an older file
 
 
-def write_old_file(path: Path) -> None:
-    conn = sqlite3.connect(path)
-    conn.execute("PRAGMA journal_mode=WAL")
-    conn.execute(OLD_SCHEMA)
-    conn.execute("INSERT INTO dead_letters (signal, payload, items, metadata, accepted_at, nbytes, category, "
-                 "severity, recoverability, recovery, error_type, classified_by, message, dead_at) "
-                 "VALUES ('traces', ?, 7, '[]', 1000.5, 5, 'serialization', 'high', 'permanent', 'drop', "
-                 "'INVALID_ARGUMENT', 'default', 'old one', 1234.0)", (b"hello",))
-    conn.execute("PRAGMA user_version=1")
-    conn.commit()
-    conn.close()
-
-
 async def test_a_dead_letter_file_of_an_older_sidecar_gets_the_column(tmp_path: Path) -> None:
     path = tmp_path / "old.deadletter.sqlite"
-    write_old_file(path)
+    write_old_dead_letter_file(path)
     store = await SqliteDeadLetters(path).open()
     (old,) = await store.list()
     assert (old.entry.payload, old.entry.items, old.message, old.rejected_items) == (b"hello", 7, "old one", 0)
@@ -229,7 +195,7 @@ async def test_a_dead_letter_file_of_a_newer_sidecar_is_refused(tmp_path: Path) 
 async def test_a_table_missing_other_columns_is_still_refused(tmp_path: Path) -> None:
     path = tmp_path / "odd.deadletter.sqlite"
     conn = sqlite3.connect(path)
-    conn.execute(OLD_SCHEMA.replace("    dead_at        REAL    NOT NULL\n", "").replace(
+    conn.execute(OLD_DEAD_LETTER_SCHEMA.replace("    dead_at        REAL    NOT NULL\n", "").replace(
         "message        TEXT    NOT NULL,", "message        TEXT    NOT NULL"))
     conn.close()
     with pytest.raises(QueueStorageError, match="not a sidecar database") as info:
