@@ -207,10 +207,12 @@ def scenario_fleet(settings: Settings) -> Section:
               "has the endpoint open and one lease holder probes at the end of each fleet-wide open period (1 s, "
               "then 2 s): the probes drop to about one per 2 s, and recovery waits for the holder's next probe "
               "(at most one open period) plus the pub/sub hop. What is left is the burst at the start: every "
-              "sidecar sends (and retries) until the first breaker trips (5 consecutive failures) and the others "
-              "follow. With Redis killed for 7 s the sidecars run locally meanwhile, which costs what local mode "
-              "costs for those seconds, and nothing acknowledged is lost. The 56 calls and 6.8 s quoted in "
-              "issue 13 for local mode came from other settings; the local rows here are measured in the same "
-              "run and with the same settings as the fleet rows.")
+              "sidecar sends (and retries) until the fleet has evidence. A sidecar that sees 2 failures in a row "
+              "reports it to Redis, and the endpoint opens fleet-wide once a quorum of its members (half, at least "
+              "2: here 2 of 4) reports, before any breaker reaches its own 5 consecutive failures; the others "
+              "follow by pub/sub. With Redis killed for 7 s the sidecars run locally meanwhile, which costs "
+              "what local mode costs for those seconds, and nothing acknowledged is lost. The 56 calls and "
+              "6.8 s quoted in issue 13 for local mode came from other settings; the local rows here are "
+              "measured in the same run and with the same settings as the fleet rows.")
     return Section("fleet", f"6. Fleet: {SIDECARS} sidecars, upstream UNAVAILABLE for {FAILURE:g} s", body,
                    {"modes": runs})

@@ -42,7 +42,10 @@ Fleet mode (sidecar/fleet) plugs in through two narrow points, and without them 
 * a `BreakerGate` decides when an open breaker may go half-open (``probe_delay``): while another
   sidecar holds the fleet's probe lease this one stays open; ``None`` means "no opinion" (Redis
   down, or the fleet has no verdict) and the local recovery timeout applies as before;
-* `follow_open` / `follow_close` apply the fleet's verdict.
+* `follow_open` / `follow_close` apply the fleet's verdict;
+* streak observers (`add_streak_observer`) hear this sidecar's consecutive failures after every
+  outcome counted while closed (0 after a success), so the fleet can pool the evidence of several
+  sidecars before any one of them has seen `failure_threshold` failures.
 """
 
 from __future__ import annotations
@@ -157,6 +160,7 @@ class _Listener(pybreaker.CircuitBreakerListener):
 
 TransitionListener = Callable[[str, str], None]
 TransitionObserver = Callable[[str, str, str], None]  # (old, new, source)
+StreakObserver = Callable[[int], None]  # consecutive failures while closed (0 after a success)
 
 SOURCE_LOCAL = "local"
 SOURCE_FLEET = "fleet"
@@ -207,6 +211,7 @@ class EndpointBreaker:
         self._pending: list[tuple[BreakerState, BreakerState, str]] = []
         self._listeners: list[TransitionListener] = [on_transition] if on_transition else []
         self._observers: list[TransitionObserver] = []
+        self._streak_observers: list[StreakObserver] = []
         self._source = SOURCE_LOCAL  # the source of the transitions pybreaker is making now
         self._gate: BreakerGate | None = None
         self.trips = 0  # times it opened, for status
@@ -243,6 +248,10 @@ class EndpointBreaker:
     def add_observer(self, observer: TransitionObserver) -> None:
         """Like `add_listener`, with the source of the change (``local`` or ``fleet``) as third argument."""
         self._observers.append(observer)
+
+    def add_streak_observer(self, observer: StreakObserver) -> None:
+        """Hear the consecutive failures after each outcome counted while the breaker stays closed."""
+        self._streak_observers.append(observer)
 
     def set_gate(self, gate: BreakerGate | None) -> None:
         self._gate = gate
@@ -330,6 +339,7 @@ class EndpointBreaker:
                 self._apply(late)
             elif call.state is BreakerState.CLOSED:
                 self._record_rate(outcome)
+                self._report_streak(outcome)
         finally:
             if call.probe:
                 self._probes -= 1
@@ -441,6 +451,19 @@ class EndpointBreaker:
                 raise _CountedFailure()
         self._flush()
         self._record_rate(outcome)
+        self._report_streak(outcome)
+
+    def _report_streak(self, outcome: CallOutcome) -> None:
+        """Tell the streak observers, unless the outcome said nothing or the breaker left closed (a trip
+        is reported as a transition instead)."""
+        if outcome is CallOutcome.NEUTRAL or self._state is not BreakerState.CLOSED:
+            return
+        streak = self._cb.fail_counter
+        for observer in self._streak_observers:
+            try:
+                observer(streak)
+            except Exception:  # the fleet is an accelerator: a bug there must not stop delivery
+                log.exception("breaker streak observer failed")
 
     def _record_rate(self, outcome: CallOutcome) -> None:
         if outcome is CallOutcome.NEUTRAL or self._state is not BreakerState.CLOSED:

@@ -2,6 +2,9 @@
 
 Each sidecar's `EndpointBreaker`s of the endpoint stay what they were; this object sits beside them:
 
+* their failure streaks are pooled: a sidecar with `evidence_streak` consecutive failures reports it
+  (EVIDENCE script), and the record opens fleet-wide once a quorum of the endpoint's members reports
+  one, before any single breaker has counted `failure_threshold`; its next success withdraws it;
 * their local transitions are published: a local open opens the fleet's record (OPEN script), a
   failed half-open call or probe of the lease holder starts the next, longer fleet-wide open period,
   a success closes the record for all (CLOSE script, which also frees the lease);
@@ -17,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 from collections.abc import Awaitable
 from typing import Any
@@ -29,9 +33,12 @@ from sidecar.fleet import scripts
 from sidecar.fleet.connection import FleetConnection
 from sidecar.fleet.keys import Keys
 from sidecar.fleet.view import (
+    EVIDENCE_WINDOW,
+    QUORUM_FRACTION,
     FleetView,
     ProbeLease,
     Record,
+    evidence_streak,
     probe_delay,
     scheduled_probe_allowed,
     should_probe,
@@ -52,6 +59,7 @@ class FleetScripts:
     def __init__(self, conn: FleetConnection) -> None:
         client = conn.client
         self.open = client.register_script(scripts.OPEN)
+        self.evidence = client.register_script(scripts.EVIDENCE)
         self.close = client.register_script(scripts.CLOSE)
         self.read = client.register_script(scripts.READ)
         self.renew = client.register_script(scripts.RENEW)
@@ -97,6 +105,10 @@ class SharedBreaker:
         self.breakers: list[EndpointBreaker] = []
         self.probers: list[HealthProber] = []
         self._probing = False
+        self._failing = False  # what this sidecar wants the fleet to know: it sees the endpoint failing
+        self._reported_failing = False  # what it last told the fleet
+        self._evidence_due = False
+        self._evidence_writer: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
         self._tasks: set[asyncio.Task[Any]] = set()
 
@@ -124,6 +136,7 @@ class SharedBreaker:
         self.breakers.append(breaker)
         breaker.set_gate(self)
         breaker.add_observer(self._on_local_transition)
+        breaker.add_streak_observer(functools.partial(self._on_local_streak, breaker))
         if prober is not None:
             self.probers.append(prober)
             prober.may_probe = self.may_probe
@@ -139,6 +152,54 @@ class SharedBreaker:
 
     # ------------------------------------------------------------ local -> fleet
 
+    @property
+    def _record_keys(self) -> list[str]:
+        return [self._keys.breaker(self.endpoint), self._keys.lease(self.endpoint),
+                self._keys.evidence(self.endpoint)]
+
+    def _on_local_streak(self, breaker: EndpointBreaker, streak: int) -> None:
+        """Every failure of a streak long enough refreshes this sidecar's report (so a report stays
+        fresh while the failures go on); the first success after one withdraws it. Nothing else writes."""
+        failing = streak >= evidence_streak(breaker.config.failure_threshold)
+        if not self._conn.connected or (failing and self.view.open):
+            return
+        if not failing and not self._reported_failing and not self._failing:
+            return  # the common case: a success with nothing to withdraw
+        self._failing = failing
+        self._evidence_due = True
+        if self._evidence_writer is None or self._evidence_writer.done():
+            self._evidence_writer = asyncio.ensure_future(self._write_evidence())
+            self._tasks.add(self._evidence_writer)
+            self._evidence_writer.add_done_callback(self._tasks.discard)
+
+    async def _write_evidence(self) -> None:
+        """One writer per endpoint, so reports and withdrawals reach Redis in the order they were made;
+        outcomes that arrive during a write are folded into the next one."""
+        while self._evidence_due:
+            self._evidence_due = False
+            failing = self._failing
+            if failing:
+                await self._report_failing()
+            else:
+                await self._withdraw_failing()
+            self._reported_failing = failing
+
+    async def _withdraw_failing(self) -> None:
+        key = self._keys.evidence(self.endpoint)
+        await self._conn.call(lambda: self._conn.client.hdel(key, self._instance))
+
+    async def _report_failing(self) -> None:
+        keys = [self._keys.breaker(self.endpoint), self._keys.evidence(self.endpoint),
+                self._keys.endpoint_members(self.endpoint)]
+        args: list[str | int | float] = [self._instance, int(EVIDENCE_WINDOW * 1000), QUORUM_FRACTION,
+                                         int(self._base_timeout * 1000), self._keys.channel, self.endpoint]
+        reply = await self._conn.call(lambda: self._scripts.evidence(keys=keys, args=args))
+        if reply is None:
+            return
+        if int(reply[4]) == 1:
+            self._events.fleet_opened_on_evidence(self.endpoint, int(reply[5]), int(reply[6]))
+        self._apply(parse_record(reply))
+
     def _on_local_transition(self, old: str, new: str, source: str) -> None:
         if source != SOURCE_LOCAL or not self._conn.connected:
             return  # the fleet's own changes are not echoed; while down, the resync catches up
@@ -152,7 +213,7 @@ class SharedBreaker:
             self._spawn(self._publish_close())
 
     async def _publish_open(self, reopen: bool) -> None:
-        keys = [self._keys.breaker(self.endpoint), self._keys.lease(self.endpoint)]
+        keys = self._record_keys
         args = [int(self._base_timeout * 1000), int(self._max_timeout * 1000), 1 if reopen else 0,
                 self._instance, self._keys.channel, self.endpoint]
         reply = await self._conn.call(lambda: self._scripts.open(keys=keys, args=args))
@@ -164,7 +225,7 @@ class SharedBreaker:
         # refresh that reads the record before the CLOSE lands.
         self.view.open = False
         self.lease.lost()
-        keys = [self._keys.breaker(self.endpoint), self._keys.lease(self.endpoint)]
+        keys = self._record_keys
         args = [self._instance, self._keys.channel, self.endpoint]
         reply = await self._conn.call(lambda: self._scripts.close(keys=keys, args=args))
         if reply is not None:
@@ -182,6 +243,7 @@ class SharedBreaker:
         if not (changed or force):
             return
         if self.view.open:
+            self._failing = self._reported_failing = False  # opening forgets the fleet's evidence
             for breaker in self.breakers:
                 breaker.follow_open()
         else:

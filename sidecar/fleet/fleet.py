@@ -43,7 +43,7 @@ class Fleet:
         self.breakers: dict[str, SharedBreaker] = {}
         self.budgets: dict[str, FleetRetryBudget] = {}
         self.heartbeat = Heartbeat(self.instance, float(config.heartbeat_interval), self.conn, self.scripts,
-                                   self.keys, events, snapshot)
+                                   self.keys, events, snapshot, endpoints=lambda: list(self.breakers))
         self._tasks: list[asyncio.Task[None]] = []
         self.conn.on_connected.append(self._resync)
         events.fleet_members(0)

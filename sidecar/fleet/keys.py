@@ -26,6 +26,14 @@ class Keys:
     def lease(self, endpoint: str) -> str:
         return f"{self.prefix}probe-lease:{endpoint}"
 
+    def evidence(self, endpoint: str) -> str:
+        """Hash: instance -> when (Redis time, ms) it last reported a failure streak on the endpoint."""
+        return f"{self.prefix}failing:{endpoint}"
+
+    def endpoint_members(self, endpoint: str) -> str:
+        """Sorted set: instance -> expiry of its heartbeat, for the sidecars that send to the endpoint."""
+        return f"{self.prefix}members:{endpoint}"
+
     def budget(self, endpoint: str) -> str:
         return f"{self.prefix}retry-budget:{endpoint}"
 

@@ -18,11 +18,12 @@ from sidecar.telemetry.events import Events
 TTL_HEARTBEATS = 3  # a member is gone after missing this many heartbeats
 
 Snapshot = Callable[[], dict[str, Any]]
+Endpoints = Callable[[], list[str]]
 
 
 class Heartbeat:
     def __init__(self, instance: str, interval: float, conn: FleetConnection, fleet_scripts: FleetScripts,
-                 keys: Keys, events: Events, snapshot: Snapshot) -> None:
+                 keys: Keys, events: Events, snapshot: Snapshot, endpoints: Endpoints = list) -> None:
         self.instance = instance
         self.interval = interval
         self._conn = conn
@@ -30,19 +31,24 @@ class Heartbeat:
         self._keys = keys
         self._events = events
         self._snapshot = snapshot
+        self._endpoints = endpoints  # the upstream endpoints it sends to: each keeps its own member set
+
+    def _keys_of(self) -> list[str]:
+        return [self._keys.member(self.instance), self._keys.members,
+                *(self._keys.endpoint_members(e) for e in self._endpoints())]
 
     async def beat(self) -> None:
         payload = json.dumps({"instance": self.instance, **self._snapshot()}, default=str)
         ttl_ms = int(self.interval * TTL_HEARTBEATS * 1000)
+        keys = self._keys_of()
         members = await self._conn.call(lambda: self._scripts.heartbeat(
-            keys=[self._keys.member(self.instance), self._keys.members],
-            args=[self.instance, payload, ttl_ms]))
+            keys=keys, args=[self.instance, payload, ttl_ms]))
         if members is not None:
             self._events.fleet_members(int(members))
 
     async def leave(self) -> None:
-        await self._conn.call(lambda: self._scripts.leave(
-            keys=[self._keys.member(self.instance), self._keys.members], args=[self.instance]))
+        keys = self._keys_of()
+        await self._conn.call(lambda: self._scripts.leave(keys=keys, args=[self.instance]))
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,10 +13,24 @@ local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 """
 
-# KEYS: breaker, lease. ARGV: base_ms, max_ms, reopen (1: the lease holder's probe failed), instance,
-# channel, endpoint. Opening an open record changes nothing, except a failed probe of the lease holder,
-# which starts the next, longer open period (doubling up to max): the fleet-wide growing timeout.
-OPEN = _NOW + """
+# Opens the record (from closed: the base period; from open: the given one), forgets the failure
+# evidence gathered while closed, and publishes the change.
+_OPEN_RECORD = """
+local function open_record(breaker, evidence, timeout, gen, by, now, channel, endpoint)
+  gen = gen + 1
+  redis.call('HSET', breaker, 'state', 'open', 'timeout', timeout, 'until', now + timeout, 'gen', gen, 'by', by,
+             'at', now)
+  redis.call('PEXPIRE', breaker, 86400000)
+  if evidence then redis.call('DEL', evidence) end
+  redis.call('PUBLISH', channel, endpoint .. '\\n' .. 'open' .. '\\n' .. gen .. '\\n' .. timeout .. '\\n' .. timeout)
+  return {'open', timeout, timeout, gen}
+end
+"""
+
+# KEYS: breaker, lease, evidence. ARGV: base_ms, max_ms, reopen (1: the lease holder's probe failed),
+# instance, channel, endpoint. Opening an open record changes nothing, except a failed probe of the lease
+# holder, which starts the next, longer open period (doubling up to max): the fleet-wide growing timeout.
+OPEN = _NOW + _OPEN_RECORD + """
 local state = redis.call('HGET', KEYS[1], 'state')
 local timeout = tonumber(redis.call('HGET', KEYS[1], 'timeout') or '0')
 local untl = tonumber(redis.call('HGET', KEYS[1], 'until') or '0')
@@ -33,16 +47,49 @@ if state == 'open' then
 else
   timeout = base
 end
-gen = gen + 1
-untl = now + timeout
-redis.call('HSET', KEYS[1], 'state', 'open', 'timeout', timeout, 'until', untl, 'gen', gen, 'by', ARGV[4], 'at', now)
-redis.call('PEXPIRE', KEYS[1], 86400000)
-redis.call('PUBLISH', ARGV[5], ARGV[6] .. '\\n' .. 'open' .. '\\n' .. gen .. '\\n' .. timeout .. '\\n' .. timeout)
-return {'open', timeout, timeout, gen}
+return open_record(KEYS[1], KEYS[3], timeout, gen, ARGV[4], now, ARGV[5], ARGV[6])
 """
 
-# KEYS: breaker, lease. ARGV: instance, channel, endpoint. A success closes the record for everyone and
-# frees the lease.
+# KEYS: breaker, evidence, endpoint members. ARGV: instance, window_ms, quorum fraction, base_ms,
+# channel, endpoint. -> state, remaining ms, timeout ms, gen, tripped (0/1), failing members, members.
+#
+# One member reports a failure streak (sidecar/fleet/view.py: `evidence_streak`). The record opens
+# fleet-wide, before any single breaker trips, when at least `failure_quorum(members)` members of the
+# endpoint have a streak reported within the window: max(2, ceil(fraction x members)), so one
+# sidecar alone never decides for the fleet and scattered errors over a large fleet never add up.
+EVIDENCE = _NOW + _OPEN_RECORD + """
+local state = redis.call('HGET', KEYS[1], 'state') or 'closed'
+local timeout = tonumber(redis.call('HGET', KEYS[1], 'timeout') or '0')
+local untl = tonumber(redis.call('HGET', KEYS[1], 'until') or '0')
+local gen = tonumber(redis.call('HGET', KEYS[1], 'gen') or '0')
+if state == 'open' then
+  redis.call('HDEL', KEYS[2], ARGV[1])
+  return {state, math.max(0, untl - now), timeout, gen, 0, 0, 0}
+end
+local window = tonumber(ARGV[2])
+redis.call('HSET', KEYS[2], ARGV[1], now)
+redis.call('PEXPIRE', KEYS[2], window * 2)
+local failing = 0
+local seen = redis.call('HGETALL', KEYS[2])
+for i = 1, #seen, 2 do
+  if tonumber(seen[i + 1]) < now - window then
+    redis.call('HDEL', KEYS[2], seen[i])
+  else
+    failing = failing + 1
+  end
+end
+redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now)
+local members = redis.call('ZCARD', KEYS[3])
+local quorum = math.max(2, math.ceil(members * tonumber(ARGV[3]) - 1e-9))
+if failing >= quorum then
+  local record = open_record(KEYS[1], KEYS[2], tonumber(ARGV[4]), gen, ARGV[1], now, ARGV[5], ARGV[6])
+  return {record[1], record[2], record[3], record[4], 1, failing, members}
+end
+return {state, 0, timeout, gen, 0, failing, members}
+"""
+
+# KEYS: breaker, lease, evidence. ARGV: instance, channel, endpoint. A success closes the record for
+# everyone, frees the lease and forgets any failure evidence.
 CLOSE = _NOW + """
 local state = redis.call('HGET', KEYS[1], 'state')
 local timeout = tonumber(redis.call('HGET', KEYS[1], 'timeout') or '0')
@@ -53,6 +100,7 @@ end
 gen = gen + 1
 redis.call('HSET', KEYS[1], 'state', 'closed', 'until', now, 'gen', gen, 'by', ARGV[1], 'at', now)
 redis.call('DEL', KEYS[2])
+if KEYS[3] then redis.call('DEL', KEYS[3]) end
 redis.call('PUBLISH', ARGV[2], ARGV[3] .. '\\n' .. 'closed' .. '\\n' .. gen .. '\\n' .. 0 .. '\\n' .. timeout)
 return {'closed', 0, timeout, gen}
 """
@@ -136,17 +184,25 @@ redis.call('PEXPIRE', KEYS[1], (ttl + 2) * 1000)
 return granted
 """
 
-# KEYS: member, members. ARGV: instance, payload (JSON), ttl_ms. -> live members.
+# KEYS: member, members, then the member set of each endpoint this sidecar sends to. ARGV: instance,
+# payload (JSON), ttl_ms. -> live members.
 HEARTBEAT = _NOW + """
+local expiry = now + tonumber(ARGV[3])
 redis.call('HSET', KEYS[1], 'payload', ARGV[2], 'at', now)
 redis.call('PEXPIRE', KEYS[1], ARGV[3])
-redis.call('ZADD', KEYS[2], now + tonumber(ARGV[3]), ARGV[1])
-redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
+for i = 2, #KEYS do
+  redis.call('ZADD', KEYS[i], expiry, ARGV[1])
+  redis.call('ZREMRANGEBYSCORE', KEYS[i], '-inf', now)
+  redis.call('PEXPIRE', KEYS[i], 86400000)
+end
 return redis.call('ZCARD', KEYS[2])
 """
 
-# KEYS: member, members. ARGV: instance. A clean stop leaves the fleet at once.
+# KEYS: member, members, then the endpoints' member sets. ARGV: instance. A clean stop leaves at once.
 LEAVE = """
 redis.call('DEL', KEYS[1])
+for i = 3, #KEYS do
+  redis.call('ZREM', KEYS[i], ARGV[1])
+end
 return redis.call('ZREM', KEYS[2], ARGV[1])
 """

@@ -15,9 +15,15 @@ Invariants they keep (tests/property/test_fleet_model.py):
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 SAFETY = 0.8  # fraction of the lease TTL this sidecar trusts itself to hold the lease
+
+# Fleet-wide failure evidence (the EVIDENCE script in sidecar/fleet/scripts.py applies the same rule).
+EVIDENCE_STREAK = 2  # consecutive failures that make a sidecar report the endpoint failing
+QUORUM_FRACTION = 0.5  # of the endpoint's live members, each with a reported streak, to open it fleet-wide
+EVIDENCE_WINDOW = 5.0  # seconds a report counts (a sidecar that stops sending stops counting)
 
 
 @dataclass(slots=True)
@@ -69,6 +75,22 @@ class FleetView:
 
     def forget(self) -> None:
         self.gen = -1
+
+
+def evidence_streak(failure_threshold: int) -> int:
+    """The consecutive failures after which this sidecar reports the endpoint failing to the fleet:
+    `EVIDENCE_STREAK`, or fewer when its own breaker would already trip on fewer."""
+    return max(1, min(EVIDENCE_STREAK, failure_threshold))
+
+
+def failure_quorum(members: int) -> int:
+    """How many members (of those sending to the endpoint) must report a streak to open it fleet-wide.
+
+    At least two, so no single sidecar decides for the others before its own breaker trips; half of
+    the members, so independent, scattered failures (each sidecar's streak is cleared by its next
+    success) do not add up to a trip as the fleet grows.
+    """
+    return max(2, math.ceil(members * QUORUM_FRACTION - 1e-9))
 
 
 def probe_delay(view: FleetView, lease: ProbeLease, connected: bool, now: float, active_prober: bool,

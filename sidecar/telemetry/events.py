@@ -395,6 +395,12 @@ class Events:
         log.info("recovery-probe lease won: this sidecar probes for the fleet", extra={
             "event": "fleet_lease", "endpoint": endpoint, "instance": instance})
 
+    def fleet_opened_on_evidence(self, endpoint: str, failing: int, members: int) -> None:
+        self.metrics.fleet_evidence_opens.labels(endpoint).inc()
+        log.warning("endpoint opened fleet-wide: a quorum of the fleet's sidecars sees it failing", extra={
+            "event": "fleet_evidence_open", "endpoint": endpoint, "failing_members": failing,
+            "members": members})
+
     def fleet_budget_refused(self, exporter: str, endpoint: str) -> None:
         self.metrics.fleet_budget_refused.labels(exporter, endpoint).inc()
         total = self._due(("fleet_budget_refused", exporter, endpoint), 1)
@@ -407,5 +413,6 @@ class Events:
         """Known label sets start at 0, so they have samples from the first scrape."""
         self.metrics.fleet_budget_refused.labels(exporter, endpoint)
         self.metrics.fleet_leases_won.labels(endpoint)
+        self.metrics.fleet_evidence_opens.labels(endpoint)
         for old, new in BREAKER_TRANSITIONS:
             self.metrics.breaker_transitions.labels(exporter, endpoint, old, new, "fleet")

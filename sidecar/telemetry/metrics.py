@@ -98,6 +98,9 @@ class Metrics:
         self.fleet_budget_refused = Counter("sidecar_fleet_budget_refused_retries",
                                             "Retries refused by the fleet-wide retry budget",
                                             ["exporter", "endpoint"], registry=r)
+        self.fleet_evidence_opens = Counter(
+            "sidecar_fleet_evidence_opens", "Fleet-wide opens decided by this sidecar's report completing a "
+            "quorum of members failing, before any breaker tripped", ["endpoint"], registry=r)
         self.export_duration = Histogram(
             "sidecar_export_duration_seconds", "Duration of one upstream export attempt",
             ["exporter", "endpoint", "outcome"], registry=r,

@@ -232,7 +232,9 @@ def test_redis_killed_mid_outage_everyone_goes_on_locally_then_resyncs(
     upstream.fail_always(grpc_code=grpc.StatusCode.UNAVAILABLE)
     with clients_of(sidecars) as clients:
         with Traffic(clients):
-            assert eventually(lambda: any(transitions(s, "open", "local") >= 1 for s in sidecars), 15)
+            # The fleet sees the outage (a breaker trips, or the pooled evidence opens it for all).
+            assert eventually(lambda: all(transitions(s, "open", "local") + transitions(s, "open", "fleet") >= 1
+                                          for s in sidecars), 15)
             redis_server.kill()
             assert eventually(lambda: all(s.metric_value("sidecar_fleet_connected") == 0 for s in sidecars), 15)
             time.sleep(2.0)  # the outage goes on without Redis; clients keep sending
@@ -315,3 +317,44 @@ def test_when_the_prober_dies_another_sidecar_takes_the_lease_over(
                                   for r in upstream.attempts()), 10)
     upstream.clear_faults()
     assert eventually(lambda: all(s.metric_value("sidecar_breaker_state") == 0 for s in others), 20)
+
+
+PATIENT_BREAKER = {"failure_threshold": 1000, "minimum_calls": 100000, "recovery_timeout": "1s",
+                   "max_recovery_timeout": "2s"}
+
+
+def test_failures_seen_by_a_quorum_open_the_fleet_before_any_breaker_trips_but_one_sidecar_alone_does_not(
+        sidecar_factory: SidecarFactory, upstream: FakeCollector, redis_server: RedisServer) -> None:
+    # No breaker here can trip on its own (1000 consecutive failures, a rate trigger out of reach): any
+    # open must come from the fleet's pooled evidence. No health probes: a failed probe is evidence too,
+    # and here only client traffic decides who sees the upstream fail.
+    sidecars = start_fleet(sidecar_factory, upstream, redis_server, circuit_breaker=PATIENT_BREAKER,
+                           health_probe={"enabled": False})
+    assert eventually(lambda: all(s.metric_value("sidecar_fleet_members") == SIDECARS for s in sidecars), 10)
+    evidence_key = f"otlp-sidecar:failing:{upstream.grpc_endpoint}"
+    store = redis.Redis(port=redis_server.port, decode_responses=True)
+
+    def evidence_opens() -> float:
+        return sum(s.metric_value("sidecar_fleet_evidence_opens_total", endpoint=upstream.grpc_endpoint)
+                   for s in sidecars)
+
+    upstream.fail_always(grpc_code=grpc.StatusCode.UNAVAILABLE)
+    with clients_of(sidecars) as clients:
+        # s0 alone fails again and again: it reports, but one sidecar is not a quorum of three.
+        with Traffic(clients[:1]):
+            assert eventually(lambda: store.hkeys(evidence_key) == ["s0"], 15)
+            assert holds_for(lambda: evidence_opens() == 0 and
+                             all(transitions(s, "open", "fleet") == 0 for s in sidecars), 2.0)
+        assert sidecars[0].metric_value("sidecar_breaker_state", endpoint=upstream.grpc_endpoint) == 0
+        # s1 fails too: two of three members see it failing, and the endpoint opens for the whole fleet.
+        with Traffic(clients[:2]):
+            assert eventually(lambda: evidence_opens() == 1, 15), sidecars[1].logs()[-3000:]
+            assert eventually(lambda: all(transitions(s, "open", "fleet") >= 1 for s in sidecars), 15)
+        assert all(transitions(s, "open", "local") == 0 for s in sidecars)
+        assert any(e.get("event") == "fleet_evidence_open" for s in sidecars for e in s.log_events())
+        # Recovery closes it for all, and nothing acknowledged is lost.
+        upstream.clear_faults()
+        assert eventually(lambda: acknowledged(clients) <= upstream.span_ids(), 30)
+        assert eventually(lambda: all(
+            s.metric_value("sidecar_breaker_state", endpoint=upstream.grpc_endpoint) == 0 for s in sidecars), 15)
+    store.close()

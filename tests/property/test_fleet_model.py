@@ -15,7 +15,11 @@ Invariants:
   names as lease holder at that moment, and no two sidecars ever believe they hold the lease;
 * an open endpoint never receives ordinary traffic from a sidecar that has seen it open: a sidecar
   connected to Redis whose view is open never admits a call. (Cut off from Redis, a sidecar goes on
-  with its own breaker, by design: Redis never gates delivery.)
+  with its own breaker, by design: Redis never gates delivery.) This includes opens decided by pooled
+  failure evidence (each breaker trips at 3 failures; a streak of 2 is reported, and 2 of the 3
+  sidecars reporting open the endpoint for all);
+* a report is withdrawn: after a successful call made and ended while closed, a connected sidecar has
+  no failure report left in the store (a stale report would help open the endpoint for everyone).
 """
 
 from __future__ import annotations
@@ -32,11 +36,11 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, pr
 from sidecar.config.schema import CircuitBreakerConfig, HealthProbeConfig
 from sidecar.config.units import Duration
 from sidecar.core.errors import ExportError, ExportFailure
-from sidecar.exporters.breaker import CallOutcome, EndpointBreaker
+from sidecar.exporters.breaker import BreakerState, CallOutcome, EndpointBreaker
 from sidecar.exporters.health import HealthProber
 from sidecar.fleet.breaker import LEASE_TTL, SharedBreaker
 from sidecar.fleet.keys import Keys
-from sidecar.fleet.view import Record
+from sidecar.fleet.view import EVIDENCE_WINDOW, Record, failure_quorum
 from sidecar.telemetry.events import Events
 from sidecar.telemetry.metrics import Metrics
 from tests.fakes.clock import FakeClock
@@ -45,7 +49,8 @@ T = TypeVar("T")
 N = 3
 ENDPOINT = "collector:4317"
 BASE, MAX = 1.0, 4.0
-CONFIG = CircuitBreakerConfig(failure_threshold=1, recovery_timeout=Duration(BASE),
+THRESHOLD = 3  # a streak of 2 is reported as evidence before the third failure trips the breaker
+CONFIG = CircuitBreakerConfig(failure_threshold=THRESHOLD, recovery_timeout=Duration(BASE),
                               max_recovery_timeout=Duration(MAX))
 SIDECAR = st.integers(0, N - 1)
 
@@ -62,6 +67,8 @@ class Store:
     gen: int = 0
     holder: str | None = None
     lease_expires: float = 0.0
+    failing: dict[str, float] = field(default_factory=dict)  # instance -> when it reported a streak
+    members: int = N  # of the endpoint (heartbeats of dead sidecars linger until their TTL)
 
     @property
     def now(self) -> float:
@@ -81,12 +88,25 @@ class Store:
             return self.reply()
         self.timeout = min(MAX, max(BASE, self.timeout * 2)) if self.open else BASE
         self.open, self.until, self.gen = True, self.now + self.timeout, self.gen + 1
+        self.failing.clear()
         self.publish(Record(True, self.timeout, self.timeout, self.gen))
         return self.reply()
+
+    def do_evidence(self, instance: str) -> list[Any]:
+        if self.open:
+            self.failing.pop(instance, None)
+            return [*self.reply(), 0, 0, 0]
+        self.failing[instance] = self.now
+        self.failing = {k: at for k, at in self.failing.items() if at >= self.now - EVIDENCE_WINDOW}
+        failing = len(self.failing)
+        if failing >= failure_quorum(self.members):
+            return [*self.do_open(False, instance), 1, failing, self.members]
+        return [*self.reply(), 0, failing, self.members]
 
     def do_close(self) -> list[Any]:
         if self.open:
             self.open, self.until, self.gen, self.holder = False, self.now, self.gen + 1, None
+            self.failing.clear()
             self.publish(Record(False, 0.0, self.timeout, self.gen))
         return self.reply()
 
@@ -107,6 +127,9 @@ class FakeScripts:
 
     async def close(self, keys: list[str], args: list[Any]) -> list[Any]:
         return self._arrive().do_close()
+
+    async def evidence(self, keys: list[str], args: list[Any]) -> list[Any]:
+        return self._arrive().do_evidence(str(args[0]))
 
     async def read(self, keys: list[str], args: list[Any]) -> list[Any]:
         store = self._arrive()
@@ -138,6 +161,9 @@ class FakeClient:
             return False
         store.holder, store.lease_expires = value, store.now + px / 1000
         return True
+
+    async def hdel(self, key: str, field: str) -> int:
+        return 1 if self.scripts._arrive().failing.pop(field, None) is not None else 0
 
 
 class FakeConnection:
@@ -243,7 +269,8 @@ class FleetMachine(RuleBasedStateMachine):
     @initialize(i=SIDECAR)
     def outage_starts(self, i: int) -> None:
         """Most of what matters happens while the endpoint is open: start there (it can close later)."""
-        self.ordinary_call(i, fails=True)
+        for _ in range(THRESHOLD):
+            self.ordinary_call(i, fails=True)
 
     # Small steps, and the lease's TTL in one go (a stalled holder: a GC pause, renewals lost).
     @rule(seconds=st.one_of(st.floats(0.01, 1.5), st.just(LEASE_TTL)))
@@ -262,11 +289,22 @@ class FleetMachine(RuleBasedStateMachine):
         assert not (sidecar.conn.connected and sidecar.shared.view.open), \
             f"{sidecar.name} sends to an endpoint it saw open"
 
+        closed_before = sidecar.breaker.state is BreakerState.CLOSED
+
         async def call() -> None:
             async with sidecar.breaker.calling() as attempt:
                 if fails:
                     attempt.outcome = CallOutcome.FAILURE
         self.run(call())
+        if not fails and closed_before and sidecar.breaker.state is BreakerState.CLOSED and sidecar.conn.connected:
+            assert sidecar.name not in self.store.failing, f"{sidecar.name} succeeded but its report stayed"
+
+    @rule(i=SIDECAR)
+    def streak_then_success(self, i: int) -> None:
+        """A streak long enough to be reported (one failure short of tripping), then an answer."""
+        for _ in range(THRESHOLD - 1):
+            self.ordinary_call(i, fails=True)
+        self.ordinary_call(i, fails=False)
 
     @rule(i=SIDECAR, count=st.integers(1, 3))
     def messages_arrive(self, i: int, count: int) -> None:

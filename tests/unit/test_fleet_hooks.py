@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import pytest
+
 from sidecar.config.schema import CircuitBreakerConfig, HealthProbeConfig
 from sidecar.config.units import Duration
 from sidecar.exporters.breaker import BreakerOpenError, BreakerState, EndpointBreaker
@@ -18,6 +20,8 @@ from sidecar.fleet.view import (
     FleetView,
     ProbeLease,
     Record,
+    evidence_streak,
+    failure_quorum,
     probe_delay,
     scheduled_probe_allowed,
     should_probe,
@@ -271,3 +275,43 @@ async def test_a_resend_the_fleet_refuses_waits_before_asking_again() -> None:
     assert again.verdict is Verdict.DELIVERED and shared.asked == 3
     assert FLEET_REFUSED_WAIT in clock.sleeps
 
+
+
+def test_streak_observers_hear_consecutive_failures_while_closed_and_nothing_once_it_trips() -> None:
+    clock = FakeClock()
+    breaker = EndpointBreaker("c:4317", CircuitBreakerConfig(failure_threshold=3), clock)
+    streaks: list[int] = []
+    breaker.add_streak_observer(streaks.append)
+    breaker.record_failure()
+    breaker.record_failure()
+    asyncio.run(_admit(breaker))  # a success
+    assert streaks == [1, 2, 0]
+    breaker.record_failure()
+    breaker.record_failure()
+    breaker.record_failure()  # the third trips it: that is a transition, not a streak
+    assert breaker.state is BreakerState.OPEN
+    assert streaks == [1, 2, 0, 1, 2]
+    breaker.record_failure()  # ignored while open
+    assert streaks == [1, 2, 0, 1, 2]
+
+
+def test_a_call_that_ends_without_a_verdict_is_no_streak() -> None:
+    breaker = EndpointBreaker("c:4317", CircuitBreakerConfig(failure_threshold=3), FakeClock())
+    streaks: list[int] = []
+    breaker.add_streak_observer(streaks.append)
+
+    async def cancelled_call() -> None:
+        async with breaker.calling():
+            raise asyncio.CancelledError()
+
+    with pytest.raises(asyncio.CancelledError):
+        asyncio.run(cancelled_call())
+    assert streaks == []
+
+
+def test_evidence_needs_two_failures_in_a_row_or_fewer_when_the_breaker_trips_sooner() -> None:
+    assert evidence_streak(5) == 2 and evidence_streak(2) == 2 and evidence_streak(1) == 1
+
+
+def test_the_quorum_is_at_least_two_members_and_at_least_half() -> None:
+    assert [failure_quorum(m) for m in (0, 1, 2, 3, 4, 5, 6, 1000)] == [2, 2, 2, 2, 2, 3, 3, 500]

@@ -19,6 +19,7 @@ from sidecar.fleet.budget import FleetRetryBudget
 from sidecar.fleet.connection import BACKGROUND_TIMEOUT, PING_INTERVAL, FleetConnection
 from sidecar.fleet.keys import Keys
 from sidecar.fleet.membership import Heartbeat, read_members
+from sidecar.fleet.view import QUORUM_FRACTION, failure_quorum
 from sidecar.telemetry.events import Events
 from sidecar.telemetry.metrics import Metrics
 from tests.fakes.redis_server import RedisServer
@@ -210,3 +211,81 @@ async def test_a_stalled_redis_counts_as_down_within_a_second(conn: FleetConnect
     finally:
         server.resume()
     assert await wait_for(lambda: conn.connected, timeout=10)
+
+
+async def join(scripts: FleetScripts, keys: Keys, endpoint: str, instances: list[str]) -> None:
+    for instance in instances:
+        await scripts.heartbeat(keys=[keys.member(instance), keys.members, keys.endpoint_members(endpoint)],
+                                args=[instance, "{}", 5000])
+
+
+async def report(scripts: FleetScripts, keys: Keys, endpoint: str, instance: str,
+                 window_ms: int = 5000) -> tuple[bool, bool, int, int]:
+    """One member's failure streak -> (open, tripped by this report, failing members, members)."""
+    reply = await scripts.evidence(
+        keys=[keys.breaker(endpoint), keys.evidence(endpoint), keys.endpoint_members(endpoint)],
+        args=[instance, window_ms, QUORUM_FRACTION, BASE_MS, keys.channel, endpoint])
+    return parse_record(reply).open, int(reply[4]) == 1, int(reply[5]), int(reply[6])
+
+
+async def test_failure_evidence_opens_the_endpoint_once_a_quorum_of_its_members_reports(
+        conn: FleetConnection) -> None:
+    scripts, keys, client = FleetScripts(conn), Keys("t:"), conn.client
+    await join(scripts, keys, "c", ["a", "b", "c", "d"])
+    await join(scripts, keys, "other", ["e"])  # members of another endpoint do not count for this one
+    pubsub = client.pubsub()
+    await pubsub.subscribe(keys.channel)
+    assert await report(scripts, keys, "c", "a") == (False, False, 1, 4)
+    assert await report(scripts, keys, "c", "a") == (False, False, 1, 4)  # a refresh, not a second member
+    await client.hdel(keys.evidence("c"), "a")  # a's next call succeeded: it withdraws its report
+    assert await report(scripts, keys, "c", "b") == (False, False, 1, 4)
+    assert await report(scripts, keys, "c", "a") == (True, True, 2, 4)  # 2 of 4: the quorum
+    assert not await client.exists(keys.evidence("c"))  # opening forgets the evidence
+    record = parse_record(await scripts.read(keys=[keys.breaker("c"), keys.lease("c")], args=[]))
+    assert record.open and record.timeout == BASE_MS / 1000 and record.gen == 1
+    messages = []
+    for _ in range(10):  # the first read may consume the subscription's confirmation
+        message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=0.1)
+        if message is not None:
+            messages.append(message["data"].split("\n")[:3])
+    assert messages == [["c", "open", "1"]]
+    # While open, reports change nothing and are not kept for the next closed period.
+    assert await report(scripts, keys, "c", "c") == (True, False, 0, 0)
+    assert not await client.exists(keys.evidence("c"))
+    await scripts.close(keys=[keys.breaker("c"), keys.lease("c"), keys.evidence("c")], args=["a", keys.channel, "c"])
+    assert await report(scripts, keys, "c", "d") == (False, False, 1, 4)  # a new closed period starts empty
+    await pubsub.aclose()
+
+
+async def test_a_report_older_than_the_window_no_longer_counts(conn: FleetConnection) -> None:
+    scripts, keys, client = FleetScripts(conn), Keys("t:"), conn.client
+    await join(scripts, keys, "c", ["a", "b", "c"])
+    assert await report(scripts, keys, "c", "a", window_ms=150) == (False, False, 1, 3)
+    await asyncio.sleep(0.3)
+    assert await report(scripts, keys, "c", "b", window_ms=150) == (False, False, 1, 3)
+    assert await client.hkeys(keys.evidence("c")) == ["b"]  # a's stale report was dropped
+
+
+@pytest.mark.parametrize("members", [0, 1, 2, 3, 4, 5, 7, 10])
+async def test_the_scripts_quorum_is_failure_quorum(conn: FleetConnection, members: int) -> None:
+    scripts, keys = FleetScripts(conn), Keys(f"q{members}:")
+    await join(scripts, keys, "c", [f"m{i}" for i in range(members)])
+    quorum = failure_quorum(members)
+    assert quorum >= 2 and quorum >= members / 2
+    for i in range(quorum - 1):
+        assert await report(scripts, keys, "c", f"m{i}") == (False, False, i + 1, members)
+    assert await report(scripts, keys, "c", f"m{quorum - 1}") == (True, True, quorum, members)
+
+
+async def test_leaving_removes_the_member_from_its_endpoints(server: RedisServer) -> None:
+    conn = FleetConnection(fleet_config(server), Events(Metrics()), SYSTEM_CLOCK)
+    conn.start()
+    assert await wait_for(lambda: conn.connected)
+    keys = Keys("t:")
+    beat = Heartbeat("pod", 1.0, conn, FleetScripts(conn), keys, Events(Metrics()), dict,
+                     endpoints=lambda: ["c:4317"])
+    await beat.beat()
+    assert await conn.client.zrange(keys.endpoint_members("c:4317"), 0, -1) == ["pod"]
+    await beat.leave()
+    assert await conn.client.zcard(keys.endpoint_members("c:4317")) == 0
+    await conn.stop()
