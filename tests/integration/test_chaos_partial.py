@@ -64,10 +64,13 @@ def with_admin(port: int, storage: Path | None = None) -> Callable[[dict[str, An
     return edit
 
 
+@pytest.mark.parametrize("exporter", ["otlp_grpc", "otlp_http"])
 def test_partial_success_is_counted_dead_lettered_once_per_request_and_never_retried(
-        upstream: FakeCollector, sidecar_factory: SidecarFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+        upstream: FakeCollector, sidecar_factory: SidecarFactory, monkeypatch: pytest.MonkeyPatch,
+        exporter: str) -> None:
     port = free_port()
-    sidecar = sidecar_factory(upstream.grpc_endpoint, storage=True, config_edit=with_admin(port))
+    target = upstream.http_endpoint if exporter == "otlp_http" else upstream.grpc_endpoint
+    sidecar = sidecar_factory(target, exporter, storage=True, config_edit=with_admin(port))
     upstream.partial_success_next(PARTIAL_CALLS, rejected=REJECTED, message=MESSAGE, signal="traces",
                                   data_only=True)
     monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", sidecar.grpc_endpoint)
@@ -88,14 +91,14 @@ def test_partial_success_is_counted_dead_lettered_once_per_request_and_never_ret
         received = Counter(span_id for r in upstream.data_attempts("traces") for span_id in span_ids(r))
         assert set(received) == sdk.recorder.acknowledged and set(received.values()) == {1}
 
-        assert eventually(lambda: sidecar.metric_value("sidecar_dead_letters_total", exporter=EXPORTER,
+        assert eventually(lambda: sidecar.metric_value("sidecar_dead_letters_total", exporter=exporter,
                                                        category="processing") == PARTIAL_CALLS, 10)
         assert sidecar.metric_value("sidecar_dropped_items_total", signal="traces",
                                     reason="upstream_rejected") == rejected
         assert sidecar.metric_value("sidecar_dropped_items_total", reason="dead_letter_evicted") == 0
 
         with admin_stub(port) as admin:
-            listed = admin.ListDeadLetters(pb.ListDeadLettersRequest(exporter=EXPORTER), timeout=10)
+            listed = admin.ListDeadLetters(pb.ListDeadLettersRequest(exporter=exporter), timeout=10)
             assert listed.total == PARTIAL_CALLS  # one per partially accepted request
             letters = list(listed.dead_letters)
             assert all(dl.partial_success and dl.error_type == "partial_success" and dl.message == MESSAGE
