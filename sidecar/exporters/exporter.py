@@ -536,7 +536,7 @@ class Exporter:
     def _count_evicted(self, evicted: list[Evicted]) -> None:
         for old in evicted:
             why = "older than dead_letter.max_age" if old.expired else "dead-letter store full"
-            self.events.dropped(old.signal.value, old.reason, old.items, f"exporter {self.name}: {why}")
+            self.events.dropped(old.signal.value, old.reason, old.dropped_items, f"exporter {self.name}: {why}")
 
     async def _expire_dead_letters(self, max_age: float) -> None:
         """Retention holds when nothing new fails: dead letters past max_age go, looked at a few

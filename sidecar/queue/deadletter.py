@@ -80,6 +80,13 @@ class DeadLetter:
         return self.rejected_items if self.partial else self.entry.items
 
     @property
+    def dropped_items(self) -> int:
+        """What losing this dead letter adds to `sidecar_dropped_items_total`: a partial success's
+        rejected items were counted once already, as `upstream_rejected`, when the upstream refused
+        them; losing the kept copy loses no further item."""
+        return dropped_items(self.items, self.partial)
+
+    @property
     def classification(self) -> Classification:
         return Classification(self.category, self.severity, self.recoverability, self.recovery,
                               self.error_type, self.classified_by)
@@ -94,6 +101,12 @@ class Evicted:
     items: int
     nbytes: int
     expired: bool = False  # past max_age (else pushed out by the count or size bound)
+    partial: bool = False  # a partial success's copy: its items were counted when the upstream refused them
+
+    @property
+    def dropped_items(self) -> int:
+        """What it adds to `sidecar_dropped_items_total` (see `DeadLetter.dropped_items`)."""
+        return dropped_items(self.items, self.partial)
 
     @property
     def reason(self) -> DropReason:
@@ -108,6 +121,11 @@ class _Indexed(NamedTuple):
     items: int  # what it stands for: a partial success's rejected items, else the entry's
     nbytes: int
     dead_at: float
+    partial: bool
+
+
+def dropped_items(items: int, partial: bool) -> int:
+    return 0 if partial else items
 
 
 def _dead_items(entry: QueueEntry, rejected_items: int) -> int:
@@ -195,7 +213,7 @@ def _to_evict(candidates: Iterable[tuple[int, _Indexed]], count: int, total_byte
         over_bytes = max_bytes is not None and total_bytes > max_bytes
         if not expired and count <= max_entries and not over_bytes:
             break
-        out.append(Evicted(dl_id, indexed.signal, indexed.items, indexed.nbytes, expired))
+        out.append(Evicted(dl_id, indexed.signal, indexed.items, indexed.nbytes, expired, indexed.partial))
         count -= 1
         total_bytes -= indexed.nbytes
     return out
@@ -251,7 +269,7 @@ class MemoryDeadLetters:
         evicted = _to_evict(self._index.items(), len(self._index) + 1, self._bytes + nbytes,
                             self.max_entries, self.max_bytes, _expire_before(self.max_age, dl.dead_at))
         self._items[dl.id] = dl
-        self._index[dl.id] = _Indexed(entry.signal, dl.items, nbytes, dl.dead_at)
+        self._index[dl.id] = _Indexed(entry.signal, dl.items, nbytes, dl.dead_at, dl.partial)
         self._bytes += nbytes
         self._forget(evicted)
         return evicted
@@ -384,9 +402,10 @@ class SqliteDeadLetters:
         try:
             rows = await self._db.run(lambda conn: conn.execute(
                 "SELECT id, signal, CASE WHEN rejected_items > 0 THEN rejected_items ELSE items END, nbytes, "
-                "dead_at FROM dead_letters ORDER BY id").fetchall())
-            for dl_id, signal, items, nbytes, dead_at in rows:
-                self._index[int(dl_id)] = _Indexed(Signal(signal), int(items), int(nbytes), float(dead_at))
+                "dead_at, rejected_items > 0 FROM dead_letters ORDER BY id").fetchall())
+            for dl_id, signal, items, nbytes, dead_at, partial in rows:
+                self._index[int(dl_id)] = _Indexed(Signal(signal), int(items), int(nbytes), float(dead_at),
+                                                   bool(partial))
                 self._bytes += int(nbytes)
         except (sqlite3.Error, ValueError) as exc:
             await self._db.close()
@@ -399,9 +418,10 @@ class SqliteDeadLetters:
         return self._db.synchronous
 
     def known(self) -> builtins.list[tuple[int, Signal, int]]:
-        """(id, signal, items it stands for) of every dead letter held, oldest first: what a lost file
-        would lose."""
-        return [(dl_id, known.signal, known.items) for dl_id, known in self._index.items()]
+        """(id, signal, items its loss counts as dropped) of every dead letter held, oldest first: what a
+        lost file would lose (a partial success's copy: nothing more, see `DeadLetter.dropped_items`)."""
+        return [(dl_id, known.signal, dropped_items(known.items, known.partial))
+                for dl_id, known in self._index.items()]
 
     @property
     def count(self) -> int:
@@ -459,7 +479,8 @@ class SqliteDeadLetters:
                 new_id = await self._db.run(write_and_keep_wal_small)
             except sqlite3.Error as exc:
                 raise storage_error(self.path, exc) from exc
-            self._index[new_id] = _Indexed(entry.signal, _dead_items(entry, rejected_items), nbytes, when)
+            self._index[new_id] = _Indexed(entry.signal, _dead_items(entry, rejected_items), nbytes, when,
+                                           rejected_items > 0)
             self._bytes += nbytes
             self._forget(evicted)
             return evicted

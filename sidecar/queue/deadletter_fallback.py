@@ -115,7 +115,7 @@ class FallbackDeadLetters:
         while self.degraded is not None and self.memory.count:
             await asyncio.sleep(self.retry_interval)
             for evicted in await self._move_to_disk():
-                self.listener.lost(evicted.signal, evicted.items, evicted.reason,
+                self.listener.lost(evicted.signal, evicted.dropped_items, evicted.reason,
                                    f"{self.disk.path}: dead-letter store full or past max_age")
 
     def _failed(self, reason: str, exc: BaseException) -> None:
@@ -138,7 +138,8 @@ class FallbackDeadLetters:
                 dl = letters[0]
                 for ev in await self.memory.add(dl.entry, dl.classification, dl.message, dl.dead_at,
                                                 dl.rejected_items):
-                    self.listener.lost(ev.signal, ev.items, ev.reason, f"{old.path}: carried over past the bound")
+                    self.listener.lost(ev.signal, ev.dropped_items, ev.reason,
+                                       f"{old.path}: carried over past the bound")
             else:
                 self.listener.lost(signal, items, CORRUPT, f"{old.path}: unreadable dead letter")
         with contextlib.suppress(Exception):
@@ -231,7 +232,7 @@ class FallbackDeadLetters:
                       extra={"dead_letters": len(left)})
         lost: dict[Signal, int] = {}
         for dl in left:
-            lost[dl.entry.signal] = lost.get(dl.entry.signal, 0) + dl.items
+            lost[dl.entry.signal] = lost.get(dl.entry.signal, 0) + dl.dropped_items
         for signal, items in lost.items():
             self.listener.lost(signal, items, DropReason.SHUTDOWN,
                                f"{self.disk.path}: dead letters held in memory while the storage failed")

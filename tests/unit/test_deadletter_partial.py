@@ -117,11 +117,14 @@ async def test_sqlite_reopen_keeps_rejected_items_and_what_they_stand_for(tmp_pa
     await store.add(entry(1, items=10), PARTIAL, "x", rejected_items=6)
     await store.close()
     store = await SqliteDeadLetters(path, max_entries=1).open()
-    assert store.known()[0][1:] == (Signal.TRACES, 6)  # what losing the file would lose
+    # Losing the file would lose no further item: the 6 were counted as upstream_rejected already.
+    assert store.known()[0][1:] == (Signal.TRACES, 0)
     (dl,) = await store.list()
     assert dl.rejected_items == 6
     (evicted,) = await store.add(entry(2), BAD_DATA, "x")
-    assert evicted.items == 6 and store.evicted_items == 6
+    assert evicted.items == 6 and store.evicted_items == 6 and evicted.partial and evicted.dropped_items == 0
+    (evicted,) = await store.add(entry(3, items=4), BAD_DATA, "x")  # a whole failed request: all its items
+    assert evicted.dropped_items == evicted.items == 10 and not evicted.partial
     await store.close()
 
 
@@ -147,15 +150,18 @@ async def test_fallback_memory_keeps_rejected_items_and_moves_them_to_the_disk(t
     await store.close()
 
 
-async def test_fallback_close_counts_only_rejected_items_lost(tmp_path: Path) -> None:
+async def test_fallback_close_counts_a_partial_successs_copy_as_no_further_loss(tmp_path: Path) -> None:
     rec = Recorder()
     disk = await SqliteDeadLetters(tmp_path / "c.deadletter.sqlite").open()
     store = FallbackDeadLetters(disk, rec, FakeClock().monotonic)
     await disk._db.run(lambda conn: conn.execute(
         f"PRAGMA max_page_count={conn.execute('PRAGMA page_count').fetchone()[0]}").fetchall())
     await store.add(entry(1, items=10, nbytes=20_000), PARTIAL, "x", rejected_items=3)
+    await store.add(entry(2, items=4, nbytes=20_000), BAD_DATA, "x")
     await store.close()
-    assert rec.lost_items == {"shutdown": 3}
+    # The 3 rejected items were counted as upstream_rejected when refused; the whole failed request's 4
+    # items are lost now.
+    assert rec.lost_items == {"shutdown": 4}
 
 
 # ---------------------------------------------------------------- an older file

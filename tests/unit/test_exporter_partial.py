@@ -133,14 +133,16 @@ async def test_a_split_part_partially_accepted_is_a_dead_letter_of_that_part() -
     await exporter.shutdown(1.0)
 
 
-async def test_evicting_a_partial_dead_letter_drops_only_its_rejected_items() -> None:
+async def test_evicting_a_partial_dead_letter_counts_its_rejected_items_once() -> None:
     transport = FakeTransport("a:4317", sender_clock(), [SendOutcome(rejected=3, rejected_message="a"),
                                                           SendOutcome(rejected=5, rejected_message="b")])
     metrics = Metrics()
     exporter = await started(transport, metrics, dead_letter=DeadLetterConfig(max_items=1))
     (dl,) = await delivered(exporter, make_entry(10, tag="a"), make_entry(10, tag="b"))
     assert (dl.message, dl.rejected_items) == ("b", 5)
-    assert sample(metrics, "sidecar_dropped_items_total", {"signal": "traces", "reason": "dead_letter_evicted"}) == 3
+    # Each rejected item is one drop, counted when the upstream refused it; evicting its kept copy adds none.
+    assert sample(metrics, "sidecar_dropped_items_total", {"signal": "traces", "reason": "upstream_rejected"}) == 8
+    assert sample(metrics, "sidecar_dropped_items_total", {"signal": "traces", "reason": "dead_letter_evicted"}) == 0
     assert exporter.dead_letters is not None and exporter.dead_letters.evicted_items == 3
     await exporter.shutdown(1.0)
 
