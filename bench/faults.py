@@ -193,15 +193,27 @@ def sdk_row(fault: str, upstream: FakeCollector, sidecar: SidecarProcess, sample
 # ---------------------------------------------------------------- the faults
 
 
-def fault_disk_full(workdir: Path) -> Row:
-    volume = workdir / "small"
+@contextlib.contextmanager
+def tmpfs(volume: Path, size: str = "1m") -> Iterator[str]:
+    """A `size` tmpfs at `volume` (needs root): yields "" once mounted, else why it could not be."""
     volume.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(volume)],
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(volume)],
                              capture_output=True, text=True, check=False)
     if mounted.returncode != 0:
-        return Row("disk full (1 MiB volume)", 0, 0, 0, {}, float("nan"), float("nan"),
-                   f"not run: cannot mount a tmpfs ({mounted.stderr.strip()})")
+        yield f"cannot mount a tmpfs ({mounted.stderr.strip()})"
+        return
     try:
+        yield ""
+    finally:
+        subprocess.run(["umount", "-l", str(volume)], capture_output=True, check=False)
+
+
+def fault_disk_full(workdir: Path) -> Row:
+    volume = workdir / "small"
+    with tmpfs(volume) as cannot_mount:
+        if cannot_mount:
+            return Row("disk full (1 MiB volume)", 0, 0, 0, {}, float("nan"), float("nan"),
+                       f"not run: {cannot_mount}")
         def on_volume(config: dict[str, Any]) -> None:
             config["extensions"]["file_storage"]["directory"] = str(volume)
 
@@ -226,8 +238,6 @@ def fault_disk_full(workdir: Path) -> Row:
                           "the disk is probed once a second): accepted into memory meanwhile, then another "
                           "writer took the last bytes until the Collector was back")
             return row
-    finally:
-        subprocess.run(["umount", "-l", str(volume)], capture_output=True, check=False)
 
 
 def fault_black_hole(workdir: Path) -> Row:
@@ -437,13 +447,10 @@ def fault_partial_success(workdir: Path) -> Row:
 def fault_memory_full(workdir: Path) -> Row:
     memory_limit_mib = 256
     volume = workdir / "tiny"
-    volume.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(volume)],
-                             capture_output=True, text=True, check=False)
-    if mounted.returncode != 0:
-        return Row("disk full and memory fallback full", 0, 0, 0, {}, float("nan"), float("nan"),
-                   f"not run: cannot mount a tmpfs ({mounted.stderr.strip()})")
-    try:
+    with tmpfs(volume) as cannot_mount:
+        if cannot_mount:
+            return Row("disk full and memory fallback full", 0, 0, 0, {}, float("nan"), float("nan"),
+                       f"not run: {cannot_mount}")
         def edit(config: dict[str, Any]) -> None:
             config["extensions"]["file_storage"]["directory"] = str(volume)
             config["service"]["memory_limit_mib"] = memory_limit_mib
@@ -474,8 +481,6 @@ def fault_memory_full(workdir: Path) -> Row:
                            "the Collector came back")
             finally:
                 client.close()
-    finally:
-        subprocess.run(["umount", "-l", str(volume)], capture_output=True, check=False)
 
 
 # ---------------------------------------------------------------- report
