@@ -239,6 +239,11 @@ class EndpointBreaker:
         return self._probes
 
     @property
+    def waiting(self) -> bool:
+        """Someone waits for this breaker to admit a call: data is held back by it."""
+        return bool(self._waiters)
+
+    @property
     def consecutive_failures(self) -> int:
         return self._cb.fail_counter
 

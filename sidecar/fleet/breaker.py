@@ -312,12 +312,30 @@ class SharedBreaker:
         if not self.view.open:
             return
         if self.lease.holds(now):
-            await self._renew()
-        elif should_try_lease(self.view, self.lease, self.holder, now):
+            if self._can_probe():
+                await self._renew()
+            else:
+                await self._hand_over()
+        elif should_try_lease(self.view, self.lease, self.holder, now) and self._can_probe():
             await self._acquire()
         if should_probe(self.view, self.lease, self._clock.monotonic(), self._probing) and self.probers:
             self._probing = True
             self._spawn(self._probe())
+
+    def _can_probe(self) -> bool:
+        """Only a sidecar that can probe may hold the lease: one with an active health prober, or (probing
+        off) one whose data waits for the endpoint, since its half-open calls are the probes. A holder
+        with neither would keep the whole fleet open with nothing to probe with."""
+        return bool(self.probers) or any(b.waiting or b.probes_in_flight for b in self.breakers)
+
+    async def _hand_over(self) -> None:
+        """Nothing left to probe with: free the lease for a sidecar that has, and stop probing here (a
+        breaker left half-open would otherwise let later data through while the fleet has it open)."""
+        await self.release()
+        for breaker in self.breakers:
+            if breaker.state is BreakerState.HALF_OPEN and not breaker.probes_in_flight:
+                breaker.follow_open()
+        self._gate_changed()
 
     async def _acquire(self) -> None:
         sent_at = self._clock.monotonic()
@@ -357,7 +375,7 @@ class SharedBreaker:
             self._wake.set()
 
     async def release(self) -> None:
-        """On shutdown: free the lease at once instead of letting the fleet wait for it to expire."""
+        """On shutdown or hand-over: free the lease at once instead of letting the fleet wait for it to expire."""
         if self.lease.holds(self._clock.monotonic()):
             key = self._keys.lease(self.endpoint)
             await self._conn.call(lambda: self._scripts.release(keys=[key], args=[self._instance]))

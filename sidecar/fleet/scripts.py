@@ -2,7 +2,9 @@
 sidecars' clocks never have to agree; results carry durations ("remaining ms"), not instants.
 
 Breaker record (hash `breaker:<endpoint>`): state open|closed, timeout (ms, the current open
-period), until (ms, when the open period ends), gen (bumped on every change), by (instance), at.
+period), until (ms, when the open period ends), gen (bumped on every change), by (instance), at,
+cause (of the last open: `breaker` a sidecar's own breaker tripped, `probe` the prober's probe
+failed, `quorum` enough members reported failure streaks).
 Every change is published on the breaker channel as ``endpoint\\nstate\\ngen\\nremaining\\ntimeout``.
 """
 
@@ -16,10 +18,10 @@ local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 # Opens the record (from closed: the base period; from open: the given one), forgets the failure
 # evidence gathered while closed, and publishes the change.
 _OPEN_RECORD = """
-local function open_record(breaker, evidence, timeout, gen, by, now, channel, endpoint)
+local function open_record(breaker, evidence, timeout, gen, by, cause, now, channel, endpoint)
   gen = gen + 1
   redis.call('HSET', breaker, 'state', 'open', 'timeout', timeout, 'until', now + timeout, 'gen', gen, 'by', by,
-             'at', now)
+             'at', now, 'cause', cause)
   redis.call('PEXPIRE', breaker, 86400000)
   if evidence then redis.call('DEL', evidence) end
   redis.call('PUBLISH', channel, endpoint .. '\\n' .. 'open' .. '\\n' .. gen .. '\\n' .. timeout .. '\\n' .. timeout)
@@ -42,12 +44,14 @@ local reopen = ARGV[3] == '1' and holder == ARGV[4]
 if state == 'open' and not reopen then
   return {state, math.max(0, untl - now), timeout, gen}
 end
+local cause = 'breaker'
 if state == 'open' then
   timeout = math.min(maxt, math.max(base, timeout * 2))
+  cause = 'probe'
 else
   timeout = base
 end
-return open_record(KEYS[1], KEYS[3], timeout, gen, ARGV[4], now, ARGV[5], ARGV[6])
+return open_record(KEYS[1], KEYS[3], timeout, gen, ARGV[4], cause, now, ARGV[5], ARGV[6])
 """
 
 # KEYS: breaker, evidence, endpoint members. ARGV: instance, window_ms, quorum fraction, base_ms,
@@ -82,7 +86,7 @@ redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now)
 local members = redis.call('ZCARD', KEYS[3])
 local quorum = math.max(2, math.ceil(members * tonumber(ARGV[3]) - 1e-9))
 if failing >= quorum then
-  local record = open_record(KEYS[1], KEYS[2], tonumber(ARGV[4]), gen, ARGV[1], now, ARGV[5], ARGV[6])
+  local record = open_record(KEYS[1], KEYS[2], tonumber(ARGV[4]), gen, ARGV[1], 'quorum', now, ARGV[5], ARGV[6])
   return {record[1], record[2], record[3], record[4], 1, failing, members}
 end
 return {state, 0, timeout, gen, 0, failing, members}

@@ -11,14 +11,17 @@ import asyncio
 import json
 import os
 import sys
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import msgspec
+import redis.asyncio as aioredis
 
 from sidecar.config.schema import FleetConfig
 from sidecar.fleet.connection import FAILURES, make_client, redacted
 from sidecar.fleet.keys import Keys
 from sidecar.fleet.membership import Member, read_members
+from sidecar.fleet.view import EVIDENCE_WINDOW, failure_quorum
 
 EXIT_UNAVAILABLE = 1
 EXIT_USAGE = 2
@@ -51,22 +54,79 @@ def fleet_config(args: argparse.Namespace) -> FleetConfig:
     return FleetConfig(endpoint=endpoint, key_prefix=args.key_prefix or "otlp-sidecar:")
 
 
-async def fetch(config: FleetConfig) -> list[Member]:
+@dataclass(frozen=True, slots=True)
+class EndpointState:
+    """The fleet's shared view of one upstream endpoint: why it is open, who probes, who sees it failing."""
+
+    endpoint: str
+    state: str  # open | closed (closed too when no sidecar ever opened it)
+    open_for: float  # seconds left of the fleet's open period
+    open_period: float  # seconds: the current (or last) open period
+    opened_by: str  # the instance whose report opened it last
+    cause: str  # breaker | probe | quorum (see sidecar/fleet/scripts.py)
+    prober: str  # the probe lease holder, "" none
+    failing: list[str]  # members with a failure-streak report younger than EVIDENCE_WINDOW
+    members: int  # sidecars with a live heartbeat that send to it
+    quorum: int  # failing members that open it fleet-wide
+
+
+def endpoints_of(members: list[Member]) -> list[str]:
+    """The upstream endpoints the members' heartbeats name (their breakers)."""
+    names = {endpoint for m in members for detail in (m.info.get("exporters") or {}).values()
+             for endpoint in (detail.get("breakers") or {})}
+    return sorted(names)
+
+
+async def read_endpoints(client: aioredis.Redis, keys: Keys, endpoints: list[str]) -> list[EndpointState]:
+    seconds, micros = await client.time()
+    now_ms = int(seconds) * 1000 + int(micros) // 1000
+    states = []
+    for endpoint in endpoints:
+        record = await client.hgetall(keys.breaker(endpoint))
+        holder = str(await client.get(keys.lease(endpoint)) or "")
+        reports = await client.hgetall(keys.evidence(endpoint))
+        members = int(await client.zcount(keys.endpoint_members(endpoint), now_ms, "+inf"))
+        is_open = record.get("state") == "open"
+        fresh = sorted(str(i) for i, at in reports.items() if int(at) >= now_ms - EVIDENCE_WINDOW * 1000)
+        states.append(EndpointState(
+            endpoint, "open" if is_open else "closed",
+            max(0.0, (int(record.get("until", 0)) - now_ms) / 1000.0) if is_open else 0.0,
+            int(record.get("timeout", 0)) / 1000.0, str(record.get("by", "")), str(record.get("cause", "")),
+            holder, fresh, members, failure_quorum(members)))
+    return states
+
+
+async def fetch(config: FleetConfig) -> tuple[list[Member], list[EndpointState]]:
     client = make_client(config, TIMEOUT)
+    keys = Keys(config.key_prefix)
     try:
         async with asyncio.timeout(TIMEOUT):
-            return await read_members(client, Keys(config.key_prefix))
+            members = await read_members(client, keys)
+            return members, await read_endpoints(client, keys, endpoints_of(members))
     finally:
         await client.aclose()
 
 
-def as_json(config: FleetConfig, members: list[Member]) -> dict[str, Any]:
+def as_json(config: FleetConfig, members: list[Member], endpoints: list[EndpointState]) -> dict[str, Any]:
     return {"redis": redacted(config.endpoint), "key_prefix": config.key_prefix,
             "members": [{"instance": m.instance, "heartbeat_age": round(m.age, 3),
-                         **{k: v for k, v in m.info.items() if k != "instance"}} for m in members]}
+                         **{k: v for k, v in m.info.items() if k != "instance"}} for m in members],
+            "endpoints": {e.endpoint: {k: v for k, v in asdict(e).items() if k != "endpoint"} for e in endpoints}}
 
 
-def as_table(config: FleetConfig, members: list[Member]) -> str:
+def endpoint_lines(endpoints: list[EndpointState]) -> list[str]:
+    lines = [f"{'ENDPOINT':<32} {'STATE':<7} {'OPEN FOR':>8} {'CAUSE':<8} {'BY':<20} {'PROBER':<20} FAILING"]
+    for e in endpoints:
+        open_for = f"{e.open_for:.1f}s" if e.state == "open" else "-"
+        failing = f"{len(e.failing)}/{e.members} (quorum {e.quorum})"
+        if e.failing:
+            failing += ": " + ", ".join(e.failing)
+        lines.append(f"{e.endpoint:<32} {e.state:<7} {open_for:>8} {e.cause or '-':<8} {e.opened_by or '-':<20} "
+                     f"{e.prober or '-':<20} {failing}")
+    return lines
+
+
+def as_table(config: FleetConfig, members: list[Member], endpoints: list[EndpointState]) -> str:
     lines = [f"fleet at {redacted(config.endpoint)} (prefix {config.key_prefix}): {len(members)} member(s)", ""]
     header = f"{'INSTANCE':<28} {'AGE':>6} {'VERSION':<9} {'EXPORTER':<18} {'QUEUE':>11} {'LVL':>3}  BREAKERS"
     lines.append(header)
@@ -79,6 +139,8 @@ def as_table(config: FleetConfig, members: list[Member]) -> str:
             lines.append(f"{member.instance if first else '':<28} {f'{member.age:.1f}s' if first else '':>6} "
                          f"{str(member.info.get('version', '')) if first else '':<9} {name:<18} {queue:>11} "
                          f"{detail.get('degradation_level', '-')!s:>3}  {breakers}")
+    if endpoints:
+        lines += ["", *endpoint_lines(endpoints)]
     return "\n".join(lines)
 
 
@@ -89,12 +151,12 @@ def run(args: argparse.Namespace) -> int:
         print(f"otlp-sidecar: {exc}", file=sys.stderr)
         return EXIT_USAGE
     try:
-        members = asyncio.run(fetch(config))
+        members, endpoints = asyncio.run(fetch(config))
     except FAILURES as exc:
         print(f"otlp-sidecar: fleet store {redacted(config.endpoint)} unreachable: {exc}", file=sys.stderr)
         return EXIT_UNAVAILABLE
     if args.json:
-        print(json.dumps(as_json(config, members), indent=2, sort_keys=True))
+        print(json.dumps(as_json(config, members, endpoints), indent=2, sort_keys=True))
     else:
-        print(as_table(config, members))
+        print(as_table(config, members, endpoints))
     return 0

@@ -197,6 +197,16 @@ def test_one_breaker_opens_the_others_follow_and_exactly_one_probes(
         assert acknowledged(clients) <= upstream.span_ids()
 
 
+def fleet_status(sidecar: SidecarProcess) -> dict[str, Any]:
+    """`python -m sidecar status --fleet --json`, as an operator runs it with the sidecar's config."""
+    result = subprocess.run([sys.executable, "-m", "sidecar", "status", "--fleet", "--json",
+                             "--config", str(sidecar.config_path)], capture_output=True, text=True, cwd=ROOT,
+                            timeout=60)
+    assert result.returncode == 0, result.stderr
+    listing: dict[str, Any] = json.loads(result.stdout)
+    return listing
+
+
 def caller_name(sidecar: SidecarProcess) -> str:
     return str(sidecar.config["exporters"]["otlp_grpc"]["headers"]["x-sidecar"])
 
@@ -261,26 +271,22 @@ def test_status_fleet_lists_the_members(sidecar_factory: SidecarFactory, upstrea
     assert f'sidecar_fleet_probe_leases_won_total{{endpoint="{upstream.grpc_endpoint}"}} 0.0' in scrape
     endpoint = upstream.grpc_endpoint
     assert f'sidecar_fleet_budget_refused_retries_total{{endpoint="{endpoint}",exporter="otlp_grpc"}} 0.0' in scrape
-    result = subprocess.run([sys.executable, "-m", "sidecar", "status", "--fleet", "--json",
-                             "--config", str(sidecars[0].config_path)],
-                            capture_output=True, text=True, cwd=ROOT, timeout=60)
-    assert result.returncode == 0, result.stderr
-    listing = json.loads(result.stdout)
+    listing = fleet_status(sidecars[0])
     assert [m["instance"] for m in listing["members"]] == ["s0", "s1", "s2"]
     member = listing["members"][0]
     assert member["heartbeat_age"] < 5
     assert member["exporters"]["otlp_grpc"]["breakers"] == {upstream.grpc_endpoint: "closed"}
     assert "queue_size" in member["exporters"]["otlp_grpc"]
+    assert listing["endpoints"][upstream.grpc_endpoint] == {
+        "state": "closed", "open_for": 0.0, "open_period": 0.0, "opened_by": "", "cause": "", "prober": "",
+        "failing": [], "members": 3, "quorum": 2}
     table = subprocess.run([sys.executable, "-m", "sidecar", "status", "--fleet",
                             "--config", str(sidecars[0].config_path)],
                            capture_output=True, text=True, cwd=ROOT, timeout=60)
     assert table.returncode == 0, table.stderr
     assert all(name in table.stdout for name in ("s0", "s1", "s2"))
     sidecars[2].stop()
-    after = subprocess.run([sys.executable, "-m", "sidecar", "status", "--fleet", "--json",
-                            "--config", str(sidecars[0].config_path)],
-                           capture_output=True, text=True, cwd=ROOT, timeout=60)
-    assert [m["instance"] for m in json.loads(after.stdout)["members"]] == ["s0", "s1"]
+    assert [m["instance"] for m in fleet_status(sidecars[0])["members"]] == ["s0", "s1"]
 
 
 def test_a_sidecar_starts_and_delivers_without_redis_and_joins_when_it_comes(
@@ -345,6 +351,9 @@ def test_failures_seen_by_a_quorum_open_the_fleet_before_any_breaker_trips_but_o
             assert eventually(lambda: store.hkeys(evidence_key) == ["s0"], 15)
             assert holds_for(lambda: evidence_opens() == 0 and
                              all(transitions(s, "open", "fleet") == 0 for s in sidecars), 2.0)
+            # An operator sees why it is still closed: one of three members failing, quorum 2.
+            seen = fleet_status(sidecars[0])["endpoints"][upstream.grpc_endpoint]
+            assert (seen["state"], seen["failing"], seen["members"], seen["quorum"]) == ("closed", ["s0"], 3, 2)
         assert sidecars[0].metric_value("sidecar_breaker_state", endpoint=upstream.grpc_endpoint) == 0
         # s1 fails too: two of three members see it failing, and the endpoint opens for the whole fleet.
         with Traffic(clients[:2]):
@@ -352,6 +361,8 @@ def test_failures_seen_by_a_quorum_open_the_fleet_before_any_breaker_trips_but_o
             assert eventually(lambda: all(transitions(s, "open", "fleet") >= 1 for s in sidecars), 15)
         assert all(transitions(s, "open", "local") == 0 for s in sidecars)
         assert any(e.get("event") == "fleet_evidence_open" for s in sidecars for e in s.log_events())
+        seen = fleet_status(sidecars[0])["endpoints"][upstream.grpc_endpoint]
+        assert (seen["state"], seen["cause"]) == ("open", "quorum") and seen["opened_by"] in ("s0", "s1"), seen
         # Recovery closes it for all, and nothing acknowledged is lost.
         upstream.clear_faults()
         assert eventually(lambda: acknowledged(clients) <= upstream.span_ids(), 30)

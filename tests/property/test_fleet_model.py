@@ -1,13 +1,13 @@
 """Model-based test of fleet mode's shared breaker and probe lease (DESIGN.md §9).
 
 Three sidecars, each the real `SharedBreaker` with a real `EndpointBreaker` and `HealthProber`, share
-one store. The store stands in for Redis with the semantics of the Lua scripts and of SET NX PX in
-sidecar/fleet/scripts.py (tests/unit/test_fleet_redis.py checks the scripts themselves against a real
-redis-server); a command may take time to reach it (the store then acts later than the request was
-sent). Hypothesis interleaves time passing, ordinary traffic, pub/sub messages (delivered late, or
-lost with a connection), refreshes (which renew or win the lease and start probes), the upstream
-failing or recovering, sidecars dying, sidecars cut off from Redis and coming back, and Redis
-restarting empty.
+one store (tests/fakes/fleet_store.py), which stands in for Redis with the semantics of the Lua scripts
+and of SET NX PX in sidecar/fleet/scripts.py (tests/unit/test_fleet_redis.py checks the scripts
+themselves against a real redis-server); a command may take time to reach it (the store then acts later
+than the request was sent). Hypothesis interleaves time passing, ordinary traffic, pub/sub messages
+(delivered late, or lost with a connection), refreshes (which renew or win the lease and start probes),
+the upstream failing or recovering, sidecars dying, sidecars cut off from Redis and coming back, and
+Redis restarting empty.
 
 Invariants:
 
@@ -25,9 +25,10 @@ Invariants:
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+import functools
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import TypeVar
 
 from hypothesis import settings
 from hypothesis import strategies as st
@@ -40,10 +41,11 @@ from sidecar.exporters.breaker import BreakerState, CallOutcome, EndpointBreaker
 from sidecar.exporters.health import HealthProber
 from sidecar.fleet.breaker import LEASE_TTL, SharedBreaker
 from sidecar.fleet.keys import Keys
-from sidecar.fleet.view import EVIDENCE_WINDOW, Record, failure_quorum
+from sidecar.fleet.view import Record
 from sidecar.telemetry.events import Events
 from sidecar.telemetry.metrics import Metrics
 from tests.fakes.clock import FakeClock
+from tests.fakes.fleet_store import FakeClient, FakeConnection, FakeScripts, Store
 
 T = TypeVar("T")
 N = 3
@@ -53,128 +55,6 @@ THRESHOLD = 3  # a streak of 2 is reported as evidence before the third failure 
 CONFIG = CircuitBreakerConfig(failure_threshold=THRESHOLD, recovery_timeout=Duration(BASE),
                               max_recovery_timeout=Duration(MAX))
 SIDECAR = st.integers(0, N - 1)
-
-
-@dataclass
-class Store:
-    """Redis as the fleet uses it: the breaker record and the lease, with its expiry."""
-
-    clock: FakeClock
-    publish: Callable[[Record], None]
-    open: bool = False
-    timeout: float = 0.0
-    until: float = 0.0
-    gen: int = 0
-    holder: str | None = None
-    lease_expires: float = 0.0
-    failing: dict[str, float] = field(default_factory=dict)  # instance -> when it reported a streak
-    members: int = N  # of the endpoint (heartbeats of dead sidecars linger until their TTL)
-
-    @property
-    def now(self) -> float:
-        return self.clock.monotonic()
-
-    def lease_holder(self) -> str | None:
-        if self.holder is not None and self.now >= self.lease_expires:
-            self.holder = None  # PX expired
-        return self.holder
-
-    def reply(self) -> list[Any]:
-        remaining = max(0.0, self.until - self.now) if self.open else 0.0
-        return ["open" if self.open else "closed", int(remaining * 1000), int(self.timeout * 1000), self.gen]
-
-    def do_open(self, reopen: bool, instance: str) -> list[Any]:
-        if self.open and not (reopen and self.lease_holder() == instance):
-            return self.reply()
-        self.timeout = min(MAX, max(BASE, self.timeout * 2)) if self.open else BASE
-        self.open, self.until, self.gen = True, self.now + self.timeout, self.gen + 1
-        self.failing.clear()
-        self.publish(Record(True, self.timeout, self.timeout, self.gen))
-        return self.reply()
-
-    def do_evidence(self, instance: str) -> list[Any]:
-        if self.open:
-            self.failing.pop(instance, None)
-            return [*self.reply(), 0, 0, 0]
-        self.failing[instance] = self.now
-        self.failing = {k: at for k, at in self.failing.items() if at >= self.now - EVIDENCE_WINDOW}
-        failing = len(self.failing)
-        if failing >= failure_quorum(self.members):
-            return [*self.do_open(False, instance), 1, failing, self.members]
-        return [*self.reply(), 0, failing, self.members]
-
-    def do_close(self) -> list[Any]:
-        if self.open:
-            self.open, self.until, self.gen, self.holder = False, self.now, self.gen + 1, None
-            self.failing.clear()
-            self.publish(Record(False, 0.0, self.timeout, self.gen))
-        return self.reply()
-
-
-class FakeScripts:
-    """FleetScripts' interface over the store; each call reaches the store `latency` after it was sent."""
-
-    def __init__(self, machine: FleetMachine, sidecar: Sidecar) -> None:
-        self.machine, self.sidecar = machine, sidecar
-
-    def _arrive(self) -> Store:
-        self.machine.clock.advance(self.sidecar.latency)
-        self.sidecar.latency = 0.0
-        return self.machine.store
-
-    async def open(self, keys: list[str], args: list[Any]) -> list[Any]:
-        return self._arrive().do_open(args[2] == 1, str(args[3]))
-
-    async def close(self, keys: list[str], args: list[Any]) -> list[Any]:
-        return self._arrive().do_close()
-
-    async def evidence(self, keys: list[str], args: list[Any]) -> list[Any]:
-        return self._arrive().do_evidence(str(args[0]))
-
-    async def read(self, keys: list[str], args: list[Any]) -> list[Any]:
-        store = self._arrive()
-        holder = store.lease_holder()
-        return [*store.reply(), holder or "", int((store.lease_expires - store.now) * 1000) if holder else -2]
-
-    async def renew(self, keys: list[str], args: list[Any]) -> int:
-        store = self._arrive()
-        if store.lease_holder() != args[0]:
-            return 0
-        store.lease_expires = store.now + int(args[1]) / 1000
-        return 1
-
-    async def release(self, keys: list[str], args: list[Any]) -> int:
-        store = self._arrive()
-        if store.lease_holder() != args[0]:
-            return 0
-        store.holder = None
-        return 1
-
-
-class FakeClient:
-    def __init__(self, scripts: FakeScripts) -> None:
-        self.scripts = scripts
-
-    async def set(self, key: str, value: str, nx: bool, px: int) -> bool:
-        store = self.scripts._arrive()
-        if not nx or store.lease_holder() is not None:
-            return False
-        store.holder, store.lease_expires = value, store.now + px / 1000
-        return True
-
-    async def hdel(self, key: str, field: str) -> int:
-        return 1 if self.scripts._arrive().failing.pop(field, None) is not None else 0
-
-
-class FakeConnection:
-    """FleetConnection's interface: commands run only while connected."""
-
-    def __init__(self, client: FakeClient) -> None:
-        self.client = client
-        self.connected = True
-
-    async def call(self, command: Callable[[], Awaitable[T]]) -> T | None:
-        return await command() if self.connected else None
 
 
 class ProbeTransport:
@@ -215,13 +95,13 @@ class FleetMachine(RuleBasedStateMachine):
         self.clock = FakeClock(1000.0)
         self.upstream_healthy = False
         self.probes = 0
-        self.store = Store(self.clock, self.broadcast)
+        self.store = Store(self.clock, self.broadcast, BASE, MAX, N)  # dead sidecars' heartbeats linger
         self.sidecars: list[Sidecar] = []
         for i in range(N):
             name = f"s{i}"
             breaker = EndpointBreaker(ENDPOINT, CONFIG, self.clock)
             sidecar = Sidecar(name, breaker, None, None)  # type: ignore[arg-type]
-            scripts = FakeScripts(self, sidecar)
+            scripts = FakeScripts(functools.partial(self.arrive, sidecar))
             sidecar.conn = FakeConnection(FakeClient(scripts))
             sidecar.shared = SharedBreaker(ENDPOINT, sidecar.conn, scripts, Keys("m:"), name,  # type: ignore[arg-type]
                                            Events(Metrics()), self.clock)
@@ -229,6 +109,12 @@ class FleetMachine(RuleBasedStateMachine):
                                   breaker)
             sidecar.shared.attach(breaker, prober)
             self.sidecars.append(sidecar)
+
+    def arrive(self, sidecar: Sidecar) -> Store:
+        """A command of `sidecar` reaches Redis, `latency` after it was sent."""
+        self.clock.advance(sidecar.latency)
+        sidecar.latency = 0.0
+        return self.store
 
     def teardown(self) -> None:
         for sidecar in self.sidecars:
@@ -350,7 +236,7 @@ class FleetMachine(RuleBasedStateMachine):
 
     @rule()
     def redis_restarts_empty(self) -> None:
-        self.store = Store(self.clock, self.broadcast)
+        self.store = Store(self.clock, self.broadcast, BASE, MAX, N)  # dead sidecars' heartbeats linger
         for i in range(N):
             self.cut_off(i)
 

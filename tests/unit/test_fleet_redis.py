@@ -72,7 +72,9 @@ async def test_open_close_and_the_fleet_wide_growing_timeout(conn: FleetConnecti
     assert await open_(scripts, keys, "b", reopen=True) == (True, 1.0, 1)  # not the lease holder
     assert await client.set(keys.lease("c"), "a", nx=True, px=3000)
     assert not await client.set(keys.lease("c"), "b", nx=True, px=3000)  # one holder
+    assert await client.hget(keys.breaker("c"), "cause") == "breaker"  # a's own breaker tripped
     assert await open_(scripts, keys, "a", reopen=True) == (True, 2.0, 2)  # the holder's probe failed
+    assert await client.hget(keys.breaker("c"), "cause") == "probe"
     assert await open_(scripts, keys, "a", reopen=True) == (True, 4.0, 3)
     assert await open_(scripts, keys, "a", reopen=True) == (True, 4.0, 4)  # capped
     reply = await scripts.close(keys=[keys.breaker("c"), keys.lease("c")], args=["a", keys.channel, "c"])
@@ -240,6 +242,7 @@ async def test_failure_evidence_opens_the_endpoint_once_a_quorum_of_its_members_
     await client.hdel(keys.evidence("c"), "a")  # a's next call succeeded: it withdraws its report
     assert await report(scripts, keys, "c", "b") == (False, False, 1, 4)
     assert await report(scripts, keys, "c", "a") == (True, True, 2, 4)  # 2 of 4: the quorum
+    assert await client.hmget(keys.breaker("c"), ["cause", "by"]) == ["quorum", "a"]
     assert not await client.exists(keys.evidence("c"))  # opening forgets the evidence
     record = parse_record(await scripts.read(keys=[keys.breaker("c"), keys.lease("c")], args=[]))
     assert record.open and record.timeout == BASE_MS / 1000 and record.gen == 1

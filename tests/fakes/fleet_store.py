@@ -1,0 +1,135 @@
+"""Redis as fleet mode uses it, in memory: the breaker record, the probe lease with its expiry and the
+failure reports, with the semantics of the Lua scripts and of SET NX PX in sidecar/fleet/scripts.py
+(tests/unit/test_fleet_redis.py checks the scripts themselves against a real redis-server), behind the
+interfaces `SharedBreaker` uses (FleetScripts, the client, FleetConnection)."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from sidecar.fleet.view import EVIDENCE_WINDOW, Record, failure_quorum
+from tests.fakes.clock import FakeClock
+
+T = TypeVar("T")
+
+
+@dataclass
+class Store:
+    """Redis as the fleet uses it: the breaker record and the lease, with its expiry."""
+
+    clock: FakeClock
+    publish: Callable[[Record], None]
+    base: float  # the open period of a first trip (seconds), as the sidecars pass it
+    max_timeout: float  # the open period's cap
+    members: int  # of the endpoint
+    open: bool = False
+    timeout: float = 0.0
+    until: float = 0.0
+    gen: int = 0
+    holder: str | None = None
+    lease_expires: float = 0.0
+    failing: dict[str, float] = field(default_factory=dict)  # instance -> when it reported a streak
+
+    @property
+    def now(self) -> float:
+        return self.clock.monotonic()
+
+    def lease_holder(self) -> str | None:
+        if self.holder is not None and self.now >= self.lease_expires:
+            self.holder = None  # PX expired
+        return self.holder
+
+    def reply(self) -> list[Any]:
+        remaining = max(0.0, self.until - self.now) if self.open else 0.0
+        return ["open" if self.open else "closed", int(remaining * 1000), int(self.timeout * 1000), self.gen]
+
+    def do_open(self, reopen: bool, instance: str) -> list[Any]:
+        if self.open and not (reopen and self.lease_holder() == instance):
+            return self.reply()
+        self.timeout = min(self.max_timeout, max(self.base, self.timeout * 2)) if self.open else self.base
+        self.open, self.until, self.gen = True, self.now + self.timeout, self.gen + 1
+        self.failing.clear()
+        self.publish(Record(True, self.timeout, self.timeout, self.gen))
+        return self.reply()
+
+    def do_evidence(self, instance: str) -> list[Any]:
+        if self.open:
+            self.failing.pop(instance, None)
+            return [*self.reply(), 0, 0, 0]
+        self.failing[instance] = self.now
+        self.failing = {k: at for k, at in self.failing.items() if at >= self.now - EVIDENCE_WINDOW}
+        failing = len(self.failing)
+        if failing >= failure_quorum(self.members):
+            return [*self.do_open(False, instance), 1, failing, self.members]
+        return [*self.reply(), 0, failing, self.members]
+
+    def do_close(self) -> list[Any]:
+        if self.open:
+            self.open, self.until, self.gen, self.holder = False, self.now, self.gen + 1, None
+            self.failing.clear()
+            self.publish(Record(False, 0.0, self.timeout, self.gen))
+        return self.reply()
+
+
+class FakeScripts:
+    """FleetScripts' interface over a `Store`; `arrive` returns the store when a command reaches it (the
+    model delays commands there, and replaces the store when Redis restarts)."""
+
+    def __init__(self, arrive: Callable[[], Store]) -> None:
+        self._arrive = arrive
+
+    async def open(self, keys: list[str], args: list[Any]) -> list[Any]:
+        return self._arrive().do_open(args[2] == 1, str(args[3]))
+
+    async def close(self, keys: list[str], args: list[Any]) -> list[Any]:
+        return self._arrive().do_close()
+
+    async def evidence(self, keys: list[str], args: list[Any]) -> list[Any]:
+        return self._arrive().do_evidence(str(args[0]))
+
+    async def read(self, keys: list[str], args: list[Any]) -> list[Any]:
+        store = self._arrive()
+        holder = store.lease_holder()
+        return [*store.reply(), holder or "", int((store.lease_expires - store.now) * 1000) if holder else -2]
+
+    async def renew(self, keys: list[str], args: list[Any]) -> int:
+        store = self._arrive()
+        if store.lease_holder() != args[0]:
+            return 0
+        store.lease_expires = store.now + int(args[1]) / 1000
+        return 1
+
+    async def release(self, keys: list[str], args: list[Any]) -> int:
+        store = self._arrive()
+        if store.lease_holder() != args[0]:
+            return 0
+        store.holder = None
+        return 1
+
+
+class FakeClient:
+    def __init__(self, scripts: FakeScripts) -> None:
+        self.scripts = scripts
+
+    async def set(self, key: str, value: str, nx: bool, px: int) -> bool:
+        store = self.scripts._arrive()
+        if not nx or store.lease_holder() is not None:
+            return False
+        store.holder, store.lease_expires = value, store.now + px / 1000
+        return True
+
+    async def hdel(self, key: str, field: str) -> int:
+        return 1 if self.scripts._arrive().failing.pop(field, None) is not None else 0
+
+
+class FakeConnection:
+    """FleetConnection's interface: commands run only while connected."""
+
+    def __init__(self, client: FakeClient) -> None:
+        self.client = client
+        self.connected = True
+
+    async def call(self, command: Callable[[], Awaitable[T]]) -> T | None:
+        return await command() if self.connected else None
