@@ -214,6 +214,7 @@ def fault_disk_full(workdir: Path) -> Row:
         if cannot_mount:
             return Row("disk full (1 MiB volume)", 0, 0, 0, {}, float("nan"), float("nan"),
                        f"not run: {cannot_mount}")
+
         def on_volume(config: dict[str, Any]) -> None:
             config["extensions"]["file_storage"]["directory"] = str(volume)
 
@@ -451,6 +452,7 @@ def fault_memory_full(workdir: Path) -> Row:
         if cannot_mount:
             return Row("disk full and memory fallback full", 0, 0, 0, {}, float("nan"), float("nan"),
                        f"not run: {cannot_mount}")
+
         def edit(config: dict[str, Any]) -> None:
             config["extensions"]["file_storage"]["directory"] = str(volume)
             config["service"]["memory_limit_mib"] = memory_limit_mib
