@@ -21,22 +21,45 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 
 
+# Ports for servers a test starts later (sidecars, redis-server) come from below the kernel's ephemeral
+# range (net.ipv4.ip_local_port_range, 32768-60999 by default), one block per pytest-xdist worker. A
+# port the kernel hands out for bind(0) may be taken again before the server binds it: by the outgoing
+# connection of any client (their source ports come from the ephemeral range) or by the other worker
+# asking the kernel at the same moment. It happened in a CI run: "address already in use".
+PORT_RANGE = (20000, 32000)
 _HANDED_OUT: set[int] = set()
 
 
-def free_port() -> int:
-    """A port free now and not handed out before by this process.
+def _port_block() -> range:
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+    count = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1") or 1)
+    index = int(worker[2:]) if worker.startswith("gw") and worker[2:].isdigit() else 0
+    low, high = PORT_RANGE
+    size = (high - low) // max(1, count)
+    start = low + (index % max(1, count)) * size
+    return range(start, start + size)
 
-    The kernel may give the same ephemeral port to two binds in a row once the first socket is
-    closed, so without the memory two ports of one SidecarPorts could collide.
-    """
-    while True:
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-            s.bind(("127.0.0.1", 0))
-            port = int(s.getsockname()[1])
-        if port not in _HANDED_OUT:
+
+def _bindable(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def free_port() -> int:
+    """A port free now, in this worker's block, and not handed out before by this process (two
+    SidecarPorts of one test must not collide even after the first server has gone)."""
+    block = _port_block()
+    offset = os.getpid() % len(block)  # successive runs do not reuse the same ports first
+    for step in range(len(block)):
+        port = block[(offset + step) % len(block)]
+        if port not in _HANDED_OUT and _bindable(port):
             _HANDED_OUT.add(port)
             return port
+    raise RuntimeError(f"no free port left in {block.start}-{block.stop - 1}")
 
 
 @dataclass
