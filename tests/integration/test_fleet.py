@@ -168,7 +168,9 @@ service:
 
 def test_one_breaker_opens_the_others_follow_and_exactly_one_probes(
         sidecar_factory: SidecarFactory, upstream: FakeCollector, redis_server: RedisServer) -> None:
-    sidecars = start_fleet(sidecar_factory, upstream, redis_server)
+    # Scheduled probes every 5 s: the others' failed probes (pooled failure evidence) cannot open the
+    # endpoint before s0's own breaker does. The fleet's prober probes at the end of each open period.
+    sidecars = start_fleet(sidecar_factory, upstream, redis_server, health_probe={"interval": "5s", "timeout": "1s"})
     assert eventually(lambda: all(s.metric_value("sidecar_fleet_members") == SIDECARS for s in sidecars), 10)
     upstream.fail_always(grpc_code=grpc.StatusCode.UNAVAILABLE)
     with clients_of(sidecars) as clients:
