@@ -105,6 +105,10 @@ class Row:
     peak_rss_mib: float
     note: str = ""
 
+    @classmethod
+    def not_run(cls, fault: str, why: str) -> Row:
+        return cls(fault, 0, 0, 0, {}, float("nan"), float("nan"), f"not run: {why}")
+
     @property
     def lost(self) -> int:
         return self.acknowledged - self.delivered
@@ -212,8 +216,7 @@ def fault_disk_full(workdir: Path) -> Row:
     volume = workdir / "small"
     with tmpfs(volume) as cannot_mount:
         if cannot_mount:
-            return Row("disk full (1 MiB volume)", 0, 0, 0, {}, float("nan"), float("nan"),
-                       f"not run: {cannot_mount}")
+            return Row.not_run("disk full (1 MiB volume)", cannot_mount)
 
         def on_volume(config: dict[str, Any]) -> None:
             config["extensions"]["file_storage"]["directory"] = str(volume)
@@ -450,8 +453,7 @@ def fault_memory_full(workdir: Path) -> Row:
     volume = workdir / "tiny"
     with tmpfs(volume) as cannot_mount:
         if cannot_mount:
-            return Row("disk full and memory fallback full", 0, 0, 0, {}, float("nan"), float("nan"),
-                       f"not run: {cannot_mount}")
+            return Row.not_run("disk full and memory fallback full", cannot_mount)
 
         def edit(config: dict[str, Any]) -> None:
             config["extensions"]["file_storage"]["directory"] = str(volume)
