@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: install demo test lint typecheck unit protos bench bench-quick fuzz soak faults clean
+.PHONY: install demo test lint typecheck unit protos docs bench bench-quick fuzz soak faults clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -c 'import sys; sys.exit("Python 3.11+ is required") if sys.version_info < (3, 11) else None'
@@ -41,6 +41,13 @@ unit: $(STAMP)
 # when the committed code is stale.
 protos: $(STAMP)
 	$(BIN)/python -m sidecar.admin.codegen
+
+# docs/configuration.md from the config schema's Structs and their comments (sidecar/docgen.py): run it after
+# adding or changing a config key. tests/unit/test_docs.py fails when the file is stale or a key has no
+# description, and when docs/metrics.md, docs/troubleshooting.md or docs/runbooks.md miss a metric family,
+# a log event or an alert (those are written by hand: the failure names what to add).
+docs: $(STAMP)
+	$(BIN)/python -m sidecar.docgen
 
 # Hostile input (not part of `make test`, which runs the same suites with few examples): the receiver,
 # codec and config fuzz suites with FUZZ_EXAMPLES hypothesis examples per test (default 300), then
