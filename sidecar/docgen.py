@@ -431,6 +431,7 @@ def struct_keys(cls: type[schema.Base], prefix: str, location: tuple[str | int, 
     return keys
 
 
+@functools.cache
 def all_keys() -> list[tuple[Section, list[Key]]]:
     return [(section, struct_keys(section.struct, section.prefix, section.location)) for section in SECTIONS]
 
