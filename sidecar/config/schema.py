@@ -253,7 +253,11 @@ class RetryConfig(Base):
 
 
 class QueueBatchConfig(Base):
-    """A consumer merges entries waiting in the queue into one upstream request (waiting up to flush_timeout).
+    """A consumer merges entries waiting in the queue (same signal and metadata) into one upstream request.
+
+    One consumer at a time takes an entry and waits up to `flush_timeout` for more (not when `max_requests`
+    are already waiting, e.g. while a backlog drains). Clients are acknowledged as before (once queued);
+    delivery waits up to `flush_timeout` longer.
 
     On by default: at a steady rate most of a request's cost in the sidecar is per gRPC call, not per
     span; merging upstream calls saves about 28 % of the sidecar's CPU at 10,000 spans/s in 100-span
@@ -290,7 +294,8 @@ class SendingQueueConfig(Base):
     synchronous: Literal["FULL", "NORMAL"] = "FULL"
     # With storage: `always` commits every request to disk before answering the client (survives
     # kill -9); `spill` keeps requests in memory while the exporter is healthy and commits them to
-    # disk from degradation level 1 on (a crash loses what was in memory, not what was spilled).
+    # disk from degradation level 1 on (a crash loses what was in memory, not what was spilled). Both tiers drain
+    # in acceptance order; what memory holds at shutdown is written to disk.
     storage_mode: Literal["always", "spill"] = "always"
     # Merging of queued entries into fewer upstream requests; `enabled: false` (or null): one upstream request
     # per queue entry.
@@ -315,7 +320,7 @@ class CircuitBreakerConfig(Base):
     recovery_timeout: Duration = Duration(60.0)
     # The longest open period the doubling reaches.
     max_recovery_timeout: Duration = Duration(600.0)
-    # Calls admitted at a time while half-open.
+    # Calls admitted at a time while half-open; any failure among them opens the breaker again.
     half_open_max_calls: PositiveInt = 3
     # Successful half-open calls in a row that close the breaker. One is not enough: a Collector that
     # flaps (crash-looping, a memory_limiter letting the odd request through) answers one probe and
@@ -357,12 +362,19 @@ class HealthProbeConfig(Base):
 
 
 class DeadLetterConfig(Base):
-    """Bounds of an exporter's dead-letter store; past any of them the oldest dead letters go (counted)."""
+    """Bounds of an exporter's dead-letter store; past any of them the oldest dead letters go.
+
+    Their items are counted in `sidecar_dropped_items_total` as `dead_letter_evicted`, or `dead_letter_expired`
+    for age (a partial success's copy adds nothing there: its rejected items were counted once, as
+    `upstream_rejected`).
+    """
 
     max_items: PositiveInt = 10_000  # dead letters kept (each one is one failed request, not one span)
     # Payload bytes kept; absent: 64 MiB for the in-memory store, no limit on disk (max_items bounds it).
     max_size_mib: PositiveFloat | None = None
-    max_age: Duration = Duration(0.0)  # older dead letters are dropped; 0: kept until the other bounds push them out
+    # Older dead letters are dropped (checked a few times per max_age, at most every minute); 0: kept until the
+    # other bounds push them out.
+    max_age: Duration = Duration(0.0)
 
 
 class ExporterConfig(Base):
@@ -502,7 +514,9 @@ class TelemetryAnomalyConfig(Base):
     warmup: PositiveInt = 30  # intervals learned before the first alarm
     min_std: PositiveFloat = 1.0  # errors per minute: the smallest deviation a score is measured against
     # Also score the error spans / log records per service.name; the gauge is exported for the `top_services`
-    # services with the most errors (bounded cardinality). 0: per category only.
+    # services with the most errors (bounded cardinality). 0: per category only. Counting error items per service
+    # is the admin API's hotspot collection: about 10 us per error span (measured in-process on a 2-core
+    # machine), paid anyway with the admin API on; without it, 0 saves it.
     top_services: Annotated[int, Meta(ge=0)] = 10
 
 
@@ -527,7 +541,8 @@ class ServiceConfig(Base):
     # Soft memory limit, less 5 % headroom for requests in flight: RSS above `memory_essential_above` of it acts
     # as level 3, at `memory_backpressure_at` clients are pushed back (null: no limit). RSS is sampled every 0.25
     # s and on every request within 10 % of push-back; requests in flight cost 3-4x their size, so at a high rate
-    # of large requests RSS can pass it briefly. Capacity: docs/operations.md#capacity-sizing.
+    # of large requests RSS can pass it briefly (tests/integration/test_buffering.py allows 40 MiB); once clients
+    # are pushed back it stays flat. `make bench` (scenario 5) measures it; capacity: docs/operations.md.
     memory_limit_mib: PositiveFloat | None = 512.0
     # Drain time on SIGTERM; what is left is kept on disk, or counted dropped with reason `shutdown`.
     shutdown_timeout: Duration = Duration(30.0)
