@@ -75,8 +75,7 @@ SECTIONS = (
     Section("exporters", "exporters.*", schema.ExporterConfig, ("exporters", "otlp_grpc"),
             "`*` is an exporter's key: `otlp_grpc` or `otlp_http`, or a named one such as `otlp_grpc/backup`. "
             "Every key applies to both kinds unless its description says otherwise."),
-    Section("extensions", "extensions", schema.ExtensionsConfig, ("extensions",),
-            "An extension runs when it is configured here and listed in `service.extensions`."),
+    Section("extensions", "extensions", schema.ExtensionsConfig, ("extensions",), ""),
     Section("service", "service", schema.ServiceConfig, ("service",), ""),
 )
 
@@ -393,6 +392,15 @@ def reload_verdict(location: tuple[str | int, ...], tp: Any, path: str) -> Reloa
     raise DocgenError(f"{path}: no valid changed value to ask sidecar.reload about (type {tp!r})")
 
 
+def _join(*parts: str) -> str:
+    """A field's own description, then its section Struct's docstring (when it says something more)."""
+    kept: list[str] = []
+    for part in parts:
+        if part and part not in kept:
+            kept.append(part)
+    return " ".join(kept)
+
+
 def _combine(verdicts: list[Reload]) -> Reload:
     return verdicts[0] if len(set(verdicts)) == 1 else "per key"
 
@@ -412,13 +420,13 @@ def struct_keys(cls: type[schema.Base], prefix: str, location: tuple[str | int, 
         below: list[Key] = []
         if _is_struct(base):
             below = struct_keys(base, path, here)
-            description = description or _struct_doc(base)
+            description = _join(description, _struct_doc(base))
         elif typing.get_origin(base) is list and _is_struct(item := _unwrap(typing.get_args(base)[0])[0]):
             below = struct_keys(item, f"{path}[]", (*here, 0))
-            description = description or _struct_doc(item)
+            description = _join(description, _struct_doc(item))
         elif typing.get_origin(base) is dict and _is_struct(value := _unwrap(typing.get_args(base)[1])[0]):
             below = struct_keys(value, f"{path}.<name>", (*here, "traces"))
-            description = description or _struct_doc(value)
+            description = _join(description, _struct_doc(value))
         if below:
             verdicts = [k.reload for k in below]
             if optional:  # turning the section on or off
@@ -449,7 +457,7 @@ def render() -> str:
     out = [PREAMBLE]
     for section, keys in all_keys():
         out.append(f"\n## {section.title}\n")
-        intro = " ".join(p for p in (section.intro, _struct_doc(section.struct)) if p)
+        intro = " ".join(p for p in (_struct_doc(section.struct), section.intro) if p)
         if intro:
             out.append(f"\n{intro}\n")
         out.append("\n| key | type | default | SIGHUP | what it does |\n|---|---|---|---|---|\n")
