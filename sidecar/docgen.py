@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import ast
-import enum
 import functools
 import inspect
 import io
@@ -31,6 +30,7 @@ from typing import Any, Literal
 import msgspec
 
 from sidecar.config import schema
+from sidecar.config.load import choices_of, is_struct
 from sidecar.config.units import Duration, decode_hook, encode_hook
 from sidecar.reload import plan_reload
 
@@ -198,21 +198,9 @@ def _unwrap(tp: Any) -> tuple[Any, list[Any], bool]:
         return tp, metas, optional
 
 
-def _is_struct(tp: Any) -> bool:
-    return isinstance(tp, type) and issubclass(tp, msgspec.Struct)
-
-
-def _choices(tp: Any) -> list[str] | None:
-    if typing.get_origin(tp) is Literal:
-        return [str(a) for a in typing.get_args(tp)]
-    if isinstance(tp, type) and issubclass(tp, enum.Enum):
-        return [str(m.value) for m in tp]
-    return None
-
-
 def render_type(tp: Any) -> str:
     base, metas, _ = _unwrap(tp)
-    choices = _choices(base)
+    choices = choices_of(base)
     if choices is not None:
         return "one of " + ", ".join(f"`{c}`" for c in choices)
     origin = typing.get_origin(base)
@@ -220,7 +208,7 @@ def render_type(tp: Any) -> str:
         return "list of " + _plural(render_type(typing.get_args(base)[0]))
     if origin is dict:
         return "map of string to " + render_type(typing.get_args(base)[1])
-    if _is_struct(base):
+    if is_struct(base):
         return "mapping"
     name = {bool: "bool", int: "integer", float: "number", str: "string", Duration: "duration"}.get(base)
     if name is None:
@@ -278,14 +266,14 @@ def render_default(info: msgspec.structs.FieldInfo) -> str:
 def _sample(tp: Any) -> Any:
     """A value of the type for a required field of the sample document (never validated across keys)."""
     base, _, _ = _unwrap(tp)
-    if _is_struct(base):
+    if is_struct(base):
         return full_document(base)
     origin = typing.get_origin(base)
     if origin is list:
         return [_sample(typing.get_args(base)[0])]
     if origin is dict:
         return {"traces": _sample(typing.get_args(base)[1])}
-    choices = _choices(base)
+    choices = choices_of(base)
     if choices:
         return choices[0]
     return {bool: True, int: 1, float: 1.0, str: "sample", Duration: "1s"}[base]
@@ -296,7 +284,7 @@ def full_document(cls: type[schema.Base]) -> dict[str, Any]:
     document: dict[str, Any] = {}
     for info in msgspec.structs.fields(cls):
         base, _, _ = _unwrap(info.type)
-        nested = _is_struct(base) or (typing.get_origin(base) in (list, dict) and _is_struct(
+        nested = is_struct(base) or (typing.get_origin(base) in (list, dict) and is_struct(
             _unwrap(typing.get_args(base)[-1])[0]))
         if info.required or nested:
             document[info.encode_name] = _sample(info.type)
@@ -341,11 +329,11 @@ def _changes(tp: Any, current: Any) -> Iterator[Any]:
     base, _, optional = _unwrap(tp)
     if optional and current is not None:
         yield None
-    if _is_struct(base):
+    if is_struct(base):
         if current is None:
             yield full_document(base)
         return
-    choices = _choices(base)
+    choices = choices_of(base)
     if choices is not None:
         yield from (c for c in choices if c != current)
     elif base is bool:
@@ -418,13 +406,13 @@ def struct_keys(cls: type[schema.Base], prefix: str, location: tuple[str | int, 
         base, _, optional = _unwrap(info.type)
         description = descriptions.get(info.name, "")
         below: list[Key] = []
-        if _is_struct(base):
+        if is_struct(base):
             below = struct_keys(base, path, here)
             description = _join(description, _struct_doc(base))
-        elif typing.get_origin(base) is list and _is_struct(item := _unwrap(typing.get_args(base)[0])[0]):
+        elif typing.get_origin(base) is list and is_struct(item := _unwrap(typing.get_args(base)[0])[0]):
             below = struct_keys(item, f"{path}[]", (*here, 0))
             description = _join(description, _struct_doc(item))
-        elif typing.get_origin(base) is dict and _is_struct(value := _unwrap(typing.get_args(base)[1])[0]):
+        elif typing.get_origin(base) is dict and is_struct(value := _unwrap(typing.get_args(base)[1])[0]):
             below = struct_keys(value, f"{path}.<name>", (*here, "traces"))
             description = _join(description, _struct_doc(value))
         if below:
