@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ast
 import importlib.util
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -229,3 +230,19 @@ def test_every_runbook_section_is_for_an_alert_and_complete() -> None:
     for alert, body in runbook_sections.items():
         for label in ("**Means:**", "**Confirm:**", "**Do:**", "**Escalate:**"):
             assert label in body, f"{RUNBOOKS} {alert}: no {label}"
+
+
+# --------------------------------------------------------------------------------------------- README.md
+
+
+def test_readme_is_a_front_door_with_the_two_commands_first() -> None:
+    readme = (ROOT / "README.md").read_text()
+    assert len(readme.splitlines()) <= 200, "README.md is the front door: reference material goes to docs/"
+    block = readme[readme.index("```sh"):readme.index("```", readme.index("```sh") + 5)]
+    assert [line.split()[:2] for line in block.splitlines()[1:]] == [["make", "demo"], ["make", "test"]]
+    # The first test command in the README (as shared/hooks/before-stop finds it) is what CI runs.
+    first = re.search(r"make test|\./[a-z_-]+ test|python -m pytest[^`]*|pytest[^`]*", readme)
+    assert first is not None and first.group(0) == "make test"
+    assert "\nmake test\n" in (ROOT / ".ci" / "run").read_text()
+    for page in ("operations", "configuration", "metrics", "runbooks", "troubleshooting", "development"):
+        assert f"(docs/{page}.md)" in readme, f"README.md does not point at docs/{page}.md"
