@@ -43,11 +43,13 @@ protos: $(STAMP)
 	$(BIN)/python -m sidecar.admin.codegen
 
 # docs/configuration.md from the config schema's Structs and their comments (sidecar/docgen.py): run it after
-# adding or changing a config key. tests/unit/test_docs.py fails when the file is stale or a key has no
-# description, and when docs/metrics.md, docs/troubleshooting.md or docs/runbooks.md miss a metric family,
-# a log event or an alert (those are written by hand: the failure names what to add).
+# adding or changing a config key or merging a branch. Then the documentation tests: they name every key
+# without a description, and every metric family, log event or alert that docs/metrics.md,
+# docs/troubleshooting.md or docs/runbooks.md (written by hand) lack, and every broken link.
 docs: $(STAMP)
-	$(BIN)/python -m sidecar.docgen
+	@status=0; $(BIN)/python -m sidecar.docgen || status=1; \
+	$(BIN)/python -m pytest -q --tb=short tests/unit/test_docs.py tests/unit/test_doc_links.py \
+		|| status=1; exit $$status
 
 # Hostile input (not part of `make test`, which runs the same suites with few examples): the receiver,
 # codec and config fuzz suites with FUZZ_EXAMPLES hypothesis examples per test (default 300), then
