@@ -15,6 +15,7 @@ import random
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
+from typing import Protocol
 
 from google.protobuf.message import Message
 
@@ -43,7 +44,7 @@ from sidecar.pipeline.degrade import (
     shed_traces,
 )
 from sidecar.queue.base import Lease, ManagedSendingQueue, QueueFull, QueueStorageError
-from sidecar.queue.deadletter import DeadLetterStore, Evicted
+from sidecar.queue.deadletter import DeadLetter, DeadLetterStore, Evicted
 from sidecar.queue.deadletter_fallback import FallbackDeadLetters
 from sidecar.queue.factory import open_dead_letters, open_queue
 from sidecar.queue.fallback import STORAGE_REASONS, StorageFallbackQueue
@@ -69,6 +70,16 @@ def resident_memory_bytes() -> int | None:
             return int(statm.read().split()[1]) * 4096
     except (OSError, ValueError, IndexError):
         return None
+
+
+class BacklogHandoff(Protocol):
+    """Fleet mode (sidecar/fleet/handoff.py): where a stopping exporter moves what it could not deliver."""
+
+    reserve: float  # seconds of the shutdown budget kept for `hand_off` (the drain gets the rest)
+
+    async def hand_off(self, exporter: Exporter, seconds: float) -> None:
+        """Move the queue's entries, then the dead letters, oldest first, within `seconds`; an entry
+        leaves the local store only once the fleet confirmed it."""
 
 
 def build_transports(name: str, config: ExporterConfig) -> list[Transport]:
@@ -110,6 +121,7 @@ class Exporter:
         self._gathering = asyncio.Lock()
         # Entries of a merged request that failed permanently: each goes again on its own (see `_settle`).
         self._send_alone: set[QueueEntry] = set()
+        self.handoff: BacklogHandoff | None = None  # fleet mode with handoff: set by the fleet
         events.exporter_added(name)
 
     # ------------------------------------------------------------------ lifecycle
@@ -151,9 +163,15 @@ class Exporter:
     async def shutdown(self, timeout: float) -> None:
         """Drain for up to `timeout`; persist (disk) or count as dropped (memory) what is left."""
         self.accepting = False
+        # With a handoff, part of the budget is kept for it (at most half): an upstream that is down
+        # would otherwise take the whole budget for a drain that cannot finish.
+        reserve = min(self.handoff.reserve, timeout / 2) if self.handoff is not None else 0.0
         if self.queue is not None:
-            drained = await self.queue.wait_empty(timeout)
+            drained = await self.queue.wait_empty(timeout - reserve)
             await cancel_and_wait(self.consumers)
+            if self.handoff is not None and (not drained or (self.dead_letters and self.dead_letters.count)):
+                await self.handoff.hand_off(self, reserve)
+                drained = not self.queue.count
             if not drained and isinstance(self.queue, TieredQueue):
                 persisted = await self.queue.persist_memory()  # storage is there: keep what memory held
                 log.warning("shutdown: requests left in the queue kept on disk, replayed on next start",
@@ -178,6 +196,38 @@ class Exporter:
         await cancel_and_wait(self._housekeeping)
         if self.dead_letters is not None:
             await self.dead_letters.close()
+
+    async def take_handed_off(self, entry: QueueEntry, dead: DeadLetter | None) -> bool:
+        """Fleet handoff: an entry another sidecar handed off, claimed by this one. True once this sidecar
+        is responsible for it (upstream accepted it, or it is in this sidecar's own dead letters or queue),
+        so the fleet may forget it; False to try again later (it stays claimed in Redis)."""
+        assert self.dead_letters is not None
+        if dead is not None:  # a dead letter is kept for inspection and replay, never sent again here
+            self._count_evicted(await self.dead_letters.add(entry, dead.classification, dead.message,
+                                                            dead.dead_at, rejected_items=dead.rejected_items))
+            return True
+        report = await self.sender.send(entry)
+        if report.verdict is Verdict.REQUEUE and not report.parts:
+            return False
+        requeue = [part.entry for part in report.outcomes(entry) if part.report.verdict is Verdict.REQUEUE]
+        if requeue:
+            if self.queue is None:
+                return False  # nowhere to keep the rest: send the whole entry again later (duplicates, no loss)
+            try:
+                for piece in requeue:
+                    await self.queue.put(piece)
+            except QueueFull:
+                return False
+        delivered = []
+        for part in report.outcomes(entry):
+            if part.report.verdict is Verdict.DEAD_LETTER:
+                await self._dead_letter(part.entry, part.report)
+            elif part.report.verdict is Verdict.DELIVERED:
+                if part.report.rejected:
+                    await self._dead_letter_partial(part.entry, part.report)
+                delivered.append(part.entry)
+        self._delivered(delivered)
+        return True
 
     def _spill_event(self, event: Callable[[str, str, int], None], entry: QueueEntry) -> None:
         event(self.name, entry.signal.value, entry.items)
