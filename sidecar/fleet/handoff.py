@@ -29,6 +29,7 @@ import contextlib
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -44,6 +45,7 @@ from sidecar.exporters.breaker import BreakerState
 from sidecar.fleet.connection import FAILURES, FleetConnection, make_client
 from sidecar.fleet.handoff_codec import HEADER, PAYLOAD, HandedOff, Unreadable, decode, encode, room
 from sidecar.fleet.keys import Keys
+from sidecar.fleet.leftbehind import LeftBehind, LeftBehindLedger, volume_id
 from sidecar.queue.base import Lease, ManagedSendingQueue
 from sidecar.telemetry.events import Events
 
@@ -104,6 +106,7 @@ class Departure:
     left_entries: int = 0
     left_items: dict[str, int] = field(default_factory=dict)  # signal -> items left locally
     why: str = ""  # budget_full | redis_unavailable | out_of_time ("" when nothing was left)
+    on_volume: bool = False  # what is left stays on the storage volume (else a memory queue counts it at exit)
 
 
 class HandoffStore:
@@ -168,7 +171,7 @@ class HandoffSink:
 
     async def hand_off(self, exporter: Exporter, seconds: float) -> None:
         endpoint = next(iter(exporter.sender.endpoints))
-        departure = Departure(exporter.name, endpoint)
+        departure = Departure(exporter.name, endpoint, on_volume=exporter.storage_directory is not None)
         self.departures.append(departure)
         deadline = self.clock.monotonic() + seconds
         try:
@@ -188,8 +191,15 @@ class HandoffSink:
         if queue is not None:
             departure.left_entries = queue.count
             departure.left_items = await _items_by_signal(exporter)
-        if exporter.dead_letters is not None:
+        if exporter.dead_letters is not None and exporter.dead_letters.count:
             departure.left_entries += exporter.dead_letters.count
+            with contextlib.suppress(Exception):  # (a count for the record; the store is about to close)
+                offset = 0
+                while page := await exporter.dead_letters.list(limit=1000, offset=offset):
+                    offset += len(page)
+                    for dead in page:
+                        signal = dead.entry.signal.value
+                        departure.left_items[signal] = departure.left_items.get(signal, 0) + dead.dropped_items
         if not departure.left_entries:
             departure.why = ""
         elif not departure.why:
@@ -412,10 +422,15 @@ class Handoff:
         self.sink = HandoffSink(self.store, instance, float(config.handoff.timeout), events, clock)
         self.claimers: dict[tuple[str, Signal], Claimer] = {}
         self._tasks: list[asyncio.Task[None]] = []
+        self.storage: Path | None = None
+        self.ledger = LeftBehindLedger(self.store.client, keys, instance, float(config.handoff.left_behind_timeout),
+                                       events, clock)
 
     def attach(self, exporter: Exporter, signals: set[Signal]) -> None:
         """The exporter hands off through the sink, and claims its endpoints' entries of its signals."""
         exporter.handoff = self.sink
+        if exporter.storage_directory is not None:
+            self.storage = exporter.storage_directory
         for endpoint in exporter.sender.endpoints:
             for signal in sorted(signals):
                 if (endpoint, signal) not in self.claimers:
@@ -425,9 +440,12 @@ class Handoff:
             self.events.handoff_endpoint_added(endpoint, signals)
 
     def start(self) -> None:
+        if self.storage is not None:
+            self.ledger.volume = volume_id(self.storage)
         loop = asyncio.get_running_loop()
-        self._tasks = [loop.create_task(claimer.run(), name=f"handoff-claimer {endpoint} {signal}")
-                       for (endpoint, signal), claimer in self.claimers.items()]
+        self._tasks.append(loop.create_task(self._reconcile(), name="handoff-left-behind"))
+        self._tasks += [loop.create_task(claimer.run(), name=f"handoff-claimer {endpoint} {signal}")
+                        for (endpoint, signal), claimer in self.claimers.items()]
         self._tasks.append(loop.create_task(self._refresh(), name="handoff-refresh"))
         self._tasks.append(loop.create_task(self._watch_backlog(), name="handoff-backlog"))
 
@@ -438,8 +456,28 @@ class Handoff:
         self._tasks = []
 
     async def close(self) -> None:
+        """After the exporters stopped: record what the departures left on this volume, then disconnect."""
         await self.stop_claiming()
+        left = [d for d in self.sink.departures if d.on_volume and d.left_entries]
+        if left:
+            items: dict[str, int] = {}
+            for departure in left:
+                for signal, count in departure.left_items.items():
+                    items[signal] = items.get(signal, 0) + count
+            await self.ledger.record(LeftBehind(self.instance, items, sum(d.left_entries for d in left),
+                                                self.clock.wall(), ",".join(sorted({d.why for d in left}))))
         await self.store.close()
+
+    async def _reconcile(self) -> None:
+        """Left-behind records: forget this volume's (it replays), count the lost ones (leftbehind.py)."""
+        interval = max(0.5, min(30.0, self.ledger.timeout / 4))
+        while True:
+            if self.conn.connected:
+                try:
+                    await self.ledger.reconcile()
+                except FAILURES as exc:
+                    log.debug("handoff: left-behind check failed: %s", exc)
+            await self.clock.sleep(interval if self.conn.connected else 0.2)
 
     async def _refresh(self) -> None:
         interval = max(0.1, float(self.config.handoff.claim_timeout) / 3)

@@ -456,3 +456,12 @@ class Events:
             "event": "handoff", "exporter": exporter, "endpoint": endpoint, "handed_off_requests": entries,
             "handed_off_items": items, "handed_off_dead_letters": dead_letters, "left_requests": left_entries,
             "left_items": left_items, "why_left": why})
+
+    def handoff_left_behind_lost(self, volume: str, instance: str, items: dict[str, int], requests: int,
+                                 why_left: str, why_lost: str) -> None:
+        """A departed sidecar's volume is gone with what the handoff left on it: counted once, here."""
+        for signal, count in items.items():
+            self.dropped(signal, DropReason.SHUTDOWN, count, f"left on volume {volume} by {instance}: {why_lost}")
+        log.error("handoff: entries left on a departed sidecar's volume are lost", extra={
+            "event": "handoff_left_behind_lost", "volume": volume, "instance": instance, "lost_requests": requests,
+            "lost_items": sum(items.values()), "items_by_signal": items, "why_left": why_left, "why_lost": why_lost})

@@ -138,3 +138,74 @@ def test_a_claimer_killed_after_claiming_leaves_its_claims_to_another_member(
     finally:
         client.close()
         time.sleep(0)
+
+
+def spans_of(upstream: FakeCollector, wanted: set[bytes]) -> set[bytes]:
+    return upstream.span_ids() & wanted
+
+
+def shutdown_drops(sidecars: list[SidecarProcess]) -> float:
+    return sum(s.metric_value("sidecar_dropped_items_total", reason="shutdown") for s in sidecars)
+
+
+def test_what_does_not_fit_the_budget_stays_local_and_is_counted_once_when_its_volume_is_gone(
+        sidecar_factory: SidecarFactory, upstream: FakeCollector, redis_server: RedisServer) -> None:
+    handoff = {"max_mib": 0.02, "left_behind_timeout": "3s"}
+    sidecars = [start_member(sidecar_factory, upstream, redis_server, f"s{i}", handoff) for i in range(3)]
+    upstream.fail_always(grpc_code=grpc.StatusCode.UNAVAILABLE)
+    client = Client(sidecars[0])
+    try:
+        fill_during_outage(sidecars[0], client, 1_000_000, requests=150)
+        depart(sidecars[0])
+        event = handoff_event(sidecars[0])
+        handed, left = event["handed_off_items"], event["left_items"]
+        assert handed > 0 and left > 0 and handed + left == 1500, event
+        assert event["why_left"] == "budget_full"
+        assert any(e.get("event") == "handoff_left_behind" for e in sidecars[0].log_events())
+        live = sidecars[1:]
+        # The volume is gone and nobody came back with it: one live member counts it, exactly, once.
+        assert eventually(lambda: shutdown_drops(live) == left, 20), shutdown_drops(live)
+        lost = [e for s in live for e in s.log_events() if e.get("event") == "handoff_left_behind_lost"]
+        assert len(lost) == 1 and lost[0]["lost_items"] == left and lost[0]["why_left"] == "budget_full", lost
+        # What fitted is delivered once the upstream recovers: the oldest entries, exactly those.
+        upstream.clear_faults()
+        assert eventually(lambda: len(spans_of(upstream, client.acknowledged)) == handed, 30)
+        assert eventually(lambda: redis_backlog(redis_server, upstream) == 0, 20)
+        time.sleep(2.0)
+        assert shutdown_drops(live) == left
+        assert len(spans_of(upstream, client.acknowledged)) == handed
+    finally:
+        client.close()
+
+
+def test_redis_killed_mid_handoff_loses_nothing_the_local_queue_still_holds(
+        sidecar_factory: SidecarFactory, upstream: FakeCollector, redis_server: RedisServer) -> None:
+    s0 = start_member(sidecar_factory, upstream, redis_server, "s0")
+    upstream.fail_always(grpc_code=grpc.StatusCode.UNAVAILABLE)
+    client = Client(s0)
+    store = redis.Redis(port=redis_server.port)
+    stream = f"otlp-sidecar:handoff:{upstream.grpc_endpoint}:traces"
+    try:
+        fill_during_outage(s0, client, 1_000_000, requests=800)
+        s0.terminate()
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and not store.xlen(stream):
+            time.sleep(0.001)
+        redis_server.pause()  # frozen mid-handoff, then gone
+        redis_server.kill()
+        assert s0.stop() == 0
+        event = handoff_event(s0)
+        handed, left = event["handed_off_items"], event["left_items"]
+        assert event["why_left"] == "redis_unavailable" and left > 0 and handed + left == 8000, event
+        assert any(e.get("event") == "handoff_left_behind_unrecorded" for e in s0.log_events())
+        # The volume stays (a restarted container, a StatefulSet): the local queue replays what it holds.
+        # The Redis that comes back is empty (no AOF): what it had confirmed is lost with it.
+        redis_server.start()
+        upstream.clear_faults()
+        s0.start()
+        assert eventually(lambda: len(spans_of(upstream, client.acknowledged)) == 8000 - handed, 60), \
+            (len(spans_of(upstream, client.acknowledged)), handed)
+        assert s0.metric_value("sidecar_dropped_items_total") == 0
+    finally:
+        store.close()
+        client.close()
