@@ -328,11 +328,7 @@ class Claimer:
             except asyncio.CancelledError:
                 raise
             except ResponseError as exc:
-                if "NOGROUP" in str(exc):  # a Redis that came back empty: make the group again
-                    with contextlib.suppress(*FAILURES):
-                        await self.store.ensure_group(self.stream)
-                else:
-                    log.warning("handoff claimer: %s", exc)
+                log.warning("handoff claimer: %s", exc)
                 busy = False
             except FAILURES as exc:
                 log.debug("handoff claimer: Redis failed: %s", exc)
@@ -359,8 +355,15 @@ class Claimer:
         return bool(done)
 
     async def _claim(self, count: int) -> None:
-        fresh: list[Any] = await self.store.client.xreadgroup(GROUP, self.instance, {self.stream: ">"},
-                                                              count=count)  # type: ignore[assignment]
+        try:
+            fresh: list[Any] = await self.store.client.xreadgroup(GROUP, self.instance, {self.stream: ">"},
+                                                                  count=count)  # type: ignore[assignment]
+        except ResponseError as exc:
+            if "NOGROUP" not in str(exc):
+                raise
+            # No handoff yet on this endpoint, or a Redis that came back empty: make the group, look later.
+            await self.store.ensure_group(self.stream)
+            return
         entries: list[tuple[bytes, dict[bytes, bytes] | None]] = []
         for _stream, rows in fresh or []:
             entries.extend(rows)
