@@ -8,7 +8,7 @@ acknowledged, as a replay after restart would.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import orjson
@@ -81,14 +81,3 @@ def room(max_bytes: int, held_by_others: int) -> int:
     """Bytes one endpoint's stream may hold: the fleet-wide budget less what the other endpoints hold."""
     return max(0, max_bytes - held_by_others)
 
-
-def fitting(sizes: Sequence[int], used: int, limit: int) -> int:
-    """How many of `sizes`, taken in order, fit under `limit` on top of `used` (the add script's rule:
-    it stops at the first that does not fit, so the oldest go first and order is kept)."""
-    taken = 0
-    for size in sizes:
-        if used + size > limit:
-            break
-        used += size
-        taken += 1
-    return taken
