@@ -32,8 +32,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import orjson
-import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 
 from sidecar.config.schema import FleetConfig
@@ -43,7 +41,8 @@ from sidecar.core.signals import Signal
 from sidecar.core.tasks import cancel_and_wait
 from sidecar.exporters.breaker import BreakerState
 from sidecar.fleet.connection import FAILURES, FleetConnection, make_client
-from sidecar.fleet.handoff_codec import HEADER, PAYLOAD, HandedOff, Unreadable, decode, encode, room
+from sidecar.fleet.handoff_codec import GROUP, HEADER, PAYLOAD, HandedOff, Unreadable, decode, encode, room
+from sidecar.fleet.handoff_status import read_backlog
 from sidecar.fleet.keys import Keys
 from sidecar.fleet.leftbehind import LeftBehind, LeftBehindLedger, volume_id
 from sidecar.queue.base import Lease, ManagedSendingQueue
@@ -54,7 +53,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-GROUP = "deliver"
 BATCH_ENTRIES = 256  # entries per add script call
 BATCH_BYTES = 4 * 1024 * 1024  # payload bytes per add script call (one Redis command must stay short)
 CLAIM_COUNT = 64  # entries a claimer holds at most
@@ -500,34 +498,3 @@ class Handoff:
                         self.events.handoff_backlog(endpoint, backlog.bytes, backlog.entries, backlog.oldest_age)
             await self.clock.sleep(float(self.config.heartbeat_interval))
 
-
-@dataclass(frozen=True, slots=True)
-class Backlog:
-    endpoint: str
-    bytes: int
-    entries: int
-    oldest_age: float  # seconds since the oldest entry was acknowledged to its client; 0 when empty
-    pending: int  # entries claimed by a member and not yet acknowledged
-
-
-async def read_backlog(client: aioredis.Redis, keys: Keys, endpoint: str, now: float) -> Backlog:
-    """One endpoint's handoff backlog, summed over its signals' streams (a client of either decoding)."""
-    total = int(await client.get(keys.handoff_bytes(endpoint)) or 0)
-    entries = pending = 0
-    oldest: float | None = None
-    for signal in Signal:
-        stream = keys.handoff(endpoint, signal.value)
-        length = int(await client.xlen(stream))
-        if not length:
-            continue
-        entries += length
-        with contextlib.suppress(ResponseError):
-            pending += int((await client.xpending(stream, GROUP))["pending"])
-        first = await client.xrange(stream, count=1)
-        fields = first[0][1] if first else None
-        if fields:
-            raw = fields.get(HEADER, fields.get("h")) or b"{}"
-            with contextlib.suppress(ValueError, TypeError, KeyError):
-                accepted = float(orjson.loads(raw)["a"])
-                oldest = accepted if oldest is None else min(oldest, accepted)
-    return Backlog(endpoint, total, entries, max(0.0, now - oldest) if oldest is not None else 0.0, pending)

@@ -18,6 +18,7 @@ from sidecar.core.signals import Signal
 from sidecar.core.taxonomy import Category, Recoverability, Recovery, Severity
 from sidecar.queue.deadletter import DeadLetter
 
+GROUP = "deliver"  # the consumer group of every handoff stream
 HEADER = b"h"
 PAYLOAD = b"p"
 FORMAT = 1  # the header's version: a claimer refuses (and leaves in place) a header it cannot read

@@ -20,7 +20,7 @@ import redis
 from tests.fakes.collector import FakeCollector
 from tests.fakes.redis_server import RedisServer
 from tests.integration.conftest import SidecarFactory
-from tests.integration.test_fleet import FAST_BREAKER, Client, caller, fleet_edit, transitions
+from tests.integration.test_fleet import FAST_BREAKER, Client, caller, fleet_edit, fleet_status, transitions
 from tests.polling import eventually
 from tests.sidecar_process import SidecarProcess
 
@@ -90,6 +90,11 @@ def test_a_departed_members_acknowledged_spans_are_delivered_by_the_others(
             event = handoff_event(sidecars[i])
             assert event["handed_off_items"] == 1500 and event["left_requests"] == 0, event
         assert redis_backlog(redis_server, upstream) == 150 * departing
+        # What an operator sees: the backlog per endpoint, in status --fleet and in every member's gauges.
+        backlog = fleet_status(sidecars[-1])["handoff"][upstream.grpc_endpoint]
+        assert backlog["entries"] == 150 * departing and backlog["bytes"] > 0 and backlog["oldest_age"] > 0, backlog
+        assert eventually(lambda: sidecars[-1].metric_value("sidecar_handoff_backlog_entries")
+                          == 150 * departing, 10)
         upstream.clear_faults()
         wanted = set().union(*(clients[i].acknowledged for i in range(departing)))
         assert eventually(lambda: wanted <= upstream.span_ids(), 60), \

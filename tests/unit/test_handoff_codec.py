@@ -72,3 +72,15 @@ def test_a_left_behind_record_is_counted_only_when_its_volume_is_known_gone() ->
     assert verdict(record, "v1", None, "s1", now=700.0, timeout=600).startswith("lost")  # type: ignore[union-attr]
     # A sidecar without storage with the same name says nothing about the volume.
     assert verdict(record, "v1", None, "s0", now=100.0, timeout=600) is None
+
+
+def test_status_shows_the_backlog_per_endpoint() -> None:
+    from sidecar.fleet.handoff_status import Backlog, backlog_json, backlog_lines
+
+    backlogs = [Backlog("collector:4317", bytes=2048, entries=3, oldest_age=12.25, pending=1),
+                Backlog("other:4317", bytes=0, entries=0, oldest_age=0.0, pending=0)]
+    lines = backlog_lines(backlogs)
+    assert lines[1].split() == ["collector:4317", "3", "2048", "1", "12.2s"]
+    assert lines[2].split() == ["other:4317", "0", "0", "0", "-"]
+    assert backlog_json(backlogs)["collector:4317"] == {"bytes": 2048, "entries": 3, "oldest_age": 12.25,
+                                                        "pending": 1}
