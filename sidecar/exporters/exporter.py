@@ -167,10 +167,11 @@ class Exporter:
         # would otherwise take the whole budget for a drain that cannot finish.
         reserve = min(self.handoff.reserve, timeout / 2) if self.handoff is not None else 0.0
         if self.queue is not None:
-            drained = await self.queue.wait_empty(timeout - reserve)
+            started = self.clock.monotonic()
+            drained = await self._drain(timeout - reserve)
             await cancel_and_wait(self.consumers)
             if self.handoff is not None and (not drained or (self.dead_letters and self.dead_letters.count)):
-                await self.handoff.hand_off(self, reserve)
+                await self.handoff.hand_off(self, timeout - (self.clock.monotonic() - started))
                 drained = not self.queue.count
             if not drained and isinstance(self.queue, TieredQueue):
                 persisted = await self.queue.persist_memory()  # storage is there: keep what memory held
@@ -196,6 +197,19 @@ class Exporter:
         await cancel_and_wait(self._housekeeping)
         if self.dead_letters is not None:
             await self.dead_letters.close()
+
+    async def _drain(self, seconds: float) -> bool:
+        """Wait up to `seconds` for the queue to empty. With a handoff, stop early once no endpoint takes
+        calls (the breakers are open: an outage): the handoff gets the rest of the shutdown budget."""
+        assert self.queue is not None
+        if self.handoff is None:
+            return await self.queue.wait_empty(seconds)
+        deadline = self.clock.monotonic() + seconds
+        while True:
+            if await self.queue.wait_empty(max(0.0, min(0.25, deadline - self.clock.monotonic()))):
+                return True
+            if self.clock.monotonic() >= deadline or not self.sender.ready_now():
+                return False
 
     async def take_handed_off(self, entry: QueueEntry, dead: DeadLetter | None) -> bool:
         """Fleet handoff: an entry another sidecar handed off, claimed by this one. True once this sidecar
