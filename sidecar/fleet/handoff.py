@@ -171,7 +171,8 @@ class HandoffSink:
         endpoint = next(iter(exporter.sender.endpoints))
         departure = Departure(exporter.name, endpoint, on_volume=exporter.storage_directory is not None)
         self.departures.append(departure)
-        deadline = self.clock.monotonic() + seconds
+        started = self.clock.monotonic()
+        deadline = started + seconds
         try:
             async with asyncio.timeout(max(0.0, seconds)):
                 limit = await self.store.limit_for(endpoint)
@@ -204,7 +205,8 @@ class HandoffSink:
             departure.why = "out_of_time" if self.clock.monotonic() >= deadline else "budget_full"
         self.events.handoff_departed(departure.exporter, departure.endpoint, departure.entries, departure.items,
                                      departure.dead_letters, departure.left_entries,
-                                     sum(departure.left_items.values()), departure.why)
+                                     sum(departure.left_items.values()), departure.why,
+                                     self.clock.monotonic() - started)
 
     async def _queue(self, exporter: Exporter, departure: Departure, limit: int) -> str:
         queue = exporter.queue

@@ -448,14 +448,14 @@ class Events:
         self._child(self.metrics.handoff_backlog_oldest_age, endpoint).set(oldest_age)
 
     def handoff_departed(self, exporter: str, endpoint: str, entries: int, items: int, dead_letters: int,
-                         left_entries: int, left_items: int, why: str) -> None:
+                         left_entries: int, left_items: int, why: str, seconds: float) -> None:
         """One line per exporter at shutdown: what went to the fleet, what stayed in the local stores and why."""
         level = logging.WARNING if left_entries else logging.INFO
         log.log(level, "shutdown: backlog handed off to the fleet" + (
             "; the rest stays in the local queue" if left_entries else ""), extra={
             "event": "handoff", "exporter": exporter, "endpoint": endpoint, "handed_off_requests": entries,
             "handed_off_items": items, "handed_off_dead_letters": dead_letters, "left_requests": left_entries,
-            "left_items": left_items, "why_left": why})
+            "left_items": left_items, "why_left": why, "seconds": round(seconds, 3)})
 
     def handoff_left_behind_lost(self, volume: str, instance: str, items: dict[str, int], requests: int,
                                  why_left: str, why_lost: str) -> None:
