@@ -20,7 +20,15 @@ import redis
 from tests.fakes.collector import FakeCollector
 from tests.fakes.redis_server import RedisServer
 from tests.integration.conftest import SidecarFactory
-from tests.integration.test_fleet import FAST_BREAKER, Client, caller, fleet_edit, fleet_status, transitions
+from tests.integration.test_fleet import (
+    FAST_BREAKER,
+    Client,
+    Traffic,
+    caller,
+    fleet_edit,
+    fleet_status,
+    transitions,
+)
 from tests.polling import eventually
 from tests.sidecar_process import SidecarProcess
 
@@ -79,16 +87,20 @@ def redis_backlog(redis_server: RedisServer, upstream: FakeCollector) -> int:
 @pytest.mark.parametrize("departing", [1, 2], ids=["one-member-leaves", "two-leave-one-after-the-other"])
 def test_a_departed_members_acknowledged_spans_are_delivered_by_the_others(
         sidecar_factory: SidecarFactory, upstream: FakeCollector, redis_server: RedisServer, departing: int) -> None:
-    sidecars = [start_member(sidecar_factory, upstream, redis_server, f"s{i}") for i in range(3)]
+    # The scenario: shutdown_timeout 3 s (the drain stops at once while every breaker is open, and
+    # the handoff takes what is left of the 3 s); the members that stay have traffic of their own.
+    sidecars = [start_member(sidecar_factory, upstream, redis_server, f"s{i}", shutdown_timeout="3s")
+                for i in range(3)]
     upstream.fail_always(grpc_code=grpc.StatusCode.UNAVAILABLE)
     clients = [Client(s) for s in sidecars]
     try:
-        for i in range(departing):
-            fill_during_outage(sidecars[i], clients[i], (i + 1) * 1_000_000, requests=150)
-        for i in range(departing):
-            depart(sidecars[i])
-            event = handoff_event(sidecars[i])
-            assert event["handed_off_items"] == 1500 and event["left_requests"] == 0, event
+        with Traffic(clients[departing:]):
+            for i in range(departing):
+                fill_during_outage(sidecars[i], clients[i], (i + 1) * 1_000_000, requests=150)
+            for i in range(departing):
+                depart(sidecars[i])
+                event = handoff_event(sidecars[i])
+                assert event["handed_off_items"] == 1500 and event["left_requests"] == 0, event
         assert redis_backlog(redis_server, upstream) == 150 * departing
         # What an operator sees: the backlog per endpoint, in status --fleet and in every member's gauges.
         backlog = fleet_status(sidecars[-1])["handoff"][upstream.grpc_endpoint]
@@ -109,6 +121,8 @@ def test_a_departed_members_acknowledged_spans_are_delivered_by_the_others(
         assert eventually(lambda: redis_backlog(redis_server, upstream) == 0, 20)
         assert sum(s.metric_value("sidecar_handoff_delivered_items_total") for s in live) >= len(wanted)
         assert all(s.metric_value("sidecar_dropped_items_total") == 0 for s in live)
+        everyone = set().union(*(c.acknowledged for c in clients))
+        assert eventually(lambda: everyone <= upstream.span_ids(), 30), "the members that stayed lost spans"
     finally:
         for client in clients:
             client.close()
