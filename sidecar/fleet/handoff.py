@@ -468,7 +468,8 @@ class Handoff:
                 for signal, count in departure.left_items.items():
                     items[signal] = items.get(signal, 0) + count
             await self.ledger.record(LeftBehind(self.instance, items, sum(d.left_entries for d in left),
-                                                self.clock.wall(), ",".join(sorted({d.why for d in left}))))
+                                                self.clock.wall(), ",".join(sorted({d.why for d in left}))),
+                                     reachable=self.conn.connected)
         await self.store.close()
 
     async def _reconcile(self) -> None:

@@ -98,11 +98,14 @@ class LeftBehindLedger:
         self.clock = clock
         self.volume: str | None = None  # this sidecar's volume id, when it has a storage directory
 
-    async def record(self, record: LeftBehind) -> bool:
-        """At exit: what stays on this volume. False when Redis did not take it (the log says so)."""
+    async def record(self, record: LeftBehind, reachable: bool = True) -> bool:
+        """At exit: what stays on this volume. False when Redis did not take it (the log says so); with
+        `reachable` False (the fleet connection is down) it is not tried: the exit does not wait on it."""
         if self.volume is None:
             return False
         try:
+            if not reachable:
+                raise ConnectionError("the fleet's Redis is unreachable")
             async with asyncio.timeout(RECORD_TIMEOUT):
                 await self.client.hset(self.key, self.volume, record.encode())
         except FAILURES as exc:
@@ -110,7 +113,7 @@ class LeftBehindLedger:
                         "lost without a further count if the volume is deleted", extra={
                             "event": "handoff_left_behind_unrecorded", "volume": self.volume,
                             "left_requests": record.requests, "left_items": sum(record.items.values()),
-                            "error": f"{type(exc).__name__}: {exc}"[:300]})
+                            "why": record.why, "error": f"{type(exc).__name__}: {exc}"[:300]})
             return False
         log.warning("handoff: entries stay on this volume; replayed if it comes back, counted as dropped "
                     "(reason shutdown) if it does not", extra={
