@@ -1,4 +1,5 @@
-"""`python -m sidecar status --fleet [--json]`: the fleet as its heartbeats in Redis describe it.
+"""`python -m sidecar status --fleet [--json]`: the fleet as its heartbeats in Redis describe it, and the
+handoff backlog per endpoint (sidecar/fleet/handoff_status.py).
 
 Where: `--redis URL` (default `$SIDECAR_FLEET_ENDPOINT`), or `--config FILE` to take
 `extensions.fleet` (endpoint, password, key_prefix) from a sidecar's own configuration.
