@@ -220,7 +220,21 @@ class Exporter:
             self._count_evicted(await self.dead_letters.add(entry, dead.classification, dead.message,
                                                             dead.dead_at, rejected_items=dead.rejected_items))
             return True
-        report = await self.sender.send(entry)
+        return await self._settle_handed_off(entry, await self.sender.send(entry), [entry])
+
+    async def take_handed_off_batch(self, entries: list[QueueEntry]) -> list[bool]:
+        """Several claimed entries of one signal and metadata sent as one upstream request, as the batcher
+        merges queued ones (`take_handed_off` for what `True` means, per entry)."""
+        merged = merge_entries(entries)
+        report = await self.sender.send(merged)
+        if not report.parts and report.verdict is Verdict.DEAD_LETTER and report.reason in (Reason.PERMANENT,
+                                                                                          Reason.FATAL):
+            # May be one entry's fault (as in `_settle`): each gets the verdict it would have had alone.
+            return [await self.take_handed_off(entry, None) for entry in entries]
+        return [await self._settle_handed_off(merged, report, entries)] * len(entries)
+
+    async def _settle_handed_off(self, entry: QueueEntry, report: SendReport, originals: list[QueueEntry]) -> bool:
+        """Act on the report for a claimed `entry` (the merge of `originals`, or one of them)."""
         if report.verdict is Verdict.REQUEUE and not report.parts:
             return False
         requeue = [part.entry for part in report.outcomes(entry) if part.report.verdict is Verdict.REQUEUE]
@@ -240,7 +254,7 @@ class Exporter:
                 if part.report.rejected:
                     await self._dead_letter_partial(part.entry, part.report)
                 delivered.append(part.entry)
-        self._delivered(delivered)
+        self._delivered(originals if not report.parts and report.verdict is Verdict.DELIVERED else delivered)
         return True
 
     def _spill_event(self, event: Callable[[str, str, int], None], entry: QueueEntry) -> None:

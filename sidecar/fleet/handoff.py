@@ -35,13 +35,24 @@ from typing import TYPE_CHECKING, Any
 from redis.exceptions import ResponseError
 
 from sidecar.config.schema import FleetConfig
-from sidecar.config.units import mib_to_bytes
+from sidecar.config.units import MIB, mib_to_bytes
 from sidecar.core.clock import Clock
 from sidecar.core.signals import Signal
 from sidecar.core.tasks import cancel_and_wait
 from sidecar.exporters.breaker import BreakerState
 from sidecar.fleet.connection import FAILURES, FleetConnection, make_client
-from sidecar.fleet.handoff_codec import GROUP, HEADER, PAYLOAD, HandedOff, Unreadable, decode, encode, room
+from sidecar.fleet.handoff_codec import (
+    GROUP,
+    HEADER,
+    PAYLOAD,
+    Claimed,
+    HandedOff,
+    Unreadable,
+    batches,
+    decode,
+    encode,
+    room,
+)
 from sidecar.fleet.handoff_status import read_backlog
 from sidecar.fleet.keys import Keys
 from sidecar.fleet.leftbehind import LeftBehind, LeftBehindLedger, volume_id
@@ -388,22 +399,39 @@ class Claimer:
             self.held[entry_id] = item
             self.events.handoff_claimed(self.endpoint, self.signal.value, item.entry.items)
 
+    def _batch_bounds(self) -> tuple[int, int]:
+        """Entries and bytes per upstream request, as the exporter's batcher merges its own queue."""
+        batch = self.exporter.config.sending_queue.batch
+        if batch is None or not batch.enabled:
+            return 1, 0
+        limit = int(batch.max_size_mib * MIB)
+        if self.exporter.sender.max_request_bytes is not None:
+            limit = min(limit, self.exporter.sender.max_request_bytes)
+        return batch.max_requests, limit
+
     async def _deliver_held(self) -> list[tuple[bytes, int]]:
-        """Deliver what is held, a few at a time; the (id, size) of the ones that are done."""
+        """Deliver what is held, a few requests at a time; the (id, size) of the ones that are done."""
         limit = asyncio.Semaphore(self.concurrency)
 
-        async def deliver(entry_id: bytes, item: HandedOff) -> tuple[bytes, int] | None:
+        async def deliver(group: list[Claimed]) -> list[tuple[bytes, int]]:
             async with limit:
                 if not self.closed_for_me():
-                    return None
-                if await self.exporter.take_handed_off(item.entry, item.dead):
-                    if item.dead is None:
-                        self.events.handoff_delivered(self.endpoint, self.signal.value, item.entry.items)
-                    return entry_id, item.size
-                return None
+                    return []
+                if len(group) == 1:
+                    outcomes = [await self.exporter.take_handed_off(group[0][1].entry, group[0][1].dead)]
+                else:
+                    outcomes = await self.exporter.take_handed_off_batch([item.entry for _, item in group])
+                done = []
+                for (entry_id, item), ok in zip(group, outcomes, strict=True):
+                    if ok:
+                        if item.dead is None:
+                            self.events.handoff_delivered(self.endpoint, self.signal.value, item.entry.items)
+                        done.append((entry_id, item.size))
+                return done
 
-        results = await asyncio.gather(*(deliver(entry_id, item) for entry_id, item in list(self.held.items())))
-        return [done for done in results if done is not None]
+        groups = batches(list(self.held.items()), *self._batch_bounds())
+        results = await asyncio.gather(*(deliver(group) for group in groups))
+        return [done for group in results for done in group]
 
     async def refresh(self) -> None:
         """Reset the idle time of the entries held, so no other member takes over a slow delivery."""

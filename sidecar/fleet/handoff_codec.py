@@ -82,3 +82,26 @@ def room(max_bytes: int, held_by_others: int) -> int:
     """Bytes one endpoint's stream may hold: the fleet-wide budget less what the other endpoints hold."""
     return max(0, max_bytes - held_by_others)
 
+
+
+Claimed = tuple[bytes, HandedOff]  # (stream entry id, what it holds)
+
+
+def batches(claimed: list[Claimed], max_requests: int, max_bytes: int) -> list[list[Claimed]]:
+    """Claimed entries grouped as the exporter's batcher merges queued ones: same signal and metadata, at
+    most `max_requests` entries and `max_bytes` of payload a group, in order; a dead letter alone."""
+    groups: list[list[Claimed]] = []
+    filling: dict[tuple[object, ...], tuple[list[Claimed], int]] = {}
+    for claim in claimed:
+        item = claim[1]
+        if item.dead is not None or max_requests <= 1:
+            groups.append([claim])
+            continue
+        key = (item.entry.signal, item.entry.metadata)
+        group, size = filling.get(key, ([], 0))
+        if not group or len(group) >= max_requests or size + item.size > max_bytes:
+            group, size = [], 0
+            groups.append(group)
+        group.append(claim)
+        filling[key] = (group, size + item.size)
+    return groups

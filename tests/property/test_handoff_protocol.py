@@ -27,7 +27,7 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, rule
 
-from sidecar.config.schema import FleetConfig, HandoffConfig
+from sidecar.config.schema import FleetConfig, HandoffConfig, QueueBatchConfig
 from sidecar.config.units import Duration
 from sidecar.core.entry import QueueEntry
 from sidecar.core.signals import Signal
@@ -57,14 +57,16 @@ class Member:
     """A fleet member's claiming side: the real Claimer on a fake exporter whose upstream is scripted."""
 
     def __init__(self, name: str, store: HandoffStore, config: FleetConfig, events: Events,
-                 delivered: Counter[int], clock: FakeClock) -> None:
+                 delivered: Counter[int], clock: FakeClock, batch: int) -> None:
         self.breaker = SimpleNamespace(state=BreakerState.CLOSED)
         self.accepts = True
         self.delivered = delivered
         exporter = SimpleNamespace(
-            name=name, sender=SimpleNamespace(endpoints={ENDPOINT: SimpleNamespace(breaker=self.breaker)}),
-            config=SimpleNamespace(sending_queue=SimpleNamespace(num_consumers=2)),
-            take_handed_off=self.take)
+            name=name, sender=SimpleNamespace(endpoints={ENDPOINT: SimpleNamespace(breaker=self.breaker)},
+                                              max_request_bytes=None),
+            config=SimpleNamespace(sending_queue=SimpleNamespace(num_consumers=2, batch=QueueBatchConfig(
+                enabled=batch > 1, max_requests=batch))),
+            take_handed_off=self.take, take_handed_off_batch=self.take_batch)
         conn = cast(FleetConnection, SimpleNamespace(connected=True))
         self.claimer = Claimer(store, conn, cast(Any, exporter), ENDPOINT, Signal.TRACES, name, config, events, clock)
         self.claimer.claim_timeout_ms = 0  # any pending claim may be taken over at once
@@ -74,6 +76,15 @@ class Member:
             return False
         self.delivered[int(entry.payload[:8])] += 1
         return True
+
+    async def take_batch(self, entries: list[QueueEntry]) -> list[bool]:
+        """A merged request: accepted or refused as a whole."""
+        assert len({e.signal for e in entries}) == 1 and len(entries) > 1
+        if not self.accepts:
+            return [False] * len(entries)
+        for entry in entries:
+            self.delivered[int(entry.payload[:8])] += 1
+        return [True] * len(entries)
 
 
 class HandoffProtocol(RuleBasedStateMachine):
@@ -93,8 +104,9 @@ class HandoffProtocol(RuleBasedStateMachine):
     def run(self, coro: Any) -> Any:
         return self.loop.run_until_complete(coro)
 
-    @initialize(budget_entries=st.integers(0, 30))
-    def setup(self, budget_entries: int) -> None:
+    @initialize(budget_entries=st.integers(0, 30), batch=st.integers(1, 5))
+    def setup(self, budget_entries: int, batch: int) -> None:
+        self.batch = batch
         self.config = FleetConfig(endpoint=self.server.url, handoff=HandoffConfig(
             max_mib=max(1e-9, budget_entries * PAYLOAD / (1024 * 1024)), claim_timeout=Duration(1.0)))
         self.store = HandoffStore(self.config, Keys("otlp-sidecar:"))
@@ -151,7 +163,7 @@ class HandoffProtocol(RuleBasedStateMachine):
     def join(self) -> None:
         self.names += 1
         self.members.append(Member(f"m{self.names}", self.store, self.config, self.events, self.delivered,
-                                   self.clock))
+                                   self.clock, self.batch))
 
     # ------------------------------------------------------------ the end
 

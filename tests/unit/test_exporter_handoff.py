@@ -107,3 +107,18 @@ async def test_a_stopping_exporter_whose_breakers_are_open_hands_off_with_the_re
     ((queued, seconds),) = handoff.calls
     assert queued == 3
     assert seconds > 9.0  # not the drain's 8 s share of waiting first: nothing could be sent
+
+
+async def test_claimed_entries_go_up_as_one_request_and_a_permanent_refusal_is_judged_per_entry() -> None:
+    transport = FakeTransport("a:4317", sender_clock(), [SendOutcome(), INVALID, SendOutcome(), INVALID])
+    exporter = await started(transport)
+    first, second = make_entry(2, tag="a"), make_entry(3, tag="b")
+    assert await exporter.take_handed_off_batch([first, second]) == [True, True]
+    assert len(transport.calls) == 1  # merged
+    # Refused permanently as a whole: each goes again on its own; only the bad one becomes a dead letter.
+    assert await exporter.take_handed_off_batch([first, second]) == [True, True]
+    assert len(transport.calls) == 4
+    assert exporter.dead_letters is not None
+    (dead,) = await exporter.dead_letters.list()
+    assert dead.entry == second
+    await exporter.shutdown(1.0)

@@ -84,3 +84,23 @@ def test_status_shows_the_backlog_per_endpoint() -> None:
     assert lines[2].split() == ["other:4317", "0", "0", "0", "-"]
     assert backlog_json(backlogs)["collector:4317"] == {"bytes": 2048, "entries": 3, "oldest_age": 12.25,
                                                         "pending": 1}
+
+
+def test_claimed_entries_are_merged_as_the_batcher_would_merge_queued_ones() -> None:
+    from sidecar.fleet.handoff_codec import batches
+
+    def claim(n: int, signal: Signal = Signal.TRACES, size: int = 10, tenant: str = "a",
+              dead: bool = False) -> tuple[bytes, HandedOff]:
+        entry = QueueEntry(signal, b"x" * size, 1, (("tenant", tenant),), 0.0)
+        letter = None
+        if dead:
+            c = INTERNAL_ERROR
+            letter = DeadLetter(0, entry, c.category, c.severity, c.recoverability, c.recovery, c.error_type,
+                                c.classified_by, "no", 0.0)
+        return b"%d" % n, HandedOff(entry, "s0", letter)
+
+    claimed = [claim(0), claim(1), claim(2, tenant="b"), claim(3), claim(4, dead=True), claim(5, size=25)]
+    ids = [[c[0] for c in group] for group in batches(claimed, max_requests=3, max_bytes=40)]
+    # Same metadata together (up to 3 and 40 bytes), another tenant apart, a dead letter alone.
+    assert ids == [[b"0", b"1", b"3"], [b"2"], [b"4"], [b"5"]]
+    assert [[c[0] for c in g] for g in batches(claimed[:2], max_requests=1, max_bytes=0)] == [[b"0"], [b"1"]]

@@ -63,8 +63,8 @@ async def round_trip(config: FleetConfig) -> list[QueueEntry]:
 
     exporter = SimpleNamespace(
         name="otlp", sender=SimpleNamespace(endpoints={ENDPOINT: SimpleNamespace(
-            breaker=SimpleNamespace(state=BreakerState.CLOSED))}),
-        config=SimpleNamespace(sending_queue=SimpleNamespace(num_consumers=2)), take_handed_off=take)
+            breaker=SimpleNamespace(state=BreakerState.CLOSED))}, max_request_bytes=None),
+        config=SimpleNamespace(sending_queue=SimpleNamespace(num_consumers=2, batch=None)), take_handed_off=take)
     conn = cast(FleetConnection, SimpleNamespace(connected=True))
     claimer = Claimer(store, conn, cast(Any, exporter), ENDPOINT, Signal.TRACES, "m1", config, events, clock)
     try:
