@@ -228,13 +228,14 @@ class HandoffSink:
                 lease = await queue.get()  # an entry is available: does not wait
                 leases.append(lease)
                 size += len(lease.entry.payload)
-            confirmed = 0
+            done = [0]
             try:
-                confirmed = await self._write(departure, [HandedOff(lease.entry, self.instance) for lease in leases],
-                                              limit)
+                await self._write(departure, [HandedOff(lease.entry, self.instance) for lease in leases], limit, done)
             finally:
-                # Only what Redis confirmed leaves the local queue; the rest goes back in its place.
-                await asyncio.shield(_settle(queue, leases, confirmed))
+                # Only what Redis confirmed leaves the local queue (also when a later write failed or the
+                # time ran out); the rest goes back in its place.
+                await asyncio.shield(_settle(queue, leases, done[0]))
+            confirmed = done[0]
             exporter.update_queue_gauges()
             if confirmed < len(leases):
                 return "budget_full"
@@ -246,21 +247,25 @@ class HandoffSink:
             page = await store.list(limit=BATCH_ENTRIES)
             if not page:
                 return ""
-            confirmed = await self._write(departure, [HandedOff(dead.entry, self.instance, dead) for dead in page],
-                                          limit)
-            if confirmed:
-                await asyncio.shield(store.remove([dead.id for dead in page[:confirmed]]))
+            done = [0]
+            try:
+                await self._write(departure, [HandedOff(dead.entry, self.instance, dead) for dead in page], limit,
+                                  done)
+            finally:
+                if done[0]:
+                    await asyncio.shield(store.remove([dead.id for dead in page[:done[0]]]))
+            confirmed = done[0]
             departure.dead_letters += confirmed
             if confirmed < len(page):
                 return "budget_full"
         return ""
 
-    async def _write(self, departure: Departure, items: list[HandedOff], limit: int) -> int:
-        """Write `items` (oldest first) to their signals' streams; how many of the first were confirmed."""
-        confirmed = 0
+    async def _write(self, departure: Departure, items: list[HandedOff], limit: int, done: list[int]) -> None:
+        """Write `items` (oldest first) to their signals' streams; `done[0]` counts the first ones Redis
+        confirmed, as they are confirmed (a failure or timeout may interrupt the writes)."""
         for signal, run in _runs_by_signal(items):
             added = await self.store.add(departure.endpoint, signal, run, limit)
-            confirmed += added
+            done[0] += added
             for item in run[:added]:
                 if item.dead is None:
                     departure.entries += 1
@@ -268,7 +273,6 @@ class HandoffSink:
                 self.events.handoff_handed_off(departure.endpoint, signal.value, item.entry.items)
             if added < len(run):
                 break
-        return confirmed
 
 
 def _runs_by_signal(items: list[HandedOff]) -> list[tuple[Signal, list[HandedOff]]]:
