@@ -171,7 +171,11 @@ class Exporter:
             drained = await self._drain(timeout - reserve)
             await cancel_and_wait(self.consumers)
             if self.handoff is not None and (not drained or (self.dead_letters and self.dead_letters.count)):
-                await self.handoff.hand_off(self, timeout - (self.clock.monotonic() - started))
+                try:
+                    await self.handoff.hand_off(self, timeout - (self.clock.monotonic() - started))
+                except Exception:  # a failed handoff must not skip the rest: what is left is kept or counted
+                    log.exception("handoff failed; what is left stays in the local queue",
+                                  extra={"exporter": self.name})
                 drained = not self.queue.count
             if not drained and isinstance(self.queue, TieredQueue):
                 persisted = await self.queue.persist_memory()  # storage is there: keep what memory held
