@@ -17,8 +17,9 @@ ones Redis confirmed; the rest are given back to the queue. Then the dead letter
 
 Claiming (while running): per endpoint and signal this member exports to, and only while its own
 breaker for the endpoint is closed, a member takes new entries (XREADGROUP) or stale claims
-(XAUTOCLAIM), sends them through its exporter's chain (breaker, retry, budget) and acknowledges each
-in Redis once the upstream accepted it (at least once). A dead letter is kept in the claimer's own
+(XAUTOCLAIM), sends them through its exporter's chain (breaker, retry, budget; entries of one signal and
+metadata merged as the exporter's batcher merges its own queue) and acknowledges each in Redis once the
+upstream accepted it (at least once). A dead letter is kept in the claimer's own
 dead-letter store instead of being sent again.
 """
 
