@@ -180,7 +180,8 @@ def report(runs: dict[str, dict[str, Any]]) -> str:
             f"UNAVAILABLE. s0 acknowledged {REQUESTS:,} requests of {SPANS} spans (filled by {SENDERS} client "
             "threads); then it kept running, or got SIGTERM (shutdown_timeout 20 s, handoff.timeout 10 s: the "
             "drain stops at once since every breaker is open, so the handoff may use the rest) and its volume was "
-            "deleted. Redis memory is INFO used_memory after s0 exited less before. Delivery time runs from the "
+            "deleted. Redis memory is INFO used_memory after s0 exited less before (a few KiB either way is noise: "
+            "heartbeats, breaker state). Delivery time runs from the "
             "Collector's recovery until every span s0 acknowledged arrived (the two other members deliver the "
             "handed-off requests through their own exporters; 10 consumers each).\n\n"
             + table(["mode", "handoff (its own duration)", "SIGTERM -> exit", "extra Redis memory",
