@@ -196,6 +196,7 @@ class Service:
             self.fleet = Fleet(fleet, self.events, self.clock, self.fleet_snapshot)
             for exporter_name, exporter in self.exporters.items():
                 self.fleet.attach(exporter_name, exporter.sender)
+                self.fleet.attach_handoff(exporter, {p.signal for p in pipelines if exporter in p.exporters})
         self._start_known_series()
         return router
 
@@ -376,6 +377,8 @@ class Service:
         timeout = float(self.config.service.shutdown_timeout)
         for receiver in self.receivers:
             await receiver.stop(grace=min(5.0, timeout))
+        if self.fleet is not None:
+            await self.fleet.stop_claiming()  # a departing sidecar takes no more of the fleet's handoff
         await asyncio.gather(*(e.shutdown(timeout) for e in self.exporters.values()))
         if self.watch is not None:
             await self.watch.stop()

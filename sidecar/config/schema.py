@@ -445,6 +445,24 @@ class AdminConfig(Base):
     token: str | None = None
 
 
+class HandoffConfig(Base):
+    """A departing sidecar's backlog handed to the fleet through Redis (DESIGN.md §9, sidecar/fleet/handoff.py)."""
+
+    enabled: bool = True  # fleet mode hands off by default; false: what is left stays local as without fleet mode
+    # The fleet-wide bound on handed-off payload bytes in Redis, summed over every endpoint's stream.
+    max_mib: PositiveFloat = 256.0
+    # The part of service.shutdown_timeout kept for the handoff (the drain gets the rest); at most half of it.
+    timeout: Duration = Duration(10.0)
+    # A claimed entry idle this long (its claimer died or hung) is taken over by another member (XAUTOCLAIM).
+    claim_timeout: Duration = Duration(30.0)
+    # How often a live member looks for handed-off entries of the endpoints it exports to.
+    claim_interval: Duration = Duration(1.0)
+    # Entries left on a departed sidecar's volume (budget full, Redis away, out of time) are counted as dropped
+    # (reason shutdown) when no sidecar has come back with that volume within this long (or sooner, when the
+    # same instance_id comes back with another volume: its own was deleted).
+    left_behind_timeout: Duration = Duration(600.0)
+
+
 class FleetConfig(Base):
     """Fleet mode (DESIGN.md §9): sidecars share breaker state, probing and a retry budget in Redis."""
 
@@ -470,6 +488,7 @@ class FleetConfig(Base):
     # Sets the evidence window: the time the fleet takes to make about this many calls to the endpoint
     # (50 ms to 5 s). With the defaults the fleet opens after 5 failures below 400 requests/s.
     minimum_calls: PositiveInt = 20
+    handoff: HandoffConfig = msgspec.field(default_factory=HandoffConfig)  # a departing pod's backlog
 
 
 class ExtensionsConfig(Base):

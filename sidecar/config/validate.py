@@ -261,6 +261,15 @@ def _check_fleet(fleet: schema.FleetConfig, errors: list[str]) -> None:
     if not 0.001 <= fleet.command_timeout <= 0.5:
         errors.append(f"{base}.command_timeout: must be between 1ms and 500ms, so that the sidecar falls back "
                       f"to its local state within 1s (got {float(fleet.command_timeout)}s)")
+    handoff = fleet.handoff
+    if handoff.claim_timeout < 1:
+        errors.append(f"{base}.handoff.claim_timeout: must be at least 1s, longer than one delivery attempt "
+                      f"(got {float(handoff.claim_timeout)}s)")
+    if not 0.05 <= handoff.claim_interval <= 60:
+        errors.append(f"{base}.handoff.claim_interval: must be between 50ms and 60s "
+                      f"(got {float(handoff.claim_interval)}s)")
+    if handoff.timeout < 0:
+        errors.append(f"{base}.handoff.timeout: must not be negative (got {float(handoff.timeout)}s)")
 
 
 def check_pipelines(pipelines: dict[str, schema.PipelineConfig], receivers: set[str], processors: set[str],

@@ -15,6 +15,7 @@ import random
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
+from typing import Protocol
 
 from google.protobuf.message import Message
 
@@ -43,7 +44,7 @@ from sidecar.pipeline.degrade import (
     shed_traces,
 )
 from sidecar.queue.base import Lease, ManagedSendingQueue, QueueFull, QueueStorageError
-from sidecar.queue.deadletter import DeadLetterStore, Evicted
+from sidecar.queue.deadletter import DeadLetter, DeadLetterStore, Evicted
 from sidecar.queue.deadletter_fallback import FallbackDeadLetters
 from sidecar.queue.factory import open_dead_letters, open_queue
 from sidecar.queue.fallback import STORAGE_REASONS, StorageFallbackQueue
@@ -69,6 +70,16 @@ def resident_memory_bytes() -> int | None:
             return int(statm.read().split()[1]) * 4096
     except (OSError, ValueError, IndexError):
         return None
+
+
+class BacklogHandoff(Protocol):
+    """Fleet mode (sidecar/fleet/handoff.py): where a stopping exporter moves what it could not deliver."""
+
+    reserve: float  # seconds of the shutdown budget kept for `hand_off` (the drain gets the rest)
+
+    async def hand_off(self, exporter: Exporter, seconds: float) -> None:
+        """Move the queue's entries, then the dead letters, oldest first, within `seconds`; an entry
+        leaves the local store only once the fleet confirmed it."""
 
 
 def build_transports(name: str, config: ExporterConfig) -> list[Transport]:
@@ -110,6 +121,7 @@ class Exporter:
         self._gathering = asyncio.Lock()
         # Entries of a merged request that failed permanently: each goes again on its own (see `_settle`).
         self._send_alone: set[QueueEntry] = set()
+        self.handoff: BacklogHandoff | None = None  # fleet mode with handoff: set by the fleet
         events.exporter_added(name)
 
     # ------------------------------------------------------------------ lifecycle
@@ -151,9 +163,20 @@ class Exporter:
     async def shutdown(self, timeout: float) -> None:
         """Drain for up to `timeout`; persist (disk) or count as dropped (memory) what is left."""
         self.accepting = False
+        # With a handoff, part of the budget is kept for it (at most half): an upstream that is down
+        # would otherwise take the whole budget for a drain that cannot finish.
+        reserve = min(self.handoff.reserve, timeout / 2) if self.handoff is not None else 0.0
         if self.queue is not None:
-            drained = await self.queue.wait_empty(timeout)
+            started = self.clock.monotonic()
+            drained = await self._drain(timeout - reserve)
             await cancel_and_wait(self.consumers)
+            if self.handoff is not None and (not drained or (self.dead_letters and self.dead_letters.count)):
+                try:
+                    await self.handoff.hand_off(self, timeout - (self.clock.monotonic() - started))
+                except Exception:  # a failed handoff must not skip the rest: what is left is kept or counted
+                    log.exception("handoff failed; what is left stays in the local queue",
+                                  extra={"exporter": self.name})
+                drained = not self.queue.count
             if not drained and isinstance(self.queue, TieredQueue):
                 persisted = await self.queue.persist_memory()  # storage is there: keep what memory held
                 log.warning("shutdown: requests left in the queue kept on disk, replayed on next start",
@@ -178,6 +201,65 @@ class Exporter:
         await cancel_and_wait(self._housekeeping)
         if self.dead_letters is not None:
             await self.dead_letters.close()
+
+    async def _drain(self, seconds: float) -> bool:
+        """Wait up to `seconds` for the queue to empty. With a handoff, stop early once no endpoint takes
+        calls (the breakers are open: an outage): the handoff gets the rest of the shutdown budget."""
+        assert self.queue is not None
+        if self.handoff is None:
+            return await self.queue.wait_empty(seconds)
+        deadline = self.clock.monotonic() + seconds
+        while True:
+            if await self.queue.wait_empty(max(0.0, min(0.25, deadline - self.clock.monotonic()))):
+                return True
+            if self.clock.monotonic() >= deadline or not self.sender.ready_now():
+                return False
+
+    async def take_handed_off(self, entry: QueueEntry, dead: DeadLetter | None) -> bool:
+        """Fleet handoff: an entry another sidecar handed off, claimed by this one. True once this sidecar
+        is responsible for it (upstream accepted it, or it is in this sidecar's own dead letters or queue),
+        so the fleet may forget it; False to try again later (it stays claimed in Redis)."""
+        assert self.dead_letters is not None
+        if dead is not None:  # a dead letter is kept for inspection and replay, never sent again here
+            self._count_evicted(await self.dead_letters.add(entry, dead.classification, dead.message,
+                                                            dead.dead_at, rejected_items=dead.rejected_items))
+            return True
+        return await self._settle_handed_off(entry, await self.sender.send(entry), [entry])
+
+    async def take_handed_off_batch(self, entries: list[QueueEntry]) -> list[bool]:
+        """Several claimed entries of one signal and metadata sent as one upstream request, as the batcher
+        merges queued ones (`take_handed_off` for what `True` means, per entry)."""
+        merged = merge_entries(entries)
+        report = await self.sender.send(merged)
+        if not report.parts and report.verdict is Verdict.DEAD_LETTER and report.reason in (Reason.PERMANENT,
+                                                                                          Reason.FATAL):
+            # May be one entry's fault (as in `_settle`): each gets the verdict it would have had alone.
+            return [await self.take_handed_off(entry, None) for entry in entries]
+        return [await self._settle_handed_off(merged, report, entries)] * len(entries)
+
+    async def _settle_handed_off(self, entry: QueueEntry, report: SendReport, originals: list[QueueEntry]) -> bool:
+        """Act on the report for a claimed `entry` (the merge of `originals`, or one of them)."""
+        if report.verdict is Verdict.REQUEUE and not report.parts:
+            return False
+        requeue = [part.entry for part in report.outcomes(entry) if part.report.verdict is Verdict.REQUEUE]
+        if requeue:
+            if self.queue is None:
+                return False  # nowhere to keep the rest: send the whole entry again later (duplicates, no loss)
+            try:
+                for piece in requeue:
+                    await self.queue.put(piece)
+            except QueueFull:
+                return False
+        delivered = []
+        for part in report.outcomes(entry):
+            if part.report.verdict is Verdict.DEAD_LETTER:
+                await self._dead_letter(part.entry, part.report)
+            elif part.report.verdict is Verdict.DELIVERED:
+                if part.report.rejected:
+                    await self._dead_letter_partial(part.entry, part.report)
+                delivered.append(part.entry)
+        self._delivered(originals if not report.parts and report.verdict is Verdict.DELIVERED else delivered)
+        return True
 
     def _spill_event(self, event: Callable[[str, str, int], None], entry: QueueEntry) -> None:
         event(self.name, entry.signal.value, entry.items)

@@ -9,5 +9,6 @@ fleet mode.
 Modules: `keys` (names in Redis), `scripts` (the Lua that makes each step atomic), `connection`
 (the client, up/down tracking, reconnect with backoff), `view` (pure decisions: the lease, the gate),
 `breaker` (shared breaker and probing per endpoint), `budget` (fleet retry budget), `membership`
-(heartbeats and `status --fleet`), `fleet` (assembly and lifecycle).
+(heartbeats and `status --fleet`), `fleet` (assembly and lifecycle), `handoff` (a departing sidecar's
+backlog delivered by the others; with `handoff_codec`, `handoff_status` and `leftbehind`).
 """

@@ -54,8 +54,10 @@ def redacted(url: str) -> str:
     return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
 
 
-def make_client(config: FleetConfig, timeout: float) -> aioredis.Redis:
-    """A redis-py asyncio client that never retries by itself (we decide what a failure means)."""
+def make_client(config: FleetConfig, timeout: float, decode_responses: bool = True) -> aioredis.Redis:
+    """A redis-py asyncio client that never retries by itself (we decide what a failure means).
+
+    `decode_responses=False` for binary payloads (the handoff streams): same endpoint, TLS and AUTH."""
     return aioredis.Redis.from_url(
         config.endpoint,
         password=config.password or None,  # "" (an unset ${env:X:-}) means no AUTH, not AUTH ""
@@ -63,7 +65,7 @@ def make_client(config: FleetConfig, timeout: float) -> aioredis.Redis:
         socket_connect_timeout=timeout,
         retry=Retry(NoBackoff(), 0),
         health_check_interval=0,
-        decode_responses=True,
+        decode_responses=decode_responses,
     )
 
 

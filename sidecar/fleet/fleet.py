@@ -9,10 +9,11 @@ import logging
 import os
 import socket
 from collections.abc import Callable, Coroutine
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sidecar.config.schema import FleetConfig
 from sidecar.core.clock import Clock
+from sidecar.core.signals import Signal
 from sidecar.core.tasks import cancel_and_wait
 from sidecar.exporters.sender import Sender
 from sidecar.fleet.breaker import FleetScripts, SharedBreaker, parse_message
@@ -22,6 +23,10 @@ from sidecar.fleet.keys import Keys
 from sidecar.fleet.membership import Heartbeat, Snapshot
 from sidecar.fleet.view import EvidenceRule
 from sidecar.telemetry.events import Events
+
+if TYPE_CHECKING:
+    from sidecar.exporters.exporter import Exporter
+    from sidecar.fleet.handoff import Handoff
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +56,11 @@ class Fleet:
                                    self.keys, events, snapshot, endpoints=lambda: list(self.breakers))
         self._tasks: list[asyncio.Task[None]] = []
         self.conn.on_connected.append(self._resync)
+        self.handoff: Handoff | None = None
+        if config.handoff.enabled:
+            from sidecar.fleet.handoff import Handoff
+
+            self.handoff = Handoff(config, self.conn, self.keys, self.instance, events, clock)
         events.fleet_members(0)
 
     def attach(self, exporter: str, sender: Sender) -> None:
@@ -72,6 +82,11 @@ class Fleet:
             chain.shared_budget = budget
             self._events.fleet_endpoint_added(exporter, chain.name)
 
+    def attach_handoff(self, exporter: Exporter, signals: set[Signal]) -> None:
+        """The exporter hands its backlog to the fleet when it stops, and delivers others' (handoff on)."""
+        if self.handoff is not None:
+            self.handoff.attach(exporter, signals)
+
     # ------------------------------------------------------------ lifecycle
 
     def start(self) -> None:
@@ -82,6 +97,13 @@ class Fleet:
         loops += [(f"fleet-breaker {name}", shared.run) for name, shared in self.breakers.items()]
         loop = asyncio.get_running_loop()
         self._tasks = [loop.create_task(run(), name=name) for name, run in loops]
+        if self.handoff is not None:
+            self.handoff.start()
+
+    async def stop_claiming(self) -> None:
+        """Shutdown begins: claim no more handed-off entries (the exporters stop next)."""
+        if self.handoff is not None:
+            await self.handoff.stop_claiming()
 
     async def stop(self) -> None:
         """Leave the fleet (free leases, drop the heartbeat) while Redis answers, then stop everything."""
@@ -92,6 +114,8 @@ class Fleet:
         except Exception:  # leaving is a courtesy; the TTLs clean up after a sidecar that could not
             log.exception("leaving the fleet failed")
         await cancel_and_wait(self._tasks)
+        if self.handoff is not None:
+            await self.handoff.close()
         for shared in self.breakers.values():
             await shared.stop()
         await self.conn.stop()

@@ -41,3 +41,25 @@ class Keys:
 
     def member(self, instance: str) -> str:
         return f"{self.prefix}member:{instance}"
+
+    # Handoff (sidecar/fleet/handoff.py): one stream and one byte counter per endpoint, always used together
+    # (in one script), never with another endpoint's keys.
+
+    def handoff(self, endpoint: str, signal: str) -> str:
+        """Stream of the entries of one signal that departed sidecars handed off for the endpoint (consumer
+        group `deliver`): one per signal, so a member claims only what it exports to that endpoint itself."""
+        return f"{self.prefix}handoff:{endpoint}:{signal}"
+
+    def handoff_bytes(self, endpoint: str) -> str:
+        """Payload bytes held in the endpoint's handoff stream (the fleet-wide budget's share of it)."""
+        return f"{self.prefix}handoff-bytes:{endpoint}"
+
+    @property
+    def handoff_endpoints(self) -> str:
+        """Set: the endpoints that have (or had) a handoff stream; the budget sums their byte counters."""
+        return f"{self.prefix}handoff-endpoints"
+
+    @property
+    def left_behind(self) -> str:
+        """Hash: volume id -> what a departed sidecar left on that volume (sidecar/fleet/leftbehind.py)."""
+        return f"{self.prefix}handoff-left"

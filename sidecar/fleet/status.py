@@ -1,4 +1,5 @@
-"""`python -m sidecar status --fleet [--json]`: the fleet as its heartbeats in Redis describe it.
+"""`python -m sidecar status --fleet [--json]`: the fleet as its heartbeats in Redis describe it, and the
+handoff backlog per endpoint (sidecar/fleet/handoff_status.py).
 
 Where: `--redis URL` (default `$SIDECAR_FLEET_ENDPOINT`), or `--config FILE` to take
 `extensions.fleet` (endpoint, password, key_prefix) from a sidecar's own configuration.
@@ -11,6 +12,7 @@ import asyncio
 import json
 import os
 import sys
+import time
 from dataclasses import asdict, dataclass
 from typing import Any, cast
 
@@ -20,6 +22,7 @@ import redis.asyncio as aioredis
 from sidecar.config.schema import FleetConfig
 from sidecar.fleet.connection import FAILURES, make_client, redacted
 from sidecar.fleet.fleet import evidence_rule
+from sidecar.fleet.handoff_status import Backlog, backlog_json, backlog_lines, read_backlogs
 from sidecar.fleet.keys import Keys
 from sidecar.fleet.membership import Member, read_members
 from sidecar.fleet.view import MAX_WINDOW, EvidenceRule
@@ -119,6 +122,16 @@ async def fetch(config: FleetConfig) -> tuple[list[Member], list[EndpointState]]
         await client.aclose()
 
 
+async def fetch_backlogs(config: FleetConfig, endpoints: list[str]) -> list[Backlog]:
+    """The handoff backlog per endpoint (sidecar/fleet/handoff.py); binary replies: entries carry payloads."""
+    client = make_client(config, TIMEOUT, decode_responses=False)
+    try:
+        async with asyncio.timeout(TIMEOUT):
+            return await read_backlogs(client, Keys(config.key_prefix), endpoints, time.time())
+    finally:
+        await client.aclose()
+
+
 def as_json(config: FleetConfig, members: list[Member], endpoints: list[EndpointState]) -> dict[str, Any]:
     return {"redis": redacted(config.endpoint), "key_prefix": config.key_prefix,
             "members": [{"instance": m.instance, "heartbeat_age": round(m.age, 3),
@@ -164,11 +177,13 @@ def run(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     try:
         members, endpoints = asyncio.run(fetch(config))
+        backlogs = asyncio.run(fetch_backlogs(config, [e.endpoint for e in endpoints]))
     except FAILURES as exc:
         print(f"otlp-sidecar: fleet store {redacted(config.endpoint)} unreachable: {exc}", file=sys.stderr)
         return EXIT_UNAVAILABLE
     if args.json:
-        print(json.dumps(as_json(config, members, endpoints), indent=2, sort_keys=True))
+        print(json.dumps({**as_json(config, members, endpoints), "handoff": backlog_json(backlogs)},
+                         indent=2, sort_keys=True))
     else:
-        print(as_table(config, members, endpoints))
+        print(as_table(config, members, endpoints) + ("\n\n" + "\n".join(backlog_lines(backlogs)) if backlogs else ""))
     return 0

@@ -428,3 +428,52 @@ class Events:
         self.metrics.fleet_evidence_opens.labels(endpoint)
         for old, new in BREAKER_TRANSITIONS:
             self.metrics.breaker_transitions.labels(exporter, endpoint, old, new, "fleet")
+
+    # -------------------------------------------------------------- fleet handoff (extensions.fleet.handoff)
+
+    def handoff_endpoint_added(self, endpoint: str, signals: Iterable[Signal]) -> None:
+        """Known label sets start at 0."""
+        for signal in signals:
+            for counter in (self.metrics.handoff_handed_off, self.metrics.handoff_claimed,
+                            self.metrics.handoff_delivered):
+                self._child(counter, endpoint, signal.value)
+        for gauge in (self.metrics.handoff_backlog_bytes, self.metrics.handoff_backlog_entries,
+                      self.metrics.handoff_backlog_oldest_age):
+            self._child(gauge, endpoint)
+
+    def handoff_handed_off(self, endpoint: str, signal: str, items: int) -> None:
+        self._child(self.metrics.handoff_handed_off, endpoint, signal).inc(items)
+
+    def handoff_claimed(self, endpoint: str, signal: str, items: int) -> None:
+        self._child(self.metrics.handoff_claimed, endpoint, signal).inc(items)
+        total = self._due(("handoff_claimed", endpoint, signal), items)
+        if total:
+            log.info("handed-off entries claimed for delivery", extra={
+                "event": "handoff_claimed", "endpoint": endpoint, "signal": signal, "items_since_last_log": total})
+
+    def handoff_delivered(self, endpoint: str, signal: str, items: int) -> None:
+        self._child(self.metrics.handoff_delivered, endpoint, signal).inc(items)
+
+    def handoff_backlog(self, endpoint: str, nbytes: int, entries: int, oldest_age: float) -> None:
+        self._child(self.metrics.handoff_backlog_bytes, endpoint).set(nbytes)
+        self._child(self.metrics.handoff_backlog_entries, endpoint).set(entries)
+        self._child(self.metrics.handoff_backlog_oldest_age, endpoint).set(oldest_age)
+
+    def handoff_departed(self, exporter: str, endpoint: str, entries: int, items: int, dead_letters: int,
+                         left_entries: int, left_items: int, why: str, seconds: float) -> None:
+        """One line per exporter at shutdown: what went to the fleet, what stayed in the local stores and why."""
+        level = logging.WARNING if left_entries else logging.INFO
+        log.log(level, "shutdown: backlog handed off to the fleet" + (
+            "; the rest stays in the local queue" if left_entries else ""), extra={
+            "event": "handoff", "exporter": exporter, "endpoint": endpoint, "handed_off_requests": entries,
+            "handed_off_items": items, "handed_off_dead_letters": dead_letters, "left_requests": left_entries,
+            "left_items": left_items, "why_left": why, "seconds": round(seconds, 3)})
+
+    def handoff_left_behind_lost(self, volume: str, instance: str, items: dict[str, int], requests: int,
+                                 why_left: str, why_lost: str) -> None:
+        """A departed sidecar's volume is gone with what the handoff left on it: counted once, here."""
+        for signal, count in items.items():
+            self.dropped(signal, DropReason.SHUTDOWN, count, f"left on volume {volume} by {instance}: {why_lost}")
+        log.error("handoff: entries left on a departed sidecar's volume are lost", extra={
+            "event": "handoff_left_behind_lost", "volume": volume, "instance": instance, "lost_requests": requests,
+            "lost_items": sum(items.values()), "items_by_signal": items, "why_left": why_left, "why_lost": why_lost})

@@ -102,6 +102,26 @@ class Metrics:
             "sidecar_fleet_evidence_opens", "Fleet-wide opens decided by this sidecar's failure report completing "
             "the fleet's evidence (failure_ratio of its calls in a short window, from two sidecars at least)",
             ["endpoint"], registry=r)
+        # Fleet handoff (extensions.fleet.handoff): a departing sidecar's backlog delivered by the others
+        self.handoff_handed_off = Counter("sidecar_handoff_handed_off_items",
+                                          "Items this sidecar moved to the fleet's Redis when it stopped",
+                                          ["endpoint", "signal"], registry=r)
+        self.handoff_claimed = Counter("sidecar_handoff_claimed_items",
+                                       "Handed-off items this sidecar claimed for delivery (takeovers included)",
+                                       ["endpoint", "signal"], registry=r)
+        self.handoff_delivered = Counter("sidecar_handoff_delivered_items",
+                                         "Handed-off items this sidecar delivered upstream",
+                                         ["endpoint", "signal"], registry=r)
+        self.handoff_backlog_bytes = Gauge("sidecar_handoff_backlog_bytes",
+                                           "Payload bytes waiting in the fleet's handoff streams of the endpoint",
+                                           ["endpoint"], registry=r)
+        self.handoff_backlog_entries = Gauge("sidecar_handoff_backlog_entries",
+                                             "Requests waiting in the fleet's handoff streams of the endpoint",
+                                             ["endpoint"], registry=r)
+        self.handoff_backlog_oldest_age = Gauge(
+            "sidecar_handoff_backlog_oldest_age_seconds",
+            "Age of the oldest handed-off request waiting (since its client's acknowledgement); 0 when none",
+            ["endpoint"], registry=r)
         self.export_duration = Histogram(
             "sidecar_export_duration_seconds", "Duration of one upstream export attempt",
             ["exporter", "endpoint", "outcome"], registry=r,

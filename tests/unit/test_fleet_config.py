@@ -112,3 +112,27 @@ def test_probe_cadence_and_evidence_rule_reach_the_shared_breakers() -> None:
     shared = fleet.breakers["a:4317"]
     assert shared.probe_interval == 0.5 and shared.rule == EvidenceRule(failure_ratio=0.5, minimum_calls=40)
     assert any("failure_ratio" in e for e in errors('{endpoint: "redis://h:6379/0", failure_ratio: 0}'))
+
+
+def test_handoff_is_on_by_default_with_its_budget_and_timeouts() -> None:
+    fleet = load('{endpoint: "redis://127.0.0.1:6379/0"}').extensions.fleet
+    assert fleet is not None
+    handoff = fleet.handoff
+    assert handoff.enabled and handoff.max_mib == 256.0
+    assert (float(handoff.timeout), float(handoff.claim_timeout), float(handoff.claim_interval),
+            float(handoff.left_behind_timeout)) == (10.0, 30.0, 1.0, 600.0)
+    custom = load('{endpoint: "redis://r:6379/0", handoff: {enabled: false, max_mib: 64, timeout: 5s, '
+                  'claim_timeout: 10s, claim_interval: 250ms, left_behind_timeout: 1h}}').extensions.fleet
+    assert custom is not None and not custom.handoff.enabled and custom.handoff.max_mib == 64
+    assert float(custom.handoff.left_behind_timeout) == 3600.0
+
+
+@pytest.mark.parametrize(("handoff", "expected"), [
+    ("{claim_timeout: 500ms}", "extensions.fleet.handoff.claim_timeout"),
+    ("{claim_interval: 0s}", "extensions.fleet.handoff.claim_interval"),
+    ("{max_mib: 0}", "max_mib"),
+    ("{claim: 1s}", "claim"),
+])
+def test_bad_handoff_values_name_the_key(handoff: str, expected: str) -> None:
+    found = errors('{endpoint: "redis://r:6379/0", handoff: ' + handoff + "}")
+    assert any(expected in error for error in found), found

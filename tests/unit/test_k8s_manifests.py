@@ -114,10 +114,10 @@ def _probe_port(container: dict[str, Any], probe: str) -> tuple[str, int]:
 
 def test_every_manifest_is_valid_for_the_pinned_kubernetes_version() -> None:
     docs = _documents()
-    assert {name for name, _ in docs} == {"sidecar-configmap.yaml", "collector.yaml", *DEPLOYMENTS}
+    assert {name for name, _ in docs} == {"sidecar-configmap.yaml", "collector.yaml", "redis.yaml", *DEPLOYMENTS}
     kinds = sorted(doc["kind"] for _, doc in docs)
     assert kinds == ["ConfigMap", "ConfigMap", "Deployment", "Deployment", "Deployment", "PodDisruptionBudget",
-                     "Service"]
+                     "Service", "Service", "StatefulSet"]
     for name, doc in docs:
         try:
             kubernetes_validate.validate(doc, KUBERNETES_VERSION, strict=True)
@@ -206,6 +206,17 @@ def test_sidecar_pod_matches_its_config(file_name: str, tmp_path: Path) -> None:
         pre_stop = float(match.group(1))
     grace = pod["terminationGracePeriodSeconds"]
     assert grace > float(config.service.shutdown_timeout) + pre_stop + 5, "the kubelet would SIGKILL mid-drain"
+
+    # Fleet mode hands the backlog off within shutdown_timeout: its share leaves the drain at least half,
+    # and the fleet's Redis is the Service of redis.yaml, with an append-only file on a persistent volume.
+    fleet = config.extensions.fleet
+    assert fleet is not None and "fleet" in config.service.extensions and fleet.handoff.enabled
+    assert 0 < float(fleet.handoff.timeout) <= float(config.service.shutdown_timeout) / 2
+    redis_service = _find("Service", "otlp-sidecar-redis")
+    assert fleet.endpoint == f"redis://{redis_service['metadata']['name']}:{redis_service['spec']['ports'][0]['port']}/0"
+    redis = _find("StatefulSet", "otlp-sidecar-redis")
+    args = " ".join(redis["spec"]["template"]["spec"]["containers"][0]["args"])
+    assert "--appendonly yes" in args and redis["spec"]["volumeClaimTemplates"]
 
 
 @pytest.mark.parametrize("file_name", sorted(DEPLOYMENTS))
