@@ -446,16 +446,22 @@ class AdminConfig(Base):
 
 
 class HandoffConfig(Base):
-    """A departing sidecar's backlog handed to the fleet through Redis (DESIGN.md §9, sidecar/fleet/handoff.py)."""
+    """Handoff: on shutdown, what the drain could not deliver is moved to the fleet's Redis and the other
+    sidecars deliver it, so a deleted pod's queue is not lost (docs/operations.md, DESIGN.md §9)."""
 
-    enabled: bool = True  # fleet mode hands off by default; false: what is left stays local as without fleet mode
-    # The fleet-wide bound on handed-off payload bytes in Redis, summed over every endpoint's stream.
+    # On with fleet mode: this sidecar hands off its backlog when it stops and delivers others' handoffs.
+    # false: neither; what the drain leaves stays in the local queue, as without fleet mode.
+    enabled: bool = True
+    # The fleet-wide bound on handed-off payload bytes in Redis, summed over every endpoint's stream; what does
+    # not fit stays in the local queue. Size Redis's maxmemory above it (each request costs ~200 bytes more).
     max_mib: PositiveFloat = 256.0
-    # The part of service.shutdown_timeout kept for the handoff (the drain gets the rest); at most half of it.
+    # The part of service.shutdown_timeout kept for the handoff (the drain gets the rest), capped at half of it.
+    # When every breaker is open the drain stops at once and the handoff gets the whole rest.
     timeout: Duration = Duration(10.0)
     # A claimed entry idle this long (its claimer died or hung) is taken over by another member (XAUTOCLAIM).
     claim_timeout: Duration = Duration(30.0)
-    # How often a live member looks for handed-off entries of the endpoints it exports to.
+    # How often a live member looks for handed-off entries of the endpoints it exports to (while idle; it
+    # goes on at once while it has entries to deliver).
     claim_interval: Duration = Duration(1.0)
     # Entries left on a departed sidecar's volume (budget full, Redis away, out of time) are counted as dropped
     # (reason shutdown) when no sidecar has come back with that volume within this long (or sooner, when the
@@ -488,7 +494,7 @@ class FleetConfig(Base):
     # Sets the evidence window: the time the fleet takes to make about this many calls to the endpoint
     # (50 ms to 5 s). With the defaults the fleet opens after 5 failures below 400 requests/s.
     minimum_calls: PositiveInt = 20
-    handoff: HandoffConfig = msgspec.field(default_factory=HandoffConfig)  # a departing pod's backlog
+    handoff: HandoffConfig = msgspec.field(default_factory=HandoffConfig)
 
 
 class ExtensionsConfig(Base):
