@@ -15,10 +15,10 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import msgspec
-import redis.asyncio as aioredis
 
 from sidecar.config.schema import FleetConfig
-from sidecar.fleet.connection import FAILURES, make_client, redacted
+from sidecar.fleet.client import FleetClient, describe, make_client
+from sidecar.fleet.connection import FAILURES
 from sidecar.fleet.keys import Keys
 from sidecar.fleet.membership import Member, read_members
 from sidecar.fleet.view import EVIDENCE_WINDOW, failure_quorum
@@ -77,7 +77,7 @@ def endpoints_of(members: list[Member]) -> list[str]:
     return sorted(names)
 
 
-async def read_endpoints(client: aioredis.Redis, keys: Keys, endpoints: list[str]) -> list[EndpointState]:
+async def read_endpoints(client: FleetClient, keys: Keys, endpoints: list[str]) -> list[EndpointState]:
     seconds, micros = await client.time()
     now_ms = int(seconds) * 1000 + int(micros) // 1000
     states = []
@@ -108,7 +108,7 @@ async def fetch(config: FleetConfig) -> tuple[list[Member], list[EndpointState]]
 
 
 def as_json(config: FleetConfig, members: list[Member], endpoints: list[EndpointState]) -> dict[str, Any]:
-    return {"redis": redacted(config.endpoint), "key_prefix": config.key_prefix,
+    return {"redis": describe(config), "key_prefix": config.key_prefix,
             "members": [{"instance": m.instance, "heartbeat_age": round(m.age, 3),
                          **{k: v for k, v in m.info.items() if k != "instance"}} for m in members],
             "endpoints": {e.endpoint: {k: v for k, v in asdict(e).items() if k != "endpoint"} for e in endpoints}}
@@ -127,7 +127,7 @@ def endpoint_lines(endpoints: list[EndpointState]) -> list[str]:
 
 
 def as_table(config: FleetConfig, members: list[Member], endpoints: list[EndpointState]) -> str:
-    lines = [f"fleet at {redacted(config.endpoint)} (prefix {config.key_prefix}): {len(members)} member(s)", ""]
+    lines = [f"fleet at {describe(config)} (prefix {config.key_prefix}): {len(members)} member(s)", ""]
     header = f"{'INSTANCE':<28} {'AGE':>6} {'VERSION':<9} {'EXPORTER':<18} {'QUEUE':>11} {'LVL':>3}  BREAKERS"
     lines.append(header)
     for member in members:
@@ -153,7 +153,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         members, endpoints = asyncio.run(fetch(config))
     except FAILURES as exc:
-        print(f"otlp-sidecar: fleet store {redacted(config.endpoint)} unreachable: {exc}", file=sys.stderr)
+        print(f"otlp-sidecar: fleet store {describe(config)} unreachable: {exc}", file=sys.stderr)
         return EXIT_UNAVAILABLE
     if args.json:
         print(json.dumps(as_json(config, members, endpoints), indent=2, sort_keys=True))

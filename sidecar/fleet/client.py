@@ -1,0 +1,105 @@
+"""The redis-py asyncio client for the configured Redis: one server, Sentinel or Cluster.
+
+Failover is redis-py's, never ours: with Sentinel, `SentinelConnectionPool` asks the sentinels for the
+primary on every new connection and drops a connection whose server was demoted (READONLY -> a
+ConnectionError); with Cluster, `RedisCluster` follows MOVED/ASK and refreshes its slot map after a
+node error. The fleet's connection (sidecar/fleet/connection.py) only has to treat the error as "down
+for now" and try again, which it does for every mode alike.
+
+The clients never retry by themselves beyond what following a topology change needs: every fleet
+command is bounded by a short timeout, and a failed one means "decide locally", not "try harder".
+"""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import redis.asyncio as aioredis
+from redis.asyncio.cluster import ClusterNode, RedisCluster
+from redis.asyncio.retry import Retry
+from redis.asyncio.sentinel import Sentinel
+from redis.backoff import NoBackoff
+
+from sidecar.config.schema import FleetConfig, FleetTLSConfig
+
+FleetClient = aioredis.Redis | RedisCluster
+
+# A command that meets a MOVED reply, or a node that just failed over, is sent once more to the node
+# the refreshed slot map names; the command's own timeout still bounds the whole.
+CLUSTER_ATTEMPTS = 2
+
+
+def redacted(url: str) -> str:
+    """The endpoint for logs and status, without its password."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = f"{parts.username or ''}:***@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+
+
+def describe(config: FleetConfig) -> str:
+    """Where the fleet's Redis is, for logs and `status --fleet` (no password)."""
+    if config.sentinel is not None:
+        return f"sentinel://{','.join(config.sentinel.addresses)}/{config.sentinel.master_name}"
+    if config.cluster is not None:
+        return f"cluster://{','.join(config.cluster.nodes)}"
+    return redacted(config.endpoint or "")
+
+
+def host_port(address: str) -> tuple[str, int]:
+    """`host:port` (validated by sidecar/config/validate.py) as redis-py wants it; [v6] loses its brackets."""
+    host, _, port = address.rpartition(":")
+    return host.strip("[]"), int(port)
+
+
+def tls_options(tls: FleetTLSConfig | None) -> dict[str, Any]:
+    """redis-py's ssl_* keywords for `extensions.fleet.tls` (empty: no TLS)."""
+    if tls is None:
+        return {}
+    options: dict[str, Any] = {"ssl": True, "ssl_ca_certs": tls.ca_file}
+    if tls.insecure_skip_verify:
+        options.update(ssl_cert_reqs="none", ssl_check_hostname=False)
+    return options
+
+
+def _common(config: FleetConfig, timeout: float) -> dict[str, Any]:
+    return {"password": config.password or None,  # "" (an unset ${env:X:-}) means no AUTH, not AUTH ""
+            "socket_timeout": timeout, "socket_connect_timeout": timeout, "health_check_interval": 0,
+            "decode_responses": True}
+
+
+def make_client(config: FleetConfig, timeout: float) -> FleetClient:
+    """A redis-py asyncio client for the configured mode, with `timeout` on every socket operation."""
+    if config.sentinel is not None:
+        return _sentinel_client(config, timeout)
+    if config.cluster is not None:
+        return RedisCluster(startup_nodes=[ClusterNode(*host_port(a)) for a in config.cluster.nodes],
+                            retry=Retry(NoBackoff(), CLUSTER_ATTEMPTS - 1),
+                            **_common(config, timeout), **tls_options(config.tls))
+    return aioredis.Redis.from_url(config.endpoint or "", retry=Retry(NoBackoff(), 0), **_common(config, timeout))
+
+
+def _sentinel_client(config: FleetConfig, timeout: float) -> aioredis.Redis:
+    sentinel = config.sentinel
+    assert sentinel is not None
+    sentinel_options: dict[str, Any] = {"password": sentinel.password or None, "socket_timeout": timeout,
+                                        "socket_connect_timeout": timeout, "retry": Retry(NoBackoff(), 0),
+                                        "decode_responses": True}
+    if sentinel.tls:
+        sentinel_options |= tls_options(config.tls or FleetTLSConfig())
+    manager = Sentinel([host_port(a) for a in sentinel.addresses], sentinel_kwargs=sentinel_options,
+                       retry=Retry(NoBackoff(), 0), db=sentinel.db, **_common(config, timeout),
+                       **tls_options(config.tls))
+    client: aioredis.Redis = manager.master_for(sentinel.master_name)
+    return client
+
+
+async def ping(client: FleetClient) -> None:
+    """The supervisor's liveness check. In a cluster every primary must answer: one that does not holds
+    some endpoints' slots, and its failover is noticed here (redis-py refreshes its slot map after it)."""
+    if isinstance(client, RedisCluster):
+        await client.ping(target_nodes=RedisCluster.PRIMARIES)
+    else:
+        await client.ping()
