@@ -46,8 +46,12 @@ class Keys:
         return self._endpoint(endpoint, "probe-lease")
 
     def evidence(self, endpoint: str) -> str:
-        """Hash: instance -> when (Redis time, ms) it last reported a failure streak on the endpoint."""
-        return self._endpoint(endpoint, "failing")
+        """Sorted set of failure reports on the endpoint (``instance
+seq
+failures``), scored by Redis
+        time in ms (sidecar/fleet/scripts.py EVIDENCE). Named apart from the hash of earlier versions, so a
+        fleet in the middle of a rolling upgrade never meets a key of the wrong type."""
+        return self._endpoint(endpoint, "failures")
 
     def endpoint_members(self, endpoint: str) -> str:
         """Sorted set: instance -> expiry of its heartbeat, for the sidecars that send to the endpoint."""
