@@ -31,6 +31,7 @@ from tests.integration.test_fleet import (
     Traffic,
     acknowledged,
     clients_of,
+    fleet_status,
     transitions,
 )
 from tests.polling import eventually
@@ -136,6 +137,10 @@ def test_primary_failover_mid_outage_loses_nothing_and_the_fleet_shares_again(
             finally:
                 store.close()
             time.sleep(1.0)  # the outage goes on after the failover; clients keep sending
+        # `status --fleet` reads the same Redis through the sidecar's own config (Sentinel or Cluster).
+        listing = fleet_status(sidecars[0])
+        assert [m["instance"] for m in listing["members"]] == ["s0", "s1", "s2"]
+        assert listing["endpoints"][endpoint]["state"] == "open"
         print(f"\n[fleet-ha] {type(ha_redis).__name__}: failover {took:.2f}s, all sidecars connected "
               f"{reconnected:.2f}s after it")
         assert all(c.acknowledged for c in clients), "a sidecar stopped accepting data"
