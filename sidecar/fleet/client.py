@@ -6,6 +6,12 @@ ConnectionError); with Cluster, `RedisCluster` follows MOVED/ASK and refreshes i
 node error. The fleet's connection (sidecar/fleet/connection.py) only has to treat the error as "down
 for now" and try again, which it does for every mode alike.
 
+One gap is left to us: after SENTINEL FAILOVER the old primary keeps answering as a primary for seconds
+before the sentinels demote it, and redis-py asks the sentinels only when it opens a connection, so an
+open connection would go on writing to the old primary (writes the demotion then discards). The fleet's
+connection therefore asks the sentinels every `SENTINEL_CHECK_INTERVAL` (`moved_primary`) and, when the
+primary moved, drops every connection and resyncs as after any reconnect.
+
 The clients never retry by themselves beyond what following a topology change needs: every fleet
 command is bounded by a short timeout, and a failed one means "decide locally", not "try harder".
 """
@@ -18,7 +24,7 @@ from urllib.parse import urlsplit, urlunsplit
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.retry import Retry
-from redis.asyncio.sentinel import Sentinel
+from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
 from redis.backoff import NoBackoff
 
 from sidecar.config.schema import FleetConfig, FleetTLSConfig
@@ -28,6 +34,7 @@ FleetClient = aioredis.Redis | RedisCluster
 # A command that meets a MOVED reply, or a node that just failed over, is sent once more to the node
 # the refreshed slot map names; the command's own timeout still bounds the whole.
 CLUSTER_ATTEMPTS = 2
+SENTINEL_CHECK_INTERVAL = 1.0  # one SENTINEL MASTERS per sidecar per second, to a sentinel, not to Redis
 
 
 def redacted(url: str) -> str:
@@ -103,3 +110,18 @@ async def ping(client: FleetClient) -> None:
         await client.ping(target_nodes=RedisCluster.PRIMARIES)
     else:
         await client.ping()
+
+
+async def moved_primary(client: FleetClient) -> str | None:
+    """Sentinel mode: "host:port" of the primary when the sentinels name another than the one this client's
+    connections were opened to (they are all closed then: the next command reconnects to the new one);
+    None when it has not moved, or in the other modes."""
+    pool = client.connection_pool if isinstance(client, aioredis.Redis) else None
+    if not isinstance(pool, SentinelConnectionPool) or pool.master_address is None:
+        return None
+    current = await pool.sentinel_manager.discover_master(pool.service_name)
+    if tuple(current) == tuple(pool.master_address):
+        return None
+    await pool.disconnect()
+    pool.master_address = current
+    return f"{current[0]}:{current[1]}"

@@ -25,7 +25,7 @@ from redis.exceptions import RedisError
 from sidecar.config.schema import FleetConfig
 from sidecar.core.clock import Clock
 from sidecar.core.tasks import cancel_and_wait
-from sidecar.fleet.client import describe, make_client, ping
+from sidecar.fleet.client import SENTINEL_CHECK_INTERVAL, describe, make_client, moved_primary, ping
 from sidecar.telemetry.events import Events
 
 log = logging.getLogger(__name__)
@@ -60,6 +60,7 @@ class FleetConnection:
         self._changed = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self.reconnects = 0
+        self._next_primary_check = 0.0
 
     # ------------------------------------------------------------ commands
 
@@ -133,6 +134,7 @@ class FleetConnection:
         while True:
             if self.connected:
                 await self.call(lambda: ping(self.client))
+                await self._check_primary()
                 await self.wait_changed(PING_INTERVAL)
                 self._changed.clear()
                 continue
@@ -142,6 +144,17 @@ class FleetConnection:
             # Full jitter, so a fleet does not reconnect in lockstep after a Redis restart.
             await self._clock.sleep(self._rng.uniform(RECONNECT_MIN / 2, delay))
             delay = min(RECONNECT_MAX, delay * 2)
+
+    async def _check_primary(self) -> None:
+        """Sentinel mode: a primary that moved (SENTINEL FAILOVER) counts as a disconnect, so every user
+        resyncs with the new one and the pub/sub listener subscribes again (sidecar/fleet/client.py)."""
+        now = self._clock.monotonic()
+        if not self.connected or now < self._next_primary_check:
+            return
+        self._next_primary_check = now + SENTINEL_CHECK_INTERVAL
+        moved = await self.call(lambda: moved_primary(self.client))
+        if moved:
+            self.mark_down(f"the sentinels moved the primary to {moved}")
 
     async def _try_connect(self) -> bool:
         try:
