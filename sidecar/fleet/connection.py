@@ -152,7 +152,11 @@ class FleetConnection:
         if not self.connected or now < self._next_primary_check:
             return
         self._next_primary_check = now + SENTINEL_CHECK_INTERVAL
-        moved = await self.call(lambda: moved_primary(self.client))
+        try:
+            async with asyncio.timeout(BACKGROUND_TIMEOUT):
+                moved = await moved_primary(self.client)
+        except FAILURES:
+            return  # sentinels that do not answer say nothing about the primary, which the ping checks
         if moved:
             self.mark_down(f"the sentinels moved the primary to {moved}")
 
