@@ -91,8 +91,11 @@ def make_client(config: FleetConfig, timeout: float) -> FleetClient:
 def _sentinel_client(config: FleetConfig, timeout: float) -> aioredis.Redis:
     sentinel = config.sentinel
     assert sentinel is not None
-    sentinel_options: dict[str, Any] = {"password": sentinel.password or None, "socket_timeout": timeout,
-                                        "socket_connect_timeout": timeout, "retry": Retry(NoBackoff(), 0),
+    # The sentinels are asked one after the other until one answers: each gets its share of the bound, so
+    # a silent first one does not use all of it (redis-py puts the one that answered first next time).
+    each = max(0.05, 0.9 * timeout / len(sentinel.addresses))
+    sentinel_options: dict[str, Any] = {"password": sentinel.password or None, "socket_timeout": each,
+                                        "socket_connect_timeout": each, "retry": Retry(NoBackoff(), 0),
                                         "decode_responses": True}
     if sentinel.tls:
         sentinel_options |= tls_options(config.tls or FleetTLSConfig())

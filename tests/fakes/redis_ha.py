@@ -78,8 +78,9 @@ class RedisSentinelSet:
     def addresses(self) -> list[str]:
         return [f"127.0.0.1:{s.port}" for s in self.sentinels]
 
-    def master_port(self) -> int:
-        with client(self.sentinels[0].port) as c:
+    def master_port(self, via: int = 0) -> int:
+        """The primary's port as the sentinel `via` names it."""
+        with client(self.sentinels[via].port) as c:
             host_port = c.sentinel_get_master_addr_by_name(MASTER_NAME)
         return int(host_port[1])
 
@@ -102,14 +103,14 @@ class RedisSentinelSet:
         wait_until(all_know_the_replica_and_each_other, 20, "sentinel discovery")
         return self
 
-    def failover(self, timeout: float = 20.0) -> float:
-        """SENTINEL FAILOVER (the replica becomes primary); seconds until the sentinels name the new one
-        and it accepts writes."""
-        old = self.master_port()
+    def failover(self, timeout: float = 20.0, via: int = 0) -> float:
+        """SENTINEL FAILOVER through sentinel `via` (the replica becomes primary); seconds until it names
+        the new one and that accepts writes."""
+        old = self.master_port(via)
         started = time.monotonic()
-        with client(self.sentinels[0].port) as c:
+        with client(self.sentinels[via].port) as c:
             c.execute_command("SENTINEL", "FAILOVER", MASTER_NAME)
-        wait_until(lambda: self.master_port() != old and role(self.master_port()) == "master", timeout,
+        wait_until(lambda: self.master_port(via) != old and role(self.master_port(via)) == "master", timeout,
                    "sentinel failover")
         return time.monotonic() - started
 
