@@ -128,3 +128,12 @@ async def moved_primary(client: FleetClient) -> str | None:
     await pool.disconnect()
     pool.master_address = current
     return f"{current[0]}:{current[1]}"
+
+
+async def close(client: FleetClient) -> None:
+    """Close the client, and in Sentinel mode its connections to the sentinels too."""
+    pool = client.connection_pool if isinstance(client, aioredis.Redis) else None
+    await client.aclose()
+    if isinstance(pool, SentinelConnectionPool):
+        for sentinel in pool.sentinel_manager.sentinels:
+            await sentinel.aclose()

@@ -25,7 +25,7 @@ from redis.exceptions import RedisError
 from sidecar.config.schema import FleetConfig
 from sidecar.core.clock import Clock
 from sidecar.core.tasks import cancel_and_wait
-from sidecar.fleet.client import SENTINEL_CHECK_INTERVAL, describe, make_client, moved_primary, ping
+from sidecar.fleet.client import SENTINEL_CHECK_INTERVAL, close, describe, make_client, moved_primary, ping
 from sidecar.telemetry.events import Events
 
 log = logging.getLogger(__name__)
@@ -116,7 +116,7 @@ class FleetConnection:
         task, self._task = self._task, None
         await cancel_and_wait([task])
         with contextlib.suppress(*FAILURES):
-            await self.client.aclose()
+            await close(self.client)
 
     async def _supervise(self) -> None:
         while True:

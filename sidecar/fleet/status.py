@@ -17,7 +17,7 @@ from typing import Any, cast
 import msgspec
 
 from sidecar.config.schema import FleetConfig
-from sidecar.fleet.client import FleetClient, describe, make_client
+from sidecar.fleet.client import FleetClient, close, describe, make_client
 from sidecar.fleet.connection import FAILURES
 from sidecar.fleet.fleet import evidence_rule
 from sidecar.fleet.keys import Keys
@@ -116,7 +116,7 @@ async def fetch(config: FleetConfig) -> tuple[list[Member], list[EndpointState]]
             members = await read_members(client, keys)
             return members, await read_endpoints(client, keys, endpoints_of(members), evidence_rule(config))
     finally:
-        await client.aclose()
+        await close(client)
 
 
 def as_json(config: FleetConfig, members: list[Member], endpoints: list[EndpointState]) -> dict[str, Any]:
