@@ -493,10 +493,12 @@ class FleetConfig(Base):
     # within about one interval. One probe per interval is the whole fleet's cost on a failing upstream.
     probe_interval: Duration = Duration(1.5)
     # Pooled evidence (sidecar/fleet/view.py EvidenceRule): the endpoint opens fleet-wide when, within the
-    # window in which the fleet makes about `minimum_calls` calls (50 ms to 5 s), failures reach
-    # `failure_ratio` of them, reported by at least two sidecars.
+    # evidence window, the failures the sidecars report reach this share of the calls the fleet makes in it
+    # (reported by at least two sidecars). Independent failures well below it almost never add up.
     failure_ratio: Annotated[float, Meta(gt=0, le=1)] = 0.25
-    minimum_calls: PositiveInt = 20  # the calls the evidence window spans (see failure_ratio above)
+    # Sets the evidence window: the time the fleet takes to make about this many calls to the endpoint
+    # (50 ms to 5 s). With the defaults the fleet opens after 5 failures below 400 requests/s.
+    minimum_calls: PositiveInt = 20
 
 
 class ExtensionsConfig(Base):
