@@ -11,7 +11,8 @@ a replica each), all real processes on this machine, through the fleet's own cli
   time the fleet connection went without an answered write (the budget script) and READ around it, and
   whether the breaker record written before survived it.
 
-Prints a Markdown table (copied into docs-incoming/fleet-ha.md and bench/RESULTS.md). Run it under
+Prints a Markdown table; with `--results bench/RESULTS.md` also writes it there under
+"## Fleet on highly available Redis" (bench/run.py keeps that section). Run it under
 `flock /work/.bench.lock` like every benchmark.
 """
 
@@ -20,12 +21,15 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import shlex
 import statistics
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+from bench.soak import write_results
 from sidecar.config.schema import FleetClusterConfig, FleetConfig, FleetSentinelConfig
 from sidecar.core.clock import SYSTEM_CLOCK
 from sidecar.fleet.breaker import FleetScripts
@@ -37,6 +41,16 @@ from tests.fakes.redis_ha import MASTER_NAME, RedisClusterSet, RedisSentinelSet
 from tests.fakes.redis_server import RedisServer
 
 ENDPOINT = "collector:4317"
+TITLE = "Fleet on highly available Redis"
+EXPLANATION = (
+    "One redis-server, Sentinel (1 primary, 1 replica, 3 sentinels) and Cluster (3 primaries, 3 replicas), all "
+    "local processes, driven through the fleet's own client, connection and Lua scripts (bench/fleet_ha.py). "
+    "Latency: sequential calls of the breaker refresh (READ) and the data-path retry budget (BUDGET). Pub/sub "
+    "hop: from an OPEN/CLOSE script on one connection to the message on another's subscription. Failover: the "
+    "longest gap between two answered fleet commands (a write, then a read) while the deployment failed over "
+    "(`down-after-milliseconds` / `cluster-node-timeout` 1000), and whether the breaker record written before "
+    "was found after. During such a gap each sidecar decides locally; no data waits on Redis "
+    "(tests/integration/test_fleet_ha.py: 0 spans lost). See docs-incoming/fleet-ha.md.")
 KEYS = Keys("bench:")
 
 
@@ -178,8 +192,13 @@ async def measure(calls: int) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--calls", type=int, default=2000)
+    parser.add_argument("--results", type=Path, help=f"write the table into this RESULTS.md under '## {TITLE}'")
     args = parser.parse_args()
-    print(asyncio.run(measure(args.calls)))
+    table = asyncio.run(measure(args.calls))
+    print(table)
+    if args.results is not None:
+        command = "python -m bench.fleet_ha " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+        write_results(args.results, f"{EXPLANATION}\n\n{table}\n\n_(from `{command}`)_\n", TITLE)
 
 
 if __name__ == "__main__":
