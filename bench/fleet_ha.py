@@ -189,12 +189,34 @@ async def measure(calls: int) -> str:
     return "\n".join(lines)
 
 
+def fleet_row() -> str:
+    """bench/fleet.py's row with real sidecars on Sentinel, the primary failed over mid-failure (the full
+    `python -m bench.run fleet` runs it beside the others)."""
+    from bench.fleet import MODES, run_mode
+    from bench.run import Settings
+
+    mode = next(m for m in MODES if m.failover_redis)
+    args = argparse.Namespace(quick=False, memory_limit=256.0, results=None, duration=None, repeats=None,
+                              outage=None, cpu_window=None, cpu_repeats=None)
+    r = run_mode(mode, Settings.make(args))
+    first = r["recovery_to_first_export"]
+    return (f"Real sidecars ({mode.name}; 10 requests/s each, upstream UNAVAILABLE for 20 s, SENTINEL "
+            f"FAILOVER 7 s into it): {r['calls_during_failure']} calls hit the failing upstream "
+            f"({r['data_calls']} data / {r['probe_calls']} probes), first delivered export "
+            f"{'-' if first is None else f'{first:.2f} s'} after recovery, "
+            f"**{r['lost']} of {r['acknowledged']} acknowledged spans lost**.")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--calls", type=int, default=2000)
+    parser.add_argument("--no-fleet-row", action="store_true",
+                        help="skip the real-sidecar run of bench/fleet.py's Sentinel-failover row")
     parser.add_argument("--results", type=Path, help=f"write the table into this RESULTS.md under '## {TITLE}'")
     args = parser.parse_args()
     table = asyncio.run(measure(args.calls))
+    if not args.no_fleet_row:
+        table += "\n\n" + fleet_row()
     print(table)
     if args.results is not None:
         command = "python -m bench.fleet_ha " + " ".join(shlex.quote(a) for a in sys.argv[1:])
