@@ -10,7 +10,9 @@ Rows, each run locally (every sidecar on its own) and in fleet mode, side by sid
 * 4 sidecars, `circuit_breaker: {recovery_timeout: 2s}` (the rest default);
 * 8 sidecars, the same;
 * 4 sidecars with no breaker settings at all (the shipped defaults: recovery_timeout 60 s);
-* fleet only: 4 sidecars, recovery_timeout 2s, redis-server killed 7 s into the failure and restarted 7 s later.
+* fleet only: 4 sidecars, recovery_timeout 2s, redis-server killed 7 s into the failure and restarted 7 s later;
+* fleet only: 4 sidecars, recovery_timeout 2s, on Redis Sentinel (tests/fakes/redis_ha.py), the primary
+  failed over (SENTINEL FAILOVER) 7 s into the failure.
 
 The fake Collector and the clients run in this process; the sidecars and redis-server are their own.
 """
@@ -30,6 +32,7 @@ from opentelemetry.proto.trace.v1 import trace_pb2
 
 from bench.run import Section, Settings, bench_exporter, log, start_sidecar, table
 from tests.fakes.collector import FakeCollector
+from tests.fakes.redis_ha import MASTER_NAME, RedisSentinelSet
 from tests.fakes.redis_server import RedisServer
 from tests.sidecar_process import SidecarPorts, SidecarProcess
 
@@ -48,6 +51,7 @@ class Mode:
     fleet: bool
     breaker: dict[str, str] | None  # None: no breaker settings at all (the shipped defaults)
     kill_redis: bool = False
+    failover_redis: bool = False  # on Sentinel, the primary failed over (SENTINEL FAILOVER) mid-failure
 
 
 def _modes() -> tuple[Mode, ...]:
@@ -59,6 +63,8 @@ def _modes() -> tuple[Mode, ...]:
                               breaker))
     modes.append(Mode("fleet, 4 sidecars, recovery_timeout 2s, Redis killed mid-failure", 4, True, SHORT,
                       kill_redis=True))
+    modes.append(Mode("fleet, 4 sidecars, recovery_timeout 2s, on Sentinel, primary failed over mid-failure", 4,
+                      True, SHORT, failover_redis=True))
     return tuple(modes)
 
 
@@ -112,7 +118,7 @@ class Client(threading.Thread):
 
 
 @contextlib.contextmanager
-def fleet_of(mode: Mode, upstream: FakeCollector, redis: RedisServer | None,
+def fleet_of(mode: Mode, upstream: FakeCollector, redis: RedisServer | RedisSentinelSet | None,
              settings: Settings) -> Iterator[list[SidecarProcess]]:
     sidecars: list[SidecarProcess] = []
     try:
@@ -126,7 +132,9 @@ def fleet_of(mode: Mode, upstream: FakeCollector, redis: RedisServer | None,
                 exporter["circuit_breaker"] = dict(mode.breaker)
             if mode.fleet:
                 assert redis is not None
-                config["extensions"]["fleet"] = {"endpoint": redis.url, "instance_id": f"s{i}"}
+                where: dict[str, Any] = ({"sentinel": {"master_name": MASTER_NAME, "addresses": redis.addresses}}
+                                         if isinstance(redis, RedisSentinelSet) else {"endpoint": redis.url})
+                config["extensions"]["fleet"] = {**where, "instance_id": f"s{i}"}
                 config["service"]["extensions"].append("fleet")
             sidecars.append(start_sidecar(config, f"fleet-{time.time_ns()}-{i}", ports, settings.workdir))
         if mode.fleet:
@@ -146,7 +154,11 @@ def run_mode(mode: Mode, settings: Settings) -> dict[str, Any]:
     log(f"fleet: {mode.name}")
     with contextlib.ExitStack() as stack:
         upstream = stack.enter_context(FakeCollector())
-        redis = stack.enter_context(RedisServer(settings.workdir / f"redis-{time.time_ns()}")) if mode.fleet else None
+        redis: RedisServer | RedisSentinelSet | None = None
+        if mode.failover_redis:
+            redis = stack.enter_context(RedisSentinelSet(settings.workdir / f"sentinel-{time.time_ns()}"))
+        elif mode.fleet:
+            redis = stack.enter_context(RedisServer(settings.workdir / f"redis-{time.time_ns()}"))
         sidecars = stack.enter_context(fleet_of(mode, upstream, redis, settings))
         clients = [Client(s, i) for i, s in enumerate(sidecars)]
         for client in clients:
@@ -154,7 +166,11 @@ def run_mode(mode: Mode, settings: Settings) -> dict[str, Any]:
         time.sleep(BEFORE)
         failed_at = time.monotonic()
         upstream.fail_always(grpc_code=grpc.StatusCode.UNAVAILABLE)
-        if mode.kill_redis and redis is not None:
+        if isinstance(redis, RedisSentinelSet):
+            time.sleep(REDIS_DOWN_AT)
+            redis.failover()
+            time.sleep(max(0.0, failed_at + FAILURE - time.monotonic()))
+        elif mode.kill_redis and redis is not None:
             time.sleep(REDIS_DOWN_AT)
             redis.kill()
             time.sleep(REDIS_UP_AT - REDIS_DOWN_AT)

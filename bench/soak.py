@@ -412,11 +412,12 @@ def render(started: datetime.datetime, *, seconds: float, load_seconds: float, r
     return "\n".join(lines) + "\n"
 
 
-def write_results(path: Path, markdown: str) -> None:
-    """Replace the '## Soak' section of RESULTS.md (or append it); other sections are left as they are."""
+def write_results(path: Path, markdown: str, title: str = "Soak") -> None:
+    """Replace the '## <title>' section of RESULTS.md (or append it); other sections are left as they are
+    (bench/run.py keeps sections it did not write, e.g. this one and bench/fleet_ha.py's)."""
     text = path.read_text() if path.exists() else "# Benchmark results\n"
-    section = "## Soak\n\n" + markdown
-    match = re.search(r"^## Soak\n.*?(?=^## |\Z)", text, flags=re.S | re.M)
+    section = f"## {title}\n\n" + markdown
+    match = re.search(rf"^## {re.escape(title)}\n.*?(?=^## |\Z)", text, flags=re.S | re.M)
     if match:
         text = text[: match.start()] + section + ("\n" if match.end() < len(text) else "") + text[match.end():]
     else:

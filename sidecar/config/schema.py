@@ -469,12 +469,41 @@ class HandoffConfig(Base):
     left_behind_timeout: Duration = Duration(600.0)
 
 
-class FleetConfig(Base):
-    """Fleet mode (DESIGN.md §9): sidecars share breaker state, probing and a retry budget in Redis."""
+class FleetTLSConfig(Base):
+    """Set for TLS to the Redis nodes in `sentinel` and `cluster` modes (one server: a rediss:// endpoint)."""
 
-    endpoint: str  # redis://[:password@]host:port/db, or rediss:// for TLS
-    password: str | None = None  # overrides a password in the URL; e.g. ${env:REDIS_PASSWORD}
-    # Prefix of every Redis key, so several fleets can share one Redis.
+    ca_file: str | None = None  # PEM bundle that signed the Redis nodes' certificates; default: the system's
+    insecure_skip_verify: bool = False  # encrypt without checking the certificate (tests only)
+
+
+class FleetSentinelConfig(Base):
+    """Redis Sentinel: the sidecars ask the sentinels where the primary is and follow its failovers."""
+
+    master_name: str  # the name the sentinels monitor (`sentinel monitor <master_name> ...`)
+    addresses: list[str]  # host:port of the sentinels; any that answer will do
+    password: str | None = None  # the sentinels' own password (sentinel.conf requirepass), if they have one
+    tls: bool = False  # talk TLS to the sentinels too (with extensions.fleet.tls's CA)
+    db: Annotated[int, Meta(ge=0)] = 0  # database number on the primary
+
+
+class FleetClusterConfig(Base):
+    """Redis Cluster: each upstream endpoint's keys live in one hash slot, so on one primary."""
+
+    nodes: list[str]  # host:port of some cluster nodes to learn the topology from (startup nodes)
+
+
+class FleetConfig(Base):
+    """Fleet mode (DESIGN.md §9): sidecars share breaker state, probing and a retry budget in Redis.
+    Exactly one of `endpoint` (one server), `sentinel` or `cluster` says where Redis is."""
+
+    endpoint: str | None = None  # one server: redis://[:password@]host:port/db, or rediss:// for TLS
+    sentinel: FleetSentinelConfig | None = None
+    cluster: FleetClusterConfig | None = None
+    # The Redis nodes' password: overrides a password in the endpoint URL; in sentinel and cluster modes,
+    # the primaries' and replicas' requirepass. E.g. ${env:REDIS_PASSWORD}
+    password: str | None = None
+    tls: FleetTLSConfig | None = None
+    # Prefix of every Redis key, so several fleets can share one Redis (no braces: see sidecar/fleet/keys.py).
     key_prefix: str = "otlp-sidecar:"
     instance_id: str | None = None  # default: hostname:pid
     # How often this sidecar writes its heartbeat (100ms..60s); a member is gone after 3 missed.

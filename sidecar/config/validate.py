@@ -232,26 +232,62 @@ _INSTANCE_ID = re.compile(r"^[^\s]{1,200}$")
 
 def _check_fleet(fleet: schema.FleetConfig, errors: list[str]) -> None:
     base = "extensions.fleet"
-    url = urlsplit(fleet.endpoint)
+    modes = [name for name in ("endpoint", "sentinel", "cluster") if getattr(fleet, name) is not None]
+    if len(modes) != 1:
+        got = ", ".join(f"{base}.{m}" for m in modes) or "none"
+        errors.append(f"{base}: set exactly one of endpoint (one Redis server), sentinel (Redis Sentinel) or "
+                      f"cluster (Redis Cluster) (got {got})")
+    if fleet.endpoint is not None:
+        _check_fleet_endpoint(fleet.endpoint, base, errors)
+        if fleet.tls is not None:
+            errors.append(f"{base}.tls: applies to sentinel and cluster modes; for one server use a rediss:// "
+                          "endpoint")
+    if fleet.sentinel is not None:
+        sentinel = fleet.sentinel
+        if not sentinel.master_name.strip():
+            errors.append(f"{base}.sentinel.master_name: must name the primary the sentinels monitor")
+        _check_addresses(sentinel.addresses, f"{base}.sentinel.addresses", "26379", errors)
+    if fleet.cluster is not None:
+        _check_addresses(fleet.cluster.nodes, f"{base}.cluster.nodes", "7000", errors)
+    if fleet.tls is not None:
+        _check_file(fleet.tls.ca_file, f"{base}.tls.ca_file", errors)
+    _check_fleet_options(fleet, base, errors)
+
+
+def _check_addresses(addresses: list[str], path: str, example_port: str, errors: list[str]) -> None:
+    if not addresses:
+        errors.append(f"{path}: list at least one host:port")
+    for i, address in enumerate(addresses):
+        if split_host_port(address) is None or not address.rpartition(":")[0].strip("[]"):
+            errors.append(f"{path}[{i}]: must be host:port, e.g. redis-0.redis:{example_port} (got {address!r})")
+
+
+def _check_fleet_endpoint(endpoint: str, base: str, errors: list[str]) -> None:
+    url = urlsplit(endpoint)
     if url.scheme not in _REDIS_SCHEMES:
         errors.append(f"{base}.endpoint: must be redis://host:port/db or rediss://host:port/db "
-                      f"(got {fleet.endpoint!r})")
+                      f"(got {endpoint!r})")
     else:
         try:
             port = url.port
         except ValueError:
             port = -1
         if not url.hostname:
-            errors.append(f"{base}.endpoint: names no host (got {fleet.endpoint!r})")
+            errors.append(f"{base}.endpoint: names no host (got {endpoint!r})")
         if port is not None and not 1 <= port <= 65535:
-            errors.append(f"{base}.endpoint: port must be 1..65535 (got {fleet.endpoint!r})")
+            errors.append(f"{base}.endpoint: port must be 1..65535 (got {endpoint!r})")
         db = url.path.lstrip("/")
         if db and not db.isdigit():
             errors.append(f"{base}.endpoint: the database after the / must be a number (got {db!r})")
         if url.query or url.fragment:
-            errors.append(f"{base}.endpoint: takes no query or fragment (got {fleet.endpoint!r})")
-    if not fleet.key_prefix or any(c.isspace() for c in fleet.key_prefix):
-        errors.append(f"{base}.key_prefix: must be non-empty, without whitespace (got {fleet.key_prefix!r})")
+            errors.append(f"{base}.endpoint: takes no query or fragment (got {endpoint!r})")
+
+
+def _check_fleet_options(fleet: schema.FleetConfig, base: str, errors: list[str]) -> None:
+    if not fleet.key_prefix or any(c.isspace() or c in "{}" for c in fleet.key_prefix):
+        # Braces would change the hash tag that keeps each endpoint's keys in one Redis Cluster slot.
+        errors.append(f"{base}.key_prefix: must be non-empty, without whitespace or braces "
+                      f"(got {fleet.key_prefix!r})")
     if fleet.instance_id is not None and not _INSTANCE_ID.match(fleet.instance_id):
         errors.append(f"{base}.instance_id: must be 1..200 characters without whitespace "
                       f"(got {fleet.instance_id!r})")

@@ -75,6 +75,7 @@ class FleetScripts:
         self.release = client.register_script(scripts.RELEASE)
         self.budget = client.register_script(scripts.BUDGET)
         self.heartbeat = client.register_script(scripts.HEARTBEAT)
+        self.endpoint_heartbeat = client.register_script(scripts.ENDPOINT_HEARTBEAT)
         self.leave = client.register_script(scripts.LEAVE)
 
 

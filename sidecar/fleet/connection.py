@@ -19,16 +19,13 @@ import logging
 import random
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
-from urllib.parse import urlsplit, urlunsplit
 
-import redis.asyncio as aioredis
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
 from sidecar.config.schema import FleetConfig
 from sidecar.core.clock import Clock
 from sidecar.core.tasks import cancel_and_wait
+from sidecar.fleet.client import SENTINEL_CHECK_INTERVAL, close, describe, make_client, moved_primary, ping
 from sidecar.telemetry.events import Events
 
 log = logging.getLogger(__name__)
@@ -45,36 +42,12 @@ RECONNECT_MAX = 5.0
 FAILURES: tuple[type[Exception], ...] = (RedisError, OSError, TimeoutError, ConnectionError, RuntimeError)
 
 
-def redacted(url: str) -> str:
-    """The endpoint for logs and status, without its password."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = f"{parts.username or ''}:***@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
-    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
-
-
-def make_client(config: FleetConfig, timeout: float, decode_responses: bool = True) -> aioredis.Redis:
-    """A redis-py asyncio client that never retries by itself (we decide what a failure means).
-
-    `decode_responses=False` for binary payloads (the handoff streams): same endpoint, TLS and AUTH."""
-    return aioredis.Redis.from_url(
-        config.endpoint,
-        password=config.password or None,  # "" (an unset ${env:X:-}) means no AUTH, not AUTH ""
-        socket_timeout=timeout,
-        socket_connect_timeout=timeout,
-        retry=Retry(NoBackoff(), 0),
-        health_check_interval=0,
-        decode_responses=decode_responses,
-    )
-
-
 class FleetConnection:
     def __init__(self, config: FleetConfig, events: Events, clock: Clock,
                  rng: random.Random | None = None) -> None:
         self.config = config
         self.timeout = float(config.command_timeout)
-        self.endpoint = redacted(config.endpoint)
+        self.endpoint = describe(config)
         self._events = events
         self._clock = clock
         self._rng = rng or random.Random()
@@ -87,6 +60,7 @@ class FleetConnection:
         self._changed = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self.reconnects = 0
+        self._next_primary_check = 0.0
 
     # ------------------------------------------------------------ commands
 
@@ -142,7 +116,7 @@ class FleetConnection:
         task, self._task = self._task, None
         await cancel_and_wait([task])
         with contextlib.suppress(*FAILURES):
-            await self.client.aclose()
+            await close(self.client)
 
     async def _supervise(self) -> None:
         while True:
@@ -159,7 +133,8 @@ class FleetConnection:
         delay = RECONNECT_MIN
         while True:
             if self.connected:
-                await self.call(self.client.ping)
+                await self.call(lambda: ping(self.client))
+                await self._check_primary()
                 await self.wait_changed(PING_INTERVAL)
                 self._changed.clear()
                 continue
@@ -170,10 +145,25 @@ class FleetConnection:
             await self._clock.sleep(self._rng.uniform(RECONNECT_MIN / 2, delay))
             delay = min(RECONNECT_MAX, delay * 2)
 
+    async def _check_primary(self) -> None:
+        """Sentinel mode: a primary that moved (SENTINEL FAILOVER) counts as a disconnect, so every user
+        resyncs with the new one and the pub/sub listener subscribes again (sidecar/fleet/client.py)."""
+        now = self._clock.monotonic()
+        if not self.connected or now < self._next_primary_check:
+            return
+        self._next_primary_check = now + SENTINEL_CHECK_INTERVAL
+        try:
+            async with asyncio.timeout(BACKGROUND_TIMEOUT):
+                moved = await moved_primary(self.client)
+        except FAILURES:
+            return  # sentinels that do not answer say nothing about the primary, which the ping checks
+        if moved:
+            self.mark_down(f"the sentinels moved the primary to {moved}")
+
     async def _try_connect(self) -> bool:
         try:
             async with asyncio.timeout(BACKGROUND_TIMEOUT):
-                await self.client.ping()
+                await ping(self.client)
         except FAILURES as exc:
             if not self.ever_connected and self.reconnects == 0:
                 self._events.fleet_not_reachable_yet(self.endpoint, f"{type(exc).__name__}: {exc}")

@@ -41,7 +41,8 @@ from sidecar.core.clock import Clock
 from sidecar.core.signals import Signal
 from sidecar.core.tasks import cancel_and_wait
 from sidecar.exporters.breaker import BreakerState
-from sidecar.fleet.connection import FAILURES, FleetConnection, make_client
+from sidecar.fleet.client import make_client
+from sidecar.fleet.connection import FAILURES, FleetConnection
 from sidecar.fleet.handoff_codec import (
     GROUP,
     HEADER,

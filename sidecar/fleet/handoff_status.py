@@ -7,10 +7,10 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import orjson
-import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 
 from sidecar.core.signals import Signal
+from sidecar.fleet.client import FleetClient
 from sidecar.fleet.handoff_codec import GROUP, HEADER
 from sidecar.fleet.keys import Keys
 
@@ -24,7 +24,7 @@ class Backlog:
     pending: int  # entries claimed by a member and not yet acknowledged
 
 
-async def read_backlog(client: aioredis.Redis, keys: Keys, endpoint: str, now: float) -> Backlog:
+async def read_backlog(client: FleetClient, keys: Keys, endpoint: str, now: float) -> Backlog:
     """One endpoint's handoff backlog, summed over its signals' streams (`client` answers bytes)."""
     total = int(await client.get(keys.handoff_bytes(endpoint)) or 0)
     entries = pending = 0
@@ -47,7 +47,7 @@ async def read_backlog(client: aioredis.Redis, keys: Keys, endpoint: str, now: f
     return Backlog(endpoint, total, entries, max(0.0, now - oldest) if oldest is not None else 0.0, pending)
 
 
-async def read_backlogs(client: aioredis.Redis, keys: Keys, endpoints: list[str], now: float) -> list[Backlog]:
+async def read_backlogs(client: FleetClient, keys: Keys, endpoints: list[str], now: float) -> list[Backlog]:
     """The endpoints named plus every endpoint that ever had a handoff (its members may all be gone)."""
     known = {e.decode() if isinstance(e, bytes) else str(e) for e in await client.smembers(keys.handoff_endpoints)}
     return [await read_backlog(client, keys, endpoint, now) for endpoint in sorted(known | set(endpoints))]

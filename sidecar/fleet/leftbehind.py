@@ -28,9 +28,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import orjson
-import redis.asyncio as aioredis
 
 from sidecar.core.clock import Clock
+from sidecar.fleet.client import FleetClient
 from sidecar.fleet.connection import FAILURES
 from sidecar.fleet.keys import Keys
 from sidecar.telemetry.events import Events
@@ -88,7 +88,7 @@ def verdict(record: LeftBehind, volume: str, my_volume: str | None, my_instance:
 
 
 class LeftBehindLedger:
-    def __init__(self, client: aioredis.Redis, keys: Keys, instance: str, timeout: float, events: Events,
+    def __init__(self, client: FleetClient, keys: Keys, instance: str, timeout: float, events: Events,
                  clock: Clock) -> None:
         self.client = client
         self.key = keys.left_behind

@@ -3,14 +3,14 @@ the reader behind `python -m sidecar status --fleet`."""
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-import redis.asyncio as aioredis
-
 from sidecar.fleet.breaker import FleetScripts
+from sidecar.fleet.client import FleetClient
 from sidecar.fleet.connection import FleetConnection
 from sidecar.fleet.keys import Keys
 from sidecar.telemetry.events import Events
@@ -33,22 +33,28 @@ class Heartbeat:
         self._snapshot = snapshot
         self._endpoints = endpoints  # the upstream endpoints it sends to: each keeps its own member set
 
-    def _keys_of(self) -> list[str]:
-        return [self._keys.member(self.instance), self._keys.members,
-                *(self._keys.endpoint_members(e) for e in self._endpoints())]
-
     async def beat(self) -> None:
+        """The fleet-wide heartbeat (one script), then one per endpoint: in a cluster each endpoint's
+        member set lives in its own slot, beside the breaker record whose evidence rule reads it."""
         payload = json.dumps({"instance": self.instance, **self._snapshot()}, default=str)
         ttl_ms = int(self.interval * TTL_HEARTBEATS * 1000)
-        keys = self._keys_of()
+        keys = [self._keys.member(self.instance), self._keys.members]
         members = await self._conn.call(lambda: self._scripts.heartbeat(
             keys=keys, args=[self.instance, payload, ttl_ms]))
-        if members is not None:
-            self._events.fleet_members(int(members))
+        if members is None:
+            return
+        self._events.fleet_members(int(members))
+        for endpoint in self._endpoints():
+            key = self._keys.endpoint_members(endpoint)
+            await self._conn.call(functools.partial(self._scripts.endpoint_heartbeat, keys=[key],
+                                                    args=[self.instance, ttl_ms]))
 
     async def leave(self) -> None:
-        keys = self._keys_of()
+        keys = [self._keys.member(self.instance), self._keys.members]
         await self._conn.call(lambda: self._scripts.leave(keys=keys, args=[self.instance]))
+        for endpoint in self._endpoints():
+            key = self._keys.endpoint_members(endpoint)
+            await self._conn.call(functools.partial(self._conn.client.zrem, key, self.instance))
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,7 +64,7 @@ class Member:
     info: dict[str, Any]
 
 
-async def read_members(client: aioredis.Redis, keys: Keys) -> list[Member]:
+async def read_members(client: FleetClient, keys: Keys) -> list[Member]:
     """The live members, by instance id (an expired heartbeat is not listed)."""
     seconds, micros = await client.time()
     now_ms = int(seconds) * 1000 + int(micros) // 1000

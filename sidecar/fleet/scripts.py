@@ -220,25 +220,29 @@ redis.call('PEXPIRE', KEYS[1], (ttl + 2) * 1000)
 return granted
 """
 
-# KEYS: member, members, then the member set of each endpoint this sidecar sends to. ARGV: instance,
-# payload (JSON), ttl_ms. -> live members.
+# KEYS: member, members (one slot: keys.py). ARGV: instance, payload (JSON), ttl_ms. -> live members.
 HEARTBEAT = _NOW + """
 local expiry = now + tonumber(ARGV[3])
 redis.call('HSET', KEYS[1], 'payload', ARGV[2], 'at', now)
 redis.call('PEXPIRE', KEYS[1], ARGV[3])
-for i = 2, #KEYS do
-  redis.call('ZADD', KEYS[i], expiry, ARGV[1])
-  redis.call('ZREMRANGEBYSCORE', KEYS[i], '-inf', now)
-  redis.call('PEXPIRE', KEYS[i], 86400000)
-end
+redis.call('ZADD', KEYS[2], expiry, ARGV[1])
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
+redis.call('PEXPIRE', KEYS[2], 86400000)
 return redis.call('ZCARD', KEYS[2])
 """
 
-# KEYS: member, members, then the endpoints' member sets. ARGV: instance. A clean stop leaves at once.
+# KEYS: the member set of one endpoint this sidecar sends to (in that endpoint's slot, beside the
+# breaker record EVIDENCE reads it with). ARGV: instance, ttl_ms. A separate call per endpoint, since
+# in a cluster the endpoints' slots are on different nodes.
+ENDPOINT_HEARTBEAT = _NOW + """
+redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[1])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+redis.call('PEXPIRE', KEYS[1], 86400000)
+return 1
+"""
+
+# KEYS: member, members. ARGV: instance. A clean stop leaves at once (each endpoint's set: ZREM).
 LEAVE = """
 redis.call('DEL', KEYS[1])
-for i = 3, #KEYS do
-  redis.call('ZREM', KEYS[i], ARGV[1])
-end
 return redis.call('ZREM', KEYS[2], ARGV[1])
 """

@@ -17,10 +17,10 @@ from dataclasses import asdict, dataclass
 from typing import Any, cast
 
 import msgspec
-import redis.asyncio as aioredis
 
 from sidecar.config.schema import FleetConfig
-from sidecar.fleet.connection import FAILURES, make_client, redacted
+from sidecar.fleet.client import FleetClient, close, describe, make_client
+from sidecar.fleet.connection import FAILURES
 from sidecar.fleet.fleet import evidence_rule
 from sidecar.fleet.handoff_status import Backlog, backlog_json, backlog_lines, read_backlogs
 from sidecar.fleet.keys import Keys
@@ -83,7 +83,7 @@ def endpoints_of(members: list[Member]) -> list[str]:
     return sorted(names)
 
 
-async def read_endpoints(client: aioredis.Redis, keys: Keys, endpoints: list[str],
+async def read_endpoints(client: FleetClient, keys: Keys, endpoints: list[str],
                          rule: EvidenceRule | None = None) -> list[EndpointState]:
     rule = rule or EvidenceRule()
     seconds, micros = await client.time()
@@ -119,7 +119,7 @@ async def fetch(config: FleetConfig) -> tuple[list[Member], list[EndpointState]]
             members = await read_members(client, keys)
             return members, await read_endpoints(client, keys, endpoints_of(members), evidence_rule(config))
     finally:
-        await client.aclose()
+        await close(client)
 
 
 async def fetch_backlogs(config: FleetConfig, endpoints: list[str]) -> list[Backlog]:
@@ -133,7 +133,7 @@ async def fetch_backlogs(config: FleetConfig, endpoints: list[str]) -> list[Back
 
 
 def as_json(config: FleetConfig, members: list[Member], endpoints: list[EndpointState]) -> dict[str, Any]:
-    return {"redis": redacted(config.endpoint), "key_prefix": config.key_prefix,
+    return {"redis": describe(config), "key_prefix": config.key_prefix,
             "members": [{"instance": m.instance, "heartbeat_age": round(m.age, 3),
                          **{k: v for k, v in m.info.items() if k != "instance"}} for m in members],
             "endpoints": {e.endpoint: {k: v for k, v in asdict(e).items() if k != "endpoint"} for e in endpoints}}
@@ -152,7 +152,7 @@ def endpoint_lines(endpoints: list[EndpointState]) -> list[str]:
 
 
 def as_table(config: FleetConfig, members: list[Member], endpoints: list[EndpointState]) -> str:
-    lines = [f"fleet at {redacted(config.endpoint)} (prefix {config.key_prefix}): {len(members)} member(s)", ""]
+    lines = [f"fleet at {describe(config)} (prefix {config.key_prefix}): {len(members)} member(s)", ""]
     header = f"{'INSTANCE':<28} {'AGE':>6} {'VERSION':<9} {'EXPORTER':<18} {'QUEUE':>11} {'LVL':>3}  BREAKERS"
     lines.append(header)
     for member in members:
@@ -179,7 +179,7 @@ def run(args: argparse.Namespace) -> int:
         members, endpoints = asyncio.run(fetch(config))
         backlogs = asyncio.run(fetch_backlogs(config, [e.endpoint for e in endpoints]))
     except FAILURES as exc:
-        print(f"otlp-sidecar: fleet store {redacted(config.endpoint)} unreachable: {exc}", file=sys.stderr)
+        print(f"otlp-sidecar: fleet store {describe(config)} unreachable: {exc}", file=sys.stderr)
         return EXIT_UNAVAILABLE
     if args.json:
         print(json.dumps({**as_json(config, members, endpoints), "handoff": backlog_json(backlogs)},

@@ -18,7 +18,8 @@ from tests.sidecar_process import free_port
 
 
 class RedisServer:
-    def __init__(self, workdir: Path, port: int | None = None, password: str | None = None) -> None:
+    def __init__(self, workdir: Path, port: int | None = None, password: str | None = None,
+                 extra_args: list[str] | None = None, config_file: Path | None = None) -> None:
         binary = shutil.which("redis-server")
         if binary is None:  # .ci/run installs it; a test needing it must fail loudly, not skip
             raise RuntimeError("redis-server is not installed (Debian package redis-server; .ci/run installs it)")
@@ -27,6 +28,8 @@ class RedisServer:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.port = port if port is not None else free_port()
         self.password = password
+        self.extra_args = extra_args or []  # e.g. --replicaof, --cluster-enabled (tests/fakes/redis_ha.py)
+        self.config_file = config_file  # a sentinel needs one it may rewrite
         self.proc: subprocess.Popen[bytes] | None = None
         self.log_path = workdir / "redis.log"
 
@@ -39,11 +42,13 @@ class RedisServer:
             # A second server on the same port would fail to bind while the first answered its PING, and
             # the first would outlive the test.
             raise RuntimeError(f"redis-server on port {self.port} is already running")
-        args = [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+        first = [str(self.config_file)] if self.config_file else []
+        args = [self.binary, *first, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
                 "--appendonly", "no", "--dir", str(self.workdir), "--daemonize", "no",
                 "--protected-mode", "no", "--logfile", str(self.log_path)]
         if self.password is not None:
             args += ["--requirepass", self.password]
+        args += self.extra_args
         self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

@@ -24,6 +24,7 @@ import redis
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
 from opentelemetry.proto.trace.v1 import trace_pb2
 
+from sidecar.fleet.keys import Keys
 from tests.fakes.collector import FakeCollector, ReceivedRequest
 from tests.fakes.redis_server import RedisServer
 from tests.integration.conftest import SidecarFactory
@@ -174,7 +175,7 @@ def test_one_sidecars_own_trip_holds_no_one_else_then_pooled_failures_open_it_an
     assert eventually(lambda: all(s.metric_value("sidecar_fleet_members") == SIDECARS for s in sidecars), 10)
     upstream.fail_always(grpc_code=grpc.StatusCode.UNAVAILABLE)
     store = redis.Redis(port=redis_server.port, decode_responses=True)
-    key = f"otlp-sidecar:breaker:{upstream.grpc_endpoint}"
+    key = Keys("otlp-sidecar:").breaker(upstream.grpc_endpoint)
     with clients_of(sidecars) as clients:
         # Only s0 has traffic: its breaker opens on its own failures, and that is its own business (its
         # network, its data): the fleet's record stays closed and nobody else is held.
@@ -304,7 +305,7 @@ def test_redis_killed_mid_outage_everyone_goes_on_locally_then_resyncs(
             assert eventually(lambda: all(s.metric_value("sidecar_fleet_connected") == 1 for s in sidecars), 15)
             # Resync: the restarted Redis came back empty; the sidecars tell it the endpoint is open.
             store = redis.Redis(port=redis_server.port, decode_responses=True)
-            key = f"otlp-sidecar:breaker:{upstream.grpc_endpoint}"
+            key = Keys("otlp-sidecar:").breaker(upstream.grpc_endpoint)
             assert eventually(lambda: store.hget(key, "state") == "open", 10)
             store.close()
         assert all(c.acknowledged for c in clients), "a sidecar stopped accepting data"
@@ -392,7 +393,7 @@ def test_pooled_failures_open_the_fleet_before_any_breaker_trips_but_one_sidecar
     sidecars = start_fleet(sidecar_factory, upstream, redis_server, circuit_breaker=PATIENT_BREAKER,
                            health_probe={"enabled": False})
     assert eventually(lambda: all(s.metric_value("sidecar_fleet_members") == SIDECARS for s in sidecars), 10)
-    evidence_key = f"otlp-sidecar:failures:{upstream.grpc_endpoint}"
+    evidence_key = Keys("otlp-sidecar:").evidence(upstream.grpc_endpoint)
     store = redis.Redis(port=redis_server.port, decode_responses=True)
 
     def evidence_opens() -> float:

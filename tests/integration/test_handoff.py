@@ -17,6 +17,7 @@ import grpc
 import pytest
 import redis
 
+from sidecar.fleet.keys import Keys
 from tests.fakes.collector import FakeCollector
 from tests.fakes.redis_server import RedisServer
 from tests.integration.conftest import SidecarFactory
@@ -79,7 +80,7 @@ def handoff_event(sidecar: SidecarProcess) -> dict[str, Any]:
 def redis_backlog(redis_server: RedisServer, upstream: FakeCollector) -> int:
     store = redis.Redis(port=redis_server.port)
     try:
-        return int(store.xlen(f"otlp-sidecar:handoff:{upstream.grpc_endpoint}:traces"))
+        return int(store.xlen(Keys("otlp-sidecar:").handoff(upstream.grpc_endpoint, "traces")))
     finally:
         store.close()
 
@@ -146,7 +147,7 @@ def test_a_claimer_killed_after_claiming_leaves_its_claims_to_another_member(
         assert eventually(lambda: s1.metric_value("sidecar_handoff_claimed_items_total") > 0, 30)
         s1.kill()
         store = redis.Redis(port=redis_server.port)
-        stream = f"otlp-sidecar:handoff:{upstream.grpc_endpoint}:traces"
+        stream = Keys("otlp-sidecar:").handoff(upstream.grpc_endpoint, "traces")
         held_by_s1 = int(store.xpending(stream, "deliver")["pending"])
         store.close()
         assert held_by_s1 > 0, "s1 held no claim when it was killed"
@@ -206,7 +207,7 @@ def test_redis_killed_mid_handoff_loses_nothing_the_local_queue_still_holds(
     upstream.fail_always(grpc_code=grpc.StatusCode.UNAVAILABLE)
     client = Client(s0)
     store = redis.Redis(port=redis_server.port)
-    stream = f"otlp-sidecar:handoff:{upstream.grpc_endpoint}:traces"
+    stream = Keys("otlp-sidecar:").handoff(upstream.grpc_endpoint, "traces")
     try:
         fill_during_outage(s0, client, 1_000_000, requests=800)
         s0.terminate()

@@ -61,7 +61,7 @@ def test_every_option_and_an_env_password() -> None:
     ('{endpoint: "redis://h:6379/zero"}',
      "extensions.fleet.endpoint: the database after the / must be a number (got 'zero')"),
     ('{endpoint: "redis://h:6379/0", key_prefix: ""}',
-     "extensions.fleet.key_prefix: must be non-empty, without whitespace (got '')"),
+     "extensions.fleet.key_prefix: must be non-empty, without whitespace or braces (got '')"),
     ('{endpoint: "redis://h:6379/0", instance_id: "pod 7"}',
      "extensions.fleet.instance_id: must be 1..200 characters without whitespace (got 'pod 7')"),
     ('{endpoint: "redis://h:6379/0", heartbeat_interval: 10ms}',

@@ -217,8 +217,8 @@ async def test_a_stalled_redis_counts_as_down_within_a_second(conn: FleetConnect
 
 async def join(scripts: FleetScripts, keys: Keys, endpoint: str, instances: list[str]) -> None:
     for instance in instances:
-        await scripts.heartbeat(keys=[keys.member(instance), keys.members, keys.endpoint_members(endpoint)],
-                                args=[instance, "{}", 5000])
+        await scripts.heartbeat(keys=[keys.member(instance), keys.members], args=[instance, "{}", 5000])
+        await scripts.endpoint_heartbeat(keys=[keys.endpoint_members(endpoint)], args=[instance, 5000])
 
 
 _seq = iter(range(1, 1_000_000))
