@@ -10,6 +10,7 @@ departed sidecar acknowledged arrives: 0 lost.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,14 @@ from tests.fakes.redis_ha import RedisClusterSet, RedisSentinelSet
 from tests.integration.conftest import SidecarFactory
 from tests.integration.test_fleet import FAST_BREAKER, Client, Traffic, fleet_status
 from tests.integration.test_fleet_ha import KEYS, ClusterMode, HARedis, SentinelMode, ha_edit
-from tests.integration.test_handoff import HANDOFF, depart, fill_during_outage, handoff_event, shutdown_drops
+from tests.integration.test_handoff import (
+    HANDOFF,
+    depart,
+    fill_during_outage,
+    handoff_event,
+    shutdown_drops,
+    spans_of,
+)
 from tests.polling import eventually
 from tests.sidecar_process import SidecarProcess
 
@@ -39,8 +47,15 @@ def ha_redis(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[HARedis
             yield ClusterMode(cluster_set)
 
 
-def start_member(factory: SidecarFactory, upstream: FakeCollector, ha: HARedis, name: str) -> SidecarProcess:
-    fleet_edit = ha_edit({**ha.fleet(), "handoff": HANDOFF}, name)
+@pytest.fixture
+def cluster(tmp_path: Path) -> Iterator[HARedis]:
+    with RedisClusterSet(tmp_path / "cluster", replicas=0) as cluster_set:
+        yield ClusterMode(cluster_set)
+
+
+def start_member(factory: SidecarFactory, upstream: FakeCollector, ha: HARedis, name: str,
+                 handoff: dict[str, Any] | None = None) -> SidecarProcess:
+    fleet_edit = ha_edit({**ha.fleet(), "handoff": {**HANDOFF, **(handoff or {})}}, name)
 
     def config_edit(config: dict[str, Any]) -> None:
         fleet_edit(config)
@@ -87,3 +102,92 @@ def test_a_departed_members_spans_are_delivered_through_sentinel_or_cluster(
     finally:
         for client in clients:
             client.close()
+
+
+# The two below run on the cluster only: what they add over the test above is routing (XAUTOCLAIM and
+# XPENDING to the endpoint's slot; the left-behind hash and the budget's counters in other slots), which a
+# Sentinel's single primary does not exercise.
+
+def test_on_a_cluster_a_killed_claimers_claims_are_taken_over(
+        sidecar_factory: SidecarFactory, upstream: FakeCollector, cluster: HARedis) -> None:
+    endpoint = upstream.grpc_endpoint
+    s0 = start_member(sidecar_factory, upstream, cluster, "s0")
+    s1 = start_member(sidecar_factory, upstream, cluster, "s1")
+    upstream.fail_always(grpc_code=grpc.StatusCode.UNAVAILABLE)
+    client = Client(s0)
+    try:
+        fill_during_outage(s0, client, 1_000_000, requests=REQUESTS)
+        depart(s0)
+        upstream.clear_faults()
+        upstream.set_delay(0.5)  # s1 is still delivering what it claimed when it is killed
+        assert eventually(lambda: s1.metric_value("sidecar_handoff_claimed_items_total") > 0, 30)
+        s1.kill()
+        store = cluster.store()
+        try:
+            held_by_s1 = int(store.xpending(KEYS.handoff(endpoint, "traces"), "deliver")["pending"])
+        finally:
+            store.close()
+        assert held_by_s1 > 0, "s1 held no claim when it was killed"
+        upstream.set_delay(0.0)
+        s2 = start_member(sidecar_factory, upstream, cluster, "s2")
+        assert eventually(lambda: client.acknowledged <= upstream.span_ids(), 45), \
+            f"{len(client.acknowledged - upstream.span_ids())} acknowledged spans never arrived"
+        assert s2.metric_value("sidecar_handoff_delivered_items_total") > 0
+        assert eventually(lambda: backlog(cluster, endpoint) == 0, 20)
+    finally:
+        client.close()
+
+
+def test_on_a_cluster_what_does_not_fit_the_budget_is_left_behind_and_counted_once(
+        sidecar_factory: SidecarFactory, upstream: FakeCollector, cluster: HARedis) -> None:
+    handoff = {"max_mib": 0.02, "left_behind_timeout": "3s"}
+    sidecars = [start_member(sidecar_factory, upstream, cluster, f"s{i}", handoff) for i in range(3)]
+    upstream.fail_always(grpc_code=grpc.StatusCode.UNAVAILABLE)
+    client = Client(sidecars[0])
+    try:
+        fill_during_outage(sidecars[0], client, 1_000_000, requests=REQUESTS)
+        depart(sidecars[0])
+        event = handoff_event(sidecars[0])
+        handed, left = event["handed_off_items"], event["left_items"]
+        assert handed > 0 and left > 0 and handed + left == REQUESTS * 10, event
+        assert event["why_left"] == "budget_full"
+        live = sidecars[1:]
+        assert eventually(lambda: shutdown_drops(live) == left, 20), shutdown_drops(live)
+        upstream.clear_faults()
+        assert eventually(lambda: len(spans_of(upstream, client.acknowledged)) == handed, 30)
+        assert eventually(lambda: backlog(cluster, upstream.grpc_endpoint) == 0, 20)
+        time.sleep(1.0)
+        assert shutdown_drops(live) == left
+    finally:
+        client.close()
+
+
+@pytest.fixture
+def sentinel(tmp_path: Path) -> Iterator[SentinelMode]:
+    with RedisSentinelSet(tmp_path / "sentinel") as sentinel_set:
+        yield SentinelMode(sentinel_set)
+
+
+def test_after_a_sentinel_failover_the_departure_writes_to_the_new_primary(
+        sidecar_factory: SidecarFactory, upstream: FakeCollector, sentinel: SentinelMode) -> None:
+    # The handoff has its own (binary) client: its connections, opened to the old primary by the backlog
+    # watch, must follow the failover too, or the departure meets a read-only replica (or, before the
+    # demotion, writes what the demotion discards).
+    endpoint = upstream.grpc_endpoint
+    sidecars = [start_member(sidecar_factory, upstream, sentinel, f"s{i}") for i in range(2)]
+    upstream.fail_always(grpc_code=grpc.StatusCode.UNAVAILABLE)
+    client = Client(sidecars[0])
+    try:
+        fill_during_outage(sidecars[0], client, 1_000_000, requests=REQUESTS)
+        sentinel.fail_over(endpoint)
+        assert eventually(lambda: all(s.metric_value("sidecar_fleet_connected") == 1 for s in sidecars), 30)
+        time.sleep(2.0)  # the old primary is demoted (a replica: reads work, writes do not)
+        depart(sidecars[0])
+        event = handoff_event(sidecars[0])
+        assert event["handed_off_items"] == REQUESTS * 10 and event["left_requests"] == 0, event
+        upstream.clear_faults()
+        assert eventually(lambda: client.acknowledged <= upstream.span_ids(), 45), \
+            f"{len(client.acknowledged - upstream.span_ids())} acknowledged spans never arrived"
+        assert eventually(lambda: backlog(sentinel, endpoint) == 0, 20)
+    finally:
+        client.close()
