@@ -32,7 +32,7 @@ from tests.integration.test_handoff import (
     spans_of,
 )
 from tests.polling import eventually
-from tests.sidecar_process import SidecarProcess
+from tests.sidecar_process import SidecarProcess, free_port
 
 REQUESTS = 100  # of 10 spans each, acknowledged by the departing sidecar during the outage
 
@@ -189,5 +189,37 @@ def test_after_a_sentinel_failover_the_departure_writes_to_the_new_primary(
         assert eventually(lambda: client.acknowledged <= upstream.span_ids(), 45), \
             f"{len(client.acknowledged - upstream.span_ids())} acknowledged spans never arrived"
         assert eventually(lambda: backlog(sentinel, endpoint) == 0, 20)
+    finally:
+        client.close()
+
+
+def test_a_cluster_never_reached_is_redis_unavailable_for_the_departure(
+        sidecar_factory: SidecarFactory, upstream: FakeCollector) -> None:
+    # Nothing listens at the configured nodes: redis-py's cluster client raises RedisClusterUnreachableError
+    # (no RedisError) from its first topology refresh. The fleet treats it as "Redis down", as with one
+    # server: the departure says what it left and why, and the queue stays on the volume.
+    fleet = {"cluster": {"nodes": [f"127.0.0.1:{free_port()}" for _ in range(3)]}, "handoff": HANDOFF}
+    edit = ha_edit(fleet, "s0")
+
+    def config_edit(config: dict[str, Any]) -> None:
+        edit(config)
+        config["service"]["shutdown_timeout"] = "3s"
+
+    s0 = sidecar_factory(upstream.grpc_endpoint, storage=True, config_edit=config_edit,
+                         circuit_breaker=FAST_BREAKER, health_probe={"interval": "1s", "timeout": "1s"})
+    upstream.fail_always(grpc_code=grpc.StatusCode.UNAVAILABLE)
+    client = Client(s0)
+    try:
+        fill_during_outage(s0, client, 1_000_000, requests=20)
+        assert s0.stop() == 0, s0.logs()[-3000:]
+        event = handoff_event(s0)
+        assert event["why_left"] == "redis_unavailable" and event["left_items"] == 200, event
+        messages = [str(e.get("msg")) for e in s0.log_events()]
+        assert "fleet store not reachable yet; going on with local state" in messages
+        assert not any("supervisor failed" in m for m in messages), s0.logs()[-3000:]
+        # The volume stays: the next start replays what the departure could not hand off.
+        upstream.clear_faults()
+        s0.start()
+        assert eventually(lambda: client.acknowledged <= upstream.span_ids(), 30)
     finally:
         client.close()
