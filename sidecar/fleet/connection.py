@@ -20,7 +20,7 @@ import random
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
-from redis.exceptions import RedisError
+from redis.exceptions import RedisClusterException, RedisError
 
 from sidecar.config.schema import FleetConfig
 from sidecar.core.clock import Clock
@@ -39,7 +39,10 @@ RECONNECT_MAX = 5.0
 
 # What a Redis command may raise when Redis or the link goes away. RuntimeError included: redis-py can
 # write to a transport uvloop already closed ("the handler is closed") while reconnecting.
-FAILURES: tuple[type[Exception], ...] = (RedisError, OSError, TimeoutError, ConnectionError, RuntimeError)
+# RedisClusterException too (no RedisError): a cluster client whose topology refresh reaches no node raises
+# RedisClusterUnreachableError, and SlotNotCoveredError while a slot has no node; both mean "down for now".
+FAILURES: tuple[type[Exception], ...] = (RedisError, RedisClusterException, OSError, TimeoutError,
+                                         ConnectionError, RuntimeError)
 
 
 class FleetConnection:

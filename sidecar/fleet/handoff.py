@@ -41,7 +41,7 @@ from sidecar.core.clock import Clock
 from sidecar.core.signals import Signal
 from sidecar.core.tasks import cancel_and_wait
 from sidecar.exporters.breaker import BreakerState
-from sidecar.fleet.client import make_client
+from sidecar.fleet.client import make_client, moved_primary
 from sidecar.fleet.connection import FAILURES, FleetConnection
 from sidecar.fleet.handoff_codec import (
     GROUP,
@@ -188,6 +188,9 @@ class HandoffSink:
         deadline = started + seconds
         try:
             async with asyncio.timeout(max(0.0, seconds)):
+                # Sentinel: this client's connections may still point at a primary that was just failed over
+                # (it answers as one for seconds and its writes are then discarded); ask where it is first.
+                await moved_primary(self.store.client)
                 limit = await self.store.limit_for(endpoint)
                 departure.why = await self._queue(exporter, departure, limit)
                 if not departure.why:
