@@ -169,6 +169,7 @@ async def _worker(spec: dict[str, Any]) -> dict[str, Any]:
         await member.start()
         await asyncio.sleep(0.002)  # a fleet starts over time, not all in one tick
     setup = time.monotonic() - started
+    print(f"{len(members)} members started in {setup:.1f}s", file=sys.stderr, flush=True)
     print("ready", flush=True)
     line = await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
     schedule = json.loads(line)
@@ -212,13 +213,18 @@ async def _worker(spec: dict[str, Any]) -> dict[str, Any]:
             if not await member.accept(message, payload, time.time()):
                 refused += 1
             sent += 1
+            if sent % 50 == 0:
+                await asyncio.sleep(0)  # a loop behind schedule still lets the members run
         await asyncio.sleep(0.01)
     monitor.cancel()
+    print(f"load done: {sent} sent", file=sys.stderr, flush=True)
     await asyncio.sleep(0.5)  # what is in flight settles
     sampler.cancel()
+    stopping = time.monotonic()
     with contextlib.suppress(TimeoutError):
         async with asyncio.timeout(20.0):
             await asyncio.gather(*(member.stop() for member in members), return_exceptions=True)
+    print(f"members stopped in {time.monotonic() - stopping:.1f}s", file=sys.stderr, flush=True)
     healthy_cpu = None
     if "healthy_from" in cpu_marks and "healthy_until" in cpu_marks:
         healthy_cpu = (cpu_marks["healthy_until"] - cpu_marks["healthy_from"]) / (
@@ -243,7 +249,8 @@ def worker_main(spec_path: str) -> int:
     spec = json.loads(Path(spec_path).read_text())
     result = asyncio.run(_worker(spec))
     Path(spec["result"]).write_text(json.dumps(result))
-    return 0
+    print("result written", file=sys.stderr, flush=True)
+    os._exit(0)  # the members are stopped and the result is written: skip the interpreter's slow teardown
 
 
 # ---------------------------------------------------------------------------------------- parent
