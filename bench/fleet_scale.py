@@ -151,7 +151,7 @@ def redis_cost(before: dict[str, Any], after: dict[str, Any], seconds: float, me
 # ---------------------------------------------------------------------------------------- worker
 
 
-async def _worker(spec: dict[str, Any]) -> dict[str, Any]:
+async def _worker(spec: dict[str, Any]) -> None:
     import logging
 
     from bench.fleet_sim import Member, SimUpstream, UpstreamPlan, export_classifier, request
@@ -220,17 +220,12 @@ async def _worker(spec: dict[str, Any]) -> dict[str, Any]:
     print(f"load done: {sent} sent", file=sys.stderr, flush=True)
     await asyncio.sleep(0.5)  # what is in flight settles
     sampler.cancel()
-    stopping = time.monotonic()
-    with contextlib.suppress(TimeoutError):
-        async with asyncio.timeout(20.0):
-            await asyncio.gather(*(member.stop() for member in members), return_exceptions=True)
-    print(f"members stopped in {time.monotonic() - stopping:.1f}s", file=sys.stderr, flush=True)
     healthy_cpu = None
     if "healthy_from" in cpu_marks and "healthy_until" in cpu_marks:
         healthy_cpu = (cpu_marks["healthy_until"] - cpu_marks["healthy_from"]) / (
             phases.healthy_until - phases.healthy_from)
     local_opens = sum(1 for m in members for t in m.transitions if t.new == "open" and t.source == "local")
-    return {
+    result = {
         "members": [lo, hi], "setup_seconds": setup, "sent": sent, "refused": refused,
         "data": upstream.calls.data, "probes": upstream.calls.probes,
         "latencies_ms": [round(v, 2) for v in upstream.calls.latencies_ms],
@@ -240,6 +235,22 @@ async def _worker(spec: dict[str, Any]) -> dict[str, Any]:
         "lag_p50_ms": 1000 * (percentile(lags, 0.5) or 0.0), "lag_p99_ms": 1000 * (percentile(lags, 0.99) or 0.0),
         "lag_max_ms": 1000 * max(lags, default=0.0), "healthy_cpu_fraction": healthy_cpu,
     }
+    write_result(Path(spec["result"]), result)
+    # Leave the fleet politely (free leases, drop heartbeats) so the next run starts clean, but within a
+    # bound: the process exits right after, and the parent flushes Redis before the next run anyway.
+    stopping = time.monotonic()
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(10.0):
+            await asyncio.gather(*(member.stop() for member in members), return_exceptions=True)
+    print(f"members stopped in {time.monotonic() - stopping:.1f}s", file=sys.stderr, flush=True)
+
+
+def write_result(path: Path, result: dict[str, Any]) -> None:
+    """Whole or not at all: the parent reads the file as soon as it exists."""
+    partial = path.with_suffix(".partial")
+    partial.write_text(json.dumps(result))
+    partial.rename(path)
+    print("result written", file=sys.stderr, flush=True)
 
 
 def worker_main(spec_path: str) -> int:
@@ -247,10 +258,9 @@ def worker_main(spec_path: str) -> int:
 
     runtime.install_uvloop()
     spec = json.loads(Path(spec_path).read_text())
-    result = asyncio.run(_worker(spec))
-    Path(spec["result"]).write_text(json.dumps(result))
-    print("result written", file=sys.stderr, flush=True)
-    os._exit(0)  # the members are stopped and the result is written: skip the interpreter's slow teardown
+    with contextlib.suppress(TimeoutError):  # a stop that outlasts its bound must not keep the result back
+        asyncio.run(_worker(spec))
+    os._exit(0)  # the result is written: skip the interpreter's teardown of N members' sockets and tasks
 
 
 # ---------------------------------------------------------------------------------------- parent
@@ -341,9 +351,14 @@ def run_once(spec: RunSpec, redis_url: str, workdir: Path, log: Any = print) -> 
         before = info_snapshot(client)
         time.sleep(max(0.0, base + phases.healthy_until - time.time()))
         after = info_snapshot(client)
-        for proc in procs:
-            if proc.wait(timeout=phases.load_until + 120) != 0:
+        deadline = time.time() + phases.load_until + 120
+        while not all(path.exists() for path in results):
+            if time.time() > deadline or any(proc.poll() not in (None, 0) for proc in procs):
                 raise RuntimeError(f"a worker of {spec.label} failed; see {rundir}")
+            time.sleep(0.2)
+        for proc in procs:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout=15)
     finally:
         channel.stop()
         for proc in procs:
