@@ -1,14 +1,16 @@
-"""Scenario 6 of bench/run.py: a fleet of sidecars in front of an upstream that fails (issue 13).
+"""Scenario 6 of bench/run.py: a fleet of sidecars in front of an upstream that fails (issues 13 and 28).
 
-N sidecars (4), each with its own client sending 10 requests/s, in front of one fake Collector that
-answers UNAVAILABLE for 20 s. Measured per mode: the Export calls that hit the failing upstream (data
-and probes), the time from recovery to the first delivered export, and the spans lost (acknowledged
-by a sidecar, never delivered). Modes:
+N sidecars, each with its own client sending 10 requests/s, in front of one fake Collector that answers
+UNAVAILABLE for 20 s. Health probing is left at its defaults (an empty Export every 30 s). Measured per
+row: the Export calls that hit the failing upstream (data and probes), the time from recovery to the
+first delivered export, the spans lost (acknowledged by a sidecar, never delivered), and how many
+sidecars reported the outage's class escalated (and whether any reported it easing while it lasted).
+Rows, each run locally (every sidecar on its own) and in fleet mode, side by side:
 
-* local, the bench's breaker (recovery 2 s, growing to 5 s): every sidecar on its own, as today;
-* local, short breaker (1 s to 2 s): what a short recovery timeout costs without a fleet;
-* fleet, short breaker: the same sidecars sharing breaker, probe lease and retry budget in Redis;
-* fleet, short breaker, redis-server killed 7 s into the failure and restarted 7 s later.
+* 4 sidecars, `circuit_breaker: {recovery_timeout: 2s}` (the rest default);
+* 8 sidecars, the same;
+* 4 sidecars with no breaker settings at all (the shipped defaults: recovery_timeout 60 s);
+* fleet only: 4 sidecars, recovery_timeout 2s, redis-server killed 7 s into the failure and restarted 7 s later.
 
 The fake Collector and the clients run in this process; the sidecars and redis-server are their own.
 """
@@ -31,29 +33,36 @@ from tests.fakes.collector import FakeCollector
 from tests.fakes.redis_server import RedisServer
 from tests.sidecar_process import SidecarPorts, SidecarProcess
 
-SIDECARS = 4
 RATE = 10.0  # requests/s per sidecar
 SPANS_PER_REQUEST = 10
 BEFORE, FAILURE, AFTER = 3.0, 20.0, 5.0
 REDIS_DOWN_AT, REDIS_UP_AT = 7.0, 14.0  # seconds into the failure
 TRACE_EXPORT = "/opentelemetry.proto.collector.trace.v1.TraceService/Export"
-SHORT_BREAKER = {"recovery_timeout": "1s", "max_recovery_timeout": "2s"}
+SHORT = {"recovery_timeout": "2s"}
 
 
 @dataclass(frozen=True)
 class Mode:
     name: str
+    sidecars: int
     fleet: bool
-    breaker: dict[str, str] | None  # None: the bench's own (bench_exporter)
+    breaker: dict[str, str] | None  # None: no breaker settings at all (the shipped defaults)
     kill_redis: bool = False
 
 
-MODES = (
-    Mode("local, breaker 2 s -> 5 s", fleet=False, breaker=None),
-    Mode("local, breaker 1 s -> 2 s", fleet=False, breaker=SHORT_BREAKER),
-    Mode("fleet, breaker 1 s -> 2 s", fleet=True, breaker=SHORT_BREAKER),
-    Mode("fleet, breaker 1 s -> 2 s, Redis killed mid-failure", fleet=True, breaker=SHORT_BREAKER, kill_redis=True),
-)
+def _modes() -> tuple[Mode, ...]:
+    modes = []
+    for sidecars, breaker, label in ((4, SHORT, "recovery_timeout 2s"), (8, SHORT, "recovery_timeout 2s"),
+                                     (4, None, "no breaker settings")):
+        for fleet in (False, True):
+            modes.append(Mode(f"{'fleet' if fleet else 'local'}, {sidecars} sidecars, {label}", sidecars, fleet,
+                              breaker))
+    modes.append(Mode("fleet, 4 sidecars, recovery_timeout 2s, Redis killed mid-failure", 4, True, SHORT,
+                      kill_redis=True))
+    return tuple(modes)
+
+
+MODES = _modes()
 
 
 class Client(threading.Thread):
@@ -107,22 +116,23 @@ def fleet_of(mode: Mode, upstream: FakeCollector, redis: RedisServer | None,
              settings: Settings) -> Iterator[list[SidecarProcess]]:
     sidecars: list[SidecarProcess] = []
     try:
-        for i in range(SIDECARS):
+        for i in range(mode.sidecars):
             ports = SidecarPorts()
-            overrides: dict[str, Any] = {"headers": {"x-sidecar": f"s{i}"}}
+            config = bench_exporter(upstream.grpc_endpoint, ports, headers={"x-sidecar": f"s{i}"})
+            exporter = config["exporters"]["otlp_grpc"]
+            exporter.pop("health_probe")  # probing at its defaults, as a user leaves it
+            exporter.pop("circuit_breaker")
             if mode.breaker is not None:
-                overrides["circuit_breaker"] = mode.breaker
-            config = bench_exporter(upstream.grpc_endpoint, ports, **overrides)
+                exporter["circuit_breaker"] = dict(mode.breaker)
             if mode.fleet:
                 assert redis is not None
                 config["extensions"]["fleet"] = {"endpoint": redis.url, "instance_id": f"s{i}"}
                 config["service"]["extensions"].append("fleet")
-            sidecars.append(start_sidecar(config, f"fleet-{mode.fleet}-{mode.kill_redis}-{i}", ports,
-                                          settings.workdir))
+            sidecars.append(start_sidecar(config, f"fleet-{time.time_ns()}-{i}", ports, settings.workdir))
         if mode.fleet:
             deadline = time.monotonic() + 20
             while time.monotonic() < deadline and not all(
-                    s.metric_value("sidecar_fleet_members") >= SIDECARS for s in sidecars):
+                    s.metric_value("sidecar_fleet_members") >= mode.sidecars for s in sidecars):
                 time.sleep(0.1)
         yield sidecars
     finally:
@@ -152,6 +162,7 @@ def run_mode(mode: Mode, settings: Settings) -> dict[str, Any]:
             time.sleep(max(0.0, failed_at + FAILURE - time.monotonic()))
         else:
             time.sleep(FAILURE)
+        escalation = escalation_seen(sidecars)  # while the outage lasts: every member, no easing
         upstream.clear_faults()
         recovered_at = time.monotonic()
         time.sleep(AFTER)
@@ -165,7 +176,7 @@ def run_mode(mode: Mode, settings: Settings) -> dict[str, Any]:
         during = [r for r in attempts if failed_at <= r.received_at < recovered_at]
         after = [r for r in attempts if r.received_at >= recovered_at and r.accepted and not r.is_probe]
         per_sidecar = {f"s{i}": sum(1 for r in during if r.metadata.get("x-sidecar") == f"s{i}")
-                       for i in range(SIDECARS)}
+                       for i in range(mode.sidecars)}
         leases = sum(s.metric_value("sidecar_fleet_probe_leases_won_total") for s in sidecars) if mode.fleet else 0
         return {
             "calls_during_failure": len(during),
@@ -179,7 +190,31 @@ def run_mode(mode: Mode, settings: Settings) -> dict[str, Any]:
             "leases_won": leases,
             "fleet_budget_refused": sum(s.metric_value("sidecar_fleet_budget_refused_retries_total")
                                         for s in sidecars) if mode.fleet else 0,
+            "evidence_opens": sum(s.metric_value("sidecar_fleet_evidence_opens_total")
+                                  for s in sidecars) if mode.fleet else 0,
+            "sidecars": mode.sidecars,
+            **escalation,
         }
+
+
+def escalation_seen(sidecars: list[SidecarProcess]) -> dict[str, int]:
+    """How many sidecars reported the outage's class (UNAVAILABLE) escalated, and how many times any reported
+    it easing, from their error_escalation log events up to now."""
+    escalated = easing = 0
+    for sidecar in sidecars:
+        events = [e for e in sidecar.log_events()
+                  if e.get("event") == "error_escalation" and e.get("error_type") == "UNAVAILABLE"]
+        escalated += any(e.get("to_severity") != e.get("base_severity") and e.get("from_severity") ==
+                         e.get("base_severity") for e in events)
+        easing += sum(1 for e in events if _lower(e.get("to_severity"), e.get("from_severity")))
+    return {"escalated_members": escalated, "easing_events": easing}
+
+
+_ORDER = ("low", "medium", "high", "critical")
+
+
+def _lower(to: object, frm: object) -> bool:
+    return to in _ORDER and frm in _ORDER and _ORDER.index(str(to)) < _ORDER.index(str(frm))
 
 
 def scenario_fleet(settings: Settings) -> Section:
@@ -190,29 +225,29 @@ def scenario_fleet(settings: Settings) -> Section:
         rows.append([name, r["calls_during_failure"], f"{r['data_calls']} / {r['probe_calls']}",
                      " ".join(str(v) for v in r["per_sidecar"].values()),
                      f"{first:.2f} s" if first is not None else "-", f"{r['lost']} of {r['acknowledged']}",
-                     r["leases_won"]])
-    body = (f"{SIDECARS} sidecars, each sent {RATE:g} requests/s of {SPANS_PER_REQUEST} spans by its own client; "
-            f"the fake Collector answered UNAVAILABLE for {FAILURE:g} s (after {BEFORE:g} s of health) and was "
-            f"healthy for {AFTER:g} s more; then every acknowledged span was awaited (up to 90 s). Health "
-            "probes every 1 s, retries from 500 ms (bench_exporter). Calls during the failure count every Export "
-            "that reached the failing upstream, probes (empty Exports) included.\n\n"
+                     f"{r['escalated_members']} of {r['sidecars']}, {r['easing_events']} easing"])
+    body = (f"Each sidecar was sent {RATE:g} requests/s of {SPANS_PER_REQUEST} spans by its own client; the fake "
+            f"Collector answered UNAVAILABLE for {FAILURE:g} s (after {BEFORE:g} s of health) and was healthy for "
+            f"{AFTER:g} s more; then every acknowledged span was awaited (up to 90 s). Health probing at its "
+            "defaults (every 30 s), retries from 500 ms (bench_exporter), fleet mode with only `endpoint` and "
+            "`instance_id` set (probe_interval 1.5 s, failure_ratio 0.25, minimum_calls 20). Calls during the "
+            "failure count every Export that reached the failing upstream, probes (empty Exports) included. "
+            "Escalated: sidecars that reported UNAVAILABLE above its base severity before the upstream came back, "
+            "and how many times any reported it easing meanwhile.\n\n"
             + table(["mode", "calls hitting the failing upstream", "data / probes", "per sidecar",
-                     "recovery -> first delivered export", "spans lost", "probe leases won"], rows)
-            + "\n\nTargets (issue 13): fleet mode <= 21 calls during the failure (about 1.5 sidecars' worth), "
-              "the first export <= 2 s after recovery, 0 spans lost, Redis killed or not.\n\n"
-              "How to read it. Locally, every sidecar's active probe runs every second whatever its breaker "
-              "says, and a successful probe lets its breaker go half-open at once: recovery is fast (some "
-              "sidecar probes within a second of it), paid for with 4 probes/s on the failing upstream plus "
-              "each sidecar's own half-open calls. In fleet mode the others skip their probes while the fleet "
-              "has the endpoint open and one lease holder probes at the end of each fleet-wide open period (1 s, "
-              "then 2 s): the probes drop to about one per 2 s, and recovery waits for the holder's next probe "
-              "(at most one open period) plus the pub/sub hop. What is left is the burst at the start: every "
-              "sidecar sends (and retries) until the fleet has evidence. A sidecar that sees 2 failures in a row "
-              "reports it to Redis, and the endpoint opens fleet-wide once a quorum of its members (half, at least "
-              "2: here 2 of 4) reports, before any breaker reaches its own 5 consecutive failures; the others "
-              "follow by pub/sub. With Redis killed for 7 s the sidecars run locally meanwhile, which costs "
-              "what local mode costs for those seconds, and nothing acknowledged is lost. The 56 calls and "
-              "6.8 s quoted in issue 13 for local mode came from other settings; the local rows here are "
-              "measured in the same run and with the same settings as the fleet rows.")
-    return Section("fleet", f"6. Fleet: {SIDECARS} sidecars, upstream UNAVAILABLE for {FAILURE:g} s", body,
+                     "recovery -> first delivered export", "spans lost", "escalated (UNAVAILABLE)"], rows)
+            + "\n\nTargets (issue 28): fleet rows <= 21 calls during the failure and the first export <= 2 s after "
+              "recovery, whatever the breaker settings; 0 spans lost, Redis killed or not; the outage's class "
+              "escalated on every member without easing while it lasts.\n\n"
+              "How to read it. Locally each sidecar finds the outage itself (5 failures in a row trip its breaker) "
+              "and probes with its own half-open calls at the end of each open period (2 s growing, or 60 s with "
+              "the defaults) and with its health probe (every 30 s): the calls grow with the sidecars and recovery "
+              "waits for the next open period to end. In fleet mode every sidecar sends the failures it sees to "
+              "Redis (at most one report per 100 ms, none while healthy); the endpoint opens for all once they "
+              "reach 25 % of the calls the fleet makes in a short window (here 5 failures, from two sidecars at "
+              "least), and from then on one lease holder probes every 1.5 s whatever the breakers' open period: "
+              "a burst of a few calls, one probe per 1.5 s, and recovery within one probe interval plus the "
+              "pub/sub hop. With Redis killed for 7 s the sidecars run locally meanwhile; nothing acknowledged "
+              "is lost.")
+    return Section("fleet", f"6. Fleet: upstream UNAVAILABLE for {FAILURE:g} s, local and fleet mode", body,
                    {"modes": runs})

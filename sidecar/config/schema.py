@@ -264,6 +264,15 @@ class FleetConfig(Base):
     # while the backoff runs); unanswered by then, the local budget decides alone. Background commands
     # have their own bound (sidecar/fleet/connection.py).
     command_timeout: Duration = Duration(0.05)
+    # While the fleet holds an endpoint open, the probe lease holder probes it this often (an empty Export,
+    # or a GET of health_probe.health_check_url), whatever the breakers' recovery_timeout: recovery is seen
+    # within about one interval. One probe per interval is the whole fleet's cost on a failing upstream.
+    probe_interval: Duration = Duration(1.5)
+    # Pooled evidence (sidecar/fleet/view.py EvidenceRule): the endpoint opens fleet-wide when, within the
+    # window in which the fleet makes about `minimum_calls` calls (50 ms to 5 s), failures reach
+    # `failure_ratio` of them, reported by at least two sidecars.
+    failure_ratio: Annotated[float, Meta(gt=0, le=1)] = 0.25
+    minimum_calls: PositiveInt = 20
 
 
 class ExtensionsConfig(Base):

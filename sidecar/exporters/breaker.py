@@ -120,9 +120,11 @@ class BreakerCall:
     state: BreakerState  # the state the call was admitted in
     probe: bool  # holds one of the half-open slots
     outcome: CallOutcome = CallOutcome.SUCCESS
+    classification: Classification | None = None
 
     def record(self, classification: Classification) -> None:
         self.outcome = outcome_for(classification)
+        self.classification = classification
 
 
 class _CountedFailure(Exception):
@@ -215,6 +217,9 @@ class EndpointBreaker:
         self._source = SOURCE_LOCAL  # the source of the transitions pybreaker is making now
         self._gate: BreakerGate | None = None
         self.trips = 0  # times it opened, for status
+        # The class of the failures that open (or opened) it: the last counted failure's, or the fleet's
+        # open's. Requests held back while it is open count as occurrences of it (severity escalation).
+        self.open_class: Classification | None = None
 
     # ------------------------------------------------------------ observation
 
@@ -330,6 +335,8 @@ class EndpointBreaker:
                         escaped = exc
                         call.outcome = CallOutcome.NEUTRAL
                     outcome = call.outcome
+                    if outcome is CallOutcome.FAILURE and call.classification is not None:
+                        self.open_class = call.classification
                     if self._state is not call.state:
                         late, outcome = outcome, CallOutcome.NEUTRAL
                     self._storage.frozen = outcome is CallOutcome.NEUTRAL
@@ -354,9 +361,11 @@ class EndpointBreaker:
 
     # ------------------------------------------------------------ external evidence and control
 
-    def record_failure(self) -> None:
+    def record_failure(self, classification: Classification | None = None) -> None:
         """A failure seen outside `calling()` (a failed health probe). Ignored while open."""
         if self.enabled:
+            if classification is not None and self._state is not BreakerState.OPEN:
+                self.open_class = classification
             self._apply(CallOutcome.FAILURE)
 
     def probe_succeeded(self) -> None:

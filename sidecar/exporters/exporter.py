@@ -252,6 +252,7 @@ class Exporter:
             self._push_back(entry, exc.reason)  # queue_full, or the storage's reason (disk_full, ...)
         finally:
             self.update_queue_gauges()
+        self.sender.held()  # held back by an open breaker: an occurrence of its class (severity escalation)
         if shed is not None and shed.shed:
             # Counted only now: when the put fails the client is told to retry the whole request,
             # so nothing was dropped (counting earlier made the counters exceed the partial successes).
@@ -342,6 +343,8 @@ class Exporter:
         if report.verdict is Verdict.DELIVERED:
             self._delivered([entry])
             return IngestResult(report.rejected, _rejected_message(report))
+        if report.reason is Reason.BREAKER_OPEN and report.attempts == 0:
+            self.sender.held()
         classification = report.classification or INTERNAL_ERROR
         if report.verdict is Verdict.REQUEUE or classification.retryable:
             raise UpstreamRefused(f"upstream did not accept the request: {classification.error_type}",

@@ -172,11 +172,9 @@ class HealthProber:
         self.consecutive_successes = 0
         self.last_error = ExportError(failure).describe()
         if self._breaker is not None:
-            transient = True
-            if self._classifier is not None:
-                transient = self._classifier.classify_export(failure).retryable
-            if transient:
-                self._breaker.record_failure()
+            classification = self._classifier.classify_export(failure) if self._classifier is not None else None
+            if classification is None or classification.retryable:
+                self._breaker.record_failure(classification)
         if self.state is EndpointHealth.UNKNOWN or (
                 self.state is EndpointHealth.HEALTHY
                 and self.consecutive_failures >= self.config.unhealthy_threshold):

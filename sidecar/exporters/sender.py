@@ -524,6 +524,26 @@ class Sender:
                 if self.error_stats is not None:
                     self.error_stats.outage_started(self.exporter_name, ep.name)
 
+    def held(self) -> None:
+        """A request that cannot go now because every endpoint's breaker holds it back (its own, or the
+        fleet's verdict): one occurrence of the class that opened the breaker, for severity escalation.
+
+        An open breaker makes few attempts, and in fleet mode only the prober makes any, so counting
+        attempts alone would let a sustained outage hover around the threshold (or, on the members that
+        do not probe, never reach it). Counting what the outage holds back escalates it on every member
+        while it lasts, and steadily: the class keeps recurring as long as requests keep arriving."""
+        cause: Classification | None = None
+        endpoint = ""
+        for ep in self.endpoints.values():
+            if self.balancer.allowed(ep.name):
+                return  # something can still be sent: not held
+            if cause is None and ep.breaker.open_class is not None:
+                cause, endpoint = ep.breaker.open_class, ep.name
+        if cause is None:
+            return  # opened by no failure this sidecar or the fleet knows the class of (an operator, a reload)
+        reported = self.escalation.observe(cause, self.clock.monotonic())
+        self.events.export_held(self.exporter_name, endpoint, reported, base_severity=cause.severity)
+
     def _requeue_breakers_open(
         self, last: Classification | None, attempts: int, endpoint: str | None
     ) -> SendReport:

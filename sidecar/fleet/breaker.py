@@ -2,17 +2,21 @@
 
 Each sidecar's `EndpointBreaker`s of the endpoint stay what they were; this object sits beside them:
 
-* their failure streaks are pooled: a sidecar with `evidence_streak` consecutive failures reports it
-  (EVIDENCE script), and the record opens fleet-wide once a quorum of the endpoint's members reports
-  one, before any single breaker has counted `failure_threshold`; its next success withdraws it;
-* their local transitions are published: a local open opens the fleet's record (OPEN script), a
-  failed half-open call or probe of the lease holder starts the next, longer fleet-wide open period,
-  a success closes the record for all (CLOSE script, which also frees the lease);
+* their failures are pooled: each sidecar counts the failures it sees on the endpoint (calls, failed
+  probes, its own breaker's trips) and sends the count at most every EVIDENCE_BATCH, only when it has
+  some (EVIDENCE script); the record opens fleet-wide on the rule of `EvidenceRule` (a share of the
+  fleet's calls over a short window, from two sidecars at least), before any single breaker has counted
+  `failure_threshold`. A sidecar's own trip does not open the record: one sidecar's trouble (its
+  network, its bad data) never holds the others;
+* while the record is open, the lease holder probes every `probe_interval` (an empty Export, or a GET
+  of `health_check_url`), whatever the open period has grown to: a failed probe (or failed half-open
+  call of a holder without a prober) starts the next fleet-wide open period, a success closes the record
+  for all (CLOSE script, which also frees the lease);
 * the fleet's changes (pub/sub, and a refresh every `REFRESH_INTERVAL` for missed messages) are
   applied with source ``fleet``: `follow_open` on a newer open generation, `follow_close` on a newer
-  closed one;
+  closed one; the record's error class becomes the breakers' `open_class` (severity escalation);
 * it is the breakers' gate and the health probers' `may_probe` (see sidecar/fleet/view.py): while the
-  fleet has the endpoint open, only the lease holder probes, when the fleet's open period is over;
+  fleet has the endpoint open, only the lease holder probes, on its cadence;
 * while Redis is down everything here answers "decide locally".
 """
 
@@ -33,12 +37,16 @@ from sidecar.fleet import scripts
 from sidecar.fleet.connection import FleetConnection
 from sidecar.fleet.keys import Keys
 from sidecar.fleet.view import (
-    EVIDENCE_WINDOW,
-    QUORUM_FRACTION,
+    EVIDENCE_BATCH,
+    MAX_WINDOW,
+    MIN_WINDOW,
+    EvidenceRule,
     FleetView,
     ProbeLease,
     Record,
-    evidence_streak,
+    decode_class,
+    encode_class,
+    next_probe_at,
     probe_delay,
     scheduled_probe_allowed,
     should_probe,
@@ -51,6 +59,7 @@ log = logging.getLogger(__name__)
 REFRESH_INTERVAL = 0.5  # missed pub/sub messages are caught up within this
 LEASE_TTL = 3.0  # a dead prober is replaced within about this long
 RECHECK = 0.25  # how often a breaker held open by the fleet asks its gate again
+PROBE_INTERVAL = 1.5  # seconds between the lease holder's probes (FleetConfig.probe_interval)
 
 
 class FleetScripts:
@@ -91,7 +100,8 @@ def parse_message(data: str) -> tuple[str, Record] | None:
 
 class SharedBreaker:
     def __init__(self, endpoint: str, conn: FleetConnection, fleet_scripts: FleetScripts, keys: Keys,
-                 instance: str, events: Events, clock: Clock) -> None:
+                 instance: str, events: Events, clock: Clock, rule: EvidenceRule | None = None,
+                 probe_interval: float = PROBE_INTERVAL) -> None:
         self.endpoint = endpoint
         self._conn = conn
         self._scripts = fleet_scripts
@@ -104,10 +114,15 @@ class SharedBreaker:
         self.holder = ""  # the lease holder as last read
         self.breakers: list[EndpointBreaker] = []
         self.probers: list[HealthProber] = []
+        self.rule = rule or EvidenceRule()
+        self.probe_interval = probe_interval
+        self.evidence_batch = EVIDENCE_BATCH  # seconds between two failure reports of this sidecar
+        self.last_probe = float("-inf")  # local monotonic time of this sidecar's last probe as lease holder
+        self.open_class = ""  # the error class of the open, as the record keeps it ('' unknown)
         self._probing = False
-        self._failing = False  # what this sidecar wants the fleet to know: it sees the endpoint failing
-        self._reported_failing = False  # what it last told the fleet
-        self._evidence_due = False
+        self._failures = 0  # failures seen and not yet sent to the fleet
+        self._report_seq = 0
+        self._last_report = float("-inf")
         self._evidence_writer: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -143,9 +158,13 @@ class SharedBreaker:
 
     # ------------------------------------------------------------ gate answers (sync, local state only)
 
+    @property
+    def next_probe(self) -> float:
+        return next_probe_at(self.view, self.last_probe, self.probe_interval)
+
     def probe_delay(self) -> float | None:
         return probe_delay(self.view, self.lease, self._conn.connected, self._clock.monotonic(),
-                           active_prober=bool(self.probers), recheck=RECHECK)
+                           active_prober=bool(self.probers), recheck=RECHECK, next_probe=self.next_probe)
 
     def may_probe(self) -> bool:
         return scheduled_probe_allowed(self.view, self._conn.connected)
@@ -158,41 +177,44 @@ class SharedBreaker:
                 self._keys.evidence(self.endpoint)]
 
     def _on_local_streak(self, breaker: EndpointBreaker, streak: int) -> None:
-        """Every failure of a streak long enough refreshes this sidecar's report (so a report stays
-        fresh while the failures go on); the first success after one withdraws it. Nothing else writes."""
-        failing = streak >= evidence_streak(breaker.config.failure_threshold)
-        if not self._conn.connected or (failing and self.view.open):
+        """An outcome counted while closed: a streak > 0 means it was a failure."""
+        if streak > 0:
+            self._count_failure(breaker)
+
+    def _count_failure(self, breaker: EndpointBreaker) -> None:
+        """One failure for the fleet's evidence, sent in a batch; nothing to send while the fleet has the
+        endpoint open already (or while Redis is down: the counts would be stale when it is back)."""
+        if not self._conn.connected or self.view.open:
             return
-        if not failing and not self._reported_failing and not self._failing:
-            return  # the common case: a success with nothing to withdraw
-        self._failing = failing
-        self._evidence_due = True
+        self._failures += 1
+        if breaker.open_class is not None:
+            self.open_class = encode_class(breaker.open_class)
         if self._evidence_writer is None or self._evidence_writer.done():
             self._evidence_writer = asyncio.ensure_future(self._write_evidence())
             self._tasks.add(self._evidence_writer)
             self._evidence_writer.add_done_callback(self._tasks.discard)
 
     async def _write_evidence(self) -> None:
-        """One writer per endpoint, so reports and withdrawals reach Redis in the order they were made;
-        outcomes that arrive during a write are folded into the next one."""
-        while self._evidence_due:
-            self._evidence_due = False
-            failing = self._failing
-            if failing:
-                await self._report_failing()
-            else:
-                await self._withdraw_failing()
-            self._reported_failing = failing
+        """One writer per endpoint: the failures seen meanwhile go in one report, at most one report every
+        EVIDENCE_BATCH (the first at once: an outage's first failures are what opens the fleet fast)."""
+        while self._failures:
+            wait = self._last_report + self.evidence_batch - self._clock.monotonic()
+            if wait > 0:
+                await self._clock.sleep(wait)
+            failures, self._failures = self._failures, 0
+            if failures == 0 or self.view.open:
+                return
+            self._last_report = self._clock.monotonic()
+            await self._report_failures(failures)
 
-    async def _withdraw_failing(self) -> None:
-        key = self._keys.evidence(self.endpoint)
-        await self._conn.call(lambda: self._conn.client.hdel(key, self._instance))
-
-    async def _report_failing(self) -> None:
+    async def _report_failures(self, failures: int) -> None:
         keys = [self._keys.breaker(self.endpoint), self._keys.evidence(self.endpoint),
-                self._keys.endpoint_members(self.endpoint)]
-        args: list[str | int | float] = [self._instance, int(EVIDENCE_WINDOW * 1000), QUORUM_FRACTION,
-                                         int(self._base_timeout * 1000), self._keys.channel, self.endpoint]
+                self._keys.endpoint_members(self.endpoint), self._keys.budget(self.endpoint)]
+        self._report_seq += 1
+        args: list[str | int | float] = [
+            self._instance, self._report_seq, failures, float(self.rule.failure_ratio), int(self.rule.minimum_calls),
+            int(MIN_WINDOW * 1000), int(MAX_WINDOW * 1000), int(self._base_timeout * 1000), self._keys.channel,
+            self.endpoint, self.open_class]
         reply = await self._conn.call(lambda: self._scripts.evidence(keys=keys, args=args))
         if reply is None:
             return
@@ -205,17 +227,23 @@ class SharedBreaker:
             return  # the fleet's own changes are not echoed; while down, the resync catches up
         now = self._clock.monotonic()
         if new == BreakerState.OPEN:
-            reopen = old == BreakerState.HALF_OPEN and self.lease.holds(now)
-            if reopen:  # until the fleet answers, do not let the gate send the next probe at once
-                self.view.until = now + self._base_timeout
-            self._spawn(self._publish_open(reopen))
+            if old == BreakerState.HALF_OPEN and self.view.open and self.lease.holds(now):
+                # The holder's half-open call was its probe and failed: the next one waits a probe interval.
+                self.last_probe = now
+                self._spawn(self._publish_open(True))
+            else:
+                # Its own trip is evidence like any failure, not a fleet-wide verdict (see the module docstring).
+                self._count_failure(self._breaker_in(new))
         elif new == BreakerState.CLOSED and old == BreakerState.HALF_OPEN:
             self._spawn(self._publish_close())
+
+    def _breaker_in(self, state: str) -> EndpointBreaker:
+        return next((b for b in self.breakers if b.state == state), self.breakers[0])
 
     async def _publish_open(self, reopen: bool) -> None:
         keys = self._record_keys
         args = [int(self._base_timeout * 1000), int(self._max_timeout * 1000), 1 if reopen else 0,
-                self._instance, self._keys.channel, self.endpoint]
+                self._instance, self._keys.channel, self.endpoint, self.open_class]
         reply = await self._conn.call(lambda: self._scripts.open(keys=keys, args=args))
         if reply is not None:
             self._apply(parse_record(reply))
@@ -243,7 +271,8 @@ class SharedBreaker:
         if not (changed or force):
             return
         if self.view.open:
-            self._failing = self._reported_failing = False  # opening forgets the fleet's evidence
+            self._failures = 0  # opening forgets the fleet's evidence
+            self._adopt_class()
             for breaker in self.breakers:
                 breaker.follow_open()
         else:
@@ -287,7 +316,7 @@ class SharedBreaker:
         wait = REFRESH_INTERVAL
         now = self._clock.monotonic()
         if self.view.open and self.lease.holds(now) and not self._probing:
-            wait = min(wait, max(0.01, self.view.until - now))
+            wait = min(wait, max(0.01, self.next_probe - now))
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(wait):
                 await self._wake.wait()
@@ -299,7 +328,19 @@ class SharedBreaker:
         if reply is None:
             return None
         self.holder = str(reply[4])
-        return parse_record(reply)
+        record = parse_record(reply)
+        if record.open and len(reply) > 6 and reply[6]:
+            self.open_class = str(reply[6])
+            self._adopt_class()
+        return record
+
+    def _adopt_class(self) -> None:
+        """The class of the fleet's open becomes the breakers' (a sidecar that saw none of the failures
+        counts its held requests as that class)."""
+        cause = decode_class(self.open_class) if self.open_class else None
+        if cause is not None:
+            for breaker in self.breakers:
+                breaker.open_class = cause
 
     async def _tick(self) -> None:
         record = await self._read()
@@ -318,7 +359,8 @@ class SharedBreaker:
                 await self._hand_over()
         elif should_try_lease(self.view, self.lease, self.holder, now) and self._can_probe():
             await self._acquire()
-        if should_probe(self.view, self.lease, self._clock.monotonic(), self._probing) and self.probers:
+        if should_probe(self.view, self.lease, self._clock.monotonic(), self._probing, self.next_probe) \
+                and self.probers:
             self._probing = True
             self._spawn(self._probe())
 
@@ -362,13 +404,13 @@ class SharedBreaker:
     async def _probe(self) -> None:
         """One probe as the fleet's prober; its verdict goes to the whole fleet."""
         try:
+            self.last_probe = self._clock.monotonic()
             healthy = await self.probers[0].probe_once()
             if healthy:
                 for breaker in self.breakers:  # probe_succeeded made them half-open; the fleet closes all
                     breaker.follow_close()
                 await self._publish_close()
             elif self.lease.holds(self._clock.monotonic()):
-                self.view.until = self._clock.monotonic() + self._base_timeout
                 await self._publish_open(True)
         finally:
             self._probing = False

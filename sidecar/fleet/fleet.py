@@ -20,6 +20,7 @@ from sidecar.fleet.budget import FleetRetryBudget
 from sidecar.fleet.connection import BACKGROUND_TIMEOUT, FAILURES, FleetConnection
 from sidecar.fleet.keys import Keys
 from sidecar.fleet.membership import Heartbeat, Snapshot
+from sidecar.fleet.view import EvidenceRule
 from sidecar.telemetry.events import Events
 
 log = logging.getLogger(__name__)
@@ -32,6 +33,10 @@ FLUSH_INTERVAL = 1.0
 
 def default_instance_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def evidence_rule(config: FleetConfig) -> EvidenceRule:
+    return EvidenceRule(failure_ratio=float(config.failure_ratio), minimum_calls=int(config.minimum_calls))
 
 
 class Fleet:
@@ -57,7 +62,8 @@ class Fleet:
             shared = self.breakers.get(chain.name)
             if shared is None:
                 shared = SharedBreaker(chain.name, self.conn, self.scripts, self.keys, self.instance,
-                                       self._events, self._clock)
+                                       self._events, self._clock, evidence_rule(self.config),
+                                       float(self.config.probe_interval))
                 self.breakers[chain.name] = shared
                 self.conn.on_disconnected.append(shared.disconnected)
             shared.attach(chain.breaker, chain.prober)

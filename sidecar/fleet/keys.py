@@ -27,8 +27,10 @@ class Keys:
         return f"{self.prefix}probe-lease:{endpoint}"
 
     def evidence(self, endpoint: str) -> str:
-        """Hash: instance -> when (Redis time, ms) it last reported a failure streak on the endpoint."""
-        return f"{self.prefix}failing:{endpoint}"
+        """Sorted set of failure reports on the endpoint (``instance\nseq\nfailures``), scored by Redis
+        time in ms (sidecar/fleet/scripts.py EVIDENCE). Named apart from the hash of earlier versions, so a
+        fleet in the middle of a rolling upgrade never meets a key of the wrong type."""
+        return f"{self.prefix}failures:{endpoint}"
 
     def endpoint_members(self, endpoint: str) -> str:
         """Sorted set: instance -> expiry of its heartbeat, for the sidecars that send to the endpoint."""

@@ -3,8 +3,10 @@ sidecars' clocks never have to agree; results carry durations ("remaining ms"), 
 
 Breaker record (hash `breaker:<endpoint>`): state open|closed, timeout (ms, the current open
 period), until (ms, when the open period ends), gen (bumped on every change), by (instance), at,
-cause (of the last open: `breaker` a sidecar's own breaker tripped, `probe` the prober's probe
-failed, `quorum` enough members reported failure streaks).
+cause (of the last open: `evidence` the fleet's pooled failures, see `EVIDENCE`; `probe` the prober's
+probe failed; `breaker` a sidecar that reconnected after Redis was lost found its own breaker open),
+class (the error class of the failures that opened it, sidecar/fleet/view.py `encode_class`: members
+that never saw a failure count their held requests as that class, for severity escalation).
 Every change is published on the breaker channel as ``endpoint\\nstate\\ngen\\nremaining\\ntimeout``.
 """
 
@@ -18,10 +20,11 @@ local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 # Opens the record (from closed: the base period; from open: the given one), forgets the failure
 # evidence gathered while closed, and publishes the change.
 _OPEN_RECORD = """
-local function open_record(breaker, evidence, timeout, gen, by, cause, now, channel, endpoint)
+local function open_record(breaker, evidence, timeout, gen, by, cause, now, channel, endpoint, class)
   gen = gen + 1
   redis.call('HSET', breaker, 'state', 'open', 'timeout', timeout, 'until', now + timeout, 'gen', gen, 'by', by,
              'at', now, 'cause', cause)
+  if class and class ~= '' then redis.call('HSET', breaker, 'class', class) end
   redis.call('PEXPIRE', breaker, 86400000)
   if evidence then redis.call('DEL', evidence) end
   redis.call('PUBLISH', channel, endpoint .. '\\n' .. 'open' .. '\\n' .. gen .. '\\n' .. timeout .. '\\n' .. timeout)
@@ -30,8 +33,9 @@ end
 """
 
 # KEYS: breaker, lease, evidence. ARGV: base_ms, max_ms, reopen (1: the lease holder's probe failed),
-# instance, channel, endpoint. Opening an open record changes nothing, except a failed probe of the lease
-# holder, which starts the next, longer open period (doubling up to max): the fleet-wide growing timeout.
+# instance, channel, endpoint, class ('' unknown). Opening an open record changes nothing, except a failed
+# probe of the lease holder, which starts the next, longer open period (doubling up to max). In fleet mode
+# that period no longer delays recovery (the holder probes every probe_interval); it is kept for status.
 OPEN = _NOW + _OPEN_RECORD + """
 local state = redis.call('HGET', KEYS[1], 'state')
 local timeout = tonumber(redis.call('HGET', KEYS[1], 'timeout') or '0')
@@ -51,45 +55,66 @@ if state == 'open' then
 else
   timeout = base
 end
-return open_record(KEYS[1], KEYS[3], timeout, gen, ARGV[4], cause, now, ARGV[5], ARGV[6])
+return open_record(KEYS[1], KEYS[3], timeout, gen, ARGV[4], cause, now, ARGV[5], ARGV[6], ARGV[7])
 """
 
-# KEYS: breaker, evidence, endpoint members. ARGV: instance, window_ms, quorum fraction, base_ms,
-# channel, endpoint. -> state, remaining ms, timeout ms, gen, tripped (0/1), failing members, members.
+# KEYS: breaker, evidence, endpoint members, budget. ARGV: instance, seq (this sidecar's report number),
+# failures (since its last report), failure_ratio, minimum_calls, min_window_ms, max_window_ms, base_ms,
+# channel, endpoint, class. -> state, remaining ms, timeout ms, gen, tripped (0/1), failures in the
+# window, failures needed.
 #
-# One member reports a failure streak (sidecar/fleet/view.py: `evidence_streak`). The record opens
-# fleet-wide, before any single breaker trips, when at least `failure_quorum(members)` members of the
-# endpoint have a streak reported within the window: max(2, ceil(fraction x members)), so one
-# sidecar alone never decides for the fleet and scattered errors over a large fleet never add up.
+# One member's batch of failures (sidecar/fleet/breaker.py sends one at most every EVIDENCE_BATCH). The
+# rule is sidecar/fleet/view.py `EvidenceRule` (tests/unit/test_fleet_redis.py checks they agree): the
+# fleet's request rate is read from the retry budget's per-second counts of first attempts (`n:<s>`, the
+# last two whole seconds), failures are summed over the window in which the fleet makes about
+# minimum_calls calls, and the record opens when they reach failure_ratio of those calls, reported by at
+# least two members (when the endpoint has two). Reports live in a sorted set scored by Redis time.
 EVIDENCE = _NOW + _OPEN_RECORD + """
 local state = redis.call('HGET', KEYS[1], 'state') or 'closed'
 local timeout = tonumber(redis.call('HGET', KEYS[1], 'timeout') or '0')
 local untl = tonumber(redis.call('HGET', KEYS[1], 'until') or '0')
 local gen = tonumber(redis.call('HGET', KEYS[1], 'gen') or '0')
 if state == 'open' then
-  redis.call('HDEL', KEYS[2], ARGV[1])
   return {state, math.max(0, untl - now), timeout, gen, 0, 0, 0}
 end
-local window = tonumber(ARGV[2])
-redis.call('HSET', KEYS[2], ARGV[1], now)
-redis.call('PEXPIRE', KEYS[2], window * 2)
-local failing = 0
-local seen = redis.call('HGETALL', KEYS[2])
-for i = 1, #seen, 2 do
-  if tonumber(seen[i + 1]) < now - window then
-    redis.call('HDEL', KEYS[2], seen[i])
-  else
-    failing = failing + 1
+local ratio = tonumber(ARGV[4])
+local minimum = tonumber(ARGV[5])
+local min_window = tonumber(ARGV[6])
+local max_window = tonumber(ARGV[7])
+local second = math.floor(now / 1000)
+local calls = tonumber(redis.call('HGET', KEYS[4], 'n:' .. (second - 1)) or '0')
+  + tonumber(redis.call('HGET', KEYS[4], 'n:' .. (second - 2)) or '0')
+local rate = calls / 2
+local window = max_window
+if rate > 0 then window = math.min(max_window, math.max(min_window, minimum * 1000 / rate)) end
+local volume = math.max(minimum, rate * min_window / 1000)
+local needed = math.max(1, math.ceil(ratio * volume - 1e-9))
+redis.call('ZADD', KEYS[2], now, ARGV[1] .. '\\n' .. ARGV[2] .. '\\n' .. ARGV[3])
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', '(' .. (now - max_window))
+redis.call('PEXPIRE', KEYS[2], max_window * 2)
+local failures = 0
+local first = nil
+local reporters = 0
+for _, entry in ipairs(redis.call('ZRANGEBYSCORE', KEYS[2], now - window, '+inf')) do
+  local instance, _, count = string.match(entry, '^(.*)\\n([^\\n]*)\\n([^\\n]*)$')
+  failures = failures + tonumber(count)
+  if first == nil then
+    first = instance
+    reporters = 1
+  elseif instance ~= first then
+    reporters = 2
   end
 end
 redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now)
 local members = redis.call('ZCARD', KEYS[3])
-local quorum = math.max(2, math.ceil(members * tonumber(ARGV[3]) - 1e-9))
-if failing >= quorum then
-  local record = open_record(KEYS[1], KEYS[2], tonumber(ARGV[4]), gen, ARGV[1], 'quorum', now, ARGV[5], ARGV[6])
-  return {record[1], record[2], record[3], record[4], 1, failing, members}
+local wanted = 1
+if members >= 2 then wanted = 2 end
+if failures >= needed and reporters >= wanted then
+  local record = open_record(KEYS[1], KEYS[2], tonumber(ARGV[8]), gen, ARGV[1], 'evidence', now, ARGV[9], ARGV[10],
+                             ARGV[11])
+  return {record[1], record[2], record[3], record[4], 1, failures, needed}
 end
-return {state, 0, timeout, gen, 0, failing, members}
+return {state, 0, timeout, gen, 0, failures, needed}
 """
 
 # KEYS: breaker, lease, evidence. ARGV: instance, channel, endpoint. A success closes the record for
@@ -109,7 +134,7 @@ redis.call('PUBLISH', ARGV[2], ARGV[3] .. '\\n' .. 'closed' .. '\\n' .. gen .. '
 return {'closed', 0, timeout, gen}
 """
 
-# KEYS: breaker, lease. -> state, remaining ms, timeout ms, gen, lease holder ('' none), lease pttl ms.
+# KEYS: breaker, lease. -> state, remaining ms, timeout ms, gen, lease holder ('' none), lease pttl ms, class.
 READ = _NOW + """
 local state = redis.call('HGET', KEYS[1], 'state') or 'closed'
 local timeout = tonumber(redis.call('HGET', KEYS[1], 'timeout') or '0')
@@ -117,7 +142,8 @@ local untl = tonumber(redis.call('HGET', KEYS[1], 'until') or '0')
 local gen = tonumber(redis.call('HGET', KEYS[1], 'gen') or '0')
 local holder = redis.call('GET', KEYS[2]) or ''
 local pttl = redis.call('PTTL', KEYS[2])
-return {state, math.max(0, untl - now), timeout, gen, holder, pttl}
+local class = redis.call('HGET', KEYS[1], 'class') or ''
+return {state, math.max(0, untl - now), timeout, gen, holder, pttl, class}
 """
 
 # KEYS: lease. ARGV: instance, ttl_ms. Extend the lease only if this instance holds it.
@@ -145,13 +171,18 @@ return 0
 # current second; a retry withdraws 1 there; buckets older than ttl are forgotten. When they cannot
 # pay, a floor bucket refilled at min_per_second (holding at most max(1, min_per_second)) may. So over
 # any ttl window, fleet retries <= ratio x fleet first attempts + min_per_second x seconds (+ capacity).
+# The first attempts themselves are counted per second too (`n:<s>`): the fleet's request rate, which
+# the EVIDENCE script reads (no extra command: deposits are sent anyway).
 BUDGET = _NOW + """
 local slot = math.floor(now / 1000)
 local ttl = tonumber(ARGV[5])
 local balance = 0
 local fields = redis.call('HKEYS', KEYS[1])
 for _, f in ipairs(fields) do
-  if string.sub(f, 1, 2) == 'd:' then
+  local kind = string.sub(f, 1, 2)
+  if kind == 'n:' then
+    if tonumber(string.sub(f, 3)) <= slot - 3 then redis.call('HDEL', KEYS[1], f) end
+  elseif kind == 'd:' then
     local s = tonumber(string.sub(f, 3))
     if s <= slot - ttl then
       redis.call('HDEL', KEYS[1], f)
@@ -161,6 +192,7 @@ for _, f in ipairs(fields) do
   end
 end
 local deposit = tonumber(ARGV[1]) * tonumber(ARGV[3])
+if tonumber(ARGV[1]) > 0 then redis.call('HINCRBY', KEYS[1], 'n:' .. slot, ARGV[1]) end
 if deposit > 0 then
   redis.call('HINCRBYFLOAT', KEYS[1], 'd:' .. slot, deposit)
   balance = balance + deposit

@@ -12,16 +12,17 @@ import json
 import os
 import sys
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, cast
 
 import msgspec
 import redis.asyncio as aioredis
 
 from sidecar.config.schema import FleetConfig
 from sidecar.fleet.connection import FAILURES, make_client, redacted
+from sidecar.fleet.fleet import evidence_rule
 from sidecar.fleet.keys import Keys
 from sidecar.fleet.membership import Member, read_members
-from sidecar.fleet.view import EVIDENCE_WINDOW, failure_quorum
+from sidecar.fleet.view import MAX_WINDOW, EvidenceRule
 
 EXIT_UNAVAILABLE = 1
 EXIT_USAGE = 2
@@ -63,11 +64,13 @@ class EndpointState:
     open_for: float  # seconds left of the fleet's open period
     open_period: float  # seconds: the current (or last) open period
     opened_by: str  # the instance whose report opened it last
-    cause: str  # breaker | probe | quorum (see sidecar/fleet/scripts.py)
+    cause: str  # evidence | probe | breaker (see sidecar/fleet/scripts.py)
     prober: str  # the probe lease holder, "" none
-    failing: list[str]  # members with a failure-streak report younger than EVIDENCE_WINDOW
+    failing: list[str]  # members that reported failures within the longest evidence window (MAX_WINDOW)
     members: int  # sidecars with a live heartbeat that send to it
-    quorum: int  # failing members that open it fleet-wide
+    failures: int  # failures reported within the evidence window that applies now
+    needed: int  # failures within that window that open it fleet-wide (EvidenceRule, at the fleet's rate)
+    window: float  # seconds: that window
 
 
 def endpoints_of(members: list[Member]) -> list[str]:
@@ -77,22 +80,31 @@ def endpoints_of(members: list[Member]) -> list[str]:
     return sorted(names)
 
 
-async def read_endpoints(client: aioredis.Redis, keys: Keys, endpoints: list[str]) -> list[EndpointState]:
+async def read_endpoints(client: aioredis.Redis, keys: Keys, endpoints: list[str],
+                         rule: EvidenceRule | None = None) -> list[EndpointState]:
+    rule = rule or EvidenceRule()
     seconds, micros = await client.time()
     now_ms = int(seconds) * 1000 + int(micros) // 1000
     states = []
     for endpoint in endpoints:
         record = await client.hgetall(keys.breaker(endpoint))
         holder = str(await client.get(keys.lease(endpoint)) or "")
-        reports = await client.hgetall(keys.evidence(endpoint))
+        reports = await client.zrangebyscore(keys.evidence(endpoint), now_ms - MAX_WINDOW * 1000, "+inf",
+                                             withscores=True)
         members = int(await client.zcount(keys.endpoint_members(endpoint), now_ms, "+inf"))
+        second = now_ms // 1000
+        counts = await client.hmget(keys.budget(endpoint), [f"n:{second - 1}", f"n:{second - 2}"])
+        rate = sum(int(c or 0) for c in counts) / 2
+        window = rule.window(rate)
+        parsed = [(str(entry).split("\n"), float(at)) for entry, at in cast(list[tuple[str, float]], reports)]
+        failing = sorted({fields[0] for fields, _ in parsed})
+        failures = sum(int(fields[-1]) for fields, at in parsed if at >= now_ms - window * 1000)
         is_open = record.get("state") == "open"
-        fresh = sorted(str(i) for i, at in reports.items() if int(at) >= now_ms - EVIDENCE_WINDOW * 1000)
         states.append(EndpointState(
             endpoint, "open" if is_open else "closed",
             max(0.0, (int(record.get("until", 0)) - now_ms) / 1000.0) if is_open else 0.0,
             int(record.get("timeout", 0)) / 1000.0, str(record.get("by", "")), str(record.get("cause", "")),
-            holder, fresh, members, failure_quorum(members)))
+            holder, failing, members, failures, rule.needed(rate), window))
     return states
 
 
@@ -102,7 +114,7 @@ async def fetch(config: FleetConfig) -> tuple[list[Member], list[EndpointState]]
     try:
         async with asyncio.timeout(TIMEOUT):
             members = await read_members(client, keys)
-            return members, await read_endpoints(client, keys, endpoints_of(members))
+            return members, await read_endpoints(client, keys, endpoints_of(members), evidence_rule(config))
     finally:
         await client.aclose()
 
@@ -118,7 +130,7 @@ def endpoint_lines(endpoints: list[EndpointState]) -> list[str]:
     lines = [f"{'ENDPOINT':<32} {'STATE':<7} {'OPEN FOR':>8} {'CAUSE':<8} {'BY':<20} {'PROBER':<20} FAILING"]
     for e in endpoints:
         open_for = f"{e.open_for:.1f}s" if e.state == "open" else "-"
-        failing = f"{len(e.failing)}/{e.members} (quorum {e.quorum})"
+        failing = f"{e.failures}/{e.needed} in {e.window:.2f}s, {len(e.failing)}/{e.members} members"
         if e.failing:
             failing += ": " + ", ".join(e.failing)
         lines.append(f"{e.endpoint:<32} {e.state:<7} {open_for:>8} {e.cause or '-':<8} {e.opened_by or '-':<20} "

@@ -18,12 +18,14 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from sidecar.core.taxonomy import Category, Classification, Recoverability, Recovery, Severity
+
 SAFETY = 0.8  # fraction of the lease TTL this sidecar trusts itself to hold the lease
 
 # Fleet-wide failure evidence (the EVIDENCE script in sidecar/fleet/scripts.py applies the same rule).
-EVIDENCE_STREAK = 2  # consecutive failures that make a sidecar report the endpoint failing
-QUORUM_FRACTION = 0.5  # of the endpoint's live members, each with a reported streak, to open it fleet-wide
-EVIDENCE_WINDOW = 5.0  # seconds a report counts (a sidecar that stops sending stops counting)
+MIN_WINDOW = 0.05  # seconds: the shortest window failures are summed over (a busy fleet)
+MAX_WINDOW = 5.0  # seconds: the longest (a quiet fleet); reports older than this are forgotten
+EVIDENCE_BATCH = 0.1  # seconds: a sidecar sends its failure counts at most this often (and only when it has some)
 
 
 @dataclass(slots=True)
@@ -58,6 +60,7 @@ class FleetView:
 
     open: bool = False
     until: float = 0.0  # local monotonic end of the fleet's open period
+    since: float = 0.0  # local monotonic time this sidecar saw the current open start (probes count from it)
     timeout: float = 0.0
     gen: int = -1  # -1: nothing seen yet (or forgotten at a resync: a restarted Redis counts from 0)
 
@@ -68,6 +71,8 @@ class FleetView:
             return False
         changed = record.gen > self.gen
         self.gen = record.gen
+        if record.open and not self.open:
+            self.since = now
         self.open = record.open
         self.timeout = record.timeout
         self.until = now + record.remaining if record.open else now
@@ -77,35 +82,78 @@ class FleetView:
         self.gen = -1
 
 
-def evidence_streak(failure_threshold: int) -> int:
-    """The consecutive failures after which this sidecar reports the endpoint failing to the fleet:
-    `EVIDENCE_STREAK`, or fewer when its own breaker would already trip on fewer."""
-    return max(1, min(EVIDENCE_STREAK, failure_threshold))
+@dataclass(frozen=True, slots=True)
+class EvidenceRule:
+    """When pooled failures open an endpoint fleet-wide (Envoy's outlier detection `failure_percentage`,
+    fleet-wide and over a short window).
 
+    `rate` is the fleet's request rate on the endpoint (first attempts per second, as the retry budget
+    counts them). Failures are summed over the window in which the fleet makes about `minimum_calls`
+    calls (no shorter than MIN_WINDOW, no longer than MAX_WINDOW), and the endpoint opens when they
+    reach `failure_ratio` of those calls, counted from at least two sidecars (when it has two):
 
-def failure_quorum(members: int) -> int:
-    """How many members (of those sending to the endpoint) must report a streak to open it fleet-wide.
-
-    At least two, so no single sidecar decides for the others before its own breaker trips; half of
-    the members, so independent, scattered failures (each sidecar's streak is cleared by its next
-    success) do not add up to a trip as the fleet grows.
+    * bounded: the failures needed are `ceil(ratio x max(minimum_calls, rate x MIN_WINDOW))`, the same
+      whatever the number of members (5 with the defaults, up to 25 at 2,000 requests/s);
+    * scattered errors never add up: a failure fraction well below `failure_ratio` almost never reaches
+      it within so short a window (the count is Poisson-distributed around fraction x calls);
+    * one sidecar alone (its own network, its bad data) never opens it for the others.
     """
-    return max(2, math.ceil(members * QUORUM_FRACTION - 1e-9))
+
+    failure_ratio: float = 0.25
+    minimum_calls: int = 20
+
+    def window(self, rate: float) -> float:
+        if rate <= 0:
+            return MAX_WINDOW
+        return min(MAX_WINDOW, max(MIN_WINDOW, self.minimum_calls / rate))
+
+    def needed(self, rate: float) -> int:
+        """The failures within `window(rate)` that open the endpoint."""
+        volume = max(float(self.minimum_calls), max(0.0, rate) * MIN_WINDOW)
+        return max(1, math.ceil(self.failure_ratio * volume - 1e-9))
+
+    def opens(self, failures: int, reporters: int, members: int, rate: float) -> bool:
+        return failures >= self.needed(rate) and reporters >= (2 if members >= 2 else 1)
+
+
+def next_probe_at(view: FleetView, last_probe: float, interval: float) -> float:
+    """When the lease holder probes next: a fixed cadence from the open (or its last probe), whatever the
+    fleet's open period has grown to, so recovery is seen within about one `interval`."""
+    return max(view.since, last_probe) + interval
+
+
+def encode_class(classification: Classification) -> str:
+    """The class that opened an endpoint, as the breaker record keeps it (for severity escalation)."""
+    c = classification
+    return "|".join((c.category.value, c.severity.value, c.recoverability.value, c.recovery.value, c.error_type,
+                     c.classified_by))
+
+
+def decode_class(text: str) -> Classification | None:
+    """`encode_class` read back; None when absent or not understood (another version's record)."""
+    parts = text.split("|")
+    if len(parts) != 6:
+        return None
+    try:
+        return Classification(Category(parts[0]), Severity(parts[1]), Recoverability(parts[2]), Recovery(parts[3]),
+                              parts[4], parts[5])
+    except ValueError:
+        return None
 
 
 def probe_delay(view: FleetView, lease: ProbeLease, connected: bool, now: float, active_prober: bool,
-                recheck: float) -> float | None:
+                recheck: float, next_probe: float) -> float | None:
     """The breaker gate's answer (see sidecar.exporters.breaker.BreakerGate).
 
     None (decide locally) when Redis is down or the fleet has the endpoint closed. While it is open:
     a sidecar without the lease stays open (ask again after `recheck`); the holder stays open too when
     it has an active prober (the probe decides, then the fleet closes), otherwise its breaker goes
-    half-open when the fleet's open period ends and its real calls probe.
+    half-open at `next_probe` (`next_probe_at`) and its real calls probe.
     """
     if not connected or not view.open:
         return None
     if lease.holds(now) and not active_prober:
-        return max(0.0, view.until - now)
+        return max(0.0, next_probe - now)
     return recheck
 
 
@@ -114,9 +162,9 @@ def scheduled_probe_allowed(view: FleetView, connected: bool) -> bool:
     return not (connected and view.open)
 
 
-def should_probe(view: FleetView, lease: ProbeLease, now: float, probing: bool) -> bool:
-    """The lease holder probes when the fleet's open period is over (one probe at a time)."""
-    return view.open and lease.holds(now) and now >= view.until and not probing
+def should_probe(view: FleetView, lease: ProbeLease, now: float, probing: bool, next_probe: float) -> bool:
+    """The lease holder probes on its cadence (`next_probe_at`), one probe at a time."""
+    return view.open and lease.holds(now) and now >= next_probe and not probing
 
 
 def should_try_lease(view: FleetView, lease: ProbeLease, holder: str, now: float) -> bool:

@@ -228,6 +228,26 @@ class Events:
         self.metrics.exporter_send_failed[signal].labels(exporter, category, error_type).inc(items)
         self.metrics.errors.labels(category, severity.value, classification.recoverability.value, error_type).inc()
         base = base_severity or severity
+        self._severity_reported(exporter, classification, base)
+        total = self._due(("export_failed", exporter, endpoint, error_type), 1)
+        if total:
+            log.warning("export attempt failed", extra={
+                "event": "export_failed", "exporter": exporter, "endpoint": endpoint, "signal": signal.value,
+                "category": category, "error_type": error_type, "severity": severity.value,
+                "base_severity": base.value, "recoverability": classification.recoverability.value,
+                "attempts_since_last_log": total})
+
+    def export_held(self, exporter: str, endpoint: str, classification: Classification,
+                    base_severity: Severity) -> None:
+        """A request held back by an open breaker, counted as one occurrence of the class that opened it
+        (pipeline/escalation.py): no attempt was made, so no failure is counted, but a change of the
+        reported severity is logged as for a failed attempt."""
+        self._severity_reported(exporter, classification, base_severity)
+
+    def _severity_reported(self, exporter: str, classification: Classification, base: Severity) -> None:
+        """Log a change of the reported severity of a class at once (worsening as a warning, easing as info)."""
+        category, error_type, severity = classification.category.value, classification.error_type, \
+            classification.severity
         key = (exporter, category, error_type)
         previous = self._severities.get(key, base)
         self._severities[key] = severity
@@ -238,13 +258,6 @@ class Events:
                         "event": "error_escalation", "exporter": exporter, "category": category,
                         "error_type": error_type, "from_severity": previous.value, "to_severity": severity.value,
                         "base_severity": base.value})
-        total = self._due(("export_failed", exporter, endpoint, error_type), 1)
-        if total:
-            log.warning("export attempt failed", extra={
-                "event": "export_failed", "exporter": exporter, "endpoint": endpoint, "signal": signal.value,
-                "category": category, "error_type": error_type, "severity": severity.value,
-                "base_severity": base.value, "recoverability": classification.recoverability.value,
-                "attempts_since_last_log": total})
 
     def retry_scheduled(self, exporter: str, endpoint: str, error_type: str, delay: float) -> None:
         self.metrics.exporter_retries.labels(exporter, endpoint).inc()
@@ -395,11 +408,10 @@ class Events:
         log.info("recovery-probe lease won: this sidecar probes for the fleet", extra={
             "event": "fleet_lease", "endpoint": endpoint, "instance": instance})
 
-    def fleet_opened_on_evidence(self, endpoint: str, failing: int, members: int) -> None:
+    def fleet_opened_on_evidence(self, endpoint: str, failures: int, needed: int) -> None:
         self.metrics.fleet_evidence_opens.labels(endpoint).inc()
-        log.warning("endpoint opened fleet-wide: a quorum of the fleet's sidecars sees it failing", extra={
-            "event": "fleet_evidence_open", "endpoint": endpoint, "failing_members": failing,
-            "members": members})
+        log.warning("endpoint opened fleet-wide: the fleet's sidecars see it failing", extra={
+            "event": "fleet_evidence_open", "endpoint": endpoint, "failures": failures, "needed": needed})
 
     def fleet_budget_refused(self, exporter: str, endpoint: str) -> None:
         self.metrics.fleet_budget_refused.labels(exporter, endpoint).inc()

@@ -99,8 +99,9 @@ class Metrics:
                                             "Retries refused by the fleet-wide retry budget",
                                             ["exporter", "endpoint"], registry=r)
         self.fleet_evidence_opens = Counter(
-            "sidecar_fleet_evidence_opens", "Fleet-wide opens decided by this sidecar's report completing a "
-            "quorum of members failing, before any breaker tripped", ["endpoint"], registry=r)
+            "sidecar_fleet_evidence_opens", "Fleet-wide opens decided by this sidecar's failure report completing "
+            "the fleet's evidence (failure_ratio of its calls in a short window, from two sidecars at least)",
+            ["endpoint"], registry=r)
         self.export_duration = Histogram(
             "sidecar_export_duration_seconds", "Duration of one upstream export attempt",
             ["exporter", "endpoint", "outcome"], registry=r,

@@ -9,7 +9,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from sidecar.fleet.view import EVIDENCE_WINDOW, Record, failure_quorum
+from sidecar.fleet.view import MAX_WINDOW, EvidenceRule, Record
 from tests.fakes.clock import FakeClock
 
 T = TypeVar("T")
@@ -30,7 +30,11 @@ class Store:
     gen: int = 0
     holder: str | None = None
     lease_expires: float = 0.0
-    failing: dict[str, float] = field(default_factory=dict)  # instance -> when it reported a streak
+    rule: EvidenceRule = field(default_factory=EvidenceRule)
+    rate: float = 0.0  # the fleet's request rate as the budget's counts would give it
+    reports: list[tuple[float, str, int]] = field(default_factory=list)  # (when, instance, failures)
+    gen_opened: int = 0  # the generation of the last open from closed (an outage, for the model's cadence check)
+    opened_by_evidence: list[list[str]] = field(default_factory=list)  # the reporters in the window of each
 
     @property
     def now(self) -> float:
@@ -49,26 +53,30 @@ class Store:
         if self.open and not (reopen and self.lease_holder() == instance):
             return self.reply()
         self.timeout = min(self.max_timeout, max(self.base, self.timeout * 2)) if self.open else self.base
+        if not self.open:
+            self.gen_opened = self.gen + 1
         self.open, self.until, self.gen = True, self.now + self.timeout, self.gen + 1
-        self.failing.clear()
+        self.reports.clear()
         self.publish(Record(True, self.timeout, self.timeout, self.gen))
         return self.reply()
 
-    def do_evidence(self, instance: str) -> list[Any]:
+    def do_evidence(self, instance: str, failures: int) -> list[Any]:
         if self.open:
-            self.failing.pop(instance, None)
             return [*self.reply(), 0, 0, 0]
-        self.failing[instance] = self.now
-        self.failing = {k: at for k, at in self.failing.items() if at >= self.now - EVIDENCE_WINDOW}
-        failing = len(self.failing)
-        if failing >= failure_quorum(self.members):
-            return [*self.do_open(False, instance), 1, failing, self.members]
-        return [*self.reply(), 0, failing, self.members]
+        needed = self.rule.needed(self.rate)
+        self.reports.append((self.now, instance, failures))
+        self.reports = [r for r in self.reports if r[0] >= self.now - MAX_WINDOW]
+        recent = [r for r in self.reports if r[0] >= self.now - self.rule.window(self.rate)]
+        counted = sum(r[2] for r in recent)
+        if self.rule.opens(counted, len({r[1] for r in recent}), self.members, self.rate):
+            self.opened_by_evidence.append([r[1] for r in recent])
+            return [*self.do_open(False, instance), 1, counted, needed]
+        return [*self.reply(), 0, counted, needed]
 
     def do_close(self) -> list[Any]:
         if self.open:
             self.open, self.until, self.gen, self.holder = False, self.now, self.gen + 1, None
-            self.failing.clear()
+            self.reports.clear()
             self.publish(Record(False, 0.0, self.timeout, self.gen))
         return self.reply()
 
@@ -87,7 +95,7 @@ class FakeScripts:
         return self._arrive().do_close()
 
     async def evidence(self, keys: list[str], args: list[Any]) -> list[Any]:
-        return self._arrive().do_evidence(str(args[0]))
+        return self._arrive().do_evidence(str(args[0]), int(args[2]))
 
     async def read(self, keys: list[str], args: list[Any]) -> list[Any]:
         store = self._arrive()
@@ -119,9 +127,6 @@ class FakeClient:
             return False
         store.holder, store.lease_expires = value, store.now + px / 1000
         return True
-
-    async def hdel(self, key: str, field: str) -> int:
-        return 1 if self.scripts._arrive().failing.pop(field, None) is not None else 0
 
 
 class FakeConnection:

@@ -83,3 +83,32 @@ def test_listing_fleet_without_configuring_it_is_an_error() -> None:
     with pytest.raises(ConfigError) as info:
         load_config_text(text, environ={})
     assert "service.extensions[1]: extension 'fleet' is not configured under extensions" in info.value.errors
+
+
+def test_probe_cadence_and_evidence_rule_reach_the_shared_breakers() -> None:
+    """The shipped defaults give fast recovery with nothing but `endpoint` set, and each key is used."""
+    from sidecar.config.schema import CircuitBreakerConfig
+    from sidecar.core.clock import SYSTEM_CLOCK
+    from sidecar.fleet.fleet import evidence_rule
+    from sidecar.fleet.view import EvidenceRule
+
+    defaults = load('{endpoint: "redis://127.0.0.1:6379/0"}').extensions.fleet
+    assert defaults is not None
+    assert float(defaults.probe_interval) == 1.5  # far below the breakers' default recovery_timeout (60 s)
+    assert float(CircuitBreakerConfig().recovery_timeout) == 60.0
+    assert evidence_rule(defaults) == EvidenceRule(failure_ratio=0.25, minimum_calls=20)
+    tuned = load('{endpoint: "redis://h:6379/0", probe_interval: 500ms, failure_ratio: 0.5, minimum_calls: 40}')
+    assert tuned.extensions.fleet is not None
+    assert evidence_rule(tuned.extensions.fleet) == EvidenceRule(failure_ratio=0.5, minimum_calls=40)
+    assert evidence_rule(tuned.extensions.fleet).needed(0.0) == 20
+    from sidecar.fleet.fleet import Fleet
+    from sidecar.telemetry.events import Events
+    from sidecar.telemetry.metrics import Metrics
+    from tests.fakes.sender import FakeTransport, build, make_config, sender_clock
+
+    clock = sender_clock()
+    fleet = Fleet(tuned.extensions.fleet, Events(Metrics()), SYSTEM_CLOCK, dict)
+    fleet.attach("otlp_grpc", build(make_config(["a:4317"]), [FakeTransport("a:4317", clock)], clock, Metrics()))
+    shared = fleet.breakers["a:4317"]
+    assert shared.probe_interval == 0.5 and shared.rule == EvidenceRule(failure_ratio=0.5, minimum_calls=40)
+    assert any("failure_ratio" in e for e in errors('{endpoint: "redis://h:6379/0", failure_ratio: 0}'))

@@ -4,6 +4,7 @@ sidecar/fleet/view.py. Without a gate, everything behaves as before (the other b
 from __future__ import annotations
 
 import asyncio
+import functools
 from typing import Any
 
 import pytest
@@ -16,12 +17,16 @@ from sidecar.exporters.sender import FLEET_REFUSED_WAIT, Verdict
 from sidecar.exporters.transport import SendOutcome
 from sidecar.fleet.breaker import parse_message
 from sidecar.fleet.view import (
+    MAX_WINDOW,
+    MIN_WINDOW,
     SAFETY,
+    EvidenceRule,
     FleetView,
     ProbeLease,
     Record,
-    evidence_streak,
-    failure_quorum,
+    decode_class,
+    encode_class,
+    next_probe_at,
     probe_delay,
     scheduled_probe_allowed,
     should_probe,
@@ -180,20 +185,30 @@ def test_a_view_ignores_older_generations_and_reports_changes() -> None:
 
 def test_gate_answers() -> None:
     view, lease = FleetView(), ProbeLease(ttl=3.0)
-    assert probe_delay(view, lease, connected=True, now=0.0, active_prober=True, recheck=0.25) is None
-    view.apply(Record(open=True, remaining=2.0, timeout=2.0, gen=1), now=0.0)
-    assert probe_delay(view, lease, connected=False, now=0.0, active_prober=True, recheck=0.25) is None
-    assert probe_delay(view, lease, connected=True, now=0.0, active_prober=True, recheck=0.25) == 0.25
-    lease.granted(0.0)
-    assert probe_delay(view, lease, connected=True, now=0.0, active_prober=True, recheck=0.25) == 0.25
-    assert probe_delay(view, lease, connected=True, now=0.5, active_prober=False, recheck=0.25) == 1.5
-    assert probe_delay(view, lease, connected=True, now=2.0, active_prober=False, recheck=0.25) == 0.0
+    gate = functools.partial(probe_delay, recheck=0.25)
+    assert gate(view, lease, connected=True, now=0.0, active_prober=True, next_probe=0.0) is None
+    # The record's open period is 60 s (a breaker's default recovery_timeout): it does not delay the probes.
+    view.apply(Record(open=True, remaining=60.0, timeout=60.0, gen=1), now=10.0)
+    assert view.since == 10.0
+    nxt = next_probe_at(view, last_probe=float("-inf"), interval=1.5)
+    assert nxt == 11.5
+    assert gate(view, lease, connected=False, now=10.0, active_prober=True, next_probe=nxt) is None
+    assert gate(view, lease, connected=True, now=10.0, active_prober=True, next_probe=nxt) == 0.25
+    lease.granted(10.0)
+    assert gate(view, lease, connected=True, now=10.0, active_prober=True, next_probe=nxt) == 0.25
+    assert gate(view, lease, connected=True, now=10.5, active_prober=False, next_probe=nxt) == 1.0
+    assert gate(view, lease, connected=True, now=11.5, active_prober=False, next_probe=nxt) == 0.0
     assert not scheduled_probe_allowed(view, connected=True) and scheduled_probe_allowed(view, connected=False)
-    assert not should_probe(view, lease, now=1.0, probing=False)
-    assert should_probe(view, lease, now=2.0, probing=False) and not should_probe(view, lease, 2.0, probing=True)
-    assert not should_try_lease(view, lease, holder="me", now=1.0)
-    assert should_try_lease(view, ProbeLease(3.0), holder="", now=1.0)
-    assert not should_try_lease(view, ProbeLease(3.0), holder="other", now=1.0)
+    assert not should_probe(view, lease, now=11.0, probing=False, next_probe=nxt)
+    assert should_probe(view, lease, now=11.5, probing=False, next_probe=nxt)
+    assert not should_probe(view, lease, 11.5, probing=True, next_probe=nxt)
+    # After a probe at 11.6 the next is due 1.5 s later; a reopen (a new generation, still open) keeps `since`.
+    assert next_probe_at(view, last_probe=11.6, interval=1.5) == pytest.approx(13.1)
+    view.apply(Record(open=True, remaining=120.0, timeout=120.0, gen=2), now=11.7)
+    assert view.since == 10.0
+    assert not should_try_lease(view, lease, holder="me", now=11.0)
+    assert should_try_lease(view, ProbeLease(3.0), holder="", now=11.0)
+    assert not should_try_lease(view, ProbeLease(3.0), holder="other", now=11.0)
 
 
 def test_messages_parse_with_endpoints_that_contain_separators() -> None:
@@ -309,9 +324,22 @@ def test_a_call_that_ends_without_a_verdict_is_no_streak() -> None:
     assert streaks == []
 
 
-def test_evidence_needs_two_failures_in_a_row_or_fewer_when_the_breaker_trips_sooner() -> None:
-    assert evidence_streak(5) == 2 and evidence_streak(2) == 2 and evidence_streak(1) == 1
+def test_the_evidence_needed_does_not_grow_with_the_fleet_and_its_window_shrinks_with_its_rate() -> None:
+    rule = EvidenceRule()  # the shipped defaults: 25 % of about 20 calls
+    assert rule.needed(0.0) == 5 and rule.window(0.0) == MAX_WINDOW
+    assert rule.needed(80.0) == 5 and rule.window(80.0) == 0.25  # 8 sidecars x 10 requests/s
+    assert rule.needed(2000.0) == 25 and rule.window(2000.0) == MIN_WINDOW
+    assert rule.window(1.0) == MAX_WINDOW
+    # Two sidecars at least (when the endpoint has two members): one sidecar's trouble is its own.
+    assert not rule.opens(failures=100, reporters=1, members=1000, rate=80.0)
+    assert rule.opens(failures=5, reporters=2, members=1000, rate=80.0)
+    assert rule.opens(failures=5, reporters=1, members=1, rate=80.0)
+    assert not rule.opens(failures=4, reporters=2, members=2, rate=80.0)
 
 
-def test_the_quorum_is_at_least_two_members_and_at_least_half() -> None:
-    assert [failure_quorum(m) for m in (0, 1, 2, 3, 4, 5, 6, 1000)] == [2, 2, 2, 2, 2, 3, 3, 500]
+def test_an_open_class_survives_the_record_and_odd_text_is_no_class() -> None:
+    from sidecar.core.taxonomy import Category, Classification, Recoverability, Recovery, Severity
+    cls = Classification(Category.TRANSPORT, Severity.LOW, Recoverability.RETRYABLE, Recovery.RETRY_WITH_BACKOFF,
+                         "UNAVAILABLE", "default")
+    assert decode_class(encode_class(cls)) == cls
+    assert decode_class("") is None and decode_class("a|b") is None and decode_class("x|low|retryable|drop|e|d") is None

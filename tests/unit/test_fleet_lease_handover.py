@@ -16,7 +16,7 @@ from sidecar.config.units import Duration
 from sidecar.exporters.breaker import BreakerState, EndpointBreaker
 from sidecar.fleet.breaker import SharedBreaker
 from sidecar.fleet.keys import Keys
-from sidecar.fleet.view import Record
+from sidecar.fleet.view import EvidenceRule, Record
 from sidecar.telemetry.events import Events
 from sidecar.telemetry.metrics import Metrics
 from tests.fakes.clock import FakeClock
@@ -31,7 +31,7 @@ class Fleet:
 
     def __init__(self) -> None:
         self.clock = FakeClock(100.0)
-        self.store = Store(self.clock, self.broadcast, 1.0, 2.0, 3)
+        self.store = Store(self.clock, self.broadcast, 1.0, 2.0, 3, rule=EvidenceRule(0.5, 4))  # 2 failures
         self.breakers: list[EndpointBreaker] = []
         self.shared: list[SharedBreaker] = []
         for i in range(3):
@@ -61,7 +61,10 @@ class Fleet:
 
 async def test_only_a_sidecar_with_data_waiting_takes_the_lease_and_hands_it_over_when_it_has_none() -> None:
     fleet = Fleet()
-    fleet.breakers[0].record_failure()  # s0's breaker trips: the fleet opens the endpoint for all
+    fleet.breakers[0].record_failure()  # s0's breaker trips: its own, the fleet's record stays closed
+    await fleet.settle()
+    assert not fleet.store.open and fleet.breakers[1].state is BreakerState.CLOSED
+    fleet.breakers[1].record_failure()  # a second sidecar fails too: the fleet opens the endpoint for all
     await fleet.settle()
     assert fleet.store.open and all(b.state is BreakerState.OPEN for b in fleet.breakers)
 
@@ -71,8 +74,8 @@ async def test_only_a_sidecar_with_data_waiting_takes_the_lease_and_hands_it_ove
         await fleet.tick(2)
     assert fleet.store.lease_holder() is None
 
-    # s0's data waits for the endpoint: s0 takes the lease, and probes with that data when the fleet's
-    # open period is over.
+    # s0's data waits for the endpoint: s0 takes the lease, and probes with that data one probe interval
+    # (1.5 s) after the open.
     waiting = asyncio.ensure_future(fleet.breakers[0].wait_until_probe_allowed())
     await asyncio.sleep(0)
     assert fleet.breakers[0].waiting

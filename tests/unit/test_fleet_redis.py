@@ -19,7 +19,7 @@ from sidecar.fleet.budget import FleetRetryBudget
 from sidecar.fleet.connection import BACKGROUND_TIMEOUT, PING_INTERVAL, FleetConnection
 from sidecar.fleet.keys import Keys
 from sidecar.fleet.membership import Heartbeat, read_members
-from sidecar.fleet.view import QUORUM_FRACTION, failure_quorum
+from sidecar.fleet.view import MAX_WINDOW, MIN_WINDOW, EvidenceRule
 from sidecar.telemetry.events import Events
 from sidecar.telemetry.metrics import Metrics
 from tests.fakes.redis_server import RedisServer
@@ -58,7 +58,7 @@ BASE_MS, MAX_MS = 1000, 4000
 
 async def open_(scripts: FleetScripts, keys: Keys, instance: str, reopen: bool = False) -> tuple[bool, float, int]:
     reply = await scripts.open(keys=[keys.breaker("c"), keys.lease("c")],
-                               args=[BASE_MS, MAX_MS, 1 if reopen else 0, instance, keys.channel, "c"])
+                               args=[BASE_MS, MAX_MS, 1 if reopen else 0, instance, keys.channel, "c", ""])
     record = parse_record(reply)
     return record.open, record.timeout, record.gen
 
@@ -221,63 +221,116 @@ async def join(scripts: FleetScripts, keys: Keys, endpoint: str, instances: list
                                 args=[instance, "{}", 5000])
 
 
-async def report(scripts: FleetScripts, keys: Keys, endpoint: str, instance: str,
-                 window_ms: int = 5000) -> tuple[bool, bool, int, int]:
-    """One member's failure streak -> (open, tripped by this report, failing members, members)."""
+_seq = iter(range(1, 1_000_000))
+
+
+async def report(scripts: FleetScripts, keys: Keys, endpoint: str, instance: str, failures: int = 1,
+                 rule: EvidenceRule | None = None, max_window_ms: int = int(MAX_WINDOW * 1000),
+                 cls: str = "") -> tuple[bool, bool, int, int]:
+    """One member's batch of failures -> (open, tripped by this report, failures in the window, needed)."""
+    rule = rule or EvidenceRule()
     reply = await scripts.evidence(
-        keys=[keys.breaker(endpoint), keys.evidence(endpoint), keys.endpoint_members(endpoint)],
-        args=[instance, window_ms, QUORUM_FRACTION, BASE_MS, keys.channel, endpoint])
+        keys=[keys.breaker(endpoint), keys.evidence(endpoint), keys.endpoint_members(endpoint),
+              keys.budget(endpoint)],
+        args=[instance, next(_seq), failures, rule.failure_ratio, rule.minimum_calls, int(MIN_WINDOW * 1000),
+              max_window_ms, BASE_MS, keys.channel, endpoint, cls])
     return parse_record(reply).open, int(reply[4]) == 1, int(reply[5]), int(reply[6])
 
 
-async def test_failure_evidence_opens_the_endpoint_once_a_quorum_of_its_members_reports(
+async def set_rate(conn: FleetConnection, keys: Keys, endpoint: str, per_second: float) -> None:
+    """The fleet's request rate as the retry budget's flushes leave it: first attempts per whole second."""
+    seconds, _ = await conn.client.time()
+    second = int(seconds)
+    await conn.client.hset(keys.budget(endpoint), mapping={
+        f"n:{second - 1}": int(per_second), f"n:{second - 2}": int(per_second),
+        f"n:{second}": int(per_second)})  # in case the second turns before the report
+
+
+async def test_pooled_failures_open_the_endpoint_after_a_bounded_count_from_two_members(
         conn: FleetConnection) -> None:
     scripts, keys, client = FleetScripts(conn), Keys("t:"), conn.client
     await join(scripts, keys, "c", ["a", "b", "c", "d"])
-    await join(scripts, keys, "other", ["e"])  # members of another endpoint do not count for this one
+    await join(scripts, keys, "other", ["e"])
     pubsub = client.pubsub()
     await pubsub.subscribe(keys.channel)
-    assert await report(scripts, keys, "c", "a") == (False, False, 1, 4)
-    assert await report(scripts, keys, "c", "a") == (False, False, 1, 4)  # a refresh, not a second member
-    await client.hdel(keys.evidence("c"), "a")  # a's next call succeeded: it withdraws its report
-    assert await report(scripts, keys, "c", "b") == (False, False, 1, 4)
-    assert await report(scripts, keys, "c", "a") == (True, True, 2, 4)  # 2 of 4: the quorum
-    assert await client.hmget(keys.breaker("c"), ["cause", "by"]) == ["quorum", "a"]
+    needed = EvidenceRule().needed(0.0)
+    assert needed == 5  # 0.25 x 20 calls
+    # One member alone never opens it, however many failures it reports (its own trouble).
+    assert await report(scripts, keys, "c", "a", failures=3) == (False, False, 3, needed)
+    assert await report(scripts, keys, "c", "a", failures=10) == (False, False, 13, needed)
+    unavailable = "transport|low|retryable|retry_with_backoff|UNAVAILABLE|default"
+    # A second member's failure: the count is reached, from two members: open for all.
+    assert await report(scripts, keys, "c", "b", cls=unavailable) == (True, True, 14, needed)
+    assert await client.hmget(keys.breaker("c"), ["cause", "by", "class"]) == ["evidence", "b", unavailable]
     assert not await client.exists(keys.evidence("c"))  # opening forgets the evidence
-    record = parse_record(await scripts.read(keys=[keys.breaker("c"), keys.lease("c")], args=[]))
-    assert record.open and record.timeout == BASE_MS / 1000 and record.gen == 1
+    read = await scripts.read(keys=[keys.breaker("c"), keys.lease("c")], args=[])
+    record = parse_record(read)
+    assert record.open and record.timeout == BASE_MS / 1000 and record.gen == 1 and read[6] == unavailable
     messages = []
-    for _ in range(10):  # the first read may consume the subscription's confirmation
+    for _ in range(10):
         message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=0.1)
         if message is not None:
             messages.append(message["data"].split("\n")[:3])
     assert messages == [["c", "open", "1"]]
     # While open, reports change nothing and are not kept for the next closed period.
-    assert await report(scripts, keys, "c", "c") == (True, False, 0, 0)
+    assert await report(scripts, keys, "c", "c", failures=50) == (True, False, 0, 0)
     assert not await client.exists(keys.evidence("c"))
     await scripts.close(keys=[keys.breaker("c"), keys.lease("c"), keys.evidence("c")], args=["a", keys.channel, "c"])
-    assert await report(scripts, keys, "c", "d") == (False, False, 1, 4)  # a new closed period starts empty
+    assert await report(scripts, keys, "c", "d") == (False, False, 1, needed)  # a new closed period starts empty
     await pubsub.aclose()
 
 
-async def test_a_report_older_than_the_window_no_longer_counts(conn: FleetConnection) -> None:
+async def test_a_lone_member_of_an_endpoint_opens_it_on_its_own_count(conn: FleetConnection) -> None:
+    scripts, keys = FleetScripts(conn), Keys("t:")
+    await join(scripts, keys, "c", ["a"])
+    assert await report(scripts, keys, "c", "a", failures=4) == (False, False, 4, 5)
+    assert await report(scripts, keys, "c", "a", failures=1) == (True, True, 5, 5)
+
+
+async def test_at_a_high_rate_the_window_is_short_and_scattered_failures_fall_out_of_it(
+        conn: FleetConnection) -> None:
+    scripts, keys = FleetScripts(conn), Keys("t:")
+    await join(scripts, keys, "c", ["a", "b"])
+    await set_rate(conn, keys, "c", 2000.0)
+    rule = EvidenceRule()
+    assert rule.window(2000.0) == MIN_WINDOW and rule.needed(2000.0) == 25
+    assert await report(scripts, keys, "c", "a", failures=20) == (False, False, 20, 25)
+    await asyncio.sleep(MIN_WINDOW * 2)  # those 20 are older than the window now
+    assert await report(scripts, keys, "c", "b", failures=20) == (False, False, 20, 25)
+    assert await report(scripts, keys, "c", "a", failures=5) == (True, True, 25, 25)
+
+
+async def test_reports_older_than_the_longest_window_are_dropped(conn: FleetConnection) -> None:
     scripts, keys, client = FleetScripts(conn), Keys("t:"), conn.client
     await join(scripts, keys, "c", ["a", "b", "c"])
-    assert await report(scripts, keys, "c", "a", window_ms=150) == (False, False, 1, 3)
+    assert await report(scripts, keys, "c", "a", failures=4, max_window_ms=150) == (False, False, 4, 5)
     await asyncio.sleep(0.3)
-    assert await report(scripts, keys, "c", "b", window_ms=150) == (False, False, 1, 3)
-    assert await client.hkeys(keys.evidence("c")) == ["b"]  # a's stale report was dropped
+    assert await report(scripts, keys, "c", "b", failures=1, max_window_ms=150) == (False, False, 1, 5)
+    assert [e.split("\n")[0] for e in await client.zrange(keys.evidence("c"), 0, -1)] == ["b"]
 
 
-@pytest.mark.parametrize("members", [0, 1, 2, 3, 4, 5, 7, 10])
-async def test_the_scripts_quorum_is_failure_quorum(conn: FleetConnection, members: int) -> None:
-    scripts, keys = FleetScripts(conn), Keys(f"q{members}:")
-    await join(scripts, keys, "c", [f"m{i}" for i in range(members)])
-    quorum = failure_quorum(members)
-    assert quorum >= 2 and quorum >= members / 2
-    for i in range(quorum - 1):
-        assert await report(scripts, keys, "c", f"m{i}") == (False, False, i + 1, members)
-    assert await report(scripts, keys, "c", f"m{quorum - 1}") == (True, True, quorum, members)
+@pytest.mark.parametrize("rate", [0.0, 4.0, 80.0, 399.0, 400.0, 2000.0, 10000.0])
+async def test_the_script_applies_the_evidence_rule_of_view(conn: FleetConnection, rate: float) -> None:
+    """Lua and Python agree: one failure short of `needed` stays closed, `needed` opens."""
+    rule = EvidenceRule(failure_ratio=0.3, minimum_calls=15)
+    scripts, keys = FleetScripts(conn), Keys(f"r{int(rate)}:")
+    await join(scripts, keys, "c", ["a", "b"])
+    await set_rate(conn, keys, "c", rate)
+    needed = rule.needed(rate)
+    assert await report(scripts, keys, "c", "a", failures=needed - 1, rule=rule) == (False, False, needed - 1, needed)
+    assert await report(scripts, keys, "c", "b", failures=1, rule=rule) == (True, True, needed, needed)
+
+
+async def test_budget_flushes_count_the_fleets_first_attempts_per_second(conn: FleetConnection) -> None:
+    scripts, keys, client = FleetScripts(conn), Keys("t:"), conn.client
+    budget = FleetRetryBudget("c", RetryBudgetConfig(), conn, scripts, keys)
+    for _ in range(7):
+        budget.deposit()
+    await budget.flush()
+    seconds, _ = await client.time()
+    counts = await client.hgetall(keys.budget("c"))
+    assert sum(int(v) for k, v in counts.items() if k.startswith("n:")) == 7
+    assert any(k in counts for k in (f"n:{int(seconds)}", f"n:{int(seconds) - 1}"))
 
 
 async def test_leaving_removes_the_member_from_its_endpoints(server: RedisServer) -> None:
