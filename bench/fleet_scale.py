@@ -449,20 +449,45 @@ def plot_scale(runs: dict[int, dict[str, Any]], path: Path, after: float) -> Non
     plt.close(fig)
 
 
+def stored_runs(results: Path) -> dict[str, dict[str, Any]]:
+    """The fleet-scale runs already in the results file's JSON, by N."""
+    path = results.with_name(results.stem.lower() + ".json")
+    with contextlib.suppress(OSError, ValueError):
+        runs = json.loads(path.read_text()).get("fleet-scale", {}).get("runs", {})
+        return {n: r for n, r in runs.items() if isinstance(r, dict) and "measured" in r}
+    return {}
+
+
+def git_commit() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True,
+                             timeout=10, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO,
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return out + ("+changes" if dirty else "")
+
+
 def scenario_fleet_scale(settings: Any) -> Any:
     from bench.run import Section, log, table
     from tests.fakes.redis_server import RedisServer
 
-    sizes = tuple(settings.fleet_sizes) if getattr(settings, "fleet_sizes", None) else FLEET_SIZES
+    wanted = tuple(settings.fleet_sizes) if getattr(settings, "fleet_sizes", None) else FLEET_SIZES
     scatter = 20.0 if settings.quick else 60.0
     phases = outage_phases()
-    runs: dict[int, dict[str, Any]] = {}
+    # `--sizes` runs some N only (the whole scenario holds the shared bench lock ~20 minutes): the rows of
+    # the other N are kept from the results file, each with the commit and time it was measured at.
+    runs: dict[int, dict[str, Any]] = {int(n): r for n, r in stored_runs(settings.results).items()
+                                       if int(n) not in wanted}
     with RedisServer(settings.workdir / "redis-fleet-scale") as server:
-        for n in sizes:
+        for n in wanted:
             k = workers_for(n)
             log(f"fleet-scale: N={n} in {k} worker processes")
-            runs[n] = {"outage": run_once(RunSpec(n, k, True, phases, f"N={n} outage fleet"), server.url,
-                                          settings.workdir, log)}
+            runs[n] = {"measured": {"commit": git_commit(), "at": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+                                    "scatter_seconds": scatter}}
+            runs[n]["outage"] = run_once(RunSpec(n, k, True, phases, f"N={n} outage fleet"), server.url,
+                                         settings.workdir, log)
             runs[n]["outage_local"] = run_once(RunSpec(n, k, False, phases, f"N={n} outage local"), server.url,
                                                settings.workdir, log)
             for ratio in SCATTER_RATIOS:
@@ -471,6 +496,7 @@ def scenario_fleet_scale(settings: Any) -> Any:
                     runs[n][key] = run_once(RunSpec(n, k, fleet, scatter_phases(ratio, scatter),
                                                     f"N={n} {ratio:.0%} {'fleet' if fleet else 'local'}"),
                                             server.url, settings.workdir, log)
+    sizes = sorted(runs)
     plot = settings.figure("fleet-scale")
     plot_scale(runs, plot, after=phases.load_until - (phases.fail_until or 0.0))
     outage_rows = [outage_row(n, runs[n]["outage"], runs[n].get("outage_local")) for n in sizes]
@@ -488,16 +514,20 @@ def scenario_fleet_scale(settings: Any) -> Any:
             off, on = runs[n][f"scatter_{ratio:g}_local"], runs[n][f"scatter_{ratio:g}_fleet"]
             added = (on["latency_p99_ms"] - off["latency_p99_ms"]
                      if on["latency_p99_ms"] is not None and off["latency_p99_ms"] is not None else float("nan"))
-            scatter_rows.append([n, f"{ratio:.0%}", on["fleet_opens"], f"{off['local_opens']} / {on['local_opens']}",
+            seconds = runs[n]["measured"]["scatter_seconds"]
+            scatter_rows.append([n, f"{ratio:.0%}", f"{seconds:g} s", on["fleet_opens"],
+                                 f"{off['local_opens']} / {on['local_opens']}",
                                  f"{off['latency_p99_ms']:.0f} ms", f"{on['latency_p99_ms']:.0f} ms",
                                  f"{added:+.0f} ms",
                                  f"{max(off['lag_p99_ms'], on['lag_p99_ms']):.0f} ms"])
-    body = (f"N simulated sidecars in {', '.join(f'{workers_for(n)}' for n in sizes)} worker processes "
-            f"(N = {', '.join(str(n) for n in sizes)}), each member the real exporter (memory queue, batching "
-            "consumers, retry, breaker, health prober) and the real fleet code (`Fleet`: its own Redis connection "
-            "and pub/sub, shared breaker, evidence, probe lease, retry budget, heartbeat), all with the shipped "
-            f"defaults; only the transport is simulated in-process (bench/fleet_sim.py). {TOTAL_RATE:,.0f} "
-            "requests/s of one span in total, spread evenly over the members; one real redis-server. "
+    intro = (f"N = {', '.join(str(n) for n in sizes)} simulated sidecars in "
+             f"{', '.join(str(workers_for(n)) for n in sizes)} worker processes. Each member is the real "
+             "exporter (memory queue, batching consumers, retry, breaker, health prober) and the real fleet "
+             "code (`Fleet`: its own Redis connection and pub/sub, shared breaker, evidence, probe lease, "
+             "retry budget, heartbeat), all with the shipped defaults; only the transport is simulated "
+             f"in-process (bench/fleet_sim.py). {TOTAL_RATE:,.0f} requests/s of one span in total, spread "
+             "evenly over the members; one real redis-server. ")
+    body = (intro +
             "Method and caveats: bench/notes.md, \"Fleet scale\".\n\n"
             f"**Outage**: the upstream answers UNAVAILABLE to every call for {OUTAGE:g} s after "
             f"{phases.fail_from:g} s of health. Calls count every Export on the failing upstream (data / probes).\n\n"
@@ -513,10 +543,12 @@ def scenario_fleet_scale(settings: Any) -> Any:
             + f"\n\n**Scattered failures**: a healthy upstream whose calls each fail with the given probability, "
               f"for {scatter:g} s; fleet mode off and on in turn. Fleet opens are the `open` messages on the "
               "fleet's breaker channel; latency is client acknowledgement -> accepted upstream, per request.\n\n"
-            + table(["N", "failing", "fleet-wide opens", "local breaker opens (off / on)", "p99 fleet off",
+            + table(["N", "failing", "for", "fleet-wide opens", "local breaker opens (off / on)", "p99 fleet off",
                      "p99 fleet on", "added p99", "harness lag p99"], scatter_rows)
+            + "\n\nMeasured: " + "; ".join(
+                f"N = {n} at {runs[n]['measured']['at']} on {runs[n]['measured']['commit']}" for n in sizes)
             + f"\n\n![fleet scale]({plot.name})")
-    return Section("fleet-scale", f"8. Fleet scale: {', '.join(str(n) for n in sizes)} simulated members", body,
+    return Section("fleet-scale", "8. Fleet scale: simulated members on one redis-server", body,
                    {"runs": {str(n): r for n, r in runs.items()}})
 
 
