@@ -271,17 +271,22 @@ class Channel:
     """Every breaker change on the fleet's channel, with the wall time it arrived here."""
 
     url: str
-    channel: str
+    prefix: str
     messages: list[tuple[float, str]] = field(default_factory=list)
+    causes: list[str] = field(default_factory=list)  # of each open, as the breaker record says (`cause`, `by`)
     _stop: threading.Event = field(default_factory=threading.Event)
     _thread: threading.Thread | None = None
 
     def start(self) -> None:
         import redis
 
+        from bench.fleet_sim import ENDPOINT
+        from sidecar.fleet.keys import Keys
+
+        keys = Keys(self.prefix)
         client = redis.Redis.from_url(self.url, decode_responses=True)
         pubsub = client.pubsub()
-        pubsub.subscribe(self.channel)
+        pubsub.subscribe(keys.channel)
 
         def listen() -> None:
             while not self._stop.is_set():
@@ -290,6 +295,9 @@ class Channel:
                     parts = str(message["data"]).rsplit("\n", 4)
                     if len(parts) == 5:
                         self.messages.append((time.time(), parts[1]))
+                        if parts[1] == "open":
+                            record = client.hmget(keys.breaker(ENDPOINT), "cause", "by")
+                            self.causes.append(f"{record[0]} by {record[1]}")
             pubsub.close()
             client.close()
 
@@ -320,7 +328,7 @@ def run_once(spec: RunSpec, redis_url: str, workdir: Path, log: Any = print) -> 
     rundir = Path(tempfile.mkdtemp(prefix=f"{spec.label.replace(' ', '-')}-", dir=workdir))
     procs: list[subprocess.Popen[str]] = []
     results: list[Path] = []
-    channel = Channel(redis_url, f"{prefix}breaker-events")
+    channel = Channel(redis_url, prefix)
     channel.start()
     phases = spec.phases
     try:
@@ -377,6 +385,7 @@ def run_once(spec: RunSpec, redis_url: str, workdir: Path, log: Any = print) -> 
         "latency_p50_ms": percentile(latencies, 0.5), "latency_p99_ms": percentile(latencies, 0.99),
         "latency_max_ms": max(latencies, default=None),
         "fleet_opens": sum(1 for _, state in channel.messages if state == "open"),
+        "open_causes": channel.causes,
         "local_opens": sum(w["local_opens"] for w in workers),
         "lag_p99_ms": max(w["lag_p99_ms"] for w in workers), "lag_max_ms": max(w["lag_max_ms"] for w in workers),
         "lag_p50_ms": statistics.median(w["lag_p50_ms"] for w in workers),
@@ -438,6 +447,7 @@ def plot_scale(runs: dict[int, dict[str, Any]], path: Path, after: float) -> Non
     for ax, title in ((calls_ax, f"calls on the upstream during its {OUTAGE:g} s failure"),
                       (first_ax, "first delivered export after recovery (s)")):
         ax.set_xscale("log")
+        ax.set_xticks(sizes, [str(n) for n in sizes])
         ax.set_xlabel("members (N)")
         ax.set_title(title, fontsize=9)
         ax.grid(alpha=0.3)
@@ -467,6 +477,15 @@ def git_commit() -> str:
     except (OSError, subprocess.SubprocessError):
         return "unknown"
     return out + ("+changes" if dirty else "")
+
+
+def open_causes(run: dict[str, Any]) -> str:
+    """` (cause x count, ...)` of a run's fleet-wide opens, from the breaker record at each open."""
+    counts: dict[str, int] = {}
+    for cause in run.get("open_causes", []):
+        name = cause.split(" by ")[0]
+        counts[name] = counts.get(name, 0) + 1
+    return " (" + ", ".join(f"{name} x {count}" for name, count in counts.items()) + ")" if counts else ""
 
 
 def scenario_fleet_scale(settings: Any) -> Any:
@@ -515,7 +534,7 @@ def scenario_fleet_scale(settings: Any) -> Any:
             added = (on["latency_p99_ms"] - off["latency_p99_ms"]
                      if on["latency_p99_ms"] is not None and off["latency_p99_ms"] is not None else float("nan"))
             seconds = runs[n]["measured"]["scatter_seconds"]
-            scatter_rows.append([n, f"{ratio:.0%}", f"{seconds:g} s", on["fleet_opens"],
+            scatter_rows.append([n, f"{ratio:.0%}", f"{seconds:g} s", f"{on['fleet_opens']}{open_causes(on)}",
                                  f"{off['local_opens']} / {on['local_opens']}",
                                  f"{off['latency_p99_ms']:.0f} ms", f"{on['latency_p99_ms']:.0f} ms",
                                  f"{added:+.0f} ms",
