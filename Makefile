@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: install demo test lint typecheck unit protos bench bench-quick fuzz soak faults clean
+.PHONY: install demo test lint typecheck unit protos docs bench bench-quick fuzz soak faults clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -c 'import sys; sys.exit("Python 3.11+ is required") if sys.version_info < (3, 11) else None'
@@ -41,6 +41,15 @@ unit: $(STAMP)
 # when the committed code is stale.
 protos: $(STAMP)
 	$(BIN)/python -m sidecar.admin.codegen
+
+# docs/configuration.md from the config schema's Structs and their comments (sidecar/docgen.py): run it after
+# adding or changing a config key or merging a branch. Then the documentation tests: they name every key
+# without a description, and every metric family, log event or alert that docs/metrics.md,
+# docs/troubleshooting.md or docs/runbooks.md (written by hand) lack, and every broken link.
+docs: $(STAMP)
+	@status=0; $(BIN)/python -m sidecar.docgen || status=1; \
+	$(BIN)/python -m pytest -q --tb=short tests/unit/test_docs.py tests/unit/test_doc_links.py \
+		|| status=1; exit $$status
 
 # Hostile input (not part of `make test`, which runs the same suites with few examples): the receiver,
 # codec and config fuzz suites with FUZZ_EXAMPLES hypothesis examples per test (default 300), then

@@ -524,7 +524,7 @@ ROTEL_NONE = "rotel, compression none"
 
 def default_sidecar_config(upstream: str, ports: SidecarPorts, **exporter: Any) -> dict[str, Any]:
     """The sidecar as a user would start it: every exporter setting at its default (DESIGN.md), the
-    classify/enrich/degradation pipeline of the README, warn-level logs."""
+    classify/enrich/degradation pipeline of collector-config/sidecar-minimal.yaml, warn-level logs."""
     config = base_config(upstream, ports)
     config["exporters"]["otlp_grpc"] = {"endpoint": upstream, "tls": {"insecure": True}, **exporter}
     config["service"]["telemetry"]["logs"]["level"] = "warn"

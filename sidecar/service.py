@@ -200,7 +200,7 @@ class Service:
         return router
 
     def _start_known_series(self) -> None:
-        """The export failures an exporter expects start at 0 by class, so every family listed in the README
+        """The export failures an exporter expects start at 0 by class, so every family listed in docs/metrics.md
         has samples from the first scrape (a rate() over a series that appears only with its first increment
         misses that increment). Receivers, exporters and endpoints declare their own series as they are built."""
         for spec_name, spec in self.config.service.pipelines.items():

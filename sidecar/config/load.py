@@ -106,22 +106,22 @@ def _struct_hints(cls: type) -> dict[str, Any]:
     return typing.get_type_hints(cls, include_extras=True)
 
 
-def _is_struct(tp: Any) -> bool:
+def is_struct(tp: Any) -> bool:
     return isinstance(tp, type) and issubclass(tp, msgspec.Struct)
 
 
 def _optional_struct(tp: Any) -> type | None:
     """The Struct in `X | None`, or X itself when tp is a Struct."""
-    if _is_struct(tp):
+    if is_struct(tp):
         return typing.cast(type, tp)
     if typing.get_origin(tp) in (typing.Union, types.UnionType):
         args = [a for a in typing.get_args(tp) if a is not type(None)]
-        if len(args) == 1 and _is_struct(args[0]):
+        if len(args) == 1 and is_struct(args[0]):
             return typing.cast(type, args[0])
     return None
 
 
-def _choices(tp: Any) -> list[str] | None:
+def choices_of(tp: Any) -> list[str] | None:
     """Allowed values of a Literal or an enum (possibly optional), for a friendly message."""
     args = typing.get_args(tp) if typing.get_origin(tp) in (typing.Union, types.UnionType) else (tp,)
     for arg in args:
@@ -158,7 +158,7 @@ def check_struct(value: Any, cls: type, path: str, errors: list[str]) -> Any:
 def check_value(value: Any, tp: Any, path: str, errors: list[str]) -> Any:
     struct = _optional_struct(tp)
     if struct is not None:
-        if value is None and not _is_struct(tp):
+        if value is None and not is_struct(tp):
             # `grpc:` with no value means "enabled with defaults", as in the Collector.
             return check_struct({}, struct, path, errors)
         return check_struct(value, struct, path, errors)
@@ -180,7 +180,7 @@ def check_value(value: Any, tp: Any, path: str, errors: list[str]) -> Any:
             errors.append(f"{path}: must be a mapping, got {_yaml_type(value)}")
             return value
         return {str(k): check_value(v, base_args[1], _join(path, str(k)), errors) for k, v in value.items()}
-    choices = _choices(tp)
+    choices = choices_of(tp)
     if choices is not None:
         if str(value) not in choices or not isinstance(value, str):
             errors.append(f"{path}: must be one of {', '.join(choices)} (got {value!r})")

@@ -88,7 +88,7 @@ local rate = calls / 2
 local window = max_window
 if rate > 0 then window = math.min(max_window, math.max(min_window, minimum * 1000 / rate)) end
 local volume = math.max(minimum, rate * min_window / 1000)
-local needed = math.max(1, math.ceil(ratio * volume - 1e-9))
+local needed = math.max(1, math.floor(ratio * volume + 1e-9))
 redis.call('ZADD', KEYS[2], now, ARGV[1] .. '\\n' .. ARGV[2] .. '\\n' .. ARGV[3])
 redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', '(' .. (now - max_window))
 redis.call('PEXPIRE', KEYS[2], max_window * 2)

@@ -92,7 +92,7 @@ class EvidenceRule:
     calls (no shorter than MIN_WINDOW, no longer than MAX_WINDOW), and the endpoint opens when they
     reach `failure_ratio` of those calls, counted from at least two sidecars (when it has two):
 
-    * bounded: the failures needed are `ceil(ratio x max(minimum_calls, rate x MIN_WINDOW))`, the same
+    * bounded: the failures needed are `floor(ratio x max(minimum_calls, rate x MIN_WINDOW))`, the same
       whatever the number of members (5 with the defaults, up to 25 at 2,000 requests/s);
     * scattered errors never add up: a failure fraction well below `failure_ratio` almost never reaches
       it within so short a window (the count is Poisson-distributed around fraction x calls);
@@ -110,7 +110,8 @@ class EvidenceRule:
     def needed(self, rate: float) -> int:
         """The failures within `window(rate)` that open the endpoint."""
         volume = max(float(self.minimum_calls), max(0.0, rate) * MIN_WINDOW)
-        return max(1, math.ceil(self.failure_ratio * volume - 1e-9))
+        # Rounded down: when every call fails, one window's calls are always enough.
+        return max(1, math.floor(self.failure_ratio * volume + 1e-9))
 
     def opens(self, failures: int, reporters: int, members: int, rate: float) -> bool:
         return failures >= self.needed(rate) and reporters >= (2 if members >= 2 else 1)

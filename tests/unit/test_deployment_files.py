@@ -460,20 +460,7 @@ def test_dashboard_shows_what_an_operator_needs() -> None:
         assert variable in variables | {"__rate_interval", "__range"}, variable
 
 
-def test_readme_metrics_section_lists_every_metric() -> None:
-    readme = (ROOT / "README.md").read_text()
-    section = readme[readme.index("\n## Metrics\n"):]
-    for family in Metrics().registry.collect():
-        if not family.name.startswith("sidecar_"):
-            continue
-        exposed = family.name + "_total" if family.type == "counter" else family.name
-        signal_variant = re.fullmatch(r"sidecar_\w+?_(metric_points|log_records)_total", exposed)
-        listed = f"`{exposed}`" in section or (
-            signal_variant is not None and f"`..._{signal_variant.group(1)}_total`" in section)
-        assert listed, f"README Metrics section does not list {exposed}"
-    rules = [rule["alert"] for group in _yaml(CONFIG_DIR / "alerts.yml")["groups"] for rule in group["rules"]]
-    for alert in rules:
-        assert f"`{alert}`" in section, f"README Metrics section does not list the alert {alert}"
+# The metric families and alerts each have their entry in docs/: tests/unit/test_docs.py.
 
 
 # ----------------------------------------------------------------------------------- promtool

@@ -119,3 +119,38 @@ def test_a_steady_outage_escalates_and_never_flaps_while_it_lasts(rate: float, o
     ranks = [order.index(s) for s in reported]
     assert ranks == sorted(ranks), "the reported severity eased while the outage lasted"
     assert reported[-1] is not Severity.LOW  # escalated by the end, on every run
+
+
+@pytest.mark.parametrize("seed", range(5))
+async def test_the_issues_25_s_outage_at_200_spans_per_second_escalates_on_every_run(
+        seed: int, caplog: pytest.LogCaptureFixture) -> None:
+    """Issue 28's scenario, five runs: 200 spans/s (20 requests of 10 spans, irregular arrivals), the upstream
+    UNAVAILABLE for 25 s, the shipped breaker (5 failures trip it, 60 s open). Before, the class was seen
+    about 10 times (the attempts) and escalated in 2 runs of 5; now the 5 attempts and the first 5 held requests
+    (a quarter of a second at this rate) escalate it in every run, a second step follows at 100 occurrences,
+    and it is never reported easing while the outage lasts."""
+    import random
+
+    rng = random.Random(seed)
+    clock = sender_clock()
+    transport = FakeTransport("a:4317", clock, default=UNAVAILABLE)
+    sender = build(make_config(["a:4317"], retry=RetryConfig(enabled=False),
+                               circuit_breaker=CircuitBreakerConfig()), [transport], clock, Metrics())
+    caplog.set_level(logging.INFO, logger="sidecar.events")
+    breaker = sender.endpoints["a:4317"].breaker
+    start = clock.monotonic()
+    opened_at: float | None = None
+    while clock.monotonic() - start < 25.0:
+        if breaker.allow():
+            await clock.run(sender.send(make_entry(10)))
+        else:
+            opened_at = opened_at if opened_at is not None else clock.monotonic()
+            sender.held()
+        clock.advance(rng.uniform(0.0, 0.1))  # 20 requests/s on average
+    assert len(transport.calls) == 5  # the attempts: below the threshold of 10 on their own
+    seen = [(r.from_severity, r.to_severity, r.created) for r in caplog.records
+            if getattr(r, "event", None) == "error_escalation"]
+    # Up one step at 10 held requests, two at 100 (about 5 s at this rate); never down while it lasts.
+    assert [(f, t) for f, t, _ in seen] == [("medium", "high"), ("high", "critical")]
+    assert opened_at is not None
+    assert sender.escalation.worsening(clock.monotonic())[0].severity == "critical"
