@@ -236,6 +236,9 @@ async def _worker(spec: dict[str, Any]) -> None:
         "lag_max_ms": 1000 * max(lags, default=0.0), "healthy_cpu_fraction": healthy_cpu,
     }
     write_result(Path(spec["result"]), result)
+    # The stop below is bounded by a cancel scope, but a loop hosting hundreds of members can be too busy
+    # to honour it in time: the result is written, so a watchdog ends the process regardless.
+    threading.Timer(15.0, os._exit, args=(0,)).start()
     # Leave the fleet politely (free leases, drop heartbeats) so the next run starts clean, but within a
     # bound: the process exits right after, and the parent flushes Redis before the next run anyway.
     stopping = time.monotonic()
