@@ -1,6 +1,7 @@
 """Benchmark scenarios, side by side with a direct baseline, written into bench/RESULTS.md.
 
-    python -m bench.run [all|throughput|latency|outage|crash|memory|fleet|cpu] [--quick] [--duration S] [--repeats N]
+    python -m bench.run [all|throughput|latency|outage|crash|memory|fleet|cpu|fleet-scale] [--quick] [--duration S]
+                        [--repeats N] [--sizes 50,200,1000]
 
 1. throughput  loadgen -> sink (direct) vs loadgen -> sidecar -> sink, 0 % and 10 % error spans;
                spans/s delivered (counted by the sink), ratio to direct, CPU per request of each process;
@@ -18,6 +19,11 @@
 7. cpu         CPU at a steady rate: 10,000 spans/s in 100- and 512-span requests through the sidecar
                (defaults, compression none) and through rotel (a Rust collector); CPU % of one core,
                us of CPU per span and RSS of each relay, against the Collector testbed's 20 % budget.
+8. fleet-scale fleet mode at N = 50, 200 and 1,000 simulated members (the real fleet and exporter code, an
+               in-process upstream) on one real redis-server, 2,000 requests/s in total: calls on an upstream
+               failing for 20 s, time to the fleet-wide open, first success after recovery, Redis commands/s
+               per member and redis-server CPU, opens and p99 delivery latency under 1 % and 5 % scattered
+               failures against fleet mode off (bench/fleet_scale.py). Not part of `all` (~20 minutes).
 
 Every process is its own: the sink (bench/sink.py), the sidecar (`python -m sidecar`, as a user
 starts it), the load generator (bench/loadgen.py); the fake Collector and the SDK application run
@@ -63,7 +69,7 @@ BENCH = ROOT / "bench"
 PYTHON = sys.executable
 SPANS = 512
 ERROR_FRACTION = 0.1
-SECTIONS = ("throughput", "latency", "outage", "crash", "memory", "fleet", "cpu")
+SECTIONS = ("throughput", "latency", "outage", "crash", "memory", "fleet", "cpu", "fleet-scale")
 IN_ALL = ("throughput", "latency", "outage", "crash", "memory", "cpu")
 # Same glibc tuning for the bench's own processes (sink, load generator) as the sidecar gives itself.
 TOOL_ENV = dict(MALLOC_ENV)
@@ -92,6 +98,7 @@ class Settings:
     cpu_warmup: float
     cpu_repeats: int
     results: Path
+    fleet_sizes: tuple[int, ...] = ()  # fleet-scale: the N to simulate (empty: 50, 200, 1000)
     workdir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="sidecar-bench-")))
 
     def figure(self, name: str) -> Path:
@@ -127,6 +134,8 @@ class Settings:
             settings.outage = args.outage
         if args.cpu_window is not None:
             settings.cpu_window = args.cpu_window
+        if args.sizes:
+            settings.fleet_sizes = tuple(int(n) for n in args.sizes.split(","))
         if args.cpu_repeats is not None:
             settings.cpu_repeats = args.cpu_repeats
         return settings
@@ -1175,6 +1184,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--outage", type=float, default=None, help="seconds the Collector is down")
     parser.add_argument("--cpu-window", type=float, default=None, help="measured seconds per steady-rate run")
     parser.add_argument("--cpu-repeats", type=int, default=None, help="steady-rate runs per relay and size")
+    parser.add_argument("--sizes", default=None, help="fleet-scale: members to simulate, e.g. 50,200,1000")
     parser.add_argument("--memory-limit", type=float, default=256.0, help="service.memory_limit_mib (scenario 5)")
     parser.add_argument("--results", type=Path, default=None,
                         help="results file (default bench/RESULTS.md; with --quick bench/RESULTS-quick.md)")
@@ -1208,6 +1218,10 @@ def main(argv: list[str] | None = None) -> int:
             from bench.fleet import scenario_fleet  # bench.fleet imports this module
 
             sections.append(scenario_fleet(settings))
+        if "fleet-scale" in wanted:
+            from bench.fleet_scale import scenario_fleet_scale
+
+            sections.append(scenario_fleet_scale(settings))
     finally:
         if sections:
             write_results(sections, command.strip(), settings.results)

@@ -247,7 +247,10 @@ class SharedBreaker:
                 self._instance, self._keys.channel, self.endpoint, self.open_class]
         reply = await self._conn.call(lambda: self._scripts.open(keys=keys, args=args))
         if reply is not None:
-            self._apply(parse_record(reply))
+            record = parse_record(reply)
+            # A refused reopen (the fleet closed meanwhile) leaves this sidecar's breaker open on its own
+            # failed probe: it follows the fleet's close instead of holding its data for recovery_timeout.
+            self._apply(record, force=reopen and not record.open)
 
     async def _publish_close(self) -> None:
         # Optimistic: this sidecar saw the endpoint answer; its own breakers must not be re-opened by a

@@ -1,9 +1,13 @@
 """The fleet's Redis connection: commands bounded by a short timeout, and an up/down state.
 
 While Redis answers, `connected` is True. Background commands (refreshes, leases, heartbeats, the
-supervisor's ping every `PING_INTERVAL`) are bounded by `BACKGROUND_TIMEOUT`; one that fails or times
-out marks Redis down at once (sidecar_fleet_connected 0 and a log event), so a dead or slow Redis is
-noticed within PING_INTERVAL + BACKGROUND_TIMEOUT < 1 s. From then on `call` returns None *without*
+supervisor's ping) are bounded by `BACKGROUND_TIMEOUT`; one that fails or times out marks Redis down at
+once (sidecar_fleet_connected 0 and a log event). Each shared breaker reads Redis every 0.5 s, so a
+dead or slow Redis is noticed within 0.5 s + BACKGROUND_TIMEOUT = 1 s. The supervisor pings only when
+no command answered for `PING_IDLE` (a connection with nothing else to do: then it is noticed within
+PING_IDLE + BACKGROUND_TIMEOUT), and sleeps until then. The refreshes already
+prove Redis alive, and an unconditional ping every 0.25 s was 4 of the ~10 commands/s each member sent
+(bench/RESULTS.md, "Fleet scale"). From then on `call` returns None *without*
 touching the network: nothing ever waits on a dead Redis, and every user of the fleet falls back to
 its local state. The one command on the data path (a retry asking the fleet budget) is bounded by
 the configured `command_timeout` and, when only too slow, returns None (decide locally) without
@@ -32,8 +36,9 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-PING_INTERVAL = 0.25
-BACKGROUND_TIMEOUT = 0.5  # nobody waits on these; PING_INTERVAL + this stays under the promised 1 s
+PING_INTERVAL = 0.25  # the supervisor looks at most this often
+PING_IDLE = 0.6  # it pings only when no command answered for this long (above the 0.5 s breaker refresh)
+BACKGROUND_TIMEOUT = 0.5  # nobody waits on these; the 0.5 s refresh + this keeps the promised 1 s
 RECONNECT_MIN = 0.1
 RECONNECT_MAX = 5.0
 
@@ -64,6 +69,7 @@ class FleetConnection:
         self._task: asyncio.Task[None] | None = None
         self.reconnects = 0
         self._next_primary_check = 0.0
+        self._answered_at = float("-inf")  # local monotonic time of the last command Redis answered
 
     # ------------------------------------------------------------ commands
 
@@ -73,10 +79,12 @@ class FleetConnection:
             return None
         try:
             async with asyncio.timeout(BACKGROUND_TIMEOUT):
-                return await command()
+                reply = await command()
         except FAILURES as exc:
             self.mark_down(f"{type(exc).__name__}: {exc}")
             return None
+        self._answered_at = self._clock.monotonic()
+        return reply
 
     async def call_fast(self, command: Callable[[], Awaitable[T]]) -> T | None:
         """A command on the data path, bounded by `command_timeout`: None when Redis is down or the command
@@ -85,12 +93,14 @@ class FleetConnection:
             return None
         try:
             async with asyncio.timeout(self.timeout):
-                return await command()
+                reply = await command()
         except TimeoutError:
             return None
         except FAILURES as exc:
             self.mark_down(f"{type(exc).__name__}: {exc}")
             return None
+        self._answered_at = self._clock.monotonic()
+        return reply
 
     def mark_down(self, reason: str) -> None:
         if self.connected:
@@ -136,9 +146,14 @@ class FleetConnection:
         delay = RECONNECT_MIN
         while True:
             if self.connected:
-                await self.call(lambda: ping(self.client))
+                idle = self._clock.monotonic() - self._answered_at
+                if idle >= PING_IDLE:
+                    await self.call(lambda: ping(self.client))
+                    idle = 0.0
                 await self._check_primary()
-                await self.wait_changed(PING_INTERVAL)
+                # Sleep until a ping could be due: a member whose refreshes keep Redis busy is not woken
+                # 4 times a second for nothing (it adds up when one machine hosts many members: bench).
+                await self.wait_changed(max(PING_INTERVAL, PING_IDLE - idle))
                 self._changed.clear()
                 continue
             if await self._try_connect():
@@ -174,6 +189,7 @@ class FleetConnection:
             return False
         self.connected = True
         self.ever_connected = True
+        self._answered_at = self._clock.monotonic()
         self._events.fleet_connection_changed(True, self.endpoint)
         self._changed.set()
         for resync in list(self.on_connected):

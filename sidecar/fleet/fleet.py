@@ -30,7 +30,15 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-FLUSH_INTERVAL = 0.25  # budget deposits reach the fleet this often
+# Budget deposits reach the fleet this often. A retry asking for a token sends what is pending itself, and
+# deposits fund retries for 10 s (budget.TTL), so once a second loses nothing; every 0.25 s it was 4 of the
+# ~10 commands/s each member sent (bench/RESULTS.md, "Fleet scale").
+FLUSH_INTERVAL = 1.0
+# The pub/sub listener waits this long for a message before it looks at the connection's state again. A
+# broken connection raises at once; this only bounds how long a subscription outlives Redis being marked
+# down for slowness (harmless: messages are applied by generation). Each wake-up costs a member ~0.1 ms,
+# which adds up when one machine hosts many members (bench/fleet_scale.py).
+LISTEN_POLL = 2.0
 
 
 def default_instance_id() -> str:
@@ -148,8 +156,8 @@ class Fleet:
                 async with asyncio.timeout(BACKGROUND_TIMEOUT):
                     await pubsub.subscribe(self.keys.channel)
                 while self.conn.connected:
-                    async with asyncio.timeout(1.0):
-                        message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=0.5)
+                    async with asyncio.timeout(LISTEN_POLL + BACKGROUND_TIMEOUT):
+                        message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=LISTEN_POLL)
                     if message is not None and message.get("type") == "message":
                         self._dispatch(str(message.get("data", "")))
             except FAILURES as exc:

@@ -1,0 +1,114 @@
+"""The fleet-scale simulation (bench/fleet_scale.py) stays runnable and its figures stay sane.
+
+A few members in one worker process against a real redis-server, with phases of a second or two:
+no timing is asserted (the machine is shared), only that every figure the scenario reports is
+produced and consistent with the others.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+
+from bench.fleet_scale import (
+    Phases,
+    RunSpec,
+    outage_figures,
+    outage_phases,
+    percentile,
+    redis_cost,
+    run_once,
+    scatter_phases,
+    sent_per_member,
+    split,
+)
+from bench.fleet_sim import ENDPOINT, SimTransport, SimUpstream, UpstreamPlan, request
+from sidecar.core.entry import QueueEntry
+from sidecar.core.errors import ExportError
+from sidecar.core.signals import Signal
+from tests.fakes.redis_server import RedisServer
+
+
+def test_split_covers_every_member_once() -> None:
+    assert split(10, 3) == [(0, 3), (3, 7), (7, 10)]
+    assert split(1000, 4) == [(0, 250), (250, 500), (500, 750), (750, 1000)]
+
+
+def test_percentile() -> None:
+    assert percentile([], 0.99) is None
+    assert percentile(list(range(1, 101)), 0.99) == 99
+    assert percentile([5.0], 0.5) == 5.0
+
+
+def test_upstream_plan_fails_in_its_window_and_at_its_ratio() -> None:
+    plan = UpstreamPlan(fail_from=10.0, fail_until=20.0, fail_ratio=0.01)
+    assert plan.fails(10.0, 0.99) and plan.fails(19.99, 0.99)
+    assert not plan.fails(20.0, 0.5) and not plan.fails(9.9, 0.5)
+    assert plan.fails(25.0, 0.005)
+
+
+def test_sim_transport_measures_each_merged_request() -> None:
+    async def scenario() -> None:
+        upstream = SimUpstream(UpstreamPlan(), seed=1)
+        transport = SimTransport(ENDPOINT, upstream)
+        accepted = 1_000_000_000_000_000_000  # ns: far in the past, so each latency is large and positive
+        payloads = [request(accepted + i, bytes(16))[1] for i in range(3)]
+        await transport.send(QueueEntry(Signal.TRACES, b"".join(payloads), 3, (), 0.0), 5.0)
+        assert upstream.calls.requests_delivered == 3 and len(upstream.calls.latencies_ms) == 3
+        upstream.plan = UpstreamPlan(fail_from=0.0, fail_until=float("inf"))
+        with pytest.raises(ExportError):
+            await transport.probe(1.0)
+        assert upstream.calls.probes[-1][1] is False
+
+    asyncio.run(scenario())
+
+
+def test_outage_figures_from_synthetic_observations() -> None:
+    worker = {
+        "data": [(9.0, True), (10.1, False), (10.2, False), (10.4, False), (30.5, True)],
+        "probes": [(15.0, False), (31.0, True)],
+        "transitions": [[(10.3, "open"), (30.4, "half_open")], [(10.35, "open")]],
+    }
+    figures = outage_figures([worker], [(10.25, "open"), (30.45, "closed")], fail_from=10.0, fail_until=30.0)
+    assert figures["calls_during_failure"] == 4
+    assert (figures["data_calls"], figures["probe_calls"]) == (3, 1)
+    assert figures["calls_before_open"] == 2
+    assert figures["first_failure_to_fleet_open"] == pytest.approx(0.15)
+    assert figures["first_failure_to_all_open"] == pytest.approx(0.25)
+    assert figures["first_success_after_recovery"] == pytest.approx(0.5)
+    assert figures["first_probe_success_after_recovery"] == pytest.approx(1.0)
+
+
+def test_redis_cost_per_member() -> None:
+    before = {"commandstats": {"cmdstat_ping": {"calls": 10}, "cmdstat_hget": {"calls": 100}},
+              "total_commands_processed": 110, "cpu": 1.0}
+    after = {"commandstats": {"cmdstat_ping": {"calls": 30}, "cmdstat_evalsha": {"calls": 20},
+                              "cmdstat_hget": {"calls": 300}}, "total_commands_processed": 350, "cpu": 1.5}
+    cost = redis_cost(before, after, seconds=2.0, members=10)
+    assert cost["commands_per_s_per_member"] == pytest.approx(12.0)
+    assert cost["redis_cpu_percent"] == pytest.approx(25.0)
+    assert sent_per_member(cost, 10) == pytest.approx((10 + 10) / 10)  # ping + evalsha; hget runs in scripts
+
+
+def short_outage() -> Phases:
+    return outage_phases(outage=1.0, warm=0.3, healthy=1.0, after=1.0)
+
+
+def test_the_harness_runs_a_small_fleet_end_to_end(tmp_path: Path) -> None:
+    with RedisServer(tmp_path / "redis") as server:
+        outage = run_once(RunSpec(6, 1, True, short_outage(), "smoke outage"), server.url, tmp_path, log=print)
+        scatter = run_once(RunSpec(6, 1, False, scatter_phases(0.05, 1.0, warm=0.3), "smoke scatter"),
+                           server.url, tmp_path, log=print)
+    assert outage["sent"] > 500 and outage["delivered"] > 0
+    assert outage["latency_p99_ms"] is not None and outage["latency_p99_ms"] > 0
+    assert outage["calls_during_failure"] == outage["data_calls"] + outage["probe_calls"] > 0
+    assert outage["first_failure_to_fleet_open"] is not None  # the failure opened the endpoint fleet-wide
+    assert outage["fleet_opens"] >= 1 and 0 < outage["members_opened"] <= 6
+    assert outage["redis"]["commands_per_s_per_member"] > 0 and outage["redis"]["redis_cpu_percent"] >= 0
+    assert sent_per_member(outage["redis"], 6) > 0
+    assert outage["lag_max_ms"] >= outage["lag_p99_ms"] >= 0
+    # Fleet mode off: nothing reaches Redis but the bench's own INFO, no fleet-wide open.
+    assert scatter["fleet_opens"] == 0 and sent_per_member(scatter["redis"], 6) == 0
+    assert scatter["delivered"] > 0 and "calls_during_failure" not in scatter

@@ -1,0 +1,76 @@
+"""What a healthy fleet member costs Redis: a few commands per second, whatever the fleet's size
+(issue 28: <= 5 commands/s per member; bench/fleet_scale.py measures it at 1,000 members).
+
+Counted by redis-server itself (`INFO commandstats`), against a real one."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+
+from bench.fleet_scale import SENT_BY_MEMBERS
+from bench.fleet_sim import Member, SimUpstream, UpstreamPlan, export_classifier, request
+from sidecar.config.schema import FleetConfig
+from sidecar.core.clock import SYSTEM_CLOCK
+from sidecar.fleet.connection import PING_IDLE, FleetConnection
+from sidecar.telemetry.events import Events
+from sidecar.telemetry.metrics import Metrics
+from tests.fakes.redis_server import RedisServer
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[RedisServer]:
+    with RedisServer(tmp_path / "redis") as s:
+        yield s
+
+
+def calls(server: RedisServer) -> dict[str, int]:
+    with redis.Redis(port=server.port) as client:
+        stats = client.info("commandstats")
+    return {str(k).removeprefix("cmdstat_"): int(v["calls"]) for k, v in stats.items()}
+
+
+def sent_between(before: dict[str, int], after: dict[str, int]) -> int:
+    return sum(after.get(name, 0) - before.get(name, 0) for name in SENT_BY_MEMBERS)
+
+
+async def test_the_supervisor_pings_only_a_connection_nothing_else_uses(server: RedisServer) -> None:
+    conn = FleetConnection(FleetConfig(endpoint=server.url), Events(Metrics()), SYSTEM_CLOCK)
+    conn.start()
+    try:
+        await conn.wait_changed(5.0)
+        assert conn.connected
+        busy = calls(server)
+        for _ in range(6):  # a command every 0.4 s, as a breaker refresh keeps one busy
+            assert await conn.call(lambda: conn.client.get("k")) is None
+            await asyncio.sleep(0.4)
+        idle = calls(server)
+        assert idle.get("ping", 0) == busy.get("ping", 0)  # the GETs proved Redis alive: no ping
+        await asyncio.sleep(4 * PING_IDLE)
+        assert calls(server).get("ping", 0) - idle.get("ping", 0) >= 2  # idle: pinged, to notice a dead Redis
+    finally:
+        await conn.stop()
+
+
+async def test_a_healthy_member_sends_at_most_5_commands_per_second(server: RedisServer) -> None:
+    member = Member(0, server.url, SimUpstream(UpstreamPlan(), seed=1), Events(Metrics()), export_classifier(),
+                    "cost:")
+    await member.start()
+    try:
+        await asyncio.sleep(1.5)  # connected, first heartbeat, first probe
+        before, started = calls(server), time.monotonic()
+        sent = 0
+        while time.monotonic() - started < 4.0:  # 20 requests/s of traffic, all delivered
+            message, payload = request(time.time_ns(), sent.to_bytes(16, "big"))
+            assert await member.accept(message, payload, time.time())
+            sent += 1
+            await asyncio.sleep(0.05)
+        rate = sent_between(before, calls(server)) / (time.monotonic() - started)
+    finally:
+        await member.stop()
+    assert 0 < rate <= 5.0
