@@ -149,8 +149,6 @@ def _build() -> descriptor_pool.DescriptorPool:
     named = message("ASpan", [("name", 5, _F.TYPE_STRING, opt, None)])
     opaque_map(named, "ASpan", 9)
     message("ABatch", [("spans", 1, _F.TYPE_MESSAGE, rep, "ASpan")])
-    message("NSpan", [("name", 5, _F.TYPE_STRING, opt, None)])
-    message("NBatch", [("spans", 1, _F.TYPE_MESSAGE, rep, "NSpan")])
     pool = descriptor_pool.DescriptorPool()
     pool.Add(file)
     return pool
@@ -170,7 +168,6 @@ _FSpan = _cls("FSpan")
 _Blob = _cls("Blob")
 _SBatch = _cls("SBatch")
 _ABatch = _cls("ABatch")
-_NBatch = _cls("NBatch")
 
 D_ERROR = b"\x7a\x02\x18\x02"  # DSpan.status (15) holding only code (3) == STATUS_CODE_ERROR (2)
 D_EXCEPTION = b"\x5a\x0b\x12\x09exception"  # DSpan.events (11) holding only name (2) == "exception"
@@ -252,8 +249,8 @@ def _text(value: Any) -> str:
 _EVIDENCE_KEYS = (_HTTP_NEW, _HTTP_OLD, _RPC_NEW, _RPC_OLD, DB_STATUS_KEY, "exception.type", "exception.message")
 
 
-_ATTRIBUTES = operator.attrgetter("attributes")
-_NAME = operator.attrgetter("name")
+_NAME_ATTRIBUTES = operator.attrgetter("name", "attributes")
+_FIRST, _SECOND = operator.itemgetter(0), operator.itemgetter(1)
 _GETS = tuple(operator.methodcaller("get", key) for key in _EVIDENCE_KEYS)
 # Joins byte strings for counting: no pattern counted over them contains this byte, so no occurrence can
 # straddle two of them and a count over the join is the sum of the counts over each.
@@ -269,11 +266,11 @@ class SpanBatch:
     distinct: dict[tuple[Any, ...], int]  # each distinct key -> its first span
     attribute_keys: set[str]  # every attribute key of every span of the batch
     attributes: list[Any]  # each span's attributes: a map of encoded values by key
-    view: Any  # the batch parsed as spans with a name and attributes
+    named: list[tuple[str, Any]]  # each span's (name, attributes)
 
     def names(self) -> list[str]:
         """The spans' names."""
-        return list(map(_NAME, self.view.spans))
+        return list(map(_FIRST, self.named))
 
     def having(self, key: str) -> Iterator[int]:
         """The spans that have an attribute `key`."""
@@ -303,7 +300,8 @@ def evidence_keys(spans: list[bytes]) -> SpanBatch:
     compact.ParseFromString(stripped.SerializeToString())
     view = _ABatch()
     view.ParseFromString(blob)
-    attributes = list(map(_ATTRIBUTES, view.spans))
+    named = list(map(_NAME_ATTRIBUTES, view.spans))  # one pass over the spans for both
+    attributes = list(map(_SECOND, named))
     attribute_keys: set[str] = set().union(*attributes)
     columns: list[Iterable[Any]] = [compact.spans]
     columns += [map(get, attributes) if key in attribute_keys else repeat(None)
@@ -311,7 +309,7 @@ def evidence_keys(spans: list[bytes]) -> SpanBatch:
     keys = list(zip(*columns, strict=False))  # the `repeat`s are endless: the spans set the length
     distinct: dict[tuple[Any, ...], int] = {}
     firsts = list(map(distinct.setdefault, keys, range(len(keys))))
-    return SpanBatch(keys, firsts, distinct, attribute_keys, attributes, view)
+    return SpanBatch(keys, firsts, distinct, attribute_keys, attributes, named)
 
 
 def facts_of_view(view: Any) -> SpanFacts:
