@@ -147,8 +147,7 @@ def _record_hotspots(error_stats: ErrorStats, signal: Signal, message: Any,
         if service is None:
             service = services[ri] = _service_name(groups[ri].resource)
         counts[(service, name, classification.category.value, classification.error_type)] += n
-    for (service, name, category, error_type), n in counts.items():
-        error_stats.item_error(service, name, signal.value, category, error_type, n)
+    error_stats.item_errors(signal.value, counts)
 
 
 def _service_name(resource: Any) -> str:
