@@ -88,13 +88,13 @@ class EnrichStats:
     error_type): the labels of `sidecar_errors_total`.
 
     `hotspots` is filled only when the caller asks (`collect=True`), for the admin API's error hotspots:
-    enriched items counted by ((resource index, scope index), span or log name, classification), so the
-    caller's accounting is per group, not per item.
+    enriched items counted by ((resource index, scope index), span or log name, class key as in `by_class`),
+    so the caller's accounting is per group, not per item.
     """
 
     enriched: int = 0
     by_class: Counter[tuple[str, str, str, str]] = field(default_factory=Counter)
-    hotspots: Counter[tuple[tuple[int, int], str, Classification]] | None = None
+    hotspots: Counter[tuple[tuple[int, int], str, tuple[str, str, str, str]]] | None = None
     where: tuple[int, int] = (0, 0)  # (resource, scope) of the item being enriched, when collecting
 
     @property
@@ -207,7 +207,7 @@ class _Writer:
         stats.enriched += 1
         stats.by_class[plan.class_key] += 1
         if stats.hotspots is not None:
-            stats.hotspots[(stats.where, name, c)] += 1
+            stats.hotspots[(stats.where, name, plan.class_key)] += 1
 
 
 
@@ -436,7 +436,7 @@ class _Checker:
             where = self.scopes[position][:2]
             names = batch.names()
             for (name, first), n in Counter(compress(zip(names, batch.firsts, strict=True), enriched)).items():
-                stats.hotspots[(where, name, classes[first])] += n
+                stats.hotspots[(where, name, plans[first].class_key)] += n
 
     def recount_unproven(self) -> None:
         """`found[2]` again, after `deprecated_key` changed."""

@@ -15,7 +15,6 @@ from sidecar.core.clock import Clock
 from sidecar.core.entry import QueueEntry
 from sidecar.core.ingest import IngestResult, Metadata
 from sidecar.core.signals import Signal, count_items
-from sidecar.core.taxonomy import Classification
 from sidecar.pipeline.classify import Classifier
 from sidecar.pipeline.enrich import EnrichStats, enrich_logs, enrich_traces_payload
 from sidecar.telemetry.events import Events
@@ -136,17 +135,17 @@ class Router:
 
 
 def _record_hotspots(error_stats: ErrorStats, signal: Signal, message: Any,
-                     hotspots: Mapping[tuple[tuple[int, int], str, Classification], int]) -> None:
+                     hotspots: Mapping[tuple[tuple[int, int], str, tuple[str, str, str, str]], int]) -> None:
     """Count the enriched items by (service.name, span or log name, class) into `error_stats`: one call per
     group of the request, whatever the number of items in it."""
     groups = message.resource_spans if signal is Signal.TRACES else message.resource_logs
     services: dict[int, str] = {}
     counts: Counter[tuple[str, str, str, str]] = Counter()
-    for ((ri, _), name, classification), n in hotspots.items():
+    for ((ri, _), name, (category, _, _, error_type)), n in hotspots.items():
         service = services.get(ri)
         if service is None:
             service = services[ri] = _service_name(groups[ri].resource)
-        counts[(service, name, classification.category.value, classification.error_type)] += n
+        counts[(service, name, category, error_type)] += n
     error_stats.item_errors(signal.value, counts)
 
 

@@ -38,6 +38,7 @@ import math
 from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from sidecar.core.clock import Clock
 from sidecar.core.taxonomy import Classification
@@ -68,8 +69,9 @@ class RecoverySummary:
     last_seconds: float | None
 
 
-@dataclass(frozen=True, slots=True)
-class HotspotKey:
+class HotspotKey(NamedTuple):
+    """A tuple, so hashing and comparing it (several times per request and group) runs in C."""
+
     service: str
     name: str
     signal: str
