@@ -9,10 +9,11 @@ descriptor pool, so upb does the walking in C:
   events' names; unknown fields discarded and the rest serialized again, that is a few bytes per
   span and nothing the application wrote except event names. Counting two byte patterns in it
   gives exactly how many spans have status ERROR and (at least) how many events are named
-  "exception".
-* `error_indexes(raw)`: the same with the status code only, serialized per scope: each span is
-  then a handful of bytes starting with the only 0x12 among them, so the index of every span with
-  status ERROR is a `find` and a `count` in C.
+  "exception"; the serialization itself is returned for the next step.
+* `error_indexes(compact)`: that serialization (a request with the same resources, scopes and
+  spans) parsed again with the status code only and serialized per scope: each span is then a
+  handful of bytes starting with the only 0x12 among them, so splitting at 0x12 and comparing the
+  pieces gives the index of every span with status ERROR, in C.
 * `SpliceView`: the request with every span kept as opaque bytes (`repeated bytes spans`), so a
   span can be read and replaced as the bytes received, and serializing the view writes the
   request again with only the container lengths recomputed: appending the enrichment attributes
