@@ -326,6 +326,7 @@ def _span_outcome(view: Any, classifier: Classifier) -> _Outcome:
 
 
 def _key_bytes(key: tuple[Any, ...]) -> int:
+    """The evidence an outcome key holds, in bytes (its parts are bytes or None)."""
     return sum(len(part) for part in key if part is not None)
 
 
@@ -419,8 +420,9 @@ class _Checker:
         writer, stats = self.writer, self.stats
         plans = {at: writer.plan(c) for at, c in classes.items()}
         added: list[bytes | None] = list(map({at: plan.everything for at, plan in plans.items()}.get, batch.firsts))
-        # An error span whose bytes hold a needle of our keys may carry some of the attributes already: it
-        # gets only the missing ones (nothing when it has them all). Every other one gets its class's whole plan.
+        # An error span that has some of our keys already gets only the missing attributes (nothing when it
+        # has them all); every other one gets its class's whole plan. The batch lists its attribute keys,
+        # so spans without any of ours are ruled out at once.
         for at in writer.marked(batch):
             if added[at] is not None:
                 present = writer.present(batch.attributes[at])
