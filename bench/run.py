@@ -3,7 +3,7 @@
     python -m bench.run [all|throughput|latency|outage|crash|memory|fleet|cpu|fleet-scale] [--quick] [--duration S]
                         [--repeats N] [--sizes 50,200,1000]
 
-1. throughput  loadgen -> sink (direct) vs loadgen -> sidecar -> sink, 0 % and 10 % error spans;
+1. throughput  loadgen -> sink (direct) vs loadgen -> sidecar -> sink, 0 %, 10 % and 50 % error spans;
                spans/s delivered (counted by the sink), ratio to direct, CPU per request of each process;
                the floor: the same through a null proxy (bench/null_proxy.py), with and without a parse;
                and a peer: the same through rotel, a collector written in Rust (PyPI `rotel`).
@@ -17,7 +17,8 @@
                a real redis-server): calls hitting the failing upstream, recovery to the first delivered
                export, spans lost (bench/fleet.py). Not part of `all` (3-4 minutes): run it by name.
 7. cpu         CPU at a steady rate: 10,000 spans/s in 100- and 512-span requests through the sidecar
-               (defaults, compression none) and through rotel (a Rust collector); CPU % of one core,
+               (defaults, compression none; defaults with 50 % error spans) and through rotel (a Rust
+               collector); CPU % of one core,
                us of CPU per span and RSS of each relay, against the Collector testbed's 20 % budget.
 8. fleet-scale fleet mode at N = 50, 200 and 1,000 simulated members (the real fleet and exporter code, an
                in-process upstream) on one real redis-server, 2,000 requests/s in total: calls on an upstream
@@ -69,6 +70,7 @@ BENCH = ROOT / "bench"
 PYTHON = sys.executable
 SPANS = 512
 ERROR_FRACTION = 0.1
+STORM_FRACTION = 0.5  # an error storm: half the spans are errors (issue 26)
 SECTIONS = ("throughput", "latency", "outage", "crash", "memory", "fleet", "cpu", "fleet-scale")
 IN_ALL = ("throughput", "latency", "outage", "crash", "memory", "cpu")
 # Same glibc tuning for the bench's own processes (sink, load generator) as the sidecar gives itself.
@@ -394,13 +396,14 @@ def sidecar_target(sidecar: SidecarProcess) -> tuple[str, int]:
 DIRECT = "direct (loadgen -> sink)"
 FAST = "sidecar, fast path (0 % error spans)"
 ENRICHED = "sidecar, 10 % error spans enriched"
+STORM = "sidecar, 50 % error spans enriched (an error storm)"
 FLOOR = "floor: null proxy (receive + forward, no work)"
 FLOOR_PARSED = "floor: null proxy + upb parse"
 ROTEL = "peer: rotel relay (Rust; compression none, its batching), 0 %"
 
 
 def scenario_throughput(settings: Settings, pair: tuple[Sink, SidecarProcess] | None = None) -> Section:
-    log(f"throughput: {settings.repeats} x (direct, sidecar 0 %, sidecar 10 % errors, null-proxy floors "
+    log(f"throughput: {settings.repeats} x (direct, sidecar 0 %, 10 % and 50 % errors, null-proxy floors "
         f"at 0 % and 10 %, rotel), {settings.duration:g}s each at concurrency {settings.concurrency}")
     with contextlib.ExitStack() as stack:
         sink, sidecar = pair if pair is not None else stack.enter_context(sink_and_sidecar(settings))
@@ -416,6 +419,7 @@ def scenario_throughput(settings: Settings, pair: tuple[Sink, SidecarProcess] | 
             (DIRECT, direct_target, 0.0, False),
             (FAST, sidecar_target(sidecar), 0.0, True),
             (ENRICHED, sidecar_target(sidecar), ERROR_FRACTION, True),
+            (STORM, sidecar_target(sidecar), STORM_FRACTION, True),
             (f"{FLOOR}, 0 %", floors[False], 0.0, False),
             (f"{FLOOR_PARSED}, 0 %", floors[True], 0.0, False),
             (f"{FLOOR_PARSED}, 10 %", floors[True], ERROR_FRACTION, False),
@@ -517,6 +521,7 @@ CPU_BUDGET = 20.0  # % of one core: what the Collector testbed budgets for that 
 SIDECAR_DEFAULTS = "sidecar, defaults"
 SIDECAR_NONE = "sidecar, compression none"
 SIDECAR_UNBATCHED = "sidecar, defaults but batch off (one upstream call per request)"
+SIDECAR_STORM = "sidecar, defaults, 50 % error spans enriched (an error storm)"
 FLOOR_AT_RATE = "floor: null proxy + upb parse"
 ROTEL_DEFAULTS = "rotel, defaults"
 ROTEL_NONE = "rotel, compression none"
@@ -532,12 +537,12 @@ def default_sidecar_config(upstream: str, ports: SidecarPorts, **exporter: Any) 
 
 
 def run_at_rate(target: str, relay_pid: int, sink: Sink, *, spans: int, rate: float, duration: float,
-                warmup: float) -> dict[str, Any]:
+                warmup: float, error_fraction: float = 0.0) -> dict[str, Any]:
     """One open-loop loadgen run at `rate` spans/s; the relay's CPU (its process tree) and RSS over exactly
     the loadgen's measured window (it announces the window's start and end)."""
     command = [PYTHON, "-m", "bench.loadgen", "--target", target, "--json", "--announce", "--rate", str(rate),
                "--spans", str(spans), "--concurrency", "64", "--duration", str(duration), "--warmup", str(warmup),
-               "--sink", sink.target]
+               "--sink", sink.target, "--error-fraction", str(error_fraction)]
     proc = subprocess.Popen(command, cwd=ROOT, env=tool_env(), stdout=subprocess.PIPE, text=True)
     assert proc.stdout is not None
     lines: list[str] = []
@@ -584,6 +589,8 @@ def scenario_cpu(settings: Settings) -> Section:
                                     f"cpu-{len(relays)}", ports, settings.workdir)
             stack.callback(sidecar.stop)
             relays[name] = (*sidecar_target(sidecar), sink)
+        relays[SIDECAR_STORM] = relays[SIDECAR_DEFAULTS]  # the same sidecar and sink, half the spans errors
+        fractions = {SIDECAR_STORM: STORM_FRACTION}
         for name, compression in ((ROTEL_DEFAULTS, None), (ROTEL_NONE, "none")):
             sink = own_sink()
             rotel = Rotel(sink.target, settings.workdir / "rotel", compression=compression)
@@ -598,7 +605,8 @@ def scenario_cpu(settings: Settings) -> Section:
             for spans in CPU_SIZES:
                 for name, (target, pid, sink) in relays.items():
                     result = run_at_rate(target, pid, sink, spans=spans, rate=CPU_RATE,
-                                         duration=settings.cpu_window, warmup=settings.cpu_warmup)
+                                         duration=settings.cpu_window, warmup=settings.cpu_warmup,
+                                         error_fraction=fractions.get(name, 0.0))
                     runs[(spans, name)].append(result)
                     log(f"  [{repeat + 1}/{settings.cpu_repeats}] {spans} spans/request, {name}: "
                         f"{result['cpu_percent']:.1f} % of a core, {result['us_per_span']:.2f} us/span, "
@@ -644,10 +652,11 @@ def scenario_cpu(settings: Settings) -> Section:
              "end. Sidecar, defaults: every exporter setting at its default (`compression: auto`, which is none "
              "on this loopback hop, so the two sidecar rows run the same configuration: they show the noise), "
              "the classify/enrich/degradation pipeline; batch off: the same with `sending_queue.batch.enabled: false`, "
-             "as before batching became the default. The floor is bench/null_proxy.py --parse (receive, parse, "
-             "forward each request on one grpc.aio channel, nothing else). rotel, defaults: gzip on its "
-             "exporter and its batching (up to 8192 spans or 200 ms per upstream request). The Collector's own "
-             "testbed runs this load "
+             "as before batching became the default; 50 % error spans: the defaults sidecar again, with every other "
+             "span an error span to classify and enrich (an error storm). The floor is bench/null_proxy.py "
+             "--parse (receive, parse, forward each request on one grpc.aio channel, nothing else). rotel, "
+             "defaults: gzip on its exporter and its batching (up to 8192 spans or 200 ms per upstream request). "
+             "The Collector's own testbed runs this load "
              f"(OTLP/gRPC in, OTLP out, 10,000 spans/s in 100-span batches) with a budget of {CPU_BUDGET:g} % "
              "of one core: the reference line.")
     return Section("cpu", "7. CPU at a steady rate", body, data)
@@ -1072,6 +1081,9 @@ TARGETS = [
     ("issue 15: 10 % error spans enriched vs direct", ">= 0.25 of direct"),
     ("issue 15: CPU at 10k spans/s, 100-span requests (defaults)", "<= 1.5x rotel's"),
     ("issue 15: CPU at 10k spans/s, 512-span requests (defaults)", "<= 1.2x rotel's"),
+    ("issue 26: 50 % error spans enriched vs direct", ">= 0.25 of direct"),
+    ("issue 26: 10 % error spans enriched vs direct", ">= 0.35 of direct"),
+    ("issue 26: added p50 latency, concurrency 1, 10 % error spans", "<= 1.3 ms"),
 ]
 
 
@@ -1129,6 +1141,14 @@ def summary(results: dict[str, Any]) -> str:
         rows.append([*TARGETS[index], f"{row['ratio_to_rotel']:.2f}x ({row['cpu_percent']:.1f} % of a core vs "
                      f"{cpu[size][ROTEL_DEFAULTS]['cpu_percent']:.1f} %)" if row else "-",
                      verdict(row["ratio_to_rotel"] <= goal if row else None)])
+    storm = tp.get(STORM)
+    rows.append([*TARGETS[14], f"{storm['ratio']:.2f} ({storm['spans_per_second']:,.0f} spans/s)" if storm else "-",
+                 verdict(storm["ratio"] >= 0.25 if storm else None)])
+    rows.append([*TARGETS[15], f"{errors['ratio']:.2f}" if errors else "-",
+                 verdict(errors["ratio"] >= 0.35 if errors else None)])
+    lat10 = results.get("latency", {}).get("cases", {}).get("c1_e10")
+    rows.append([*TARGETS[16], f"{lat10['added_p50']:.2f} ms ({lat10['direct_p50']:.2f} -> {lat10['sidecar_p50']:.2f})"
+                 if lat10 else "-", verdict(lat10["added_p50"] <= 1.3 if lat10 else None)])
     return table(["target", "goal", "result", ""], rows)
 
 

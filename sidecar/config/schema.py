@@ -460,8 +460,8 @@ class HandoffConfig(Base):
     timeout: Duration = Duration(10.0)
     # A claimed entry idle this long (its claimer died or hung) is taken over by another member (XAUTOCLAIM).
     claim_timeout: Duration = Duration(30.0)
-    # How often a live member looks for handed-off entries of the endpoints it exports to (while idle; it
-    # goes on at once while it has entries to deliver).
+    # How often a live member claims handed-off entries while an endpoint it exports to has a backlog; with none,
+    # it looks at the endpoint's byte counter once a heartbeat_interval (one GET), so an idle fleet pays ~nothing.
     claim_interval: Duration = Duration(1.0)
     # Entries left on a departed sidecar's volume (budget full, Redis away, out of time) are counted as dropped
     # (reason shutdown) when no sidecar has come back with that volume within this long (or sooner, when the

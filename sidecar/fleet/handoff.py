@@ -27,8 +27,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -67,6 +68,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 BATCH_ENTRIES = 256  # entries per add script call
+# A claimer whose endpoint shows no backlog still looks this often: entries whose byte count was lost (a
+# counter reset by hand, a Redis restored from an older dump) are not stranded.
+SWEEP_INTERVAL = 60.0
 BATCH_BYTES = 4 * 1024 * 1024  # payload bytes per add script call (one Redis command must stay short)
 CLAIM_COUNT = 64  # entries a claimer holds at most
 COMMAND_TIMEOUT = 5.0  # one handoff command (a 4 MiB batch over a slow link)
@@ -320,7 +324,8 @@ class Claimer:
     """Delivers one endpoint's handed-off entries of one signal through one exporter of this member."""
 
     def __init__(self, store: HandoffStore, conn: FleetConnection, exporter: Exporter, endpoint: str,
-                 signal: Signal, instance: str, config: FleetConfig, events: Events, clock: Clock) -> None:
+                 signal: Signal, instance: str, config: FleetConfig, events: Events, clock: Clock,
+                 backlog: Callable[[], bool] | None = None) -> None:
         self.store = store
         self.conn = conn
         self.exporter = exporter
@@ -335,6 +340,10 @@ class Claimer:
         self.held: dict[bytes, HandedOff] = {}
         self.concurrency = max(1, exporter.config.sending_queue.num_consumers)
         self._unreadable_logged = False
+        # Whether the endpoint's handoff byte counter was above 0 at the last look (HandoffFleet watches it):
+        # an idle member then sends nothing for its claimers. None: always look (tests drive one claimer).
+        self.backlog = backlog
+        self._swept_at = float("-inf")
 
     def closed_for_me(self) -> bool:
         """The member's own breaker for the endpoint is closed: a handoff never bypasses the breaker."""
@@ -363,6 +372,10 @@ class Claimer:
         """One pass: claim, deliver, acknowledge. True when it delivered something (go on at once)."""
         if not self.conn.connected or not self.closed_for_me():
             return False
+        now = self.clock.monotonic()
+        if self.backlog is not None and not self.held and not self.backlog() and now - self._swept_at < SWEEP_INTERVAL:
+            return False
+        self._swept_at = now
         if len(self.held) < CLAIM_COUNT:
             await self._claim(CLAIM_COUNT - len(self.held))
         if not self.held:
@@ -461,6 +474,7 @@ class Handoff:
         self.store = HandoffStore(config, keys)
         self.sink = HandoffSink(self.store, instance, float(config.handoff.timeout), events, clock)
         self.claimers: dict[tuple[str, Signal], Claimer] = {}
+        self.backlog_bytes: dict[str, int] = {}  # per endpoint, at the last look (_watch_backlog)
         self._tasks: list[asyncio.Task[None]] = []
         self.storage: Path | None = None
         self.ledger = LeftBehindLedger(self.store.client, keys, instance, float(config.handoff.left_behind_timeout),
@@ -476,8 +490,11 @@ class Handoff:
                 if (endpoint, signal) not in self.claimers:
                     self.claimers[(endpoint, signal)] = Claimer(
                         self.store, self.conn, exporter, endpoint, signal, self.instance, self.config,
-                        self.events, self.clock)
+                        self.events, self.clock, backlog=functools.partial(self.has_backlog, endpoint))
             self.events.handoff_endpoint_added(endpoint, signals)
+
+    def has_backlog(self, endpoint: str) -> bool:
+        return self.backlog_bytes.get(endpoint, 0) > 0
 
     def start(self) -> None:
         if self.storage is not None:
@@ -529,12 +546,19 @@ class Handoff:
                     await claimer.refresh()
 
     async def _watch_backlog(self) -> None:
+        """The backlog gauges, and the claimers' cue: one GET per endpoint while there is nothing to claim
+        (a healthy fleet's usual state), the whole backlog read only while there is; looked at every
+        claim_interval while some endpoint has a backlog, else every heartbeat_interval."""
         endpoints = sorted({endpoint for endpoint, _ in self.claimers})
         while True:
             for endpoint in endpoints:
                 with contextlib.suppress(*FAILURES):
                     if self.conn.connected:
-                        backlog = await read_backlog(self.store.client, self.store.keys, endpoint, self.clock.wall())
+                        backlog = await read_backlog(self.store.client, self.store.keys, endpoint, self.clock.wall(),
+                                                     skip_when_empty=True)
+                        self.backlog_bytes[endpoint] = backlog.bytes
                         self.events.handoff_backlog(endpoint, backlog.bytes, backlog.entries, backlog.oldest_age)
-            await self.clock.sleep(float(self.config.heartbeat_interval))
+            busy = any(self.backlog_bytes.get(endpoint, 0) > 0 for endpoint in endpoints)
+            interval = self.config.handoff.claim_interval if busy else self.config.heartbeat_interval
+            await self.clock.sleep(float(interval))
 

@@ -24,9 +24,13 @@ class Backlog:
     pending: int  # entries claimed by a member and not yet acknowledged
 
 
-async def read_backlog(client: FleetClient, keys: Keys, endpoint: str, now: float) -> Backlog:
-    """One endpoint's handoff backlog, summed over its signals' streams (`client` answers bytes)."""
+async def read_backlog(client: FleetClient, keys: Keys, endpoint: str, now: float,
+                       skip_when_empty: bool = False) -> Backlog:
+    """One endpoint's handoff backlog, summed over its signals' streams (`client` answers bytes).
+    `skip_when_empty`: one GET when the endpoint's byte counter is 0 (a member's periodic look)."""
     total = int(await client.get(keys.handoff_bytes(endpoint)) or 0)
+    if skip_when_empty and total == 0:
+        return Backlog(endpoint, 0, 0, 0.0, 0)
     entries = pending = 0
     oldest: float | None = None
     for signal in Signal:

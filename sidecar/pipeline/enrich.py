@@ -29,9 +29,10 @@ import bisect
 import functools
 import operator
 import weakref
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from itertools import compress, repeat
 from typing import Any
 
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
@@ -53,12 +54,14 @@ from sidecar.pipeline.evidence import (
 )
 from sidecar.pipeline.vocabulary import OTHER
 from sidecar.pipeline.wire import (
+    SEPARATOR,
+    SpanBatch,
     SpliceView,
     detect_counts,
     detect_view,
     error_indexes,
+    evidence_keys,
     facts_of_view,
-    span_evidence,
     span_view,
     spans_containing,
 )
@@ -84,13 +87,14 @@ class EnrichStats:
     """What one enrichment pass did. `by_class` counts enriched items by (category, severity, recoverability,
     error_type): the labels of `sidecar_errors_total`.
 
-    `hits` is filled only when the caller asks (`collect=True`): one `((resource index, scope
-    index), item, classification)` per enriched item, for the admin API's error hotspots.
+    `hotspots` is filled only when the caller asks (`collect=True`), for the admin API's error hotspots:
+    enriched items counted by ((resource index, scope index), span or log name, class key as in `by_class`),
+    so the caller's accounting is per group, not per item.
     """
 
     enriched: int = 0
     by_class: Counter[tuple[str, str, str, str]] = field(default_factory=Counter)
-    hits: list[tuple[tuple[int, int], trace_pb2.Span | logs_pb2.LogRecord, Classification]] | None = None
+    hotspots: Counter[tuple[tuple[int, int], str, tuple[str, str, str, str]]] | None = None
     where: tuple[int, int] = (0, 0)  # (resource, scope) of the item being enriched, when collecting
 
     @property
@@ -129,30 +133,28 @@ class _Writer:
     cached by classification identity (the classifier hands out shared instances).
     """
 
-    __slots__ = ("_needles", "_plans", "for_logs", "keys")
+    __slots__ = ("_plans", "for_logs", "keys")
 
     def __init__(self, prefix: str, set_error_type: bool, for_logs: bool) -> None:
         keys = tuple(prefix + name for name in ATTRIBUTE_NAMES)
         self.keys = (*keys, ERROR_TYPE_KEY) if set_error_type else keys
         self.for_logs = for_logs
         self._plans: dict[int, tuple[Classification, _Plan]] = {}
-        # Every key we write contains one of these: an item whose bytes contain none has none of our keys.
-        needles = {prefix.encode()} if prefix else {key.encode() for key in keys}
-        needles |= {ERROR_TYPE_KEY.encode()} if set_error_type else set()
-        common = _COMMON_NEEDLE if all(_COMMON_NEEDLE in needle for needle in needles) else None
-        self._needles = (common,) if common is not None else tuple(needles)
 
     def complete(self, existing: set[str] | frozenset[str]) -> bool:
         """Whether an item with these attribute keys already carries every attribute we would add."""
         return existing.issuperset(self.keys)
 
-    def present(self, data: bytes, item: Any) -> frozenset[str]:
-        """Which of our keys the item encoded as `data` already has (`item.attributes`: its keys, for `in`)."""
-        for needle in self._needles:
-            if needle in data:
-                attributes = item.attributes
-                return frozenset(key for key in self.keys if key in attributes)
-        return _NONE_PRESENT
+    def marked(self, batch: SpanBatch) -> set[int]:
+        """The spans of `batch` that have some of our keys."""
+        out: set[int] = set()
+        for key in batch.attribute_keys.intersection(self.keys):
+            out.update(batch.having(key))
+        return out
+
+    def present(self, attributes: Any) -> frozenset[str]:
+        """Which of our keys are among `attributes` (anything that answers `in` by key)."""
+        return frozenset(key for key in self.keys if key in attributes)
 
     def plan(self, c: Classification) -> _Plan:
         hit = self._plans.get(id(c))
@@ -183,39 +185,30 @@ class _Writer:
         self._plans[id(c)] = (c, plan)  # the strong reference keeps id(c) from being reused
         return plan
 
+    @staticmethod
+    def missing(plan: _Plan, existing: set[str] | frozenset[str]) -> bytes:
+        """The serialized attributes of `plan` whose keys are not in `existing`."""
+        if existing.isdisjoint(key for key, _ in plan.fragments):
+            return plan.everything
+        return b"".join(fragment for key, fragment in plan.fragments if key not in existing)
+
     def write(
         self,
         item: trace_pb2.Span | logs_pb2.LogRecord,
         existing: set[str],
         c: Classification,
         stats: EnrichStats,
+        name: str = "",
     ) -> None:
+        """Append the attributes missing from `item` (whose keys are `existing`); counted in `stats`, and
+        in its hotspots as `name` at `stats.where` when collecting."""
         plan = self.plan(c)
-        if existing.isdisjoint(self.keys):
-            item.MergeFromString(plan.everything)
-        else:
-            item.MergeFromString(b"".join(fragment for key, fragment in plan.fragments if key not in existing))
+        item.MergeFromString(self.missing(plan, existing))
         stats.enriched += 1
         stats.by_class[plan.class_key] += 1
-        if stats.hits is not None:
-            stats.hits.append((stats.where, item, c))
+        if stats.hotspots is not None:
+            stats.hotspots[(stats.where, name, plan.class_key)] += 1
 
-    def appended(self, item: Any, existing: set[str] | frozenset[str], c: Classification, stats: EnrichStats) -> bytes:
-        """What `write` would merge into `item`, as bytes to append to its encoding; counted as `write` does."""
-        plan = self.plan(c)
-        if existing.isdisjoint(self.keys):
-            data = plan.everything
-        else:
-            data = b"".join(fragment for key, fragment in plan.fragments if key not in existing)
-        stats.enriched += 1
-        stats.by_class[plan.class_key] += 1
-        if stats.hits is not None:
-            stats.hits.append((stats.where, item, c))
-        return data
-
-
-_NONE_PRESENT: frozenset[str] = frozenset()
-_COMMON_NEEDLE = b"error."  # in every key we write with the default prefix: one search instead of two
 
 
 @functools.lru_cache(maxsize=64)
@@ -305,14 +298,14 @@ def _serialized(request: ExportTraceServiceRequest | ExportLogsServiceRequest, r
 # ------------------------------------------------------------------ traces
 
 _Outcome = tuple[bool, int, Classification | None]  # status ERROR, exception events, class if an error
-# At most 1024 keys of spans up to 16 KiB: 16 MiB however hostile the input.
+# At most 1024 keys of up to 16 KiB of evidence each: 16 MiB however hostile the input.
 _OUTCOMES_LIMIT = 1024
-_OUTCOME_SPAN_BYTES = 16 * 1024
+_OUTCOME_KEY_BYTES = 16 * 1024
 _OUTCOMES: weakref.WeakKeyDictionary[Classifier, dict[tuple[Any, ...], _Outcome]] = weakref.WeakKeyDictionary()
 
 
 def _outcomes(classifier: Classifier) -> dict[tuple[Any, ...], _Outcome]:
-    """The outcomes already worked out by `classifier`, by span evidence key (`wire.span_evidence`).
+    """The outcomes already worked out by `classifier`, by span evidence key (`wire.evidence_keys`).
 
     Kept per effective classifier: a configuration reload builds a new one and so starts afresh,
     also behind a `ClassifierHandle`.
@@ -332,6 +325,11 @@ def _span_outcome(view: Any, classifier: Classifier) -> _Outcome:
     return facts.status_code == _STATUS_ERROR, facts.exception_events, classification
 
 
+def _key_bytes(key: tuple[Any, ...]) -> int:
+    """The evidence an outcome key holds, in bytes (its parts are bytes or None)."""
+    return sum(len(part) for part in key if part is not None)
+
+
 def _not_http_200(data: bytes, deprecated_key: bool = True) -> int:
     """Occurrences of "status_code" in `data` other than an http status attribute holding 200
     (`http.response.status_code`, and `http.status_code` unless `deprecated_key` is False)."""
@@ -340,6 +338,113 @@ def _not_http_200(data: bytes, deprecated_key: bool = True) -> int:
         return 0
     rest = total - data.count(_HTTP_200[0])
     return rest - data.count(_HTTP_200[1]) if rest and deprecated_key else rest
+
+
+class _Checker:
+    """The spans of one request checked so far, and what enriching them appends, by (scope, index).
+
+    Spans are checked in batches: one `wire.evidence_keys` call reads the evidence of every span of
+    the batch, the distinct keys are looked up (or classified, once each) and the outcome is spread
+    back over the spans by C-level calls, so a batch of error spans costs a few passes over a list
+    rather than a Python function call per span. Counting (enriched spans by class, hotspots by
+    span name and class) is per distinct key, not per span.
+    """
+
+    __slots__ = ("appended", "checked", "classifier", "deprecated_key", "found", "listed", "outcomes", "scopes",
+                 "stats", "unproven", "writer")
+
+    def __init__(self, scopes: list[tuple[int, int, Any]], classifier: Classifier, writer: _Writer,
+                 stats: EnrichStats, unproven: int, deprecated_key: bool) -> None:
+        self.scopes = scopes
+        self.classifier = classifier
+        self.outcomes = _outcomes(classifier)
+        self.writer = writer
+        self.stats = stats
+        self.unproven = unproven
+        self.deprecated_key = deprecated_key
+        self.listed: dict[int, list[bytes]] = {}
+        self.checked: list[set[int]] = [set() for _ in scopes]
+        self.appended: list[dict[int, bytes]] = [{} for _ in scopes]  # the new bytes of each enriched span
+        self.found = [0, 0, 0]  # among the checked spans: status ERROR, exception events, unproven status codes
+
+    def spans(self, position: int) -> list[bytes]:
+        """Every span of a scope, as bytes (one C-level copy, made once)."""
+        known = self.listed.get(position)
+        if known is None:
+            known = self.listed[position] = list(self.scopes[position][2].spans)
+        return known
+
+    def check(self, position: int, indexes: Iterable[int]) -> None:
+        done = self.checked[position]
+        todo = [index for index in indexes if index not in done]
+        if not todo:
+            return
+        done.update(todo)
+        data = self.pick(position, todo)
+        batch = evidence_keys(data)
+        counts = Counter(batch.firsts)  # spans per distinct key, by the key's first span
+        found = self.found
+        classes: dict[int, Classification] = {}  # first span of a key -> its class, for the error spans
+        for key, at in batch.distinct.items():
+            outcome = self.outcomes.get(key)
+            if outcome is None:
+                outcome = _span_outcome(span_view(data[at]), self.classifier)
+                if _key_bytes(key) <= _OUTCOME_KEY_BYTES:  # a key holds parts of the span: bound what is kept
+                    if len(self.outcomes) >= _OUTCOMES_LIMIT:
+                        self.outcomes.clear()
+                    self.outcomes[key] = outcome
+            status_error, exception_events, classification = outcome
+            n = counts[at]
+            found[0] += status_error * n
+            found[1] += exception_events * n
+            if classification is not None:
+                classes[at] = classification
+        if self.unproven:
+            found[2] += _not_http_200(SEPARATOR.join(data), self.deprecated_key)
+        if classes:
+            self._enrich(position, todo, data, batch, classes)
+
+    def pick(self, position: int, indexes: list[int]) -> list[bytes]:
+        """The bytes of some spans of a scope: from the list of all of them when many are wanted (or it
+        exists), else one by one."""
+        every = self.listed.get(position)
+        if every is None:
+            spans = self.scopes[position][2].spans
+            if len(indexes) * 4 < len(spans):
+                return list(map(spans.__getitem__, indexes))
+            every = self.spans(position)
+        return list(map(every.__getitem__, indexes))
+
+    def _enrich(self, position: int, todo: list[int], data: list[bytes], batch: SpanBatch,
+                classes: dict[int, Classification]) -> None:
+        writer, stats = self.writer, self.stats
+        plans = {at: writer.plan(c) for at, c in classes.items()}
+        added: list[bytes | None] = list(map({at: plan.everything for at, plan in plans.items()}.get, batch.firsts))
+        # An error span that has some of our keys already gets only the missing attributes (nothing when it
+        # has them all); every other one gets its class's whole plan. The batch lists its attribute keys,
+        # so spans without any of ours are ruled out at once.
+        for at in writer.marked(batch):
+            if added[at] is not None:
+                present = writer.present(batch.attributes[at])
+                first = batch.firsts[at]
+                added[at] = None if writer.complete(present) else writer.missing(plans[first], present)
+        enriched = list(map(operator.is_not, added, repeat(None)))
+        new_bytes = map(operator.add, compress(data, enriched), compress(added, enriched))
+        self.appended[position].update(zip(compress(todo, enriched), new_bytes, strict=True))
+        for first, n in Counter(compress(batch.firsts, enriched)).items():
+            stats.enriched += n
+            stats.by_class[plans[first].class_key] += n
+        if stats.hotspots is not None:
+            where = self.scopes[position][:2]
+            names = batch.names()
+            for (name, first), n in Counter(compress(zip(names, batch.firsts, strict=True), enriched)).items():
+                stats.hotspots[(where, name, plans[first].class_key)] += n
+
+    def recount_unproven(self) -> None:
+        """`found[2]` again, after `deprecated_key` changed."""
+        self.found[2] = sum(_not_http_200(SEPARATOR.join([self.spans(position)[index] for index in done]),
+                                          self.deprecated_key)
+                            for position, done in enumerate(self.checked) if done)
 
 
 def enrich_traces_payload(
@@ -353,10 +458,10 @@ def enrich_traces_payload(
 
     None means nothing was enriched: `raw` is to be forwarded as is. Otherwise the result parses to
     exactly what the in-place model (`enrich_traces` in tests/fakes/enrich_model.py) leaves in a request
-    decoded from `raw` (the same attributes
-    appended to the same spans), but only the error spans are decoded (see `sidecar.pipeline.wire`)
-    and the enrichment is appended to their bytes instead of serializing the request again. With
-    `collect`, `stats.hits` holds span views (their `.name` is the span's name).
+    decoded from `raw` (the same attributes appended to the same spans), but only the error spans are
+    decoded (see `sidecar.pipeline.wire`) and the enrichment is appended to their bytes instead of
+    serializing the request again. With `collect`, `stats.hotspots` counts the enriched spans by
+    (resource and scope index, span name, class).
 
     Which spans are checked: `detect_counts` gives the number of spans with status ERROR (exact)
     and of exception events, and two or three `count`s the number of status-code attributes that
@@ -365,12 +470,13 @@ def enrich_traces_payload(
     for every count: spans with status ERROR (by the exact, slower view), with "exception" in
     their bytes, or with a status-code attribute that the byte scan cannot prove OK.
 
-    A checked span is read only as far as its evidence key (`wire.span_evidence`); the outcome of
-    classifying that evidence is remembered per classifier, so the error spans of a service,
-    which repeat a few kinds of failure, cost a view parse and a dict lookup each.
+    Checked spans are read in batches only as far as their evidence keys (`wire.evidence_keys`); the
+    outcome of classifying an evidence is remembered per classifier, so the error spans of a
+    service, which repeat a few kinds of failure, cost a share of a batch parse and a few list
+    passes each (see `_Checker`).
     """
-    stats = EnrichStats(hits=[] if collect else None)
-    errors, exceptions = detect_counts(raw)
+    stats = EnrichStats(hotspots=Counter() if collect else None)
+    errors, exceptions, detected = detect_counts(raw)
     # Status codes that are not an HTTP 200: first by the current key alone (one scan less), both keys
     # when that is not enough to decide.
     deprecated_key = False
@@ -381,85 +487,42 @@ def enrich_traces_payload(
     if not (errors or exceptions or unproven):
         return stats, None
     writer = writer_for(config.attribute_prefix, config.set_error_type, False)
-    outcomes = _outcomes(classifier)
     view = SpliceView()
     view.ParseFromString(raw)
     scopes = [(ri, si, scope) for ri, resource in enumerate(view.resource_spans)
               for si, scope in enumerate(resource.scope_spans)]
-    listed: dict[int, list[bytes]] = {}
-    checked: list[set[int]] = [set() for _ in scopes]
-    appended: dict[tuple[int, int], bytes] = {}
-    found = [0, 0, 0]  # among the checked spans: status ERROR, exception events, unproven status codes
-
-    def spans(position: int) -> list[bytes]:
-        """Every span of a scope, as bytes (made only when a fallback has to look at all of them)."""
-        if position not in listed:
-            listed[position] = list(scopes[position][2].spans)
-        return listed[position]
-
-    def span_bytes(position: int, index: int) -> bytes:
-        known = listed.get(position)
-        return known[index] if known is not None else scopes[position][2].spans[index]  # type: ignore[no-any-return]
-
-    def check(position: int, index: int) -> None:
-        checked[position].add(index)
-        data = span_bytes(position, index)
-        item, key = span_evidence(data)
-        outcome = outcomes.get(key)
-        if outcome is None:
-            outcome = _span_outcome(span_view(data), classifier)
-            if len(data) <= _OUTCOME_SPAN_BYTES:  # a key holds parts of the span: bound what is kept
-                if len(outcomes) >= _OUTCOMES_LIMIT:
-                    outcomes.clear()
-                outcomes[key] = outcome
-        status_error, exception_events, classification = outcome
-        found[0] += status_error
-        found[1] += exception_events
-        if unproven:
-            found[2] += _not_http_200(data, deprecated_key)
-        if classification is None:
-            return
-        present = writer.present(data, item)
-        if writer.complete(present):
-            return
-        stats.where = scopes[position][:2]
-        appended[(position, index)] = writer.appended(item, present, classification, stats)
-
-    def check_all(position: int, indexes: Iterable[int]) -> None:
-        done = checked[position]
-        for index in indexes:
-            if index not in done:
-                check(position, index)
-
+    checker = _Checker(scopes, classifier, writer, stats, unproven, deprecated_key)
+    found = checker.found
     if errors:
-        indexes = error_indexes(raw)
+        indexes = error_indexes(detected)
         if len(indexes) == len(scopes):
             for position, in_scope in enumerate(indexes):
                 count = len(scopes[position][2].spans)
-                check_all(position, [index for index in in_scope if index < count])
+                checker.check(position, [index for index in in_scope if index < count])
         if found[0] != errors:  # odd status codes: ask the exact view
             position = 0
             for resource in detect_view(raw).resource_spans:
                 for scope in resource.scope_spans:
-                    check_all(position, [i for i, span in enumerate(scope.spans)
-                                         if span.status.code == _STATUS_ERROR])
+                    checker.check(position, [i for i, span in enumerate(scope.spans)
+                                             if span.status.code == _STATUS_ERROR])
                     position += 1
     if found[1] < exceptions:
         for position in range(len(scopes)):
-            check_all(position, spans_containing(spans(position), b"exception"))
-    if found[2] != unproven and not deprecated_key:  # count http.status_code 200s as proven too
-        deprecated_key = True
-        unproven = _not_http_200(raw, deprecated_key)
-        found[2] = sum(_not_http_200(span_bytes(position, index), deprecated_key)
-                       for position, done in enumerate(checked) for index in done)
+            checker.check(position, spans_containing(checker.spans(position), b"exception"))
+    if found[2] != unproven and not checker.deprecated_key:  # count http.status_code 200s as proven too
+        checker.deprecated_key = True
+        unproven = checker.unproven = _not_http_200(raw, True)
+        checker.recount_unproven()
     if found[2] != unproven:  # some status code outside the checked spans is not an HTTP 200
         for position in range(len(scopes)):
-            check_all(position, [i for i in spans_containing(spans(position), _STATUS_CODE)
-                                 if _status_code_suspects(spans(position)[i])[0]])
-    if not appended:
+            every = checker.spans(position)
+            checker.check(position, [i for i in spans_containing(every, _STATUS_CODE)
+                                     if _status_code_suspects(every[i])[0]])
+    if not any(checker.appended):
         return stats, None
-    for (position, index), data in appended.items():
-        scopes[position][2].spans[index] = span_bytes(position, index) + data
+    for position, enriched in enumerate(checker.appended):
+        if enriched:  # target[index] = data for each, the loop run in C
+            deque(map(scopes[position][2].spans.__setitem__, enriched.keys(), enriched.values()), maxlen=0)
     return stats, view.SerializeToString()
 
 
@@ -472,11 +535,17 @@ def _enrich_record(
     classifier: Classifier,
     writer: _Writer,
     stats: EnrichStats,
+    scope_name: str,
 ) -> None:
     if writer.complete(facts.keys):
         return
     classification = classifier.classify_log_facts(facts, record)
-    writer.write(record, facts.keys, classification, stats)
+    # A log record's hotspot name: its event name, else its scope's name.
+    name = (record.event_name or scope_name or _LOG_NAME) if stats.hotspots is not None else ""
+    writer.write(record, facts.keys, classification, stats, name)
+
+
+_LOG_NAME = "(log record)"
 
 
 def enrich_logs(
@@ -488,25 +557,27 @@ def enrich_logs(
     collect: bool = False,
 ) -> EnrichStats:
     """Add classification attributes to every error log record of `request`, in place (`collect`: as traces)."""
-    stats = EnrichStats(hits=[] if collect else None)
+    stats = EnrichStats(hotspots=Counter() if collect else None)
     writer = writer_for(config.attribute_prefix, config.set_error_type, True)
     data = _serialized(request, raw)
     exception_types = data.count(_EXCEPTION_TYPE_KEY) if data is not None else -1
     found = 0
     rest: list[logs_pb2.LogRecord] = []
     starts: list[int] = []
-    places: list[tuple[int, int]] = []
+    places: list[tuple[tuple[int, int], str]] = []
+    scope_name = ""
     for ri, resource_logs in enumerate(request.resource_logs):
         for si, scope_logs in enumerate(resource_logs.scope_logs):
             if collect:
                 stats.where = (ri, si)
+                scope_name = scope_logs.scope.name
                 starts.append(len(rest))
-                places.append(stats.where)
+                places.append((stats.where, scope_name))
             for record in scope_logs.log_records:
                 if record.severity_number >= SEVERITY_ERROR:
                     facts = log_facts(record)
                     found += facts.has_exception_type
-                    _enrich_record(record, facts, classifier, writer, stats)
+                    _enrich_record(record, facts, classifier, writer, stats, scope_name)
                 elif exception_types != 0:
                     rest.append(record)
     if rest and found != exception_types:
@@ -514,6 +585,6 @@ def enrich_logs(
             facts = log_facts(record)
             if facts.is_error:
                 if collect:
-                    stats.where = places[bisect.bisect_right(starts, index) - 1]
-                _enrich_record(record, facts, classifier, writer, stats)
+                    stats.where, scope_name = places[bisect.bisect_right(starts, index) - 1]
+                _enrich_record(record, facts, classifier, writer, stats, scope_name)
     return stats

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -15,7 +15,6 @@ from sidecar.core.clock import Clock
 from sidecar.core.entry import QueueEntry
 from sidecar.core.ingest import IngestResult, Metadata
 from sidecar.core.signals import Signal, count_items
-from sidecar.core.taxonomy import Classification
 from sidecar.pipeline.classify import Classifier
 from sidecar.pipeline.enrich import EnrichStats, enrich_logs, enrich_traces_payload
 from sidecar.telemetry.events import Events
@@ -53,7 +52,7 @@ class Pipeline:
         Traces are enriched on the bytes (`enrich_traces_payload`: no full serialization, and
         `message` is left as received); logs in place on `message`, then serialized; metrics are not
         enriched. `raw` is the protobuf encoding of `message`: enrichment rules out error-free requests
-        by scanning it. `collect`: fill `stats.hits` (for the error hotspots).
+        by scanning it. `collect`: fill `stats.hotspots` (for the error hotspots).
         """
         if self.enrich is None or self.classifier is None:
             return None, raw
@@ -124,8 +123,8 @@ class Router:
         if stats is not None and stats.enriched:
             try:
                 self._count_enrichment(signal, stats)
-                if self.error_stats is not None and stats.hits:
-                    _record_hotspots(self.error_stats, signal, own, stats.hits)
+                if self.error_stats is not None and stats.hotspots:
+                    _record_hotspots(self.error_stats, signal, own, stats.hotspots)
             except Exception as exc:  # the enrichment itself is good: keep it, report the accounting bug
                 self.events.enrich_failed(signal, items, exc)
         return own, own_payload
@@ -136,22 +135,18 @@ class Router:
 
 
 def _record_hotspots(error_stats: ErrorStats, signal: Signal, message: Any,
-                     hits: Sequence[tuple[tuple[int, int], Any, Classification]]) -> None:
-    """Count the enriched items by (service.name, span or log name, class) into `error_stats`."""
+                     hotspots: Mapping[tuple[tuple[int, int], str, tuple[str, str, str, str]], int]) -> None:
+    """Count the enriched items by (service.name, span or log name, class) into `error_stats`: one call per
+    group of the request, whatever the number of items in it."""
     groups = message.resource_spans if signal is Signal.TRACES else message.resource_logs
     services: dict[int, str] = {}
     counts: Counter[tuple[str, str, str, str]] = Counter()
-    for (ri, si), item, classification in hits:
+    for ((ri, _), name, (category, _, _, error_type)), n in hotspots.items():
         service = services.get(ri)
         if service is None:
             service = services[ri] = _service_name(groups[ri].resource)
-        if signal is Signal.TRACES:
-            name = item.name
-        else:
-            name = item.event_name or groups[ri].scope_logs[si].scope.name or "(log record)"
-        counts[(service, name, classification.category.value, classification.error_type)] += 1
-    for (service, name, category, error_type), n in counts.items():
-        error_stats.item_error(service, name, signal.value, category, error_type, n)
+        counts[(service, name, category, error_type)] += n
+    error_stats.item_errors(signal.value, counts)
 
 
 def _service_name(resource: Any) -> str:

@@ -9,19 +9,22 @@ descriptor pool, so upb does the walking in C:
   events' names; unknown fields discarded and the rest serialized again, that is a few bytes per
   span and nothing the application wrote except event names. Counting two byte patterns in it
   gives exactly how many spans have status ERROR and (at least) how many events are named
-  "exception".
-* `error_indexes(raw)`: the same with the status code only, serialized per scope: each span is
-  then a handful of bytes starting with the only 0x12 among them, so the index of every span with
-  status ERROR is a `find` and a `count` in C.
+  "exception"; the serialization itself is returned for the next step.
+* `error_indexes(compact)`: that serialization (a request with the same resources, scopes and
+  spans) parsed again with the status code only and serialized per scope: each span is then a
+  handful of bytes starting with the only 0x12 among them, so splitting at 0x12 and comparing the
+  pieces gives the index of every span with status ERROR, in C.
 * `SpliceView`: the request with every span kept as opaque bytes (`repeated bytes spans`), so a
   span can be read and replaced as the bytes received, and serializing the view writes the
   request again with only the container lengths recomputed: appending the enrichment attributes
   to a span's bytes is what protobuf's merge would do (repeated fields are appended), without
   serializing the whole request again. Container fields are all declared (proto2, explicit
   presence), so they are written back in field order exactly as received.
-* `span_evidence(data)`: one span with its attribute values left encoded, and a key made of the
-  encoded inputs of its classification, so spans that carry the same evidence (most error spans
-  of a service repeat a few) are classified once and only read as far as building the key.
+* `evidence_keys(spans)`: many spans' classification evidence at once, as hashable keys, with the
+  spans parsed as one message by two views (kind, status and events, re-encoded without
+  timestamps; name and attributes as a map of encoded values) and every per-span step a C-level
+  call, so spans that carry the same evidence (most error spans of a service repeat a few) are
+  classified once and cost a share of two parses each.
 * `span_view(data)`: one span with its attributes as a map (the wire format of `repeated
   KeyValue` is that of a `map<string, AnyValue>`), so the few status and exception attributes are
   found by key in C instead of by walking every attribute. `facts_of_view` builds the same
@@ -35,8 +38,9 @@ already parsed the request with the real types, so everything here is input the 
 from __future__ import annotations
 
 import operator
-from collections.abc import Iterator
-from itertools import compress
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from itertools import compress, repeat
 from typing import Any
 
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
@@ -56,11 +60,13 @@ from sidecar.pipeline.vocabulary import truncate
 __all__ = [
     "D_ERROR",
     "D_EXCEPTION",
+    "SEPARATOR",
+    "SpanBatch",
     "SpliceView",
     "detect_counts",
     "error_indexes",
+    "evidence_keys",
     "facts_of_view",
-    "span_evidence",
     "span_view",
     "spans_containing",
 ]
@@ -127,7 +133,6 @@ def _build() -> descriptor_pool.DescriptorPool:
                              ("events", 11, _F.TYPE_MESSAGE, rep, "FEvent"),
                              ("status", 15, _F.TYPE_MESSAGE, opt, "FStatus")])
     attribute_map(span, "FSpan", 9)
-    # evidence: one span's classification inputs as the bytes received, attribute values opaque
     def opaque_map(msg: descriptor_pb2.DescriptorProto, owner: str, number: int) -> None:
         entry = message("AttributesEntry", [("key", 1, _F.TYPE_STRING, opt, None),
                                             ("value", 2, _F.TYPE_BYTES, opt, None)], msg)
@@ -135,11 +140,16 @@ def _build() -> descriptor_pool.DescriptorPool:
         msg.field.add(name="attributes", number=number, type=_F.TYPE_MESSAGE, label=rep,
                       type_name=f".{_PACKAGE}.{owner}.AttributesEntry")
 
-    opaque_map(message("KEvent", [("name", 2, _F.TYPE_BYTES, opt, None)]), "KEvent", 3)
-    evidence = message("KSpan", [("name", 5, _F.TYPE_STRING, opt, None), ("kind", 6, _F.TYPE_INT32, opt, None),
-                                 ("events", 11, _F.TYPE_MESSAGE, rep, "KEvent"),
-                                 ("status", 15, _F.TYPE_BYTES, opt, None)])
-    opaque_map(evidence, "KSpan", 9)
+    # evidence of many spans at once: the spans as one message, read twice by the views below
+    message("Blob", [("spans", 1, _F.TYPE_BYTES, rep, None)])
+    message("SStatus", [("message", 2, _F.TYPE_BYTES, opt, None), ("code", 3, _F.TYPE_INT32, opt, None)])
+    message("SEvent", [("name", 2, _F.TYPE_BYTES, opt, None), ("attributes", 3, _F.TYPE_BYTES, rep, None)])
+    message("SSpan", [("kind", 6, _F.TYPE_INT32, opt, None), ("events", 11, _F.TYPE_MESSAGE, rep, "SEvent"),
+                      ("status", 15, _F.TYPE_MESSAGE, opt, "SStatus")])
+    message("SBatch", [("spans", 1, _F.TYPE_MESSAGE, rep, "SSpan")])
+    named = message("ASpan", [("name", 5, _F.TYPE_STRING, opt, None)])
+    opaque_map(named, "ASpan", 9)
+    message("ABatch", [("spans", 1, _F.TYPE_MESSAGE, rep, "ASpan")])
     pool = descriptor_pool.DescriptorPool()
     pool.Add(file)
     return pool
@@ -156,23 +166,27 @@ _DRequest = _cls("DRequest")
 _ERequest = _cls("ERequest")
 SpliceView: Any = _cls("SRequest")
 _FSpan = _cls("FSpan")
-_KSpan = _cls("KSpan")
+_Blob = _cls("Blob")
+_SBatch = _cls("SBatch")
+_ABatch = _cls("ABatch")
 
 D_ERROR = b"\x7a\x02\x18\x02"  # DSpan.status (15) holding only code (3) == STATUS_CODE_ERROR (2)
 D_EXCEPTION = b"\x5a\x0b\x12\x09exception"  # DSpan.events (11) holding only name (2) == "exception"
 
 
-def detect_counts(raw: bytes) -> tuple[int, int]:
-    """(spans with status ERROR, events named "exception" or more) in a serialized trace request.
+def detect_counts(raw: bytes) -> tuple[int, int, bytes]:
+    """(spans with status ERROR, events named "exception" or more, the detection view's encoding) of a
+    serialized trace request.
 
     The first count is exact. The second is exact unless an event name contains the encoded
-    pattern itself; it is never too low.
+    pattern itself; it is never too low. The encoding (a few bytes per span) is itself a request
+    with the same resources, scopes and spans, for `error_indexes`.
     """
     view = _DRequest()
     view.ParseFromString(raw)
     view.DiscardUnknownFields()
     compact = view.SerializeToString()
-    return compact.count(D_ERROR), compact.count(D_EXCEPTION)
+    return compact.count(D_ERROR), compact.count(D_EXCEPTION), compact
 
 
 def detect_view(raw: bytes) -> Any:
@@ -183,17 +197,19 @@ def detect_view(raw: bytes) -> Any:
 
 
 _E_SPAN = b"\x12"  # EScope.spans (2): every span of the status-only view starts with it
-_E_ERROR = b"\x12\x04\x7a\x02\x18\x02"  # a span of that view whose status code is ERROR
+_E_ERROR_BODY = b"\x04\x7a\x02\x18\x02"  # what follows it in a span whose status code is ERROR
 
 
 def error_indexes(raw: bytes) -> list[list[int]]:
     """Per (resource, scope) in order: the indexes of the spans whose status is ERROR.
 
-    The request is parsed as spans holding only `status.code` and each scope serialized again:
+    `raw` is the request, or (much cheaper to parse) the encoding `detect_counts` returns for it.
+    It is parsed as spans holding only `status.code` and each scope serialized again:
     a few bytes per span, in which a span starts with the only 0x12 byte of its encoding (unless
     its code is the out-of-range value 18). The index of a span with code ERROR is then the
-    number of 0x12 bytes before it, counted in C. With odd codes the indexes may be wrong; the
-    caller checks the spans it gets against the exact count of `detect_counts`.
+    number of 0x12 bytes before it: splitting at them and comparing the pieces runs in C. With odd
+    codes the indexes may be wrong; the caller checks the spans it gets against the exact count of
+    `detect_counts`.
     """
     view = _ERequest()
     view.ParseFromString(raw)
@@ -201,16 +217,8 @@ def error_indexes(raw: bytes) -> list[list[int]]:
     out: list[list[int]] = []
     for resource in view.resource_spans:
         for scope in resource.scope_spans:
-            compact = scope.SerializeToString()
-            indexes: list[int] = []
-            before = last = 0
-            position = compact.find(_E_ERROR)
-            while position >= 0:
-                before += compact.count(_E_SPAN, last, position)
-                indexes.append(before)
-                last = position
-                position = compact.find(_E_ERROR, position + len(_E_ERROR))
-            out.append(indexes)
+            pieces = scope.SerializeToString().split(_E_SPAN)[1:]  # one per span (see above)
+            out.append(list(compress(range(len(pieces)), map(_E_ERROR_BODY.__eq__, pieces))))
     return out
 
 
@@ -240,24 +248,69 @@ def _text(value: Any) -> str:
 
 
 _EVIDENCE_KEYS = (_HTTP_NEW, _HTTP_OLD, _RPC_NEW, _RPC_OLD, DB_STATUS_KEY, "exception.type", "exception.message")
-_EXCEPTION = b"exception"
 
 
-def span_evidence(data: bytes) -> tuple[Any, tuple[Any, ...]]:
-    """One span's classification evidence: (a view of it, a hashable key of that evidence).
+_NAME_ATTRIBUTES = operator.attrgetter("name", "attributes")
+_FIRST, _SECOND = operator.itemgetter(0), operator.itemgetter(1)
+_GETS = tuple(operator.methodcaller("get", key) for key in _EVIDENCE_KEYS)
+# Joins byte strings for counting: no pattern counted over them contains this byte, so no occurrence can
+# straddle two of them and a count over the join is the sum of the counts over each.
+SEPARATOR = b"\xff"
 
-    Everything `facts_of_view` reads, except the attribute keys (which only say whether the
-    enrichment is already there), as the bytes received: kind, the encoded status, the encoded
-    values of the status-code and exception attributes, and of each exception event's type and
-    message. Spans with equal keys have equal facts (`facts_of_view` is a function of exactly
-    these), so they classify alike; most error spans of a service repeat a handful of keys. The
-    view has the span's `name` and its attributes as a map of encoded values.
+
+@dataclass(slots=True)
+class SpanBatch:
+    """The classification evidence of a batch of spans (`evidence_keys`), by span in the batch's order."""
+
+    keys: list[tuple[Any, ...]]  # each span's evidence key
+    firsts: list[int]  # each span's first span with an equal key (its own index when it is the first)
+    distinct: dict[tuple[Any, ...], int]  # each distinct key -> its first span
+    attribute_keys: set[str]  # every attribute key of every span of the batch
+    attributes: list[Any]  # each span's attributes: a map of encoded values by key
+    named: list[tuple[str, Any]]  # each span's (name, attributes)
+
+    def names(self) -> list[str]:
+        """The spans' names."""
+        return list(map(_FIRST, self.named))
+
+    def having(self, key: str) -> Iterator[int]:
+        """The spans that have an attribute `key`."""
+        return compress(range(len(self.attributes)), map(operator.contains, self.attributes, repeat(key)))
+
+
+def evidence_keys(spans: list[bytes]) -> SpanBatch:
+    """The classification evidence of many spans at once, every per-span step a C-level call.
+
+    A key is made of the span's kind, status and events as re-encoded by a view that keeps only
+    them (so event timestamps, ids and everything else drop out), and the encoded values of its
+    status-code and exception attributes (`_EVIDENCE_KEYS`, None when absent). Everything
+    `facts_of_view` reads is in it, except the attribute keys other than those (which only say
+    whether the enrichment is already there); it also holds an exception event's other attributes
+    (a stack trace), so it may be finer than needed but never coarser: spans with equal keys have
+    equal facts, so they classify alike, and most error spans of a service repeat a handful of keys.
+
+    Parsing the spans as one message costs a fraction of parsing each on its own. The attribute
+    keys of the whole batch are listed once, and an evidence attribute is looked up in every span
+    only when some span has it. Each key is hashed and compared once per span, in C.
     """
-    view = _KSpan()
-    view.ParseFromString(data)
-    exceptions = tuple((event.attributes.get("exception.type"), event.attributes.get("exception.message"))
-                       for event in view.events if event.name == _EXCEPTION)
-    return view, (view.kind, view.status, tuple(map(view.attributes.get, _EVIDENCE_KEYS)), exceptions)
+    blob = _Blob(spans=spans).SerializeToString()
+    stripped = _SBatch()
+    stripped.ParseFromString(blob)
+    stripped.DiscardUnknownFields()
+    compact = _Blob()
+    compact.ParseFromString(stripped.SerializeToString())
+    view = _ABatch()
+    view.ParseFromString(blob)
+    named = list(map(_NAME_ATTRIBUTES, view.spans))  # one pass over the spans for both
+    attributes = list(map(_SECOND, named))
+    attribute_keys: set[str] = set().union(*attributes)
+    columns: list[Iterable[Any]] = [compact.spans]
+    columns += [map(get, attributes) if key in attribute_keys else repeat(None)
+                for key, get in zip(_EVIDENCE_KEYS, _GETS, strict=True)]
+    keys = list(zip(*columns, strict=False))  # the `repeat`s are endless: the spans set the length
+    distinct: dict[tuple[Any, ...], int] = {}
+    firsts = list(map(distinct.setdefault, keys, range(len(keys))))
+    return SpanBatch(keys, firsts, distinct, attribute_keys, attributes, named)
 
 
 def facts_of_view(view: Any) -> SpanFacts:

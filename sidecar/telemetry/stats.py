@@ -36,7 +36,9 @@ from __future__ import annotations
 
 import math
 from collections import deque
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from sidecar.core.clock import Clock
 from sidecar.core.taxonomy import Classification
@@ -67,8 +69,9 @@ class RecoverySummary:
     last_seconds: float | None
 
 
-@dataclass(frozen=True, slots=True)
-class HotspotKey:
+class HotspotKey(NamedTuple):
+    """A tuple, so hashing and comparing it (several times per request and group) runs in C."""
+
     service: str
     name: str
     signal: str
@@ -174,24 +177,35 @@ class ErrorStats:
     def item_error(self, service: str, name: str, signal: str, category: str, error_type: str,
                    count: int = 1) -> None:
         """`count` error spans / log records of one class from one service and name were enriched."""
-        if count <= 0:
-            return
-        self._add(0, count)
-        key = HotspotKey(_clip(service or UNKNOWN_SERVICE), _clip(name), signal, category, error_type)
-        entry = self._hotspots.get(key)
+        self.item_errors(signal, {(service, name, category, error_type): count})
+
+    def item_errors(self, signal: str, counts: Mapping[tuple[str, str, str, str], int]) -> None:
+        """Error spans / log records of one request, counted by (service, name, category, error_type):
+        `item_error` for each group, with the clocks read once."""
         now = self._clock.monotonic()
-        if entry is None:
-            if len(self._hotspots) >= self.max_hotspots:
-                self._prune(now)
-            entry = self._hotspots[key] = _Count()
-        entry.add(math.floor(now / HOTSPOT_BUCKET_SECONDS), count)
-        entry.last_seen = self._clock.wall()
-        entry.last_seen_mono = now
-        totals = self._service_totals
-        if key.service not in totals and len(totals) >= self.max_hotspots:
-            keep = sorted(totals.items(), key=lambda kv: -kv[1])[: self.max_hotspots - max(1, self.max_hotspots // 4)]
-            self._service_totals = totals = dict(keep)
-        totals[key.service] = totals.get(key.service, 0) + count
+        wall = self._clock.wall()
+        bucket = math.floor(now / HOTSPOT_BUCKET_SECONDS)
+        total = 0
+        for (service, name, category, error_type), count in counts.items():
+            if count <= 0:
+                continue
+            total += count
+            key = HotspotKey(_clip(service or UNKNOWN_SERVICE), _clip(name), signal, category, error_type)
+            entry = self._hotspots.get(key)
+            if entry is None:
+                if len(self._hotspots) >= self.max_hotspots:
+                    self._prune(now)
+                entry = self._hotspots[key] = _Count()
+            entry.add(bucket, count)
+            entry.last_seen = wall
+            entry.last_seen_mono = now
+            totals = self._service_totals
+            if key.service not in totals and len(totals) >= self.max_hotspots:
+                keep = self.max_hotspots - max(1, self.max_hotspots // 4)
+                self._service_totals = totals = dict(sorted(totals.items(), key=lambda kv: -kv[1])[:keep])
+            totals[key.service] = totals.get(key.service, 0) + count
+        if total:
+            self._add(0, total)
 
     def service_totals(self) -> dict[str, int]:
         """Error spans and log records per service.name since start (a forgotten service restarts at 0)."""

@@ -9,6 +9,7 @@ completeness still run against it; it reaches into enrich's private byte constan
 from __future__ import annotations
 
 import bisect
+from collections import Counter
 from typing import Any
 
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
@@ -77,7 +78,7 @@ def _enrich_span(
     if writer.complete(facts.keys):
         return
     classification = classifier.classify_span_facts(facts)
-    writer.write(span, facts.keys, classification, stats)
+    writer.write(span, facts.keys, classification, stats, span.name)
 
 
 def enrich_traces(
@@ -91,9 +92,9 @@ def enrich_traces(
     """Add classification attributes to every error span of `request`, in place.
 
     `raw`: the protobuf serialization of `request` when the caller has it (saves serializing here).
-    `collect`: fill `stats.hits` with each enriched span and where it is.
+    `collect`: count each enriched span in `stats.hotspots` by where it is, its name and its class.
     """
-    stats = EnrichStats(hits=[] if collect else None)
+    stats = EnrichStats(hotspots=Counter() if collect else None)
     writer = writer_for(config.attribute_prefix, config.set_error_type, False)
     data = _serialized(request, raw)
     if data is None:

@@ -34,6 +34,7 @@ def test_quick_throughput_scenario_delivers_and_writes_tables(tmp_path: Path) ->
     modes = data["throughput"]["modes"]
     assert set(modes) == {"direct (loadgen -> sink)", "sidecar, fast path (0 % error spans)",
                           "sidecar, 10 % error spans enriched",
+                          "sidecar, 50 % error spans enriched (an error storm)",
                           "floor: null proxy (receive + forward, no work), 0 %",
                           "floor: null proxy + upb parse, 0 %", "floor: null proxy + upb parse, 10 %",
                           "peer: rotel relay (Rust; compression none, its batching), 0 %"}
@@ -41,6 +42,7 @@ def test_quick_throughput_scenario_delivers_and_writes_tables(tmp_path: Path) ->
         assert row["spans_per_second"] > 0, name
     assert modes["sidecar, fast path (0 % error spans)"]["enriched_share"] == 0
     assert modes["sidecar, 10 % error spans enriched"]["enriched_share"] > 0  # the sink saw enriched spans
+    assert modes["sidecar, 50 % error spans enriched (an error storm)"]["enriched_share"] > 0.4
     assert modes["floor: null proxy + upb parse, 10 %"]["enriched_share"] == 0  # the floor does no work
     assert data["throughput"]["dropped"] == 0
 
@@ -64,6 +66,7 @@ def test_quick_cpu_scenario_measures_every_relay_at_both_sizes(tmp_path: Path) -
     for size, relays in data["sizes"].items():
         assert set(relays) == {"sidecar, defaults", "sidecar, compression none",
                                "sidecar, defaults but batch off (one upstream call per request)",
+                               "sidecar, defaults, 50 % error spans enriched (an error storm)",
                                "rotel, defaults", "rotel, compression none", "floor: null proxy + upb parse"}, size
         for name, row in relays.items():
             # Every relay carried the load and its process was measured (CPU used, memory resident).

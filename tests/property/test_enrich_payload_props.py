@@ -124,12 +124,13 @@ def _check(request: ExportTraceServiceRequest, config: EnrichProcessorConfig, ra
     parsed = ExportTraceServiceRequest.FromString(raw)
     assert parsed == request
     expected = ExportTraceServiceRequest.FromString(raw)
-    expected_stats = enrich_traces(expected, CLASSIFIER, config)  # the in-place path, on a canonical copy
+    expected_stats = enrich_traces(expected, CLASSIFIER, config, collect=True)  # in place, on a canonical copy
 
-    stats, payload = enrich_traces_payload(raw, CLASSIFIER, config)
+    stats, payload = enrich_traces_payload(raw, CLASSIFIER, config, collect=True)
 
     assert stats.enriched == expected_stats.enriched
     assert stats.by_class == expected_stats.by_class
+    assert stats.hotspots == expected_stats.hotspots  # the same spans, by place, name and class
     if expected_stats.enriched == 0:
         assert payload is None
     else:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import pytest
@@ -202,11 +203,11 @@ def _trace_request() -> ExportTraceServiceRequest:
 def test_enrich_collects_each_enriched_item_with_its_place() -> None:
     request = _trace_request()
     stats = enrich_traces(request, Classifier(ClassifyProcessorConfig()), EnrichProcessorConfig(), collect=True)
-    assert stats.enriched == 4 and stats.hits is not None
-    places = sorted((where, item.name) for where, item, _ in stats.hits if isinstance(item, trace_pb2.Span))
-    assert places == [((0, 0), "GET /cart"), ((0, 1), "charge"), ((1, 0), "authorize"), ((1, 0), "authorize")]
+    assert stats.enriched == 4 and stats.hotspots is not None
+    places = sorted((where, name, n) for (where, name, _), n in stats.hotspots.items())
+    assert places == [((0, 0), "GET /cart", 1), ((0, 1), "charge", 1), ((1, 0), "authorize", 2)]
     plain = enrich_traces(_trace_request(), Classifier(ClassifyProcessorConfig()), EnrichProcessorConfig())
-    assert plain.hits is None and plain.enriched == 4
+    assert plain.hotspots is None and plain.enriched == 4
 
 
 class Sink:
@@ -238,6 +239,47 @@ async def test_router_counts_hotspots_by_service_name_and_class() -> None:
     charge = next(h for h in stats.top_hotspots(10) if h.key.name == "charge")
     assert (charge.key.category, charge.key.error_type) == ("transport", "http_503")
     assert {r.window_minutes: r.item_errors for r in stats.error_rates()}[1] == 4
+
+
+class CountingStats(ErrorStats):
+    def __init__(self) -> None:
+        super().__init__(Clock())
+        self.calls: list[dict[tuple[str, str, str, str], int]] = []
+
+    def item_errors(self, signal: str, counts: Mapping[tuple[str, str, str, str], int]) -> None:
+        self.calls.append(dict(counts))
+        super().item_errors(signal, counts)
+
+
+async def test_router_counts_hotspots_once_per_request_by_group_not_per_span() -> None:
+    stats = CountingStats()
+    router = _router(Signal.TRACES, stats)
+    request = ExportTraceServiceRequest()
+    rs = request.resource_spans.add()
+    rs.resource.attributes.add(key="service.name").value.string_value = "cart"
+    scope = rs.scope_spans.add()
+    for n in range(300):
+        span = scope.spans.add(name=f"GET /cart/{n % 3}", trace_id=n.to_bytes(16, "big"), span_id=bytes(8))
+        span.status.code = ERROR if n % 2 else trace_pb2.Status.STATUS_CODE_OK
+    await router.ingest("otlp", Signal.TRACES, request.SerializeToString(), request, (), "grpc")
+    assert len(stats.calls) == 1  # one call for the request's 150 error spans
+    assert sorted((service, name, n) for (service, name, _, _), n in stats.calls[0].items()) == [
+        ("cart", "GET /cart/0", 50), ("cart", "GET /cart/1", 50), ("cart", "GET /cart/2", 50)]
+    assert sum(h.count for h in stats.top_hotspots(10)) == 150
+    assert {r.window_minutes: r.item_errors for r in stats.error_rates()}[1] == 150
+
+
+def test_item_errors_counts_each_group_as_item_error_does() -> None:
+    clock = Clock()
+    one, many = ErrorStats(clock), ErrorStats(clock)
+    groups = {("cart", "GET /a", "transport", "http_503"): 3, ("pay", "charge", "timeout", "timeout"): 2,
+              ("pay", "noop", "timeout", "timeout"): 0}
+    for (service, name, category, error_type), n in groups.items():
+        one.item_error(service, name, "traces", category, error_type, n)
+    many.item_errors("traces", groups)
+    assert [(h.key, h.count) for h in one.top_hotspots(10)] == [(h.key, h.count) for h in many.top_hotspots(10)]
+    assert one.service_totals() == many.service_totals() == {"cart": 3, "pay": 2}
+    assert one.error_rates() == many.error_rates()
 
 
 async def test_router_names_log_hotspots_by_event_or_scope() -> None:

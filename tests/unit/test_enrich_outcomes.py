@@ -11,7 +11,7 @@ from sidecar.config.schema import ClassifyProcessorConfig, EnrichProcessorConfig
 from sidecar.pipeline import enrich
 from sidecar.pipeline.classify import Classifier
 from sidecar.pipeline.enrich import enrich_traces_payload
-from sidecar.pipeline.wire import span_evidence
+from sidecar.pipeline.wire import evidence_keys
 from tests.fakes.spans import CLIENT, ERROR, PREFIX, SERVER, enriched_spans, error_request, new_span
 
 CONFIG = EnrichProcessorConfig()
@@ -52,6 +52,10 @@ def test_a_new_classifier_does_not_reuse_the_old_ones_outcomes() -> None:
     assert {span["error.type"] for span in enriched_spans(before)} != {"db_down"}
 
 
+def _key(span: Any) -> Any:
+    return evidence_keys([span.SerializeToString()]).keys[0]
+
+
 def test_evidence_keys_differ_exactly_where_the_classification_inputs_differ() -> None:
     request = ExportTraceServiceRequest()
     base = new_span(request, kind=SERVER, status=ERROR, attrs={"http.response.status_code": 500, "a": "1"})
@@ -60,10 +64,10 @@ def test_evidence_keys_differ_exactly_where_the_classification_inputs_differ() -
     other_kind = new_span(request, kind=CLIENT, status=ERROR, attrs={"http.response.status_code": 500, "a": "1"})
     with_message = new_span(request, kind=SERVER, status=ERROR, attrs={"http.response.status_code": 500})
     with_message.status.message = "boom"
-    key = span_evidence(base.SerializeToString())[1]
-    assert span_evidence(other_attr.SerializeToString())[1] == key  # "a" is no evidence
+    key = _key(base)
+    assert _key(other_attr) == key  # "a" is no evidence
     for span in (other_code, other_kind, with_message):
-        assert span_evidence(span.SerializeToString())[1] != key
+        assert _key(span) != key
 
 
 def test_spans_that_already_carry_some_attributes_get_only_the_missing_ones() -> None:
@@ -73,7 +77,7 @@ def test_spans_that_already_carry_some_attributes_get_only_the_missing_ones() ->
     partial = new_span(request, kind=SERVER, status=ERROR, attrs={"http.response.status_code": 500})
     partial.attributes.add(key="error.type").value.string_value = "mine"
     partial.attributes.add(key=PREFIX + "severity").value.string_value = "mine too"
-    assert span_evidence(plain.SerializeToString())[1] == span_evidence(partial.SerializeToString())[1]
+    assert _key(plain) == _key(partial)
     _, payload = enrich_traces_payload(request.SerializeToString(), classifier, CONFIG)
     assert payload is not None
     first, second = enriched_spans(payload)
@@ -87,8 +91,10 @@ def test_outcomes_kept_are_bounded_and_huge_spans_are_not_kept() -> None:
     classifier = CountingClassifier()
     huge = error_request(2, exception="E" * 40_000)  # each span's evidence holds the 40 KB exception type
     _, payload = enrich_traces_payload(huge, classifier, CONFIG)
-    assert payload is not None and classifier.calls == 2  # classified, not remembered
+    assert payload is not None and classifier.calls == 1  # once for the request's two spans, not remembered
     assert not enrich._outcomes(classifier)
+    enrich_traces_payload(huge, classifier, CONFIG)
+    assert classifier.calls == 2
     for i in range(enrich._OUTCOMES_LIMIT + 10):
         enrich_traces_payload(error_request(1, exception=f"E{i}"), classifier, CONFIG)
     assert 0 < len(enrich._outcomes(classifier)) <= enrich._OUTCOMES_LIMIT
