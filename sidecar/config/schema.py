@@ -580,7 +580,8 @@ class TelemetryAnomalyConfig(Base):
     min_std: PositiveFloat = 1.0  # errors per minute: the smallest deviation a score is measured against
     # Also score the error spans / log records per service.name; the gauge is exported for the `top_services`
     # services with the most errors (bounded cardinality). 0: per category only. Counting error items per service
-    # is the admin API's hotspot collection: about 10 us per error span (measured in-process on a 2-core
+    # is the admin API's hotspot collection: one update per request and distinct (service, span name, class),
+    # about 0.1 ms a request in an error storm (under 1 us per error span, measured in-process on a 2-core
     # machine), paid anyway with the admin API on; without it, 0 saves it.
     top_services: Annotated[int, Meta(ge=0)] = 10
 
