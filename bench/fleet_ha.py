@@ -50,7 +50,7 @@ EXPLANATION = (
     "longest gap between two answered fleet commands (a write, then a read) while the deployment failed over "
     "(`down-after-milliseconds` / `cluster-node-timeout` 1000), and whether the breaker record written before "
     "was found after. During such a gap each sidecar decides locally; no data waits on Redis "
-    "(tests/integration/test_fleet_ha.py: 0 spans lost). See docs-incoming/fleet-ha.md.")
+    "(tests/integration/test_fleet_ha.py: 0 spans lost). See docs/operations.md (\"Which Redis\").")
 KEYS = Keys("bench:")
 
 

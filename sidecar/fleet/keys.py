@@ -8,7 +8,7 @@ script too. With one server or Sentinel the braces are only characters.
 
 These names changed with Sentinel/Cluster support (before: ``<prefix>breaker:<endpoint>`` and so on).
 During a rolling upgrade old and new sidecars use different keys and channel: each group shares state
-within itself, not with the other, until every sidecar runs the new version (docs: fleet-ha).
+within itself, not with the other, until every sidecar runs the new version (docs/operations.md, Upgrades).
 """
 
 from __future__ import annotations

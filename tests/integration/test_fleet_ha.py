@@ -5,7 +5,7 @@ replica each), and the primary is failed over in the middle of an upstream outag
 What must hold: every span a sidecar acknowledged reaches the Collector (span-id accounting), and after
 the failover the fleet shares state again: the breaker record is found on the new primary, and an open
 seen by the sidecars with traffic is followed by the idle one. The failover and follow times are printed (`-s`) for
-docs-incoming/fleet-ha.md; no assertion bounds them from above beyond generous waits.
+docs/operations.md ("Which Redis"); no assertion bounds them from above beyond generous waits.
 """
 
 from __future__ import annotations

@@ -1,8 +1,9 @@
 """The handoff on a real redis-server with AUTH: a password, and an ACL user allowed exactly the commands
-docs-incoming/handoff.md lists (so the documented ACL is known to work, and to be enough)."""
+docs/operations.md lists (so the documented ACL is known to work, and to be enough)."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
@@ -30,10 +31,20 @@ from tests.fakes.redis_server import RedisServer
 
 ENDPOINT = "collector:4317"
 PASSWORD = "s3cret"
-# The ACL of docs-incoming/handoff.md ("Security"), handoff commands only, on the fleet's key prefix.
+# The ACL of docs/operations.md ("Redis for the fleet", Access), handoff commands only, on the fleet's key prefix.
 HANDOFF_ACL = ("on >pw ~otlp-sidecar:* +ping +xadd +xreadgroup +xautoclaim +xclaim +xack +xdel +xgroup +xlen "
                "+xrange +xpending +sadd +smembers +hset +hgetall +hdel +get +set +decrby +evalsha +eval "
                "+script|load")
+
+
+def test_the_documented_acl_is_the_tested_one() -> None:
+    """docs/operations.md tells operators which commands the handoff needs: exactly the ones tested here."""
+    text = (Path(__file__).resolve().parents[2] / "docs" / "operations.md").read_text()
+    bullet = text[text.index("An ACL user for the"):]
+    bullet = bullet[:bullet.index("tests/unit/test_handoff_redis.py")]
+    documented = set(re.findall(r"\+[a-z|]+", bullet))
+    tested = {word for word in HANDOFF_ACL.split() if word.startswith("+")}
+    assert documented == tested, sorted(documented ^ tested)
 
 
 @pytest.fixture
