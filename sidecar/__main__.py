@@ -5,11 +5,8 @@ commands that talk to a running sidecar's admin API: `status`, `deadletters list
 from __future__ import annotations
 
 import argparse
-import asyncio
 import sys
 from collections.abc import Sequence
-
-from sidecar.config import ConfigError, load_config
 
 EXIT_CONFIG = 2
 EXIT_RUNTIME = 3
@@ -112,6 +109,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _validate(path: str) -> int:
+    from sidecar.config import ConfigError, load_config
+
     try:
         config = load_config(path)
     except ConfigError as exc:
@@ -125,7 +124,12 @@ def _validate(path: str) -> int:
 def _run(path: str, recover: bool, argv: list[str]) -> int:
     from sidecar import runtime
 
+    # Before anything else is imported: the process that sets the malloc variables only execs itself.
     runtime.reexec_with_malloc_tuning(argv)
+    import asyncio
+
+    from sidecar.config import ConfigError, load_config
+
     try:
         runtime.require_upb()
     except runtime.RuntimeRequirementError as exc:

@@ -31,7 +31,6 @@ from sidecar.pipeline.classify import Classifier
 from sidecar.pipeline.degrade import DegradationLadder
 from sidecar.pipeline.router import Pipeline, Router
 from sidecar.receivers.otlp_grpc import OtlpGrpcReceiver
-from sidecar.receivers.otlp_http import OtlpHttpReceiver
 from sidecar.reload import ClassifierHandle, plan_reload
 from sidecar.telemetry.anomaly import AnomalySettings
 from sidecar.telemetry.events import Events
@@ -45,6 +44,7 @@ from sidecar.tls import check_config as check_tls_files
 if TYPE_CHECKING:
     from sidecar.admin.server import AdminServer
     from sidecar.fleet.fleet import Fleet
+    from sidecar.receivers.otlp_http import OtlpHttpReceiver
 
 log = logging.getLogger("sidecar.service")
 
@@ -172,6 +172,8 @@ class Service:
                                                        receiver.include_metadata, token))
                 self.events.receiver_declared(name, "grpc", signals)
             if receiver.protocols.http is not None:
+                from sidecar.receivers.otlp_http import OtlpHttpReceiver  # aiohttp's server only when used
+
                 self.receivers.append(OtlpHttpReceiver(name, receiver.protocols.http, router,
                                                        receiver.include_metadata, token))
                 self.events.receiver_declared(name, "http", signals)

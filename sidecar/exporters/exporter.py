@@ -32,7 +32,6 @@ from sidecar.exporters.retry import Reason
 from sidecar.exporters.sender import Sender, SendReport, Verdict, build_sender
 from sidecar.exporters.transport import Transport
 from sidecar.exporters.transport_grpc import GrpcTransport
-from sidecar.exporters.transport_http import HttpTransport
 from sidecar.pipeline.classify import Classifier
 from sidecar.pipeline.degrade import (
     DegradationLadder,
@@ -75,6 +74,8 @@ def build_transports(name: str, config: ExporterConfig) -> list[Transport]:
     kind = component_kind(name)
     endpoints = config.endpoint_list()
     if kind == "otlp_http":
+        from sidecar.exporters.transport_http import HttpTransport  # aiohttp only for an otlp_http exporter
+
         return [HttpTransport(endpoint, config) for endpoint in endpoints]
     return [GrpcTransport(endpoint, config) for endpoint in endpoints]
 
