@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import sys
+import time
+from collections.abc import Callable
 from typing import Any
+
+from sidecar.core.tasks import cancel_and_wait
 
 MALLOC_TRIM_ENV = "MALLOC_TRIM_THRESHOLD_"
 MALLOC_TRIM_VALUE = "268435456"
@@ -81,3 +86,53 @@ def release_free_memory() -> bool:
         return False
     _libc.malloc_trim(0)
     return True
+
+
+class IdleMemoryRelease:
+    """Give freed heap back to the OS once the process has gone quiet after being busy.
+
+    The trim threshold (MALLOC_ENV) keeps glibc from returning freed memory while requests churn
+    buffers, which is what buys the throughput; but after a burst it leaves RSS at its high-water
+    mark for good. This looks at the process's own CPU time every `interval` seconds: after an
+    interval busier than `idle_share` of a core, the first quiet interval calls `release` once
+    (malloc_trim(0), milliseconds). Under steady load it never runs, so the throughput stays; at rest
+    after a burst RSS comes back within an interval or two; at rest it costs one clock read per interval.
+    """
+
+    def __init__(self, interval: float = 5.0, idle_share: float = 0.02,
+                 cpu_seconds: Callable[[], float] = time.process_time,
+                 release: Callable[[], bool] = release_free_memory) -> None:
+        self.interval = interval
+        self.idle_share = idle_share
+        self._cpu_seconds = cpu_seconds
+        self._release = release
+        self._last = cpu_seconds()
+        self._busy_since_release = False
+        self.releases = 0
+        self._task: asyncio.Task[None] | None = None
+
+    def tick(self) -> bool:
+        """One interval has passed: release when it was quiet after a busy one; True if it released."""
+        now = self._cpu_seconds()
+        share, self._last = (now - self._last) / self.interval, now
+        if share > self.idle_share:
+            self._busy_since_release = True
+            return False
+        if not self._busy_since_release:
+            return False
+        self._busy_since_release = False
+        self.releases += 1
+        return self._release()
+
+    def start(self) -> None:
+        self._last = self._cpu_seconds()
+        self._task = asyncio.get_running_loop().create_task(self._run(), name="idle-memory-release")
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(self.interval)
+            self.tick()
+
+    async def stop(self) -> None:
+        await cancel_and_wait([self._task])
+        self._task = None

@@ -32,6 +32,7 @@ from sidecar.pipeline.degrade import DegradationLadder
 from sidecar.pipeline.router import Pipeline, Router
 from sidecar.receivers.otlp_grpc import OtlpGrpcReceiver
 from sidecar.reload import ClassifierHandle, plan_reload
+from sidecar.runtime import IdleMemoryRelease
 from sidecar.telemetry.anomaly import AnomalySettings
 from sidecar.telemetry.events import Events
 from sidecar.telemetry.http import HttpEndpoint, health_routes, metrics_routes
@@ -87,6 +88,7 @@ class Service:
         self.watch: Watch | None = None
         self.router: Router | None = None
         self.fleet: Fleet | None = None
+        self.memory_release = IdleMemoryRelease()  # freed heap back to the OS once quiet after a burst
 
     # ------------------------------------------------------------------ building
 
@@ -368,6 +370,7 @@ class Service:
         self.accepting = True
         if self.watch is not None:
             self.watch.start()
+        self.memory_release.start()
         log.info("sidecar started", extra={"receivers": [r.config.endpoint for r in self.receivers],
                                           "exporters": list(self.exporters)})
 
@@ -381,6 +384,7 @@ class Service:
         await asyncio.gather(*(e.shutdown(timeout) for e in self.exporters.values()))
         if self.watch is not None:
             await self.watch.stop()
+        await self.memory_release.stop()
         if self.fleet is not None:
             await self.fleet.stop()
         for endpoint in self.endpoints:
