@@ -18,6 +18,9 @@
 7. cpu         CPU at a steady rate: 10,000 spans/s in 100- and 512-span requests through the sidecar
                (defaults, compression none) and through rotel (a Rust collector); CPU % of one core,
                us of CPU per span and RSS of each relay, against the Collector testbed's 20 % budget.
+8. footprint   start-up to /ready, idle RSS and CPU, RSS at 10k spans/s, RSS after a 30 s burst, side by
+               side with rotel (bench/footprint.py; `--baseline DIR` adds another checkout's sidecar).
+               Not part of `all` (about 10 minutes): run it by name.
 
 Every process is its own: the sink (bench/sink.py), the sidecar (`python -m sidecar`, as a user
 starts it), the load generator (bench/loadgen.py); the fake Collector and the SDK application run
@@ -63,7 +66,7 @@ BENCH = ROOT / "bench"
 PYTHON = sys.executable
 SPANS = 512
 ERROR_FRACTION = 0.1
-SECTIONS = ("throughput", "latency", "outage", "crash", "memory", "fleet", "cpu")
+SECTIONS = ("throughput", "latency", "outage", "crash", "memory", "fleet", "cpu", "footprint")
 IN_ALL = ("throughput", "latency", "outage", "crash", "memory", "cpu")
 # Same glibc tuning for the bench's own processes (sink, load generator) as the sidecar gives itself.
 TOOL_ENV = dict(MALLOC_ENV)
@@ -1063,7 +1066,12 @@ TARGETS = [
     ("issue 15: 10 % error spans enriched vs direct", ">= 0.25 of direct"),
     ("issue 15: CPU at 10k spans/s, 100-span requests (defaults)", "<= 1.5x rotel's"),
     ("issue 15: CPU at 10k spans/s, 512-span requests (defaults)", "<= 1.2x rotel's"),
+    ("issue 24: idle RSS, gRPC only", "<= 40 MiB"),
+    ("issue 24: RSS at 10k spans/s, 100-span requests, gRPC only", "<= 50 MiB and <= 1.6x rotel's"),
+    ("issue 24: RSS 60 s after a 30 s burst, gRPC only", "within 15 MiB of idle"),
+    ("issue 24: exec -> /ready 200, gRPC only", "<= 0.4 s"),
 ]
+FOOTPRINT_ROW = "sidecar, gRPC only"
 
 
 def summary(results: dict[str, Any]) -> str:
@@ -1118,6 +1126,15 @@ def summary(results: dict[str, Any]) -> str:
         rows.append([*TARGETS[index], f"{row['ratio_to_rotel']:.2f}x ({row['cpu_percent']:.1f} % of a core vs "
                      f"{cpu[size][ROTEL_DEFAULTS]['cpu_percent']:.1f} %)" if row else "-",
                      verdict(row["ratio_to_rotel"] <= goal if row else None)])
+    foot = results.get("footprint", {}).get(FOOTPRINT_ROW)
+    rows.append([*TARGETS[14], f"{foot['idle_rss_mib']:.1f} MiB" if foot else "-",
+                 verdict(foot["idle_rss_mib"] <= 40 if foot else None)])
+    rows.append([*TARGETS[15], f"{foot['rate_rss_mib']:.1f} MiB, {foot['rate_rss_vs_rotel']:.2f}x" if foot else "-",
+                 verdict(foot["rate_rss_mib"] <= 50 and foot["rate_rss_vs_rotel"] <= 1.6 if foot else None)])
+    rows.append([*TARGETS[16], f"{foot['after_minus_idle_mib']:+.1f} MiB" if foot else "-",
+                 verdict(foot["after_minus_idle_mib"] <= 15 if foot else None)])
+    rows.append([*TARGETS[17], f"{foot['start_s']:.2f} s" if foot else "-",
+                 verdict(foot["start_s"] <= 0.4 if foot else None)])
     return table(["target", "goal", "result", ""], rows)
 
 
@@ -1174,6 +1191,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cpu-window", type=float, default=None, help="measured seconds per steady-rate run")
     parser.add_argument("--cpu-repeats", type=int, default=None, help="steady-rate runs per relay and size")
     parser.add_argument("--memory-limit", type=float, default=256.0, help="service.memory_limit_mib (scenario 5)")
+    parser.add_argument("--baseline", type=Path, default=None,
+                        help="footprint: also measure the sidecar of this checkout (with its own .venv), e.g. main")
     parser.add_argument("--results", type=Path, default=None,
                         help="results file (default bench/RESULTS.md; with --quick bench/RESULTS-quick.md)")
     args = parser.parse_args(argv)
@@ -1206,6 +1225,10 @@ def main(argv: list[str] | None = None) -> int:
             from bench.fleet import scenario_fleet  # bench.fleet imports this module
 
             sections.append(scenario_fleet(settings))
+        if "footprint" in wanted:
+            from bench.footprint import scenario_footprint  # bench.footprint imports this module
+
+            sections.append(scenario_footprint(settings, args.baseline))
     finally:
         if sections:
             write_results(sections, command.strip(), settings.results)
