@@ -4,7 +4,7 @@ Per relay, each with a sink of its own:
 
 * start-up: from exec to /ready answering 200 (rotel: to its OTLP/gRPC port accepting connections),
   a fresh process each time, the median of `STARTS`; the sidecar is started as a user starts it, without
-  the malloc variables in its environment, so its re-exec is included;
+  the malloc variables in its environment (it sets them itself);
 * idle: RSS after settling, and CPU % of a core over `IDLE_WINDOW` seconds with no traffic;
 * at rate: 10,000 spans/s in 100-span requests (bench/loadgen.py --rate): CPU % and RSS at the window's end;
 * burst: `BURST` seconds at saturation (closed loop, concurrency 16, 512-span requests: the fast path's
@@ -104,7 +104,7 @@ class Relay:
 
 
 def _user_env(pythonpath: Path) -> dict[str, str]:
-    """The environment a user starts the sidecar with: no malloc variables (it sets them and re-execs)."""
+    """The environment a user starts the sidecar with: no malloc variables (it sets the thresholds itself)."""
     env = {k: v for k, v in os.environ.items() if k not in MALLOC_ENV}
     env["PYTHONPATH"] = str(pythonpath)
     return env
@@ -238,7 +238,7 @@ def scenario_footprint(settings: Settings, baseline: Path | None = None) -> Sect
                   "burst spans/s (fast path)", "10 % errors spans/s (enriched)"], rows)
     body += (f"\n\nOne run, relays one after another, each with a sink of its own. exec -> ready: {STARTS} fresh "
              "starts, /ready answering 200 (rotel: its OTLP/gRPC port accepting connections); the sidecar starts "
-             "without the malloc variables in its environment, as a user starts it, so its re-exec is included. "
+             "without the malloc variables in its environment, as a user starts it. "
              f"Idle: RSS {SETTLE:g}s after ready, CPU over the next {IDLE_WINDOW:g}s. At rate: {RATE:,} spans/s in "
              f"{RATE_SPANS}-span requests, {settings.cpu_window:g}s after {settings.cpu_warmup:g}s of warm-up, RSS at "
              f"the end. Burst: {BURST:g}s closed loop at concurrency {BURST_CONCURRENCY}, {BURST_SPANS}-span requests "

@@ -105,7 +105,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         from sidecar.admin.client import run as run_admin_command
 
         return run_admin_command(args)
-    return _run(args.config, args.recover, args_list)
+    return _run(args.config, args.recover)
 
 
 def _validate(path: str) -> int:
@@ -121,15 +121,13 @@ def _validate(path: str) -> int:
     return 0
 
 
-def _run(path: str, recover: bool, argv: list[str]) -> int:
-    from sidecar import runtime
-
-    # Before anything else is imported: the process that sets the malloc variables only execs itself.
-    runtime.reexec_with_malloc_tuning(argv)
+def _run(path: str, recover: bool) -> int:
     import asyncio
 
+    from sidecar import runtime
     from sidecar.config import ConfigError, load_config
 
+    runtime.tune_malloc()
     try:
         runtime.require_upb()
     except runtime.RuntimeRequirementError as exc:

@@ -20,10 +20,6 @@ def _write_census() -> None:
 
 
 if __name__ == "__main__":
-    # The launcher re-executes `python -m sidecar` to set glibc's malloc variables, which would drop
-    # this wrapper: set them here so it has nothing to do (runtime.MALLOC_ENV, not imported: see above).
-    os.environ.setdefault("MALLOC_TRIM_THRESHOLD_", "268435456")
-    os.environ.setdefault("MALLOC_MMAP_THRESHOLD_", "4194304")
     atexit.register(_write_census)
     from sidecar.__main__ import main
 

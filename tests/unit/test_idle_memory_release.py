@@ -52,3 +52,14 @@ async def test_runs_as_a_task_and_stops() -> None:
     await asyncio.wait_for(released.wait(), 5)
     await trim.stop()
     assert trim.releases == 1
+
+
+def test_tune_malloc_sets_what_the_environment_does_not() -> None:
+    from sidecar import runtime
+
+    if runtime._load_libc() is False:
+        return  # not glibc: nothing to tune, nothing set
+    both = runtime.tune_malloc({})
+    assert both == [runtime.MALLOC_TRIM_ENV, runtime.MALLOC_MMAP_ENV]
+    assert runtime.tune_malloc({runtime.MALLOC_TRIM_ENV: "1048576"}) == [runtime.MALLOC_MMAP_ENV]
+    assert runtime.tune_malloc(dict(runtime.MALLOC_ENV)) == []
