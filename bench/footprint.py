@@ -53,13 +53,13 @@ from bench.run import (
 from sidecar.runtime import MALLOC_ENV
 from tests.sidecar_process import SidecarPorts
 
-STARTS = 5
-SETTLE = 10.0  # seconds after ready before idle RSS is read
+STARTS = 3
+SETTLE = 5.0  # seconds after ready before idle RSS is read
 IDLE_WINDOW = 20.0
 RATE, RATE_SPANS = 10_000, 100
 BURST, BURST_SPANS, BURST_CONCURRENCY = 30.0, 512, 16
 AFTER = 60.0
-ENRICHED_SECONDS = 8.0
+ENRICHED_SECONDS = 5.0
 ERROR_FRACTION = 0.1
 
 
