@@ -25,6 +25,9 @@
                failing for 20 s, time to the fleet-wide open, first success after recovery, Redis commands/s
                per member and redis-server CPU, opens and p99 delivery latency under 1 % and 5 % scattered
                failures against fleet mode off (bench/fleet_scale.py). Not part of `all` (~20 minutes).
+9. footprint   start-up to /ready, idle RSS and CPU, RSS at 10k spans/s, RSS after a 30 s burst, side by
+               side with rotel (bench/footprint.py; `--baseline DIR` adds another checkout's sidecar).
+               Not part of `all` (about 10 minutes): run it by name.
 
 Every process is its own: the sink (bench/sink.py), the sidecar (`python -m sidecar`, as a user
 starts it), the load generator (bench/loadgen.py); the fake Collector and the SDK application run
@@ -71,7 +74,7 @@ PYTHON = sys.executable
 SPANS = 512
 ERROR_FRACTION = 0.1
 STORM_FRACTION = 0.5  # an error storm: half the spans are errors (issue 26)
-SECTIONS = ("throughput", "latency", "outage", "crash", "memory", "fleet", "cpu", "fleet-scale")
+SECTIONS = ("throughput", "latency", "outage", "crash", "memory", "fleet", "cpu", "fleet-scale", "footprint")
 IN_ALL = ("throughput", "latency", "outage", "crash", "memory", "cpu")
 # Same glibc tuning for the bench's own processes (sink, load generator) as the sidecar gives itself.
 TOOL_ENV = dict(MALLOC_ENV)
@@ -1084,7 +1087,12 @@ TARGETS = [
     ("issue 26: 50 % error spans enriched vs direct", ">= 0.25 of direct"),
     ("issue 26: 10 % error spans enriched vs direct", ">= 0.35 of direct"),
     ("issue 26: added p50 latency, concurrency 1, 10 % error spans", "<= 1.3 ms"),
+    ("issue 24: idle RSS, gRPC only", "<= 40 MiB"),
+    ("issue 24: RSS at 10k spans/s, 100-span requests, gRPC only", "<= 50 MiB and <= 1.6x rotel's"),
+    ("issue 24: RSS 60 s after a 30 s burst, gRPC only", "within 15 MiB of idle"),
+    ("issue 24: exec -> /ready 200, gRPC only", "<= 0.4 s"),
 ]
+FOOTPRINT_ROW = "sidecar, gRPC only"
 
 
 def summary(results: dict[str, Any]) -> str:
@@ -1149,6 +1157,15 @@ def summary(results: dict[str, Any]) -> str:
     lat10 = results.get("latency", {}).get("cases", {}).get("c1_e10")
     rows.append([*TARGETS[16], f"{lat10['added_p50']:.2f} ms ({lat10['direct_p50']:.2f} -> {lat10['sidecar_p50']:.2f})"
                  if lat10 else "-", verdict(lat10["added_p50"] <= 1.3 if lat10 else None)])
+    foot = results.get("footprint", {}).get(FOOTPRINT_ROW)
+    rows.append([*TARGETS[17], f"{foot['idle_rss_mib']:.1f} MiB" if foot else "-",
+                 verdict(foot["idle_rss_mib"] <= 40 if foot else None)])
+    rows.append([*TARGETS[18], f"{foot['rate_rss_mib']:.1f} MiB, {foot['rate_rss_vs_rotel']:.2f}x" if foot else "-",
+                 verdict(foot["rate_rss_mib"] <= 50 and foot["rate_rss_vs_rotel"] <= 1.6 if foot else None)])
+    rows.append([*TARGETS[19], f"{foot['after_minus_idle_mib']:+.1f} MiB" if foot else "-",
+                 verdict(foot["after_minus_idle_mib"] <= 15 if foot else None)])
+    rows.append([*TARGETS[20], f"{foot['start_s']:.2f} s" if foot else "-",
+                 verdict(foot["start_s"] <= 0.4 if foot else None)])
     return table(["target", "goal", "result", ""], rows)
 
 
@@ -1206,6 +1223,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cpu-repeats", type=int, default=None, help="steady-rate runs per relay and size")
     parser.add_argument("--sizes", default=None, help="fleet-scale: members to simulate, e.g. 50,200,1000")
     parser.add_argument("--memory-limit", type=float, default=256.0, help="service.memory_limit_mib (scenario 5)")
+    parser.add_argument("--baseline", type=Path, default=None,
+                        help="footprint: also measure the sidecar of this checkout (with its own .venv), e.g. main")
     parser.add_argument("--results", type=Path, default=None,
                         help="results file (default bench/RESULTS.md; with --quick bench/RESULTS-quick.md)")
     args = parser.parse_args(argv)
@@ -1242,6 +1261,10 @@ def main(argv: list[str] | None = None) -> int:
             from bench.fleet_scale import scenario_fleet_scale
 
             sections.append(scenario_fleet_scale(settings))
+        if "footprint" in wanted:
+            from bench.footprint import scenario_footprint  # bench.footprint imports this module
+
+            sections.append(scenario_footprint(settings, args.baseline))
     finally:
         if sections:
             write_results(sections, command.strip(), settings.results)

@@ -5,11 +5,8 @@ commands that talk to a running sidecar's admin API: `status`, `deadletters list
 from __future__ import annotations
 
 import argparse
-import asyncio
 import sys
 from collections.abc import Sequence
-
-from sidecar.config import ConfigError, load_config
 
 EXIT_CONFIG = 2
 EXIT_RUNTIME = 3
@@ -108,10 +105,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         from sidecar.admin.client import run as run_admin_command
 
         return run_admin_command(args)
-    return _run(args.config, args.recover, args_list)
+    return _run(args.config, args.recover)
 
 
 def _validate(path: str) -> int:
+    from sidecar.config import ConfigError, load_config
+
     try:
         config = load_config(path)
     except ConfigError as exc:
@@ -122,10 +121,13 @@ def _validate(path: str) -> int:
     return 0
 
 
-def _run(path: str, recover: bool, argv: list[str]) -> int:
-    from sidecar import runtime
+def _run(path: str, recover: bool) -> int:
+    import asyncio
 
-    runtime.reexec_with_malloc_tuning(argv)
+    from sidecar import runtime
+    from sidecar.config import ConfigError, load_config
+
+    runtime.tune_malloc()
     try:
         runtime.require_upb()
     except runtime.RuntimeRequirementError as exc:

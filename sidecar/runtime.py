@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
+import gc
 import os
 import sys
+import time
+from collections.abc import Callable, Mapping
 from typing import Any
+
+from sidecar.core.tasks import cancel_and_wait
 
 MALLOC_TRIM_ENV = "MALLOC_TRIM_THRESHOLD_"
 MALLOC_TRIM_VALUE = "268435456"
@@ -39,21 +45,31 @@ def install_uvloop() -> None:
     asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
 
 
-def reexec_with_malloc_tuning(argv: list[str]) -> None:
-    """glibc reads MALLOC_TRIM_THRESHOLD_ and MALLOC_MMAP_THRESHOLD_ only at start, so set them and
-    exec ourselves once (a value already in the environment is kept).
+# mallopt(3) parameter numbers (malloc.h): what the two environment variables set.
+M_TRIM_THRESHOLD = -1
+M_MMAP_THRESHOLD = -3
+_MALLOPT = {MALLOC_TRIM_ENV: M_TRIM_THRESHOLD, MALLOC_MMAP_ENV: M_MMAP_THRESHOLD}
+
+
+def tune_malloc(environ: Mapping[str, str] = os.environ) -> list[str]:
+    """Set glibc's trim and mmap thresholds (MALLOC_ENV) with mallopt(3), in this process, now; returns
+    the names set. A value already in the environment is glibc's already (it read it at start) and kept.
 
     Protobuf churn fragments the heap; a high trim threshold roughly doubles throughput here, and
     the mmap threshold keeps request-sized buffers on the heap (see MALLOC_MMAP_ENV). Freed heap
-    memory is then kept by the process: `release_free_memory` gives it back when memory is tight.
+    memory is then kept by the process: `release_free_memory` gives it back when memory is tight, and
+    IdleMemoryRelease once the process is quiet after a burst. mallopt sets the same parameters as the
+    variables (both turn off the dynamic mmap threshold); the launcher used to set the variables and
+    exec itself a second time, which cost a second interpreter start-up on the way to /ready.
     """
-    if sys.platform != "linux" or all(os.environ.get(name) for name in MALLOC_ENV):
-        return
-    env = dict(os.environ)
-    for name, value in MALLOC_ENV.items():
-        if not env.get(name):
-            env[name] = value
-    os.execve(sys.executable, [sys.executable, "-m", "sidecar", *argv], env)
+    libc = _load_libc()
+    if not libc:
+        return []
+    done = []
+    for name, param in _MALLOPT.items():
+        if not environ.get(name) and libc.mallopt(param, int(MALLOC_ENV[name])) == 1:
+            done.append(name)
+    return done
 
 
 _libc: Any = None
@@ -66,18 +82,83 @@ def release_free_memory() -> bool:
     after a backlog drained; the memory limit looks at RSS, so it calls this before trusting it.
     Walks the heap: milliseconds for hundreds of MiB, so not on every request.
     """
-    global _libc
-    if sys.platform != "linux":
+    libc = _load_libc()
+    if not libc:
         return False
-    if _libc is None:
-        try:
-            import ctypes
-
-            _libc = ctypes.CDLL("libc.so.6")
-            _libc.malloc_trim.argtypes = [ctypes.c_size_t]
-        except (OSError, AttributeError):
-            _libc = False
-    if not _libc:
-        return False
-    _libc.malloc_trim(0)
+    libc.malloc_trim(0)
     return True
+
+
+def _load_libc() -> Any:
+    """glibc through ctypes, or False (not Linux, or another C library)."""
+    global _libc
+    if _libc is None:
+        _libc = False
+        if sys.platform == "linux":
+            try:
+                import ctypes
+
+                libc = ctypes.CDLL("libc.so.6")
+                libc.malloc_trim.argtypes = [ctypes.c_size_t]
+                libc.mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
+                _libc = libc
+            except (OSError, AttributeError):
+                pass
+    return _libc
+
+
+def collect_and_release() -> bool:
+    """A full garbage collection (cycles left by the burst free their blocks), then `release_free_memory`."""
+    gc.collect()
+    return release_free_memory()
+
+
+class IdleMemoryRelease:
+    """Give freed heap back to the OS once the process has gone quiet after being busy.
+
+    The trim threshold (MALLOC_ENV) keeps glibc from returning freed memory while requests churn
+    buffers, which is what buys the throughput; but after a burst it leaves RSS at its high-water
+    mark for good. This looks at the process's own CPU time every `interval` seconds: after an
+    interval busier than `idle_share` of a core, the first quiet interval calls `release` once (a full
+    gc and malloc_trim(0): tens of milliseconds, once). Under steady load it never runs, so the
+    throughput stays; at rest after a burst RSS comes back within an interval or two; at rest it costs
+    one clock read per interval.
+    """
+
+    def __init__(self, interval: float = 5.0, idle_share: float = 0.02,
+                 cpu_seconds: Callable[[], float] = time.process_time,
+                 release: Callable[[], bool] = collect_and_release) -> None:
+        self.interval = interval
+        self.idle_share = idle_share
+        self._cpu_seconds = cpu_seconds
+        self._release = release
+        self._last = cpu_seconds()
+        self._busy_since_release = False
+        self.releases = 0
+        self._task: asyncio.Task[None] | None = None
+
+    def tick(self) -> bool:
+        """One interval has passed: release when it was quiet after a busy one; True if it released."""
+        now = self._cpu_seconds()
+        share, self._last = (now - self._last) / self.interval, now
+        if share > self.idle_share:
+            self._busy_since_release = True
+            return False
+        if not self._busy_since_release:
+            return False
+        self._busy_since_release = False
+        self.releases += 1
+        return self._release()
+
+    def start(self) -> None:
+        self._last = self._cpu_seconds()
+        self._task = asyncio.get_running_loop().create_task(self._run(), name="idle-memory-release")
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(self.interval)
+            self.tick()
+
+    async def stop(self) -> None:
+        await cancel_and_wait([self._task])
+        self._task = None

@@ -31,8 +31,8 @@ from sidecar.pipeline.classify import Classifier
 from sidecar.pipeline.degrade import DegradationLadder
 from sidecar.pipeline.router import Pipeline, Router
 from sidecar.receivers.otlp_grpc import OtlpGrpcReceiver
-from sidecar.receivers.otlp_http import OtlpHttpReceiver
 from sidecar.reload import ClassifierHandle, plan_reload
+from sidecar.runtime import IdleMemoryRelease
 from sidecar.telemetry.anomaly import AnomalySettings
 from sidecar.telemetry.events import Events
 from sidecar.telemetry.http import HttpEndpoint, health_routes, metrics_routes
@@ -45,6 +45,7 @@ from sidecar.tls import check_config as check_tls_files
 if TYPE_CHECKING:
     from sidecar.admin.server import AdminServer
     from sidecar.fleet.fleet import Fleet
+    from sidecar.receivers.otlp_http import OtlpHttpReceiver
 
 log = logging.getLogger("sidecar.service")
 
@@ -87,6 +88,7 @@ class Service:
         self.watch: Watch | None = None
         self.router: Router | None = None
         self.fleet: Fleet | None = None
+        self.memory_release = IdleMemoryRelease()  # freed heap back to the OS once quiet after a burst
 
     # ------------------------------------------------------------------ building
 
@@ -172,6 +174,8 @@ class Service:
                                                        receiver.include_metadata, token))
                 self.events.receiver_declared(name, "grpc", signals)
             if receiver.protocols.http is not None:
+                from sidecar.receivers.otlp_http import OtlpHttpReceiver  # aiohttp's server only when used
+
                 self.receivers.append(OtlpHttpReceiver(name, receiver.protocols.http, router,
                                                        receiver.include_metadata, token))
                 self.events.receiver_declared(name, "http", signals)
@@ -367,6 +371,7 @@ class Service:
         self.accepting = True
         if self.watch is not None:
             self.watch.start()
+        self.memory_release.start()
         log.info("sidecar started", extra={"receivers": [r.config.endpoint for r in self.receivers],
                                           "exporters": list(self.exporters)})
 
@@ -382,6 +387,7 @@ class Service:
         await asyncio.gather(*(e.shutdown(timeout) for e in self.exporters.values()))
         if self.watch is not None:
             await self.watch.stop()
+        await self.memory_release.stop()
         if self.fleet is not None:
             await self.fleet.stop()
         for endpoint in self.endpoints:

@@ -58,12 +58,11 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-import pybreaker
-
 from sidecar.config.schema import CircuitBreakerConfig
 from sidecar.core.clock import Clock
 from sidecar.core.taxonomy import Category, Classification, Recovery
 from sidecar.exporters.budget import WindowedCounts
+from sidecar.exporters.pybreaker_no_redis import pybreaker
 
 log = logging.getLogger(__name__)
 

@@ -25,15 +25,18 @@ import asyncio
 import enum
 import logging
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from sidecar.config.schema import HealthProbeConfig
 from sidecar.core.clock import Clock
 from sidecar.core.errors import ExportError, ExportFailure
 from sidecar.core.tasks import cancel_and_wait
 from sidecar.exporters.breaker import EndpointBreaker
-from sidecar.exporters.health_url import HealthCheckUrl, health_url_for
 from sidecar.exporters.retry import ExportClassifier
 from sidecar.exporters.transport import Transport
+
+if TYPE_CHECKING:
+    from sidecar.exporters.health_url import HealthCheckUrl
 
 log = logging.getLogger(__name__)
 
@@ -108,6 +111,8 @@ class HealthProber:
     def _url_check(self, config: HealthProbeConfig) -> HealthCheckUrl | None:
         if not config.health_check_url:
             return None
+        from sidecar.exporters.health_url import HealthCheckUrl, health_url_for  # aiohttp only when a URL is set
+
         return HealthCheckUrl(health_url_for(config.health_check_url, self.endpoint))
 
     async def reconfigure(self, config: HealthProbeConfig) -> None:

@@ -41,8 +41,7 @@ def _log(self: Classifier, facts: LogFacts, record: LogRecord) -> Classification
 if __name__ == "__main__":
     Classifier.classify_span_facts = _span  # type: ignore[method-assign]
     Classifier.classify_log_facts = _log  # type: ignore[method-assign]
-    # The launcher re-executes `python -m sidecar` to set glibc's malloc variables, which would
-    # drop the patch: set them here so it has nothing to do.
+    # glibc's malloc variables as a deployment may set them (the launcher keeps them and sets the rest).
     for name, value in runtime.MALLOC_ENV.items():
         os.environ.setdefault(name, value)
     sys.exit(main())

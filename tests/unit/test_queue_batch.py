@@ -216,3 +216,29 @@ async def test_a_permanent_failure_of_a_merged_request_sends_each_entry_alone() 
     assert metrics.registry.get_sample_value("sidecar_dead_letters_total", {
         "exporter": "otlp_grpc", "category": "serialization"}) == 1  # only the bad one
     assert not exporter._send_alone
+
+
+async def test_an_idle_consumer_holds_no_request_it_sent() -> None:
+    """After a burst, consumers wait at the queue; the last batch each sent (its merged payload and its
+    entries) must not stay alive in the waiting consumer's frame, or RSS never comes back (issue 24)."""
+    transport = FakeTransport("a:4317", sender_clock())
+    queue_config = SendingQueueConfig(num_consumers=2, queue_size=100, batch=QueueBatchConfig(max_requests=4))
+    config = make_config([transport.endpoint], sending_queue=queue_config)
+    metrics = Metrics()
+    exporter = Exporter("otlp_grpc", config, build_sender(config, [transport], transport.clock, metrics),
+                        Classifier(), Events(metrics), SYSTEM_CLOCK, None, None)
+    await exporter.start()
+    assert exporter.queue is not None
+    try:
+        for i in range(6):
+            await exporter.queue.put(make_entry(2, tag=f"e{i}-"))
+        assert await exporter.queue.wait_empty(5.0)
+        assert transport.calls
+        await asyncio.sleep(0.05)  # every consumer is back at the queue, waiting
+        for task in exporter.consumers:
+            frame = task.get_coro().cr_frame  # type: ignore[union-attr]
+            assert frame is not None
+            held = {name for name in ("leases", "entry", "report") if name in frame.f_locals}
+            assert held == set(), f"{task.get_name()} still holds {held}"
+    finally:
+        await exporter.shutdown(1.0)
