@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import logging
 import os
 import sys
 import time
@@ -11,6 +12,8 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from sidecar.core.tasks import cancel_and_wait
+
+log = logging.getLogger(__name__)
 
 MALLOC_TRIM_ENV = "MALLOC_TRIM_THRESHOLD_"
 MALLOC_TRIM_VALUE = "268435456"
@@ -102,8 +105,8 @@ def _load_libc() -> Any:
                 libc.malloc_trim.argtypes = [ctypes.c_size_t]
                 libc.mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
                 _libc = libc
-            except (OSError, AttributeError):
-                pass
+            except (OSError, AttributeError) as exc:  # not glibc (musl, ...): no tuning, no trimming
+                log.debug("glibc's malloc controls are not available: %s", exc)
     return _libc
 
 
