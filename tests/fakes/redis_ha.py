@@ -12,10 +12,11 @@ from __future__ import annotations
 import shutil
 import subprocess
 import time
+from abc import ABC, abstractmethod
 from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, Self
 
 import redis
 
@@ -57,7 +58,28 @@ def cluster_state(port: int) -> str:
     return ""
 
 
-class RedisSentinelSet:
+class _ProcessSet(ABC):
+    """start() on entering (stop() too if it fails half-way), stop() on leaving."""
+
+    @abstractmethod
+    def start(self) -> Self: ...
+
+    @abstractmethod
+    def stop(self) -> None: ...
+
+    def __enter__(self) -> Self:
+        try:
+            return self.start()
+        except BaseException:
+            self.stop()
+            raise
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.stop()
+
+
+class RedisSentinelSet(_ProcessSet):
     def __init__(self, workdir: Path) -> None:
         self.workdir = workdir
         self.primary = RedisServer(workdir / "a")
@@ -128,19 +150,8 @@ class RedisSentinelSet:
         for server in [*self.sentinels, self.primary, self.replica]:
             server.kill()
 
-    def __enter__(self) -> RedisSentinelSet:
-        try:
-            return self.start()
-        except BaseException:
-            self.stop()
-            raise
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
-        self.stop()
-
-
-class RedisClusterSet:
+class RedisClusterSet(_ProcessSet):
     def __init__(self, workdir: Path, primaries: int = 3, replicas: int = 1) -> None:
         self.workdir = workdir
         self.replicas = replicas
@@ -216,14 +227,3 @@ class RedisClusterSet:
     def stop(self) -> None:
         for node in self.nodes:
             node.kill()
-
-    def __enter__(self) -> RedisClusterSet:
-        try:
-            return self.start()
-        except BaseException:
-            self.stop()
-            raise
-
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
-        self.stop()
