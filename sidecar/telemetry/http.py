@@ -79,7 +79,7 @@ class HttpEndpoint:
                     writer.write(_send(conn, _plain(HTTPStatus.BAD_REQUEST), head_only=False, close=True))
                     await writer.drain()
         except (TimeoutError, ConnectionError):
-            pass
+            return  # idle past the keep-alive timeout, or the client went away: nothing is left to answer
         finally:
             self._connections.discard(writer)
             writer.close()

@@ -10,6 +10,7 @@ docs/operations.md ("Which Redis"); no assertion bounds them from above beyond g
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -83,14 +84,21 @@ class ClusterMode:
                             decode_responses=True, socket_timeout=2)
 
 
-@pytest.fixture(params=["sentinel", "cluster"])
-def ha_redis(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[HARedis]:
-    if request.param == "sentinel":
-        with RedisSentinelSet(tmp_path / "sentinel") as sentinel_set:
+@contextlib.contextmanager
+def started_ha_redis(kind: str, workdir: Path, cluster_replicas: int = 1) -> Iterator[HARedis]:
+    """A real Sentinel set or Redis Cluster (`kind`), stopped on leaving."""
+    if kind == "sentinel":
+        with RedisSentinelSet(workdir / "sentinel") as sentinel_set:
             yield SentinelMode(sentinel_set)
     else:
-        with RedisClusterSet(tmp_path / "cluster") as cluster_set:
+        with RedisClusterSet(workdir / "cluster", replicas=cluster_replicas) as cluster_set:
             yield ClusterMode(cluster_set)
+
+
+@pytest.fixture(params=["sentinel", "cluster"])
+def ha_redis(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[HARedis]:
+    with started_ha_redis(request.param, tmp_path) as redis_set:
+        yield redis_set
 
 
 def ha_edit(fleet: dict[str, Any], name: str) -> Callable[[dict[str, Any]], None]:

@@ -22,7 +22,7 @@ from tests.fakes.collector import FakeCollector
 from tests.fakes.redis_ha import RedisClusterSet, RedisSentinelSet
 from tests.integration.conftest import SidecarFactory
 from tests.integration.test_fleet import FAST_BREAKER, Client, Traffic, fleet_status
-from tests.integration.test_fleet_ha import KEYS, ClusterMode, HARedis, SentinelMode, ha_edit
+from tests.integration.test_fleet_ha import KEYS, ClusterMode, HARedis, SentinelMode, ha_edit, started_ha_redis
 from tests.integration.test_handoff import (
     HANDOFF,
     depart,
@@ -39,12 +39,8 @@ REQUESTS = 100  # of 10 spans each, acknowledged by the departing sidecar during
 
 @pytest.fixture(params=["sentinel", "cluster"])
 def ha_redis(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[HARedis]:
-    if request.param == "sentinel":
-        with RedisSentinelSet(tmp_path / "sentinel") as sentinel_set:
-            yield SentinelMode(sentinel_set)
-    else:
-        with RedisClusterSet(tmp_path / "cluster", replicas=0) as cluster_set:
-            yield ClusterMode(cluster_set)
+    with started_ha_redis(request.param, tmp_path, cluster_replicas=0) as redis_set:  # no replicas: faster
+        yield redis_set
 
 
 @pytest.fixture
