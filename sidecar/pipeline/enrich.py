@@ -30,7 +30,7 @@ import functools
 import operator
 import weakref
 from collections import Counter, deque
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from itertools import compress, repeat
 from typing import Any
@@ -64,6 +64,7 @@ from sidecar.pipeline.wire import (
     facts_of_view,
     span_view,
     spans_containing,
+    unproven_floor,
 )
 
 __all__ = [
@@ -351,21 +352,22 @@ class _Checker:
     """
 
     __slots__ = ("appended", "checked", "classifier", "deprecated_key", "found", "listed", "outcomes", "scopes",
-                 "stats", "unproven", "writer")
+                 "stats", "writer")
 
     def __init__(self, scopes: list[tuple[int, int, Any]], classifier: Classifier, writer: _Writer,
-                 stats: EnrichStats, unproven: int, deprecated_key: bool) -> None:
+                 stats: EnrichStats, deprecated_key: bool) -> None:
         self.scopes = scopes
         self.classifier = classifier
         self.outcomes = _outcomes(classifier)
         self.writer = writer
         self.stats = stats
-        self.unproven = unproven
         self.deprecated_key = deprecated_key
         self.listed: dict[int, list[bytes]] = {}
         self.checked: list[set[int]] = [set() for _ in scopes]
         self.appended: list[dict[int, bytes]] = [{} for _ in scopes]  # the new bytes of each enriched span
-        self.found = [0, 0, 0]  # among the checked spans: status ERROR, exception events, unproven status codes
+        # among the checked spans: status ERROR, exception events, unproven status codes (a floor, exact after
+        # `recount_unproven`)
+        self.found = [0, 0, 0]
 
     def spans(self, position: int) -> list[bytes]:
         """Every span of a scope, as bytes (one C-level copy, made once)."""
@@ -382,7 +384,8 @@ class _Checker:
         done.update(todo)
         data = self.pick(position, todo)
         batch = evidence_keys(data)
-        counts = Counter(batch.firsts)  # spans per distinct key, by the key's first span
+        # spans per distinct key, by the key's first span (in an error storm often one key)
+        counts: Mapping[int, int] = Counter(batch.firsts) if len(batch.distinct) > 1 else {0: len(todo)}
         found = self.found
         classes: dict[int, Classification] = {}  # first span of a key -> its class, for the error spans
         for key, at in batch.distinct.items():
@@ -397,12 +400,13 @@ class _Checker:
             n = counts[at]
             found[0] += status_error * n
             found[1] += exception_events * n
+            # A floor of the unproven status codes, from the key: counting them on the spans' bytes is left
+            # to `recount_unproven`, only when the floors do not account for the request's count.
+            found[2] += unproven_floor(key, self.deprecated_key) * n
             if classification is not None:
                 classes[at] = classification
-        if self.unproven:
-            found[2] += _not_http_200(SEPARATOR.join(data), self.deprecated_key)
         if classes:
-            self._enrich(position, todo, data, batch, classes)
+            self._enrich(position, todo, data, batch, classes, counts)
 
     def pick(self, position: int, indexes: list[int]) -> list[bytes]:
         """The bytes of some spans of a scope: from the list of all of them when many are wanted (or it
@@ -416,7 +420,7 @@ class _Checker:
         return list(map(every.__getitem__, indexes))
 
     def _enrich(self, position: int, todo: list[int], data: list[bytes], batch: SpanBatch,
-                classes: dict[int, Classification]) -> None:
+                classes: dict[int, Classification], counts: Mapping[int, int]) -> None:
         writer, stats = self.writer, self.stats
         plans = {at: writer.plan(c) for at, c in classes.items()}
         added: list[bytes | None] = list(map({at: plan.everything for at, plan in plans.items()}.get, batch.firsts))
@@ -431,12 +435,19 @@ class _Checker:
         enriched = list(map(operator.is_not, added, repeat(None)))
         new_bytes = map(operator.add, compress(data, enriched), compress(added, enriched))
         self.appended[position].update(zip(compress(todo, enriched), new_bytes, strict=True))
-        for first, n in Counter(compress(batch.firsts, enriched)).items():
+        every = all(enriched)  # the common case: counts per key are those of `check`
+        for first, n in (counts if every else Counter(compress(batch.firsts, enriched))).items():
             stats.enriched += n
             stats.by_class[plans[first].class_key] += n
         if stats.hotspots is not None:
             where = self.scopes[position][:2]
             names = batch.names()
+            class_keys = {plan.class_key for plan in plans.values()}
+            if len(class_keys) == 1:  # one class: count by name alone (no pair per span)
+                class_key = class_keys.pop()
+                for name, n in Counter(names if every else compress(names, enriched)).items():
+                    stats.hotspots[(where, name, class_key)] += n
+                return
             for (name, first), n in Counter(compress(zip(names, batch.firsts, strict=True), enriched)).items():
                 stats.hotspots[(where, name, plans[first].class_key)] += n
 
@@ -491,7 +502,7 @@ def enrich_traces_payload(
     view.ParseFromString(raw)
     scopes = [(ri, si, scope) for ri, resource in enumerate(view.resource_spans)
               for si, scope in enumerate(resource.scope_spans)]
-    checker = _Checker(scopes, classifier, writer, stats, unproven, deprecated_key)
+    checker = _Checker(scopes, classifier, writer, stats, deprecated_key)
     found = checker.found
     if errors:
         indexes = error_indexes(detected)
@@ -509,9 +520,11 @@ def enrich_traces_payload(
     if found[1] < exceptions:
         for position in range(len(scopes)):
             checker.check(position, spans_containing(checker.spans(position), b"exception"))
+    if found[2] != unproven:  # so far a floor (see `_Checker.check`): count on the checked spans' bytes
+        checker.recount_unproven()
     if found[2] != unproven and not checker.deprecated_key:  # count http.status_code 200s as proven too
         checker.deprecated_key = True
-        unproven = checker.unproven = _not_http_200(raw, True)
+        unproven = _not_http_200(raw, True)
         checker.recount_unproven()
     if found[2] != unproven:  # some status code outside the checked spans is not an HTTP 200
         for position in range(len(scopes)):

@@ -69,6 +69,7 @@ __all__ = [
     "facts_of_view",
     "span_view",
     "spans_containing",
+    "unproven_floor",
 ]
 
 _F = descriptor_pb2.FieldDescriptorProto
@@ -311,6 +312,32 @@ def evidence_keys(spans: list[bytes]) -> SpanBatch:
     distinct: dict[tuple[Any, ...], int] = {}
     firsts = list(map(distinct.setdefault, keys, range(len(keys))))
     return SpanBatch(keys, firsts, distinct, attribute_keys, attributes, named)
+
+
+# The key parts (after the first) that hold a status-code attribute's value: all of them have "status_code"
+# in their key. An HTTP status of 200 is encoded as below (AnyValue.int_value, a two-byte varint).
+_STATUS_CODE_PARTS = range(1, 6)
+_HTTP_200_VALUE = b"\x18\xc8\x01"
+assert all("status_code" in _EVIDENCE_KEYS[part - 1] for part in _STATUS_CODE_PARTS)
+
+
+def unproven_floor(key: tuple[Any, ...], deprecated_key: bool) -> int:
+    """How many "status_code" occurrences that are not an HTTP 200 a span with this evidence key has at
+    least, as the byte count `enrich._not_http_200(span, deprecated_key)` counts them.
+
+    Each status-code attribute of the key is one occurrence of "status_code" in the span's bytes (its
+    key), and that occurrence is an HTTP 200 for the byte count only when the value is exactly the
+    encoded int 200 under `http.response.status_code` (and `http.status_code` with `deprecated_key`).
+    The span may have more occurrences (in event attributes, string values, other attribute keys, a
+    repeated key), never fewer, provided each KeyValue has one value field, as every protobuf runtime
+    writes it. So a request whose checked spans' floors add up to its byte count needs no other count.
+    """
+    floor = 0
+    for part in _STATUS_CODE_PARTS:
+        value = key[part]
+        if value is not None and not (value == _HTTP_200_VALUE and (part == 1 or (part == 2 and deprecated_key))):
+            floor += 1
+    return floor
 
 
 def facts_of_view(view: Any) -> SpanFacts:

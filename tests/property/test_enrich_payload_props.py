@@ -15,14 +15,15 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 from opentelemetry.proto.trace.v1 import trace_pb2
 
 from sidecar.config.schema import EnrichProcessorConfig
-from sidecar.pipeline.enrich import enrich_traces_payload
-from sidecar.pipeline.wire import facts_of_view, span_view
+from sidecar.pipeline.enrich import _not_http_200, enrich_traces_payload
+from sidecar.pipeline.wire import SpliceView, evidence_keys, facts_of_view, span_view, unproven_floor
 from tests.fakes.enrich_model import enrich_traces
 from tests.fakes.otlp_strategies import (
     CLASSIFIER,
     MANY,
     SETTINGS,
     configs,
+    realistic_spans,
     realistic_trace_requests,
     spans,
     trace_requests,
@@ -179,3 +180,23 @@ def test_span_view_facts_match_span_facts(span: trace_pb2.Span) -> None:
         got.suspects, got.suspects_4xx = expected.suspects, expected.suspects_4xx
     assert got == expected
     assert got.is_error == expected.is_error
+
+
+def _span_bytes(raw: bytes) -> list[bytes]:
+    view = SpliceView()
+    view.ParseFromString(raw)
+    return [span for resource in view.resource_spans for scope in resource.scope_spans for span in scope.spans]
+
+
+@MANY
+@given(span=st.one_of(spans(), realistic_spans()), deprecated_key=st.booleans(), reverse=st.booleans())
+def test_unproven_floor_never_exceeds_the_byte_count(span: trace_pb2.Span, deprecated_key: bool,
+                                                       reverse: bool) -> None:
+    """The floor taken from a span's evidence key is at most what the byte count finds in the span, in any
+    field order: the enrichment trusts it to skip counting, so a floor too high would leave a span whose
+    status code is an error unchecked."""
+    request = ExportTraceServiceRequest()
+    request.resource_spans.add().scope_spans.add().spans.append(span)
+    (data,) = _span_bytes(_reencode(request, reverse_spans=reverse))
+    floor = unproven_floor(evidence_keys([data]).keys[0], deprecated_key)
+    assert 0 <= floor <= _not_http_200(data, deprecated_key)

@@ -11,7 +11,7 @@ from sidecar.config.schema import ClassifyProcessorConfig, EnrichProcessorConfig
 from sidecar.pipeline import enrich
 from sidecar.pipeline.classify import Classifier
 from sidecar.pipeline.enrich import enrich_traces_payload
-from sidecar.pipeline.wire import evidence_keys
+from sidecar.pipeline.wire import evidence_keys, unproven_floor
 from tests.fakes.spans import CLIENT, ERROR, PREFIX, SERVER, enriched_spans, error_request, new_span
 
 CONFIG = EnrichProcessorConfig()
@@ -98,3 +98,41 @@ def test_outcomes_kept_are_bounded_and_huge_spans_are_not_kept() -> None:
     for i in range(enrich._OUTCOMES_LIMIT + 10):
         enrich_traces_payload(error_request(1, exception=f"E{i}"), classifier, CONFIG)
     assert 0 < len(enrich._outcomes(classifier)) <= enrich._OUTCOMES_LIMIT
+
+
+def test_the_floor_is_the_byte_count_on_the_usual_status_codes() -> None:
+    request = ExportTraceServiceRequest()
+    cases = [
+        ({"http.response.status_code": 500}, False, 1),
+        ({"http.response.status_code": 200}, False, 0),
+        ({"http.status_code": 200}, False, 1),  # the deprecated key's 200 counts only when asked
+        ({"http.status_code": 200}, True, 0),
+        ({"http.response.status_code": 503, "rpc.grpc.status_code": 14}, False, 2),
+        ({"db.response.status_code": "08006"}, True, 1),
+        ({"url.path": "/x"}, False, 0),
+    ]
+    for attrs, deprecated_key, expected in cases:
+        data = new_span(request, kind=SERVER, status=ERROR, attrs=attrs).SerializeToString()
+        assert unproven_floor(evidence_keys([data]).keys[0], deprecated_key) == expected
+        assert enrich._not_http_200(data, deprecated_key) == expected
+
+
+def test_error_spans_whose_floors_account_for_the_status_codes_are_not_counted_again(monkeypatch: Any) -> None:
+    counted: list[int] = []
+    count = enrich._not_http_200
+
+    def spy(data: bytes, deprecated_key: bool = True) -> int:
+        counted.append(len(data))
+        return count(data, deprecated_key)
+
+    monkeypatch.setattr(enrich, "_not_http_200", spy)
+    raw = error_request(20)
+    stats, payload = enrich_traces_payload(raw, Classifier(), CONFIG)
+    assert stats.enriched == 20 and payload is not None
+    assert counted == [len(raw)]  # the request once; the error spans' keys give the rest
+    # A status code the keys do not see (in a string value) makes the floor short: counted exactly then.
+    request = ExportTraceServiceRequest.FromString(raw)
+    new_span(request, kind=SERVER, status=ERROR, attrs={"note": "status_code"})
+    counted.clear()
+    stats, _ = enrich_traces_payload(request.SerializeToString(), Classifier(), CONFIG)
+    assert stats.enriched == 21 and len(counted) > 1
