@@ -23,7 +23,9 @@ NOT_FOR_GRPC_ONLY = ("aiohttp", "multidict", "yarl", "redis", "rich", "sidecar.a
                      "sidecar.receivers.otlp_http", "sidecar.exporters.transport_http", "sidecar.exporters.health_url",
                      # prometheus_client's HTTP servers and push-gateway client (sidecar/telemetry/prom.py)
                      "prometheus_client.exposition", "http.server", "socketserver", "wsgiref", "urllib.request",
-                     "email")
+                     "email",
+                     # zstd and OTLP/JSON codecs: for zstd bodies, a zstd exporter, the HTTP receiver's JSON
+                     "zstandard", "google.protobuf.json_format")
 
 
 def grpc_only(config: dict[str, Any]) -> None:
