@@ -1,4 +1,4 @@
-"""Process-level preconditions: the fast protobuf backend, uvloop, and glibc's malloc thresholds."""
+"""Process-level preconditions: the fast protobuf backend, uvloop, and glibc's malloc thresholds and arena count."""
 
 from __future__ import annotations
 
