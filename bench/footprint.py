@@ -50,7 +50,7 @@ from bench.run import (
     tree_cpu_seconds,
     wait_listening,
 )
-from sidecar.runtime import MALLOC_ENV
+from sidecar.runtime import MALLOC_ARENA_ENV, MALLOC_ENV
 from tests.sidecar_process import SidecarPorts
 
 STARTS = 3
@@ -108,7 +108,8 @@ def _user_env(pythonpath: Path, pycache: Path) -> dict[str, str]:
     """The environment a user starts the sidecar with: no malloc variables (it sets the thresholds itself),
     and bytecode cached, as `pip install` leaves it in an image (here under `pycache`, so that no checkout
     is written to); the first, untimed start fills the cache."""
-    env = {k: v for k, v in os.environ.items() if k not in MALLOC_ENV and k != "PYTHONDONTWRITEBYTECODE"}
+    env = {k: v for k, v in os.environ.items()
+           if k not in MALLOC_ENV and k not in (MALLOC_ARENA_ENV, "PYTHONDONTWRITEBYTECODE")}
     env["PYTHONPATH"] = str(pythonpath)
     env["PYTHONPYCACHEPREFIX"] = str(pycache)
     return env

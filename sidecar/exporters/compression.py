@@ -10,11 +10,11 @@ name other than `localhost` is taken as remote).
 from __future__ import annotations
 
 import enum
+import functools
 import gzip
 import ipaddress
+from typing import Any
 from urllib.parse import urlsplit
-
-import zstandard
 
 
 class Compression(enum.StrEnum):
@@ -67,7 +67,12 @@ def resolve_compression(setting: str, endpoint: str) -> Compression:
     return Compression(setting)
 
 
-_ZSTD = zstandard.ZstdCompressor(level=1)
+@functools.cache
+def _zstd() -> Any:
+    """zstandard loads when an exporter compresses with it (0.3 MiB a sidecar without zstd never needs)."""
+    import zstandard
+
+    return zstandard.ZstdCompressor(level=1)
 
 
 def compress(payload: bytes, compression: Compression) -> bytes:
@@ -75,5 +80,5 @@ def compress(payload: bytes, compression: Compression) -> bytes:
     if compression is Compression.GZIP:
         return gzip.compress(payload, compresslevel=1)
     if compression is Compression.ZSTD:
-        return _ZSTD.compress(payload)
+        return _zstd().compress(payload)
     return payload

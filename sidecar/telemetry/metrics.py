@@ -15,11 +15,10 @@ from __future__ import annotations
 
 from typing import Literal, get_args
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
-
 from sidecar.core.drops import DropReason
 from sidecar.core.signals import SPECS, Signal
 from sidecar.core.taxonomy import Category
+from sidecar.telemetry.prom import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
 
 _ITEM_SUFFIX = {Signal.TRACES: "spans", Signal.METRICS: "metric_points", Signal.LOGS: "log_records"}
 ReloadResult = Literal["applied", "partial", "invalid"]  # the `result` of sidecar_config_reloads_total

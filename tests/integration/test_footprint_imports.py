@@ -20,7 +20,12 @@ from tests.sdk_app import SdkApp
 
 # Top-level packages (and their submodules) a gRPC-only config has no use for.
 NOT_FOR_GRPC_ONLY = ("aiohttp", "multidict", "yarl", "redis", "rich", "sidecar.admin", "sidecar.fleet",
-                     "sidecar.receivers.otlp_http", "sidecar.exporters.transport_http", "sidecar.exporters.health_url")
+                     "sidecar.receivers.otlp_http", "sidecar.exporters.transport_http", "sidecar.exporters.health_url",
+                     # prometheus_client's HTTP servers and push-gateway client (sidecar/telemetry/prom.py)
+                     "prometheus_client.exposition", "http.server", "socketserver", "wsgiref", "urllib.request",
+                     "email",
+                     # zstd and OTLP/JSON codecs: for zstd bodies, a zstd exporter, the HTTP receiver's JSON
+                     "zstandard", "google.protobuf.json_format")
 
 
 def grpc_only(config: dict[str, Any]) -> None:

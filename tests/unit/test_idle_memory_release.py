@@ -59,7 +59,8 @@ def test_tune_malloc_sets_what_the_environment_does_not() -> None:
 
     if runtime._load_libc() is False:
         return  # not glibc: nothing to tune, nothing set
-    both = runtime.tune_malloc({})
-    assert both == [runtime.MALLOC_TRIM_ENV, runtime.MALLOC_MMAP_ENV]
-    assert runtime.tune_malloc({runtime.MALLOC_TRIM_ENV: "1048576"}) == [runtime.MALLOC_MMAP_ENV]
-    assert runtime.tune_malloc(dict(runtime.MALLOC_ENV)) == []
+    every = runtime.tune_malloc({})
+    assert every == [runtime.MALLOC_TRIM_ENV, runtime.MALLOC_MMAP_ENV, runtime.MALLOC_ARENA_ENV]
+    assert runtime.tune_malloc({runtime.MALLOC_TRIM_ENV: "1048576"}) == [runtime.MALLOC_MMAP_ENV,
+                                                                        runtime.MALLOC_ARENA_ENV]
+    assert runtime.tune_malloc({**runtime.MALLOC_ENV, runtime.MALLOC_ARENA_ENV: "4"}) == []
