@@ -214,8 +214,8 @@ class SharedBreaker:
         self._report_seq += 1
         args: list[str | int | float] = [
             self._instance, self._report_seq, failures, float(self.rule.failure_ratio), int(self.rule.minimum_calls),
-            int(MIN_WINDOW * 1000), int(MAX_WINDOW * 1000), int(self._base_timeout * 1000), self._keys.channel,
-            self.endpoint, self.open_class]
+            int(MIN_WINDOW * 1000), int(MAX_WINDOW * 1000), int(EVIDENCE_BATCH * 1000), int(self._base_timeout * 1000),
+            self._keys.channel, self.endpoint, self.open_class]
         reply = await self._conn.call(lambda: self._scripts.evidence(keys=keys, args=args))
         if reply is None:
             return
@@ -291,13 +291,17 @@ class SharedBreaker:
         self._wake.set()
 
     async def resync(self) -> None:
-        """Redis is back (perhaps empty after a restart): push what this sidecar learnt meanwhile, adopt the rest."""
+        """Redis is back (perhaps empty after a restart): push what this sidecar learnt meanwhile, adopt the rest.
+
+        Only an open its own breaker made from its own failures is pushed. A breaker that merely follows
+        the fleet's open is open too, and pushing it would re-open a fleet that closed while this sidecar
+        was cut off (bench/fleet_scale.py: 9 of 30 opens at 1,000 members, cause `breaker`)."""
         self.view.forget()
         self.lease.lost()
         record = await self._read()
         if record is None:
             return
-        locally_open = any(b.state is BreakerState.OPEN for b in self.breakers)
+        locally_open = any(b.state is BreakerState.OPEN and b.opened_by == SOURCE_LOCAL for b in self.breakers)
         if locally_open and not record.open:
             await self._publish_open(False)
         else:

@@ -88,14 +88,32 @@ class EvidenceRule:
     fleet-wide and over a short window).
 
     `rate` is the fleet's request rate on the endpoint (first attempts per second, as the retry budget
-    counts them). Failures are summed over the window in which the fleet makes about `minimum_calls`
-    calls (no shorter than MIN_WINDOW, no longer than MAX_WINDOW), and the endpoint opens when they
-    reach `failure_ratio` of those calls, counted from at least two sidecars (when it has two):
+    counts them). Redis sums the failures of the reports that *arrived* within `window(rate)` and opens
+    the endpoint when they reach `failure_ratio` of the calls the fleet made in the span those failures
+    can come from, counted from at least two sidecars (when it has two).
 
-    * bounded: the failures needed are `floor(ratio x max(minimum_calls, rate x MIN_WINDOW))`, the same
-      whatever the number of members (5 with the defaults, up to 25 at 2,000 requests/s);
-    * scattered errors never add up: a failure fraction well below `failure_ratio` almost never reaches
-      it within so short a window (the count is Poisson-distributed around fraction x calls);
+    The span is the window plus EVIDENCE_BATCH: a sidecar sends its failures at most every EVIDENCE_BATCH
+    (B) and Redis counts a report at its arrival, so the reports arriving within a window of length `a`
+    carry failures of up to `a + B` (the rule before carried them against the calls of `a` alone: with
+    a = 50 ms, 150 ms of failures against 50 ms of calls, and 5 % scattered failures opened the fleet
+    36 to 39 times a minute in bench/fleet_scale.py). So, with m = minimum_calls and r = rate:
+
+    * window a = clamp(m / r - B, MIN_WINDOW, MAX_WINDOW) (MAX_WINDOW when the rate is unknown): the span
+      a + B holds about m calls, or MIN_WINDOW + B = 150 ms of a busy fleet's traffic;
+    * needed = floor(ratio x max(m, r x (a + B))), and, unless the window is the longest, never more than
+      the window's own calls r x a (a large `failure_ratio`: when every call fails, one window's failures
+      are always enough).
+
+    With the defaults (0.25, 20): 5 failures up to 133 requests/s, then 25 % of 150 ms of traffic (18 at
+    500/s, 37 at 1,000/s, 75 at 2,000/s), the same for 4 sidecars or 1,000:
+
+    * bounded: the failures needed depend on the fleet's rate, never on its number of members;
+    * scattered errors never add up: failures summed over at most a + B are compared with the calls of
+      a + B, so a failure fraction well below `failure_ratio` stays below it however the reports are
+      batched (tests/property/test_fleet_evidence_props.py), and its Poisson spread in so short a span
+      almost never reaches it;
+    * an outage reaches it: the window's calls are at least a / (ratio x (a + B)) = 1.33 times the
+      failures needed (the defaults, at any rate);
     * one sidecar alone (its own network, its bad data) never opens it for the others.
     """
 
@@ -103,15 +121,20 @@ class EvidenceRule:
     minimum_calls: int = 20
 
     def window(self, rate: float) -> float:
+        """How long ago a report may have arrived to count."""
         if rate <= 0:
             return MAX_WINDOW
-        return min(MAX_WINDOW, max(MIN_WINDOW, self.minimum_calls / rate))
+        return min(MAX_WINDOW, max(MIN_WINDOW, self.minimum_calls / rate - EVIDENCE_BATCH))
 
     def needed(self, rate: float) -> int:
         """The failures within `window(rate)` that open the endpoint."""
-        volume = max(float(self.minimum_calls), max(0.0, rate) * MIN_WINDOW)
+        window = self.window(rate)
+        rate = max(0.0, rate)
+        limit = self.failure_ratio * max(float(self.minimum_calls), rate * (window + EVIDENCE_BATCH))
+        if rate > 0 and window < MAX_WINDOW:  # a quiet fleet (the longest window) keeps ratio x minimum_calls
+            limit = min(limit, rate * window)
         # Rounded down: when every call fails, one window's calls are always enough.
-        return max(1, math.floor(self.failure_ratio * volume + 1e-9))
+        return max(1, math.floor(limit + 1e-9))
 
     def opens(self, failures: int, reporters: int, members: int, rate: float) -> bool:
         return failures >= self.needed(rate) and reporters >= (2 if members >= 2 else 1)

@@ -19,7 +19,7 @@ from sidecar.fleet.budget import FleetRetryBudget
 from sidecar.fleet.connection import BACKGROUND_TIMEOUT, PING_INTERVAL, FleetConnection
 from sidecar.fleet.keys import Keys
 from sidecar.fleet.membership import Heartbeat, read_members
-from sidecar.fleet.view import MAX_WINDOW, MIN_WINDOW, EvidenceRule
+from sidecar.fleet.view import EVIDENCE_BATCH, MAX_WINDOW, MIN_WINDOW, EvidenceRule
 from sidecar.telemetry.events import Events
 from sidecar.telemetry.metrics import Metrics
 from tests.fakes.redis_server import RedisServer
@@ -233,7 +233,7 @@ async def report(scripts: FleetScripts, keys: Keys, endpoint: str, instance: str
         keys=[keys.breaker(endpoint), keys.evidence(endpoint), keys.endpoint_members(endpoint),
               keys.budget(endpoint)],
         args=[instance, next(_seq), failures, rule.failure_ratio, rule.minimum_calls, int(MIN_WINDOW * 1000),
-              max_window_ms, BASE_MS, keys.channel, endpoint, cls])
+              max_window_ms, int(EVIDENCE_BATCH * 1000), BASE_MS, keys.channel, endpoint, cls])
     return parse_record(reply).open, int(reply[4]) == 1, int(reply[5]), int(reply[6])
 
 
@@ -293,11 +293,12 @@ async def test_at_a_high_rate_the_window_is_short_and_scattered_failures_fall_ou
     await join(scripts, keys, "c", ["a", "b"])
     await set_rate(conn, keys, "c", 2000.0)
     rule = EvidenceRule()
-    assert rule.window(2000.0) == MIN_WINDOW and rule.needed(2000.0) == 25
-    assert await report(scripts, keys, "c", "a", failures=20) == (False, False, 20, 25)
-    await asyncio.sleep(MIN_WINDOW * 2)  # those 20 are older than the window now
-    assert await report(scripts, keys, "c", "b", failures=20) == (False, False, 20, 25)
-    assert await report(scripts, keys, "c", "a", failures=5) == (True, True, 25, 25)
+    # 25 % of the 150 ms that reports arriving within 50 ms can carry failures of (50 ms + one batch).
+    assert rule.window(2000.0) == MIN_WINDOW and rule.needed(2000.0) == 75
+    assert await report(scripts, keys, "c", "a", failures=60) == (False, False, 60, 75)
+    await asyncio.sleep(MIN_WINDOW * 2)  # those 60 are older than the window now
+    assert await report(scripts, keys, "c", "b", failures=60) == (False, False, 60, 75)
+    assert await report(scripts, keys, "c", "a", failures=15) == (True, True, 75, 75)
 
 
 async def test_reports_older_than_the_longest_window_are_dropped(conn: FleetConnection) -> None:
@@ -309,11 +310,15 @@ async def test_reports_older_than_the_longest_window_are_dropped(conn: FleetConn
     assert [e.split("\n")[0] for e in await client.zrange(keys.evidence("c"), 0, -1)] == ["b"]
 
 
-@pytest.mark.parametrize("rate", [0.0, 4.0, 80.0, 399.0, 400.0, 2000.0, 10000.0])
-async def test_the_script_applies_the_evidence_rule_of_view(conn: FleetConnection, rate: float) -> None:
+@pytest.mark.parametrize(("ratio", "rate"), [
+    (0.3, 0.0), (0.3, 4.0), (0.3, 80.0), (0.3, 99.0), (0.3, 100.0), (0.3, 101.0), (0.3, 399.0), (0.3, 400.0),
+    (0.3, 2000.0), (0.3, 10000.0),
+    (1.0, 2.0), (1.0, 80.0), (1.0, 2000.0),  # every call must fail: capped at the window's own calls
+])
+async def test_the_script_applies_the_evidence_rule_of_view(conn: FleetConnection, ratio: float, rate: float) -> None:
     """Lua and Python agree: one failure short of `needed` stays closed, `needed` opens."""
-    rule = EvidenceRule(failure_ratio=0.3, minimum_calls=15)
-    scripts, keys = FleetScripts(conn), Keys(f"r{int(rate)}:")
+    rule = EvidenceRule(failure_ratio=ratio, minimum_calls=15)
+    scripts, keys = FleetScripts(conn), Keys(f"r{ratio}-{int(rate)}:")
     await join(scripts, keys, "c", ["a", "b"])
     await set_rate(conn, keys, "c", rate)
     needed = rule.needed(rate)
