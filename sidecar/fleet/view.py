@@ -113,7 +113,7 @@ class EvidenceRule:
       batched (tests/property/test_fleet_evidence_props.py), and its Poisson spread in so short a span
       almost never reaches it;
     * an outage reaches it: the window's calls are at least a / (ratio x (a + B)) = 1.33 times the
-      failures needed (the defaults, at any rate);
+      failures needed (the defaults, from 4 requests/s: below, the 5 s window holds fewer than 20 calls);
     * one sidecar alone (its own network, its bad data) never opens it for the others.
     """
 
