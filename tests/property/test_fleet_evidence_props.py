@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from sidecar.fleet.view import EVIDENCE_BATCH, MAX_WINDOW, MIN_WINDOW, EvidenceRule
+from sidecar.fleet.view import CALLS_LOOKBACK, EVIDENCE_BATCH, MAX_WINDOW, MIN_WINDOW, EvidenceRule
 
 RATES = st.floats(0.0, 100_000.0)
 RULES = st.builds(EvidenceRule, failure_ratio=st.floats(0.1, 1.0), minimum_calls=st.integers(5, 200))
@@ -85,6 +85,8 @@ def test_the_five_percent_row_as_it_is() -> None:
 # ---------------------------------------------------------------- batched reports, counted at arrival
 
 Report = tuple[float, int, int]  # (arrival time, member, failures)
+# The models below give each report only its failures as its calls (the least a report carries): the rule
+# must hold on the fleet's average rate alone. `with_calls` adds what the sidecars really send.
 
 
 def batched_reports(failure_times: Sequence[Sequence[float]]) -> list[Report]:
@@ -111,19 +113,37 @@ def batched_reports(failure_times: Sequence[Sequence[float]]) -> list[Report]:
     return sorted(reports)
 
 
-def opens(reports: list[Report], window: float, needed: int, members: int, hold: float = 1.5) -> int:
+def opens(reports: list[Report], window: float, needed: int | Callable[[int], int], members: int,
+          hold: float = 1.5, calls: dict[Report, int] | None = None) -> int:
     """The EVIDENCE script applied at each report's arrival: the fleet-wide opens (an open forgets the
-    evidence; the fleet is then held for `hold`, about one probe interval, before counting starts again)."""
+    evidence; the fleet is then held for `hold`, about one probe interval, before counting starts again).
+    `needed` may depend on the calls the reports in the window carry (`calls`; else their failures)."""
     count, recent, held_until = 0, [], -math.inf
-    for at, member, failures in reports:
+    for report in reports:
+        at = report[0]
         if at < held_until:
             continue
         recent = [r for r in recent if r[0] >= at - window]
-        recent.append((at, member, failures))
+        recent.append(report)
         reporters = len({r[1] for r in recent})
-        if sum(r[2] for r in recent) >= needed and reporters >= (2 if members >= 2 else 1):
+        made = sum((calls or {}).get(r, r[2]) for r in recent)
+        want = needed(made) if callable(needed) else needed
+        if sum(r[2] for r in recent) >= want and reporters >= (2 if members >= 2 else 1):
             count, recent, held_until = count + 1, [], at + hold
     return count
+
+
+def with_calls(reports: list[Report], call_times: Sequence[Sequence[float]]) -> dict[Report, int]:
+    """The calls each report carries, as `SharedBreaker` counts them: its member's calls since its previous
+    report, at most CALLS_LOOKBACK back (and at least its failures)."""
+    carried: dict[Report, int] = {}
+    last: dict[int, float] = {}
+    for report in reports:
+        at, member, failures = report
+        start = max(last.get(member, -math.inf), at - CALLS_LOOKBACK)
+        carried[report] = max(failures, sum(1 for t in call_times[member] if start < t <= at))
+        last[member] = at
+    return carried
 
 
 def steady(members: int, per_member: float, phases: Sequence[float], seconds: float) -> list[list[float]]:
@@ -186,3 +206,39 @@ def test_scattered_failures_of_the_simulated_fleet_do_not_open_it() -> None:
     assert [opens_in_a_minute(current, 50, 500.0, 0.05, seed) for seed in range(3)] == [0, 0, 0]
     for members, rate in ((50, 500.0), (200, 2000.0), (1000, 2000.0), (8, 80.0)):
         assert opens_in_a_minute(current, members, rate, 0.01, seed=1) == 0
+
+
+def burst(members: int, per_member: int, fraction: float, seed: int) -> tuple[list[list[float]], list[list[float]]]:
+    """What a fleet sends when a hold ends: each member's held data in `per_member` calls within 50 ms, each
+    failing with probability `fraction`. -> (call times, failure times) per member."""
+    rng = random.Random(seed)
+    calls, failures = [], []
+    for _ in range(members):
+        times = sorted(rng.uniform(0.0, 0.05) for _ in range(per_member))
+        calls.append(times)
+        failures.append([t for t in times if rng.random() < fraction])
+    return calls, failures
+
+
+def test_five_percent_of_the_burst_after_a_hold_does_not_open_it_again() -> None:
+    """bench/fleet_scale.py at N = 50 (about 500 calls/s on average): every open holds the fleet for a probe
+    interval, and when it closes each member sends what it held at once (here 30 calls in 50 ms). 5 % of
+    that burst is about 75 failures within one window, over the 18 the average rate needs: the fleet opened
+    again after every probe interval, 40 times a minute. With the calls the reports carry it does not, and
+    a burst that fails (the endpoint still down) does."""
+    rule, rate, members = EvidenceRule(), 500.0, 50
+
+    def needed(calls: int) -> int:
+        return rule.needed(rate, calls)
+
+    without, with_ = [], []
+    for seed in range(5):
+        calls, failures = burst(members, 30, 0.05, seed)
+        reports = batched_reports(failures)
+        without.append(opens(reports, rule.window(rate), rule.needed(rate), members))
+        with_.append(opens(reports, rule.window(rate), needed, members, calls=with_calls(reports, calls)))
+    assert sum(without) >= 3  # the average rate alone: the burst re-opens the fleet
+    assert with_ == [0] * 5
+    calls, failures = burst(members, 30, 1.0, seed=0)
+    reports = batched_reports(failures)
+    assert opens(reports, rule.window(rate), needed, members, calls=with_calls(reports, calls)) == 1

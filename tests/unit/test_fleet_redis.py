@@ -226,14 +226,16 @@ _seq = iter(range(1, 1_000_000))
 
 async def report(scripts: FleetScripts, keys: Keys, endpoint: str, instance: str, failures: int = 1,
                  rule: EvidenceRule | None = None, max_window_ms: int = int(MAX_WINDOW * 1000),
-                 cls: str = "") -> tuple[bool, bool, int, int]:
-    """One member's batch of failures -> (open, tripped by this report, failures in the window, needed)."""
+                 cls: str = "", calls: int | None = None) -> tuple[bool, bool, int, int]:
+    """One member's batch of failures (and its calls meanwhile: as many, unless given) -> (open, tripped by
+    this report, failures in the window, needed)."""
     rule = rule or EvidenceRule()
     reply = await scripts.evidence(
         keys=[keys.breaker(endpoint), keys.evidence(endpoint), keys.endpoint_members(endpoint),
               keys.budget(endpoint)],
-        args=[instance, next(_seq), failures, rule.failure_ratio, rule.minimum_calls, int(MIN_WINDOW * 1000),
-              max_window_ms, int(EVIDENCE_BATCH * 1000), BASE_MS, keys.channel, endpoint, cls])
+        args=[instance, next(_seq), failures, failures if calls is None else calls, rule.failure_ratio,
+              rule.minimum_calls, int(MIN_WINDOW * 1000), max_window_ms, int(EVIDENCE_BATCH * 1000), BASE_MS,
+              keys.channel, endpoint, cls])
     return parse_record(reply).open, int(reply[4]) == 1, int(reply[5]), int(reply[6])
 
 
@@ -301,6 +303,27 @@ async def test_at_a_high_rate_the_window_is_short_and_scattered_failures_fall_ou
     assert await report(scripts, keys, "c", "a", failures=15) == (True, True, 75, 75)
 
 
+async def test_a_burst_of_calls_counts_even_when_the_average_rate_says_less(conn: FleetConnection) -> None:
+    """After a hold every member sends what it held at once: the two-second average rate undercounts that
+    burst (here it says nothing: 5 failures), the calls the reports carry do not. 5 % of a burst stays
+    closed; a burst that fails opens."""
+    scripts, keys = FleetScripts(conn), Keys("t:")
+    await join(scripts, keys, "c", ["a", "b", "c", "d"])
+    assert EvidenceRule().needed(0.0) == 5
+    assert await report(scripts, keys, "c", "a", failures=2, calls=40) == (False, False, 2, 10)
+    assert await report(scripts, keys, "c", "b", failures=2, calls=40) == (False, False, 4, 20)
+    assert await report(scripts, keys, "c", "c", failures=2, calls=40) == (False, False, 6, 30)  # 6 of 120
+    assert await report(scripts, keys, "c", "d", failures=40, calls=40) == (True, True, 46, 40)  # 46 of 160
+
+
+async def test_an_older_sidecars_report_without_its_calls_counts_its_failures_as_calls(conn: FleetConnection) -> None:
+    scripts, keys, client = FleetScripts(conn), Keys("t:"), conn.client
+    await join(scripts, keys, "c", ["a", "b"])
+    now = (await client.time())[0]
+    await client.zadd(keys.evidence("c"), {"a\n1\n3": int(now) * 1000 + 999})  # (instance, seq, failures)
+    assert await report(scripts, keys, "c", "b", failures=2) == (True, True, 5, 5)
+
+
 async def test_reports_older_than_the_longest_window_are_dropped(conn: FleetConnection) -> None:
     scripts, keys, client = FleetScripts(conn), Keys("t:"), conn.client
     await join(scripts, keys, "c", ["a", "b", "c"])
@@ -324,6 +347,20 @@ async def test_the_script_applies_the_evidence_rule_of_view(conn: FleetConnectio
     needed = rule.needed(rate)
     assert await report(scripts, keys, "c", "a", failures=needed - 1, rule=rule) == (False, False, needed - 1, needed)
     assert await report(scripts, keys, "c", "b", failures=1, rule=rule) == (True, True, needed, needed)
+
+
+@pytest.mark.parametrize(("rate", "calls"), [(0.0, 100), (0.0, 1001), (400.0, 300), (2000.0, 999)])
+async def test_the_script_applies_the_calls_the_reports_carry_as_view_does(conn: FleetConnection, rate: float,
+                                                                         calls: int) -> None:
+    rule = EvidenceRule(failure_ratio=0.3, minimum_calls=15)
+    scripts, keys = FleetScripts(conn), Keys(f"k{int(rate)}-{calls}:")
+    await join(scripts, keys, "c", ["a", "b"])
+    await set_rate(conn, keys, "c", rate)
+    needed = rule.needed(rate, calls)
+    assert needed > rule.needed(rate)  # the calls decide here
+    assert await report(scripts, keys, "c", "a", failures=needed - 1, calls=calls, rule=rule) == (
+        False, False, needed - 1, needed)
+    assert await report(scripts, keys, "c", "b", failures=1, calls=0, rule=rule) == (True, True, needed, needed)
 
 
 async def test_budget_flushes_count_the_fleets_first_attempts_per_second(conn: FleetConnection) -> None:
