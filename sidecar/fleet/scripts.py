@@ -6,7 +6,8 @@ period), until (ms, when the open period ends), gen (bumped on every change), by
 cause (of the last open: `evidence` the fleet's pooled failures, see `EVIDENCE`; `probe` the prober's
 probe failed; `breaker` a sidecar that reconnected after Redis was lost found its own breaker open),
 class (the error class of the failures that opened it, sidecar/fleet/view.py `encode_class`: members
-that never saw a failure count their held requests as that class, for severity escalation).
+that never saw a failure count their held requests as that class, for severity escalation), rate (the
+fleet's request rate when the evidence opened it, see `EVIDENCE`).
 Every change is published on the breaker channel as ``endpoint\\nstate\\ngen\\nremaining\\ntimeout``.
 """
 
@@ -75,8 +76,10 @@ return open_record(KEYS[1], KEYS[3], timeout, gen, ARGV[4], cause, now, ARGV[5],
 # per-second counts of first attempts (`n:<s>`, the last two whole seconds); failures are summed over the
 # reports that arrived within the window, which carry failures of up to window + batch, and the record
 # opens when they reach failure_ratio of the calls of that span, and of the calls the reports in the window
-# carry, reported by at least two members (when the endpoint has two). Reports live in a sorted set scored
-# by Redis time, as `instance\nseq\ncalls\nfailures` (`instance\nseq\nfailures` from older versions).
+# carry, reported by at least two members (when the endpoint has two). For 3 s after a close the rate is at
+# least the one the record kept when the evidence opened it (field `rate`): a hold makes no first attempts,
+# so the counts of the seconds it covered undercount the traffic coming back. Reports live in a sorted set
+# scored by Redis time, as `instance\nseq\ncalls\nfailures` (`instance\nseq\nfailures` from older versions).
 EVIDENCE = _NOW + _OPEN_RECORD + """
 local state = redis.call('HGET', KEYS[1], 'state') or 'closed'
 local timeout = tonumber(redis.call('HGET', KEYS[1], 'timeout') or '0')
@@ -95,6 +98,11 @@ local second = math.floor(now / 1000)
 local calls = tonumber(redis.call('HGET', KEYS[4], 'n:' .. (second - 1)) or '0')
   + tonumber(redis.call('HGET', KEYS[4], 'n:' .. (second - 2)) or '0')
 local rate = calls / 2
+if state == 'closed' and now - tonumber(redis.call('HGET', KEYS[1], 'at') or '0') < 3000 then
+  -- Closed less than 3 s ago: the last two seconds' counts still hold the hold's silence; the rate the fleet
+  -- had when it opened is the better estimate (its held data is coming now, in a burst).
+  rate = math.max(rate, tonumber(redis.call('HGET', KEYS[1], 'rate') or '0'))
+end
 local window = max_window
 if rate > 0 then window = math.min(max_window, math.max(min_window, minimum / rate - batch)) end
 local limit = ratio * math.max(minimum, rate * (window + batch))
@@ -130,6 +138,7 @@ if members >= 2 then wanted = 2 end
 if failures >= needed and reporters >= wanted then
   local record = open_record(KEYS[1], KEYS[2], tonumber(ARGV[10]), gen, ARGV[1], 'evidence', now, ARGV[11], ARGV[12],
                              ARGV[13])
+  redis.call('HSET', KEYS[1], 'rate', tostring(rate))
   return {record[1], record[2], record[3], record[4], 1, failures, needed}
 end
 return {state, 0, timeout, gen, 0, failures, needed}

@@ -316,6 +316,26 @@ async def test_a_burst_of_calls_counts_even_when_the_average_rate_says_less(conn
     assert await report(scripts, keys, "c", "d", failures=40, calls=40) == (True, True, 46, 40)  # 46 of 160
 
 
+async def test_for_3_s_after_a_close_the_rate_is_at_least_the_one_at_the_open(conn: FleetConnection) -> None:
+    """A hold makes no first attempts: just after it, the last two seconds' counts undercount the traffic
+    coming back (in a burst). The rate the record kept when the evidence opened it still counts."""
+    scripts, keys, client = FleetScripts(conn), Keys("t:"), conn.client
+    await join(scripts, keys, "c", ["a", "b"])
+    await set_rate(conn, keys, "c", 500.0)
+    assert await report(scripts, keys, "c", "a", failures=9) == (False, False, 9, 18)
+    assert await report(scripts, keys, "c", "b", failures=9) == (True, True, 18, 18)
+    assert float(await client.hget(keys.breaker("c"), "rate")) == 500.0
+    await scripts.close(keys=[keys.breaker("c"), keys.lease("c"), keys.evidence("c")], args=["a", keys.channel, "c"])
+    await set_rate(conn, keys, "c", 100.0)  # the hold's silence in the counts
+    assert EvidenceRule().needed(100.0) == 5
+    assert await report(scripts, keys, "c", "a", failures=5) == (False, False, 5, 18)
+    # 3 s after the close the counts are the fleet's again.
+    await client.hset(keys.breaker("c"), "at", int(await client.hget(keys.breaker("c"), "at")) - 3000)
+    await client.delete(keys.evidence("c"))
+    assert await report(scripts, keys, "c", "b", failures=5) == (False, False, 5, 5)
+    assert await report(scripts, keys, "c", "a", failures=1) == (True, True, 6, 5)
+
+
 async def test_an_older_sidecars_report_without_its_calls_counts_its_failures_as_calls(conn: FleetConnection) -> None:
     scripts, keys, client = FleetScripts(conn), Keys("t:"), conn.client
     await join(scripts, keys, "c", ["a", "b"])
