@@ -31,13 +31,14 @@ import functools
 import logging
 import math
 from collections.abc import Awaitable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sidecar.core.clock import Clock
 from sidecar.core.tasks import cancel_and_wait
 from sidecar.exporters.breaker import SOURCE_LOCAL, BreakerState, EndpointBreaker
 from sidecar.exporters.health import HealthProber
 from sidecar.fleet import scripts
+from sidecar.fleet.client import ScriptCall, run_scripts
 from sidecar.fleet.connection import FleetConnection
 from sidecar.fleet.keys import Keys
 from sidecar.fleet.view import (
@@ -58,9 +59,13 @@ from sidecar.fleet.view import (
 )
 from sidecar.telemetry.events import Events
 
+if TYPE_CHECKING:
+    from sidecar.fleet.budget import FleetRetryBudget
+
 log = logging.getLogger(__name__)
 
 REFRESH_INTERVAL = 0.5  # missed pub/sub messages are caught up within this
+FLUSH_INTERVAL = 1.0  # the fleet budget's deposits go with a refresh this often (see sidecar/fleet/budget.py)
 LEASE_TTL = 3.0  # a dead prober is replaced within about this long
 # The gate's answer while the fleet holds a breaker open: until `_gate_changed` says otherwise. (It was a
 # recheck every 0.25 s: 10 consumers x 1,000 members woke 40,000 times a second in bench/fleet_scale.py.)
@@ -133,6 +138,8 @@ class SharedBreaker:
         self._evidence_writer: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
         self._tasks: set[asyncio.Task[Any]] = set()
+        self.budget: FleetRetryBudget | None = None  # the endpoint's fleet budget: its deposits ride on the refresh
+        self._deposited_at = float("-inf")
 
     # ------------------------------------------------------------ wiring (narrow hooks)
 
@@ -339,8 +346,15 @@ class SharedBreaker:
         self._wake.clear()
 
     async def _read(self) -> Record | None:
+        """The record and the lease holder; the budget's deposits go in the same round trip when due."""
         keys = [self._keys.breaker(self.endpoint), self._keys.lease(self.endpoint)]
-        reply = await self._conn.call(lambda: self._scripts.read(keys=keys, args=[]))
+        deposits = self._due_deposits()
+        if deposits is None:
+            reply = await self._conn.call(lambda: self._scripts.read(keys=keys, args=[]))
+        else:
+            calls: list[ScriptCall] = [(self._scripts.read, keys, []), deposits]
+            replies = await self._conn.call(functools.partial(run_scripts, self._conn.client, calls))
+            reply = replies[0] if replies is not None else None
         if reply is None:
             return None
         self.holder = str(reply[4])
@@ -349,6 +363,17 @@ class SharedBreaker:
             self.open_class = str(reply[6])
             self._adopt_class()
         return record
+
+    def _due_deposits(self) -> ScriptCall | None:
+        """The budget's pending deposits about once every FLUSH_INTERVAL: on the first refresh at most half a
+        refresh interval early (refreshes come every REFRESH_INTERVAL, give or take the loop's timing)."""
+        now = self._clock.monotonic()
+        if self.budget is None or now < self._deposited_at + FLUSH_INTERVAL - REFRESH_INTERVAL / 2:
+            return None
+        call = self.budget.take_deposits()
+        if call is not None:
+            self._deposited_at = now
+        return call
 
     def _adopt_class(self) -> None:
         """The class of the fleet's open becomes the breakers' (a sidecar that saw none of the failures
