@@ -284,6 +284,7 @@ class SharedBreaker:
 
     def _apply(self, record: Record, force: bool = False) -> None:
         now = self._clock.monotonic()
+        was_open = self.view.open
         changed = self.view.apply(record, now)
         if not (changed or force):
             return
@@ -296,7 +297,10 @@ class SharedBreaker:
             self.lease.lost()
             for breaker in self.breakers:
                 breaker.follow_close()
-        self._gate_changed()
+        if force or self.view.open != was_open:
+            # A reopen (the prober's failed probe: the next open period, every 1.5 s of an outage) changes no
+            # gate answer: it wakes neither the held consumers nor the refresh loop of every member.
+            self._gate_changed()
 
     def _gate_changed(self) -> None:
         self._notify_breakers()

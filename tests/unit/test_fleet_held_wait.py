@@ -93,6 +93,23 @@ async def test_held_consumers_do_not_wake_while_the_fleet_holds_the_endpoint(clo
         consumer.cancel()
 
 
+async def test_a_reopen_wakes_nobody(clock: FakeClock) -> None:
+    """The prober's failed probe starts the next open period (a new generation, still open) every probe
+    interval of an outage: nothing changes for a held member, so neither its consumers nor its refresh loop
+    are woken for it."""
+    member = Member(clock, prober=True)
+    consumers = await held_consumers(member, 10)
+    asked = member.asked
+    member.shared._wake.clear()  # (the open woke the refresh loop, which is not running here)
+    member.shared.on_message(Record(open=True, remaining=120.0, timeout=120.0, gen=OPEN.gen + 1))
+    await settle()
+    assert member.asked - asked <= 1  # follow_open looks at the state once; every woken consumer would ask again
+    assert not member.shared._wake.is_set()
+    assert member.shared.view.gen == OPEN.gen + 1 and member.breaker.state is BreakerState.OPEN
+    for consumer in consumers:
+        consumer.cancel()
+
+
 async def test_held_consumers_wake_when_the_fleet_closes(clock: FakeClock) -> None:
     member = Member(clock, prober=True)
     consumers = await held_consumers(member, 10)
