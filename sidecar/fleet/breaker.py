@@ -297,10 +297,15 @@ class SharedBreaker:
             self.lease.lost()
             for breaker in self.breakers:
                 breaker.follow_close()
-        if force or self.view.open != was_open:
-            # A reopen (the prober's failed probe: the next open period, every 1.5 s of an outage) changes no
-            # gate answer: it wakes neither the held consumers nor the refresh loop of every member.
+        if force:
             self._gate_changed()
+        elif self.view.open != was_open:
+            # Only the breakers' waiters look again. A reopen (the prober's failed probe: the next open period,
+            # every probe interval of an outage) changes no gate answer and wakes nobody. Nor is the refresh
+            # loop woken: the lease is taken at some member's next refresh, well before the first probe is due
+            # (`probe_interval` after the open), while waking every member's loop at once sent N READs and N
+            # SET NX to Redis in the same instant (bench/fleet_scale.py: 1,000 of each at every open or close).
+            self._notify_breakers()
 
     def _gate_changed(self) -> None:
         self._notify_breakers()
