@@ -260,8 +260,9 @@ def scenario_fleet(settings: Settings) -> Section:
               "the defaults) and with its health probe (every 30 s): the calls grow with the sidecars and recovery "
               "waits for the next open period to end. In fleet mode every sidecar sends the failures it sees to "
               "Redis (at most one report per 100 ms, none while healthy); the endpoint opens for all once they "
-              "reach 25 % of the calls the fleet makes in a short window (here 5 failures, from two sidecars at "
-              "least), and from then on one lease holder probes every 1.5 s whatever the breakers' open period: "
+              "reach 25 % of the calls the fleet makes in a short span (the evidence window plus the reports' "
+              "100 ms batching; here 5 failures, from two sidecars at least), and from then on one lease holder "
+              "probes every 1.5 s whatever the breakers' open period: "
               "a burst of a few calls, one probe per 1.5 s, and recovery within one probe interval plus the "
               "pub/sub hop. With Redis killed for 7 s the sidecars run locally meanwhile; nothing acknowledged "
               "is lost.")

@@ -516,12 +516,14 @@ class FleetConfig(Base):
     # or a GET of health_probe.health_check_url), whatever the breakers' recovery_timeout: recovery is seen
     # within about one interval. One probe per interval is the whole fleet's cost on a failing upstream.
     probe_interval: Duration = Duration(1.5)
-    # Pooled evidence (sidecar/fleet/view.py EvidenceRule): the endpoint opens fleet-wide when, within the
-    # evidence window, the failures the sidecars report reach this share of the calls the fleet makes in it
-    # (reported by at least two sidecars). Independent failures well below it almost never add up.
+    # Pooled evidence (sidecar/fleet/view.py EvidenceRule): the endpoint opens fleet-wide when the failures
+    # the sidecars reported within the evidence window reach this share of the calls the fleet made in the
+    # span they can come from (the window plus the reports' 100 ms batching), reported by at least two
+    # sidecars. Independent failures well below it almost never add up.
     failure_ratio: Annotated[float, Meta(gt=0, le=1)] = 0.25
-    # Sets the evidence window: the time the fleet takes to make about this many calls to the endpoint
-    # (50 ms to 5 s). With the defaults the fleet opens after 5 failures below 400 requests/s.
+    # Sets the evidence window: that span (window + 100 ms) is the time the fleet takes to make about this
+    # many calls to the endpoint (the window 50 ms to 5 s). With the defaults the fleet opens after 5
+    # failures up to 133 requests/s, 18 at 500.
     minimum_calls: PositiveInt = 20
     handoff: HandoffConfig = msgspec.field(default_factory=HandoffConfig)
 

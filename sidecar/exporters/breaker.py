@@ -225,6 +225,9 @@ class EndpointBreaker:
         self._observers: list[TransitionObserver] = []
         self._streak_observers: list[StreakObserver] = []
         self._source = SOURCE_LOCAL  # the source of the transitions pybreaker is making now
+        # Who made the current (or last) open: ``local`` (its own failures) or ``fleet`` (`follow_open`). A
+        # fleet-mode resync pushes only its own opens to Redis (sidecar/fleet/breaker.py `resync`).
+        self.opened_by = SOURCE_LOCAL
         self._gate: BreakerGate | None = None
         self.trips = 0  # times it opened, for status
         # The class of the failures that open (or opened) it: the last counted failure's, or the fleet's
@@ -522,6 +525,7 @@ class EndpointBreaker:
                 self._timeout = self._base_timeout
             self._cb.reset_timeout = self._timeout
             self._opened_at = now
+            self.opened_by = self._source
             self.trips += 1
             self._window.clear()
         elif new is BreakerState.CLOSED:

@@ -6,7 +6,8 @@ period), until (ms, when the open period ends), gen (bumped on every change), by
 cause (of the last open: `evidence` the fleet's pooled failures, see `EVIDENCE`; `probe` the prober's
 probe failed; `breaker` a sidecar that reconnected after Redis was lost found its own breaker open),
 class (the error class of the failures that opened it, sidecar/fleet/view.py `encode_class`: members
-that never saw a failure count their held requests as that class, for severity escalation).
+that never saw a failure count their held requests as that class, for severity escalation), rate (the
+fleet's request rate when the evidence opened it, see `EVIDENCE`).
 Every change is published on the breaker channel as ``endpoint\\nstate\\ngen\\nremaining\\ntimeout``.
 """
 
@@ -65,16 +66,20 @@ return open_record(KEYS[1], KEYS[3], timeout, gen, ARGV[4], cause, now, ARGV[5],
 """
 
 # KEYS: breaker, evidence, endpoint members, budget. ARGV: instance, seq (this sidecar's report number),
-# failures (since its last report), failure_ratio, minimum_calls, min_window_ms, max_window_ms, base_ms,
-# channel, endpoint, class. -> state, remaining ms, timeout ms, gen, tripped (0/1), failures in the
-# window, failures needed.
+# failures (since its last report), calls (its calls since its last report, at most CALLS_LOOKBACK back),
+# failure_ratio, minimum_calls, min_window_ms, max_window_ms, batch_ms, base_ms, channel, endpoint, class.
+# -> state, remaining ms, timeout ms, gen, tripped (0/1), failures in the window, failures needed.
 #
-# One member's batch of failures (sidecar/fleet/breaker.py sends one at most every EVIDENCE_BATCH). The
-# rule is sidecar/fleet/view.py `EvidenceRule` (tests/unit/test_fleet_redis.py checks they agree): the
-# fleet's request rate is read from the retry budget's per-second counts of first attempts (`n:<s>`, the
-# last two whole seconds), failures are summed over the window in which the fleet makes about
-# minimum_calls calls, and the record opens when they reach failure_ratio of those calls, reported by at
-# least two members (when the endpoint has two). Reports live in a sorted set scored by Redis time.
+# One member's batch of failures (sidecar/fleet/breaker.py sends one at most every EVIDENCE_BATCH =
+# batch_ms). The rule is sidecar/fleet/view.py `EvidenceRule` (tests/unit/test_fleet_redis.py checks they
+# agree), computed in seconds in the same order: the fleet's request rate is read from the retry budget's
+# per-second counts of first attempts (`n:<s>`, the last two whole seconds); failures are summed over the
+# reports that arrived within the window, which carry failures of up to window + batch, and the record
+# opens when they reach failure_ratio of the calls of that span, and of the calls the reports in the window
+# carry, reported by at least two members (when the endpoint has two). For 3 s after a close the rate is at
+# least the one the record kept when the evidence opened it (field `rate`): a hold makes no first attempts,
+# so the counts of the seconds it covered undercount the traffic coming back. Reports live in a sorted set
+# scored by Redis time, as `instance\nseq\ncalls\nfailures` (`instance\nseq\nfailures` from older versions).
 EVIDENCE = _NOW + _OPEN_RECORD + """
 local state = redis.call('HGET', KEYS[1], 'state') or 'closed'
 local timeout = tonumber(redis.call('HGET', KEYS[1], 'timeout') or '0')
@@ -83,27 +88,40 @@ local gen = tonumber(redis.call('HGET', KEYS[1], 'gen') or '0')
 if state == 'open' then
   return {state, math.max(0, untl - now), timeout, gen, 0, 0, 0}
 end
-local ratio = tonumber(ARGV[4])
-local minimum = tonumber(ARGV[5])
-local min_window = tonumber(ARGV[6])
-local max_window = tonumber(ARGV[7])
+local ratio = tonumber(ARGV[5])
+local minimum = tonumber(ARGV[6])
+local min_window = tonumber(ARGV[7]) / 1000
+local max_window_ms = tonumber(ARGV[8])
+local max_window = max_window_ms / 1000
+local batch = tonumber(ARGV[9]) / 1000
 local second = math.floor(now / 1000)
 local calls = tonumber(redis.call('HGET', KEYS[4], 'n:' .. (second - 1)) or '0')
   + tonumber(redis.call('HGET', KEYS[4], 'n:' .. (second - 2)) or '0')
 local rate = calls / 2
+if state == 'closed' and now - tonumber(redis.call('HGET', KEYS[1], 'at') or '0') < 3000 then
+  -- Closed less than 3 s ago: the last two seconds' counts still hold the hold's silence; the rate the fleet
+  -- had when it opened is the better estimate (its held data is coming now, in a burst).
+  rate = math.max(rate, tonumber(redis.call('HGET', KEYS[1], 'rate') or '0'))
+end
 local window = max_window
-if rate > 0 then window = math.min(max_window, math.max(min_window, minimum * 1000 / rate)) end
-local volume = math.max(minimum, rate * min_window / 1000)
-local needed = math.max(1, math.floor(ratio * volume + 1e-9))
-redis.call('ZADD', KEYS[2], now, ARGV[1] .. '\\n' .. ARGV[2] .. '\\n' .. ARGV[3])
-redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', '(' .. (now - max_window))
-redis.call('PEXPIRE', KEYS[2], max_window * 2)
+if rate > 0 then window = math.min(max_window, math.max(min_window, minimum / rate - batch)) end
+local limit = ratio * math.max(minimum, rate * (window + batch))
+if rate > 0 and window < max_window then limit = math.min(limit, rate * window) end
+redis.call('ZADD', KEYS[2], now, ARGV[1] .. '\\n' .. ARGV[2] .. '\\n' .. ARGV[4] .. '\\n' .. ARGV[3])
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', '(' .. (now - max_window_ms))
+redis.call('PEXPIRE', KEYS[2], max_window_ms * 2)
 local failures = 0
+local calls_reported = 0
 local first = nil
 local reporters = 0
-for _, entry in ipairs(redis.call('ZRANGEBYSCORE', KEYS[2], now - window, '+inf')) do
-  local instance, _, count = string.match(entry, '^(.*)\\n([^\\n]*)\\n([^\\n]*)$')
+for _, entry in ipairs(redis.call('ZRANGEBYSCORE', KEYS[2], now - window * 1000, '+inf')) do
+  local instance, _, made, count = string.match(entry, '^(.*)\\n([^\\n]*)\\n([^\\n]*)\\n([^\\n]*)$')
+  if instance == nil then  -- an older sidecar's report, without its calls
+    instance, _, count = string.match(entry, '^(.*)\\n([^\\n]*)\\n([^\\n]*)$')
+    made = count
+  end
   failures = failures + tonumber(count)
+  calls_reported = calls_reported + tonumber(made)
   if first == nil then
     first = instance
     reporters = 1
@@ -111,13 +129,16 @@ for _, entry in ipairs(redis.call('ZRANGEBYSCORE', KEYS[2], now - window, '+inf'
     reporters = 2
   end
 end
+limit = math.max(limit, ratio * calls_reported)
+local needed = math.max(1, math.floor(limit + 1e-9))
 redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now)
 local members = redis.call('ZCARD', KEYS[3])
 local wanted = 1
 if members >= 2 then wanted = 2 end
 if failures >= needed and reporters >= wanted then
-  local record = open_record(KEYS[1], KEYS[2], tonumber(ARGV[8]), gen, ARGV[1], 'evidence', now, ARGV[9], ARGV[10],
-                             ARGV[11])
+  local record = open_record(KEYS[1], KEYS[2], tonumber(ARGV[10]), gen, ARGV[1], 'evidence', now, ARGV[11], ARGV[12],
+                             ARGV[13])
+  redis.call('HSET', KEYS[1], 'rate', tostring(rate))
   return {record[1], record[2], record[3], record[4], 1, failures, needed}
 end
 return {state, 0, timeout, gen, 0, failures, needed}

@@ -30,6 +30,7 @@ from sidecar.fleet.view import MAX_WINDOW, EvidenceRule
 EXIT_UNAVAILABLE = 1
 EXIT_USAGE = 2
 TIMEOUT = 5.0
+RATE_AFTER_CLOSE_MS = 3000  # the EVIDENCE script keeps the rate of the last open for this long after a close
 
 
 class FleetStatusError(Exception):
@@ -98,16 +99,20 @@ async def read_endpoints(client: FleetClient, keys: Keys, endpoints: list[str],
         second = now_ms // 1000
         counts = await client.hmget(keys.budget(endpoint), [f"n:{second - 1}", f"n:{second - 2}"])
         rate = sum(int(c or 0) for c in counts) / 2
+        if record.get("state", "closed") == "closed" and now_ms - int(record.get("at", 0)) < RATE_AFTER_CLOSE_MS:
+            rate = max(rate, float(record.get("rate", 0)))  # as the EVIDENCE script does just after a close
         window = rule.window(rate)
         parsed = [(str(entry).split("\n"), float(at)) for entry, at in cast(list[tuple[str, float]], reports)]
         failing = sorted({fields[0] for fields, _ in parsed})
-        failures = sum(int(fields[-1]) for fields, at in parsed if at >= now_ms - window * 1000)
+        in_window = [fields for fields, at in parsed if at >= now_ms - window * 1000]
+        failures = sum(int(fields[-1]) for fields in in_window)
+        calls = sum(int(fields[-2] if len(fields) >= 4 else fields[-1]) for fields in in_window)
         is_open = record.get("state") == "open"
         states.append(EndpointState(
             endpoint, "open" if is_open else "closed",
             max(0.0, (int(record.get("until", 0)) - now_ms) / 1000.0) if is_open else 0.0,
             int(record.get("timeout", 0)) / 1000.0, str(record.get("by", "")), str(record.get("cause", "")),
-            holder, failing, members, failures, rule.needed(rate), window))
+            holder, failing, members, failures, rule.needed(rate, calls), window))
     return states
 
 

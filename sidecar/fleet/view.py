@@ -16,7 +16,8 @@ Invariants they keep (tests/property/test_fleet_model.py):
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from collections import deque
+from dataclasses import dataclass, field
 
 from sidecar.core.taxonomy import Category, Classification, Recoverability, Recovery, Severity
 
@@ -26,6 +27,9 @@ SAFETY = 0.8  # fraction of the lease TTL this sidecar trusts itself to hold the
 MIN_WINDOW = 0.05  # seconds: the shortest window failures are summed over (a busy fleet)
 MAX_WINDOW = 5.0  # seconds: the longest (a quiet fleet); reports older than this are forgotten
 EVIDENCE_BATCH = 0.1  # seconds: a sidecar sends its failure counts at most this often (and only when it has some)
+# seconds: a report also carries the calls its sidecar made since its previous report, over at most this long
+# back (the span a busy fleet's window compares failures with)
+CALLS_LOOKBACK = MIN_WINDOW + EVIDENCE_BATCH
 
 
 @dataclass(slots=True)
@@ -88,33 +92,82 @@ class EvidenceRule:
     fleet-wide and over a short window).
 
     `rate` is the fleet's request rate on the endpoint (first attempts per second, as the retry budget
-    counts them). Failures are summed over the window in which the fleet makes about `minimum_calls`
-    calls (no shorter than MIN_WINDOW, no longer than MAX_WINDOW), and the endpoint opens when they
-    reach `failure_ratio` of those calls, counted from at least two sidecars (when it has two):
+    counts them). Redis sums the failures of the reports that *arrived* within `window(rate)` and opens
+    the endpoint when they reach `failure_ratio` of the calls the fleet made in the span those failures
+    can come from, counted from at least two sidecars (when it has two).
 
-    * bounded: the failures needed are `floor(ratio x max(minimum_calls, rate x MIN_WINDOW))`, the same
-      whatever the number of members (5 with the defaults, up to 25 at 2,000 requests/s);
-    * scattered errors never add up: a failure fraction well below `failure_ratio` almost never reaches
-      it within so short a window (the count is Poisson-distributed around fraction x calls);
+    The span is the window plus EVIDENCE_BATCH: a sidecar sends its failures at most every EVIDENCE_BATCH
+    (B) and Redis counts a report at its arrival, so the reports arriving within a window of length `a`
+    carry failures of up to `a + B` (the rule before carried them against the calls of `a` alone: with
+    a = 50 ms, 150 ms of failures against 50 ms of calls, and 5 % scattered failures opened the fleet
+    36 to 39 times a minute in bench/fleet_scale.py). So, with m = minimum_calls and r = rate:
+
+    * window a = clamp(m / r - B, MIN_WINDOW, MAX_WINDOW) (MAX_WINDOW when the rate is unknown): the span
+      a + B holds about m calls, or MIN_WINDOW + B = 150 ms of a busy fleet's traffic;
+    * needed = floor(ratio x max(m, r x (a + B))), and, unless the window is the longest, never more than
+      the window's own calls r x a (a large `failure_ratio`: when every call fails, one window's failures
+      are always enough).
+
+    With the defaults (0.25, 20): 5 failures up to 133 requests/s, then 25 % of 150 ms of traffic (18 at
+    500/s, 37 at 1,000/s, 75 at 2,000/s), the same for 4 sidecars or 1,000:
+
+    * bounded: the failures needed depend on the fleet's rate, never on its number of members;
+    * scattered errors never add up: failures summed over at most a + B are compared with the calls of
+      a + B, so a failure fraction well below `failure_ratio` stays below it however the reports are
+      batched (tests/property/test_fleet_evidence_props.py), and its Poisson spread in so short a span
+      almost never reaches it;
+    * an outage reaches it: the window's calls are at least a / (ratio x (a + B)) = 1.33 times the
+      failures needed (the defaults, from 4 requests/s: below, the 5 s window holds fewer than 20 calls);
     * one sidecar alone (its own network, its bad data) never opens it for the others.
+
+    The rate is an average over two seconds, and a burst undercounts it: when the fleet closes after a
+    hold, every sidecar sends what it held at once, and 5 % of that burst reached the failures needed for
+    the average rate, so the fleet re-opened after every probe interval (bench/fleet_scale.py: 40 opens a
+    minute at N = 50). So each report also carries the calls its sidecar made since its previous report
+    (at most CALLS_LOOKBACK back, a span that holds the failures it reports), and the failures must also
+    reach `failure_ratio` of the reported calls in the window: the reporters' own calls are a lower bound
+    on the fleet's. In an outage nearly all of them failed.
     """
 
     failure_ratio: float = 0.25
     minimum_calls: int = 20
 
     def window(self, rate: float) -> float:
+        """How long ago a report may have arrived to count."""
         if rate <= 0:
             return MAX_WINDOW
-        return min(MAX_WINDOW, max(MIN_WINDOW, self.minimum_calls / rate))
+        return min(MAX_WINDOW, max(MIN_WINDOW, self.minimum_calls / rate - EVIDENCE_BATCH))
 
-    def needed(self, rate: float) -> int:
-        """The failures within `window(rate)` that open the endpoint."""
-        volume = max(float(self.minimum_calls), max(0.0, rate) * MIN_WINDOW)
+    def needed(self, rate: float, calls: int = 0) -> int:
+        """The failures within `window(rate)` that open the endpoint, when the reports in it carry `calls`."""
+        window = self.window(rate)
+        rate = max(0.0, rate)
+        limit = self.failure_ratio * max(float(self.minimum_calls), rate * (window + EVIDENCE_BATCH))
+        if rate > 0 and window < MAX_WINDOW:  # a quiet fleet (the longest window) keeps ratio x minimum_calls
+            limit = min(limit, rate * window)
+        limit = max(limit, self.failure_ratio * calls)
         # Rounded down: when every call fails, one window's calls are always enough.
-        return max(1, math.floor(self.failure_ratio * volume + 1e-9))
+        return max(1, math.floor(limit + 1e-9))
 
-    def opens(self, failures: int, reporters: int, members: int, rate: float) -> bool:
-        return failures >= self.needed(rate) and reporters >= (2 if members >= 2 else 1)
+    def opens(self, failures: int, reporters: int, members: int, rate: float, calls: int = 0) -> bool:
+        return failures >= self.needed(rate, calls) and reporters >= (2 if members >= 2 else 1)
+
+
+@dataclass(slots=True)
+class RecentCalls:
+    """The times of this sidecar's recent calls to an endpoint, kept for CALLS_LOOKBACK (for its reports)."""
+
+    times: deque[float] = field(default_factory=deque)
+
+    def add(self, now: float) -> None:
+        self.times.append(now)
+        while self.times and self.times[0] <= now - CALLS_LOOKBACK:
+            self.times.popleft()
+
+    def since(self, start: float, now: float) -> int:
+        """The calls after `start` (and within CALLS_LOOKBACK of `now`)."""
+        start = max(start, now - CALLS_LOOKBACK)
+        return sum(1 for t in self.times if t > start)
 
 
 def next_probe_at(view: FleetView, last_probe: float, interval: float) -> float:

@@ -32,7 +32,7 @@ class Store:
     lease_expires: float = 0.0
     rule: EvidenceRule = field(default_factory=EvidenceRule)
     rate: float = 0.0  # the fleet's request rate as the budget's counts would give it
-    reports: list[tuple[float, str, int]] = field(default_factory=list)  # (when, instance, failures)
+    reports: list[tuple[float, str, int, int]] = field(default_factory=list)  # (when, instance, failures, calls)
     gen_opened: int = 0  # the generation of the last open from closed (an outage, for the model's cadence check)
     opened_by_evidence: list[list[str]] = field(default_factory=list)  # the reporters in the window of each
 
@@ -60,15 +60,16 @@ class Store:
         self.publish(Record(True, self.timeout, self.timeout, self.gen))
         return self.reply()
 
-    def do_evidence(self, instance: str, failures: int) -> list[Any]:
+    def do_evidence(self, instance: str, failures: int, calls: int) -> list[Any]:
         if self.open:
             return [*self.reply(), 0, 0, 0]
-        needed = self.rule.needed(self.rate)
-        self.reports.append((self.now, instance, failures))
+        self.reports.append((self.now, instance, failures, calls))
         self.reports = [r for r in self.reports if r[0] >= self.now - MAX_WINDOW]
         recent = [r for r in self.reports if r[0] >= self.now - self.rule.window(self.rate)]
         counted = sum(r[2] for r in recent)
-        if self.rule.opens(counted, len({r[1] for r in recent}), self.members, self.rate):
+        made = sum(r[3] for r in recent)
+        needed = self.rule.needed(self.rate, made)
+        if self.rule.opens(counted, len({r[1] for r in recent}), self.members, self.rate, made):
             self.opened_by_evidence.append([r[1] for r in recent])
             return [*self.do_open(False, instance), 1, counted, needed]
         return [*self.reply(), 0, counted, needed]
@@ -95,7 +96,7 @@ class FakeScripts:
         return self._arrive().do_close()
 
     async def evidence(self, keys: list[str], args: list[Any]) -> list[Any]:
-        return self._arrive().do_evidence(str(args[0]), int(args[2]))
+        return self._arrive().do_evidence(str(args[0]), int(args[2]), int(args[3]))
 
     async def read(self, keys: list[str], args: list[Any]) -> list[Any]:
         store = self._arrive()

@@ -22,7 +22,7 @@ from sidecar.fleet.client import run_scripts
 from sidecar.fleet.connection import BACKGROUND_TIMEOUT, PING_INTERVAL, FleetConnection
 from sidecar.fleet.keys import Keys
 from sidecar.fleet.membership import Heartbeat, read_members
-from sidecar.fleet.view import MAX_WINDOW, MIN_WINDOW, EvidenceRule
+from sidecar.fleet.view import EVIDENCE_BATCH, MAX_WINDOW, MIN_WINDOW, EvidenceRule
 from sidecar.telemetry.events import Events
 from sidecar.telemetry.metrics import Metrics
 from tests.fakes.redis_server import RedisServer
@@ -231,14 +231,16 @@ _seq = iter(range(1, 1_000_000))
 
 async def report(scripts: FleetScripts, keys: Keys, endpoint: str, instance: str, failures: int = 1,
                  rule: EvidenceRule | None = None, max_window_ms: int = int(MAX_WINDOW * 1000),
-                 cls: str = "") -> tuple[bool, bool, int, int]:
-    """One member's batch of failures -> (open, tripped by this report, failures in the window, needed)."""
+                 cls: str = "", calls: int | None = None) -> tuple[bool, bool, int, int]:
+    """One member's batch of failures (and its calls meanwhile: as many, unless given) -> (open, tripped by
+    this report, failures in the window, needed)."""
     rule = rule or EvidenceRule()
     reply = await scripts.evidence(
         keys=[keys.breaker(endpoint), keys.evidence(endpoint), keys.endpoint_members(endpoint),
               keys.budget(endpoint)],
-        args=[instance, next(_seq), failures, rule.failure_ratio, rule.minimum_calls, int(MIN_WINDOW * 1000),
-              max_window_ms, BASE_MS, keys.channel, endpoint, cls])
+        args=[instance, next(_seq), failures, failures if calls is None else calls, rule.failure_ratio,
+              rule.minimum_calls, int(MIN_WINDOW * 1000), max_window_ms, int(EVIDENCE_BATCH * 1000), BASE_MS,
+              keys.channel, endpoint, cls])
     return parse_record(reply).open, int(reply[4]) == 1, int(reply[5]), int(reply[6])
 
 
@@ -298,11 +300,53 @@ async def test_at_a_high_rate_the_window_is_short_and_scattered_failures_fall_ou
     await join(scripts, keys, "c", ["a", "b"])
     await set_rate(conn, keys, "c", 2000.0)
     rule = EvidenceRule()
-    assert rule.window(2000.0) == MIN_WINDOW and rule.needed(2000.0) == 25
-    assert await report(scripts, keys, "c", "a", failures=20) == (False, False, 20, 25)
-    await asyncio.sleep(MIN_WINDOW * 2)  # those 20 are older than the window now
-    assert await report(scripts, keys, "c", "b", failures=20) == (False, False, 20, 25)
-    assert await report(scripts, keys, "c", "a", failures=5) == (True, True, 25, 25)
+    # 25 % of the 150 ms that reports arriving within 50 ms can carry failures of (50 ms + one batch).
+    assert rule.window(2000.0) == MIN_WINDOW and rule.needed(2000.0) == 75
+    assert await report(scripts, keys, "c", "a", failures=60) == (False, False, 60, 75)
+    await asyncio.sleep(MIN_WINDOW * 2)  # those 60 are older than the window now
+    assert await report(scripts, keys, "c", "b", failures=60) == (False, False, 60, 75)
+    assert await report(scripts, keys, "c", "a", failures=15) == (True, True, 75, 75)
+
+
+async def test_a_burst_of_calls_counts_even_when_the_average_rate_says_less(conn: FleetConnection) -> None:
+    """After a hold every member sends what it held at once: the two-second average rate undercounts that
+    burst (here it says nothing: 5 failures), the calls the reports carry do not. 5 % of a burst stays
+    closed; a burst that fails opens."""
+    scripts, keys = FleetScripts(conn), Keys("t:")
+    await join(scripts, keys, "c", ["a", "b", "c", "d"])
+    assert EvidenceRule().needed(0.0) == 5
+    assert await report(scripts, keys, "c", "a", failures=2, calls=40) == (False, False, 2, 10)
+    assert await report(scripts, keys, "c", "b", failures=2, calls=40) == (False, False, 4, 20)
+    assert await report(scripts, keys, "c", "c", failures=2, calls=40) == (False, False, 6, 30)  # 6 of 120
+    assert await report(scripts, keys, "c", "d", failures=40, calls=40) == (True, True, 46, 40)  # 46 of 160
+
+
+async def test_for_3_s_after_a_close_the_rate_is_at_least_the_one_at_the_open(conn: FleetConnection) -> None:
+    """A hold makes no first attempts: just after it, the last two seconds' counts undercount the traffic
+    coming back (in a burst). The rate the record kept when the evidence opened it still counts."""
+    scripts, keys, client = FleetScripts(conn), Keys("t:"), conn.client
+    await join(scripts, keys, "c", ["a", "b"])
+    await set_rate(conn, keys, "c", 500.0)
+    assert await report(scripts, keys, "c", "a", failures=9) == (False, False, 9, 18)
+    assert await report(scripts, keys, "c", "b", failures=9) == (True, True, 18, 18)
+    assert float(await client.hget(keys.breaker("c"), "rate")) == 500.0
+    await scripts.close(keys=[keys.breaker("c"), keys.lease("c"), keys.evidence("c")], args=["a", keys.channel, "c"])
+    await set_rate(conn, keys, "c", 100.0)  # the hold's silence in the counts
+    assert EvidenceRule().needed(100.0) == 5
+    assert await report(scripts, keys, "c", "a", failures=5) == (False, False, 5, 18)
+    # 3 s after the close the counts are the fleet's again.
+    await client.hset(keys.breaker("c"), "at", int(await client.hget(keys.breaker("c"), "at")) - 3000)
+    await client.delete(keys.evidence("c"))
+    assert await report(scripts, keys, "c", "b", failures=5) == (False, False, 5, 5)
+    assert await report(scripts, keys, "c", "a", failures=1) == (True, True, 6, 5)
+
+
+async def test_an_older_sidecars_report_without_its_calls_counts_its_failures_as_calls(conn: FleetConnection) -> None:
+    scripts, keys, client = FleetScripts(conn), Keys("t:"), conn.client
+    await join(scripts, keys, "c", ["a", "b"])
+    now = (await client.time())[0]
+    await client.zadd(keys.evidence("c"), {"a\n1\n3": int(now) * 1000 + 999})  # (instance, seq, failures)
+    assert await report(scripts, keys, "c", "b", failures=2) == (True, True, 5, 5)
 
 
 async def test_reports_older_than_the_longest_window_are_dropped(conn: FleetConnection) -> None:
@@ -314,16 +358,34 @@ async def test_reports_older_than_the_longest_window_are_dropped(conn: FleetConn
     assert [e.split("\n")[0] for e in await client.zrange(keys.evidence("c"), 0, -1)] == ["b"]
 
 
-@pytest.mark.parametrize("rate", [0.0, 4.0, 80.0, 399.0, 400.0, 2000.0, 10000.0])
-async def test_the_script_applies_the_evidence_rule_of_view(conn: FleetConnection, rate: float) -> None:
+@pytest.mark.parametrize(("ratio", "rate"), [
+    (0.3, 0.0), (0.3, 4.0), (0.3, 80.0), (0.3, 99.0), (0.3, 100.0), (0.3, 101.0), (0.3, 399.0), (0.3, 400.0),
+    (0.3, 2000.0), (0.3, 10000.0),
+    (1.0, 2.0), (1.0, 80.0), (1.0, 2000.0),  # every call must fail: capped at the window's own calls
+])
+async def test_the_script_applies_the_evidence_rule_of_view(conn: FleetConnection, ratio: float, rate: float) -> None:
     """Lua and Python agree: one failure short of `needed` stays closed, `needed` opens."""
-    rule = EvidenceRule(failure_ratio=0.3, minimum_calls=15)
-    scripts, keys = FleetScripts(conn), Keys(f"r{int(rate)}:")
+    rule = EvidenceRule(failure_ratio=ratio, minimum_calls=15)
+    scripts, keys = FleetScripts(conn), Keys(f"r{ratio}-{int(rate)}:")
     await join(scripts, keys, "c", ["a", "b"])
     await set_rate(conn, keys, "c", rate)
     needed = rule.needed(rate)
     assert await report(scripts, keys, "c", "a", failures=needed - 1, rule=rule) == (False, False, needed - 1, needed)
     assert await report(scripts, keys, "c", "b", failures=1, rule=rule) == (True, True, needed, needed)
+
+
+@pytest.mark.parametrize(("rate", "calls"), [(0.0, 100), (0.0, 1001), (400.0, 300), (2000.0, 999)])
+async def test_the_script_applies_the_calls_the_reports_carry_as_view_does(conn: FleetConnection, rate: float,
+                                                                         calls: int) -> None:
+    rule = EvidenceRule(failure_ratio=0.3, minimum_calls=15)
+    scripts, keys = FleetScripts(conn), Keys(f"k{int(rate)}-{calls}:")
+    await join(scripts, keys, "c", ["a", "b"])
+    await set_rate(conn, keys, "c", rate)
+    needed = rule.needed(rate, calls)
+    assert needed > rule.needed(rate)  # the calls decide here
+    assert await report(scripts, keys, "c", "a", failures=needed - 1, calls=calls, rule=rule) == (
+        False, False, needed - 1, needed)
+    assert await report(scripts, keys, "c", "b", failures=1, calls=0, rule=rule) == (True, True, needed, needed)
 
 
 async def test_budget_flushes_count_the_fleets_first_attempts_per_second(conn: FleetConnection) -> None:

@@ -1,0 +1,64 @@
+"""A failure report carries the calls its sidecar made since its previous report (at most CALLS_LOOKBACK
+back), so the fleet compares failures with calls it saw, not only with its two-second average rate (a burst
+after a hold undercounts it). Real `SharedBreaker` and `EndpointBreaker` over the in-memory store of
+tests/fakes/fleet_store.py, on a fake clock."""
+
+from __future__ import annotations
+
+import asyncio
+
+from sidecar.config.schema import CircuitBreakerConfig
+from sidecar.exporters.breaker import CallOutcome, EndpointBreaker
+from sidecar.fleet.breaker import SharedBreaker
+from sidecar.fleet.keys import Keys
+from sidecar.fleet.view import CALLS_LOOKBACK, EVIDENCE_BATCH, MIN_WINDOW, RecentCalls, Record
+from sidecar.telemetry.events import Events
+from sidecar.telemetry.metrics import Metrics
+from tests.fakes.clock import FakeClock
+from tests.fakes.fleet_store import FakeClient, FakeConnection, FakeScripts, Store
+
+ENDPOINT = "collector:4317"
+
+
+def test_recent_calls_count_since_the_last_report_within_the_lookback() -> None:
+    calls = RecentCalls()
+    for t in (1.0, 1.04, 1.1, 1.12, 1.2):
+        calls.add(t)
+    assert calls.since(float("-inf"), 1.2) == 3  # 1.1, 1.12, 1.2: within 150 ms of now
+    assert calls.since(1.1, 1.2) == 2  # after the last report
+    assert CALLS_LOOKBACK == MIN_WINDOW + EVIDENCE_BATCH and len(calls.times) == 3  # the older ones are forgotten
+
+
+async def test_each_report_carries_the_calls_made_since_the_previous_one() -> None:
+    clock = FakeClock(100.0)
+    store = Store(clock, lambda record: None, 1.0, 2.0, 3)
+    conn = FakeConnection(FakeClient(FakeScripts(lambda: store)))
+    shared = SharedBreaker(ENDPOINT, conn, conn.client.scripts, Keys("t:"), "s0",  # type: ignore[arg-type]
+                           Events(Metrics()), clock)
+    breaker = EndpointBreaker(ENDPOINT, CircuitBreakerConfig(failure_threshold=100), clock)
+    shared.attach(breaker, None)
+
+    async def call(fails: bool) -> None:
+        async with breaker.calling() as attempt:
+            if fails:
+                attempt.outcome = CallOutcome.FAILURE
+
+    async def settle() -> None:
+        for _ in range(3):
+            await asyncio.sleep(0)
+
+    for _ in range(30):  # a burst: 30 calls within 30 ms, the last of them failing
+        clock.advance(0.001)
+        await call(False)
+    await call(True)
+    await settle()
+    assert [(r[1], r[2], r[3]) for r in store.reports] == [("s0", 1, 31)]
+    for i in range(9):  # 9 more calls, 3 failing, within the batch: one report after EVIDENCE_BATCH
+        clock.advance(0.005)
+        await call(i % 4 == 0)
+    clock.advance(EVIDENCE_BATCH)
+    await settle()
+    assert [(r[2], r[3]) for r in store.reports] == [(1, 31), (3, 9)]
+    assert not store.open  # 4 failures of 40 calls: well below 25 %
+    shared.on_message(Record(open=False, remaining=0.0, timeout=0.0, gen=0))
+    await shared.stop()
