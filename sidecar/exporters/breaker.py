@@ -41,7 +41,10 @@ Fleet mode (sidecar/fleet) plugs in through two narrow points, and without them 
 
 * a `BreakerGate` decides when an open breaker may go half-open (``probe_delay``): while another
   sidecar holds the fleet's probe lease this one stays open; ``None`` means "no opinion" (Redis
-  down, or the fleet has no verdict) and the local recovery timeout applies as before;
+  down, or the fleet has no verdict) and the local recovery timeout applies as before. ``math.inf``
+  means "open until I say otherwise": the gate promises to call `gate_changed` whenever its answer
+  may have changed, so the callers waiting in `wait_until_probe_allowed` sleep until then instead of
+  asking again on a timer (a fleet-held endpoint costs its waiting consumers nothing while it lasts);
 * `follow_open` / `follow_close` apply the fleet's verdict;
 * streak observers (`add_streak_observer`) hear this sidecar's consecutive failures after every
   outcome counted while closed (0 after a success), so the fleet can pool the evidence of several
@@ -54,6 +57,7 @@ import asyncio
 import contextlib
 import enum
 import logging
+import math
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -171,8 +175,15 @@ class BreakerGate(Protocol):
     """Fleet mode's say in when an open breaker may probe (see the module docstring)."""
 
     def probe_delay(self) -> float | None:
-        """None: decide locally; 0: may go half-open now; > 0: stay open, ask again after that long."""
+        """None: decide locally; 0: may go half-open now; > 0: stay open, ask again after that long;
+        ``math.inf``: stay open until the gate calls `EndpointBreaker.gate_changed`."""
         ...
+
+
+# What a caller refused while a gate holds the breaker "until further notice" is told to wait (a retry
+# hint: BreakerOpenError.retry_after, a requeue's retry_after, a client's Retry-After). The waiters in
+# `wait_until_probe_allowed` do not use it: they are woken by `gate_changed`.
+HELD_RETRY_HINT = 1.0
 
 
 class EndpointBreaker:
@@ -285,7 +296,14 @@ class EndpointBreaker:
         return False
 
     def time_until_probe_allowed(self) -> float:
-        """0 when a call may be admitted now (or soon: half-open with its probe slots busy)."""
+        """0 when a call may be admitted now (or soon: half-open with its probe slots busy). A hint, always
+        finite: held by a gate until further notice, it is `HELD_RETRY_HINT`."""
+        wait = self._wait_for_probe()
+        return HELD_RETRY_HINT if math.isinf(wait) else wait
+
+    def _wait_for_probe(self) -> float:
+        """Like `time_until_probe_allowed`, with ``math.inf`` while a gate holds the breaker until it
+        calls `gate_changed`."""
         if not self.enabled or self.state is not BreakerState.OPEN:
             return 0.0
         gated = self._gate_delay()
@@ -294,15 +312,17 @@ class EndpointBreaker:
         return max(0.0, self._opened_at + self._timeout - self._clock.monotonic())
 
     async def wait_until_probe_allowed(self) -> None:
-        """Wait until `allow()` is true: the open timeout elapsed, a probe slot freed, or a reset."""
+        """Wait until `allow()` is true: the open timeout elapsed, a probe slot freed, a reset, or the
+        gate's answer changed. Only a finite wait sets a timer; a gate's "until further notice" and a
+        busy half-open wait for a change alone (every change calls `_notify`)."""
         loop = asyncio.get_running_loop()
         while not self.allow():
             changed: asyncio.Future[None] = loop.create_future()
             self._waiters.add(changed)
             sleeper: asyncio.Task[None] | None = None
             try:
-                remaining = self.time_until_probe_allowed()
-                if self._state is BreakerState.OPEN and remaining > 0:  # a gate's answer is finite too
+                remaining = self._wait_for_probe()
+                if self._state is BreakerState.OPEN and 0 < remaining < math.inf:
                     sleeper = asyncio.ensure_future(self._clock.sleep(remaining))
                     await asyncio.wait({changed, sleeper}, return_when=asyncio.FIRST_COMPLETED)
                 else:

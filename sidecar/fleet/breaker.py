@@ -16,24 +16,28 @@ Each sidecar's `EndpointBreaker`s of the endpoint stay what they were; this obje
   applied with source ``fleet``: `follow_open` on a newer open generation, `follow_close` on a newer
   closed one; the record's error class becomes the breakers' `open_class` (severity escalation);
 * it is the breakers' gate and the health probers' `may_probe` (see sidecar/fleet/view.py): while the
-  fleet has the endpoint open, only the lease holder probes, on its cadence;
+  fleet has the endpoint open, only the lease holder probes, on its cadence. The other sidecars' breakers
+  are held "until further notice" (`HELD`): every change of the gate's answer (the view's state, the
+  lease, the connection) calls `_gate_changed`, which wakes the consumers waiting on the breakers, so a
+  held endpoint wakes nobody but the prober while the outage lasts;
 * while Redis is down everything here answers "decide locally".
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import logging
+import math
 from collections.abc import Awaitable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sidecar.core.clock import Clock
 from sidecar.core.tasks import cancel_and_wait
 from sidecar.exporters.breaker import SOURCE_LOCAL, BreakerState, EndpointBreaker
 from sidecar.exporters.health import HealthProber
 from sidecar.fleet import scripts
+from sidecar.fleet.client import ScriptCall, run_scripts
 from sidecar.fleet.connection import FleetConnection
 from sidecar.fleet.keys import Keys
 from sidecar.fleet.view import (
@@ -55,11 +59,17 @@ from sidecar.fleet.view import (
 )
 from sidecar.telemetry.events import Events
 
+if TYPE_CHECKING:
+    from sidecar.fleet.budget import FleetRetryBudget
+
 log = logging.getLogger(__name__)
 
 REFRESH_INTERVAL = 0.5  # missed pub/sub messages are caught up within this
+FLUSH_INTERVAL = 1.0  # the fleet budget's deposits go with a refresh this often (see sidecar/fleet/budget.py)
 LEASE_TTL = 3.0  # a dead prober is replaced within about this long
-RECHECK = 0.25  # how often a breaker held open by the fleet asks its gate again
+# The gate's answer while the fleet holds a breaker open: until `_gate_changed` says otherwise. (It was a
+# recheck every 0.25 s: 10 consumers x 1,000 members woke 40,000 times a second in bench/fleet_scale.py.)
+HELD = math.inf
 PROBE_INTERVAL = 1.5  # seconds between the lease holder's probes (FleetConfig.probe_interval)
 
 
@@ -129,6 +139,8 @@ class SharedBreaker:
         self._evidence_writer: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
         self._tasks: set[asyncio.Task[Any]] = set()
+        self.budget: FleetRetryBudget | None = None  # the endpoint's fleet budget: its deposits ride on the refresh
+        self._deposited_at = float("-inf")
 
     # ------------------------------------------------------------ wiring (narrow hooks)
 
@@ -167,7 +179,7 @@ class SharedBreaker:
 
     def probe_delay(self) -> float | None:
         return probe_delay(self.view, self.lease, self._conn.connected, self._clock.monotonic(),
-                           active_prober=bool(self.probers), recheck=RECHECK, next_probe=self.next_probe)
+                           active_prober=bool(self.probers), recheck=HELD, next_probe=self.next_probe)
 
     def may_probe(self) -> bool:
         return scheduled_probe_allowed(self.view, self._conn.connected)
@@ -264,6 +276,7 @@ class SharedBreaker:
         # refresh that reads the record before the CLOSE lands.
         self.view.open = False
         self.lease.lost()
+        self._notify_breakers()  # another exporter's breaker of this endpoint may be held: it may go now
         keys = self._record_keys
         args = [self._instance, self._keys.channel, self.endpoint]
         reply = await self._conn.call(lambda: self._scripts.close(keys=keys, args=args))
@@ -278,6 +291,7 @@ class SharedBreaker:
 
     def _apply(self, record: Record, force: bool = False) -> None:
         now = self._clock.monotonic()
+        was_open = self.view.open
         changed = self.view.apply(record, now)
         if not (changed or force):
             return
@@ -290,12 +304,25 @@ class SharedBreaker:
             self.lease.lost()
             for breaker in self.breakers:
                 breaker.follow_close()
-        self._gate_changed()
+        if force:
+            self._gate_changed()
+        elif self.view.open != was_open:
+            # Only the breakers' waiters look again. A reopen (the prober's failed probe: the next open period,
+            # every probe interval of an outage) changes no gate answer and wakes nobody. Nor is the refresh
+            # loop woken: the lease is taken at some member's next refresh, well before the first probe is due
+            # (`probe_interval` after the open), while waking every member's loop at once sent N READs and N
+            # SET NX to Redis in the same instant (bench/fleet_scale.py: 1,000 of each at every open or close).
+            self._notify_breakers()
 
     def _gate_changed(self) -> None:
+        self._notify_breakers()
+        self._wake.set()
+
+    def _notify_breakers(self) -> None:
+        """The gate's answer may have changed: its breakers' waiters look again (they wait for this alone
+        while the answer is `HELD`, see `probe_delay`)."""
         for breaker in self.breakers:
             breaker.gate_changed()
-        self._wake.set()
 
     async def resync(self) -> None:
         """Redis is back (perhaps empty after a restart): push what this sidecar learnt meanwhile, adopt the rest.
@@ -332,14 +359,26 @@ class SharedBreaker:
         now = self._clock.monotonic()
         if self.view.open and self.lease.holds(now) and not self._probing:
             wait = min(wait, max(0.01, self.next_probe - now))
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(wait):
+        if not self._wake.is_set():
+            # The timer sets the event itself (it is this loop's alone, cleared below): cheaper than
+            # `asyncio.timeout`, which raises and unwinds a cancellation each time, i.e. on most ticks.
+            timer = asyncio.get_running_loop().call_later(wait, self._wake.set)
+            try:
                 await self._wake.wait()
+            finally:
+                timer.cancel()
         self._wake.clear()
 
     async def _read(self) -> Record | None:
+        """The record and the lease holder; the budget's deposits go in the same round trip when due."""
         keys = [self._keys.breaker(self.endpoint), self._keys.lease(self.endpoint)]
-        reply = await self._conn.call(lambda: self._scripts.read(keys=keys, args=[]))
+        deposits = self._due_deposits()
+        if deposits is None:
+            reply = await self._conn.call(lambda: self._scripts.read(keys=keys, args=[]))
+        else:
+            calls: list[ScriptCall] = [(self._scripts.read, keys, []), deposits]
+            replies = await self._conn.call(functools.partial(run_scripts, self._conn.client, calls))
+            reply = replies[0] if replies is not None else None
         if reply is None:
             return None
         self.holder = str(reply[4])
@@ -348,6 +387,17 @@ class SharedBreaker:
             self.open_class = str(reply[6])
             self._adopt_class()
         return record
+
+    def _due_deposits(self) -> ScriptCall | None:
+        """The budget's pending deposits about once every FLUSH_INTERVAL: on the first refresh at most half a
+        refresh interval early (refreshes come every REFRESH_INTERVAL, give or take the loop's timing)."""
+        now = self._clock.monotonic()
+        if self.budget is None or now < self._deposited_at + FLUSH_INTERVAL - REFRESH_INTERVAL / 2:
+            return None
+        call = self.budget.take_deposits()
+        if call is not None:
+            self._deposited_at = now
+        return call
 
     def _adopt_class(self) -> None:
         """The class of the fleet's open becomes the breakers' (a sidecar that saw none of the failures
@@ -365,6 +415,7 @@ class SharedBreaker:
         now = self._clock.monotonic()
         if self.holder != self._instance and self.lease.holds(now):
             self.lease.lost()  # Redis says someone else holds it (ours expired): stop at once
+            self._notify_breakers()
         if not self.view.open:
             return
         if self.lease.holds(now):

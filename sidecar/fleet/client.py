@@ -18,6 +18,7 @@ command is bounded by a short timeout, and a failed one means "decide locally", 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -26,10 +27,13 @@ from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
 from redis.backoff import NoBackoff
+from redis.commands.core import AsyncScript
+from redis.exceptions import NoScriptError
 
 from sidecar.config.schema import FleetConfig, FleetTLSConfig
 
 FleetClient = aioredis.Redis | RedisCluster
+ScriptCall = tuple[AsyncScript, Sequence[str], Sequence[str | int | float]]  # a registered script, keys, args
 
 # A command that meets a MOVED reply, or a node that just failed over, is sent once more to the node
 # the refreshed slot map names; the command's own timeout still bounds the whole.
@@ -116,6 +120,26 @@ async def ping(client: FleetClient) -> None:
         await client.ping(target_nodes=RedisCluster.PRIMARIES)
     else:
         await client.ping()
+
+
+async def run_scripts(client: FleetClient, calls: Sequence[ScriptCall]) -> list[Any]:
+    """Several registered scripts in one round trip (a pipeline without MULTI: each script is atomic on its
+    own), their replies in order. A member's background work shares its round trips this way: each costs the
+    client far more CPU than Redis, which adds up when one machine hosts many members (bench/fleet_scale.py).
+    A script Redis does not know (it restarted empty) runs again on its own, which loads it; any other
+    error is raised, as a single command's would be."""
+    async with client.pipeline(transaction=False) as pipe:
+        for script, keys, args in calls:
+            pipe.evalsha(script.sha, len(keys), *keys, *args)
+        replies = await pipe.execute(raise_on_error=False)
+    out: list[Any] = []
+    for (script, keys, args), reply in zip(calls, replies, strict=True):
+        if isinstance(reply, NoScriptError):
+            reply = await script(keys=keys, args=args)
+        elif isinstance(reply, Exception):
+            raise reply
+        out.append(reply)
+    return out
 
 
 async def moved_primary(client: FleetClient) -> str | None:

@@ -2,17 +2,18 @@
 
 While Redis answers, `connected` is True. Background commands (refreshes, leases, heartbeats, the
 supervisor's ping) are bounded by `BACKGROUND_TIMEOUT`; one that fails or times out marks Redis down at
-once (sidecar_fleet_connected 0 and a log event). Each shared breaker reads Redis every 0.5 s, so a
-dead or slow Redis is noticed within 0.5 s + BACKGROUND_TIMEOUT = 1 s. The supervisor pings only when
-no command answered for `PING_IDLE` (a connection with nothing else to do: then it is noticed within
-PING_IDLE + BACKGROUND_TIMEOUT), and sleeps until then. The refreshes already
-prove Redis alive, and an unconditional ping every 0.25 s was 4 of the ~10 commands/s each member sent
-(bench/RESULTS.md, "Fleet scale"). From then on `call` returns None *without*
-touching the network: nothing ever waits on a dead Redis, and every user of the fleet falls back to
-its local state. The one command on the data path (a retry asking the fleet budget) is bounded by
-the configured `command_timeout` and, when only too slow, returns None (decide locally) without
-marking Redis down. While down the supervisor reconnects with exponential backoff and full jitter;
-when Redis answers again, the `on_connected` callbacks resync the shared state.
+once (sidecar_fleet_connected 0 and a log event). From then on `call` returns None *without* touching
+the network: nothing ever waits on a dead Redis, and every user of the fleet falls back to its local
+state. Each shared breaker reads Redis every 0.5 s, so a dead or slow Redis is noticed within 0.5 s +
+BACKGROUND_TIMEOUT = 1 s. The supervisor pings only when no command answered for `PING_IDLE` (a
+connection with nothing else to do: then it is noticed within PING_IDLE + BACKGROUND_TIMEOUT), and
+sleeps until then. The refreshes already prove Redis alive, and an unconditional ping every 0.25 s was
+4 of the ~10 commands/s each member sent (bench/RESULTS.md, "Fleet scale"). `PING_IDLE` is two refresh
+intervals: at 0.6 s, a refresh only 0.1 s late (a busy event loop) already drew a ping, adding work
+exactly when the process had least to spare. The one command on the data path (a retry asking the
+fleet budget) is bounded by the configured `command_timeout` and, when only too slow, returns None
+(decide locally) without marking Redis down. While down the supervisor reconnects with exponential
+backoff and full jitter; when Redis answers again, the `on_connected` callbacks resync the shared state.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 PING_INTERVAL = 0.25  # the supervisor looks at most this often
-PING_IDLE = 0.6  # it pings only when no command answered for this long (above the 0.5 s breaker refresh)
+PING_IDLE = 1.0  # it pings only when no command answered for this long (two 0.5 s breaker refreshes)
 BACKGROUND_TIMEOUT = 0.5  # nobody waits on these; the 0.5 s refresh + this keeps the promised 1 s
 RECONNECT_MIN = 0.1
 RECONNECT_MAX = 5.0
@@ -167,8 +168,8 @@ class FleetConnection:
         """Sentinel mode: a primary that moved (SENTINEL FAILOVER) counts as a disconnect, so every user
         resyncs with the new one and the pub/sub listener subscribes again (sidecar/fleet/client.py)."""
         now = self._clock.monotonic()
-        if not self.connected or now < self._next_primary_check:
-            return
+        if self.config.sentinel is None or not self.connected or now < self._next_primary_check:
+            return  # (only Sentinel moves a primary behind the client's back)
         self._next_primary_check = now + SENTINEL_CHECK_INTERVAL
         try:
             async with asyncio.timeout(BACKGROUND_TIMEOUT):

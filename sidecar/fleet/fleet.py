@@ -30,10 +30,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-# Budget deposits reach the fleet this often. A retry asking for a token sends what is pending itself, and
-# deposits fund retries for 10 s (budget.TTL), so once a second loses nothing; every 0.25 s it was 4 of the
-# ~10 commands/s each member sent (bench/RESULTS.md, "Fleet scale").
-FLUSH_INTERVAL = 1.0
 # The pub/sub listener waits this long for a message before it looks at the connection's state again. A
 # broken connection raises at once; this only bounds how long a subscription outlives Redis being marked
 # down for slowness (harmless: messages are applied by generation). Each wake-up costs a member ~0.1 ms,
@@ -88,6 +84,7 @@ class Fleet:
                                           self.scripts, self.keys)
                 self.budgets[chain.name] = budget
             chain.shared_budget = budget
+            shared.budget = budget  # its deposits ride on the breaker's refresh
             self._events.fleet_endpoint_added(exporter, chain.name)
 
     def attach_handoff(self, exporter: Exporter, signals: set[Signal]) -> None:
@@ -100,8 +97,7 @@ class Fleet:
     def start(self) -> None:
         self.conn.start()
         loops: list[tuple[str, Callable[[], Coroutine[Any, Any, None]]]] = [
-            ("fleet-pubsub", self._listen), ("fleet-budget", self._flush_budgets),
-            ("fleet-heartbeat", self._heartbeats)]
+            ("fleet-pubsub", self._listen), ("fleet-heartbeat", self._heartbeats)]
         loops += [(f"fleet-breaker {name}", shared.run) for name, shared in self.breakers.items()]
         loop = asyncio.get_running_loop()
         self._tasks = [loop.create_task(run(), name=name) for name, run in loops]
@@ -175,15 +171,6 @@ class Fleet:
         shared = self.breakers.get(endpoint)
         if shared is not None:
             shared.on_message(record)
-
-    async def _flush_budgets(self) -> None:
-        while True:
-            await self._clock.sleep(FLUSH_INTERVAL)
-            for budget in self.budgets.values():
-                try:
-                    await budget.flush()
-                except Exception:
-                    log.exception("fleet budget flush failed")
 
     async def _heartbeats(self) -> None:
         while True:

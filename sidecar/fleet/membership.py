@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from sidecar.fleet.breaker import FleetScripts
-from sidecar.fleet.client import FleetClient
+from sidecar.fleet.client import FleetClient, ScriptCall, run_scripts
 from sidecar.fleet.connection import FleetConnection
 from sidecar.fleet.keys import Keys
 from sidecar.telemetry.events import Events
@@ -34,20 +34,17 @@ class Heartbeat:
         self._endpoints = endpoints  # the upstream endpoints it sends to: each keeps its own member set
 
     async def beat(self) -> None:
-        """The fleet-wide heartbeat (one script), then one per endpoint: in a cluster each endpoint's
-        member set lives in its own slot, beside the breaker record whose evidence rule reads it."""
+        """The fleet-wide heartbeat (one script) and one per endpoint (in a cluster each endpoint's member set
+        lives in its own slot, beside the breaker record whose evidence rule reads it), in one round trip."""
         payload = json.dumps({"instance": self.instance, **self._snapshot()}, default=str)
         ttl_ms = int(self.interval * TTL_HEARTBEATS * 1000)
-        keys = [self._keys.member(self.instance), self._keys.members]
-        members = await self._conn.call(lambda: self._scripts.heartbeat(
-            keys=keys, args=[self.instance, payload, ttl_ms]))
-        if members is None:
-            return
-        self._events.fleet_members(int(members))
-        for endpoint in self._endpoints():
-            key = self._keys.endpoint_members(endpoint)
-            await self._conn.call(functools.partial(self._scripts.endpoint_heartbeat, keys=[key],
-                                                    args=[self.instance, ttl_ms]))
+        calls: list[ScriptCall] = [(self._scripts.heartbeat, [self._keys.member(self.instance), self._keys.members],
+                                    [self.instance, payload, ttl_ms])]
+        calls += [(self._scripts.endpoint_heartbeat, [self._keys.endpoint_members(endpoint)], [self.instance, ttl_ms])
+                  for endpoint in self._endpoints()]
+        replies = await self._conn.call(functools.partial(run_scripts, self._conn.client, calls))
+        if replies is not None:
+            self._events.fleet_members(int(replies[0]))
 
     async def leave(self) -> None:
         keys = [self._keys.member(self.instance), self._keys.members]

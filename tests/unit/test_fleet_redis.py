@@ -5,17 +5,20 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+import redis
 import redis.asyncio as aioredis
 
 from sidecar.config.schema import FleetConfig, RetryBudgetConfig
 from sidecar.config.units import Duration
 from sidecar.core.clock import SYSTEM_CLOCK
-from sidecar.fleet.breaker import FleetScripts, parse_record
+from sidecar.fleet.breaker import FleetScripts, SharedBreaker, parse_record
 from sidecar.fleet.budget import FleetRetryBudget
+from sidecar.fleet.client import run_scripts
 from sidecar.fleet.connection import BACKGROUND_TIMEOUT, PING_INTERVAL, FleetConnection
 from sidecar.fleet.keys import Keys
 from sidecar.fleet.membership import Heartbeat, read_members
@@ -109,7 +112,9 @@ async def test_the_budget_bucket_pays_ratio_of_deposits_plus_the_floor(conn: Fle
     for budget in budgets:
         for _ in range(20):
             budget.deposit()
-        await budget.flush()
+        deposits = budget.take_deposits()  # as a breaker refresh sends them
+        assert deposits is not None and budget.take_deposits() is None
+        await run_scripts(conn.client, [deposits])
     granted = 0
     for _ in range(10):
         for budget in budgets:
@@ -392,9 +397,15 @@ async def test_the_script_applies_the_calls_the_reports_carry_as_view_does(conn:
 async def test_budget_flushes_count_the_fleets_first_attempts_per_second(conn: FleetConnection) -> None:
     scripts, keys, client = FleetScripts(conn), Keys("t:"), conn.client
     budget = FleetRetryBudget("c", RetryBudgetConfig(), conn, scripts, keys)
+    shared = SharedBreaker("c", conn, scripts, keys, "me", Events(Metrics()), SYSTEM_CLOCK)
+    shared.budget = budget
     for _ in range(7):
         budget.deposit()
-    await budget.flush()
+    assert await shared._read() is not None  # a breaker refresh carries the deposits, in the same round trip
+    assert budget.pending == 0
+    budget.deposit()
+    await shared._read()
+    assert budget.pending == 1  # the next ones wait for the next second
     seconds, _ = await client.time()
     counts = await client.hgetall(keys.budget("c"))
     assert sum(int(v) for k, v in counts.items() if k.startswith("n:")) == 7
@@ -413,3 +424,48 @@ async def test_leaving_removes_the_member_from_its_endpoints(server: RedisServer
     await beat.leave()
     assert await conn.client.zcard(keys.endpoint_members("c:4317")) == 0
     await conn.stop()
+
+
+# A member's background commands share round trips (issue 28: each round trip costs the client far more CPU
+# than Redis, which adds up when one machine hosts many members).
+
+
+async def test_scripts_redis_forgot_are_loaded_and_run(conn: FleetConnection) -> None:
+    """A Redis that restarted empty knows no script: each runs again on its own, which loads it."""
+    scripts, keys = FleetScripts(conn), Keys("t:")
+    read = (scripts.read, [keys.breaker("c"), keys.lease("c")], [])
+    deposit = (scripts.budget, [keys.budget("c")], [5, 0, 0.2, 1.0, 10])
+    await conn.client.script_flush()
+    replies = await run_scripts(conn.client, [read, deposit])
+    assert replies[0][0] == "closed" and replies[1] == 0
+    replies = await run_scripts(conn.client, [read, deposit])  # loaded now: one round trip
+    assert replies[0][0] == "closed"
+    counts = await conn.client.hgetall(keys.budget("c"))
+    assert sum(int(v) for k, v in counts.items() if k.startswith("n:")) == 10  # each deposit once
+
+
+async def test_other_errors_are_raised(conn: FleetConnection) -> None:
+    scripts, keys = FleetScripts(conn), Keys("t:")
+    await conn.client.set(keys.budget("c"), "not a hash")
+    with pytest.raises(redis.ResponseError):
+        await run_scripts(conn.client, [(scripts.budget, [keys.budget("c")], [5, 0, 0.2, 1.0, 10])])
+
+
+async def test_a_heartbeat_is_one_round_trip_for_every_endpoint(conn: FleetConnection,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    keys = Keys("t:")
+    beat = Heartbeat("pod", 1.0, conn, FleetScripts(conn), keys, Events(Metrics()), dict,
+                     endpoints=lambda: ["a:4317", "b:4317"])
+    commands: list[object] = []
+    call = conn.call
+
+    async def counted(command: Callable[[], Awaitable[Any]]) -> Any:
+        commands.append(command)
+        return await call(command)
+
+    monkeypatch.setattr(conn, "call", counted)
+    await beat.beat()
+    assert len(commands) == 1  # the fleet's heartbeat and both endpoints' in one round trip
+    assert await conn.client.zrange(keys.endpoint_members("a:4317"), 0, -1) == ["pod"]
+    assert await conn.client.zrange(keys.endpoint_members("b:4317"), 0, -1) == ["pod"]
+    assert await conn.client.zrange(keys.members, 0, -1) == ["pod"]
