@@ -35,7 +35,7 @@ MALLOC_ARENA_VALUE = "1"
 
 
 class RuntimeRequirementError(RuntimeError):
-    pass
+    """The interpreter lacks something the sidecar relies on (protobuf's upb backend)."""
 
 
 def require_upb() -> None:

@@ -26,7 +26,7 @@ from sidecar.config.schema import Config
 
 
 class EncryptedKeyError(ValueError):
-    pass
+    """A TLS private key is encrypted; the sidecar reads only unencrypted keys."""
 
 
 def _no_password() -> str:

@@ -21,7 +21,7 @@ PositiveInt = Annotated[int, Meta(ge=1)]
 
 
 class Base(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
-    pass
+    """Every config section: an unknown key is an error (a typo must not be ignored), fields by name only."""
 
 
 # ---------------------------------------------------------------- receivers

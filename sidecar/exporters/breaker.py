@@ -350,7 +350,7 @@ class EndpointBreaker:
         outcome = CallOutcome.NEUTRAL
         try:
             try:
-                with self._cb.calling():
+                with contextlib.suppress(_CountedFailure), self._cb.calling():
                     try:
                         yield call
                     except BaseException as exc:  # cancellation or a bug: no verdict on the endpoint
@@ -364,8 +364,6 @@ class EndpointBreaker:
                     self._storage.frozen = outcome is CallOutcome.NEUTRAL
                     if outcome is CallOutcome.FAILURE:
                         raise _CountedFailure()
-            except _CountedFailure:
-                pass
             finally:
                 self._storage.frozen = False
             self._flush()
