@@ -257,4 +257,4 @@ def scenario_footprint(settings: Settings, baseline: Path | None = None) -> Sect
              "RSS includes the shared libraries' file pages (grpc's cygrpc alone is ~15 MiB of them): see "
              "bench/notes.md, Footprint, for the breakdown.")
     data = {relay.name: relay.row for relay in relays}
-    return Section("footprint", "8. Footprint", body, data)
+    return Section("footprint", "9. Footprint", body, data)
