@@ -164,15 +164,21 @@ async def test_flush_timeout_batches_a_steady_trickle_with_many_consumers() -> N
     assert [n for _, e in transport.calls for n in names(e)] == [n for e in entries for n in names(e)]
 
 
-async def trickle(entries: list[QueueEntry], batch: QueueBatchConfig | None,
-                  transport: FakeTransport) -> tuple[Exporter, Metrics]:
-    """Ten consumers; `entries` put 20 ms apart; returns once every entry left the queue."""
-    queue_config = SendingQueueConfig(num_consumers=10, queue_size=100, batch=batch)
+async def started_exporter(transport: FakeTransport, queue_config: SendingQueueConfig) -> tuple[Exporter, Metrics]:
+    """An exporter with `queue_config` sending through `transport`, started."""
     config = make_config([transport.endpoint], sending_queue=queue_config)
     metrics = Metrics()
     exporter = Exporter("otlp_grpc", config, build_sender(config, [transport], transport.clock, metrics),
                         Classifier(), Events(metrics), SYSTEM_CLOCK, None, None)
     await exporter.start()
+    return exporter, metrics
+
+
+async def trickle(entries: list[QueueEntry], batch: QueueBatchConfig | None,
+                  transport: FakeTransport) -> tuple[Exporter, Metrics]:
+    """Ten consumers; `entries` put 20 ms apart; returns once every entry left the queue."""
+    exporter, metrics = await started_exporter(
+        transport, SendingQueueConfig(num_consumers=10, queue_size=100, batch=batch))
     assert exporter.queue is not None
     for entry in entries:
         await exporter.queue.put(entry)
@@ -222,12 +228,8 @@ async def test_an_idle_consumer_holds_no_request_it_sent() -> None:
     """After a burst, consumers wait at the queue; the last batch each sent (its merged payload and its
     entries) must not stay alive in the waiting consumer's frame, or RSS never comes back (issue 24)."""
     transport = FakeTransport("a:4317", sender_clock())
-    queue_config = SendingQueueConfig(num_consumers=2, queue_size=100, batch=QueueBatchConfig(max_requests=4))
-    config = make_config([transport.endpoint], sending_queue=queue_config)
-    metrics = Metrics()
-    exporter = Exporter("otlp_grpc", config, build_sender(config, [transport], transport.clock, metrics),
-                        Classifier(), Events(metrics), SYSTEM_CLOCK, None, None)
-    await exporter.start()
+    exporter, _ = await started_exporter(
+        transport, SendingQueueConfig(num_consumers=2, queue_size=100, batch=QueueBatchConfig(max_requests=4)))
     assert exporter.queue is not None
     try:
         for i in range(6):
