@@ -103,7 +103,7 @@ if state == 'closed' and now - tonumber(redis.call('HGET', KEYS[1], 'at') or '0'
   -- had when it opened is the better estimate (its held data is coming now, in a burst).
   rate = math.max(rate, tonumber(redis.call('HGET', KEYS[1], 'rate') or '0'))
 end
-local window = min_window  -- an unknown rate: a fleet or a Redis that just started (view.py EvidenceRule.window)
+local window = max_window
 if rate > 0 then window = math.min(max_window, math.max(min_window, minimum / rate - batch)) end
 local limit = ratio * math.max(minimum, rate * (window + batch))
 if rate > 0 and window < max_window then limit = math.min(limit, rate * window) end

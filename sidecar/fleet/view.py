@@ -102,7 +102,7 @@ class EvidenceRule:
     a = 50 ms, 150 ms of failures against 50 ms of calls, and 5 % scattered failures opened the fleet
     36 to 39 times a minute in bench/fleet_scale.py). So, with m = minimum_calls and r = rate:
 
-    * window a = clamp(m / r - B, MIN_WINDOW, MAX_WINDOW) (MIN_WINDOW when the rate is unknown): the span
+    * window a = clamp(m / r - B, MIN_WINDOW, MAX_WINDOW) (MAX_WINDOW when the rate is unknown): the span
       a + B holds about m calls, or MIN_WINDOW + B = 150 ms of a busy fleet's traffic;
     * needed = floor(ratio x max(m, r x (a + B))), and, unless the window is the longest, never more than
       the window's own calls r x a (a large `failure_ratio`: when every call fails, one window's failures
@@ -133,11 +133,9 @@ class EvidenceRule:
     minimum_calls: int = 20
 
     def window(self, rate: float) -> float:
-        """How long ago a report may have arrived to count. An unknown rate (no first attempts counted in
-        the last two seconds: a fleet or a Redis that just started) gets the shortest window, not the longest:
-        a busy fleet's first seconds with 1 % failing put 5 failures in a 5 s window."""
+        """How long ago a report may have arrived to count."""
         if rate <= 0:
-            return MIN_WINDOW
+            return MAX_WINDOW
         return min(MAX_WINDOW, max(MIN_WINDOW, self.minimum_calls / rate - EVIDENCE_BATCH))
 
     def needed(self, rate: float, calls: int = 0) -> int:

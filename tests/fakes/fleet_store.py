@@ -31,7 +31,7 @@ class Store:
     holder: str | None = None
     lease_expires: float = 0.0
     rule: EvidenceRule = field(default_factory=EvidenceRule)
-    rate: float = 4.0  # the fleet's request rate as the budget's counts would give it (quiet: a 4.9 s window)
+    rate: float = 0.0  # the fleet's request rate as the budget's counts would give it
     reports: list[tuple[float, str, int, int]] = field(default_factory=list)  # (when, instance, failures, calls)
     gen_opened: int = 0  # the generation of the last open from closed (an outage, for the model's cadence check)
     opened_by_evidence: list[list[str]] = field(default_factory=list)  # the reporters in the window of each

@@ -51,7 +51,7 @@ def test_an_outage_reaches_the_count_within_the_window(rule: EvidenceRule, rate:
     assert MIN_WINDOW <= window <= MAX_WINDOW
     calls = rate * window
     if window < MAX_WINDOW and calls >= 1:
-        assert calls >= rule.needed(rate)
+        assert calls + 1e-9 >= rule.needed(rate)  # the rule rounds with the same tolerance
 
 
 @given(rate=st.floats(4.0, 100_000.0))
@@ -242,13 +242,3 @@ def test_five_percent_of_the_burst_after_a_hold_does_not_open_it_again() -> None
     calls, failures = burst(members, 30, 1.0, seed=0)
     reports = batched_reports(failures)
     assert opens(reports, rule.window(rate), needed, members, calls=with_calls(reports, calls)) == 1
-
-
-def test_a_busy_fleet_that_just_started_with_one_percent_failing_does_not_open() -> None:
-    """For its first seconds a fleet (or a restarted Redis) has no counts of first attempts: the rate is
-    unknown. Measured at N = 50 (500 calls/s, 1 % failing), the longest window then held 5 failures within
-    the first second or two; the shortest one does not."""
-    rule, members = EvidenceRule(), 50
-    starts = [batched_reports(poisson_failures(members, 500.0, 0.01, 2.0, seed)) for seed in range(20)]
-    assert sum(opens(reports, MAX_WINDOW, rule.needed(0.0), members) for reports in starts) >= 10
-    assert sum(opens(reports, rule.window(0.0), rule.needed(0.0), members) for reports in starts) == 0

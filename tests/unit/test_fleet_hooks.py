@@ -327,8 +327,7 @@ def test_a_call_that_ends_without_a_verdict_is_no_streak() -> None:
 
 def test_the_evidence_needed_does_not_grow_with_the_fleet_and_its_window_shrinks_with_its_rate() -> None:
     rule = EvidenceRule()  # the shipped defaults: 25 % of about 20 calls, or of 150 ms of a busy fleet's
-    # An unknown rate (a fleet or Redis that just started): 5 failures within the shortest window.
-    assert rule.needed(0.0) == 5 and rule.window(0.0) == MIN_WINDOW
+    assert rule.needed(0.0) == 5 and rule.window(0.0) == MAX_WINDOW
     # 8 sidecars x 10 requests/s: reports arriving within 150 ms carry failures of up to 250 ms (one batch
     # more), the span in which the fleet makes the 20 calls.
     assert rule.needed(80.0) == 5 and rule.window(80.0) == pytest.approx(0.25 - EVIDENCE_BATCH)
