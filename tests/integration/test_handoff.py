@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import shutil
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +35,9 @@ from tests.polling import eventually
 from tests.sidecar_process import SidecarProcess
 
 HANDOFF = {"claim_timeout": "2s", "claim_interval": "200ms", "timeout": "3s"}
+
+# Starts a fleet member by name, with handoff settings over HANDOFF; one per kind of Redis.
+StartMember = Callable[..., SidecarProcess]
 
 
 @pytest.fixture
@@ -134,33 +138,45 @@ def test_a_departed_members_acknowledged_spans_are_delivered_by_the_others(
 
 def test_a_claimer_killed_after_claiming_leaves_its_claims_to_another_member(
         sidecar_factory: SidecarFactory, upstream: FakeCollector, redis_server: RedisServer) -> None:
-    s0 = start_member(sidecar_factory, upstream, redis_server, "s0")
-    s1 = start_member(sidecar_factory, upstream, redis_server, "s1")
+    a_killed_claimers_claims_are_taken_over(
+        lambda name, handoff=None: start_member(sidecar_factory, upstream, redis_server, name, handoff),
+        upstream, lambda: redis.Redis(port=redis_server.port), requests=200)
+
+
+def a_killed_claimers_claims_are_taken_over(start: StartMember, upstream: FakeCollector,
+                                            store: Callable[[], Any], requests: int) -> None:
+    """s0 departs during an outage; s1 claims its backlog and is killed while delivering it; s2, started
+    later, takes the dead claimer's claims over (after claim_timeout) and every span arrives. `store` opens
+    a redis-py client of the fleet's Redis (one server, Sentinel's primary or a cluster)."""
+    stream = Keys("otlp-sidecar:").handoff(upstream.grpc_endpoint, "traces")
+    s0 = start("s0")
+    s1 = start("s1")
     upstream.fail_always(grpc_code=grpc.StatusCode.UNAVAILABLE)
     client = Client(s0)
     try:
-        fill_during_outage(s0, client, 1_000_000, requests=200)
+        fill_during_outage(s0, client, 1_000_000, requests=requests)
         depart(s0)
         # The upstream recovers, slowly: s1 claims and is still delivering when it is killed.
         upstream.clear_faults()
         upstream.set_delay(0.5)
         assert eventually(lambda: s1.metric_value("sidecar_handoff_claimed_items_total") > 0, 30)
         s1.kill()
-        store = redis.Redis(port=redis_server.port)
-        stream = Keys("otlp-sidecar:").handoff(upstream.grpc_endpoint, "traces")
-        held_by_s1 = int(store.xpending(stream, "deliver")["pending"])
-        store.close()
+        with closing(store()) as redis_client:
+            held_by_s1 = int(redis_client.xpending(stream, "deliver")["pending"])
         assert held_by_s1 > 0, "s1 held no claim when it was killed"
         upstream.set_delay(0.0)
-        # A member that starts later takes its share, the dead claimer's claims included (after claim_timeout).
-        s2 = start_member(sidecar_factory, upstream, redis_server, "s2")
+        s2 = start("s2")
         assert eventually(lambda: client.acknowledged <= upstream.span_ids(), 60), \
             f"{len(client.acknowledged - upstream.span_ids())} acknowledged spans never arrived"
         assert s2.metric_value("sidecar_handoff_delivered_items_total") > 0
-        assert eventually(lambda: redis_backlog(redis_server, upstream) == 0, 20)
+        assert eventually(lambda: stream_length(store, stream) == 0, 20)
     finally:
         client.close()
-        time.sleep(0)
+
+
+def stream_length(store: Callable[[], Any], stream: str) -> int:
+    with closing(store()) as redis_client:
+        return int(redis_client.xlen(stream))
 
 
 def spans_of(upstream: FakeCollector, wanted: set[bytes]) -> set[bytes]:
@@ -173,16 +189,26 @@ def shutdown_drops(sidecars: list[SidecarProcess]) -> float:
 
 def test_what_does_not_fit_the_budget_stays_local_and_is_counted_once_when_its_volume_is_gone(
         sidecar_factory: SidecarFactory, upstream: FakeCollector, redis_server: RedisServer) -> None:
+    what_does_not_fit_the_budget_is_left_behind_and_counted_once(
+        lambda name, handoff=None: start_member(sidecar_factory, upstream, redis_server, name, handoff),
+        upstream, lambda: redis.Redis(port=redis_server.port), requests=150)
+
+
+def what_does_not_fit_the_budget_is_left_behind_and_counted_once(
+        start: StartMember, upstream: FakeCollector, store: Callable[[], Any], requests: int) -> None:
+    """s0 departs with more than the handoff budget holds: the oldest entries are handed off and delivered,
+    exactly those; the rest stays on its volume, which is gone, and one live member counts it, once."""
+    stream = Keys("otlp-sidecar:").handoff(upstream.grpc_endpoint, "traces")
     handoff = {"max_mib": 0.02, "left_behind_timeout": "3s"}
-    sidecars = [start_member(sidecar_factory, upstream, redis_server, f"s{i}", handoff) for i in range(3)]
+    sidecars = [start(f"s{i}", handoff) for i in range(3)]
     upstream.fail_always(grpc_code=grpc.StatusCode.UNAVAILABLE)
     client = Client(sidecars[0])
     try:
-        fill_during_outage(sidecars[0], client, 1_000_000, requests=150)
+        fill_during_outage(sidecars[0], client, 1_000_000, requests=requests)
         depart(sidecars[0])
         event = handoff_event(sidecars[0])
         handed, left = event["handed_off_items"], event["left_items"]
-        assert handed > 0 and left > 0 and handed + left == 1500, event
+        assert handed > 0 and left > 0 and handed + left == requests * 10, event
         assert event["why_left"] == "budget_full"
         assert any(e.get("event") == "handoff_left_behind" for e in sidecars[0].log_events())
         live = sidecars[1:]
@@ -193,7 +219,7 @@ def test_what_does_not_fit_the_budget_stays_local_and_is_counted_once_when_its_v
         # What fitted is delivered once the upstream recovers: the oldest entries, exactly those.
         upstream.clear_faults()
         assert eventually(lambda: len(spans_of(upstream, client.acknowledged)) == handed, 30)
-        assert eventually(lambda: redis_backlog(redis_server, upstream) == 0, 20)
+        assert eventually(lambda: stream_length(store, stream) == 0, 20)
         time.sleep(2.0)
         assert shutdown_drops(live) == left
         assert len(spans_of(upstream, client.acknowledged)) == handed

@@ -25,11 +25,12 @@ from tests.integration.test_fleet import FAST_BREAKER, Client, Traffic, fleet_st
 from tests.integration.test_fleet_ha import KEYS, ClusterMode, HARedis, SentinelMode, ha_edit, started_ha_redis
 from tests.integration.test_handoff import (
     HANDOFF,
+    a_killed_claimers_claims_are_taken_over,
     depart,
     fill_during_outage,
     handoff_event,
     shutdown_drops,
-    spans_of,
+    what_does_not_fit_the_budget_is_left_behind_and_counted_once,
 )
 from tests.polling import eventually
 from tests.sidecar_process import SidecarProcess, free_port
@@ -106,56 +107,16 @@ def test_a_departed_members_spans_are_delivered_through_sentinel_or_cluster(
 
 def test_on_a_cluster_a_killed_claimers_claims_are_taken_over(
         sidecar_factory: SidecarFactory, upstream: FakeCollector, cluster: HARedis) -> None:
-    endpoint = upstream.grpc_endpoint
-    s0 = start_member(sidecar_factory, upstream, cluster, "s0")
-    s1 = start_member(sidecar_factory, upstream, cluster, "s1")
-    upstream.fail_always(grpc_code=grpc.StatusCode.UNAVAILABLE)
-    client = Client(s0)
-    try:
-        fill_during_outage(s0, client, 1_000_000, requests=REQUESTS)
-        depart(s0)
-        upstream.clear_faults()
-        upstream.set_delay(0.5)  # s1 is still delivering what it claimed when it is killed
-        assert eventually(lambda: s1.metric_value("sidecar_handoff_claimed_items_total") > 0, 30)
-        s1.kill()
-        store = cluster.store()
-        try:
-            held_by_s1 = int(store.xpending(KEYS.handoff(endpoint, "traces"), "deliver")["pending"])
-        finally:
-            store.close()
-        assert held_by_s1 > 0, "s1 held no claim when it was killed"
-        upstream.set_delay(0.0)
-        s2 = start_member(sidecar_factory, upstream, cluster, "s2")
-        assert eventually(lambda: client.acknowledged <= upstream.span_ids(), 45), \
-            f"{len(client.acknowledged - upstream.span_ids())} acknowledged spans never arrived"
-        assert s2.metric_value("sidecar_handoff_delivered_items_total") > 0
-        assert eventually(lambda: backlog(cluster, endpoint) == 0, 20)
-    finally:
-        client.close()
+    a_killed_claimers_claims_are_taken_over(
+        lambda name, handoff=None: start_member(sidecar_factory, upstream, cluster, name, handoff),
+        upstream, cluster.store, requests=REQUESTS)
 
 
 def test_on_a_cluster_what_does_not_fit_the_budget_is_left_behind_and_counted_once(
         sidecar_factory: SidecarFactory, upstream: FakeCollector, cluster: HARedis) -> None:
-    handoff = {"max_mib": 0.02, "left_behind_timeout": "3s"}
-    sidecars = [start_member(sidecar_factory, upstream, cluster, f"s{i}", handoff) for i in range(3)]
-    upstream.fail_always(grpc_code=grpc.StatusCode.UNAVAILABLE)
-    client = Client(sidecars[0])
-    try:
-        fill_during_outage(sidecars[0], client, 1_000_000, requests=REQUESTS)
-        depart(sidecars[0])
-        event = handoff_event(sidecars[0])
-        handed, left = event["handed_off_items"], event["left_items"]
-        assert handed > 0 and left > 0 and handed + left == REQUESTS * 10, event
-        assert event["why_left"] == "budget_full"
-        live = sidecars[1:]
-        assert eventually(lambda: shutdown_drops(live) == left, 20), shutdown_drops(live)
-        upstream.clear_faults()
-        assert eventually(lambda: len(spans_of(upstream, client.acknowledged)) == handed, 30)
-        assert eventually(lambda: backlog(cluster, upstream.grpc_endpoint) == 0, 20)
-        time.sleep(1.0)
-        assert shutdown_drops(live) == left
-    finally:
-        client.close()
+    what_does_not_fit_the_budget_is_left_behind_and_counted_once(
+        lambda name, handoff=None: start_member(sidecar_factory, upstream, cluster, name, handoff),
+        upstream, cluster.store, requests=REQUESTS)
 
 
 @pytest.fixture
