@@ -108,7 +108,7 @@ class EvidenceRule:
     a = 50 ms, 150 ms of failures against 50 ms of calls, and 5 % scattered failures opened the fleet
     36 to 39 times a minute in bench/fleet_scale.py). So, with m = minimum_calls and r = rate:
 
-    * window a = clamp(m / r - B, MIN_WINDOW, MAX_WINDOW) (MAX_WINDOW when the rate is unknown): the span
+    * window a = clamp(m / r - B, MIN_WINDOW, MAX_WINDOW) (MAX_WINDOW when the rate is unknown, `tally`): the span
       a + B holds about m calls, or MIN_WINDOW + B = 150 ms of a busy fleet's traffic;
     * needed = floor(ratio x max(m, r x (a + B))), and, unless the window is the longest, never more than
       the window's own calls r x a (a large `failure_ratio`: when every call fails, one window's failures
@@ -138,10 +138,10 @@ class EvidenceRule:
     failure_ratio: float = 0.25
     minimum_calls: int = 20
 
-    def calls_span(self, rate: float) -> str:
-        """Which of a report's calls the window compares its failures with: `long` (LONG_CALLS_LOOKBACK) for the
-        longest window, `short` (CALLS_LOOKBACK) otherwise."""
-        return "long" if self.window(rate) >= MAX_WINDOW else "short"
+    def long_span(self, rate: float) -> bool:
+        """Whether the window compares its failures with the reports' calls over LONG_CALLS_LOOKBACK (the longest
+        window) rather than over CALLS_LOOKBACK."""
+        return self.window(rate) >= MAX_WINDOW
 
     def tally(self, reports: Iterable[Report], rate: float) -> tuple[int, int, int]:
         """(failures, reporters, calls) of the reports that arrived within `window(rate)`, as `opens` counts them.
@@ -163,7 +163,7 @@ class EvidenceRule:
         """
         failures: dict[str, int] = {}
         calls = 0
-        long = self.calls_span(rate) == "long"
+        long = self.long_span(rate)
         for report in reports:
             failures[report.instance] = failures.get(report.instance, 0) + report.failures
             calls += report.calls_long if long else report.calls

@@ -439,7 +439,7 @@ async def test_the_script_applies_the_calls_the_reports_carry_as_view_does(conn:
     await set_rate(conn, keys, "c", rate)
     needed = rule.needed(rate, calls)
     assert needed > rule.needed(rate)  # the calls decide here
-    long = rule.calls_span(rate) == "long"
+    long = rule.long_span(rate)
     assert long == (rule.window(rate) == MAX_WINDOW)
     short_calls, long_calls = (needed - 1, calls) if long else (calls, 10 * calls)
     assert await report(scripts, keys, "c", "a", failures=needed - 1, calls=short_calls, calls_long=long_calls,
