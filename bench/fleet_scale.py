@@ -388,6 +388,8 @@ def run_once(spec: RunSpec, redis_url: str, workdir: Path, log: Any = print) -> 
         "latency_p50_ms": percentile(latencies, 0.5), "latency_p99_ms": percentile(latencies, 0.99),
         "latency_max_ms": max(latencies, default=None),
         "fleet_opens": sum(1 for _, state in channel.messages if state == "open"),
+        # seconds after the load started: whether the opens of a scattered-failure row came at the fleet's start
+        "open_times_s": [round(at - base, 2) for at, state in channel.messages if state == "open"],
         "open_causes": channel.causes,
         "local_opens": sum(w["local_opens"] for w in workers),
         "lag_p99_ms": max(w["lag_p99_ms"] for w in workers), "lag_max_ms": max(w["lag_max_ms"] for w in workers),
@@ -492,6 +494,14 @@ def open_causes(run: dict[str, Any]) -> str:
     return " (" + ", ".join(f"{name} x {count}" for name, count in counts.items()) + ")" if counts else ""
 
 
+def open_times(run: dict[str, Any]) -> str:
+    """' at 0.4, 12.1, 30 s ...': the first fleet-wide opens, in seconds after the load started."""
+    times = run.get("open_times_s") or []
+    if not times:
+        return ""
+    return f" at {', '.join(f'{t:g}' for t in times[:3])} s{' ...' if len(times) > 3 else ''}"
+
+
 def scenario_fleet_scale(settings: Any) -> Any:
     from bench.run import Section, log, table
     from tests.fakes.redis_server import RedisServer
@@ -531,6 +541,9 @@ def scenario_fleet_scale(settings: Any) -> Any:
         cost_rows.append([n, f"{sent_per_member(redis, n):.2f}", f"{redis['commands_per_s_per_member']:.1f}",
                           f"{redis['commands_per_s']:,.0f}", f"{redis['redis_cpu_percent']:.1f} %", top,
                           f"{on['worker_cpu_percent']:.0f} %" if on["worker_cpu_percent"] is not None else "-"])
+    def cpu(run: dict[str, Any]) -> str:
+        return f"{run['worker_cpu_percent']:.0f} %" if run.get("worker_cpu_percent") is not None else "-"
+
     scatter_rows = []
     for n in sizes:
         for ratio in SCATTER_RATIOS:
@@ -538,11 +551,14 @@ def scenario_fleet_scale(settings: Any) -> Any:
             added = (on["latency_p99_ms"] - off["latency_p99_ms"]
                      if on["latency_p99_ms"] is not None and off["latency_p99_ms"] is not None else float("nan"))
             seconds = runs[n]["measured"]["scatter_seconds"]
-            scatter_rows.append([n, f"{ratio:.0%}", f"{seconds:g} s", f"{on['fleet_opens']}{open_causes(on)}",
+            scatter_rows.append([n, f"{ratio:.0%}", f"{seconds:g} s", f"{on['fleet_opens']}{open_causes(on)}"
+                                 + open_times(on),
                                  f"{off['local_opens']} / {on['local_opens']}",
                                  f"{off['latency_p99_ms']:.0f} ms", f"{on['latency_p99_ms']:.0f} ms",
                                  f"{added:+.0f} ms",
-                                 f"{max(off['lag_p99_ms'], on['lag_p99_ms']):.0f} ms"])
+                                 f"{off['lag_p99_ms']:.0f} / {on['lag_p99_ms']:.0f} ms",
+                                 f"{off['lag_max_ms']:.0f} / {on['lag_max_ms']:.0f} ms",
+                                 f"{cpu(off)} / {cpu(on)}"])
     intro = (f"N = {', '.join(str(n) for n in sizes)} simulated sidecars in "
              f"{', '.join(str(workers_for(n)) for n in sizes)} worker processes. Each member is the real "
              "exporter (memory queue, batching consumers, retry, breaker, health prober) and the real fleet "
@@ -565,9 +581,13 @@ def scenario_fleet_scale(settings: Any) -> Any:
                      "top commands (executed / s / member)", "worker CPU (all workers)"], cost_rows)
             + f"\n\n**Scattered failures**: a healthy upstream whose calls each fail with the given probability, "
               f"for {scatter:g} s; fleet mode off and on in turn. Fleet opens are the `open` messages on the "
-              "fleet's breaker channel; latency is client acknowledgement -> accepted upstream, per request.\n\n"
+              "fleet's breaker channel (with the seconds after the load's start of the first ones); latency is "
+              "client acknowledgement -> accepted upstream, per request. The harness's lag and the workers' CPU "
+              "(all workers, % of one core) of each row: fleet mode's per-member background work (its Redis "
+              "round trips) shares the few worker processes with the members' delivery.\n\n"
             + table(["N", "failing", "for", "fleet-wide opens", "local breaker opens (off / on)", "p99 fleet off",
-                     "p99 fleet on", "added p99", "harness lag p99"], scatter_rows)
+                     "p99 fleet on", "added p99", "harness lag p99 (off / on)", "lag max (off / on)",
+                     "worker CPU (off / on)"], scatter_rows)
             + "\n\nMeasured: " + "; ".join(
                 f"N = {n} at {runs[n]['measured']['at']} on {runs[n]['measured']['commit']}" for n in sizes)
             + f"\n\n![fleet scale]({plot.name})")

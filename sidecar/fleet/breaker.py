@@ -42,8 +42,10 @@ from sidecar.fleet.connection import FleetConnection
 from sidecar.fleet.keys import Keys
 from sidecar.fleet.view import (
     EVIDENCE_BATCH,
+    LONG_CALLS_LOOKBACK,
     MAX_WINDOW,
     MIN_WINDOW,
+    REPEATED_FAILURES,
     EvidenceRule,
     FleetView,
     ProbeLease,
@@ -223,10 +225,12 @@ class SharedBreaker:
             now = self._clock.monotonic()
             # At least the failures: a trip or a failed probe is counted without a call of its own.
             calls = max(failures, self._recent_calls.since(self._last_report, now))
+            recent = self._recent_calls.since(self._last_report, now, LONG_CALLS_LOOKBACK)
+            calls_long = self.rule.long_calls(calls, recent)
             self._last_report = now
-            await self._report_failures(failures, calls)
+            await self._report_failures(failures, calls, calls_long)
 
-    async def _report_failures(self, failures: int, calls: int) -> None:
+    async def _report_failures(self, failures: int, calls: int, calls_long: int) -> None:
         keys = [self._keys.breaker(self.endpoint), self._keys.evidence(self.endpoint),
                 self._keys.endpoint_members(self.endpoint), self._keys.budget(self.endpoint)]
         self._report_seq += 1
@@ -234,7 +238,7 @@ class SharedBreaker:
             self._instance, self._report_seq, failures, calls, float(self.rule.failure_ratio),
             int(self.rule.minimum_calls),
             int(MIN_WINDOW * 1000), int(MAX_WINDOW * 1000), int(EVIDENCE_BATCH * 1000), int(self._base_timeout * 1000),
-            self._keys.channel, self.endpoint, self.open_class]
+            self._keys.channel, self.endpoint, self.open_class, calls_long, REPEATED_FAILURES]
         reply = await self._conn.call(lambda: self._scripts.evidence(keys=keys, args=args))
         if reply is None:
             return

@@ -67,19 +67,24 @@ return open_record(KEYS[1], KEYS[3], timeout, gen, ARGV[4], cause, now, ARGV[5],
 
 # KEYS: breaker, evidence, endpoint members, budget. ARGV: instance, seq (this sidecar's report number),
 # failures (since its last report), calls (its calls since its last report, at most CALLS_LOOKBACK back),
-# failure_ratio, minimum_calls, min_window_ms, max_window_ms, batch_ms, base_ms, channel, endpoint, class.
+# failure_ratio, minimum_calls, min_window_ms, max_window_ms, batch_ms, base_ms, channel, endpoint, class,
+# calls_long (its calls since its last report, at most LONG_CALLS_LOOKBACK back), repeated (REPEATED_FAILURES).
 # -> state, remaining ms, timeout ms, gen, tripped (0/1), failures in the window, failures needed.
 #
 # One member's batch of failures (sidecar/fleet/breaker.py sends one at most every EVIDENCE_BATCH =
 # batch_ms). The rule is sidecar/fleet/view.py `EvidenceRule` (tests/unit/test_fleet_redis.py checks they
 # agree), computed in seconds in the same order: the fleet's request rate is read from the retry budget's
-# per-second counts of first attempts (`n:<s>`, the last two whole seconds); failures are summed over the
-# reports that arrived within the window, which carry failures of up to window + batch, and the record
-# opens when they reach failure_ratio of the calls of that span, and of the calls the reports in the window
-# carry, reported by at least two members (when the endpoint has two). For 3 s after a close the rate is at
-# least the one the record kept when the evidence opened it (field `rate`): a hold makes no first attempts,
-# so the counts of the seconds it covered undercount the traffic coming back. Reports live in a sorted set
-# scored by Redis time, as `instance\nseq\ncalls\nfailures` (`instance\nseq\nfailures` from older versions).
+# per-second counts of first attempts (`n:<s>`: the average of the last two whole seconds, unknown (0) while
+# the second before last counted none, `fleet_rate`); failures are summed over the reports that arrived
+# within the window, which carry failures of up to window + batch, and the record opens when they reach
+# failure_ratio of the calls of that span, and of the calls the reports in the window carry (those of
+# LONG_CALLS_LOOKBACK for the longest window), reported by at least two members (when the endpoint has two).
+# With an unknown rate only the failures of members that reported at least `repeated` in the window count
+# (`EvidenceRule.tally`). For 3 s after a close the rate is at least the one the record kept when the
+# evidence opened it (field `rate`): a hold makes no first attempts, so the counts of the seconds it covered
+# undercount the traffic coming back. Reports live in a sorted set scored by Redis time, as
+# `instance\nseq/calls_long\ncalls\nfailures` (`encode_report`; `instance\nseq\ncalls\nfailures` and
+# `instance\nseq\nfailures` from older versions).
 EVIDENCE = _NOW + _OPEN_RECORD + """
 local state = redis.call('HGET', KEYS[1], 'state') or 'closed'
 local timeout = tonumber(redis.call('HGET', KEYS[1], 'timeout') or '0')
@@ -95,9 +100,9 @@ local max_window_ms = tonumber(ARGV[8])
 local max_window = max_window_ms / 1000
 local batch = tonumber(ARGV[9]) / 1000
 local second = math.floor(now / 1000)
-local calls = tonumber(redis.call('HGET', KEYS[4], 'n:' .. (second - 1)) or '0')
-  + tonumber(redis.call('HGET', KEYS[4], 'n:' .. (second - 2)) or '0')
-local rate = calls / 2
+local rate = 0
+local before = tonumber(redis.call('HGET', KEYS[4], 'n:' .. (second - 2)) or '0')
+if before > 0 then rate = (tonumber(redis.call('HGET', KEYS[4], 'n:' .. (second - 1)) or '0') + before) / 2 end
 if state == 'closed' and now - tonumber(redis.call('HGET', KEYS[1], 'at') or '0') < 3000 then
   -- Closed less than 3 s ago: the last two seconds' counts still hold the hold's silence; the rate the fleet
   -- had when it opened is the better estimate (its held data is coming now, in a burst).
@@ -107,26 +112,31 @@ local window = max_window
 if rate > 0 then window = math.min(max_window, math.max(min_window, minimum / rate - batch)) end
 local limit = ratio * math.max(minimum, rate * (window + batch))
 if rate > 0 and window < max_window then limit = math.min(limit, rate * window) end
-redis.call('ZADD', KEYS[2], now, ARGV[1] .. '\\n' .. ARGV[2] .. '\\n' .. ARGV[4] .. '\\n' .. ARGV[3])
+local calls_long = ARGV[14] or ARGV[4]
+local repeated = tonumber(ARGV[15] or '1')
+redis.call('ZADD', KEYS[2], now,
+           ARGV[1] .. '\\n' .. ARGV[2] .. '/' .. calls_long .. '\\n' .. ARGV[4] .. '\\n' .. ARGV[3])
 redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', '(' .. (now - max_window_ms))
 redis.call('PEXPIRE', KEYS[2], max_window_ms * 2)
-local failures = 0
+local long = window >= max_window
+local by_instance = {}
 local calls_reported = 0
-local first = nil
-local reporters = 0
 for _, entry in ipairs(redis.call('ZRANGEBYSCORE', KEYS[2], now - window * 1000, '+inf')) do
-  local instance, _, made, count = string.match(entry, '^(.*)\\n([^\\n]*)\\n([^\\n]*)\\n([^\\n]*)$')
+  local instance, seq, made, count = string.match(entry, '^(.*)\\n([^\\n]*)\\n([^\\n]*)\\n([^\\n]*)$')
   if instance == nil then  -- an older sidecar's report, without its calls
-    instance, _, count = string.match(entry, '^(.*)\\n([^\\n]*)\\n([^\\n]*)$')
+    instance, seq, count = string.match(entry, '^(.*)\\n([^\\n]*)\\n([^\\n]*)$')
     made = count
   end
-  failures = failures + tonumber(count)
+  if long then made = string.match(seq, '/(%d+)$') or made end
+  by_instance[instance] = (by_instance[instance] or 0) + tonumber(count)
   calls_reported = calls_reported + tonumber(made)
-  if first == nil then
-    first = instance
-    reporters = 1
-  elseif instance ~= first then
-    reporters = 2
+end
+local failures = 0
+local reporters = 0
+for _, count in pairs(by_instance) do
+  if rate > 0 or count >= repeated then
+    failures = failures + count
+    reporters = reporters + 1
   end
 end
 limit = math.max(limit, ratio * calls_reported)

@@ -25,7 +25,7 @@ from sidecar.fleet.fleet import evidence_rule
 from sidecar.fleet.handoff_status import Backlog, backlog_json, backlog_lines, read_backlogs
 from sidecar.fleet.keys import Keys
 from sidecar.fleet.membership import Member, read_members
-from sidecar.fleet.view import MAX_WINDOW, EvidenceRule
+from sidecar.fleet.view import MAX_WINDOW, EvidenceRule, fleet_rate, parse_report
 
 EXIT_UNAVAILABLE = 1
 EXIT_USAGE = 2
@@ -98,15 +98,13 @@ async def read_endpoints(client: FleetClient, keys: Keys, endpoints: list[str],
         members = int(await client.zcount(keys.endpoint_members(endpoint), now_ms, "+inf"))
         second = now_ms // 1000
         counts = await client.hmget(keys.budget(endpoint), [f"n:{second - 1}", f"n:{second - 2}"])
-        rate = sum(int(c or 0) for c in counts) / 2
+        rate = fleet_rate(*(int(c or 0) for c in counts))
         if record.get("state", "closed") == "closed" and now_ms - int(record.get("at", 0)) < RATE_AFTER_CLOSE_MS:
             rate = max(rate, float(record.get("rate", 0)))  # as the EVIDENCE script does just after a close
         window = rule.window(rate)
-        parsed = [(str(entry).split("\n"), float(at)) for entry, at in cast(list[tuple[str, float]], reports)]
-        failing = sorted({fields[0] for fields, _ in parsed})
-        in_window = [fields for fields, at in parsed if at >= now_ms - window * 1000]
-        failures = sum(int(fields[-1]) for fields in in_window)
-        calls = sum(int(fields[-2] if len(fields) >= 4 else fields[-1]) for fields in in_window)
+        parsed = [(parse_report(str(entry)), float(at)) for entry, at in cast(list[tuple[str, float]], reports)]
+        failing = sorted({report.instance for report, _ in parsed})
+        failures, _, calls = rule.tally((report for report, at in parsed if at >= now_ms - window * 1000), rate)
         is_open = record.get("state") == "open"
         states.append(EndpointState(
             endpoint, "open" if is_open else "closed",

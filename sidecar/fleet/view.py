@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 from collections import deque
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from sidecar.core.taxonomy import Category, Classification, Recoverability, Recovery, Severity
@@ -28,8 +29,13 @@ MIN_WINDOW = 0.05  # seconds: the shortest window failures are summed over (a bu
 MAX_WINDOW = 5.0  # seconds: the longest (a quiet fleet); reports older than this are forgotten
 EVIDENCE_BATCH = 0.1  # seconds: a sidecar sends its failure counts at most this often (and only when it has some)
 # seconds: a report also carries the calls its sidecar made since its previous report, over at most this long
-# back (the span a busy fleet's window compares failures with)
+# back (the span a busy fleet's window compares failures with) ...
 CALLS_LOOKBACK = MIN_WINDOW + EVIDENCE_BATCH
+# ... and over at most this long back (the span of the longest window: a quiet fleet's, or an unknown rate's)
+LONG_CALLS_LOOKBACK = MAX_WINDOW + EVIDENCE_BATCH
+# With an unknown rate a sidecar's failures count only once it has reported at least this many in the window
+# (see EvidenceRule.tally).
+REPEATED_FAILURES = 2
 
 
 @dataclass(slots=True)
@@ -102,7 +108,7 @@ class EvidenceRule:
     a = 50 ms, 150 ms of failures against 50 ms of calls, and 5 % scattered failures opened the fleet
     36 to 39 times a minute in bench/fleet_scale.py). So, with m = minimum_calls and r = rate:
 
-    * window a = clamp(m / r - B, MIN_WINDOW, MAX_WINDOW) (MAX_WINDOW when the rate is unknown): the span
+    * window a = clamp(m / r - B, MIN_WINDOW, MAX_WINDOW) (MAX_WINDOW when the rate is unknown, `tally`): the span
       a + B holds about m calls, or MIN_WINDOW + B = 150 ms of a busy fleet's traffic;
     * needed = floor(ratio x max(m, r x (a + B))), and, unless the window is the longest, never more than
       the window's own calls r x a (a large `failure_ratio`: when every call fails, one window's failures
@@ -132,6 +138,49 @@ class EvidenceRule:
     failure_ratio: float = 0.25
     minimum_calls: int = 20
 
+    def long_span(self, rate: float) -> bool:
+        """Whether the window compares its failures with the reports' calls over LONG_CALLS_LOOKBACK (the longest
+        window) rather than over CALLS_LOOKBACK."""
+        return self.window(rate) >= MAX_WINDOW
+
+    def tally(self, reports: Iterable[Report], rate: float) -> tuple[int, int, int]:
+        """(failures, reporters, calls) of the reports that arrived within `window(rate)`, as `opens` counts them.
+
+        A known rate counts every report, with its calls over CALLS_LOOKBACK (or LONG_CALLS_LOOKBACK for the
+        longest window, whose span they are). An unknown rate (rate <= 0: no first attempts counted in the
+        second before last, see `fleet_rate`: a fleet whose traffic just started, or a Redis that just did)
+        gets the longest window, and with it:
+
+        * the calls of LONG_CALLS_LOOKBACK (`long_calls`): the span the window's failures come from (with
+          150 ms of calls, a member making 10 calls/s carried 1 or 2, and 1 % scattered failures of a fleet of
+          50 reached 5 failures within 5 s in about a second: bench/fleet_scale.py opened it once, at its
+          start);
+        * only the failures of a sidecar that reported at least REPEATED_FAILURES of them in the window count
+          (and only such sidecars are reporters): an outage fails each sidecar's calls again and again, within
+          its next report or two (every EVIDENCE_BATCH), while a scattered failure seldom strikes the same
+          sidecar twice in its few first calls. A fleet's first seconds have no history to tell them apart
+          otherwise: 1,000 members making 2 calls/s each report 1 failure of 1 call at 1 %, as in an outage.
+        """
+        failures: dict[str, int] = {}
+        calls = 0
+        long = self.long_span(rate)
+        for report in reports:
+            failures[report.instance] = failures.get(report.instance, 0) + report.failures
+            calls += report.calls_long if long else report.calls
+        if rate <= 0:
+            failures = {i: f for i, f in failures.items() if f >= REPEATED_FAILURES}
+        return sum(failures.values()), len(failures), calls
+
+    def long_calls(self, short: int, recent: int) -> int:
+        """The calls a report carries over LONG_CALLS_LOOKBACK: its sidecar's `recent` calls since its previous
+        report, but at most minimum_calls / 2 of them (and at least its `short` ones, CALLS_LOOKBACK's). The cap
+        bounds what a sidecar's healthy calls before an outage weigh against the failures it sees until its
+        own breaker trips (`failure_threshold` in a row, 5, and the trip: 6 of at most 10 + 5 calls, over 25 %);
+        uncapped, an outage that began a second or two after a busy fleet's start (40 calls/s per sidecar) did
+        not open it (tests/property/test_fleet_evidence_props.py). A few calls per failure are enough against
+        scattered failures: those count only when they repeat on one sidecar (`tally`)."""
+        return max(short, min(recent, self.minimum_calls // 2))
+
     def window(self, rate: float) -> float:
         """How long ago a report may have arrived to count."""
         if rate <= 0:
@@ -153,21 +202,71 @@ class EvidenceRule:
         return failures >= self.needed(rate, calls) and reporters >= (2 if members >= 2 else 1)
 
 
+@dataclass(frozen=True, slots=True)
+class Report:
+    """One failure report as the EVIDENCE script keeps it (`encode_report`)."""
+
+    instance: str
+    failures: int
+    calls: int  # its sidecar's calls since its previous report, at most CALLS_LOOKBACK back
+    calls_long: int  # the same, at most LONG_CALLS_LOOKBACK back
+
+
+def encode_report(instance: str, seq: int, failures: int, calls: int, calls_long: int) -> str:
+    """`instance NL seq/calls_long NL calls NL failures`, as the EVIDENCE script writes it (NL a newline). The
+    long calls ride in the sequence field, which the scripts of earlier versions read past (their pattern
+    takes the last three fields as seq, calls, failures), so a fleet in the middle of an upgrade still pools
+    its reports."""
+    return f"{instance}\n{seq}/{calls_long}\n{calls}\n{failures}"
+
+
+def parse_report(entry: str) -> Report:
+    """`encode_report`'s entry read back, and those of earlier versions: `instance NL seq NL calls NL failures`
+    (long calls: the short ones) and `instance NL seq NL failures` (calls: the failures)."""
+    fields = entry.split("\n")
+    if len(fields) >= 4:
+        instance, (seq, calls, failures) = "\n".join(fields[:-3]), fields[-3:]
+    else:
+        instance, (seq, failures) = "\n".join(fields[:-2]), fields[-2:]
+        calls = failures
+    long = seq.partition("/")[2]
+    return Report(instance, int(failures), int(calls), int(long) if long else int(calls))
+
+
+def fleet_rate(last: int, before: int) -> float:
+    """The fleet's request rate from the retry budget's counts of first attempts in the last two whole seconds:
+    their average, or 0 (unknown) while the one before last counted none. When a fleet's traffic starts (or
+    a Redis does), the first second that counts any is partial (members flush their deposits once a second)
+    and may hold a sliver of it: alone, it gave a rate of a fraction of the real one and a window far too
+    long for the traffic (at 100 requests/s counted of 2,000: 5 failures within 100 ms, which 1 % scattered
+    failures reach about once in three windows). Once the second after it is counted too, the average is at
+    least half the real rate."""
+    if before <= 0:
+        return 0.0
+    return (last + before) / 2
+
+
 @dataclass(slots=True)
 class RecentCalls:
-    """The times of this sidecar's recent calls to an endpoint, kept for CALLS_LOOKBACK (for its reports)."""
+    """The times of this sidecar's recent calls to an endpoint, kept for LONG_CALLS_LOOKBACK (for its reports)."""
 
     times: deque[float] = field(default_factory=deque)
 
     def add(self, now: float) -> None:
         self.times.append(now)
-        while self.times and self.times[0] <= now - CALLS_LOOKBACK:
+        while self.times and self.times[0] <= now - LONG_CALLS_LOOKBACK:
             self.times.popleft()
 
-    def since(self, start: float, now: float) -> int:
-        """The calls after `start` (and within CALLS_LOOKBACK of `now`)."""
-        start = max(start, now - CALLS_LOOKBACK)
-        return sum(1 for t in self.times if t > start)
+    def since(self, start: float, now: float, lookback: float = CALLS_LOOKBACK) -> int:
+        """The calls after `start` (and within `lookback` of `now`). Counted from the newest: a report costs
+        the calls since the previous one, not every call kept."""
+        start = max(start, now - lookback)
+        count = 0
+        for t in reversed(self.times):
+            if t <= start:
+                break
+            count += 1
+        return count
 
 
 def next_probe_at(view: FleetView, last_probe: float, interval: float) -> float:

@@ -9,7 +9,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from sidecar.fleet.view import MAX_WINDOW, EvidenceRule, Record
+from sidecar.fleet.view import MAX_WINDOW, EvidenceRule, Record, Report
 from tests.fakes.clock import FakeClock
 
 T = TypeVar("T")
@@ -31,8 +31,10 @@ class Store:
     holder: str | None = None
     lease_expires: float = 0.0
     rule: EvidenceRule = field(default_factory=EvidenceRule)
-    rate: float = 0.0  # the fleet's request rate as the budget's counts would give it
-    reports: list[tuple[float, str, int, int]] = field(default_factory=list)  # (when, instance, failures, calls)
+    # the fleet's request rate as the budget's counts would give it: a quiet fleet's, 4 requests/s (a 4.9 s
+    # window with the default rule), known (0: unknown, EvidenceRule.tally)
+    rate: float = 4.0
+    reports: list[tuple[float, Report]] = field(default_factory=list)  # (when, report)
     gen_opened: int = 0  # the generation of the last open from closed (an outage, for the model's cadence check)
     opened_by_evidence: list[list[str]] = field(default_factory=list)  # the reporters in the window of each
 
@@ -60,17 +62,16 @@ class Store:
         self.publish(Record(True, self.timeout, self.timeout, self.gen))
         return self.reply()
 
-    def do_evidence(self, instance: str, failures: int, calls: int) -> list[Any]:
+    def do_evidence(self, instance: str, failures: int, calls: int, calls_long: int) -> list[Any]:
         if self.open:
             return [*self.reply(), 0, 0, 0]
-        self.reports.append((self.now, instance, failures, calls))
+        self.reports.append((self.now, Report(instance, failures, calls, calls_long)))
         self.reports = [r for r in self.reports if r[0] >= self.now - MAX_WINDOW]
-        recent = [r for r in self.reports if r[0] >= self.now - self.rule.window(self.rate)]
-        counted = sum(r[2] for r in recent)
-        made = sum(r[3] for r in recent)
+        recent = [r for at, r in self.reports if at >= self.now - self.rule.window(self.rate)]
+        counted, reporters, made = self.rule.tally(recent, self.rate)
         needed = self.rule.needed(self.rate, made)
-        if self.rule.opens(counted, len({r[1] for r in recent}), self.members, self.rate, made):
-            self.opened_by_evidence.append([r[1] for r in recent])
+        if self.rule.opens(counted, reporters, self.members, self.rate, made):
+            self.opened_by_evidence.append([r.instance for r in recent])
             return [*self.do_open(False, instance), 1, counted, needed]
         return [*self.reply(), 0, counted, needed]
 
@@ -96,7 +97,7 @@ class FakeScripts:
         return self._arrive().do_close()
 
     async def evidence(self, keys: list[str], args: list[Any]) -> list[Any]:
-        return self._arrive().do_evidence(str(args[0]), int(args[2]), int(args[3]))
+        return self._arrive().do_evidence(str(args[0]), int(args[2]), int(args[3]), int(args[13]))
 
     async def read(self, keys: list[str], args: list[Any]) -> list[Any]:
         store = self._arrive()

@@ -13,7 +13,15 @@ from collections.abc import Callable, Sequence
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from sidecar.fleet.view import CALLS_LOOKBACK, EVIDENCE_BATCH, MAX_WINDOW, MIN_WINDOW, EvidenceRule
+from sidecar.fleet.view import (
+    CALLS_LOOKBACK,
+    EVIDENCE_BATCH,
+    LONG_CALLS_LOOKBACK,
+    MAX_WINDOW,
+    MIN_WINDOW,
+    EvidenceRule,
+)
+from sidecar.fleet.view import Report as ViewReport
 
 RATES = st.floats(0.0, 100_000.0)
 RULES = st.builds(EvidenceRule, failure_ratio=st.floats(0.1, 1.0), minimum_calls=st.integers(5, 200))
@@ -242,3 +250,163 @@ def test_five_percent_of_the_burst_after_a_hold_does_not_open_it_again() -> None
     calls, failures = burst(members, 30, 1.0, seed=0)
     reports = batched_reports(failures)
     assert opens(reports, rule.window(rate), needed, members, calls=with_calls(reports, calls)) == 1
+
+
+# ---------------------------------------------------------------- a fleet that just started: no rate known yet
+
+Arrival = tuple[float, ViewReport]  # (arrival time, what the EVIDENCE script keeps)
+
+
+def calls_between(times: Sequence[float], start: float, end: float) -> int:
+    return sum(1 for t in times if start < t <= end)
+
+
+def sent_reports(calls: Sequence[Sequence[float]], failed: Sequence[Sequence[float]],
+                 rule: EvidenceRule | None = None) -> list[Arrival]:
+    """What Redis receives from members that call at `calls` and fail at `failed` (each member's sorted; a
+    failure without a call of its own, a local trip, may be in `failed` only), sending as
+    `SharedBreaker._write_evidence` does, each report with its calls since the member's previous report over
+    CALLS_LOOKBACK (at least its failures) and over LONG_CALLS_LOOKBACK (`rule.long_calls`)."""
+    rule = rule or EvidenceRule()
+    arrivals: list[Arrival] = []
+    for member, (times, failures) in enumerate(zip(calls, failed, strict=True)):
+        sends = [(at, n) for at, _, n in batched_reports([failures]) if n]
+        last = -math.inf
+        for at, count in sends:
+            short = max(count, calls_between(times, max(last, at - CALLS_LOOKBACK), at))
+            long = rule.long_calls(short, calls_between(times, max(last, at - LONG_CALLS_LOOKBACK), at))
+            arrivals.append((at, ViewReport(f"m{member}", count, short, long)))
+            last = at
+    return sorted(arrivals, key=lambda a: a[0])
+
+
+def first_open(arrivals: list[Arrival], rule: EvidenceRule, rate: float, members: int) -> float | None:
+    """The EVIDENCE script at each arrival, with the rule's window, tally and count: when it first opens."""
+    for i, (at, _) in enumerate(arrivals):
+        recent = [r for t, r in arrivals[:i + 1] if t >= at - rule.window(rate)]
+        failures, reporters, calls = rule.tally(recent, rate)
+        if rule.opens(failures, reporters, members, rate, calls):
+            return at
+    return None
+
+
+def first_open_before(arrivals: list[Arrival], rule: EvidenceRule, members: int,
+                      window: float = MAX_WINDOW) -> float | None:
+    """The rule with an unknown rate before this change, for contrast: every report's failures over `window`
+    (MAX_WINDOW; the reverted e9c68a0 had MIN_WINDOW), against its calls over CALLS_LOOKBACK."""
+    for i, (at, _) in enumerate(arrivals):
+        recent = [r for t, r in arrivals[:i + 1] if t >= at - window]
+        failures, calls = sum(r.failures for r in recent), sum(r.calls for r in recent)
+        if rule.opens(failures, len({r.instance for r in recent}), members, 0.0, calls):
+            return at
+    return None
+
+
+def scattered_start(members: int, per_member: float, fraction: float, seconds: float,
+                    seed: int) -> tuple[list[list[float]], list[list[float]]]:
+    """Members that all begin calling at 0 (Poisson, `per_member` calls/s each), each call failing
+    independently with probability `fraction`. -> (call times, failure times) per member."""
+    rng = random.Random(seed)
+    calls, failures = [], []
+    for _ in range(members):
+        times, t = [], rng.expovariate(per_member)
+        while t < seconds:
+            times.append(t)
+            t += rng.expovariate(per_member)
+        calls.append(times)
+        failures.append([t for t in times if rng.random() < fraction])
+    return calls, failures
+
+
+def test_a_fleet_that_just_started_with_one_percent_failing_does_not_open() -> None:
+    """bench/fleet_scale.py's fleet in its first seconds, before the budget's counts give a rate (three whole
+    seconds: `fleet_rate`): 2,000 requests/s, merged into about 10 Export calls/s per member at N = 50 and 200
+    and 2 at N = 1,000, 1 % failing. The rule before (5 failures within 5 s against 150 ms of calls per
+    report) opened it within a second or two in most starts (the simulation opened once at N = 50); the
+    rule now (long calls, and only a sidecar's repeated failures count) never."""
+    rule = EvidenceRule()
+    before, now = 0, 0
+    for members, per_member in ((50, 10.0), (200, 10.0), (1000, 2.0)):
+        for seed in range(10):
+            arrivals = sent_reports(*scattered_start(members, per_member, 0.01, 4.0, seed))
+            before += first_open_before(arrivals, rule, members) is not None
+            now += first_open(arrivals, rule, 0.0, members) is not None
+    assert before >= 25  # the model sees what the simulation saw (30 of 30 here)
+    assert now == 0
+
+
+def outage_start(members: int, per_member: float, threshold: int,
+                 seed: int) -> tuple[list[list[float]], list[list[float]]]:
+    """Members that begin calling at 0 into an outage, evenly at `per_member` calls/s from a random phase,
+    each stopping at its local breaker's trip (`threshold` failures in a row; the trip is one more failure
+    reported, without a call). -> (call times, failure times) per member."""
+    rng = random.Random(seed)
+    calls, failures = [], []
+    for _ in range(members):
+        phase = rng.uniform(0.0, 1.0 / per_member)
+        times = [phase + k / per_member for k in range(threshold)]
+        calls.append(times)
+        failures.append([*times, times[-1]])  # the trip, with the last call
+    return calls, failures
+
+
+def test_an_outage_as_a_sparse_fleet_starts_opens_it_before_the_local_breakers_trip() -> None:
+    """tests/integration/test_fleet.py's shipped-defaults test: 4 sidecars at 10 requests/s each, the
+    upstream failing from their first call, no rate known. Every sidecar's breaker trips after 5 failures in a
+    row (0.4-0.5 s) and, with the defaults, would stay open for its 60 s recovery timeout; the fleet must
+    open first. It does within a few reports of each sidecar, in every phase; the reverted start-up rule
+    (e9c68a0: 5 failures within 50 ms) did not in most (two sidecars' reports rarely fall within 50 ms)."""
+    rule, members = EvidenceRule(), 4
+    reverted = 0
+    for seed in range(40):
+        calls, failures = outage_start(members, 10.0, 5, seed)
+        arrivals = sent_reports(calls, failures)
+        trips = sorted(times[-1] for times in failures)
+        opened = first_open(arrivals, rule, 0.0, members)
+        assert opened is not None and opened < trips[1], (seed, opened, trips)  # before the second trip
+        late = first_open_before(arrivals, rule, members, window=MIN_WINDOW)
+        reverted += late is None or late >= trips[1]
+    assert reverted >= 20
+
+
+def healthy_then_outage(members: int, per_member: float, healthy: float, threshold: int,
+                        seed: int) -> tuple[list[list[float]], list[list[float]]]:
+    """Members calling evenly at `per_member` calls/s from 0 (a random phase each), healthy for `healthy`
+    seconds, then failing until their local breaker trips (`threshold` in a row, and the trip)."""
+    rng = random.Random(seed)
+    calls, failures = [], []
+    for _ in range(members):
+        phase = rng.uniform(0.0, 1.0 / per_member)
+        ok = int(healthy * per_member)
+        times = [phase + k / per_member for k in range(ok + threshold)]
+        calls.append(times)
+        failures.append([*times[ok:], times[-1]])
+    return calls, failures
+
+
+class Uncapped(EvidenceRule):
+    """The long calls without `long_calls`' cap, for contrast."""
+
+    def long_calls(self, short: int, recent: int) -> int:
+        return max(short, recent)
+
+
+def test_an_outage_soon_after_a_busy_fleet_started_still_opens_it() -> None:
+    """No rate is known for the first second or two of a fleet's traffic: an outage that begins then is
+    judged against the calls the reports carry over the long lookback, which hold the sidecars' healthy
+    calls before it. Capped (`EvidenceRule.long_calls`) the outage still opens the fleet within 0.3 s of its
+    start, as the local breakers trip (8 sidecars at 10 to 60 calls/s each, healthy for 0.5 to 2 s): the
+    fleet's probe, not each breaker's 60 s recovery timeout, then finds the recovery. Uncapped, a fleet of
+    40 calls/s per sidecar never opened (each sidecar's 6 failures against its 20 to 80 healthy calls)."""
+    rule, members = EvidenceRule(), 8
+    uncapped = 0
+    for per_member in (10.0, 40.0, 60.0):
+        for healthy in (0.5, 1.0, 2.0):
+            for seed in range(3):
+                calls, failures = healthy_then_outage(members, per_member, healthy, 5, seed)
+                start = min(times[0] for times in failures)
+                opened = first_open(sent_reports(calls, failures, rule), rule, 0.0, members)
+                assert opened is not None and opened - start < 0.3, (per_member, healthy, seed, opened, start)
+                if per_member == 40.0:
+                    uncapped += first_open(sent_reports(calls, failures, Uncapped()), rule, 0.0, members) is None
+    assert uncapped == 9

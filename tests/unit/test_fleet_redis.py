@@ -22,7 +22,14 @@ from sidecar.fleet.client import run_scripts
 from sidecar.fleet.connection import BACKGROUND_TIMEOUT, PING_INTERVAL, FleetConnection
 from sidecar.fleet.keys import Keys
 from sidecar.fleet.membership import Heartbeat, read_members
-from sidecar.fleet.view import EVIDENCE_BATCH, MAX_WINDOW, MIN_WINDOW, EvidenceRule
+from sidecar.fleet.view import (
+    EVIDENCE_BATCH,
+    MAX_WINDOW,
+    MIN_WINDOW,
+    REPEATED_FAILURES,
+    EvidenceRule,
+    fleet_rate,
+)
 from sidecar.telemetry.events import Events
 from sidecar.telemetry.metrics import Metrics
 from tests.fakes.redis_server import RedisServer
@@ -231,16 +238,19 @@ _seq = iter(range(1, 1_000_000))
 
 async def report(scripts: FleetScripts, keys: Keys, endpoint: str, instance: str, failures: int = 1,
                  rule: EvidenceRule | None = None, max_window_ms: int = int(MAX_WINDOW * 1000),
-                 cls: str = "", calls: int | None = None) -> tuple[bool, bool, int, int]:
-    """One member's batch of failures (and its calls meanwhile: as many, unless given) -> (open, tripped by
-    this report, failures in the window, needed)."""
+                 cls: str = "", calls: int | None = None,
+                 calls_long: int | None = None) -> tuple[bool, bool, int, int]:
+    """One member's batch of failures (and its calls meanwhile: as many, unless given; over the long lookback
+    as many as over the short one, unless given) -> (open, tripped by this report, failures in the window,
+    needed)."""
     rule = rule or EvidenceRule()
+    calls = failures if calls is None else calls
     reply = await scripts.evidence(
         keys=[keys.breaker(endpoint), keys.evidence(endpoint), keys.endpoint_members(endpoint),
               keys.budget(endpoint)],
-        args=[instance, next(_seq), failures, failures if calls is None else calls, rule.failure_ratio,
+        args=[instance, next(_seq), failures, calls, rule.failure_ratio,
               rule.minimum_calls, int(MIN_WINDOW * 1000), max_window_ms, int(EVIDENCE_BATCH * 1000), BASE_MS,
-              keys.channel, endpoint, cls])
+              keys.channel, endpoint, cls, calls if calls_long is None else calls_long, REPEATED_FAILURES])
     return parse_record(reply).open, int(reply[4]) == 1, int(reply[5]), int(reply[6])
 
 
@@ -248,9 +258,8 @@ async def set_rate(conn: FleetConnection, keys: Keys, endpoint: str, per_second:
     """The fleet's request rate as the retry budget's flushes leave it: first attempts per whole second."""
     seconds, _ = await conn.client.time()
     second = int(seconds)
-    await conn.client.hset(keys.budget(endpoint), mapping={
-        f"n:{second - 1}": int(per_second), f"n:{second - 2}": int(per_second),
-        f"n:{second}": int(per_second)})  # in case the second turns before the report
+    await conn.client.hset(keys.budget(endpoint), mapping={  # the third second before: a rate known
+        f"n:{second - k}": int(per_second) for k in (-1, 0, 1, 2, 3)})  # in case the second turns
 
 
 async def test_pooled_failures_open_the_endpoint_after_a_bounded_count_from_two_members(
@@ -266,8 +275,9 @@ async def test_pooled_failures_open_the_endpoint_after_a_bounded_count_from_two_
     assert await report(scripts, keys, "c", "a", failures=3) == (False, False, 3, needed)
     assert await report(scripts, keys, "c", "a", failures=10) == (False, False, 13, needed)
     unavailable = "transport|low|retryable|retry_with_backoff|UNAVAILABLE|default"
-    # A second member's failure: the count is reached, from two members: open for all.
-    assert await report(scripts, keys, "c", "b", cls=unavailable) == (True, True, 14, needed)
+    # A second member's failures (two: with no rate known yet, a member's failures count once they repeat):
+    # the count is reached, from two members: open for all.
+    assert await report(scripts, keys, "c", "b", failures=2, cls=unavailable) == (True, True, 15, needed)
     assert await client.hmget(keys.breaker("c"), ["cause", "by", "class"]) == ["evidence", "b", unavailable]
     assert not await client.exists(keys.evidence("c"))  # opening forgets the evidence
     read = await scripts.read(keys=[keys.breaker("c"), keys.lease("c")], args=[])
@@ -283,7 +293,8 @@ async def test_pooled_failures_open_the_endpoint_after_a_bounded_count_from_two_
     assert await report(scripts, keys, "c", "c", failures=50) == (True, False, 0, 0)
     assert not await client.exists(keys.evidence("c"))
     await scripts.close(keys=[keys.breaker("c"), keys.lease("c"), keys.evidence("c")], args=["a", keys.channel, "c"])
-    assert await report(scripts, keys, "c", "d") == (False, False, 1, needed)  # a new closed period starts empty
+    # A new closed period starts empty.
+    assert await report(scripts, keys, "c", "d", failures=2) == (False, False, 2, needed)
     await pubsub.aclose()
 
 
@@ -341,6 +352,41 @@ async def test_for_3_s_after_a_close_the_rate_is_at_least_the_one_at_the_open(co
     assert await report(scripts, keys, "c", "a", failures=1) == (True, True, 6, 5)
 
 
+async def test_with_no_rate_known_only_a_members_repeated_failures_count(conn: FleetConnection) -> None:
+    """A fleet whose traffic just started: single failures scattered over many members are what 1 % failing
+    looks like; an outage fails each member again within its next report or two."""
+    scripts, keys = FleetScripts(conn), Keys("t:")
+    members = ["a", "b", "c", "d", "e", "f"]
+    await join(scripts, keys, "c", members)
+    for member in members:
+        assert await report(scripts, keys, "c", member) == (False, False, 0, 5)
+    assert await report(scripts, keys, "c", "a") == (False, False, 2, 5)
+    assert await report(scripts, keys, "c", "b") == (False, False, 4, 5)
+    assert await report(scripts, keys, "c", "c") == (True, True, 6, 5)
+
+
+async def test_the_rate_is_unknown_until_the_second_before_last_counted_first_attempts(
+        conn: FleetConnection) -> None:
+    """The first second of the budget's counts is partial (members flush once a second): the last two seconds
+    give the rate only when the one before last counted first attempts too (`fleet_rate`)."""
+    scripts, keys, client = FleetScripts(conn), Keys("t:"), conn.client
+    await join(scripts, keys, "c", ["a", "b"])
+    seconds, micros = await client.time()
+    if micros > 700_000:  # the second must not turn between the counts and the reports
+        await asyncio.sleep(1.0 - micros / 1e6 + 0.01)
+        seconds, _ = await client.time()
+    second = int(seconds)
+    await client.hset(keys.budget("c"), mapping={f"n:{second - 1}": 2000, f"n:{second}": 2000})
+    assert fleet_rate(2000, 0) == 0.0 and fleet_rate(2000, 1000) == 1500.0
+    # Unknown: the 5 s window, a member's single failure does not count.
+    assert await report(scripts, keys, "c", "a", failures=3) == (False, False, 3, 5)
+    assert await report(scripts, keys, "c", "b", failures=1) == (False, False, 3, 5)
+    await client.hset(keys.budget("c"), f"n:{second - 2}", 1)
+    known = EvidenceRule().needed(fleet_rate(2000, 1))
+    assert known == 37  # about 1,000 requests/s: 37 failures within 50 ms
+    assert await report(scripts, keys, "c", "b", failures=1) == (False, False, 5, known)
+
+
 async def test_an_older_sidecars_report_without_its_calls_counts_its_failures_as_calls(conn: FleetConnection) -> None:
     scripts, keys, client = FleetScripts(conn), Keys("t:"), conn.client
     await join(scripts, keys, "c", ["a", "b"])
@@ -354,7 +400,7 @@ async def test_reports_older_than_the_longest_window_are_dropped(conn: FleetConn
     await join(scripts, keys, "c", ["a", "b", "c"])
     assert await report(scripts, keys, "c", "a", failures=4, max_window_ms=150) == (False, False, 4, 5)
     await asyncio.sleep(0.3)
-    assert await report(scripts, keys, "c", "b", failures=1, max_window_ms=150) == (False, False, 1, 5)
+    assert await report(scripts, keys, "c", "b", failures=2, max_window_ms=150) == (False, False, 2, 5)
     assert [e.split("\n")[0] for e in await client.zrange(keys.evidence("c"), 0, -1)] == ["b"]
 
 
@@ -370,22 +416,37 @@ async def test_the_script_applies_the_evidence_rule_of_view(conn: FleetConnectio
     await join(scripts, keys, "c", ["a", "b"])
     await set_rate(conn, keys, "c", rate)
     needed = rule.needed(rate)
-    assert await report(scripts, keys, "c", "a", failures=needed - 1, rule=rule) == (False, False, needed - 1, needed)
-    assert await report(scripts, keys, "c", "b", failures=1, rule=rule) == (True, True, needed, needed)
+    # With no rate known a member's failures count once it reported REPEATED_FAILURES (EvidenceRule.tally).
+    first = max(needed - 1, REPEATED_FAILURES) if rate <= 0 else needed - 1
+    last = max(1, needed - first)
+    if rate <= 0:
+        assert await report(scripts, keys, "c", "a", failures=first, rule=rule) == (False, False, first, needed)
+        assert await report(scripts, keys, "c", "b", failures=last, rule=rule) == (False, False, first, needed)
+        assert await report(scripts, keys, "c", "b", failures=1, rule=rule) == (True, True, first + last + 1, needed)
+        return
+    assert await report(scripts, keys, "c", "a", failures=first, rule=rule) == (False, False, first, needed)
+    assert await report(scripts, keys, "c", "b", failures=last, rule=rule) == (True, True, needed, needed)
 
 
-@pytest.mark.parametrize(("rate", "calls"), [(0.0, 100), (0.0, 1001), (400.0, 300), (2000.0, 999)])
+@pytest.mark.parametrize(("rate", "calls"), [(0.0, 100), (0.0, 1001), (2.0, 100), (400.0, 300), (2000.0, 999)])
 async def test_the_script_applies_the_calls_the_reports_carry_as_view_does(conn: FleetConnection, rate: float,
                                                                          calls: int) -> None:
+    """The calls of the lookback that matches the window decide (the long one for the longest window: an
+    unknown rate, or a quiet fleet's), the other ones are ignored, in Lua as in `EvidenceRule.tally`."""
     rule = EvidenceRule(failure_ratio=0.3, minimum_calls=15)
     scripts, keys = FleetScripts(conn), Keys(f"k{int(rate)}-{calls}:")
     await join(scripts, keys, "c", ["a", "b"])
     await set_rate(conn, keys, "c", rate)
     needed = rule.needed(rate, calls)
     assert needed > rule.needed(rate)  # the calls decide here
-    assert await report(scripts, keys, "c", "a", failures=needed - 1, calls=calls, rule=rule) == (
-        False, False, needed - 1, needed)
-    assert await report(scripts, keys, "c", "b", failures=1, calls=0, rule=rule) == (True, True, needed, needed)
+    long = rule.long_span(rate)
+    assert long == (rule.window(rate) == MAX_WINDOW)
+    short_calls, long_calls = (needed - 1, calls) if long else (calls, 10 * calls)
+    assert await report(scripts, keys, "c", "a", failures=needed - 1, calls=short_calls, calls_long=long_calls,
+                        rule=rule) == (False, False, needed - 1, needed)
+    more = REPEATED_FAILURES if rate <= 0 else 1  # with no rate known, b's failures count once they repeat
+    assert await report(scripts, keys, "c", "b", failures=more, calls=0, calls_long=0, rule=rule) == (
+        True, True, needed - 1 + more, needed)
 
 
 async def test_budget_flushes_count_the_fleets_first_attempts_per_second(conn: FleetConnection) -> None:

@@ -1,7 +1,7 @@
 """A failure report carries the calls its sidecar made since its previous report (at most CALLS_LOOKBACK
-back), so the fleet compares failures with calls it saw, not only with its two-second average rate (a burst
-after a hold undercounts it). Real `SharedBreaker` and `EndpointBreaker` over the in-memory store of
-tests/fakes/fleet_store.py, on a fake clock."""
+back, and at most LONG_CALLS_LOOKBACK back), so the fleet compares failures with calls it saw, not only with
+its two-second average rate (a burst after a hold undercounts it). Real `SharedBreaker` and `EndpointBreaker`
+over the in-memory store of tests/fakes/fleet_store.py, on a fake clock."""
 
 from __future__ import annotations
 
@@ -11,7 +11,15 @@ from sidecar.config.schema import CircuitBreakerConfig
 from sidecar.exporters.breaker import CallOutcome, EndpointBreaker
 from sidecar.fleet.breaker import SharedBreaker
 from sidecar.fleet.keys import Keys
-from sidecar.fleet.view import CALLS_LOOKBACK, EVIDENCE_BATCH, MIN_WINDOW, RecentCalls, Record
+from sidecar.fleet.view import (
+    CALLS_LOOKBACK,
+    EVIDENCE_BATCH,
+    LONG_CALLS_LOOKBACK,
+    MIN_WINDOW,
+    RecentCalls,
+    Record,
+    Report,
+)
 from sidecar.telemetry.events import Events
 from sidecar.telemetry.metrics import Metrics
 from tests.fakes.clock import FakeClock
@@ -26,7 +34,13 @@ def test_recent_calls_count_since_the_last_report_within_the_lookback() -> None:
         calls.add(t)
     assert calls.since(float("-inf"), 1.2) == 3  # 1.1, 1.12, 1.2: within 150 ms of now
     assert calls.since(1.1, 1.2) == 2  # after the last report
-    assert CALLS_LOOKBACK == MIN_WINDOW + EVIDENCE_BATCH and len(calls.times) == 3  # the older ones are forgotten
+    assert CALLS_LOOKBACK == MIN_WINDOW + EVIDENCE_BATCH
+    # Over the long lookback (the longest window's span: an unknown rate's) every one of them counts ...
+    assert calls.since(float("-inf"), 1.2, LONG_CALLS_LOOKBACK) == 5
+    assert calls.since(1.04, 1.2, LONG_CALLS_LOOKBACK) == 3
+    calls.add(1.0 + LONG_CALLS_LOOKBACK + 0.05)
+    # ... and calls older than it are forgotten.
+    assert list(calls.times) == [1.1, 1.12, 1.2, 1.0 + LONG_CALLS_LOOKBACK + 0.05]
 
 
 async def test_each_report_carries_the_calls_made_since_the_previous_one() -> None:
@@ -52,13 +66,25 @@ async def test_each_report_carries_the_calls_made_since_the_previous_one() -> No
         await call(False)
     await call(True)
     await settle()
-    assert [(r[1], r[2], r[3]) for r in store.reports] == [("s0", 1, 31)]
+    assert [r for _, r in store.reports] == [Report("s0", 1, 31, 31)]
     for i in range(9):  # 9 more calls, 3 failing, within the batch: one report after EVIDENCE_BATCH
         clock.advance(0.005)
         await call(i % 4 == 0)
     clock.advance(EVIDENCE_BATCH)
     await settle()
-    assert [(r[2], r[3]) for r in store.reports] == [(1, 31), (3, 9)]
+    assert [r for _, r in store.reports] == [Report("s0", 1, 31, 31), Report("s0", 3, 9, 9)]
     assert not store.open  # 4 failures of 40 calls: well below 25 %
+    for _ in range(40):  # 40 calls over 2.4 s, then a failure: 150 ms of them, or those since the last report
+        clock.advance(0.06)  # (up to minimum_calls / 2, EvidenceRule.long_calls)
+        await call(False)
+    await call(True)
+    await settle()
+    assert store.reports[-1][1] == Report("s0", 1, 4, 10)
+    clock.advance(EVIDENCE_BATCH + 0.3)  # 5 more calls within 0.3 s, the last failing: all 5 over the long lookback
+    for i in range(5):
+        clock.advance(0.06)
+        await call(i == 4)
+    await settle()
+    assert store.reports[-1][1] == Report("s0", 1, 3, 5)
     shared.on_message(Record(open=False, remaining=0.0, timeout=0.0, gen=0))
     await shared.stop()
