@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import json
 import math
 import os
@@ -39,6 +40,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -101,6 +103,36 @@ def percentile(values: list[float], q: float) -> float | None:
         return None
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, max(0, math.ceil(q * len(ordered)) - 1))]
+
+
+def retry_split(workers: list[dict[str, Any]]) -> dict[str, Any]:
+    """The delivery latencies split into requests delivered at their first attempt and retried ones, and what
+    the fleet budget answered the retries (the p99 of a 1 % row sits at the edge of the retried 1 %)."""
+    latencies = [v for w in workers for v in w["latencies_ms"]]
+    retried = [r for w in workers for r in w.get("retried_ms", [])]
+    retried_latency = [latency for latency, _ in retried]
+    left = Counter(retried_latency)  # the retried are a subset of all: take them out, one each
+    first = []
+    for latency in latencies:
+        if left[latency]:
+            left[latency] -= 1
+        else:
+            first.append(latency)
+    spends = [s for w in workers for s in w.get("fleet_spends", [])]
+    spend_times = [d * 1000 for d, _ in spends]
+    return {
+        "retried": len(retried), "retried_share": len(retried) / len(latencies) if latencies else None,
+        "first_attempt_p50_ms": percentile(first, 0.5), "first_attempt_p99_ms": percentile(first, 0.99),
+        "first_attempt_max_ms": max(first, default=None),
+        "retried_p50_ms": percentile(retried_latency, 0.5), "retried_p99_ms": percentile(retried_latency, 0.99),
+        "retry_gap_p50_ms": percentile([g for _, g in retried], 0.5),
+        "retry_gap_p99_ms": percentile([g for _, g in retried], 0.99),
+        "local_budget_refused": sum(w.get("local_budget_refused", 0) for w in workers),
+        "fleet_spends": len(spends), "fleet_granted": sum(1 for _, a in spends if a is True),
+        "fleet_refused": sum(1 for _, a in spends if a is False),
+        "fleet_unknown": sum(1 for _, a in spends if a is None),
+        "fleet_spend_p50_ms": percentile(spend_times, 0.5), "fleet_spend_p99_ms": percentile(spend_times, 0.99),
+    }
 
 
 def outage_figures(workers: list[dict[str, Any]], messages: list[tuple[float, str]], fail_from: float,
@@ -169,6 +201,11 @@ async def _worker(spec: dict[str, Any]) -> None:
         await member.start()
         await asyncio.sleep(0.002)  # a fleet starts over time, not all in one tick
     setup = time.monotonic() - started
+    # The members' long-lived objects (clients, connections, tasks, config) are set up now: keep them out of the
+    # collector's full passes, whose pause grows with the heap. One loop holds hundreds of members' heaps, a
+    # sidecar one: without this a full pass stalled a 250-member loop fleet-on for up to 0.58 s, 36 passes in
+    # 25 s (fleet off: 94 ms, 4), every request in flight waiting (bench/notes.md, "... p99 at 1,000").
+    gc.freeze()
     print(f"{len(members)} members started in {setup:.1f}s", file=sys.stderr, flush=True)
     print("ready", flush=True)
     line = await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
@@ -200,7 +237,18 @@ async def _worker(spec: dict[str, Any]) -> None:
             await asyncio.sleep(max(0.0, base + at - time.time()))
             cpu_marks[name] = time.process_time()
 
+    # The collector's pauses, the stalls a loop hosting hundreds of members' objects may see (not a sidecar's).
+    gc_pauses: list[float] = []
+    gc_started: list[float] = []
+
+    def gc_timer(phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            gc_started[:] = [time.perf_counter()]
+        elif gc_started and info.get("generation") == 2:
+            gc_pauses.append(time.perf_counter() - gc_started[0])
+
     await asyncio.sleep(max(0.0, base - time.time()))
+    gc.callbacks.append(gc_timer)
     monitor = asyncio.ensure_future(lag_monitor())
     sampler = asyncio.ensure_future(cpu_sampler())
     trace = spec["members"][0] << 40
@@ -217,6 +265,7 @@ async def _worker(spec: dict[str, Any]) -> None:
                 await asyncio.sleep(0)  # a loop behind schedule still lets the members run
         await asyncio.sleep(0.01)
     monitor.cancel()
+    gc.callbacks.remove(gc_timer)
     print(f"load done: {sent} sent", file=sys.stderr, flush=True)
     await asyncio.sleep(0.5)  # what is in flight settles
     sampler.cancel()
@@ -230,6 +279,10 @@ async def _worker(spec: dict[str, Any]) -> None:
         "data": upstream.calls.data, "probes": upstream.calls.probes,
         "latencies_ms": [round(v, 2) for v in upstream.calls.latencies_ms],
         "delivered": upstream.calls.requests_delivered,
+        "retried_ms": [[round(a, 2), round(b, 2)] for a, b in upstream.calls.retried_ms],
+        "local_budget_refused": sum(m.chain.budget.refused for m in members),
+        "gc_full_collections": len(gc_pauses), "gc_full_max_ms": 1000 * max(gc_pauses, default=0.0),
+        "fleet_spends": [[round(d, 4), a] for m in members for d, a in m.fleet_spends],
         "transitions": [[(t.at, t.new) for t in m.transitions] for m in members],
         "local_opens": local_opens,
         "lag_p50_ms": 1000 * (percentile(lags, 0.5) or 0.0), "lag_p99_ms": 1000 * (percentile(lags, 0.99) or 0.0),
@@ -387,6 +440,7 @@ def run_once(spec: RunSpec, redis_url: str, workdir: Path, log: Any = print) -> 
         "rate": sum(w["sent"] for w in workers) / phases.load_until,
         "latency_p50_ms": percentile(latencies, 0.5), "latency_p99_ms": percentile(latencies, 0.99),
         "latency_max_ms": max(latencies, default=None),
+        **retry_split(workers),
         "fleet_opens": sum(1 for _, state in channel.messages if state == "open"),
         # seconds after the load started: whether the opens of a scattered-failure row came at the fleet's start
         "open_times_s": [round(at - base, 2) for at, state in channel.messages if state == "open"],
@@ -394,6 +448,8 @@ def run_once(spec: RunSpec, redis_url: str, workdir: Path, log: Any = print) -> 
         "local_opens": sum(w["local_opens"] for w in workers),
         "lag_p99_ms": max(w["lag_p99_ms"] for w in workers), "lag_max_ms": max(w["lag_max_ms"] for w in workers),
         "lag_p50_ms": statistics.median(w["lag_p50_ms"] for w in workers),
+        "gc_full_collections": sum(w.get("gc_full_collections", 0) for w in workers),
+        "gc_full_max_ms": max(w.get("gc_full_max_ms", 0.0) for w in workers),
         "setup_seconds": max(w["setup_seconds"] for w in workers),
         "worker_cpu_percent": 100.0 * sum(cpu) if cpu else None,
         "redis": redis_cost(before, after, after["at"] - before["at"], spec.members),

@@ -68,6 +68,10 @@ class Calls:
     probes: list[tuple[float, bool]] = field(default_factory=list)
     latencies_ms: list[float] = field(default_factory=list)  # per request delivered: accept -> accepted upstream
     requests_delivered: int = 0
+    # The requests delivered after at least one failed attempt (a subset of `latencies_ms`): (latency, ms from
+    # its last failed attempt to its delivery: backoff, budget and queueing together), so the p99's two groups,
+    # first attempt and retried, are told apart (bench/notes.md, "Fleet scale ... p99 at 1,000").
+    retried_ms: list[tuple[float, float]] = field(default_factory=list)
 
 
 class SimUpstream:
@@ -76,6 +80,7 @@ class SimUpstream:
         self.calls = Calls()
         self._rng = random.Random(seed)
         self.record_latency_from = 0.0  # wall time: latencies of requests accepted earlier are not kept
+        self._failed_at: dict[bytes, int] = {}  # trace id -> wall time (ns) of its last failed attempt
 
     def _answer(self, now: float) -> bool:
         return not self.plan.fails(now, self._rng.random())
@@ -85,16 +90,23 @@ class SimUpstream:
         now = time.time()
         ok = self._answer(now)
         self.calls.data.append((now, ok))
-        if not ok:
-            raise ExportError(ExportFailure(grpc_code="UNAVAILABLE", message="simulated outage"))
         request = ExportTraceServiceRequest.FromString(payload)
         now_ns = time.time_ns()
+        if not ok:
+            for group in request.resource_spans:
+                self._failed_at[group.scope_spans[0].spans[0].trace_id] = now_ns
+            raise ExportError(ExportFailure(grpc_code="UNAVAILABLE", message="simulated outage"))
         floor_ns = int(self.record_latency_from * 1e9)
         for group in request.resource_spans:
-            accepted_ns = group.scope_spans[0].spans[0].start_time_unix_nano
+            span = group.scope_spans[0].spans[0]
+            accepted_ns = span.start_time_unix_nano
             self.calls.requests_delivered += 1
+            failed_ns = self._failed_at.pop(span.trace_id, None)
             if accepted_ns >= floor_ns:
-                self.calls.latencies_ms.append((now_ns - accepted_ns) / 1e6)
+                latency = (now_ns - accepted_ns) / 1e6
+                self.calls.latencies_ms.append(latency)
+                if failed_ns is not None:
+                    self.calls.retried_ms.append((latency, (now_ns - failed_ns) / 1e6))
 
     async def probe(self) -> None:
         await asyncio.sleep(UPSTREAM_LATENCY)
@@ -166,6 +178,23 @@ class Member:
             fleet_config = FleetConfig(endpoint=redis_url, instance_id=f"m{index}", key_prefix=key_prefix)
             self.fleet = Fleet(fleet_config, events, SYSTEM_CLOCK, self.snapshot)
             self.fleet.attach(EXPORTER, sender)
+        self.chain = chain
+        # The fleet budget's answers to retries: (seconds the round trip took, True / False / None unknown).
+        self.fleet_spends: list[tuple[float, bool | None]] = []
+        if chain.shared_budget is not None:
+            self._time_fleet_spends(chain.shared_budget)
+
+    def _time_fleet_spends(self, budget: Any) -> None:
+        """Wrap the fleet budget's `try_spend` (the only Redis round trip on a retry's path) to time it."""
+        spend = budget.try_spend
+
+        async def timed() -> bool | None:
+            started = time.monotonic()
+            answer: bool | None = await spend()
+            self.fleet_spends.append((time.monotonic() - started, answer))
+            return answer
+
+        budget.try_spend = timed
 
     def _observe(self, old: str, new: str, source: str) -> None:
         self.transitions.append(Transition(time.time(), old, new, source))

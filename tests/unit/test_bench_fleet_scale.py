@@ -19,6 +19,7 @@ from bench.fleet_scale import (
     outage_phases,
     percentile,
     redis_cost,
+    retry_split,
     run_once,
     scatter_phases,
     sent_per_member,
@@ -63,6 +64,42 @@ def test_sim_transport_measures_each_merged_request() -> None:
         assert upstream.calls.probes[-1][1] is False
 
     asyncio.run(scenario())
+
+
+def test_sim_upstream_tells_retried_requests_from_first_attempts() -> None:
+    async def scenario() -> None:
+        upstream = SimUpstream(UpstreamPlan(fail_from=0.0, fail_until=float("inf")), seed=1)
+        transport = SimTransport(ENDPOINT, upstream)
+        accepted = 1_000_000_000_000_000_000
+        retried = request(accepted, (1).to_bytes(16, "big"))[1]
+        fresh = request(accepted + 1, (2).to_bytes(16, "big"))[1]
+        with pytest.raises(ExportError):
+            await transport.send(QueueEntry(Signal.TRACES, retried, 1, (), 0.0), 5.0)
+        upstream.plan = UpstreamPlan()
+        await transport.send(QueueEntry(Signal.TRACES, retried + fresh, 2, (), 0.0), 5.0)
+        assert len(upstream.calls.latencies_ms) == 2 and len(upstream.calls.retried_ms) == 1
+        latency, gap = upstream.calls.retried_ms[0]
+        assert latency == upstream.calls.latencies_ms[0] and 0 < gap < latency
+        await transport.send(QueueEntry(Signal.TRACES, retried, 1, (), 0.0), 5.0)  # delivered again: not retried
+        assert len(upstream.calls.retried_ms) == 1
+
+    asyncio.run(scenario())
+
+
+def test_retry_split_separates_first_attempts_and_counts_fleet_answers() -> None:
+    workers = [
+        {"latencies_ms": [100.0, 101.0, 2500.0, 100.0], "retried_ms": [[2500.0, 2400.0]],
+         "local_budget_refused": 1, "fleet_spends": [[0.005, True], [0.3, None]]},
+        {"latencies_ms": [100.0, 4000.0], "retried_ms": [[100.0, 50.0], [4000.0, 3900.0]],
+         "local_budget_refused": 0, "fleet_spends": [[0.004, False]]},
+    ]
+    figures = retry_split(workers)
+    assert figures["retried"] == 3 and figures["retried_share"] == 0.5
+    assert figures["first_attempt_max_ms"] == 101.0 and figures["first_attempt_p50_ms"] == 100.0
+    assert figures["retried_p50_ms"] == 2500.0 and figures["retry_gap_p99_ms"] == 3900.0
+    assert (figures["fleet_spends"], figures["fleet_granted"], figures["fleet_refused"],
+            figures["fleet_unknown"]) == (3, 1, 1, 1)
+    assert figures["local_budget_refused"] == 1 and figures["fleet_spend_p99_ms"] == 300.0
 
 
 def test_outage_figures_from_synthetic_observations() -> None:
