@@ -179,14 +179,16 @@ def test_a_failure_fraction_half_the_ratio_never_opens_however_the_reports_are_b
 def poisson_failures(members: int, rate: float, fraction: float, seconds: float, seed: int) -> list[list[float]]:
     """Independent failures of `fraction` of the fleet's calls, spread evenly over its members."""
     rng, per_member = random.Random(seed), fraction * rate / members
-    streams = []
-    for _ in range(members):
-        times, t = [], rng.expovariate(per_member)
-        while t < seconds:
-            times.append(t)
-            t += rng.expovariate(per_member)
-        streams.append(times)
-    return streams
+    return [poisson_times(rng, per_member, seconds) for _ in range(members)]
+
+
+def poisson_times(rng: random.Random, rate: float, seconds: float) -> list[float]:
+    """The times of a Poisson stream of `rate` events a second within [0, seconds)."""
+    times, t = [], rng.expovariate(rate)
+    while t < seconds:
+        times.append(t)
+        t += rng.expovariate(rate)
+    return times
 
 
 def old_rule(rate: float) -> tuple[float, int]:
@@ -309,10 +311,7 @@ def scattered_start(members: int, per_member: float, fraction: float, seconds: f
     rng = random.Random(seed)
     calls, failures = [], []
     for _ in range(members):
-        times, t = [], rng.expovariate(per_member)
-        while t < seconds:
-            times.append(t)
-            t += rng.expovariate(per_member)
+        times = poisson_times(rng, per_member, seconds)
         calls.append(times)
         failures.append([t for t in times if rng.random() < fraction])
     return calls, failures
