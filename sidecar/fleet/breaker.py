@@ -12,7 +12,8 @@ Each sidecar's `EndpointBreaker`s of the endpoint stay what they were; this obje
   of `health_check_url`), whatever the open period has grown to: a failed probe (or failed half-open
   call of a holder without a prober) starts the next fleet-wide open period, a success closes the record
   for all (CLOSE script, which also frees the lease);
-* the fleet's changes (pub/sub, and a refresh every `REFRESH_INTERVAL` for missed messages) are
+* the fleet's changes (pub/sub, and a refresh every `REFRESH_INTERVAL` while open, `CLOSED_REFRESH_INTERVAL`
+  while closed, for missed messages) are
   applied with source ``fleet``: `follow_open` on a newer open generation, `follow_close` on a newer
   closed one; the record's error class becomes the breakers' `open_class` (severity escalation);
 * it is the breakers' gate and the health probers' `may_probe` (see sidecar/fleet/view.py): while the
@@ -30,7 +31,7 @@ import functools
 import logging
 import math
 from collections.abc import Awaitable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from sidecar.core.clock import Clock
 from sidecar.core.tasks import cancel_and_wait
@@ -66,7 +67,15 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-REFRESH_INTERVAL = 0.5  # missed pub/sub messages are caught up within this
+# Seconds between two refreshes (READ) while the fleet has the endpoint open: the lease is taken, renewed and
+# checked at this cadence.
+REFRESH_INTERVAL = 0.5
+# ... and while it is closed, when a refresh only catches a pub/sub message missed around a reconnect (a
+# subscription on a live connection misses none) and carries the budget's deposits. Each refresh costs the
+# member's process ~0.1-0.3 ms of CPU, a pod's sidecar little, but a closed endpoint is nearly always the
+# state: at 0.5 s the refreshes were two thirds of a healthy member's background work (bench/notes.md,
+# "Fleet scale").
+CLOSED_REFRESH_INTERVAL = 1.0
 FLUSH_INTERVAL = 1.0  # the fleet budget's deposits go with a refresh this often (see sidecar/fleet/budget.py)
 LEASE_TTL = 3.0  # a dead prober is replaced within about this long
 # The gate's answer while the fleet holds a breaker open: until `_gate_changed` says otherwise. (It was a
@@ -90,6 +99,16 @@ class FleetScripts:
         self.heartbeat = client.register_script(scripts.HEARTBEAT)
         self.endpoint_heartbeat = client.register_script(scripts.ENDPOINT_HEARTBEAT)
         self.leave = client.register_script(scripts.LEAVE)
+
+
+class Rider(Protocol):
+    """Scripts that go with a refresh when due, to share its round trip (the member's heartbeat)."""
+
+    def due(self, now: float, early: float) -> bool: ...
+
+    def calls(self, now: float) -> list[ScriptCall]: ...
+
+    def answered(self, replies: list[Any]) -> None: ...
 
 
 def parse_record(reply: Any) -> Record:
@@ -142,6 +161,7 @@ class SharedBreaker:
         self._wake = asyncio.Event()
         self._tasks: set[asyncio.Task[Any]] = set()
         self.budget: FleetRetryBudget | None = None  # the endpoint's fleet budget: its deposits ride on the refresh
+        self.rider: Rider | None = None  # the heartbeat, on one endpoint's refresh (see Fleet.attach)
         self._deposited_at = float("-inf")
 
     # ------------------------------------------------------------ wiring (narrow hooks)
@@ -358,8 +378,12 @@ class SharedBreaker:
                 log.exception("fleet breaker refresh of %s failed", self.endpoint)
             await self._sleep_until_due()
 
+    @property
+    def _refresh_interval(self) -> float:
+        return REFRESH_INTERVAL if self.view.open else CLOSED_REFRESH_INTERVAL
+
     async def _sleep_until_due(self) -> None:
-        wait = REFRESH_INTERVAL
+        wait = self._refresh_interval
         now = self._clock.monotonic()
         if self.view.open and self.lease.holds(now) and not self._probing:
             wait = min(wait, max(0.01, self.next_probe - now))
@@ -374,15 +398,23 @@ class SharedBreaker:
         self._wake.clear()
 
     async def _read(self) -> Record | None:
-        """The record and the lease holder; the budget's deposits go in the same round trip when due."""
+        """The record and the lease holder; the budget's deposits and the rider's scripts go in the same round
+        trip when due."""
         keys = [self._keys.breaker(self.endpoint), self._keys.lease(self.endpoint)]
+        calls: list[ScriptCall] = [(self._scripts.read, keys, [])]
         deposits = self._due_deposits()
-        if deposits is None:
+        if deposits is not None:
+            calls.append(deposits)
+        now = self._clock.monotonic()
+        rider = self.rider if self.rider is not None and self.rider.due(now, self._refresh_interval / 2) else None
+        riding = rider.calls(now) if rider is not None else []
+        if len(calls) + len(riding) == 1:
             reply = await self._conn.call(lambda: self._scripts.read(keys=keys, args=[]))
         else:
-            calls: list[ScriptCall] = [(self._scripts.read, keys, []), deposits]
-            replies = await self._conn.call(functools.partial(run_scripts, self._conn.client, calls))
+            replies = await self._conn.call(functools.partial(run_scripts, self._conn.client, calls + riding))
             reply = replies[0] if replies is not None else None
+            if replies is not None and rider is not None:
+                rider.answered(replies[len(calls):])
         if reply is None:
             return None
         self.holder = str(reply[4])
@@ -394,7 +426,8 @@ class SharedBreaker:
 
     def _due_deposits(self) -> ScriptCall | None:
         """The budget's pending deposits about once every FLUSH_INTERVAL: on the first refresh at most half a
-        refresh interval early (refreshes come every REFRESH_INTERVAL, give or take the loop's timing)."""
+        refresh interval early (refreshes come every REFRESH_INTERVAL or CLOSED_REFRESH_INTERVAL, give or take
+        the loop's timing)."""
         now = self._clock.monotonic()
         if self.budget is None or now < self._deposited_at + FLUSH_INTERVAL - REFRESH_INTERVAL / 2:
             return None

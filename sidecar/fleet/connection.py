@@ -4,15 +4,15 @@ While Redis answers, `connected` is True. Background commands (refreshes, leases
 supervisor's ping) are bounded by `BACKGROUND_TIMEOUT`; one that fails or times out marks Redis down at
 once (sidecar_fleet_connected 0 and a log event). From then on `call` returns None *without* touching
 the network: nothing ever waits on a dead Redis, and every user of the fleet falls back to its local
-state. Each shared breaker reads Redis every 0.5 s, so a dead or slow Redis is noticed within 0.5 s +
-BACKGROUND_TIMEOUT = 1 s. The supervisor pings only when no command answered for `PING_IDLE` (a
-connection with nothing else to do: then it is noticed within PING_IDLE + BACKGROUND_TIMEOUT), and
-sleeps until then. The refreshes already prove Redis alive, and an unconditional ping every 0.25 s was
-4 of the ~10 commands/s each member sent (bench/RESULTS.md, "Fleet scale"). `PING_IDLE` is two refresh
-intervals: at 0.6 s, a refresh only 0.1 s late (a busy event loop) already drew a ping, adding work
-exactly when the process had least to spare. The one command on the data path (a retry asking the
-fleet budget) is bounded by the configured `command_timeout` and, when only too slow, returns None
-(decide locally) without marking Redis down. While down the supervisor reconnects with exponential
+state. Each shared breaker reads Redis every second (every 0.5 s while its endpoint is open), so a dead or
+slow Redis is noticed within 1 s + BACKGROUND_TIMEOUT = 1.5 s. The supervisor pings only when no command
+answered for `PING_IDLE` (a connection with nothing else to do: then it is noticed within PING_IDLE +
+BACKGROUND_TIMEOUT), and sleeps until then. The refreshes already prove Redis alive, and an unconditional
+ping every 0.25 s was 4 of the ~10 commands/s each member sent (bench/RESULTS.md, "Fleet scale").
+`PING_IDLE` is two refresh intervals: at 1.2 times one, a refresh only a little late (a busy event loop)
+already drew a ping, adding work exactly when the process had least to spare. The one command on the data
+path (a retry asking the fleet budget) is bounded by the configured `command_timeout` and, when only too
+slow, returns None (decide locally) without marking Redis down. While down the supervisor reconnects with exponential
 backoff and full jitter; when Redis answers again, the `on_connected` callbacks resync the shared state.
 """
 
@@ -38,8 +38,8 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 PING_INTERVAL = 0.25  # the supervisor looks at most this often
-PING_IDLE = 1.0  # it pings only when no command answered for this long (two 0.5 s breaker refreshes)
-BACKGROUND_TIMEOUT = 0.5  # nobody waits on these; the 0.5 s refresh + this keeps the promised 1 s
+PING_IDLE = 2.0  # it pings only when no command answered for this long (two 1 s breaker refreshes)
+BACKGROUND_TIMEOUT = 0.5  # nobody waits on these; the 1 s refresh + this keeps the promised 1.5 s
 RECONNECT_MIN = 0.1
 RECONNECT_MAX = 5.0
 

@@ -37,6 +37,10 @@ log = logging.getLogger(__name__)
 LISTEN_POLL = 2.0
 
 
+# A heartbeat that no refresh carried for this many intervals goes on its own (3 missed make a member gone).
+HEARTBEAT_LATE = 1.5
+
+
 def default_instance_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
@@ -85,6 +89,8 @@ class Fleet:
                 self.budgets[chain.name] = budget
             chain.shared_budget = budget
             shared.budget = budget  # its deposits ride on the breaker's refresh
+            if not any(b.rider is not None for b in self.breakers.values()):
+                shared.rider = self.heartbeat  # so does the heartbeat, on one endpoint's
             self._events.fleet_endpoint_added(exporter, chain.name)
 
     def attach_handoff(self, exporter: Exporter, signals: set[Signal]) -> None:
@@ -127,7 +133,7 @@ class Fleet:
     async def _resync(self) -> None:
         for shared in self.breakers.values():
             await shared.resync()
-        await self.heartbeat.beat()
+        await self.heartbeat.beat(self._clock.monotonic())
 
     # ------------------------------------------------------------ loops
 
@@ -173,11 +179,19 @@ class Fleet:
             shared.on_message(record)
 
     async def _heartbeats(self) -> None:
+        """The heartbeat rides on an endpoint's refresh; it goes on its own when nothing carried it for
+        HEARTBEAT_LATE intervals (a loop that fell behind), or every interval in a fleet with no endpoint."""
+        interval = float(self.config.heartbeat_interval)
         while True:
-            try:
-                await self.heartbeat.beat()
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.exception("fleet heartbeat failed")
-            await self._clock.sleep(float(self.config.heartbeat_interval))
+            late = HEARTBEAT_LATE if self.breakers else 1.0
+            now = self._clock.monotonic()
+            wait = self.heartbeat.sent_at + late * interval - now
+            if wait <= 0:
+                try:
+                    await self.heartbeat.beat(now)
+                except asyncio.CancelledError:
+                    raise
+                except Exception:
+                    log.exception("fleet heartbeat failed")
+                wait = interval
+            await self._clock.sleep(wait)

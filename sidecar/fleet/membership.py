@@ -22,6 +22,10 @@ Endpoints = Callable[[], list[str]]
 
 
 class Heartbeat:
+    """A member's heartbeat. It rides on a shared breaker's refresh (`due`, `calls`, `answered`: one round
+    trip for both; on its own it was a third of a healthy member's round trips and CPU, bench/notes.md,
+    "Fleet scale"); `Fleet` sends it by itself (`beat`) only when no refresh carried it for a while."""
+
     def __init__(self, instance: str, interval: float, conn: FleetConnection, fleet_scripts: FleetScripts,
                  keys: Keys, events: Events, snapshot: Snapshot, endpoints: Endpoints = list) -> None:
         self.instance = instance
@@ -32,19 +36,34 @@ class Heartbeat:
         self._events = events
         self._snapshot = snapshot
         self._endpoints = endpoints  # the upstream endpoints it sends to: each keeps its own member set
+        self.sent_at = float("-inf")  # local monotonic time the last heartbeat was sent (by a refresh or alone)
 
-    async def beat(self) -> None:
+    def due(self, now: float, early: float) -> bool:
+        """Whether a refresh at `now` carries the heartbeat: at most `early` seconds before an interval is up
+        (half the carrier's refresh interval, so the beats keep their interval give or take that)."""
+        return now >= self.sent_at + self.interval - early
+
+    def calls(self, now: float) -> list[ScriptCall]:
         """The fleet-wide heartbeat (one script) and one per endpoint (in a cluster each endpoint's member set
-        lives in its own slot, beside the breaker record whose evidence rule reads it), in one round trip."""
+        lives in its own slot, beside the breaker record whose evidence rule reads it), sent at `now`."""
+        self.sent_at = now
         payload = json.dumps({"instance": self.instance, **self._snapshot()}, default=str)
         ttl_ms = int(self.interval * TTL_HEARTBEATS * 1000)
         calls: list[ScriptCall] = [(self._scripts.heartbeat, [self._keys.member(self.instance), self._keys.members],
                                     [self.instance, payload, ttl_ms])]
         calls += [(self._scripts.endpoint_heartbeat, [self._keys.endpoint_members(endpoint)], [self.instance, ttl_ms])
                   for endpoint in self._endpoints()]
-        replies = await self._conn.call(functools.partial(run_scripts, self._conn.client, calls))
+        return calls
+
+    def answered(self, replies: list[Any]) -> None:
+        """The replies to `calls`, in order."""
+        self._events.fleet_members(int(replies[0]))
+
+    async def beat(self, now: float) -> None:
+        """The heartbeat in a round trip of its own."""
+        replies = await self._conn.call(functools.partial(run_scripts, self._conn.client, self.calls(now)))
         if replies is not None:
-            self._events.fleet_members(int(replies[0]))
+            self.answered(replies)
 
     async def leave(self) -> None:
         keys = [self._keys.member(self.instance), self._keys.members]

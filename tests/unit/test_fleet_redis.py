@@ -201,7 +201,7 @@ async def test_heartbeats_carry_the_snapshot_expire_and_respect_the_prefix(serve
                        Events(metrics), lambda: {"version": "9", "exporters": {"otlp": {"queue_size": 3}}})
              for i in range(2)]
     for beat in beats:
-        await beat.beat()
+        await beat.beat(time.monotonic())
     assert metrics.registry.get_sample_value("sidecar_fleet_members") == 2
     client = aioredis.Redis(port=server.port, decode_responses=True)
     members = await read_members(client, keys)
@@ -474,7 +474,7 @@ async def test_leaving_removes_the_member_from_its_endpoints(server: RedisServer
     keys = Keys("t:")
     beat = Heartbeat("pod", 1.0, conn, FleetScripts(conn), keys, Events(Metrics()), dict,
                      endpoints=lambda: ["c:4317"])
-    await beat.beat()
+    await beat.beat(time.monotonic())
     assert await conn.client.zrange(keys.endpoint_members("c:4317"), 0, -1) == ["pod"]
     await beat.leave()
     assert await conn.client.zcard(keys.endpoint_members("c:4317")) == 0
@@ -519,7 +519,7 @@ async def test_a_heartbeat_is_one_round_trip_for_every_endpoint(conn: FleetConne
         return await call(command)
 
     monkeypatch.setattr(conn, "call", counted)
-    await beat.beat()
+    await beat.beat(time.monotonic())
     assert len(commands) == 1  # the fleet's heartbeat and both endpoints' in one round trip
     assert await conn.client.zrange(keys.endpoint_members("a:4317"), 0, -1) == ["pod"]
     assert await conn.client.zrange(keys.endpoint_members("b:4317"), 0, -1) == ["pod"]

@@ -6,9 +6,11 @@ Counted by redis-server itself (`INFO commandstats`), against a real one."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
@@ -17,7 +19,9 @@ from bench.fleet_scale import SENT_BY_MEMBERS
 from bench.fleet_sim import Member, SimUpstream, UpstreamPlan, export_classifier, request
 from sidecar.config.schema import FleetConfig
 from sidecar.core.clock import SYSTEM_CLOCK
+from sidecar.fleet.client import ScriptCall
 from sidecar.fleet.connection import PING_IDLE, FleetConnection
+from sidecar.fleet.fleet import HEARTBEAT_LATE
 from sidecar.telemetry.events import Events
 from sidecar.telemetry.metrics import Metrics
 from tests.fakes.redis_server import RedisServer
@@ -79,3 +83,50 @@ async def test_a_healthy_member_sends_at_most_5_commands_per_second(server: Redi
         counter.close()
         await member.stop()
     assert 0 < rate <= 5.0
+
+
+async def test_a_healthy_member_makes_about_one_round_trip_a_second(server: RedisServer) -> None:
+    """The heartbeat and the budget's deposits ride on the closed endpoint's refresh, once a second: each round
+    trip costs the member's process more CPU than Redis (bench/notes.md, "Fleet scale"). Alone, the refreshes
+    every 0.5 s and the heartbeat every 2 s made 2.5 a second."""
+    member = Member(0, server.url, SimUpstream(UpstreamPlan(), seed=1), Events(Metrics()), export_classifier(),
+                    "trips:")
+    fleet = member.fleet
+    assert fleet is not None
+    trips: list[float] = []
+    beats: list[float] = []
+    call, calls_of_beat = fleet.conn.call, fleet.heartbeat.calls
+
+    async def counted(command: Callable[[], Awaitable[Any]]) -> Any:
+        trips.append(time.monotonic())
+        return await call(command)
+
+    def beat_calls(now: float) -> list[ScriptCall]:
+        beats.append(now)
+        return calls_of_beat(now)
+
+    fleet.conn.call = counted  # type: ignore[method-assign]
+    fleet.heartbeat.calls = beat_calls  # type: ignore[method-assign]
+    await member.start()
+    try:
+        await asyncio.sleep(1.5)
+        started = time.monotonic()
+        sent = 0
+        while time.monotonic() - started < 6.0:  # 20 requests/s: the budget has deposits every second
+            message, payload = request(time.time_ns(), sent.to_bytes(16, "big"))
+            assert await member.accept(message, payload, time.time())
+            sent += 1
+            await asyncio.sleep(0.05)
+        ended = time.monotonic()
+        members = redis.Redis(port=server.port, decode_responses=True)
+        try:
+            listed = members.zrange(fleet.keys.members, 0, -1)
+        finally:
+            members.close()
+    finally:
+        await member.stop()
+    in_window = [t for t in trips if started <= t < ended]
+    assert len(in_window) / (ended - started) <= 1.4  # one refresh a second (a late loop may add a lone beat)
+    gaps = [b - a for a, b in itertools.pairwise(beats) if a >= started - 2.0]
+    assert gaps and max(gaps) <= 2.0 * HEARTBEAT_LATE  # still about every heartbeat_interval (2 s)
+    assert listed == ["m0"]  # its heartbeat kept it a member
