@@ -481,6 +481,37 @@ def sent_per_member(redis: dict[str, Any], members: int) -> float:
     return sum(stats.get(name, 0.0) for name in SENT_BY_MEMBERS) / members
 
 
+def scale_targets(runs: dict[str, dict[str, Any]]) -> list[tuple[str, str, str, bool | None]]:
+    """Issue 28's simulation targets, for the Targets table of RESULTS.md: (target, goal, result, met), one row
+    each, the figures of every N side by side (the stored `runs`, by N as a string)."""
+    sizes = sorted(int(n) for n in runs)
+    if not sizes:
+        return []
+    by_n = [runs[str(n)] for n in sizes]
+    label = "issue 28, simulated fleet of " + " / ".join(f"{n:,}" for n in sizes)
+
+    def joined(values: list[Any], form: str = "{}") -> str:
+        return " / ".join("-" if v is None else form.format(v) for v in values)
+
+    calls = [r["outage"]["calls_during_failure"] for r in by_n]
+    goals = [0.5 * n + 20 for n in sizes]
+    firsts = [r["outage"]["first_success_after_recovery"] for r in by_n]
+    scatter = [(r["scatter_0.01_local"], r["scatter_0.01_fleet"]) for r in by_n]
+    opens = [on["fleet_opens"] for _, on in scatter]
+    added = [on["latency_p99_ms"] - off["latency_p99_ms"] for off, on in scatter]
+    sent = [sent_per_member(r["outage"]["redis"], n) for n, r in zip(sizes, by_n, strict=True)]
+    return [
+        (f"{label}: calls on the upstream failing 20 s", "<= 0.5 x N + 20 (" + joined(goals, "{:g}") + ")",
+         joined(calls), all(c <= g for c, g in zip(calls, goals, strict=True))),
+        (f"{label}: recovery -> first delivered export", "<= 2 s", joined(firsts, "{:.2f} s"),
+         all(f is not None and f <= 2.0 for f in firsts)),
+        (f"{label}: fleet-wide opens, 1 % scattered failures for 60 s", "0", joined(opens), sum(opens) == 0),
+        (f"{label}: added p99 delivery latency, 1 % scattered failures", "<= 250 ms over fleet mode off",
+         joined(added, "{:+.0f} ms"), max(added) <= 250),
+        (f"{label}: commands sent per member and second, healthy", "<= 5", joined(sent, "{:.2f}"), max(sent) <= 5),
+    ]
+
+
 def outage_row(n: int, on: dict[str, Any], off: dict[str, Any] | None) -> list[Any]:
     def seconds(value: float | None) -> str:
         return f"{value:.2f} s" if value is not None else "none in the run"

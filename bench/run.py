@@ -63,6 +63,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bench.fleet_scale import scale_targets
 from bench.sink import sink_stats
 from sidecar.runtime import MALLOC_ENV
 from tests.fakes.collector import FakeCollector
@@ -1166,6 +1167,8 @@ def summary(results: dict[str, Any]) -> str:
                  verdict(foot["after_minus_idle_mib"] <= 15 if foot else None)])
     rows.append([*TARGETS[20], f"{foot['start_s']:.2f} s" if foot else "-",
                  verdict(foot["start_s"] <= 0.4 if foot else None)])
+    rows += [[target, goal, result, verdict(ok)]
+             for target, goal, result, ok in scale_targets(results.get("fleet-scale", {}).get("runs", {}))]
     return table(["target", "goal", "result", ""], rows)
 
 

@@ -21,6 +21,7 @@ from bench.fleet_scale import (
     redis_cost,
     retry_split,
     run_once,
+    scale_targets,
     scatter_phases,
     sent_per_member,
     split,
@@ -131,6 +132,30 @@ def test_redis_cost_per_member() -> None:
 
 def short_outage() -> Phases:
     return outage_phases(outage=1.0, warm=0.3, healthy=1.0, after=1.0)
+
+
+def stored_run(calls: int, first: float | None, opens: int, p99_off: float, p99_on: float, evalsha: float,
+               members: int) -> dict[str, object]:
+    """One N's stored runs, reduced to what the Targets table reads."""
+    redis = {"commandstats_per_s": {"evalsha": evalsha * members}}
+    return {"outage": {"calls_during_failure": calls, "first_success_after_recovery": first, "redis": redis},
+            "scatter_0.01_local": {"latency_p99_ms": p99_off},
+            "scatter_0.01_fleet": {"latency_p99_ms": p99_on, "fleet_opens": opens}}
+
+
+def test_scale_targets_judge_every_n_against_its_own_goal() -> None:
+    runs = {"50": stored_run(34, 1.08, 0, 182, 323, 3.0, 50), "1000": stored_run(132, 1.27, 0, 188, 298, 2.9, 1000)}
+    rows = {target.split(": ", 1)[1]: (goal, result, ok) for target, goal, result, ok in scale_targets(runs)}
+    assert rows["calls on the upstream failing 20 s"] == ("<= 0.5 x N + 20 (45 / 520)", "34 / 132", True)
+    assert rows["recovery -> first delivered export"][1:] == ("1.08 s / 1.27 s", True)
+    assert rows["added p99 delivery latency, 1 % scattered failures"][1:] == ("+141 ms / +110 ms", True)
+    assert rows["commands sent per member and second, healthy"][1:] == ("3.00 / 2.90", True)
+
+    runs["50"] = stored_run(46, None, 1, 182, 433, 5.5, 50)  # each just over its goal: 45 calls, +250 ms, 5
+    assert [ok for *_, ok in scale_targets(runs)] == [False, False, False, False, False]
+    runs["50"] = stored_run(45, 2.0, 0, 182, 432, 5.0, 50)  # each at its goal
+    assert [ok for *_, ok in scale_targets(runs)] == [True, True, True, True, True]
+    assert scale_targets({}) == []
 
 
 def test_the_harness_runs_a_small_fleet_end_to_end(tmp_path: Path) -> None:
