@@ -24,7 +24,8 @@ Runs, for each N:
 
 Each worker measures its own scheduling lag (how late a 20 ms sleep wakes up): when the machine
 cannot keep up, the lag says by how much every figure may be late. It also times the collector's full
-passes (a loop holds hundreds of members' heaps; the members' set-up is `gc.freeze()`-d), splits the
+passes (a loop holds hundreds of members' heaps: the members' set-up is `gc.freeze()`-d, and no automatic
+full pass runs during the load, as none would in a sidecar within a minute; one is timed after it), splits the
 delivery latency into first attempts and retried requests, and times the fleet budget's answers to
 retries (`retry_split`): a 1 % row's p99 sits at the edge of the retried share.
 """
@@ -54,6 +55,7 @@ TOTAL_RATE = 2000.0  # requests/s of the whole fleet
 OUTAGE = 20.0
 SCATTER_RATIOS = (0.01, 0.05)
 LAG_TICK = 0.02
+NO_FULL_PASSES = 10**9  # the collector's third threshold in a worker: no automatic full pass within a run
 
 
 # ---------------------------------------------------------------------------------------- pure parts
@@ -209,6 +211,14 @@ async def _worker(spec: dict[str, Any]) -> None:
     # sidecar one: without this a full pass stalled a 250-member loop fleet-on for up to 0.58 s, 36 passes in
     # 25 s (fleet off: 94 ms, 4), every request in flight waiting (bench/notes.md, "... p99 at 1,000").
     gc.freeze()
+    # Nor does the loop make the collector's automatic full passes during the run. Their frequency follows the
+    # process's allocations and their length its heap, both those of 250 members here: 6 passes a minute of
+    # 50-200 ms each (fleet on; fewer off, with fewer allocations), every request in flight waiting. One
+    # sidecar at 2 requests/s allocates 1/250 of that, so its first full pass (about 10-30 ms, a sidecar's
+    # heap) comes some 40 minutes in, never within a run: it makes none here either (bench/notes.md, "Fleet
+    # scale: a member's background work halved").
+    young, middle, _ = gc.get_threshold()
+    gc.set_threshold(young, middle, NO_FULL_PASSES)
     print(f"{len(members)} members started in {setup:.1f}s", file=sys.stderr, flush=True)
     print("ready", flush=True)
     line = await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
@@ -272,6 +282,9 @@ async def _worker(spec: dict[str, Any]) -> None:
     print(f"load done: {sent} sent", file=sys.stderr, flush=True)
     await asyncio.sleep(0.5)  # what is in flight settles
     sampler.cancel()
+    collecting = time.perf_counter()
+    gc.collect()  # what a full pass of this loop's heap costs (none ran during the load; nothing measured waits)
+    full_pass = time.perf_counter() - collecting
     healthy_cpu = None
     if "healthy_from" in cpu_marks and "healthy_until" in cpu_marks:
         healthy_cpu = (cpu_marks["healthy_until"] - cpu_marks["healthy_from"]) / (
@@ -285,6 +298,7 @@ async def _worker(spec: dict[str, Any]) -> None:
         "retried_ms": [[round(a, 2), round(b, 2)] for a, b in upstream.calls.retried_ms],
         "local_budget_refused": sum(m.chain.budget.refused for m in members),
         "gc_full_collections": len(gc_pauses), "gc_full_max_ms": 1000 * max(gc_pauses, default=0.0),
+        "gc_full_pass_after_ms": 1000 * full_pass,
         "fleet_spends": [[round(d, 4), a] for m in members for d, a in m.fleet_spends],
         "transitions": [[(t.at, t.new) for t in m.transitions] for m in members],
         "local_opens": local_opens,
@@ -453,6 +467,7 @@ def run_once(spec: RunSpec, redis_url: str, workdir: Path, log: Any = print) -> 
         "lag_p50_ms": statistics.median(w["lag_p50_ms"] for w in workers),
         "gc_full_collections": sum(w.get("gc_full_collections", 0) for w in workers),
         "gc_full_max_ms": max(w.get("gc_full_max_ms", 0.0) for w in workers),
+        "gc_full_pass_after_ms": max(w.get("gc_full_pass_after_ms", 0.0) for w in workers),
         "setup_seconds": max(w["setup_seconds"] for w in workers),
         "worker_cpu_percent": 100.0 * sum(cpu) if cpu else None,
         "redis": redis_cost(before, after, after["at"] - before["at"], spec.members),
