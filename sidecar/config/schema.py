@@ -523,8 +523,8 @@ class FleetConfig(Base):
     # first second or two of its traffic) the window is 5 s and a sidecar's failures count once it reported two.
     failure_ratio: Annotated[float, Meta(gt=0, le=1)] = 0.25
     # Sets the evidence window: that span (window + 100 ms) is the time the fleet takes to make about this
-    # many calls to the endpoint (the window 100 ms to 5 s). With the defaults the fleet opens after 5
-    # failures up to 100 requests/s, 25 at 500.
+    # many calls to the endpoint (the window 50 ms to 5 s). With the defaults the fleet opens after 5
+    # failures up to 133 requests/s, 18 at 500.
     minimum_calls: PositiveInt = 20
     handoff: HandoffConfig = msgspec.field(default_factory=HandoffConfig)
 

@@ -25,12 +25,7 @@ from sidecar.core.taxonomy import Category, Classification, Recoverability, Reco
 SAFETY = 0.8  # fraction of the lease TTL this sidecar trusts itself to hold the lease
 
 # Fleet-wide failure evidence (the EVIDENCE script in sidecar/fleet/scripts.py applies the same rule).
-# seconds: the shortest window failures are summed over (a busy fleet). At 50 ms it was shorter than the stalls
-# a busy fleet's reports meet on their way (a CPU-throttled pod waits out the rest of its 100 ms CFS period; the
-# simulation's loops lagged 25-60 ms at p99): an outage had to bring 75 % of a window's calls as failures in
-# one 50 ms of arrivals, and opened the fleet 0.09-0.40 s after its first failure, when a burst of late
-# reports happened to (bench/fleet_scale.py at 1,000 members: 131-598 calls). At 100 ms it needs half.
-MIN_WINDOW = 0.1
+MIN_WINDOW = 0.05  # seconds: the shortest window failures are summed over (a busy fleet)
 MAX_WINDOW = 5.0  # seconds: the longest (a quiet fleet); reports older than this are forgotten
 EVIDENCE_BATCH = 0.1  # seconds: a sidecar sends its failure counts at most this often (and only when it has some)
 # seconds: a report also carries the calls its sidecar made since its previous report, over at most this long
@@ -114,13 +109,13 @@ class EvidenceRule:
     36 to 39 times a minute in bench/fleet_scale.py). So, with m = minimum_calls and r = rate:
 
     * window a = clamp(m / r - B, MIN_WINDOW, MAX_WINDOW) (MAX_WINDOW when the rate is unknown, `tally`): the span
-      a + B holds about m calls, or MIN_WINDOW + B = 200 ms of a busy fleet's traffic;
+      a + B holds about m calls, or MIN_WINDOW + B = 150 ms of a busy fleet's traffic;
     * needed = floor(ratio x max(m, r x (a + B))), and, unless the window is the longest, never more than
       the window's own calls r x a (a large `failure_ratio`: when every call fails, one window's failures
       are always enough).
 
-    With the defaults (0.25, 20): 5 failures up to 100 requests/s, then 25 % of 200 ms of traffic (25 at
-    500/s, 50 at 1,000/s, 100 at 2,000/s), the same for 4 sidecars or 1,000:
+    With the defaults (0.25, 20): 5 failures up to 133 requests/s, then 25 % of 150 ms of traffic (18 at
+    500/s, 37 at 1,000/s, 75 at 2,000/s), the same for 4 sidecars or 1,000:
 
     * bounded: the failures needed depend on the fleet's rate, never on its number of members;
     * scattered errors never add up: failures summed over at most a + B are compared with the calls of

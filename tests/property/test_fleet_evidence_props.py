@@ -191,13 +191,10 @@ def poisson_times(rng: random.Random, rate: float, seconds: float) -> list[float
     return times
 
 
-OLD_MIN_WINDOW = 0.05  # MIN_WINDOW of the rules contrasted below (it is 0.1 s since)
-
-
 def old_rule(rate: float) -> tuple[float, int]:
     """The window and the failures needed before issue 28's fix (the defaults), for contrast only."""
-    window = MAX_WINDOW if rate <= 0 else min(MAX_WINDOW, max(OLD_MIN_WINDOW, 20 / rate))
-    return window, max(1, math.floor(0.25 * max(20, rate * OLD_MIN_WINDOW) + 1e-9))
+    window = MAX_WINDOW if rate <= 0 else min(MAX_WINDOW, max(MIN_WINDOW, 20 / rate))
+    return window, max(1, math.floor(0.25 * max(20, rate * MIN_WINDOW) + 1e-9))
 
 
 def opens_in_a_minute(rule: Callable[[float], tuple[float, int]], members: int, rate: float, fraction: float,
@@ -298,7 +295,7 @@ def first_open(arrivals: list[Arrival], rule: EvidenceRule, rate: float, members
 def first_open_before(arrivals: list[Arrival], rule: EvidenceRule, members: int,
                       window: float = MAX_WINDOW) -> float | None:
     """The rule with an unknown rate before this change, for contrast: every report's failures over `window`
-    (MAX_WINDOW; the reverted e9c68a0 had OLD_MIN_WINDOW), against its calls over CALLS_LOOKBACK."""
+    (MAX_WINDOW; the reverted e9c68a0 had MIN_WINDOW), against its calls over CALLS_LOOKBACK."""
     for i, (at, _) in enumerate(arrivals):
         recent = [r for t, r in arrivals[:i + 1] if t >= at - window]
         failures, calls = sum(r.failures for r in recent), sum(r.calls for r in recent)
@@ -366,7 +363,7 @@ def test_an_outage_as_a_sparse_fleet_starts_opens_it_before_the_local_breakers_t
         trips = sorted(times[-1] for times in failures)
         opened = first_open(arrivals, rule, 0.0, members)
         assert opened is not None and opened < trips[1], (seed, opened, trips)  # before the second trip
-        late = first_open_before(arrivals, rule, members, window=OLD_MIN_WINDOW)
+        late = first_open_before(arrivals, rule, members, window=MIN_WINDOW)
         reverted += late is None or late >= trips[1]
     assert reverted >= 20
 

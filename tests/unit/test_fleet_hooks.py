@@ -326,14 +326,14 @@ def test_a_call_that_ends_without_a_verdict_is_no_streak() -> None:
 
 
 def test_the_evidence_needed_does_not_grow_with_the_fleet_and_its_window_shrinks_with_its_rate() -> None:
-    rule = EvidenceRule()  # the shipped defaults: 25 % of about 20 calls, or of 200 ms of a busy fleet's
+    rule = EvidenceRule()  # the shipped defaults: 25 % of about 20 calls, or of 150 ms of a busy fleet's
     assert rule.needed(0.0) == 5 and rule.window(0.0) == MAX_WINDOW
     # 8 sidecars x 10 requests/s: reports arriving within 150 ms carry failures of up to 250 ms (one batch
     # more), the span in which the fleet makes the 20 calls.
     assert rule.needed(80.0) == 5 and rule.window(80.0) == pytest.approx(0.25 - EVIDENCE_BATCH)
-    assert rule.needed(100.0) == 5 and rule.needed(133.0) == 6
-    assert rule.needed(500.0) == 25 and rule.window(500.0) == MIN_WINDOW  # 25 % of 100 calls in 200 ms
-    assert rule.needed(1000.0) == 50 and rule.needed(2000.0) == 100 and rule.window(2000.0) == MIN_WINDOW
+    assert rule.needed(100.0) == 5 and rule.needed(133.0) == 5
+    assert rule.needed(500.0) == 18 and rule.window(500.0) == MIN_WINDOW  # 25 % of 75 calls in 150 ms
+    assert rule.needed(1000.0) == 37 and rule.needed(2000.0) == 75 and rule.window(2000.0) == MIN_WINDOW
     assert rule.window(1.0) == MAX_WINDOW
     # Two sidecars at least (when the endpoint has two members): one sidecar's trouble is its own.
     assert not rule.opens(failures=100, reporters=1, members=1000, rate=80.0)

@@ -32,7 +32,7 @@ def test_recent_calls_count_since_the_last_report_within_the_lookback() -> None:
     calls = RecentCalls()
     for t in (1.0, 1.04, 1.1, 1.12, 1.2):
         calls.add(t)
-    assert calls.since(float("-inf"), 1.2) == 4  # 1.04, 1.1, 1.12, 1.2: within 200 ms of now
+    assert calls.since(float("-inf"), 1.2) == 3  # 1.1, 1.12, 1.2: within 150 ms of now
     assert calls.since(1.1, 1.2) == 2  # after the last report
     assert CALLS_LOOKBACK == MIN_WINDOW + EVIDENCE_BATCH
     # Over the long lookback (the longest window's span: an unknown rate's) every one of them counts ...
@@ -74,17 +74,17 @@ async def test_each_report_carries_the_calls_made_since_the_previous_one() -> No
     await settle()
     assert [r for _, r in store.reports] == [Report("s0", 1, 31, 31), Report("s0", 3, 9, 9)]
     assert not store.open  # 4 failures of 40 calls: well below 25 %
-    for _ in range(40):  # 40 calls over 2.4 s, then a failure: 200 ms of them, or those since the last report
+    for _ in range(40):  # 40 calls over 2.4 s, then a failure: 150 ms of them, or those since the last report
         clock.advance(0.06)  # (up to minimum_calls / 2, EvidenceRule.long_calls)
         await call(False)
     await call(True)
     await settle()
-    assert store.reports[-1][1] == Report("s0", 1, 5, 10)
+    assert store.reports[-1][1] == Report("s0", 1, 4, 10)
     clock.advance(EVIDENCE_BATCH + 0.3)  # 5 more calls within 0.3 s, the last failing: all 5 over the long lookback
     for i in range(5):
         clock.advance(0.06)
         await call(i == 4)
     await settle()
-    assert store.reports[-1][1] == Report("s0", 1, 4, 5)
+    assert store.reports[-1][1] == Report("s0", 1, 3, 5)
     shared.on_message(Record(open=False, remaining=0.0, timeout=0.0, gen=0))
     await shared.stop()
