@@ -92,6 +92,11 @@ class RunSpec:
     label: str
 
 
+def outage_calls_target(members: int) -> float:
+    """Issue 28: at most this many calls on the upstream during its 20 s failure, for a fleet of `members`."""
+    return 0.5 * members + 20
+
+
 def workers_for(members: int) -> int:
     """Worker processes: enough that no loop hosts more than about 250 members, at least 2."""
     return max(2, min(4, math.ceil(members / 250)))
@@ -509,7 +514,7 @@ def scale_targets(runs: dict[str, dict[str, Any]]) -> list[tuple[str, str, str, 
         return " / ".join("-" if v is None else form.format(v) for v in values)
 
     calls = [r["outage"]["calls_during_failure"] for r in by_n]
-    goals = [0.5 * n + 20 for n in sizes]
+    goals = [outage_calls_target(n) for n in sizes]
     firsts = [r["outage"]["first_success_after_recovery"] for r in by_n]
     scatter = [(r["scatter_0.01_local"], r["scatter_0.01_fleet"]) for r in by_n]
     opens = [on["fleet_opens"] for _, on in scatter]
@@ -531,7 +536,7 @@ def outage_row(n: int, on: dict[str, Any], off: dict[str, Any] | None) -> list[A
     def seconds(value: float | None) -> str:
         return f"{value:.2f} s" if value is not None else "none in the run"
 
-    target = 0.5 * n + 20
+    target = outage_calls_target(n)
     return [n, on["workers"], f"{on['calls_during_failure']} ({on['data_calls']} / {on['probe_calls']})",
             f"{target:g}", seconds(on["first_failure_to_fleet_open"]), seconds(on["first_failure_to_all_open"]),
             seconds(on["first_success_after_recovery"]),
@@ -553,7 +558,7 @@ def plot_scale(runs: dict[int, dict[str, Any]], path: Path, after: float) -> Non
         first = [(n, r["first_success_after_recovery"]) for n, r in points]
         first_ax.plot([n for n, _ in first], [v if v is not None else after for _, v in first], style,
                       label=label + f" (none within {after:g} s plotted at {after:g})")
-    calls_ax.plot(sizes, [0.5 * n + 20 for n in sizes], ":", color="tab:red", label="target 0.5 x N + 20")
+    calls_ax.plot(sizes, [outage_calls_target(n) for n in sizes], ":", color="tab:red", label="target 0.5 x N + 20")
     first_ax.axhline(2.0, color="tab:red", linestyle=":", label="target 2 s")
     for ax, title in ((calls_ax, f"calls on the upstream during its {OUTAGE:g} s failure"),
                       (first_ax, "first delivered export after recovery (s)")):

@@ -9,11 +9,12 @@ slow Redis is noticed within 1 s + BACKGROUND_TIMEOUT = 1.5 s. The supervisor pi
 answered for `PING_IDLE` (a connection with nothing else to do: then it is noticed within PING_IDLE +
 BACKGROUND_TIMEOUT), and sleeps until then. The refreshes already prove Redis alive, and an unconditional
 ping every 0.25 s was 4 of the ~10 commands/s each member sent (bench/RESULTS.md, "Fleet scale").
-`PING_IDLE` is two refresh intervals: at 1.2 times one, a refresh only a little late (a busy event loop)
-already drew a ping, adding work exactly when the process had least to spare. The one command on the data
-path (a retry asking the fleet budget) is bounded by the configured `command_timeout` and, when only too
-slow, returns None (decide locally) without marking Redis down. While down the supervisor reconnects with exponential
-backoff and full jitter; when Redis answers again, the `on_connected` callbacks resync the shared state.
+`PING_IDLE` is two refresh intervals: when it was 0.6 s against refreshes every 0.5 s, a refresh only 0.1 s
+late (a busy event loop) already drew a ping, adding work exactly when the process had least to spare. The
+one command on the data path (a retry asking the fleet budget) is bounded by the configured
+`command_timeout` and, when only too slow, returns None (decide locally) without marking Redis down. While
+down the supervisor reconnects with exponential backoff and full jitter; when Redis answers again, the
+`on_connected` callbacks resync the shared state.
 """
 
 from __future__ import annotations
