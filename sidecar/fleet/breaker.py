@@ -45,6 +45,7 @@ from sidecar.fleet.view import (
     EVIDENCE_BATCH,
     LONG_CALLS_LOOKBACK,
     MAX_WINDOW,
+    MIN_SPAN_WAIT,
     MIN_WINDOW,
     REPEATED_FAILURES,
     EvidenceRule,
@@ -52,6 +53,7 @@ from sidecar.fleet.view import (
     ProbeLease,
     RecentCalls,
     Record,
+    clamp_wait,
     decode_class,
     encode_class,
     next_probe_at,
@@ -156,6 +158,7 @@ class SharedBreaker:
         self._failures = 0  # failures seen and not yet sent to the fleet
         self._report_seq = 0
         self._last_report = float("-inf")
+        self._first_failure = 0.0  # when the first failure of the batch being gathered was counted
         self._recent_calls = RecentCalls()  # this sidecar's calls, for the calls its reports carry
         self._evidence_writer: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
@@ -224,6 +227,8 @@ class SharedBreaker:
         endpoint open already (or while Redis is down: the counts would be stale when it is back)."""
         if not self._conn.connected or self.view.open:
             return
+        if self._failures == 0:
+            self._first_failure = self._clock.monotonic()
         self._failures += 1
         if breaker.open_class is not None:
             self.open_class = encode_class(breaker.open_class)
@@ -243,14 +248,15 @@ class SharedBreaker:
             if failures == 0 or self.view.open:
                 return
             now = self._clock.monotonic()
+            waited = now - self._first_failure  # the span its failures come from (EvidenceRule.tally)
             # At least the failures: a trip or a failed probe is counted without a call of its own.
             calls = max(failures, self._recent_calls.since(self._last_report, now))
             recent = self._recent_calls.since(self._last_report, now, LONG_CALLS_LOOKBACK)
             calls_long = self.rule.long_calls(calls, recent)
             self._last_report = now
-            await self._report_failures(failures, calls, calls_long)
+            await self._report_failures(failures, calls, calls_long, waited)
 
-    async def _report_failures(self, failures: int, calls: int, calls_long: int) -> None:
+    async def _report_failures(self, failures: int, calls: int, calls_long: int, waited: float) -> None:
         keys = [self._keys.breaker(self.endpoint), self._keys.evidence(self.endpoint),
                 self._keys.endpoint_members(self.endpoint), self._keys.budget(self.endpoint)]
         self._report_seq += 1
@@ -258,7 +264,8 @@ class SharedBreaker:
             self._instance, self._report_seq, failures, calls, float(self.rule.failure_ratio),
             int(self.rule.minimum_calls),
             int(MIN_WINDOW * 1000), int(MAX_WINDOW * 1000), int(EVIDENCE_BATCH * 1000), int(self._base_timeout * 1000),
-            self._keys.channel, self.endpoint, self.open_class, calls_long, REPEATED_FAILURES]
+            self._keys.channel, self.endpoint, self.open_class, calls_long, REPEATED_FAILURES,
+            round(clamp_wait(waited) * 1000), int(MIN_SPAN_WAIT * 1000)]
         reply = await self._conn.call(lambda: self._scripts.evidence(keys=keys, args=args))
         if reply is None:
             return

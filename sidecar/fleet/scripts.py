@@ -68,7 +68,8 @@ return open_record(KEYS[1], KEYS[3], timeout, gen, ARGV[4], cause, now, ARGV[5],
 # KEYS: breaker, evidence, endpoint members, budget. ARGV: instance, seq (this sidecar's report number),
 # failures (since its last report), calls (its calls since its last report, at most CALLS_LOOKBACK back),
 # failure_ratio, minimum_calls, min_window_ms, max_window_ms, batch_ms, base_ms, channel, endpoint, class,
-# calls_long (its calls since its last report, at most LONG_CALLS_LOOKBACK back), repeated (REPEATED_FAILURES).
+# calls_long (its calls since its last report, at most LONG_CALLS_LOOKBACK back), repeated (REPEATED_FAILURES),
+# wait_ms (how long its first failure waited in the batch), min_wait_ms (MIN_SPAN_WAIT).
 # -> state, remaining ms, timeout ms, gen, tripped (0/1), failures in the window, failures needed.
 #
 # One member's batch of failures (sidecar/fleet/breaker.py sends one at most every EVIDENCE_BATCH =
@@ -76,15 +77,16 @@ return open_record(KEYS[1], KEYS[3], timeout, gen, ARGV[4], cause, now, ARGV[5],
 # agree), computed in seconds in the same order: the fleet's request rate is read from the retry budget's
 # per-second counts of first attempts (`n:<s>`: the average of the last two whole seconds, unknown (0) while
 # the second before last counted none, `fleet_rate`); failures are summed over the reports that arrived
-# within the window, which carry failures of up to window + batch, and the record opens when they reach
+# within the window, which carry failures of up to window + their mean wait (the failures' average of their
+# reports' waits, each at most batch: `EvidenceRule.tally`), and the record opens when they reach
 # failure_ratio of the calls of that span, and of the calls the reports in the window carry (those of
 # LONG_CALLS_LOOKBACK for the longest window), reported by at least two members (when the endpoint has two).
 # With an unknown rate only the failures of members that reported at least `repeated` in the window count
 # (`EvidenceRule.tally`). For 3 s after a close the rate is at least the one the record kept when the
 # evidence opened it (field `rate`): a hold makes no first attempts, so the counts of the seconds it covered
 # undercount the traffic coming back. Reports live in a sorted set scored by Redis time, as
-# `instance\nseq/calls_long\ncalls\nfailures` (`encode_report`; `instance\nseq\ncalls\nfailures` and
-# `instance\nseq\nfailures` from older versions).
+# `instance\nseq:wait_ms/calls_long\ncalls\nfailures` (`encode_report`; `instance\nseq/calls_long\ncalls\nfailures`,
+# `instance\nseq\ncalls\nfailures` and `instance\nseq\nfailures` from older versions: their wait is a batch).
 EVIDENCE = _NOW + _OPEN_RECORD + """
 local state = redis.call('HGET', KEYS[1], 'state') or 'closed'
 local timeout = tonumber(redis.call('HGET', KEYS[1], 'timeout') or '0')
@@ -103,42 +105,57 @@ local second = math.floor(now / 1000)
 local rate = 0
 local before = tonumber(redis.call('HGET', KEYS[4], 'n:' .. (second - 2)) or '0')
 if before > 0 then rate = (tonumber(redis.call('HGET', KEYS[4], 'n:' .. (second - 1)) or '0') + before) / 2 end
-if state == 'closed' and now - tonumber(redis.call('HGET', KEYS[1], 'at') or '0') < 3000 then
+local settling = state == 'closed' and now - tonumber(redis.call('HGET', KEYS[1], 'at') or '0') < 3000
+if settling then
   -- Closed less than 3 s ago: the last two seconds' counts still hold the hold's silence; the rate the fleet
   -- had when it opened is the better estimate (its held data is coming now, in a burst).
   rate = math.max(rate, tonumber(redis.call('HGET', KEYS[1], 'rate') or '0'))
 end
 local window = max_window
 if rate > 0 then window = math.min(max_window, math.max(min_window, minimum / rate - batch)) end
-local limit = ratio * math.max(minimum, rate * (window + batch))
-if rate > 0 and window < max_window then limit = math.min(limit, rate * window) end
 local calls_long = ARGV[14] or ARGV[4]
 local repeated = tonumber(ARGV[15] or '1')
+local seq = ARGV[2]
+if ARGV[16] then seq = seq .. ':' .. ARGV[16] end
 redis.call('ZADD', KEYS[2], now,
-           ARGV[1] .. '\\n' .. ARGV[2] .. '/' .. calls_long .. '\\n' .. ARGV[4] .. '\\n' .. ARGV[3])
+           ARGV[1] .. '\\n' .. seq .. '/' .. calls_long .. '\\n' .. ARGV[4] .. '\\n' .. ARGV[3])
 redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', '(' .. (now - max_window_ms))
 redis.call('PEXPIRE', KEYS[2], max_window_ms * 2)
 local long = window >= max_window
 local by_instance = {}
+local waited = {}
 local calls_reported = 0
 for _, entry in ipairs(redis.call('ZRANGEBYSCORE', KEYS[2], now - window * 1000, '+inf')) do
-  local instance, seq, made, count = string.match(entry, '^(.*)\\n([^\\n]*)\\n([^\\n]*)\\n([^\\n]*)$')
+  local instance, field, made, count = string.match(entry, '^(.*)\\n([^\\n]*)\\n([^\\n]*)\\n([^\\n]*)$')
   if instance == nil then  -- an older sidecar's report, without its calls
-    instance, seq, count = string.match(entry, '^(.*)\\n([^\\n]*)\\n([^\\n]*)$')
+    instance, field, count = string.match(entry, '^(.*)\\n([^\\n]*)\\n([^\\n]*)$')
     made = count
   end
-  if long then made = string.match(seq, '/(%d+)$') or made end
-  by_instance[instance] = (by_instance[instance] or 0) + tonumber(count)
+  if long then made = string.match(field, '/(%d+)$') or made end
+  local wait_ms = string.match(field, '^[^:/]*:(%d+)')
+  local wait = batch  -- an older sidecar's report says no wait: the longest, a whole batch
+  if wait_ms then wait = math.min(batch, tonumber(wait_ms) / 1000) end
+  count = tonumber(count)
+  by_instance[instance] = (by_instance[instance] or 0) + count
+  waited[instance] = (waited[instance] or 0) + count * wait
   calls_reported = calls_reported + tonumber(made)
 end
 local failures = 0
 local reporters = 0
-for _, count in pairs(by_instance) do
+local failures_waited = 0
+for instance, count in pairs(by_instance) do
   if rate > 0 or count >= repeated then
     failures = failures + count
+    failures_waited = failures_waited + waited[instance]
     reporters = reporters + 1
   end
 end
+local wait = batch
+if failures > 0 and not settling then  -- just after a close the held data's burst bunches reports: a whole batch
+  wait = math.max(tonumber(ARGV[17] or batch * 1000) / 1000, failures_waited / failures)
+end
+local limit = ratio * math.max(minimum, rate * (window + wait))
+if rate > 0 and window < max_window then limit = math.min(limit, rate * window) end
 limit = math.max(limit, ratio * calls_reported)
 local needed = math.max(1, math.floor(limit + 1e-9))
 redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now)

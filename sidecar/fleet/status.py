@@ -25,7 +25,7 @@ from sidecar.fleet.fleet import evidence_rule
 from sidecar.fleet.handoff_status import Backlog, backlog_json, backlog_lines, read_backlogs
 from sidecar.fleet.keys import Keys
 from sidecar.fleet.membership import Member, read_members
-from sidecar.fleet.view import MAX_WINDOW, EvidenceRule, fleet_rate, parse_report
+from sidecar.fleet.view import EVIDENCE_BATCH, MAX_WINDOW, EvidenceRule, fleet_rate, parse_report
 
 EXIT_UNAVAILABLE = 1
 EXIT_USAGE = 2
@@ -99,18 +99,20 @@ async def read_endpoints(client: FleetClient, keys: Keys, endpoints: list[str],
         second = now_ms // 1000
         counts = await client.hmget(keys.budget(endpoint), [f"n:{second - 1}", f"n:{second - 2}"])
         rate = fleet_rate(*(int(c or 0) for c in counts))
-        if record.get("state", "closed") == "closed" and now_ms - int(record.get("at", 0)) < RATE_AFTER_CLOSE_MS:
+        settling = record.get("state", "closed") == "closed" and now_ms - int(record.get("at", 0)) < RATE_AFTER_CLOSE_MS
+        if settling:
             rate = max(rate, float(record.get("rate", 0)))  # as the EVIDENCE script does just after a close
         window = rule.window(rate)
         parsed = [(parse_report(str(entry)), float(at)) for entry, at in cast(list[tuple[str, float]], reports)]
         failing = sorted({report.instance for report, _ in parsed})
-        failures, _, calls = rule.tally((report for report, at in parsed if at >= now_ms - window * 1000), rate)
+        tally = rule.tally((report for report, at in parsed if at >= now_ms - window * 1000), rate)
         is_open = record.get("state") == "open"
         states.append(EndpointState(
             endpoint, "open" if is_open else "closed",
             max(0.0, (int(record.get("until", 0)) - now_ms) / 1000.0) if is_open else 0.0,
             int(record.get("timeout", 0)) / 1000.0, str(record.get("by", "")), str(record.get("cause", "")),
-            holder, failing, members, failures, rule.needed(rate, calls), window))
+            holder, failing, members, tally.failures,
+            rule.needed(rate, tally.calls, EVIDENCE_BATCH if settling else tally.wait), window))
     return states
 
 

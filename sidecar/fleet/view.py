@@ -19,6 +19,7 @@ import math
 from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from sidecar.core.taxonomy import Category, Classification, Recoverability, Recovery, Severity
 
@@ -36,6 +37,8 @@ LONG_CALLS_LOOKBACK = MAX_WINDOW + EVIDENCE_BATCH
 # With an unknown rate a sidecar's failures count only once it has reported at least this many in the window
 # (see EvidenceRule.tally).
 REPEATED_FAILURES = 2
+# seconds: the least wait the rule adds to a window (see EvidenceRule): reports counted at arrival bunch
+MIN_SPAN_WAIT = 0.05
 
 
 @dataclass(slots=True)
@@ -110,20 +113,32 @@ class EvidenceRule:
 
     * window a = clamp(m / r - B, MIN_WINDOW, MAX_WINDOW) (MAX_WINDOW when the rate is unknown, `tally`): the span
       a + B holds about m calls, or MIN_WINDOW + B = 150 ms of a busy fleet's traffic;
-    * needed = floor(ratio x max(m, r x (a + B))), and, unless the window is the longest, never more than
+    * needed = floor(ratio x max(m, r x (a + w))), and, unless the window is the longest, never more than
       the window's own calls r x a (a large `failure_ratio`: when every call fails, one window's failures
       are always enough).
 
-    With the defaults (0.25, 20): 5 failures up to 133 requests/s, then 25 % of 150 ms of traffic (18 at
-    500/s, 37 at 1,000/s, 75 at 2,000/s), the same for 4 sidecars or 1,000:
+    w is how long the window's failures waited in their sidecars' batches: B is the most, but a sidecar
+    that fails seldom sends each failure at once, so its report carries only the failure of its arrival.
+    Each report says how long its first failure waited (`Report.wait`); w is their mean over the failures
+    (`Tally.wait`: a batched report's many failures weigh more), at least MIN_SPAN_WAIT (reports are counted
+    at arrival, and sidecars that started together, or an event loop that lagged, send theirs together),
+    and a whole batch for 3 s after a close (the held data comes back in a burst, whose first failures are
+    each sent at once with the few calls before them: tests/property/test_fleet_evidence_props.py).
+    With w = B every busy fleet needed 75 failures within 50 ms at 2,000 requests/s: 75 % of what a fleet
+    of members making 2 calls/s each can report in 50 ms, so an outage with a quarter of the fleet silent
+    (a stalled event loop in bench/fleet_scale.py, a slowed client) opened only when that quarter came back.
+
+    With the defaults (0.25, 20): 5 failures up to 133 requests/s, then 25 % of 100 to 150 ms of traffic
+    (12 to 18 at 500/s, 25 to 37 at 1,000/s, 50 to 75 at 2,000/s), the same for 4 sidecars or 1,000:
 
     * bounded: the failures needed depend on the fleet's rate, never on its number of members;
-    * scattered errors never add up: failures summed over at most a + B are compared with the calls of
-      a + B, so a failure fraction well below `failure_ratio` stays below it however the reports are
-      batched (tests/property/test_fleet_evidence_props.py), and its Poisson spread in so short a span
-      almost never reaches it;
+    * scattered errors never add up: failures summed over a + w are compared with the calls of a + w, so a
+      failure fraction well below `failure_ratio` stays below it however the reports are batched
+      (tests/property/test_fleet_evidence_props.py), and its Poisson spread in so short a span almost never
+      reaches it;
     * an outage reaches it: the window's calls are at least a / (ratio x (a + B)) = 1.33 times the
-      failures needed (the defaults, from 4 requests/s: below, the 5 s window holds fewer than 20 calls);
+      failures needed (the defaults, from 4 requests/s: below, the 5 s window holds fewer than 20 calls),
+      twice when the reports were sent at once;
     * one sidecar alone (its own network, its bad data) never opens it for the others.
 
     The rate is an average over two seconds, and a burst undercounts it: when the fleet closes after a
@@ -143,8 +158,9 @@ class EvidenceRule:
         window) rather than over CALLS_LOOKBACK."""
         return self.window(rate) >= MAX_WINDOW
 
-    def tally(self, reports: Iterable[Report], rate: float) -> tuple[int, int, int]:
-        """(failures, reporters, calls) of the reports that arrived within `window(rate)`, as `opens` counts them.
+    def tally(self, reports: Iterable[Report], rate: float) -> Tally:
+        """The failures, reporters, calls and wait of the reports that arrived within `window(rate)`, as `opens`
+        counts them (the wait: see `Tally`).
 
         A known rate counts every report, with its calls over CALLS_LOOKBACK (or LONG_CALLS_LOOKBACK for the
         longest window, whose span they are). An unknown rate (rate <= 0: no first attempts counted in the
@@ -162,14 +178,18 @@ class EvidenceRule:
           otherwise: 1,000 members making 2 calls/s each report 1 failure of 1 call at 1 %, as in an outage.
         """
         failures: dict[str, int] = {}
+        waited: dict[str, float] = {}  # failures x wait, per sidecar
         calls = 0
         long = self.long_span(rate)
         for report in reports:
             failures[report.instance] = failures.get(report.instance, 0) + report.failures
+            waited[report.instance] = waited.get(report.instance, 0.0) + report.failures * clamp_wait(report.wait)
             calls += report.calls_long if long else report.calls
         if rate <= 0:
             failures = {i: f for i, f in failures.items() if f >= REPEATED_FAILURES}
-        return sum(failures.values()), len(failures), calls
+        counted = sum(failures.values())
+        wait = sum(waited[i] for i in failures) / counted if counted else EVIDENCE_BATCH
+        return Tally(counted, len(failures), calls, wait)
 
     def long_calls(self, short: int, recent: int) -> int:
         """The calls a report carries over LONG_CALLS_LOOKBACK: its sidecar's `recent` calls since its previous
@@ -187,19 +207,44 @@ class EvidenceRule:
             return MAX_WINDOW
         return min(MAX_WINDOW, max(MIN_WINDOW, self.minimum_calls / rate - EVIDENCE_BATCH))
 
-    def needed(self, rate: float, calls: int = 0) -> int:
-        """The failures within `window(rate)` that open the endpoint, when the reports in it carry `calls`."""
+    def needed(self, rate: float, calls: int = 0, wait: float = EVIDENCE_BATCH) -> int:
+        """The failures within `window(rate)` that open the endpoint, when the reports in it carry `calls` and
+        their failures waited `wait` on average (`Tally.wait`; at most EVIDENCE_BATCH, the default)."""
         window = self.window(rate)
         rate = max(0.0, rate)
-        limit = self.failure_ratio * max(float(self.minimum_calls), rate * (window + EVIDENCE_BATCH))
+        limit = self.failure_ratio * max(float(self.minimum_calls), rate * (window + span_wait(wait)))
         if rate > 0 and window < MAX_WINDOW:  # a quiet fleet (the longest window) keeps ratio x minimum_calls
             limit = min(limit, rate * window)
         limit = max(limit, self.failure_ratio * calls)
         # Rounded down: when every call fails, one window's calls are always enough.
         return max(1, math.floor(limit + 1e-9))
 
-    def opens(self, failures: int, reporters: int, members: int, rate: float, calls: int = 0) -> bool:
-        return failures >= self.needed(rate, calls) and reporters >= (2 if members >= 2 else 1)
+    def opens(self, failures: int, reporters: int, members: int, rate: float, calls: int = 0,
+              wait: float = EVIDENCE_BATCH) -> bool:
+        return failures >= self.needed(rate, calls, wait) and reporters >= (2 if members >= 2 else 1)
+
+
+class Tally(NamedTuple):
+    """What `EvidenceRule.tally` counts of the reports in a window."""
+
+    failures: int
+    reporters: int
+    calls: int  # the calls they carry (over the lookback that matches the window)
+    # seconds: how long their failures waited in their sidecars' batches, on average over the failures
+    # (EVIDENCE_BATCH when there are none: the longest, the old rule's assumption)
+    wait: float
+
+
+def clamp_wait(wait: float) -> float:
+    """A report's wait as the rule takes it: within [0, EVIDENCE_BATCH]. A batch is sent at most
+    EVIDENCE_BATCH after its sidecar's previous report; a longer wait is a slow round trip or a stalled
+    sidecar, whose failures still count against no more than the old rule's span."""
+    return min(EVIDENCE_BATCH, max(0.0, wait))
+
+
+def span_wait(wait: float) -> float:
+    """The wait the rule adds to the window: the reports' mean wait, but at least MIN_SPAN_WAIT."""
+    return max(MIN_SPAN_WAIT, clamp_wait(wait))
 
 
 @dataclass(frozen=True, slots=True)
@@ -210,14 +255,17 @@ class Report:
     failures: int
     calls: int  # its sidecar's calls since its previous report, at most CALLS_LOOKBACK back
     calls_long: int  # the same, at most LONG_CALLS_LOOKBACK back
+    # seconds its first failure waited in its sidecar's batch before the report was sent (EVIDENCE_BATCH: not
+    # said, an earlier version's report)
+    wait: float = EVIDENCE_BATCH
 
 
-def encode_report(instance: str, seq: int, failures: int, calls: int, calls_long: int) -> str:
-    """`instance NL seq/calls_long NL calls NL failures`, as the EVIDENCE script writes it (NL a newline). The
-    long calls ride in the sequence field, which the scripts of earlier versions read past (their pattern
-    takes the last three fields as seq, calls, failures), so a fleet in the middle of an upgrade still pools
-    its reports."""
-    return f"{instance}\n{seq}/{calls_long}\n{calls}\n{failures}"
+def encode_report(instance: str, seq: int, failures: int, calls: int, calls_long: int, wait_ms: int) -> str:
+    """`instance NL seq:wait_ms/calls_long NL calls NL failures`, as the EVIDENCE script writes it (NL a
+    newline). The wait and the long calls ride in the sequence field, which the scripts of earlier versions
+    read past (their pattern takes the last three fields as seq, calls, failures, and the long calls as the
+    digits after the field's last `/`), so a fleet in the middle of an upgrade still pools its reports."""
+    return f"{instance}\n{seq}:{wait_ms}/{calls_long}\n{calls}\n{failures}"
 
 
 def parse_report(entry: str) -> Report:
@@ -229,8 +277,10 @@ def parse_report(entry: str) -> Report:
     else:
         instance, (seq, failures) = "\n".join(fields[:-2]), fields[-2:]
         calls = failures
-    long = seq.partition("/")[2]
-    return Report(instance, int(failures), int(calls), int(long) if long else int(calls))
+    head, _, long = seq.partition("/")
+    wait_ms = head.partition(":")[2]
+    return Report(instance, int(failures), int(calls), int(long) if long else int(calls),
+                  int(wait_ms) / 1000 if wait_ms else EVIDENCE_BATCH)
 
 
 def fleet_rate(last: int, before: int) -> float:

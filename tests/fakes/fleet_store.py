@@ -62,18 +62,18 @@ class Store:
         self.publish(Record(True, self.timeout, self.timeout, self.gen))
         return self.reply()
 
-    def do_evidence(self, instance: str, failures: int, calls: int, calls_long: int) -> list[Any]:
+    def do_evidence(self, instance: str, failures: int, calls: int, calls_long: int, wait: float) -> list[Any]:
         if self.open:
             return [*self.reply(), 0, 0, 0]
-        self.reports.append((self.now, Report(instance, failures, calls, calls_long)))
+        self.reports.append((self.now, Report(instance, failures, calls, calls_long, wait)))
         self.reports = [r for r in self.reports if r[0] >= self.now - MAX_WINDOW]
         recent = [r for at, r in self.reports if at >= self.now - self.rule.window(self.rate)]
-        counted, reporters, made = self.rule.tally(recent, self.rate)
-        needed = self.rule.needed(self.rate, made)
-        if self.rule.opens(counted, reporters, self.members, self.rate, made):
+        tally = self.rule.tally(recent, self.rate)
+        needed = self.rule.needed(self.rate, tally.calls, tally.wait)
+        if self.rule.opens(tally.failures, tally.reporters, self.members, self.rate, tally.calls, tally.wait):
             self.opened_by_evidence.append([r.instance for r in recent])
-            return [*self.do_open(False, instance), 1, counted, needed]
-        return [*self.reply(), 0, counted, needed]
+            return [*self.do_open(False, instance), 1, tally.failures, needed]
+        return [*self.reply(), 0, tally.failures, needed]
 
     def do_close(self) -> list[Any]:
         if self.open:
@@ -97,7 +97,8 @@ class FakeScripts:
         return self._arrive().do_close()
 
     async def evidence(self, keys: list[str], args: list[Any]) -> list[Any]:
-        return self._arrive().do_evidence(str(args[0]), int(args[2]), int(args[3]), int(args[13]))
+        return self._arrive().do_evidence(str(args[0]), int(args[2]), int(args[3]), int(args[13]),
+                                          int(args[15]) / 1000)
 
     async def read(self, keys: list[str], args: list[Any]) -> list[Any]:
         store = self._arrive()

@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 import random
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 
 from hypothesis import example, given
 from hypothesis import strategies as st
@@ -18,6 +19,7 @@ from sidecar.fleet.view import (
     EVIDENCE_BATCH,
     LONG_CALLS_LOOKBACK,
     MAX_WINDOW,
+    MIN_SPAN_WAIT,
     MIN_WINDOW,
     EvidenceRule,
 )
@@ -80,6 +82,27 @@ def test_one_percent_scattered_failures_almost_never_open_it_with_the_defaults(r
     assert poisson_tail(0.01 * calls, rule.needed(rate)) < 1e-5
 
 
+@given(rate=RATES)
+def test_reports_sent_at_once_need_fewer_failures_and_one_percent_still_almost_never_reaches_them(
+        rate: float) -> None:
+    """A sparse fleet (each member failing seldom) sends each failure at once: the failures arriving within
+    the window come from the window plus MIN_SPAN_WAIT, not plus a whole batch. With 1 % failing the chance
+    that they reach the (fewer) failures needed stays below 1e-5 at any rate."""
+    rule = EvidenceRule()
+    at_once, batched = rule.needed(rate, 0, 0.0), rule.needed(rate)
+    assert at_once <= batched and rule.needed(rate, 0, MIN_SPAN_WAIT) == at_once
+    assert rule.needed(rate, 0, 10.0) == batched  # a wait counts as a batch at most
+    calls = max(rate * (rule.window(rate) + MIN_SPAN_WAIT), 0.0)
+    assert poisson_tail(0.01 * calls, at_once) < 1e-5
+
+
+@given(rule=RULES, rate=RATES, calls=st.integers(0, 10_000), waits=st.tuples(st.floats(0.0, 1.0), st.floats(0.0, 1.0)))
+def test_the_failures_needed_grow_with_the_wait(rule: EvidenceRule, rate: float, calls: int,
+                                              waits: tuple[float, float]) -> None:
+    shorter, longer = sorted(waits)
+    assert rule.needed(rate, calls, shorter) <= rule.needed(rate, calls, longer)
+
+
 def test_the_five_percent_row_as_it_is() -> None:
     """5 % scattered failures: a busy fleet needs 25 % of 150 ms of calls (18 at 500 requests/s, 3.75
     expected; 75 at 2,000, 15 expected); a fleet of about 133 requests/s or less needs 5 of the 20 calls of
@@ -88,11 +111,16 @@ def test_the_five_percent_row_as_it_is() -> None:
     assert poisson_tail(0.05 * 500 * (rule.window(500) + EVIDENCE_BATCH), rule.needed(500)) < 1e-6
     assert poisson_tail(0.05 * 2000 * (rule.window(2000) + EVIDENCE_BATCH), rule.needed(2000)) < 1e-8
     assert 0.003 < poisson_tail(0.05 * 20, rule.needed(80)) < 0.004
+    # Sent at once (a sparse fleet): 12 of the 50 calls of 100 ms at 500/s (2.5 expected), 50 at 2,000/s (10).
+    assert rule.needed(500, 0, 0.0) == 12 and rule.needed(2000, 0, 0.0) == 50
+    assert poisson_tail(0.05 * 500 * (rule.window(500) + MIN_SPAN_WAIT), 12) < 2e-5
+    assert poisson_tail(0.05 * 2000 * (rule.window(2000) + MIN_SPAN_WAIT), 50) < 1e-15
 
 
 # ---------------------------------------------------------------- batched reports, counted at arrival
 
-Report = tuple[float, int, int]  # (arrival time, member, failures)
+Report = tuple[float, int, int, float]  # (arrival time, member, failures, wait)
+Needed = int | Callable[[int, float], int]  # the failures needed, or a function of (calls carried, mean wait)
 # The models below give each report only its failures as its calls (the least a report carries): the rule
 # must hold on the fleet's average rate alone. `with_calls` adds what the sidecars really send.
 
@@ -100,32 +128,40 @@ Report = tuple[float, int, int]  # (arrival time, member, failures)
 def batched_reports(failure_times: Sequence[Sequence[float]]) -> list[Report]:
     """What Redis receives from members that fail at the given times (each member's sorted), sending as
     `SharedBreaker._write_evidence` does: a failure goes at once when the member's last report is at least
-    EVIDENCE_BATCH old, otherwise with the others in one report EVIDENCE_BATCH after the last."""
+    EVIDENCE_BATCH old (its wait: 0), otherwise with the others in one report EVIDENCE_BATCH after the last
+    (its wait: from the batch's first failure)."""
     reports: list[Report] = []
     for member, times in enumerate(failure_times):
-        last, pending_at, pending = -math.inf, 0.0, 0
+        last, pending_at, pending, first = -math.inf, 0.0, 0, 0.0
         for t in times:
             if pending and t <= pending_at:
                 pending += 1
                 continue
             if pending:
-                reports.append((pending_at, member, pending))
+                reports.append((pending_at, member, pending, pending_at - first))
                 last, pending = pending_at, 0
             if t >= last + EVIDENCE_BATCH:
-                reports.append((t, member, 1))
+                reports.append((t, member, 1, 0.0))
                 last = t
             else:
-                pending_at, pending = last + EVIDENCE_BATCH, 1
+                pending_at, pending, first = last + EVIDENCE_BATCH, 1, t
         if pending:
-            reports.append((pending_at, member, pending))
+            reports.append((pending_at, member, pending, pending_at - first))
     return sorted(reports)
 
 
-def opens(reports: list[Report], window: float, needed: int | Callable[[int], int], members: int,
+def mean_wait(reports: Sequence[Report]) -> float:
+    """The reports' waits averaged over their failures, as `EvidenceRule.tally` does."""
+    failures = sum(r[2] for r in reports)
+    return sum(r[2] * r[3] for r in reports) / failures if failures else EVIDENCE_BATCH
+
+
+def opens(reports: list[Report], window: float, needed: Needed, members: int,
           hold: float = 1.5, calls: dict[Report, int] | None = None) -> int:
     """The EVIDENCE script applied at each report's arrival: the fleet-wide opens (an open forgets the
     evidence; the fleet is then held for `hold`, about one probe interval, before counting starts again).
-    `needed` may depend on the calls the reports in the window carry (`calls`; else their failures)."""
+    `needed` may depend on the calls the reports in the window carry (`calls`; else their failures) and on
+    their mean wait."""
     count, recent, held_until = 0, [], -math.inf
     for report in reports:
         at = report[0]
@@ -135,7 +171,7 @@ def opens(reports: list[Report], window: float, needed: int | Callable[[int], in
         recent.append(report)
         reporters = len({r[1] for r in recent})
         made = sum((calls or {}).get(r, r[2]) for r in recent)
-        want = needed(made) if callable(needed) else needed
+        want = needed(made, mean_wait(recent)) if callable(needed) else needed
         if sum(r[2] for r in recent) >= want and reporters >= (2 if members >= 2 else 1):
             count, recent, held_until = count + 1, [], at + hold
     return count
@@ -147,7 +183,7 @@ def with_calls(reports: list[Report], call_times: Sequence[Sequence[float]]) -> 
     carried: dict[Report, int] = {}
     last: dict[int, float] = {}
     for report in reports:
-        at, member, failures = report
+        at, member, failures, _ = report
         start = max(last.get(member, -math.inf), at - CALLS_LOOKBACK)
         carried[report] = max(failures, sum(1 for t in call_times[member] if start < t <= at))
         last[member] = at
@@ -173,7 +209,7 @@ def test_a_failure_fraction_half_the_ratio_never_opens_however_the_reports_are_b
     rule = EvidenceRule()
     fraction = rule.failure_ratio / 2
     reports = batched_reports(steady(members, fraction * rate / members, phases, seconds=2.0))
-    assert opens(reports, rule.window(rate), rule.needed(rate), members) == 0
+    assert opens(reports, rule.window(rate), lambda made, wait: rule.needed(rate, made, wait), members) == 0
 
 
 def poisson_failures(members: int, rate: float, fraction: float, seconds: float, seed: int) -> list[list[float]]:
@@ -191,13 +227,13 @@ def poisson_times(rng: random.Random, rate: float, seconds: float) -> list[float
     return times
 
 
-def old_rule(rate: float) -> tuple[float, int]:
+def old_rule(rate: float) -> tuple[float, Needed]:
     """The window and the failures needed before issue 28's fix (the defaults), for contrast only."""
     window = MAX_WINDOW if rate <= 0 else min(MAX_WINDOW, max(MIN_WINDOW, 20 / rate))
     return window, max(1, math.floor(0.25 * max(20, rate * MIN_WINDOW) + 1e-9))
 
 
-def opens_in_a_minute(rule: Callable[[float], tuple[float, int]], members: int, rate: float, fraction: float,
+def opens_in_a_minute(rule: Callable[[float], tuple[float, Needed]], members: int, rate: float, fraction: float,
                       seed: int) -> int:
     window, needed = rule(rate)
     return opens(batched_reports(poisson_failures(members, rate, fraction, 60.0, seed)), window, needed, members)
@@ -209,8 +245,8 @@ def test_scattered_failures_of_the_simulated_fleet_do_not_open_it() -> None:
     simulation, whose scheduling lag bunches reports further), the rule now never; 1 % never at any size."""
     new = EvidenceRule()
 
-    def current(rate: float) -> tuple[float, int]:
-        return new.window(rate), new.needed(rate)
+    def current(rate: float) -> tuple[float, Needed]:
+        return new.window(rate), lambda made, wait: new.needed(rate, made, wait)
 
     assert sum(opens_in_a_minute(old_rule, 50, 500.0, 0.05, seed) for seed in range(3)) >= 3  # the model sees it
     assert [opens_in_a_minute(current, 50, 500.0, 0.05, seed) for seed in range(3)] == [0, 0, 0]
@@ -235,20 +271,31 @@ def test_five_percent_of_the_burst_after_a_hold_does_not_open_it_again() -> None
     interval, and when it closes each member sends what it held at once (here 30 calls in 50 ms). 5 % of
     that burst is about 75 failures within one window, over the 18 the average rate needs: the fleet opened
     again after every probe interval, 40 times a minute. With the calls the reports carry it does not, and
-    a burst that fails (the endpoint still down) does."""
+    a burst that fails (the endpoint still down) does.
+
+    The span of a burst's failures is not their reports' waits: every member's first failures come at once
+    and are sent at once (wait 0), each with the few calls before it. So for 3 s after a close the EVIDENCE
+    script takes a whole batch as the wait, as before the waits were reported; with the reports' own waits
+    the burst's first failures opened the fleet again, in every seed."""
     rule, rate, members = EvidenceRule(), 500.0, 50
 
-    def needed(calls: int) -> int:
-        return rule.needed(rate, calls)
+    def needed(calls: int, wait: float) -> int:
+        return rule.needed(rate, calls)  # settling: a whole batch (the default)
 
-    without, with_ = [], []
+    def needed_with_waits(calls: int, wait: float) -> int:
+        return rule.needed(rate, calls, wait)
+
+    without, with_, with_waits = [], [], []
     for seed in range(5):
         calls, failures = burst(members, 30, 0.05, seed)
         reports = batched_reports(failures)
+        carried = with_calls(reports, calls)
         without.append(opens(reports, rule.window(rate), rule.needed(rate), members))
-        with_.append(opens(reports, rule.window(rate), needed, members, calls=with_calls(reports, calls)))
+        with_.append(opens(reports, rule.window(rate), needed, members, calls=carried))
+        with_waits.append(opens(reports, rule.window(rate), needed_with_waits, members, calls=carried))
     assert sum(without) >= 3  # the average rate alone: the burst re-opens the fleet
     assert with_ == [0] * 5
+    assert with_waits == [1] * 5
     calls, failures = burst(members, 30, 1.0, seed=0)
     reports = batched_reports(failures)
     assert opens(reports, rule.window(rate), needed, members, calls=with_calls(reports, calls)) == 1
@@ -272,12 +319,12 @@ def sent_reports(calls: Sequence[Sequence[float]], failed: Sequence[Sequence[flo
     rule = rule or EvidenceRule()
     arrivals: list[Arrival] = []
     for member, (times, failures) in enumerate(zip(calls, failed, strict=True)):
-        sends = [(at, n) for at, _, n in batched_reports([failures]) if n]
+        sends = [(at, n, wait) for at, _, n, wait in batched_reports([failures]) if n]
         last = -math.inf
-        for at, count in sends:
+        for at, count, wait in sends:
             short = max(count, calls_between(times, max(last, at - CALLS_LOOKBACK), at))
             long = rule.long_calls(short, calls_between(times, max(last, at - LONG_CALLS_LOOKBACK), at))
-            arrivals.append((at, ViewReport(f"m{member}", count, short, long)))
+            arrivals.append((at, ViewReport(f"m{member}", count, short, long, wait)))
             last = at
     return sorted(arrivals, key=lambda a: a[0])
 
@@ -286,8 +333,8 @@ def first_open(arrivals: list[Arrival], rule: EvidenceRule, rate: float, members
     """The EVIDENCE script at each arrival, with the rule's window, tally and count: when it first opens."""
     for i, (at, _) in enumerate(arrivals):
         recent = [r for t, r in arrivals[:i + 1] if t >= at - rule.window(rate)]
-        failures, reporters, calls = rule.tally(recent, rate)
-        if rule.opens(failures, reporters, members, rate, calls):
+        tally = rule.tally(recent, rate)
+        if rule.opens(tally.failures, tally.reporters, members, rate, tally.calls, tally.wait):
             return at
     return None
 
@@ -409,3 +456,41 @@ def test_an_outage_soon_after_a_busy_fleet_started_still_opens_it() -> None:
                 if per_member == 40.0:
                     uncapped += first_open(sent_reports(calls, failures, Uncapped()), rule, 0.0, members) is None
     assert uncapped == 9
+
+
+# ---------------------------------------------------------------- an outage with part of the fleet silent
+
+def sparse_outage(members: int, per_member: float, silent: float, seed: int) -> tuple[list[list[float]],
+                                                                                     list[list[float]]]:
+    """A busy fleet of many quiet members (bench/fleet_scale.py at N = 1,000: 2 calls/s each, 2,000/s in all)
+    whose upstream fails from 0, with the fraction `silent` of its members making no call for the first
+    second (a stalled event loop, a slowed client). -> (call times, failure times) per member."""
+    rng = random.Random(seed)
+    calls = []
+    for member in range(members):
+        phase = rng.uniform(0.0, 1.0 / per_member)
+        start = 1.0 if member < silent * members else 0.0
+        calls.append([start + phase + k / per_member for k in range(4)])
+    return calls, calls
+
+
+def test_an_outage_opens_the_fleet_at_once_even_with_half_of_it_silent() -> None:
+    """Each member of such a fleet fails about every 0.5 s, so it sends each failure at once: the failures
+    arriving within 50 ms come from about 50 ms of calls, not 150. The rule that took a whole batch as every
+    report's wait needed 75 failures at 2,000 requests/s, which only the whole fleet reaches (100 within 50
+    ms): with a quarter of it silent the rest makes 75 on average, just enough (bench/fleet_scale.py opened
+    0.40 and 0.76 s into two outages behind a stalled worker), and with half of it silent it did not open
+    before the silent half came back. With the waits the reports carry it needs 50 (within the window plus
+    MIN_SPAN_WAIT: 100 ms of calls), and opens within 60 ms of the outage's start with 40 % of the fleet
+    silent (the old rule: 0.05 to 0.46 s), within 0.25 s with half of it."""
+    rule, rate, members = EvidenceRule(), 2000.0, 1000
+    for silent, within in ((0.0, 0.06), (0.25, 0.06), (0.4, 0.06), (0.5, 0.25)):
+        for seed in range(3):
+            calls, failures = sparse_outage(members, 2.0, silent, seed)
+            arrivals = sent_reports(calls, failures, rule)
+            opened = first_open(arrivals, rule, rate, members)
+            assert opened is not None and opened < within, (silent, seed, opened)
+            batch_waits = [(at, replace(report, wait=EVIDENCE_BATCH)) for at, report in arrivals]
+            before = first_open(batch_waits, rule, rate, members)
+            if silent == 0.5:
+                assert before is None or before >= 1.0, (silent, seed, before)  # only once the rest called

@@ -25,9 +25,11 @@ from sidecar.fleet.membership import Heartbeat, read_members
 from sidecar.fleet.view import (
     EVIDENCE_BATCH,
     MAX_WINDOW,
+    MIN_SPAN_WAIT,
     MIN_WINDOW,
     REPEATED_FAILURES,
     EvidenceRule,
+    Report,
     fleet_rate,
 )
 from sidecar.telemetry.events import Events
@@ -239,10 +241,10 @@ _seq = iter(range(1, 1_000_000))
 async def report(scripts: FleetScripts, keys: Keys, endpoint: str, instance: str, failures: int = 1,
                  rule: EvidenceRule | None = None, max_window_ms: int = int(MAX_WINDOW * 1000),
                  cls: str = "", calls: int | None = None,
-                 calls_long: int | None = None) -> tuple[bool, bool, int, int]:
+                 calls_long: int | None = None, wait: float = EVIDENCE_BATCH) -> tuple[bool, bool, int, int]:
     """One member's batch of failures (and its calls meanwhile: as many, unless given; over the long lookback
-    as many as over the short one, unless given) -> (open, tripped by this report, failures in the window,
-    needed)."""
+    as many as over the short one, unless given; its first failure waited a whole batch, unless given) ->
+    (open, tripped by this report, failures in the window, needed)."""
     rule = rule or EvidenceRule()
     calls = failures if calls is None else calls
     reply = await scripts.evidence(
@@ -250,7 +252,8 @@ async def report(scripts: FleetScripts, keys: Keys, endpoint: str, instance: str
               keys.budget(endpoint)],
         args=[instance, next(_seq), failures, calls, rule.failure_ratio,
               rule.minimum_calls, int(MIN_WINDOW * 1000), max_window_ms, int(EVIDENCE_BATCH * 1000), BASE_MS,
-              keys.channel, endpoint, cls, calls if calls_long is None else calls_long, REPEATED_FAILURES])
+              keys.channel, endpoint, cls, calls if calls_long is None else calls_long, REPEATED_FAILURES,
+              round(wait * 1000), int(MIN_SPAN_WAIT * 1000)])
     return parse_record(reply).open, int(reply[4]) == 1, int(reply[5]), int(reply[6])
 
 
@@ -447,6 +450,49 @@ async def test_the_script_applies_the_calls_the_reports_carry_as_view_does(conn:
     more = REPEATED_FAILURES if rate <= 0 else 1  # with no rate known, b's failures count once they repeat
     assert await report(scripts, keys, "c", "b", failures=more, calls=0, calls_long=0, rule=rule) == (
         True, True, needed - 1 + more, needed)
+
+
+@pytest.mark.parametrize(("rate", "waits"), [
+    (2000.0, (0.0, 0.0)), (2000.0, (0.0, 0.1)), (2000.0, (0.03, 0.08)), (2000.0, (0.5, 0.0)),
+    (500.0, (0.0, 0.0)), (500.0, (0.1, 0.1)), (80.0, (0.0, 0.0)), (0.0, (0.0, 0.0)),
+])
+async def test_the_script_weighs_the_reports_waits_as_view_does(conn: FleetConnection, rate: float,
+                                                                waits: tuple[float, float]) -> None:
+    """The span the window's failures come from is the window plus their reports' mean wait (weighted by
+    their failures, each at most a batch, at least MIN_SPAN_WAIT in all), in Lua as in `EvidenceRule.tally`:
+    reports sent at once need fewer failures at a high rate."""
+    rule = EvidenceRule()
+    scripts, keys = FleetScripts(conn), Keys(f"w{int(rate)}-{waits[0]}-{waits[1]}:")
+    await join(scripts, keys, "c", ["a", "b"])
+    await set_rate(conn, keys, "c", rate)
+    sent: list[Report] = []
+    for instance, failures, wait in (("a", 2, waits[0]), ("b", 20, waits[1]), ("b", 30, waits[1])):
+        sent.append(Report(instance, failures, failures, failures, wait))
+        tally = rule.tally(sent, rate)
+        needed = rule.needed(rate, tally.calls, tally.wait)
+        opened = rule.opens(tally.failures, tally.reporters, 2, rate, tally.calls, tally.wait)
+        assert await report(scripts, keys, "c", instance, failures=failures, wait=wait) == (
+            opened, opened, tally.failures, needed), (instance, failures, wait)
+        if opened:
+            break
+    if rate >= 2000 and max(waits) <= MIN_SPAN_WAIT:
+        assert opened and needed < rule.needed(rate)  # the waits decided here: 52 failures, 75 with a batch
+
+
+async def test_just_after_a_close_the_wait_is_a_whole_batch(conn: FleetConnection) -> None:
+    """The held data's burst bunches reports sent at once, whatever they waited
+    (tests/property/test_fleet_evidence_props.py): for 3 s after a close the script takes a whole batch."""
+    scripts, keys, client = FleetScripts(conn), Keys("t:"), conn.client
+    await join(scripts, keys, "c", ["a", "b"])
+    await set_rate(conn, keys, "c", 2000.0)
+    rule = EvidenceRule()
+    assert await report(scripts, keys, "c", "a", failures=30, wait=0.0) == (False, False, 30, rule.needed(2000, 0, 0))
+    assert await report(scripts, keys, "c", "b", failures=20, wait=0.0) == (True, True, 50, 50)
+    await scripts.close(keys=[keys.breaker("c"), keys.lease("c"), keys.evidence("c")], args=["a", keys.channel, "c"])
+    assert await report(scripts, keys, "c", "a", failures=30, wait=0.0) == (False, False, 30, 75)
+    assert await report(scripts, keys, "c", "b", failures=20, wait=0.0) == (False, False, 50, 75)
+    await client.hset(keys.breaker("c"), "at", int(await client.hget(keys.breaker("c"), "at")) - 3000)
+    assert await report(scripts, keys, "c", "b", failures=1, wait=0.0) == (True, True, 51, 50)
 
 
 async def test_budget_flushes_count_the_fleets_first_attempts_per_second(conn: FleetConnection) -> None:

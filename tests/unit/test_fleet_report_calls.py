@@ -66,25 +66,59 @@ async def test_each_report_carries_the_calls_made_since_the_previous_one() -> No
         await call(False)
     await call(True)
     await settle()
-    assert [r for _, r in store.reports] == [Report("s0", 1, 31, 31)]
+    assert [r for _, r in store.reports] == [Report("s0", 1, 31, 31, wait=0.0)]  # sent at once: it waited 0
     for i in range(9):  # 9 more calls, 3 failing, within the batch: one report after EVIDENCE_BATCH
         clock.advance(0.005)
         await call(i % 4 == 0)
     clock.advance(EVIDENCE_BATCH)
     await settle()
-    assert [r for _, r in store.reports] == [Report("s0", 1, 31, 31), Report("s0", 3, 9, 9)]
+    # The batch's first failure came 5 ms after the report before, and the clock jumped past the batch's end:
+    # its wait counts as a whole batch at most.
+    assert [r for _, r in store.reports] == [Report("s0", 1, 31, 31, 0.0), Report("s0", 3, 9, 9, EVIDENCE_BATCH)]
     assert not store.open  # 4 failures of 40 calls: well below 25 %
     for _ in range(40):  # 40 calls over 2.4 s, then a failure: 150 ms of them, or those since the last report
         clock.advance(0.06)  # (up to minimum_calls / 2, EvidenceRule.long_calls)
         await call(False)
     await call(True)
     await settle()
-    assert store.reports[-1][1] == Report("s0", 1, 4, 10)
+    assert store.reports[-1][1] == Report("s0", 1, 4, 10, 0.0)
     clock.advance(EVIDENCE_BATCH + 0.3)  # 5 more calls within 0.3 s, the last failing: all 5 over the long lookback
     for i in range(5):
         clock.advance(0.06)
         await call(i == 4)
     await settle()
-    assert store.reports[-1][1] == Report("s0", 1, 3, 5)
+    assert store.reports[-1][1] == Report("s0", 1, 3, 5, 0.0)
+    shared.on_message(Record(open=False, remaining=0.0, timeout=0.0, gen=0))
+    await shared.stop()
+
+
+async def test_a_report_carries_how_long_its_first_failure_waited_in_the_batch() -> None:
+    """The span a report's failures come from (EvidenceRule.tally): 0 for one sent at once, the time since
+    the batch's first failure for one that waited for the batch's end."""
+    clock = FakeClock(100.0)
+    store = Store(clock, lambda record: None, 1.0, 2.0, 3)
+    conn = FakeConnection(FakeClient(FakeScripts(lambda: store)))
+    shared = SharedBreaker(ENDPOINT, conn, conn.client.scripts, Keys("t:"), "s0",  # type: ignore[arg-type]
+                           Events(Metrics()), clock)
+    breaker = EndpointBreaker(ENDPOINT, CircuitBreakerConfig(failure_threshold=100), clock)
+    shared.attach(breaker, None)
+
+    async def fail() -> None:
+        async with breaker.calling() as attempt:
+            attempt.outcome = CallOutcome.FAILURE
+        for _ in range(3):
+            await asyncio.sleep(0)
+
+    await fail()
+    assert store.reports[-1][1].wait == 0.0
+    clock.advance(0.03)
+    await fail()  # 30 ms after the report: it waits for the batch's end, 70 ms
+    clock.advance(0.02)
+    await fail()
+    assert len(store.reports) == 1
+    clock.advance(0.05)
+    for _ in range(3):
+        await asyncio.sleep(0)
+    assert [(r.failures, r.wait) for _, r in store.reports] == [(1, 0.0), (2, 0.07)]
     shared.on_message(Record(open=False, remaining=0.0, timeout=0.0, gen=0))
     await shared.stop()
