@@ -518,13 +518,14 @@ class FleetConfig(Base):
     probe_interval: Duration = Duration(1.5)
     # Pooled evidence (sidecar/fleet/view.py EvidenceRule): the endpoint opens fleet-wide when the failures
     # the sidecars reported within the evidence window reach this share of the calls the fleet made in the
-    # span they can come from (the window plus the reports' 100 ms batching), reported by at least two
+    # span they can come from (the window plus the reports' batching, 50 to 100 ms), reported by at least two
     # sidecars. Independent failures well below it almost never add up. Before the fleet's rate is known (the
     # first second or two of its traffic) the window is 5 s and a sidecar's failures count once it reported two.
     failure_ratio: Annotated[float, Meta(gt=0, le=1)] = 0.25
     # Sets the evidence window: that span (window + 100 ms) is the time the fleet takes to make about this
     # many calls to the endpoint (the window 50 ms to 5 s). With the defaults the fleet opens after 5
-    # failures up to 133 requests/s, 18 at 500.
+    # failures up to 133 requests/s, 12 to 18 at 500 (fewer when the failures were sent at once: see
+    # docs/operations.md).
     minimum_calls: PositiveInt = 20
     handoff: HandoffConfig = msgspec.field(default_factory=HandoffConfig)
 
