@@ -30,7 +30,9 @@ from sidecar.fleet.view import (
     REPEATED_FAILURES,
     EvidenceRule,
     Report,
+    encode_report,
     fleet_rate,
+    parse_report,
 )
 from sidecar.telemetry.events import Events
 from sidecar.telemetry.metrics import Metrics
@@ -388,6 +390,19 @@ async def test_the_rate_is_unknown_until_the_second_before_last_counted_first_at
     known = EvidenceRule().needed(fleet_rate(2000, 1))
     assert known == 37  # about 1,000 requests/s: 37 failures within 50 ms
     assert await report(scripts, keys, "c", "b", failures=1) == (False, False, 5, known)
+
+
+async def test_the_script_keeps_a_report_as_encode_report_writes_it(conn: FleetConnection) -> None:
+    """The entry format is shared by Lua (EVIDENCE) and Python (`encode_report`, `parse_report` in status)."""
+    scripts, keys, client = FleetScripts(conn), Keys("t:"), conn.client
+    await join(scripts, keys, "c", ["a", "b"])
+    await scripts.evidence(
+        keys=[keys.breaker("c"), keys.evidence("c"), keys.endpoint_members("c"), keys.budget("c")],
+        args=["a", 7, 3, 9, 0.25, 20, int(MIN_WINDOW * 1000), int(MAX_WINDOW * 1000), int(EVIDENCE_BATCH * 1000),
+              BASE_MS, keys.channel, "c", "", 12, REPEATED_FAILURES, 40, int(MIN_SPAN_WAIT * 1000)])
+    [entry] = await client.zrange(keys.evidence("c"), 0, -1)
+    assert entry == encode_report("a", 7, failures=3, calls=9, calls_long=12, wait_ms=40)
+    assert parse_report(entry) == Report("a", 3, 9, 12, 0.04)
 
 
 async def test_an_older_sidecars_report_without_its_calls_counts_its_failures_as_calls(conn: FleetConnection) -> None:

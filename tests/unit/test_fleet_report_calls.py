@@ -43,14 +43,20 @@ def test_recent_calls_count_since_the_last_report_within_the_lookback() -> None:
     assert list(calls.times) == [1.1, 1.12, 1.2, 1.0 + LONG_CALLS_LOOKBACK + 0.05]
 
 
-async def test_each_report_carries_the_calls_made_since_the_previous_one() -> None:
-    clock = FakeClock(100.0)
+def one_sidecar(clock: FakeClock) -> tuple[Store, SharedBreaker, EndpointBreaker]:
+    """A real SharedBreaker and EndpointBreaker over the in-memory store, its breaker never tripping on its own."""
     store = Store(clock, lambda record: None, 1.0, 2.0, 3)
     conn = FakeConnection(FakeClient(FakeScripts(lambda: store)))
     shared = SharedBreaker(ENDPOINT, conn, conn.client.scripts, Keys("t:"), "s0",  # type: ignore[arg-type]
                            Events(Metrics()), clock)
     breaker = EndpointBreaker(ENDPOINT, CircuitBreakerConfig(failure_threshold=100), clock)
     shared.attach(breaker, None)
+    return store, shared, breaker
+
+
+async def test_each_report_carries_the_calls_made_since_the_previous_one() -> None:
+    clock = FakeClock(100.0)
+    store, shared, breaker = one_sidecar(clock)
 
     async def call(fails: bool) -> None:
         async with breaker.calling() as attempt:
@@ -96,12 +102,7 @@ async def test_a_report_carries_how_long_its_first_failure_waited_in_the_batch()
     """The span a report's failures come from (EvidenceRule.tally): 0 for one sent at once, the time since
     the batch's first failure for one that waited for the batch's end."""
     clock = FakeClock(100.0)
-    store = Store(clock, lambda record: None, 1.0, 2.0, 3)
-    conn = FakeConnection(FakeClient(FakeScripts(lambda: store)))
-    shared = SharedBreaker(ENDPOINT, conn, conn.client.scripts, Keys("t:"), "s0",  # type: ignore[arg-type]
-                           Events(Metrics()), clock)
-    breaker = EndpointBreaker(ENDPOINT, CircuitBreakerConfig(failure_threshold=100), clock)
-    shared.attach(breaker, None)
+    store, shared, breaker = one_sidecar(clock)
 
     async def fail() -> None:
         async with breaker.calling() as attempt:
